@@ -1,0 +1,320 @@
+"""Proxy side of one VM connection: telnet + option 232 -> hub-level events, sans-IO.
+
+Boundary: bytes from one ESXi connection in, `SessionEvent`s out; the daemon's hub
+decides policy (which BEGIN gets GOAHEAD, which PEER is valid) and calls back
+`goahead()`, `notnow()` or `peer_ok()`.  Everything the VM must hear goes into one
+ordered output buffer drained by `data_to_send()`, so a GOAHEAD always follows every
+client byte queued before it (PROTOCOL.md §4.4, duty 1).  No sockets, no clock, no
+logging: loggable oddities come out as `Notice` events.
+
+Spec: PROTOCOL.md §3 (session progression as ESXi performs it).
+
+Theory of operation
+-------------------
+`initiate()` queues the offers of §3.1: WILL BINARY, WILL SGA, DO BINARY, DO SGA,
+DO 232.  The telnet codec refuses AUTHENTICATION (37), COM-PORT (44) and an
+unsolicited DO ECHO exactly once each, and never acknowledges an option twice.
+
+KNOWN-SUBOPTIONS-2 goes out when the VM agrees to option 232 (as the capture proxy
+did) and then at most once per KNOWN-SUBOPTIONS-1, always byte-identical (§3.2, TV-04).
+The first KS-1 also triggers GET-VM-VC-UUID + GET-VM-NAME in one write, on every
+connection, source or destination (§3.4, §3.5).  DO-PROXY is answered once, at once,
+with WILL- or WONT-PROXY as the `accept_proxy` policy says (§3.3).  A destination
+sends PEER instead of DO-PROXY and nothing requires DO-PROXY first.
+
+Codes the proxy does not list in its KS-2 get UNKNOWN-SUBOPTION-RCVD-2 (§2, TV-21);
+listed codes that only the proxy may send are reported as `Notice` and ignored.  An
+UNKNOWN-SUBOPTION-RCVD-1 from the VM disables that code on this connection (TV-22).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vspc.common import vmware as vm
+from vspc.common.telnet import (
+    Data,
+    Opt,
+    OptionChanged,
+    Subnegotiation,
+    TelnetCodec,
+    TelnetProtocolError,
+    escape,
+)
+
+__all__ = [
+    "LocalProtocolError",
+    "Notice",
+    "ProxyRequested",
+    "ProxySession",
+    "SessionEvent",
+    "TelnetProtocolError",
+    "VmData",
+    "VmIdentified",
+    "VmNamed",
+    "accept_server_direction",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class VmData:
+    """Console output from the VM, unescaped, as one run."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyRequested:
+    """DO-PROXY arrived and was answered (`accepted` -> WILL-PROXY, else WONT-PROXY)."""
+
+    direction: str
+    service_uri: str
+    label: str | None
+    accepted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class VmIdentified:
+    """VM-VC-UUID arrived; `uuid` is the canonical 32-hex-digit key."""
+
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class VmNamed:
+    """VM-NAME arrived."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth one log line: a stray, unexpected or malformed message."""
+
+    message: str
+
+
+SessionEvent = (
+    VmData
+    | ProxyRequested
+    | VmIdentified
+    | VmNamed
+    | vm.VMotionBegin
+    | vm.VMotionPeer
+    | vm.VMotionComplete
+    | vm.VMotionAbort
+    | Notice
+)
+
+
+class LocalProtocolError(Exception):
+    """The caller misused the session API (e.g. GOAHEAD without a pending BEGIN)."""
+
+
+def accept_server_direction(request: vm.DoProxy) -> bool:
+    """Default DO-PROXY policy: forward direction `S`, refuse `C` and anything else."""
+    return request.direction == vm.Direction.SERVER
+
+
+# Codes the proxy only ever sends; receiving one is odd but listed, so no RCVD-2.
+_PROXY_ONLY = frozenset(
+    (
+        vm.Code.KNOWN_SUBOPTIONS_2,
+        vm.Code.UNKNOWN_SUBOPTION_RCVD_2,
+        vm.Code.VMOTION_GOAHEAD,
+        vm.Code.VMOTION_NOTNOW,
+        vm.Code.VMOTION_PEER_OK,
+        vm.Code.WILL_PROXY,
+        vm.Code.WONT_PROXY,
+        vm.Code.GET_VM_VC_UUID,
+        vm.Code.GET_VM_NAME,
+    )
+)
+_KS2 = vm.encode(vm.KnownSuboptions2(vm.PROXY_KNOWN_CODES))
+_OFFERS_LOCAL = (Opt.BINARY, Opt.SGA)
+_OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
+
+
+class ProxySession:
+    """The proxy's half of one ESXi serial-port connection.
+
+    Args:
+        accept_proxy: decides WILL- vs WONT-PROXY for a DO-PROXY request.
+        sb_limit: largest subnegotiation accepted before `TelnetProtocolError`.
+    """
+
+    def __init__(
+        self,
+        *,
+        accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
+        sb_limit: int = 64 * 1024,
+    ) -> None:
+        self._accept_proxy = accept_proxy
+        self._telnet = TelnetCodec(
+            local_ok=_OFFERS_LOCAL, remote_ok=_OFFERS_REMOTE, sb_limit=sb_limit
+        )
+        self._out = bytearray()
+        self._ks2_sent = False  # any KS-2 yet?
+        self._ks2_unmatched = False  # a KS-2 went out before any KS-1 asked for it
+        self._gets_sent = False
+        self._proxy_answered = False
+        self._disabled: set[int] = set()  # our codes the VM said it does not know
+        self._begins: set[bytes] = set()  # sequences awaiting GOAHEAD / NOTNOW
+        self._peers: set[bytes] = set()  # cookies of PEERs received here
+        self.uuid: str | None = None
+        self.name: str | None = None
+        self.proxy: ProxyRequested | None = None
+
+    # -- output ----------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue the connection's opening offers (call once, on connect)."""
+        for option in _OFFERS_LOCAL:
+            self._telnet.offer_local(option)
+        for option in _OFFERS_REMOTE:
+            self._telnet.request_remote(option)
+        self._out += self._telnet.data_to_send()
+
+    def send_data(self, payload: bytes) -> None:
+        """Queue console input for the VM (0xff doubled)."""
+        self._out += escape(payload)
+
+    def data_to_send(self) -> bytes:
+        """Drain everything queued for the VM, in order."""
+        self._out += self._telnet.data_to_send()
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _send(self, event: vm.VmwareEvent) -> None:
+        code = vm.payload_of(event)[0]
+        if code not in self._disabled:
+            self._out += vm.encode(event)
+
+    def goahead(self, sequence: bytes, secret: bytes) -> None:
+        """Answer a pending BEGIN with GOAHEAD(sequence || secret).
+
+        Raises:
+            LocalProtocolError: no BEGIN with that sequence is pending here.
+        """
+        self._take_begin(sequence)
+        self._send(vm.VMotionGoahead(sequence + secret))
+
+    def notnow(self, sequence: bytes) -> None:
+        """Refuse a pending BEGIN with NOTNOW(sequence).
+
+        Raises:
+            LocalProtocolError: no BEGIN with that sequence is pending here.
+        """
+        self._take_begin(sequence)
+        self._send(vm.VMotionNotNow(sequence))
+
+    def peer_ok(self, sequence: bytes) -> None:
+        """Accept this connection's PEER with PEER-OK(sequence).
+
+        Raises:
+            LocalProtocolError: this connection sent no PEER for `sequence`.
+        """
+        cookie = next((c for c in self._peers if c.startswith(sequence)), None)
+        if cookie is None:
+            raise LocalProtocolError("PEER-OK without a PEER for that sequence")
+        self._peers.discard(cookie)
+        self._send(vm.VMotionPeerOk(sequence))
+
+    def _take_begin(self, sequence: bytes) -> None:
+        if sequence not in self._begins:
+            raise LocalProtocolError("reply to a BEGIN that is not pending")
+        self._begins.discard(sequence)
+
+    # -- input -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[SessionEvent]:
+        """Parse bytes from the VM; queue the replies; return the hub-level events.
+
+        Raises:
+            TelnetProtocolError: the VM broke telnet framing; close the connection.
+        """
+        events: list[SessionEvent] = []
+        for event in self._telnet.receive_data(data):
+            match event:
+                case Data(payload):
+                    events.append(VmData(payload))
+                case Subnegotiation(Opt.VMWARE_EXT, payload):
+                    self._on_command(vm.decode(payload), events)
+                case OptionChanged(Opt.VMWARE_EXT, False, True):
+                    if not self._ks2_sent:
+                        self._out += self._telnet.data_to_send()
+                        self._out += _KS2
+                        self._ks2_sent = self._ks2_unmatched = True
+                case _:
+                    pass  # other negotiation was answered by the codec
+        self._out += self._telnet.data_to_send()
+        return events
+
+    def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
+        self._out += self._telnet.data_to_send()  # keep negotiation replies in order
+        match event:
+            case None:
+                pass  # `IAC SB 232 IAC SE`: no code to report (PROTOCOL.md §1 rule 6)
+            case vm.KnownSuboptions1(codes):
+                self._on_ks1(codes)
+            case vm.UnknownSuboptionRcvd1(code):
+                self._disabled.add(code)
+                events.append(Notice(f"VM does not know our code {code:#04x}"))
+            case vm.DoProxy() as request:
+                self._on_do_proxy(request, events)
+            case vm.VmVcUuid(text):
+                try:
+                    self.uuid = vm.canonical_uuid(text)
+                except ValueError as exc:
+                    events.append(Notice(str(exc)))
+                else:
+                    events.append(VmIdentified(self.uuid))
+            case vm.VmName(name):
+                self.name = name
+                events.append(VmNamed(name))
+            case vm.VMotionBegin(sequence):
+                self._begins.add(sequence)
+                events.append(event)
+            case vm.VMotionPeer(cookie):
+                # The sequence is a prefix of the cookie; only the hub knows how long.
+                self._peers.add(cookie)
+                events.append(event)
+            case vm.VMotionComplete() | vm.VMotionAbort():
+                events.append(event)
+            case vm.Unsupported(code, _) if code in vm.PROXY_KNOWN_CODES:
+                # A listed code with a malformed body (e.g. a 2-byte RCVD-1).
+                events.append(Notice(f"malformed option-232 command {code:#04x}"))
+            case vm.Unsupported(code, _):
+                self._send(vm.UnknownSuboptionRcvd2(code))
+            case _:
+                code = vm.payload_of(event)[0]
+                if code in _PROXY_ONLY:
+                    events.append(Notice(f"proxy-only command {code:#04x} from the VM"))
+                else:  # 84-87: decodable, but not in our KS-2 list
+                    self._send(vm.UnknownSuboptionRcvd2(code))
+
+    def _on_ks1(self, codes: bytes) -> None:
+        if self._ks2_unmatched:
+            self._ks2_unmatched = False  # the KS-2 sent on WILL 232 answers this KS-1
+        else:
+            self._out += _KS2
+            self._ks2_sent = True
+        if not self._gets_sent:
+            self._gets_sent = True
+            if vm.Code.GET_VM_VC_UUID in codes:
+                self._send(vm.GetVmVcUuid())
+            if vm.Code.GET_VM_NAME in codes:
+                self._send(vm.GetVmName())
+
+    def _on_do_proxy(self, request: vm.DoProxy, events: list[SessionEvent]) -> None:
+        if self._proxy_answered:
+            events.append(Notice("repeated DO-PROXY on one connection ignored"))
+            return
+        self._proxy_answered = True
+        accepted = self._accept_proxy(request)
+        self._send(vm.WillProxy() if accepted else vm.WontProxy())
+        _, label = vm.parse_service_uri(request.service_uri)
+        self.proxy = ProxyRequested(request.direction, request.service_uri, label, accepted)
+        events.append(self.proxy)

@@ -1,0 +1,380 @@
+"""Telnet framing (RFC 854/855) and option negotiation (RFC 1143 Q-method), sans-IO.
+
+Boundary: bytes in, frozen events out; requests in, bytes out.  No sockets, no clock,
+no logging.  Both vspcd's VM links and its operator links use this codec, as do the
+tests' fake ESXi hosts.
+
+Theory of operation
+-------------------
+The tokenizer is a small state machine (`_State`) whose state survives any chunk
+boundary, including one that falls right after an IAC (PROTOCOL.md §1 rule 4).  Plain
+data is never walked byte by byte: in the DATA state the codec `find()`s the next IAC
+and emits everything before it as one `Data` event, so a chunk without IAC costs one
+`find` and one slice.  `IAC IAC` is a data byte 0xff and is merged into the surrounding
+run.  Subnegotiation payloads are collected unescaped and capped (`sb_limit`); a
+longer one is the peer's fault and raises `TelnetProtocolError`.
+
+Option negotiation follows RFC 1143 without the queue bits: for each option the codec
+keeps `us` (may *we* perform it: WILL/WONT) and `him` (may the peer: DO/DONT), each
+NO / YES / WANTNO / WANTYES.  It never acknowledges a mode already in effect, and it
+refuses an unwanted request exactly once, so negotiation cannot loop (STYLE.md,
+anti-pattern 17).  Replies are queued and drained with `data_to_send()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+__all__ = [
+    "IAC",
+    "SB",
+    "SE",
+    "Cmd",
+    "Command",
+    "Data",
+    "Event",
+    "Negotiation",
+    "Opt",
+    "OptionChanged",
+    "Subnegotiation",
+    "TelnetCodec",
+    "TelnetProtocolError",
+    "Verb",
+    "escape",
+    "subnegotiation",
+]
+
+IAC = 0xFF
+SB = 0xFA
+SE = 0xF0
+
+_IAC_BYTE = b"\xff"
+_IAC_IAC = b"\xff\xff"
+
+
+class Cmd(IntEnum):
+    """RFC 854 command codes that may follow IAC."""
+
+    SE = 240
+    NOP = 241
+    DM = 242
+    BRK = 243
+    IP = 244
+    AO = 245
+    AYT = 246
+    EC = 247
+    EL = 248
+    GA = 249
+    SB = 250
+    WILL = 251
+    WONT = 252
+    DO = 253
+    DONT = 254
+    IAC = 255
+
+
+class Verb(IntEnum):
+    """The four negotiation verbs (RFC 854)."""
+
+    WILL = 251
+    WONT = 252
+    DO = 253
+    DONT = 254
+
+
+class Opt(IntEnum):
+    """Telnet options this project names (RFC 856, 857, 858, 2941, 2217, PROTOCOL.md)."""
+
+    BINARY = 0
+    ECHO = 1
+    SGA = 3
+    STATUS = 5
+    TIMING_MARK = 6
+    TTYPE = 24
+    NAWS = 31
+    TSPEED = 32
+    LFLOW = 33
+    LINEMODE = 34
+    XDISPLOC = 35
+    AUTHENTICATION = 37
+    NEW_ENVIRON = 39
+    COM_PORT = 44
+    VMWARE_EXT = 232
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    """A run of in-band data, already unescaped (IAC IAC -> 0xff)."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiation:
+    """The peer sent `IAC <verb> <option>` (reported whatever the codec answered)."""
+
+    verb: Verb
+    option: int
+
+
+@dataclass(frozen=True, slots=True)
+class OptionChanged:
+    """An option's state changed.  `local` means we perform it (WILL side)."""
+
+    option: int
+    local: bool
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Subnegotiation:
+    """`IAC SB <option> <payload> IAC SE`; payload unescaped."""
+
+    option: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """Any other `IAC <code>` (NOP, BRK, AYT, ...)."""
+
+    code: int
+
+
+Event = Data | Negotiation | OptionChanged | Subnegotiation | Command
+
+
+class TelnetProtocolError(Exception):
+    """The peer broke telnet framing (RemoteProtocolError in h11 terms)."""
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def escape(payload: bytes) -> bytes:
+    """Double every 0xff so `payload` travels as in-band data (RFC 854)."""
+    return payload.replace(_IAC_BYTE, _IAC_IAC)
+
+
+def subnegotiation(option: int, payload: bytes) -> bytes:
+    """Frame `IAC SB option payload IAC SE`, doubling 0xff inside the payload."""
+    return bytes((IAC, SB, option)) + escape(payload) + bytes((IAC, SE))
+
+
+def negotiation(verb: Verb, option: int) -> bytes:
+    """Frame `IAC verb option`."""
+    return bytes((IAC, verb, option))
+
+
+# --- RFC 1143 state ---------------------------------------------------------------------
+
+
+class _Q(Enum):
+    NO = "no"
+    YES = "yes"
+    WANTNO = "wantno"
+    WANTYES = "wantyes"
+
+
+class _State(Enum):
+    DATA = "data"
+    IAC = "iac"
+    VERB = "verb"  # after IAC WILL/WONT/DO/DONT, waiting for the option byte
+    SB_OPTION = "sb_option"
+    SB_DATA = "sb_data"
+    SB_IAC = "sb_iac"
+
+
+class TelnetCodec:
+    """Telnet framing plus RFC 1143 negotiation for one connection.
+
+    Args:
+        local_ok: options we agree to perform when the peer asks (`DO x` -> `WILL x`).
+        remote_ok: options we agree to let the peer perform (`WILL x` -> `DO x`).
+        sb_limit: largest subnegotiation payload accepted, in bytes.
+    """
+
+    def __init__(
+        self,
+        *,
+        local_ok: Iterable[int] = (),
+        remote_ok: Iterable[int] = (),
+        sb_limit: int = 64 * 1024,
+    ) -> None:
+        self._local_ok = frozenset(local_ok)
+        self._remote_ok = frozenset(remote_ok)
+        self._sb_limit = sb_limit
+        self._us: dict[int, _Q] = {}
+        self._him: dict[int, _Q] = {}
+        self._out = bytearray()
+        self._state = _State.DATA
+        self._verb = Verb.WILL
+        self._sb_option: int | None = None
+        self._sb = bytearray()
+
+    # -- options ---------------------------------------------------------------------
+
+    def local_enabled(self, option: int) -> bool:
+        """True once we perform `option` (both sides agreed on WILL)."""
+        return self._us.get(option, _Q.NO) is _Q.YES
+
+    def remote_enabled(self, option: int) -> bool:
+        """True once the peer performs `option` (both sides agreed on DO)."""
+        return self._him.get(option, _Q.NO) is _Q.YES
+
+    def offer_local(self, option: int) -> None:
+        """Ask to perform `option` (send WILL) unless it is on or already asked for."""
+        if self._us.get(option, _Q.NO) is _Q.NO:
+            self._us[option] = _Q.WANTYES
+            self._out += negotiation(Verb.WILL, option)
+
+    def request_remote(self, option: int) -> None:
+        """Ask the peer to perform `option` (send DO) unless on or already asked for."""
+        if self._him.get(option, _Q.NO) is _Q.NO:
+            self._him[option] = _Q.WANTYES
+            self._out += negotiation(Verb.DO, option)
+
+    def _negotiate(self, verb: Verb, option: int) -> list[Event]:
+        """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
+        local = verb in (Verb.DO, Verb.DONT)
+        table = self._us if local else self._him
+        wanted = self._local_ok if local else self._remote_ok
+        positive = verb in (Verb.DO, Verb.WILL)
+        agree, refuse = (Verb.WILL, Verb.WONT) if local else (Verb.DO, Verb.DONT)
+        state = table.get(option, _Q.NO)
+        events: list[Event] = [Negotiation(verb, option)]
+        if positive:
+            if state is _Q.NO:
+                if option in wanted:
+                    table[option] = _Q.YES
+                    self._out += negotiation(agree, option)
+                    events.append(OptionChanged(option, local, True))
+                else:
+                    self._out += negotiation(refuse, option)
+            elif state is _Q.WANTYES:
+                table[option] = _Q.YES
+                events.append(OptionChanged(option, local, True))
+            elif state is _Q.WANTNO:
+                # RFC 1143: "DONT answered by WILL" - an error by the peer; settle on NO.
+                table[option] = _Q.NO
+            # YES: already in effect, never acknowledge again.
+        else:
+            if state is _Q.YES:
+                table[option] = _Q.NO
+                self._out += negotiation(refuse, option)
+                events.append(OptionChanged(option, local, False))
+            elif state in (_Q.WANTNO, _Q.WANTYES):
+                table[option] = _Q.NO
+            # NO: already off, no reply.
+        return events
+
+    # -- output ----------------------------------------------------------------------
+
+    def send_data(self, payload: bytes) -> bytes:
+        """Return `payload` escaped for the wire (does not touch the reply queue)."""
+        return escape(payload)
+
+    def data_to_send(self) -> bytes:
+        """Drain and return the queued negotiation bytes."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # -- input -----------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse one chunk; return its events in order.
+
+        Raises:
+            TelnetProtocolError: a subnegotiation exceeded `sb_limit`, or an `IAC SB`
+                started inside another subnegotiation.
+        """
+        events: list[Event] = []
+        run = bytearray()  # pending Data bytes, emitted before the next non-data event
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._state
+            if state is _State.DATA:
+                nxt = data.find(IAC, pos)
+                if nxt < 0:
+                    if not run and pos == 0:
+                        events.append(Data(bytes(data)))  # fast path: no IAC at all
+                        return events
+                    run += data[pos:]
+                    break
+                run += data[pos:nxt]
+                pos = nxt + 1
+                self._state = _State.IAC
+            elif state is _State.IAC:
+                code = data[pos]
+                pos += 1
+                if code == IAC:
+                    run.append(IAC)
+                    self._state = _State.DATA
+                    continue
+                if run:
+                    events.append(Data(bytes(run)))
+                    run.clear()
+                if Verb.WILL <= code <= Verb.DONT:
+                    self._verb = Verb(code)
+                    self._state = _State.VERB
+                elif code == SB:
+                    self._state = _State.SB_OPTION
+                else:
+                    if code != SE:  # a stray SE outside SB carries nothing
+                        events.append(Command(code))
+                    self._state = _State.DATA
+            elif state is _State.VERB:
+                events += self._negotiate(self._verb, data[pos])
+                pos += 1
+                self._state = _State.DATA
+            elif state is _State.SB_OPTION:
+                code = data[pos]
+                pos += 1
+                self._sb.clear()
+                if code == IAC:
+                    # `IAC SB IAC ...`: no option byte; treat as empty and resync at SE.
+                    self._sb_option = None
+                    self._state = _State.SB_IAC
+                else:
+                    self._sb_option = code
+                    self._state = _State.SB_DATA
+            elif state is _State.SB_DATA:
+                nxt = data.find(IAC, pos)
+                stop = end if nxt < 0 else nxt
+                self._sb += data[pos:stop]
+                if len(self._sb) > self._sb_limit:
+                    self._state = _State.DATA
+                    self._sb.clear()
+                    raise TelnetProtocolError(f"subnegotiation longer than {self._sb_limit} bytes")
+                pos = stop
+                if nxt >= 0:
+                    pos += 1
+                    self._state = _State.SB_IAC
+            else:  # SB_IAC
+                code = data[pos]
+                pos += 1
+                if code == IAC:
+                    self._sb.append(IAC)
+                    self._state = _State.SB_DATA
+                elif code == SE:
+                    if self._sb_option is not None:
+                        events.append(Subnegotiation(self._sb_option, bytes(self._sb)))
+                    self._sb.clear()
+                    self._state = _State.DATA
+                elif code == SB:
+                    self._state = _State.DATA
+                    self._sb.clear()
+                    raise TelnetProtocolError("IAC SB inside a subnegotiation")
+                else:
+                    # RFC 855 leaves `IAC <cmd>` inside SB undefined; keep the byte pair
+                    # out of the payload and stay in the subnegotiation.
+                    self._state = _State.SB_DATA
+        if run:
+            events.append(Data(bytes(run)))
+        return events

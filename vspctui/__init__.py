@@ -1,0 +1,1 @@
+"""Operator tools for vspcd: the `vspc` command-line client and the urwid dashboard."""
