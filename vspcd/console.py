@@ -1,0 +1,255 @@
+"""Per-console records owned by the hub: identity, buffers, vMotion state, clients.
+
+Pure data plus small bounded-buffer helpers; no I/O, no clock.  The hub (vspcd/hub.py)
+is the only writer.  Spec: PROTOCOL.md §3.5 (port key), §4.1 (cookie), §4.4 (holds).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Cancellable(Protocol):
+    """What `call_later` returns (asyncio.TimerHandle satisfies it)."""
+
+    def cancel(self) -> None: ...
+
+
+class VmChannel(Protocol):
+    """The hub's view of one ESXi connection (vspcd/links.py VmLink)."""
+
+    peer: str
+
+    def send_console(self, data: bytes) -> None: ...
+    def goahead(self, sequence: bytes, secret: bytes) -> None: ...
+    def notnow(self, sequence: bytes) -> None: ...
+    def peer_ok(self, sequence: bytes) -> None: ...
+    def write_backlog(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class ClientChannel(Protocol):
+    """The hub's view of one operator connection (telnet port or admin attach)."""
+
+    peer: str
+
+    def console_output(self, raw: bytes, escaped: bytes) -> None:
+        """Deliver VM output; `escaped` has 0xff doubled (the same object for every
+        telnet client, so fan-out builds it once)."""
+
+    def notify(self, text: str) -> None:
+        """Show the operator one line from vspcd (not console data)."""
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ConsoleKey:
+    """A console's identity: canonical VC UUID + discriminator (PROTOCOL.md §3.5).
+
+    `label` is the `?port=` label, or the whole serviceURI in multi-console mode, or ""
+    for a VM's only console.  Never the VM name.
+    """
+
+    uuid: str
+    label: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.uuid}_{self.label}" if self.label else self.uuid
+
+
+class LockMode(StrEnum):
+    """Attach modes with vSPC.py's names and meaning (docs/admin-protocol.md)."""
+
+    EXCLUSIVE = "exclusive"
+    WRITE = "write"
+    FREE_FOR_ALL = "free_for_all"
+    FREE_FOR_ALL_OR_READONLY = "free_for_all_or_readonly"
+
+
+class Phase(Enum):
+    """vMotion phase of a console (PROTOCOL.md §4.5)."""
+
+    NORMAL = "normal"
+    PENDING = "pending"  # GOAHEAD sent, no destination bound
+    PEERED = "peered"  # destination bound by PEER, waiting for COMPLETE
+
+
+class Role(Enum):
+    """What a VM connection is to its console."""
+
+    UNBOUND = "unbound"  # not identified yet, refused, or replaced
+    ACTIVE = "active"
+    DESTINATION = "destination"  # PEERed, not yet COMPLETE
+    RETIRED = "retired"  # a former source or replaced connection
+
+
+class Bounded:
+    """A byte FIFO with a ceiling; overflow drops the oldest bytes and counts them."""
+
+    __slots__ = ("_buf", "limit", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def append(self, data: bytes) -> int:
+        """Append; return how many old bytes were dropped to stay within `limit`."""
+        self._buf += data
+        over = len(self._buf) - self.limit
+        if over > 0:
+            del self._buf[:over]
+            self.dropped += over
+            return over
+        return 0
+
+    def take(self) -> bytes:
+        """Remove and return everything."""
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+
+class Scrollback:
+    """The last `limit` bytes of console output (for replay and tail).
+
+    Trims in amortised O(1): the buffer may grow to twice the limit before the front
+    is cut, so a stream of small writes does not memmove on every write.
+    """
+
+    __slots__ = ("_buf", "limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+        self.total = 0  # bytes ever written (a position for tail cursors)
+
+    def append(self, data: bytes) -> None:
+        self.total += len(data)
+        if self.limit <= 0:
+            return
+        self._buf += data
+        if len(self._buf) > 2 * self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    def last(self, n: int) -> bytes:
+        """The last `n` bytes kept (fewer if not that many were kept)."""
+        n = min(n, self.limit, len(self._buf))
+        return bytes(self._buf[len(self._buf) - n :]) if n > 0 else b""
+
+
+@dataclass(eq=False, slots=True)
+class VmConn:
+    """Hub-side record of one ESXi connection."""
+
+    channel: VmChannel
+    since: float
+    role: Role = Role.UNBOUND
+    uuid: str | None = None
+    name: str | None = None
+    service_uri: str | None = None
+    label: str | None = None
+    proxy_accepted: bool | None = None  # None: no DO-PROXY (yet), e.g. a destination
+    console: Console | None = None
+    early: Bounded = field(default_factory=lambda: Bounded(64 * 1024))  # pre-identification
+    congested: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    """Hub-side record of one operator connection."""
+
+    channel: ClientChannel
+    console: Console
+    kind: str  # "telnet" or "attach"
+    mode: LockMode
+    readonly: bool
+    since: float
+    uid: int | None = None
+    user: str | None = None
+    bytes_in: int = 0
+    ident: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Migration:
+    """One vMotion in flight on a console (PROTOCOL.md §4.1, §4.5)."""
+
+    source: VmConn
+    sequence: bytes
+    cookie: bytes
+    since: float
+    dest: VmConn | None = None
+    source_closed: bool = False
+    abandon: Cancellable | None = None
+    dest_output: bytearray = field(default_factory=bytearray)  # dest data before COMPLETE
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.PEERED if self.dest is not None else Phase.PENDING
+
+
+@dataclass(eq=False, slots=True)
+class Counters:
+    """Per-console statistics reported by `show`."""
+
+    bytes_from_vm: int = 0
+    bytes_to_vm: int = 0
+    vmotions: int = 0
+    vmotion_aborts: int = 0
+    vmotion_refusals: int = 0
+    input_dropped: int = 0
+    vm_connects: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Console:
+    """One VM serial port as operators see it."""
+
+    key: ConsoleKey
+    name: str
+    scrollback: Scrollback
+    hold: Bounded  # client -> VM bytes held (vMotion, congestion, or no VM)
+    created: float
+    port: int | None = None
+    vm: VmConn | None = None
+    service_uri: str | None = None
+    migration: Migration | None = None
+    clients: list[Client] = field(default_factory=list)
+    expiry: Cancellable | None = None
+    expires_at: float | None = None
+    refuse_next_vmotion: bool = False
+    last_activity: float = 0.0
+    counters: Counters = field(default_factory=Counters)
+
+    @property
+    def display_name(self) -> str:
+        """vSPC.py's NAME_LABEL form (NAME_URI in multi-console mode)."""
+        return f"{self.name}_{self.key.label}" if self.key.label else self.name
+
+    @property
+    def phase(self) -> Phase:
+        return Phase.NORMAL if self.migration is None else self.migration.phase
+
+    @property
+    def connected(self) -> bool:
+        """A VM connection is bound (including a source mid-vMotion)."""
+        return self.vm is not None or self.migration is not None
+
+    def lock_holder(self) -> Client | None:
+        """The client holding an exclusive or write lock, if any."""
+        for client in self.clients:
+            if client.mode in (LockMode.EXCLUSIVE, LockMode.WRITE):
+                return client
+        return None

@@ -1,0 +1,281 @@
+"""asyncio Protocol adapters: bytes <-> codec events <-> hub calls.  No policy here.
+
+- `VmLink`: one ESXi connection on the proxy port (PROTOCOL.md §3, §4).
+- `TelnetClientLink`: one operator on a console's per-VM telnet port.
+
+Each link owns its codec (built in `__init__`, before any I/O), catches the peer's
+protocol errors, logs them once with the peer address and closes only that
+connection: a bad peer never stops the loop or touches another console.
+
+Flow control (PROTOCOL.md §4.4 duty 2, issue #3 "Backpressure"):
+- A VM link keeps its transport buffer small (`VM_HIGH_WATER`) and reports
+  pause/resume to the hub, which then holds client input in its own bounded queue and
+  stops reading clients.  So a GOAHEAD or NOTNOW never queues behind much data.
+- A client link never slows a VM: when its transport buffer passes the client's
+  limit, further output for that client is dropped and counted, and once it drains
+  the client sees one marker line saying how much it lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import cast
+
+from vspc.common import vmware as vm
+from vspc.common.session import ProxySession, accept_server_direction
+from vspc.common.telnet import (
+    Command,
+    Data,
+    Negotiation,
+    Opt,
+    TelnetCodec,
+    TelnetProtocolError,
+)
+from vspc.vspcd.console import Client, VmConn
+from vspc.vspcd.hub import Hub, HubError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TelnetClientLink", "VmLink", "peer_name"]
+
+VM_HIGH_WATER = 64 * 1024
+
+
+def peer_name(transport: asyncio.BaseTransport) -> str:
+    """`host:port` (IPv6 bracketed) for log lines, or "?"."""
+    addr = transport.get_extra_info("peername")
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr) if addr else "?"
+
+
+def _enable_keepalive(transport: asyncio.BaseTransport) -> None:
+    """Notice half-open connections left by a crashed host (PROTOCOL.md §4.6)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+    except OSError as exc:  # e.g. a socket type that refuses the option
+        log.debug("keepalive not enabled: %s", exc)
+
+
+class VmLink(asyncio.Protocol):
+    """One ESXi serial-port connection (the hub's `VmChannel`)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
+    ) -> None:
+        self._hub = hub  # shared
+        self._session = ProxySession(accept_proxy=accept_proxy)  # per connection
+        self._transport: asyncio.Transport | None = None
+        self._conn: VmConn | None = None
+        self.peer = "?"
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = peer_name(transport)
+        _enable_keepalive(transport)
+        self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
+        log.debug("VM connection from %s", self.peer)
+        self._session.initiate()
+        self._flush()
+        self._conn = self._hub.vm_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._conn is None or self._transport is None or self._transport.is_closing():
+            return
+        try:
+            events = self._session.receive_data(data)
+        except TelnetProtocolError as exc:
+            log.warning("VM %s: telnet protocol error (%s); closing", self.peer, exc)
+            self.close()
+            return
+        try:
+            for event in events:
+                self._hub.vm_event(self._conn, event)
+        except Exception:  # a hub bug must cost one connection, never the daemon
+            log.exception("VM %s: internal error handling its input; closing", self.peer)
+            self.close()
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False  # ESXi half-closes; close our side too (the capture proxy did)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("VM %s: connection lost: %s", self.peer, exc)
+        if self._conn is not None:
+            self._hub.vm_closed(self._conn)
+
+    def pause_writing(self) -> None:
+        if self._conn is not None:
+            self._hub.vm_congested(self._conn, True)
+
+    def resume_writing(self) -> None:
+        if self._conn is not None:
+            self._hub.vm_congested(self._conn, False)
+
+    # -- VmChannel (called by the hub) --------------------------------------------------
+
+    def _flush(self) -> None:
+        out = self._session.data_to_send()
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out)
+
+    def send_console(self, data: bytes) -> None:
+        self._session.send_data(data)
+        self._flush()
+
+    def goahead(self, sequence: bytes, secret: bytes) -> None:
+        self._session.goahead(sequence, secret)
+        self._flush()
+
+    def notnow(self, sequence: bytes) -> None:
+        self._session.notnow(sequence)
+        self._flush()
+
+    def peer_ok(self, sequence: bytes) -> None:
+        self._session.peer_ok(sequence)
+        self._flush()
+
+    def write_backlog(self) -> int:
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()  # flushes what is buffered, then closes
+
+
+# Telnet operators: we echo and suppress go-ahead (character mode), and run binary
+# both ways so NUL, 0x11, 0xff and CR LF pass unchanged (issue #3 behaviour 4).
+_CLIENT_LOCAL = (Opt.ECHO, Opt.SGA, Opt.BINARY)
+_CLIENT_REMOTE = (Opt.BINARY, Opt.SGA)
+
+
+class TelnetClientLink(asyncio.Protocol):
+    """One operator on a per-VM telnet port (the hub's `ClientChannel`).
+
+    Data flows at once: offers go out on connect but nothing waits for the answers,
+    so raw clients (nc, gdb) that never negotiate work too.
+    """
+
+    def __init__(self, hub: Hub, port: int, *, queue_limit: int = 1 << 20) -> None:
+        self._hub = hub
+        self._port = port
+        self._queue_limit = queue_limit
+        self._codec = TelnetCodec(local_ok=_CLIENT_LOCAL, remote_ok=_CLIENT_REMOTE)
+        self._transport: asyncio.Transport | None = None
+        self._client: Client | None = None
+        self._negotiated = False  # the peer speaks telnet (sent any IAC command)
+        self._after_cr = False
+        self._paused = False
+        self._dropped = 0
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self.peer = peer_name(transport)
+        self._transport.set_write_buffer_limits(high=self._queue_limit)
+        console = self._hub.console_by_port(self._port)
+        if console is None:
+            self._line(f"no console on port {self._port}")
+            self._transport.close()
+            return
+        for option in _CLIENT_LOCAL:
+            self._codec.offer_local(option)
+        for option in _CLIENT_REMOTE:
+            self._codec.request_remote(option)
+        self._transport.write(self._codec.data_to_send())
+        try:
+            self._client = self._hub.attach(console, self, kind="telnet")
+        except HubError as exc:
+            self._line(str(exc))
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self._client is None or self._transport is None:
+            return
+        try:
+            events = self._codec.receive_data(data)
+        except TelnetProtocolError as exc:
+            log.warning("client %s: telnet protocol error (%s); closing", self.peer, exc)
+            self._transport.close()
+            return
+        reply = self._codec.data_to_send()
+        if reply:
+            self._transport.write(reply)
+        for event in events:
+            match event:
+                case Data(payload):
+                    self._hub.client_input(self._client, self._nvt_input(payload))
+                case Negotiation() | Command():
+                    self._negotiated = True
+                case _:
+                    pass
+
+    def _nvt_input(self, payload: bytes) -> bytes:
+        """Undo NVT's CR NUL (RFC 854) for telnet peers not in binary mode."""
+        if not self._negotiated or self._codec.remote_enabled(Opt.BINARY):
+            return payload
+        if self._after_cr and payload[:1] == b"\0":
+            payload = payload[1:]
+        self._after_cr = payload[-1:] == b"\r"
+        return payload.replace(b"\r\0", b"\r")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._client is not None:
+            self._hub.detach(self._client)
+
+    def pause_writing(self) -> None:
+        self._paused = True  # over the client's limit: drop its output from now on
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._dropped:
+            self._line(f"{self._dropped} bytes of output dropped: client too slow")
+            log.warning("client %s: dropped %d bytes (slow reader)", self.peer, self._dropped)
+            self._dropped = 0
+
+    # -- ClientChannel -------------------------------------------------------------------
+
+    def console_output(self, raw: bytes, escaped: bytes) -> None:
+        if self._transport is None:
+            return
+        if self._paused:
+            self._dropped += len(raw)
+            return
+        self._transport.write(escaped)
+
+    def _line(self, text: str) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+
+    def notify(self, text: str) -> None:
+        self._line(text)
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
