@@ -788,6 +788,10 @@ class Hub:
 
     # ================================================================== shutdown
 
+    def busy(self) -> bool:
+        """Any VM or client connection still open (shutdown waits for none)."""
+        return bool(self._vms) or any(c.clients for c in self._consoles.values())
+
     def close_all(self) -> None:
         """Close every connection (daemon shutdown); timers are cancelled."""
         for console in list(self._consoles.values()):

@@ -174,9 +174,9 @@ class TelnetClientLink(asyncio.Protocol):
     so raw clients (nc, gdb) that never negotiate work too.
     """
 
-    def __init__(self, hub: Hub, port: int, *, queue_limit: int = 1 << 20) -> None:
+    def __init__(self, hub: Hub, port: int | None = None, *, queue_limit: int = 1 << 20) -> None:
         self._hub = hub
-        self._port = port
+        self._port = port  # None: the local port the operator connected to
         self._queue_limit = queue_limit
         self._codec = TelnetCodec(local_ok=_CLIENT_LOCAL, remote_ok=_CLIENT_REMOTE)
         self._transport: asyncio.Transport | None = None
@@ -191,6 +191,9 @@ class TelnetClientLink(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_name(transport)
         self._transport.set_write_buffer_limits(high=self._queue_limit)
+        if self._port is None:
+            sockname = transport.get_extra_info("sockname")
+            self._port = sockname[1] if isinstance(sockname, tuple) else -1
         console = self._hub.console_by_port(self._port)
         if console is None:
             self._line(f"no console on port {self._port}")
