@@ -1,0 +1,486 @@
+"""Command line + environment -> one frozen `Config` (STYLE.md "Config").
+
+Boundary: `parse_args(argv, environ)` is the only place that reads options or
+environment variables; everything downstream receives the `Config`.  Nothing here
+runs at import time, so tests can build configurations from plain lists and dicts.
+
+Flag names follow pbhenson/vSPC.py (`vSPCServer`, `lib/settings.py`) so existing
+init scripts keep working; the environment variables `SUPPORT_MULTI_CONSOLE` and
+`VM_CLIENT_LIMIT` mean what they meant there, and an explicit flag wins over them.
+Bad values end the process with a one-line message and exit status 2 through
+`argparse.ArgumentParser.error`, as for any other usage error.
+
+Timing defaults cite PROTOCOL.md §4.5 (F8 abandon grace) and §4.4 (bounded hold).
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from vspc.vspcd import __version__
+from vspc.vspcd.listeners import make_ssl_context
+
+PROXY_PORT = 13370
+PORT_RANGE_START = 50000
+VM_EXPIRE_TIME = 86400.0
+ADMIN_SOCKET_MODE = 0o660
+VMOTION_ABANDON = 60.0  # PROTOCOL.md §4.6: 30-120 s is reasonable
+CLIENT_QUEUE = 1024 * 1024
+HOLD_LIMIT = 1024 * 1024  # PROTOCOL.md §4.4 duty 5: "e.g. 1 MiB"
+SCROLLBACK = 64 * 1024
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+class LogTarget(Enum):
+    """Where `__main__` sends log records."""
+
+    STDERR = "stderr"
+    STDOUT = "stdout"
+    SYSLOG = "syslog"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the daemon was told at startup.  Durations are seconds, sizes bytes."""
+
+    # ESXi-facing listener (PROTOCOL.md §0 role VM); plain and TLS share the port.
+    proxy_iface: str = "0.0.0.0"
+    proxy_port: int = PROXY_PORT
+    ssl: bool = False
+    cert: Path | None = None
+    key: Path | None = None
+    # Per-console telnet ports for operators.
+    vm_ports: bool = True
+    vm_iface: str = "127.0.0.1"
+    port_range_start: int = PORT_RANGE_START
+    vm_expire_time: float = VM_EXPIRE_TIME
+    # Admin channel: always a Unix socket, optionally also TCP.
+    admin_socket: Path = Path("/run/vspcd/vspcd.sock")
+    admin_socket_mode: int = ADMIN_SOCKET_MODE
+    admin_socket_group: str | None = None
+    admin_port: int | None = None
+    admin_iface: str = "127.0.0.1"
+    readonly_group: str | None = None
+    # Console policy.
+    client_limit: int = 0  # 0 = unlimited
+    multi_console: bool = False
+    vmotion_abandon: float = VMOTION_ABANDON
+    client_queue: int = CLIENT_QUEUE
+    hold_limit: int = HOLD_LIMIT
+    scrollback: int = SCROLLBACK
+    # Process.
+    log_stdout: bool = False
+    daemon: bool = False
+    pidfile: Path | None = None
+    debug: bool = False
+
+    @property
+    def log_target(self) -> LogTarget:
+        """A detached daemon has no terminal, so it always logs to syslog."""
+        if self.daemon:
+            return LogTarget.SYSLOG
+        return LogTarget.STDOUT if self.log_stdout else LogTarget.STDERR
+
+
+def default_admin_socket(environ: Mapping[str, str], euid: int) -> Path:
+    """Where the admin socket lives unless `--admin-socket` says otherwise.
+
+    root: /run/vspcd/vspcd.sock; others: $XDG_RUNTIME_DIR/vspcd.sock, or
+    /tmp/vspcd-<uid>/vspcd.sock when XDG_RUNTIME_DIR is unset or empty.
+    """
+    if euid == 0:
+        return Path("/run/vspcd/vspcd.sock")
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime:
+        return Path(runtime) / "vspcd.sock"
+    return Path(f"/tmp/vspcd-{euid}/vspcd.sock")
+
+
+def _ranged_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    convert.__name__ = "integer"  # argparse puts this name in "invalid <name> value"
+    return convert
+
+
+def _seconds(*, positive: bool) -> Callable[[str], float]:
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"not a finite number of seconds: {text!r}")
+        if value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"must be {'> 0' if positive else '>= 0'}")
+        return value
+
+    convert.__name__ = "seconds"
+    return convert
+
+
+def _octal_mode(text: str) -> int:
+    # vSPC.py-era configs wrote modes like "0660"; int("0660") would be decimal 660
+    # (STYLE.md Part 3, #8), so the base is fixed at 8.
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal file mode: {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"file mode out of range 0..0777: {text!r}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+_port = _ranged_int(0, 65535)
+_port.__name__ = "port"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show "(default: X)" only where there is a meaningful X (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The daemon's argument parser; `--help` is generated from it."""
+    parser = argparse.ArgumentParser(
+        prog="vspcd",
+        description=(
+            "Virtual serial port concentrator for VMware ESXi.  ESXi hosts connect to the "
+            "proxy port (telnet:// or telnets://, both on the same port); operators reach "
+            "each VM console on its own telnet port or through the admin socket."
+        ),
+        epilog=(
+            "environment: SUPPORT_MULTI_CONSOLE=true|false (as --multi-console), "
+            "VM_CLIENT_LIMIT=N (as --client-limit); flags win over the environment.  "
+            "See docs/operations.md."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    esxi = parser.add_argument_group("ESXi proxy listener")
+    esxi.add_argument(
+        "-p",
+        "--proxy-port",
+        type=_port,
+        default=PROXY_PORT,
+        metavar="PORT",
+        help="TCP port ESXi hosts connect to (0 = pick a free port)",
+    )
+    esxi.add_argument(
+        "--proxy-iface",
+        type=_nonempty,
+        default="0.0.0.0",
+        metavar="ADDR",
+        help="address the proxy port binds to",
+    )
+    esxi.add_argument(
+        "--ssl",
+        action="store_true",
+        help="also accept telnets:// (TLS) on the proxy port; plain telnet keeps working",
+    )
+    esxi.add_argument(
+        "--cert", type=Path, metavar="FILE", help="PEM certificate chain (required with --ssl)"
+    )
+    esxi.add_argument(
+        "--key", type=Path, metavar="FILE", help="PEM private key, if not inside --cert"
+    )
+
+    ports = parser.add_argument_group("per-VM telnet ports")
+    ports.add_argument(
+        "-r",
+        "--port-range-start",
+        type=_ranged_int(1, 65535),
+        default=PORT_RANGE_START,
+        metavar="PORT",
+        help="lowest port handed to a console; ports in use are skipped",
+    )
+    ports.add_argument(
+        "-i",
+        "--interface",
+        dest="vm_iface",
+        type=_nonempty,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the per-VM telnet ports bind to",
+    )
+    ports.add_argument(
+        "--no-vm-ports",
+        dest="vm_ports",
+        action="store_false",
+        help="do not open per-VM telnet ports (consoles stay reachable via the admin socket)",
+    )
+    ports.add_argument(
+        "--vm-expire-time",
+        type=_seconds(positive=False),
+        default=VM_EXPIRE_TIME,
+        metavar="SECONDS",
+        help="how long a console with no VM and no clients keeps its port",
+    )
+
+    admin = parser.add_argument_group("admin channel")
+    admin.add_argument(
+        "--admin-socket",
+        type=Path,
+        metavar="PATH",
+        help=(
+            "Unix socket for vspc/vspctui (default: /run/vspcd/vspcd.sock as root, else "
+            "$XDG_RUNTIME_DIR/vspcd.sock or /tmp/vspcd-UID/vspcd.sock)"
+        ),
+    )
+    admin.add_argument(
+        "--admin-socket-mode",
+        type=_octal_mode,
+        default="0660",
+        metavar="OCTAL",
+        help="permission bits of the admin socket",
+    )
+    admin.add_argument(
+        "--admin-socket-group",
+        metavar="GROUP",
+        help="group that owns the admin socket (default: the daemon's group)",
+    )
+    admin.add_argument(
+        "-a",
+        "--admin-port",
+        type=_port,
+        metavar="PORT",
+        help="also serve the admin protocol on this TCP port (off by default; unauthenticated)",
+    )
+    admin.add_argument(
+        "--admin-iface",
+        type=_nonempty,
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="address the TCP admin port binds to",
+    )
+    admin.add_argument(
+        "--readonly-group",
+        metavar="GROUP",
+        help="admin-socket peers in this group may watch consoles but not type or change state",
+    )
+
+    policy = parser.add_argument_group("console policy")
+    policy.add_argument(
+        "--client-limit",
+        type=_ranged_int(0),
+        metavar="N",
+        help="most clients per console, 0 = unlimited (env VM_CLIENT_LIMIT; default 0)",
+    )
+    policy.add_argument(
+        "--multi-console",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "key consoles by UUID + serviceURI so a VM may have several serial ports "
+            "(env SUPPORT_MULTI_CONSOLE; default off)"
+        ),
+    )
+    policy.add_argument(
+        "--vmotion-abandon",
+        type=_seconds(positive=True),
+        default=VMOTION_ABANDON,
+        metavar="SECONDS",
+        help="grace after a migrating source disconnects before the vMotion is abandoned",
+    )
+    policy.add_argument(
+        "--client-queue",
+        type=_ranged_int(1),
+        default=CLIENT_QUEUE,
+        metavar="BYTES",
+        help="output queued per client before that client overflows",
+    )
+    policy.add_argument(
+        "--hold-limit",
+        type=_ranged_int(0),
+        default=HOLD_LIMIT,
+        metavar="BYTES",
+        help="client input held per console while a vMotion is in flight",
+    )
+    policy.add_argument(
+        "--scrollback",
+        type=_ranged_int(0),
+        default=SCROLLBACK,
+        metavar="BYTES",
+        help="console output kept per console and replayed to new clients",
+    )
+
+    proc = parser.add_argument_group("process")
+    proc.add_argument(
+        "--stdout",
+        dest="log_stdout",
+        action="store_true",
+        help="log to stdout instead of stderr (ignored with --daemon)",
+    )
+    proc.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="accepted for vSPC.py compatibility; running in the foreground is the default",
+    )
+    proc.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach from the terminal (double fork) and log to syslog; prefer systemd",
+    )
+    proc.add_argument(
+        "--pidfile",
+        type=Path,
+        metavar="FILE",
+        help="write the daemon's pid here, removed at exit; refuse to start if it names "
+        "a live process",
+    )
+    proc.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
+    return parser
+
+
+def _env_bool(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str
+) -> bool | None:
+    raw = environ.get(name)
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    parser.error(f"environment variable {name}={raw!r}: expected true or false")
+
+
+def _env_count(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str
+) -> int | None:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        parser.error(f"environment variable {name}={raw!r}: expected an integer >= 0")
+    if value < 0:
+        parser.error(f"environment variable {name}={raw!r}: expected an integer >= 0")
+    return value
+
+
+def _check_readable(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        parser.error(f"{flag} {path}: cannot read: {exc.strerror or exc}")
+
+
+def _check_group(parser: argparse.ArgumentParser, flag: str, name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        if not name.isdigit():
+            parser.error(f"{flag} {name}: no such group")
+        try:
+            grp.getgrgid(int(name))
+        except KeyError:
+            parser.error(f"{flag} {name}: no such group id")
+
+
+def parse_args(
+    argv: Sequence[str] | None, environ: Mapping[str, str], *, euid: int | None = None
+) -> Config:
+    """Parse the command line and environment into a `Config`.
+
+    Args:
+        argv: arguments without the program name (None means sys.argv[1:]).
+        environ: the environment to consult (normally os.environ).
+        euid: effective uid for the admin-socket default (None means os.geteuid()).
+
+    Raises:
+        SystemExit: status 0 after --help/--version, status 2 with a message on
+            stderr for any bad flag, value or environment variable.
+    """
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+
+    if ns.ssl:
+        if ns.cert is None:
+            parser.error("--ssl requires --cert FILE")
+        _check_readable(parser, "--cert", ns.cert)
+        if ns.key is not None:
+            _check_readable(parser, "--key", ns.key)
+        # Load the pair now so a wrong key or a non-PEM file is a usage error at
+        # startup, not a traceback once the loop runs.
+        try:
+            make_ssl_context(ns.cert, ns.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            parser.error(f"--cert/--key: cannot load certificate and key: {exc}")
+    if ns.pidfile is not None and ns.pidfile.is_dir():
+        parser.error(f"--pidfile {ns.pidfile}: is a directory")
+    _check_group(parser, "--admin-socket-group", ns.admin_socket_group)
+    _check_group(parser, "--readonly-group", ns.readonly_group)
+
+    # An explicit flag wins outright: the variable is not even validated then, so a
+    # stale value in a unit's Environment= cannot block an override on the command line.
+    multi = ns.multi_console
+    if multi is None:
+        multi = bool(_env_bool(parser, environ, "SUPPORT_MULTI_CONSOLE"))
+    limit = ns.client_limit
+    if limit is None:
+        limit = _env_count(parser, environ, "VM_CLIENT_LIMIT") or 0
+
+    admin_socket = ns.admin_socket
+    if admin_socket is None:
+        admin_socket = default_admin_socket(environ, os.geteuid() if euid is None else euid)
+
+    return Config(
+        proxy_iface=ns.proxy_iface,
+        proxy_port=ns.proxy_port,
+        ssl=ns.ssl,
+        cert=ns.cert,
+        key=ns.key,
+        vm_ports=ns.vm_ports,
+        vm_iface=ns.vm_iface,
+        port_range_start=ns.port_range_start,
+        vm_expire_time=ns.vm_expire_time,
+        admin_socket=admin_socket,
+        admin_socket_mode=ns.admin_socket_mode,
+        admin_socket_group=ns.admin_socket_group,
+        admin_port=ns.admin_port,
+        admin_iface=ns.admin_iface,
+        readonly_group=ns.readonly_group,
+        client_limit=limit,
+        multi_console=multi,
+        vmotion_abandon=ns.vmotion_abandon,
+        client_queue=ns.client_queue,
+        hold_limit=ns.hold_limit,
+        scrollback=ns.scrollback,
+        log_stdout=ns.log_stdout,
+        daemon=ns.daemon,
+        pidfile=ns.pidfile,
+        debug=ns.debug,
+    )

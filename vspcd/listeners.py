@@ -1,0 +1,641 @@
+"""Listening sockets: the ESXi proxy port, per-VM telnet ports, the admin Unix socket.
+
+Boundary: this module owns sockets until a connection is handed to asyncio with
+`loop.connect_accepted_socket`; from then on the protocol object (vspcd/links.py)
+owns it.  No policy: which console a port belongs to is the hub's business.
+
+* `start_proxy_listener` serves plain telnet and TLS on one port.  ESXi opens a
+  `telnets://` connection with a TLS ClientHello, whose first byte is the handshake
+  record type 0x16, and a `telnet://` one with `IAC WILL AUTHENTICATION` (0xff,
+  PROTOCOL.md §3.1), so one peeked byte tells them apart.  TCP keepalive is enabled on
+  every accepted socket so a crashed host's half-open connection is noticed
+  (PROTOCOL.md §4.6, "Enable TCP keepalive on VM sockets").
+* `PortBinder` hands out per-console telnet ports synchronously, lowest free first,
+  skipping ports somebody else holds (the default range 50000+ overlaps Linux's
+  ephemeral ports).
+* `start_admin_socket` creates the admin Unix socket with its mode and group set
+  before anyone can connect.
+
+Accepting runs on `loop.add_reader` rather than `asyncio.Server` so that running out
+of file descriptors backs off for a moment instead of spinning on a listening socket
+that stays readable (the predecessor's epoll loop did spin; STYLE.md Part 3, #2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import grp
+import logging
+import os
+import pwd
+import socket
+import ssl
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+TLS_HANDSHAKE_RECORD = 0x16  # RFC 8446 §5.1 ContentType handshake(22)
+
+# Keepalive on accepted sockets: first probe after a minute idle, then 5 probes 10 s
+# apart, so a dead peer is dropped within about 110 s.  ESXi's own side uses 300 s +
+# 5 probes (PROTOCOL.md §4.6, D-KA); ours only has to be no slower.
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 5
+
+# accept(2) errors caused by running out of descriptors or kernel memory: the
+# listening socket stays readable, so retrying at once would spin.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept(2), Linux notes: pending network errors on the new socket are reported by
+# accept and "should be treated like EAGAIN by retrying".
+_TRANSIENT = frozenset(
+    {
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.ENETDOWN,
+        errno.ENOPROTOOPT,
+        errno.EHOSTDOWN,
+        errno.ENONET,
+        errno.EHOSTUNREACH,
+        errno.EOPNOTSUPP,
+        errno.ENETUNREACH,
+        errno.EPERM,  # firewall (e.g. nftables reject) vetoed this connection
+    }
+)
+# bind(2) errors that are about this one port; anything else (EADDRNOTAVAIL,
+# EMFILE, ...) would fail for every port, so PortBinder stops scanning.
+_PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+_ACCEPT_BATCH = 64  # accepts per readiness callback, so one busy port cannot hog the loop
+
+
+def make_ssl_context(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str] | None = None
+) -> ssl.SSLContext:
+    """A server-side TLS context for the proxy port: TLS 1.2 or newer, no client cert.
+
+    Args:
+        cert: PEM file with the certificate chain (and the key, if `key` is None).
+        key: PEM file with the private key.
+
+    Raises:
+        OSError: a file cannot be read.
+        ssl.SSLError: the files are not a matching PEM certificate and key.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Renegotiation only helps an attacker on a long-lived console connection.
+    context.options |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """Turn on TCP keepalive with our probe timing (Linux options where present)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+    ):
+        option = getattr(socket, name, None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def bind_tcp(host: str, port: int, *, backlog: int = socket.SOMAXCONN) -> socket.socket:
+    """A non-blocking listening TCP socket on (host, port); port 0 picks a free one.
+
+    Binds the first address `getaddrinfo` returns for `host`.  SO_REUSEADDR lets a
+    restarted daemon take its ports back from TIME_WAIT; on Linux it never lets two
+    sockets listen on one port.
+
+    Raises:
+        OSError: resolution, bind or listen failed.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Kind(Enum):
+    PLAIN = "plain"
+    TLS = "tls"
+    GONE = "gone"  # closed or reset before saying anything
+
+
+class Listener:
+    """Accepts on one listening socket and hands each connection to asyncio.
+
+    Created by `start_proxy_listener` and `PortBinder.bind`.  `close()` stops
+    accepting and drops connections still being sniffed or handshaking; connections
+    already handed to a protocol are not touched (like `asyncio.Server.close`).
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: ProtocolFactory,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        peek_timeout: float = 1.0,
+        handshake_timeout: float = 60.0,
+        backoff: float = 0.5,
+        keepalive: bool = True,
+    ) -> None:
+        # shared / configuration
+        self._loop = loop
+        self._factory = protocol_factory
+        self._ssl = ssl_context
+        self._peek_timeout = peek_timeout
+        self._handshake_timeout = handshake_timeout
+        self._backoff = backoff
+        self._keepalive = keepalive
+        # the listening socket; `_accept` is an attribute so tests can inject errors
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
+        self.port: int = sock.getsockname()[1]
+        # lifetime state
+        self._reading = False
+        self._closed = False
+        self._resume: asyncio.TimerHandle | None = None
+        self._exhausted_logged = False
+        self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
+
+    @property
+    def sockname(self) -> tuple[str, int]:
+        """(host, port) the listener is bound to."""
+        name = self._sock.getsockname()
+        return name[0], name[1]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Begin accepting (idempotent; no-op once closed)."""
+        if not self._closed and not self._reading:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if self._reading and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._reading = False
+        self._sock.close()
+        for task in self._pending:
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        """Wait until connections that were still being sorted out are gone."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+
+    # -- accepting -------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, address = self._accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _TRANSIENT:
+                    log.debug("port %d: accept: %s (retrying)", self.port, exc)
+                    continue
+                self._back_off(exc)
+                return
+            if self._exhausted_logged:
+                log.info("port %d: accepting again", self.port)
+                self._exhausted_logged = False
+            self._handover(conn, address)
+
+    def _back_off(self, exc: OSError) -> None:
+        # Leave the connection in the kernel backlog and look again shortly; a
+        # readable listening socket would otherwise wake the loop continuously.
+        if not self._exhausted_logged:
+            if exc.errno in _EXHAUSTED:
+                log.warning(
+                    "port %d: accept failed (%s); pausing accepts for %.1f s",
+                    self.port,
+                    exc,
+                    self._backoff,
+                )
+            else:
+                log.error(
+                    "port %d: unexpected accept error (%s); pausing accepts for %.1f s",
+                    self.port,
+                    exc,
+                    self._backoff,
+                )
+            self._exhausted_logged = True
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._resume = None
+        self.start()
+
+    def _handover(self, conn: socket.socket, address: object) -> None:
+        try:
+            conn.setblocking(False)
+            if self._keepalive:
+                set_keepalive(conn)
+        except OSError as exc:  # the peer may already have reset it
+            log.debug("port %d: %s: setup failed: %s", self.port, address, exc)
+            conn.close()
+            return
+        task = self._loop.create_task(self._serve(conn, _peer_name(address)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _serve(self, conn: socket.socket, peer: str) -> None:
+        handed_over = False
+        try:
+            kind = _Kind.PLAIN if self._ssl is None else await self._sniff(conn)
+            if kind is _Kind.GONE:
+                log.debug("port %d: %s left before sending anything", self.port, peer)
+                return
+            if kind is _Kind.TLS:
+                await self._loop.connect_accepted_socket(
+                    self._factory,
+                    conn,
+                    ssl=self._ssl,
+                    ssl_handshake_timeout=self._handshake_timeout,
+                )
+            else:
+                await self._loop.connect_accepted_socket(self._factory, conn)
+            handed_over = True
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            log.info("port %d: %s: connection setup failed: %s", self.port, peer, exc)
+        except Exception:
+            # A bug in a protocol factory must not stop this listener.
+            log.exception("port %d: %s: connection setup crashed; dropping it", self.port, peer)
+        finally:
+            if not handed_over:
+                conn.close()  # idempotent if asyncio's transport closed it already
+
+    async def _sniff(self, conn: socket.socket) -> _Kind:
+        # A client that waits for the server to speak first (a bare telnet) sends
+        # nothing; after peek_timeout it is plain.  ESXi always speaks first.
+        try:
+            async with asyncio.timeout(self._peek_timeout):
+                while True:
+                    await self._readable(conn)
+                    try:
+                        first = conn.recv(1, socket.MSG_PEEK)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    break
+        except TimeoutError:
+            return _Kind.PLAIN
+        except OSError:
+            return _Kind.GONE
+        if not first:
+            return _Kind.GONE
+        return _Kind.TLS if first[0] == TLS_HANDSHAKE_RECORD else _Kind.PLAIN
+
+    async def _readable(self, conn: socket.socket) -> None:
+        ready = self._loop.create_future()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd = conn.fileno()
+        self._loop.add_reader(fd, wake)
+        try:
+            await ready
+        finally:
+            # asyncio's transport registers its own reader on this fd next
+            self._loop.remove_reader(fd)
+
+
+def _peer_name(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) or "unix"
+
+
+async def start_proxy_listener(
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    protocol_factory: ProtocolFactory,
+    *,
+    peek_timeout: float = 1.0,
+    handshake_timeout: float = 60.0,
+    backoff: float = 0.5,
+) -> Listener:
+    """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
+
+    With an `ssl_context`, each accepted socket's first byte is peeked: 0x16 starts
+    TLS, anything else (or silence for `peek_timeout` seconds) is plain.  Without one
+    nothing is peeked.  Accepted sockets get TCP keepalive.
+
+    Args:
+        host: address to bind ("0.0.0.0", "::", "127.0.0.1", ...).
+        port: TCP port, 0 for any free one (see `Listener.port`).
+        ssl_context: from `make_ssl_context`, or None for plain only.
+        protocol_factory: builds one protocol (e.g. `lambda: VmLink(hub)`) per
+            connection.
+        peek_timeout: seconds to wait for a first byte before assuming plain.
+        handshake_timeout: seconds a TLS handshake may take.
+        backoff: seconds accepting pauses after EMFILE/ENFILE and similar errors.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    listener = Listener(
+        bind_tcp(host, port),
+        protocol_factory,
+        asyncio.get_running_loop(),
+        ssl_context=ssl_context,
+        peek_timeout=peek_timeout,
+        handshake_timeout=handshake_timeout,
+        backoff=backoff,
+    )
+    listener.start()
+    log.info(
+        "listening for ESXi on %s:%d (%s)",
+        host,
+        listener.port,
+        "telnet + telnets" if ssl_context is not None else "telnet",
+    )
+    return listener
+
+
+class PortBinder:
+    """Per-console telnet ports: bound synchronously, lowest free port first.
+
+    `bind()` tries `range_start`, `range_start + 1`, ... up to 65535, skipping ports
+    it already holds and ports whose bind fails with EADDRINUSE/EACCES (another
+    process, or an outgoing connection's ephemeral port).  The port number is known
+    as soon as `bind()` returns, so the hub can announce it at once.
+
+    Constructing one does no I/O; the loop is only used once `bind()` is called.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        range_start: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        backoff: float = 0.5,
+        keepalive: bool = True,
+    ) -> None:
+        if not 1 <= range_start <= 65535:
+            raise ValueError(f"range_start must be 1..65535, got {range_start}")
+        self._host = host
+        self._start = range_start
+        self._loop = loop
+        self._backoff = backoff
+        self._keepalive = keepalive
+        self._held: dict[int, Listener] = {}
+
+    @property
+    def ports(self) -> frozenset[int]:
+        """Ports currently held."""
+        return frozenset(self._held)
+
+    def bind(self, protocol_factory: ProtocolFactory) -> tuple[int, Listener] | None:
+        """Bind the lowest free port >= range_start and start accepting on it.
+
+        Args:
+            protocol_factory: builds one protocol per accepted connection.
+
+        Returns:
+            (port, listener), or None when no port up to 65535 can be bound (logged).
+        """
+        for port in range(self._start, 65536):
+            if port in self._held:
+                continue
+            try:
+                sock = bind_tcp(self._host, port)
+            except OSError as exc:
+                if exc.errno in _PORT_TAKEN:
+                    log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+                    continue
+                log.error("cannot bind telnet ports on %s: %s", self._host, exc)
+                return None
+            listener = Listener(
+                sock,
+                protocol_factory,
+                self._loop,
+                backoff=self._backoff,
+                keepalive=self._keepalive,
+            )
+            listener.start()
+            self._held[port] = listener
+            log.debug("telnet port %s:%d bound", self._host, port)
+            return port, listener
+        log.warning("no free telnet port in %d..65535 on %s", self._start, self._host)
+        return None
+
+    def release(self, port: int) -> None:
+        """Close the listener on `port`; unknown ports are ignored (idempotent)."""
+        listener = self._held.pop(port, None)
+        if listener is not None:
+            listener.close()
+            log.debug("telnet port %s:%d released", self._host, port)
+
+    def close_all(self) -> None:
+        """Release every port (at shutdown)."""
+        for port in list(self._held):
+            self.release(port)
+
+
+# -- admin Unix socket ---------------------------------------------------------
+
+
+class AdminSocketError(OSError):
+    """The admin socket cannot be created safely (message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """SO_PEERCRED of a Unix-socket peer: the process at connect() time."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """The connecting process's pid/uid/gid (Linux SO_PEERCRED).
+
+    Raises:
+        OSError: not a connected Unix socket.
+    """
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid, uid, gid)
+
+
+def resolve_group(group: str) -> int:
+    """Group name (or numeric id) -> gid.
+
+    Raises:
+        KeyError: no such group.
+    """
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        if group.isdigit():
+            return grp.getgrgid(int(group)).gr_gid
+        raise
+
+
+def uid_in_group(uid: int, gid: int, group: str) -> bool:
+    """True if a peer (uid, primary gid) belongs to `group`, supplementary included."""
+    try:
+        wanted = resolve_group(group)
+    except KeyError:
+        return False
+    if gid == wanted:
+        return True
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return wanted in os.getgrouplist(user.pw_name, user.pw_gid)
+
+
+def _prepare_socket_dir(directory: Path) -> None:
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise AdminSocketError(f"{directory} is not a directory")
+    # Someone else's directory (e.g. a pre-created /tmp/vspcd-UID) could swap our
+    # socket for theirs; refuse rather than serve the admin channel from it.
+    if info.st_uid not in (os.geteuid(), 0):
+        raise AdminSocketError(f"{directory} is owned by uid {info.st_uid}, not by us")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise AdminSocketError(f"{directory} is world-writable")
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise AdminSocketError(f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        log.info("removing stale admin socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise AdminSocketError(f"{path}: another daemon is listening there")
+
+
+class AdminSocket:
+    """The admin Unix socket server; `close()` also removes the socket file."""
+
+    def __init__(self, server: asyncio.Server, path: Path, inode: int) -> None:
+        self.server = server
+        self.path = path
+        self._inode = inode
+
+    def close(self) -> None:
+        """Stop accepting and unlink the socket file if it is still ours (idempotent)."""
+        self.server.close()
+        try:
+            if self.path.lstat().st_ino == self._inode:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def wait_closed(self) -> None:
+        await self.server.wait_closed()
+
+
+async def start_admin_socket(
+    path: Path,
+    protocol_factory: ProtocolFactory,
+    *,
+    mode: int = 0o660,
+    group: str | None = None,
+) -> AdminSocket:
+    """Serve the admin protocol on a Unix socket at `path`.
+
+    Creates the parent directory if needed, removes a stale socket left by a dead
+    daemon, and applies `mode` and `group` before listening, so there is no moment
+    when the socket is reachable with looser permissions.
+
+    Raises:
+        AdminSocketError: unsafe directory, non-socket in the way, or a live daemon.
+        KeyError: `group` does not exist.
+        OSError: anything else the filesystem says.
+    """
+    gid = resolve_group(group) if group is not None else -1
+    sock, inode = _bind_unix(path, mode, gid)
+    try:
+        server = await asyncio.get_running_loop().create_unix_server(protocol_factory, sock=sock)
+    except BaseException:
+        sock.close()
+        path.unlink(missing_ok=True)  # noqa: ASYNC240  (startup, error path)
+        raise
+    log.info("admin socket %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
+    return AdminSocket(server, path, inode)
+
+
+def _bind_unix(path: Path, mode: int, gid: int) -> tuple[socket.socket, int]:
+    _prepare_socket_dir(path.parent)
+    _remove_stale_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
+    try:
+        old_umask = os.umask(0o177)  # the socket file is born 0600 ...
+        try:
+            sock.bind(str(path))
+            bound = True
+        finally:
+            os.umask(old_umask)
+        if gid != -1:
+            os.chown(path, -1, gid)
+        os.chmod(path, mode)  # ... and only widened once group and mode are right
+        inode = path.lstat().st_ino
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        if bound:
+            path.unlink(missing_ok=True)
+        raise
+    return sock, inode
