@@ -29,11 +29,12 @@ UNKNOWN-SUBOPTION-RCVD-1 from the VM disables that code on this connection (TV-2
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from vspc.common import vmware as vm
 from vspc.common.telnet import (
+    IAC,
     Data,
     Opt,
     OptionChanged,
@@ -136,6 +137,30 @@ _OFFERS_LOCAL = (Opt.BINARY, Opt.SGA)
 _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 
 
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """Cut `data` right after every IAC byte (one piece if it holds none).
+
+    Why: the codec parses a whole chunk, queuing its negotiation replies as it goes,
+    before we see any event, while our option-232 replies are queued as we walk the
+    events.  Fed a whole segment such as `<KS-1> <PEER> IAC WILL 2c`, the `IAC DONT 2c`
+    for the *last* command would be flushed ahead of the GETs answering the first, so
+    the VM-bound byte order would depend on TCP segmentation.  Every telnet command
+    starts with IAC, and a piece holds at most one IAC (its last byte), so at most one
+    command completes per piece: the one whose IAC ended the previous piece.  The codec
+    keeps its state across any boundary (PROTOCOL.md §1 rule 4), so the events are
+    unchanged; IAC-free data still goes through in one call.
+    """
+    if IAC not in data:
+        yield data
+        return
+    start, end = 0, len(data)
+    while start < end:
+        nxt = data.find(IAC, start)
+        stop = end if nxt < 0 else nxt + 1
+        yield data[start:stop]
+        start = stop
+
+
 class ProxySession:
     """The proxy's half of one ESXi serial-port connection.
 
@@ -236,19 +261,27 @@ class ProxySession:
             TelnetProtocolError: the VM broke telnet framing; close the connection.
         """
         events: list[SessionEvent] = []
-        for event in self._telnet.receive_data(data):
-            match event:
-                case Data(payload):
-                    events.append(VmData(payload))
-                case Subnegotiation(Opt.VMWARE_EXT, payload):
-                    self._on_command(vm.decode(payload), events)
-                case OptionChanged(Opt.VMWARE_EXT, False, True):
-                    if not self._ks2_sent:
-                        self._out += self._telnet.data_to_send()
-                        self._out += _KS2
-                        self._ks2_sent = self._ks2_unmatched = True
-                case _:
-                    pass  # other negotiation was answered by the codec
+        run = bytearray()  # VM data across pieces, reported as one VmData per run
+        for piece in _pieces(data):
+            for event in self._telnet.receive_data(piece):
+                if isinstance(event, Data):
+                    run += event.payload
+                    continue
+                if run:
+                    events.append(VmData(bytes(run)))
+                    run.clear()
+                match event:
+                    case Subnegotiation(Opt.VMWARE_EXT, payload):
+                        self._on_command(vm.decode(payload), events)
+                    case OptionChanged(Opt.VMWARE_EXT, False, True):
+                        if not self._ks2_sent:
+                            self._out += self._telnet.data_to_send()
+                            self._out += _KS2
+                            self._ks2_sent = self._ks2_unmatched = True
+                    case _:
+                        pass  # other negotiation was answered by the codec
+        if run:
+            events.append(VmData(bytes(run)))
         self._out += self._telnet.data_to_send()
         return events
 
