@@ -1,0 +1,95 @@
+"""vspcd/resources.py: RLIMIT_NOFILE raising and descriptor accounting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+
+import pytest
+
+from vspc.vspcd import resources
+from vspc.vspcd.resources import FdUsage, count_open_fds, fd_usage, raise_nofile_limit
+
+
+class FakeLimits:
+    def __init__(self, soft: int, hard: int, *, refuse: bool = False) -> None:
+        self.limits = (soft, hard)
+        self.refuse = refuse
+
+    def getrlimit(self, which: int) -> tuple[int, int]:
+        assert which == resource.RLIMIT_NOFILE
+        return self.limits
+
+    def setrlimit(self, which: int, limits: tuple[int, int]) -> None:
+        if self.refuse:
+            raise ValueError("not allowed")
+        self.limits = limits
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLimits:
+    limits = FakeLimits(1024, 524288)
+    monkeypatch.setattr(resources.resource, "getrlimit", limits.getrlimit)
+    monkeypatch.setattr(resources.resource, "setrlimit", limits.setrlimit)
+    return limits
+
+
+def test_soft_limit_is_raised_to_hard(fake: FakeLimits, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="vspc.vspcd.resources"):
+        assert raise_nofile_limit() == (524288, 524288)
+    assert fake.limits == (524288, 524288)
+    assert "raised from 1024 to 524288" in caplog.text
+
+
+def test_unlimited_hard_limit_is_capped_at_nr_open(
+    fake: FakeLimits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.limits = (1024, resource.RLIM_INFINITY)
+    monkeypatch.setattr(resources, "_nr_open", lambda: 1048576)
+    assert raise_nofile_limit() == (1048576, resource.RLIM_INFINITY)
+    assert fake.limits == (1048576, resource.RLIM_INFINITY)
+
+
+def test_refusal_is_logged_not_raised(fake: FakeLimits, caplog: pytest.LogCaptureFixture) -> None:
+    fake.refuse = True
+    with caplog.at_level(logging.WARNING, logger="vspc.vspcd.resources"):
+        assert raise_nofile_limit() == (1024, 524288)
+    assert "cannot raise open-file limit" in caplog.text
+
+
+def test_already_at_hard_limit_changes_nothing(fake: FakeLimits) -> None:
+    fake.limits = (4096, 4096)
+    assert raise_nofile_limit() == (4096, 4096)
+
+
+def test_real_limit_can_be_raised() -> None:
+    soft, hard = raise_nofile_limit()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
+
+
+def test_count_open_fds_sees_a_new_descriptor() -> None:
+    before = count_open_fds()
+    read_fd, write_fd = os.pipe()
+    try:
+        assert count_open_fds() == before + 2
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+    usage = fd_usage()
+    assert 0 < usage.open < usage.limit
+
+
+@pytest.mark.parametrize(
+    ("usage", "near"),
+    [
+        (FdUsage(open=10, limit=20000), False),
+        (FdUsage(open=18000, limit=20000), True),  # 90 %
+        (FdUsage(open=960, limit=1000), True),  # under 64 left
+        (FdUsage(open=0, limit=0), True),
+    ],
+)
+def test_near_limit(usage: FdUsage, near: bool) -> None:
+    assert usage.near_limit() is near
+    assert usage.free == max(usage.limit - usage.open, 0)
+    assert 0.0 <= usage.ratio <= 1.0
