@@ -292,6 +292,24 @@ class Hub:
         if not congested:
             self._flush_hold(console)
 
+    def _follow_flow_control(self, console: Console, old: VmConn | None) -> None:
+        """The active connection changed from `old`: clients follow the new one's state.
+
+        Bug fix: clients paused for a congested connection stayed paused after it was
+        replaced (TV-27, F11), closed, or superseded by COMPLETE, since a transport that
+        goes away never calls resume_writing; the console then never read its clients
+        again ("never wedge", PROTOCOL.md §4.3 F8, §4.4 duty 2).
+        """
+        was = old is not None and old.congested
+        now = console.vm is not None and console.vm.congested
+        if was == now:
+            return
+        for client in console.clients:
+            if now:
+                client.channel.pause_reading()
+            else:
+                client.channel.resume_reading()
+
     def vm_closed(self, conn: VmConn) -> None:
         """The ESXi connection is gone (FIN, reset, or we closed it)."""
         self._vms.discard(conn)
@@ -311,6 +329,7 @@ class Hub:
         if role is not Role.ACTIVE or console.vm is not conn:
             return
         console.vm = None
+        self._follow_flow_control(console, conn)
         if mig is not None and mig.source is conn:
             # F7: normal during a vMotion (the source's FIN may precede COMPLETE).
             mig.source_closed = True
@@ -374,6 +393,7 @@ class Hub:
             old.role = Role.RETIRED
             old.channel.close()
         console.vm = conn
+        self._follow_flow_control(console, old)
         console.service_uri = conn.service_uri
         if conn.name:
             console.name = conn.name
@@ -548,7 +568,8 @@ class Hub:
                 source.channel.close()  # ESXi closes it anyway; anything more is stale
         conn.role = Role.ACTIVE
         conn.service_uri, conn.label = source.service_uri, source.label
-        console.vm = conn
+        old, console.vm = console.vm, conn
+        self._follow_flow_control(console, old)
         if conn.name:
             console.name = conn.name
         console.counters.vmotions += 1

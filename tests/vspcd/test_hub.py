@@ -1149,6 +1149,49 @@ def test_hold_overflow_drops_oldest_and_counts() -> None:
     assert s.src_vm.sent == b"23456789"
 
 
+def test_replacing_a_congested_connection_resumes_clients() -> None:
+    # A half-open old connection stuck above its high-water mark is replaced (TV-27,
+    # F11): clients paused for it must be read again, or the console wedges.
+    s = scene()
+    s.rig.hub.vm_congested(s.src, True)
+    assert s.viewer.paused
+    _, new_vm = connect(s.rig, peer="esx-a:2")
+    assert not s.viewer.paused
+    s.type(b"x")
+    assert new_vm.sent == b"x"
+
+
+def test_closing_a_congested_connection_resumes_clients() -> None:
+    s = scene()
+    s.rig.hub.vm_congested(s.src, True)
+    s.rig.hub.vm_closed(s.src)
+    assert not s.viewer.paused
+
+
+def test_complete_from_a_congested_source_resumes_clients() -> None:
+    s = scene()
+    s.rig.hub.vm_congested(s.src, True)
+    _, dst, dst_vm = peered(s)
+    s.type(b"k")
+    s.rig.hub.vm_event(dst, vm.VMotionComplete(SEQ))
+    assert not s.viewer.paused
+    assert dst_vm.sent == b"k"
+
+
+def test_complete_onto_a_congested_destination_pauses_clients() -> None:
+    s = scene()
+    _, dst, dst_vm = peered(s)
+    s.rig.hub.vm_congested(dst, True)  # not active yet: ignored for now
+    assert not s.viewer.paused
+    s.type(b"k")
+    s.rig.hub.vm_event(dst, vm.VMotionComplete(SEQ))
+    assert s.viewer.paused
+    assert dst_vm.sent == b""
+    s.rig.hub.vm_congested(dst, False)
+    assert not s.viewer.paused
+    assert dst_vm.sent == b"k"
+
+
 # ------------------------------------------------------------------- find, describe
 
 
