@@ -17,7 +17,7 @@ import pytest
 
 from tests.vspcd.fakes import FakeClient, FakeClock, FakePorts, FakeScheduler, FakeVm
 from vspc.common import vmware as vm
-from vspc.common.session import ProxyRequested, VmData, VmIdentified, VmNamed
+from vspc.common.session import Notice, ProxyRequested, VmData, VmIdentified, VmNamed
 from vspc.vspcd.console import Client, Console, ConsoleKey, LockMode, Phase, Role, VmConn
 from vspc.vspcd.hub import Hub, HubError, HubSettings
 
@@ -600,7 +600,8 @@ def test_secret_hook_is_sent_verbatim_and_peer_matches() -> None:
 
 
 def test_default_secret_is_random_eight_bytes() -> None:
-    hub = Hub(HubSettings(), clock=FakeClock(), call_later=FakeScheduler(FakeClock()).call_later)
+    clock = FakeClock()
+    hub = Hub(HubSettings(), clock=clock, call_later=FakeScheduler(clock).call_later)
     conn = hub.vm_connected(fake := FakeVm())
     hub.vm_event(conn, proxy())
     hub.vm_event(conn, VmIdentified(U1))
@@ -696,6 +697,22 @@ def test_wont_proxy_closes_and_never_registers(uuid_first: bool) -> None:
     assert rig.ports.bound == {}
     assert "vm_connected" not in rig.names()
     rig.hub.vm_closed(conn)
+
+
+def test_name_before_binding_names_the_new_console() -> None:
+    rig = make_rig()
+    conn, _ = vm_link(rig)
+    rig.hub.vm_event(conn, VmNamed("early-name"))
+    rig.hub.vm_event(conn, proxy())
+    rig.hub.vm_event(conn, VmIdentified(U1))
+    assert console_of(conn).name == "early-name"
+
+
+def test_notice_changes_nothing() -> None:
+    s = scene()
+    s.rig.hub.vm_event(s.src, Notice("VM does not know our code 0x51"))
+    assert s.src_vm.calls == []
+    assert s.console.vm is s.src
 
 
 def test_uuid_without_do_proxy_does_not_register() -> None:
