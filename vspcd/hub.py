@@ -244,7 +244,8 @@ class Hub:
                 observer(event, fields)
             except Exception:  # an observer is a client connection; never let it stop us
                 log.exception("observer failed on %s; removing it", event)
-                self._observers.remove(observer)
+                if observer in self._observers:  # it may have unsubscribed itself
+                    self._observers.remove(observer)
 
     # ================================================================== VM side
 
