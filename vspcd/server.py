@@ -1,0 +1,155 @@
+"""Daemon orchestration: build the hub, open the listeners, shut down in order.
+
+Boundary: this module owns every listener and the hub instance; it holds no policy.
+`Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
+`serve()` is what `python -m vspc.vspcd` runs.
+
+Shutdown (STYLE.md, "Orderly shutdown"): close the listeners, ask every connection to
+close (the hub tells operators why), wait a bounded time for them to go, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vspc.vspcd import admin
+from vspc.vspcd.config import Config
+from vspc.vspcd.console import ConsoleKey
+from vspc.vspcd.hub import Hub, HubSettings
+from vspc.vspcd.links import TelnetClientLink, VmLink
+from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Daemon", "serve"]
+
+
+def hub_settings(config: Config) -> HubSettings:
+    """The hub's share of the configuration."""
+    return HubSettings(
+        vm_expire_time=config.vm_expire_time,
+        client_limit=config.client_limit,
+        multi_console=config.multi_console,
+        abandon_time=config.vmotion_abandon,
+        hold_limit=config.hold_limit,
+        scrollback=config.scrollback,
+    )
+
+
+class _VmPorts:
+    """The hub's PortAllocator: one telnet listener per console, sticky by key."""
+
+    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._binder = binder
+        self._factory = factory
+
+    def bind(self, key: ConsoleKey) -> int | None:
+        bound = self._binder.bind(self._factory)
+        if bound is None:
+            return None
+        port, _handle = bound
+        log.info("%s: telnet port %d", key, port)
+        return port
+
+    def release(self, port: int) -> None:
+        self._binder.release(port)
+
+
+class Daemon:
+    """One vspcd instance: hub + proxy listener + per-VM ports + admin socket."""
+
+    def __init__(
+        self, config: Config, *, secret_factory: Callable[[], bytes] | None = None
+    ) -> None:
+        self.config = config
+        self._secret_factory = secret_factory
+        self.hub: Hub | None = None
+        self._proxy: Any = None
+        self._binder: PortBinder | None = None
+        self._admin: admin.AdminServer | None = None
+        self.proxy_port: int | None = None
+
+    async def start(self) -> None:
+        """Open every listener; raises OSError if a fixed address cannot be bound."""
+        config = self.config
+        loop = asyncio.get_running_loop()
+        ports = None
+        if config.vm_ports:
+            self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
+            ports = _VmPorts(self._binder, self._client_link)
+        extra: dict[str, Any] = {}
+        if self._secret_factory is not None:
+            extra["secret_factory"] = self._secret_factory
+        self.hub = Hub(
+            hub_settings(config),
+            clock=loop.time,
+            call_later=loop.call_later,
+            ports=ports,
+            **extra,
+        )
+        ssl_context = make_ssl_context(config.cert, config.key) if config.ssl else None
+        self._proxy = await start_proxy_listener(
+            config.proxy_iface, config.proxy_port, ssl_context, self._vm_link
+        )
+        self.proxy_port = self._proxy.port
+        log.info(
+            "ESXi proxy port %s:%d%s",
+            config.proxy_iface,
+            self.proxy_port,
+            " (TLS or plain)" if ssl_context else "",
+        )
+        self._admin = admin.AdminServer(self.hub, config)
+        await self._admin.start()
+
+    def _vm_link(self) -> asyncio.Protocol:
+        assert self.hub is not None
+        return VmLink(self.hub)
+
+    def _client_link(self) -> asyncio.Protocol:
+        assert self.hub is not None
+        return TelnetClientLink(self.hub, queue_limit=self.config.client_queue)
+
+    @property
+    def admin_path(self) -> Path:
+        return self.config.admin_socket
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Close listeners, then connections; wait up to `timeout` for them to go."""
+        if self._proxy is not None:
+            self._proxy.close()
+        if self._admin is not None:
+            await self._admin.stop()
+        if self.hub is not None:
+            self.hub.close_all()
+        if self._binder is not None:
+            self._binder.close_all()
+        # Let transports flush their goodbyes and run connection_lost.
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline and self.hub and self.hub.busy():
+            await asyncio.sleep(0.01)
+
+
+async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None) -> None:
+    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly."""
+    daemon = Daemon(config)
+    await daemon.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("vspcd %d ready", os.getpid())
+    if ready is not None:
+        ready(daemon)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await daemon.stop()
