@@ -135,6 +135,7 @@ class Hub:
         self._observers: list[Observer] = []
         self._taps: dict[ConsoleKey, list[Tap]] = {}
         self._next_client = 0
+        self._idle_waiters: list[Callable[[], None]] = []
 
     # ================================================================== queries
 
@@ -313,6 +314,12 @@ class Hub:
 
     def vm_closed(self, conn: VmConn) -> None:
         """The ESXi connection is gone (FIN, reset, or we closed it)."""
+        try:
+            self._vm_closed(conn)
+        finally:
+            self._check_idle()
+
+    def _vm_closed(self, conn: VmConn) -> None:
         self._vms.discard(conn)
         console, role = conn.console, conn.role
         conn.role = Role.RETIRED
@@ -740,6 +747,7 @@ class Hub:
         if had_lock:
             self._emit("lock_changed", console, lock=None, holder=None)
         self._maybe_expire(console)
+        self._check_idle()
 
     def clear(self, console: Console, reason: str) -> int:
         """Disconnect every client of `console`, telling each why; returns how many."""
@@ -813,6 +821,19 @@ class Hub:
     def busy(self) -> bool:
         """Any VM or client connection still open (shutdown waits for none)."""
         return bool(self._vms) or any(c.clients for c in self._consoles.values())
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once no connection is left (at once if none is)."""
+        if self.busy():
+            self._idle_waiters.append(callback)
+        else:
+            callback()
+
+    def _check_idle(self) -> None:
+        if self._idle_waiters and not self.busy():
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for callback in waiters:
+                callback()
 
     def close_all(self) -> None:
         """Close every connection (daemon shutdown); timers are cancelled."""

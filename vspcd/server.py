@@ -119,8 +119,8 @@ class Daemon:
     def admin_path(self) -> Path:
         return self.config.admin_socket
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Close listeners, then connections; wait up to `timeout` for them to go."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close listeners, then connections; wait up to `grace` seconds for them to go."""
         if self._proxy is not None:
             self._proxy.close()
         if self._admin is not None:
@@ -129,10 +129,15 @@ class Daemon:
             self.hub.close_all()
         if self._binder is not None:
             self._binder.close_all()
-        # Let transports flush their goodbyes and run connection_lost.
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline and self.hub and self.hub.busy():
-            await asyncio.sleep(0.01)
+        if self.hub is not None:
+            # Let transports flush their goodbyes and run connection_lost.
+            idle = asyncio.Event()
+            self.hub.when_idle(idle.set)
+            try:
+                async with asyncio.timeout(grace):
+                    await idle.wait()
+            except TimeoutError:
+                log.warning("connections still open after %.0f s; exiting anyway", grace)
 
 
 async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None) -> None:
