@@ -822,6 +822,10 @@ class Hub:
         """Any VM or client connection still open (shutdown waits for none)."""
         return bool(self._vms) or any(c.clients for c in self._consoles.values())
 
+    def connection_count(self) -> int:
+        """Open VM and client connections (for the fd-pressure estimate)."""
+        return len(self._vms) + sum(len(c.clients) for c in self._consoles.values())
+
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call `callback` once no connection is left (at once if none is)."""
         if self.busy():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,8 @@ from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_liste
 log = logging.getLogger(__name__)
 
 __all__ = ["Daemon", "serve"]
+
+_FD_RESERVE = 64
 
 
 def hub_settings(config: Config) -> HubSettings:
@@ -74,6 +77,7 @@ class Daemon:
         self._binder: PortBinder | None = None
         self._admin: admin.AdminServer | None = None
         self.proxy_port: int | None = None
+        self._fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
     async def start(self) -> None:
         """Open every listener; raises OSError if a fixed address cannot be bound."""
@@ -109,7 +113,29 @@ class Daemon:
 
     def _vm_link(self) -> asyncio.Protocol:
         assert self.hub is not None
+        self._relieve_fd_pressure()
         return VmLink(self.hub)
+
+    def _relieve_fd_pressure(self) -> None:
+        """Near the fd ceiling, expire idle consoles early to free their telnet ports.
+
+        vSPC.py did the same.  The count is an estimate from our own bookkeeping
+        (connections + bound ports + a reserve for logs, listeners and admin peers), so
+        the accept path never lists /proc/self/fd.
+        """
+        assert self.hub is not None
+        ports = len(self._binder.ports) if self._binder is not None else 0
+        used = self.hub.connection_count() + ports + _FD_RESERVE
+        if used < self._fd_limit * 0.9:
+            return
+        freed = self.hub.reclaim(max(16, ports // 10))
+        if freed:
+            log.warning(
+                "near the fd limit (%d of %d): expired %d idle console(s) early",
+                used,
+                self._fd_limit,
+                freed,
+            )
 
     def _client_link(self) -> asyncio.Protocol:
         assert self.hub is not None
