@@ -77,7 +77,8 @@ class Daemon:
         self._binder: PortBinder | None = None
         self._admin: admin.AdminServer | None = None
         self.proxy_port: int | None = None
-        self._fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self._fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
 
     async def start(self) -> None:
         """Open every listener; raises OSError if a fixed address cannot be bound."""
