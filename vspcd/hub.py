@@ -203,6 +203,32 @@ class Hub:
     def client_rows(self, console: Console) -> list[dict[str, Any]]:
         return [self._client_row(c) for c in console.clients]
 
+    def list_row(self, console: Console) -> dict[str, Any]:
+        """`describe` plus `attached`: the admin protocol's `list` row."""
+        return {**self.describe(console), "attached": self.client_rows(console)}
+
+    def show(self, console: Console) -> dict[str, Any]:
+        """The `show` reply's console object: a list row plus URI, VM peer and counters."""
+        counters = console.counters
+        return {
+            **self.list_row(console),
+            "service_uri": console.service_uri,
+            "vm_peer": None if console.vm is None else console.vm.channel.peer,
+            "counters": {
+                "bytes_from_vm": counters.bytes_from_vm,
+                "bytes_to_vm": counters.bytes_to_vm,
+                "vmotions": counters.vmotions,
+                "vmotion_aborts": counters.vmotion_aborts,
+                "vmotion_refusals": counters.vmotion_refusals,
+                "input_dropped": counters.input_dropped,
+                "vm_connects": counters.vm_connects,
+            },
+        }
+
+    def now(self) -> float:
+        """The hub's clock (what `since` and expiry times are measured on)."""
+        return self._clock()
+
     def _client_row(self, client: Client) -> dict[str, Any]:
         return {
             "id": client.ident,
@@ -235,7 +261,7 @@ class Hub:
 
         return untap
 
-    def _emit(self, event: str, console: Console | None = None, **fields: Any) -> None:
+    def _emit(self, event: str, console: Console | None = None, /, **fields: Any) -> None:
         if not self._observers:
             return
         if console is not None:
@@ -409,7 +435,7 @@ class Hub:
         console.counters.vm_connects += 1
         self._cancel_expiry(console)
         log.info("%s: VM %s connected from %s", key, console.display_name, conn.channel.peer)
-        self._emit("vm_connected", console, peer=conn.channel.peer)
+        self._emit("vm_connected", console, peer=conn.channel.peer, console=self.list_row(console))
         if len(conn.early):
             self._output(console, conn.early.take())
         self._flush_hold(console)
@@ -735,15 +761,15 @@ class Hub:
                 dropped,
             )
 
-    def detach(self, client: Client) -> None:
-        """The operator's connection closed (or was closed by clear/kick)."""
+    def detach(self, client: Client, reason: str | None = None) -> None:
+        """The operator's connection closed (or was closed by clear/kick, saying `reason`)."""
         console = client.console
         if client not in console.clients:
             return
         had_lock = client is console.lock_holder()
         console.clients.remove(client)
         log.info("%s: %s client %s detached", console.key, client.kind, client.channel.peer)
-        self._emit("client_detached", console, client=client.ident)
+        self._emit("client_detached", console, client=client.ident, reason=reason)
         if had_lock:
             self._emit("lock_changed", console, lock=None, holder=None)
         self._maybe_expire(console)
@@ -755,7 +781,7 @@ class Hub:
         for client in clients:
             client.channel.notify(reason)
             client.channel.close()
-            self.detach(client)
+            self.detach(client, reason)
         return len(clients)
 
     def kick(self, ident: int, reason: str) -> Client:
@@ -769,7 +795,7 @@ class Hub:
                 if client.ident == ident:
                     client.channel.notify(reason)
                     client.channel.close()
-                    self.detach(client)
+                    self.detach(client, reason)
                     return client
         raise HubError("not_attached", f"no client with id {ident}")
 
