@@ -232,6 +232,8 @@ class AdminClient:
             AdminError: the daemon refused (`.code` says why).
             ProtocolError: the connection is gone or the reply was malformed.
         """
+        if isinstance(self._lost, AdminError):  # e.g. flood, overrun: say so again
+            raise AdminError(self._lost.code, self._lost.message)
         if self._lost is not None or self._closing:
             raise ProtocolError(f"not connected: {self._lost or 'closed'}")
         rid = next(self._ids)
