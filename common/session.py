@@ -34,7 +34,6 @@ from dataclasses import dataclass
 
 from vspc.common import vmware as vm
 from vspc.common.telnet import (
-    IAC,
     Data,
     Opt,
     OptionChanged,
@@ -137,28 +136,42 @@ _OFFERS_LOCAL = (Opt.BINARY, Opt.SGA)
 _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 
 
+# The session writes bytes of its own only where the VM ends a subnegotiation (IAC SE)
+# or agrees to option 232 (IAC WILL 232, which sends KS-2).  A match may be a false
+# alarm (`IAC IAC SE` in data, say); an extra cut costs a call, never correctness.
+_OWN_REPLY_POINTS = (b"\xff\xf0", b"\xfb\xe8")
+
+
 def _pieces(data: bytes) -> Iterator[bytes]:
-    """Cut `data` right after every IAC byte (one piece if it holds none).
+    """Cut `data` right after every point where the session may queue its own reply.
 
     Why: the codec parses a whole chunk, queuing its negotiation replies as it goes,
     before we see any event, while our option-232 replies are queued as we walk the
     events.  Fed a whole segment such as `<KS-1> <PEER> IAC WILL 2c`, the `IAC DONT 2c`
     for the *last* command would be flushed ahead of the GETs answering the first, so
-    the VM-bound byte order would depend on TCP segmentation.  Every telnet command
-    starts with IAC, and a piece holds at most one IAC (its last byte), so at most one
-    command completes per piece: the one whose IAC ended the previous piece.  The codec
-    keeps its state across any boundary (PROTOCOL.md §1 rule 4), so the events are
-    unchanged; IAC-free data still goes through in one call.
+    the VM-bound byte order would depend on TCP segmentation.  Ending each piece at
+    such a point leaves at most one per piece, as its last byte, so every negotiation
+    reply queued in the piece answers a command before it.  The codec keeps its state
+    across any boundary (PROTOCOL.md §1 rule 4), so the events are unchanged.
     """
-    if IAC not in data:
+    if 0xF0 not in data and 0xE8 not in data:  # typical console text: one piece
         yield data
         return
-    start, end = 0, len(data)
-    while start < end:
-        nxt = data.find(IAC, start)
-        stop = end if nxt < 0 else nxt + 1
-        yield data[start:stop]
-        start = stop
+    cuts = []
+    if data[0] in (0xF0, 0xE8):  # its IAC, or IAC WILL, ended the previous chunk
+        cuts.append(1)
+    for needle in _OWN_REPLY_POINTS:
+        found = data.find(needle)
+        while found >= 0:
+            cuts.append(found + 2)
+            found = data.find(needle, found + 2)
+    start = 0
+    for cut in sorted(cuts):
+        if cut > start:
+            yield data[start:cut]
+            start = cut
+    if start < len(data):
+        yield data[start:]
 
 
 class ProxySession:
