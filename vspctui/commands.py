@@ -292,7 +292,7 @@ def _usage(arg: Arg) -> str:
     if arg.positional:
         name = (arg.metavar or arg.names[0]).upper()
         return f"[{name}]" if arg.optional else name
-    name = arg.names[-1]
+    name = next((n for n in arg.names if n.startswith("--")), arg.names[0])
     if arg.kind is ArgKind.FLAG:
         return f"[{name}]"
     return f"[{name} {arg.metavar or arg.kind.value.upper()}]"
@@ -518,7 +518,8 @@ async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     help="connect this terminal to a console (escape key opens a menu)",
     args=[
         _VM_ARG,
-        Arg(("--lock",), "lock mode (default free_for_all_or_readonly)", ArgKind.LOCK),
+        Arg(("--lock",), "lock mode (default free_for_all_or_readonly)", ArgKind.LOCK,
+            metavar="MODE"),
         Arg(("--readonly", "-r"), "watch only; typing is refused", ArgKind.FLAG),
         Arg(("--replay",), "bytes of scrollback to show first", ArgKind.INT, 0, "N"),
         Arg(("--escape", "-e"), "escape key, e.g. ^] (default) or 'none'", ArgKind.KEY,
@@ -635,10 +636,11 @@ async def version_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 
 
 @commands.register("help", help="list commands, or describe one", args=[
-    Arg(("command",), "command to describe", ArgKind.COMMAND, optional=True),
+    # Not "command": the top-level parser keeps the subcommand's name under that dest.
+    Arg(("topic",), "command to describe", ArgKind.COMMAND, metavar="command", optional=True),
 ])  # fmt: skip
 async def help_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    name = ns.command
+    name = ns.topic
     if name:
         command = commands.get(name)
         if command is None or (ctx.in_shell and not command.shell):

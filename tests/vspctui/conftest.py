@@ -101,8 +101,10 @@ class FakeDaemon:
         self.requests: list[dict[str, Any]] = []  # every request line, in order
         self.inputs: queue.Queue[tuple[str, bytes]] = queue.Queue()  # attach input, EOF=b""
         self.access = Access.FULL
-        self.after_subscribe: list[dict[str, Any]] = []  # pushed right after the reply
-        self.close_after_subscribe: dict[str, Any] | None = None
+        # Messages pushed right after the reply to a command, and a last message
+        # before closing the connection, by command name.
+        self.push_after: dict[str, list[dict[str, Any]]] = {}
+        self.close_after: dict[str, dict[str, Any]] = {}
         self._subscribers: list[asyncio.StreamWriter] = []
         self._next_client = 10
         self._loop = asyncio.new_event_loop()
@@ -220,13 +222,12 @@ class FakeDaemon:
             writer.write(encode_message(exc.to_reply()))
             return None
         writer.write(encode_message(reply))
-        if request.cmd == "subscribe":
-            for event in self.after_subscribe:
-                writer.write(encode_message(event))
-            if self.close_after_subscribe is not None:
-                writer.write(encode_message(self.close_after_subscribe))
-                await writer.drain()
-                writer.close()
+        for event in self.push_after.get(request.cmd, []):
+            writer.write(encode_message(event))
+        if request.cmd in self.close_after:
+            writer.write(encode_message(self.close_after[request.cmd]))
+            await writer.drain()
+            writer.close()
         await writer.drain()
         return attached
 
@@ -241,8 +242,10 @@ class FakeDaemon:
         self, kind: ClientKind, mode: LockMode, readonly: bool, peer: str
     ) -> ClientInfo:
         self._next_client += 1
-        return ClientInfo(self._next_client, kind, peer, mode, readonly, 1764061200.0, 1000,
-                          "alice" if kind is ClientKind.ATTACH else None)  # fmt: skip
+        if kind is ClientKind.ATTACH:
+            return ClientInfo(self._next_client, kind, peer, mode, readonly, 1764061200.0,
+                              1000, "alice")  # fmt: skip
+        return ClientInfo(self._next_client, kind, peer, mode, readonly, 1764061200.0)
 
     def _dispatch(
         self, request: Request, writer: asyncio.StreamWriter

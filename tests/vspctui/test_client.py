@@ -78,12 +78,12 @@ def test_none_fields_are_left_out(daemon: Any) -> None:
 
 
 def test_events_arrive_in_order_and_end_with_the_close_reason(daemon: Any) -> None:
-    daemon.after_subscribe = [
+    daemon.push_after["subscribe"] = [
         {"event": "vm_connected", "key": DB01_KEY, "name": "db01", "peer": "10.0.0.21:1"},
         {"event": "lock_changed", "key": DB01_KEY, "name": "db01", "lock": None, "holder": None},
         {"event": "from_the_future", "x": 1},
     ]
-    daemon.close_after_subscribe = failed(ErrorCode.OVERRUN, "you do not read")
+    daemon.close_after["subscribe"] = failed(ErrorCode.OVERRUN, "you do not read")
 
     async def run() -> tuple[list[str], AdminError]:
         async with await AdminClient.connect(daemon.path) as client:
