@@ -123,7 +123,8 @@ def test_cannot_connect(tmp_path: Any, capsys: Any) -> None:
      ["attach", "db01", "--escape", "^^^"]],
 )  # fmt: skip
 def test_usage_errors_exit_2(daemon: Any, capsys: Any, argv: list[str]) -> None:
-    assert run(daemon, *argv) if argv[0] != "--tcp" else main(argv) == ExitCode.USAGE
+    status = main(argv) if argv[0] == "--tcp" else run(daemon, *argv)
+    assert status == ExitCode.USAGE
     assert capsys.readouterr().err
 
 
