@@ -697,7 +697,9 @@ class Hub:
             raise HubError(
                 "lock_failed", f"{console.display_name} has other clients; exclusive refused"
             )
-        if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None:
+        # A read-only free_for_all joins read-only under a write lock, as the
+        # default mode does (docs/admin-protocol.md, "Lock modes" table).
+        if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None and not readonly:
             raise HubError(
                 "lock_failed", f"{console.display_name} is write-locked by another client"
             )
