@@ -330,3 +330,5 @@ def test_real_server_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
             child.kill()
             child.communicate()
     assert child.returncode == 0, err
+    assert "listening for ESXi on 127.0.0.1:" in err
+    assert not admin.exists()  # removed on the way out
