@@ -1,0 +1,969 @@
+"""The admin server: JSON-lines admin connections on the Unix socket (and optional TCP).
+
+Boundary: asyncio plumbing between operator tools and the hub.  Framing, validation,
+the closed sets and the command table's fields come from `vspc.common.admin`; console
+state and policy (lookup, locks, clear, kick, scrollback) from `vspc.vspcd.hub`.  This
+module adds only what a connection knows: who the peer is (SO_PEERCRED -> access
+level), the limits that stop one bad peer from costing anyone else anything, the
+attach channel, and the fan-out of hub events to subscribers and tail followers.
+
+Spec: docs/admin-protocol.md (the contract: commands, attach channel, lock modes,
+events, access control, error codes, limits); issue #4.
+
+Theory of operation
+-------------------
+One `AdminServer` per daemon owns the listeners, the set of open `AdminLink`s and one
+hub observer that turns hub events into event lines and hands them to every link.
+
+An `AdminLink` is one connection and moves through three modes:
+
+    JSON --attach ok--> ATTACHED --EOF, clear, kick, shutdown--> CLOSING
+    JSON --EOF, flood, timeout, overrun, shutdown--> CLOSING
+
+In JSON mode bytes go through a `LineFramer`; each complete line is validated,
+checked against the token bucket and the peer's access level, and executed through
+`HANDLERS` (filled by `@handles`), strictly in order.  Events and `output` chunks are
+written between replies.  Backpressure: while more than `Limits.reply_backlog` bytes
+of replies are unread the link stops reading (asyncio's pause_writing ->
+pause_reading), so a peer that pipelines without reading only stalls itself; pushed
+events cannot be paused, so past `Limits.event_backlog` the peer gets `overrun` and is
+closed.  A line left unfinished for `Limits.line_timeout` seconds (a `call_later`
+timer, armed only while bytes of an unfinished line are waiting) gets `timeout`.
+
+In ATTACHED mode the link is the hub's `ClientChannel` for one console: raw bytes
+both ways, no JSON, no events.  A peer that stops reading loses output (counted and
+reported with one marker line once it drains), like a slow telnet client; it never
+stalls the VM.
+
+Every close that follows an error line arms an abort timer, so a peer that never reads
+cannot keep its socket and backlog alive forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, cast
+
+from vspc.common.admin import (
+    COMMANDS,
+    MAX_LINE,
+    PROTOCOL_VERSION,
+    Access,
+    AdminError,
+    AttachGrant,
+    ErrorCode,
+    Hello,
+    LineFramer,
+    Request,
+    TailChunk,
+    encode_bytes,
+    encode_message,
+    failed,
+    ok,
+    required_access,
+    validate_request,
+)
+from vspc.vspcd import __version__
+from vspc.vspcd.config import Config
+from vspc.vspcd.console import Client, Console, LockMode
+from vspc.vspcd.hub import Hub, HubError
+from vspc.vspcd.links import peer_name
+from vspc.vspcd.listeners import (
+    AdminSocket,
+    bind_tcp,
+    peer_credentials,
+    start_admin_socket,
+    uid_in_group,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "HANDLERS",
+    "AdminLink",
+    "AdminServer",
+    "Identity",
+    "Limits",
+    "TokenBucket",
+    "access_level",
+    "handles",
+]
+
+Reply = dict[str, Any]
+Handler = Callable[["AdminLink", Request], Reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits (docs/admin-protocol.md, "Limits and bad input")."""
+
+    line: int = MAX_LINE  # bytes per request line
+    line_timeout: float = 10.0  # seconds an unfinished line may wait for its b"\n"
+    burst: int = 100  # token bucket size, in requests
+    rate: float = 50.0  # token bucket refill, requests per second
+    error_streak: int = 50  # consecutive error replies before `flood`
+    reply_backlog: int = 1 << 20  # unread reply bytes above which reading stops
+    event_backlog: int = 4 << 20  # unread bytes above which an event means `overrun`
+    connections: int = 64  # open admin connections (Unix and TCP together)
+    close_grace: float = 5.0  # seconds a closing peer has to read its last line
+
+
+# Read at construction time, not import time, so tests can shorten the limits of the
+# AdminServer that `Daemon` builds (monkeypatch this name).
+DEFAULT_LIMITS = Limits()
+
+SHUTDOWN_GRACE = 2.0  # seconds stop() waits for closing connections before aborting
+
+
+class Mode(Enum):
+    """What an admin connection carries."""
+
+    JSON = "json"  # requests, replies and events
+    ATTACHED = "attached"  # one console's raw bytes
+    CLOSING = "closing"  # nothing more is read or written (but the last line drains)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who is at the other end of an admin connection, and what they may do.
+
+    `address` is "unix" for the admin socket and host:port for TCP; uid/gid come from
+    SO_PEERCRED and are None for TCP peers.
+    """
+
+    address: str
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None
+    access: Access = Access.FULL
+
+    @property
+    def who(self) -> str:
+        """The name shown to disconnected clients: user, else uid, else address."""
+        if self.user:
+            return self.user
+        if self.uid is not None:
+            return f"uid {self.uid}"
+        return self.address
+
+    def __str__(self) -> str:
+        if self.uid is None:
+            return f"{self.address} (TCP, unauthenticated)"
+        return f"uid={self.uid} gid={self.gid} user={self.user or '?'}"
+
+
+def access_level(uid: int, gid: int, readonly_group: str | None, own_uid: int) -> Access:
+    """The access level of an admin-socket peer (docs: "Access control").
+
+    Members of `readonly_group` (primary or supplementary) are read-only, except root
+    and the daemon's own user, who could bypass the daemon anyway.
+    """
+    if readonly_group is None or uid in (0, own_uid):
+        return Access.FULL
+    return Access.READONLY if uid_in_group(uid, gid, readonly_group) else Access.FULL
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _error_code(code: str) -> ErrorCode:
+    # HubError codes are admin error-code strings; anything else is our bug.
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL
+
+
+class TokenBucket:
+    """`capacity` requests at once, refilled at `rate` per second.
+
+    Computed from the clock when a request arrives; nothing runs in between.
+    """
+
+    def __init__(
+        self, capacity: int, rate: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._capacity = float(capacity)
+        self._rate = rate
+        self._clock = clock
+        self._tokens = float(capacity)
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """Spend one token; False (and nothing spent) if the bucket is empty."""
+        now = self._clock()
+        self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class _Reading:
+    """Why a transport is not being read; it reads again once no reason is left.
+
+    Two owners pause independently: our own reply backpressure and the hub (a
+    congested VM, for an attached link).  One flag each, so neither resumes the
+    other's pause.
+    """
+
+    def __init__(self) -> None:
+        self._reasons: set[str] = set()
+        self._transport: asyncio.Transport | None = None
+
+    def bind(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+
+    def pause(self, reason: str) -> None:
+        if not self._reasons and self._usable():
+            cast(asyncio.Transport, self._transport).pause_reading()
+        self._reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._reasons:
+            return
+        self._reasons.discard(reason)
+        if not self._reasons and self._usable():
+            cast(asyncio.Transport, self._transport).resume_reading()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._reasons)
+
+    def _usable(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+
+@dataclass(eq=False, slots=True)
+class _Tail:
+    """One console this connection follows (`tail` with `follow`)."""
+
+    console: Console
+    untap: Callable[[], None]
+
+
+# ===================================================================== commands
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(cmd: str) -> Callable[[Handler], Handler]:
+    """Register the handler of one command of `COMMANDS`.
+
+    A handler gets the connection and the validated request and returns the reply's
+    fields (without "ok" and "id"), or raises AdminError / HubError.
+    """
+
+    def register(handler: Handler) -> Handler:
+        if cmd not in COMMANDS:
+            raise ValueError(f"{cmd!r} is not in the protocol's command table")
+        HANDLERS[cmd] = handler
+        return handler
+
+    return register
+
+
+@handles("hello")
+def _hello(link: AdminLink, request: Request) -> Reply:
+    client = request.fields["client"]
+    if client:
+        log.info("admin %s: client %r", link.identity, client)
+    me = link.identity
+    return Hello(
+        PROTOCOL_VERSION, __version__, tuple(sorted(HANDLERS)), me.access, me.uid, me.user
+    ).to_json()
+
+
+@handles("list")
+def _list(link: AdminLink, request: Request) -> Reply:
+    return {"consoles": link.server.console_rows()}
+
+
+@handles("show")
+def _show(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    return {"console": link.server.unix_console(link.server.hub.show(console))}
+
+
+@handles("attach")
+def _attach(link: AdminLink, request: Request) -> Reply:
+    return link.attach(request)
+
+
+def _disconnect_text(identity: Identity, reason: str | None) -> str:
+    # What the disconnected clients see inside "\r\n[vspcd: ...]\r\n".
+    return f"disconnected by {identity.who}" + (f": {reason}" if reason else "")
+
+
+@handles("clear")
+def _clear(link: AdminLink, request: Request) -> Reply:
+    hub = link.server.hub
+    port, reason = request.fields["port"], request.fields["reason"]
+    if port is not None:
+        found = hub.console_by_port(port)
+        if found is None:
+            raise HubError("vm_not_found", f"no console has port {port}")
+        console = found
+    else:
+        console = hub.find(request.fields["vm"])
+    cleared = hub.clear(console, _disconnect_text(link.identity, reason))
+    log.info(
+        "admin %s cleared %s: %d client(s) disconnected (%s)",
+        link.identity,
+        console.display_name,
+        cleared,
+        reason or "no reason given",
+    )
+    return {"key": str(console.key), "name": console.display_name, "cleared": cleared}
+
+
+@handles("kick")
+def _kick(link: AdminLink, request: Request) -> Reply:
+    reason = request.fields["reason"]
+    client = link.server.hub.kick(request.fields["client"], _disconnect_text(link.identity, reason))
+    console = client.console
+    log.info(
+        "admin %s kicked client %d (%s %s) from %s (%s)",
+        link.identity,
+        client.ident,
+        client.kind,
+        client.channel.peer,
+        console.display_name,
+        reason or "no reason given",
+    )
+    return {"key": str(console.key), "name": console.display_name, "client": client.ident}
+
+
+@handles("subscribe")
+def _subscribe(link: AdminLink, request: Request) -> Reply:
+    link.subscribed = True
+    return {"consoles": link.server.console_rows()}  # same moment: nothing falls between
+
+
+@handles("unsubscribe")
+def _unsubscribe(link: AdminLink, request: Request) -> Reply:
+    link.subscribed = False
+    return {}
+
+
+@handles("tail")
+def _tail(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    data = console.scrollback.last(request.fields["bytes"])
+    if request.fields["follow"]:
+        link.follow(console)  # in the same turn as the read: no byte lost or repeated
+    return TailChunk(str(console.key), console.display_name, data).to_json()
+
+
+@handles("untail")
+def _untail(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    link.unfollow(str(console.key))
+    return {"key": str(console.key), "name": console.display_name}
+
+
+# ===================================================================== connection
+
+
+class AdminLink(asyncio.Protocol):
+    """One admin connection (and, once attached, the hub's `ClientChannel`)."""
+
+    def __init__(self, server: AdminServer, *, unix: bool) -> None:
+        # shared
+        self.server = server
+        self._hub = server.hub
+        self._limits = server.limits
+        # per connection, built before any I/O
+        self._unix = unix
+        self._framer = LineFramer(self._limits.line)
+        self._bucket = TokenBucket(self._limits.burst, self._limits.rate)
+        self._reading = _Reading()
+        self._mode = Mode.JSON
+        self._errors = 0  # consecutive error replies
+        self._write_paused = False  # transport above its high-water mark
+        self._line_timer: asyncio.TimerHandle | None = None
+        self._abort_timer: asyncio.TimerHandle | None = None
+        self._tails: dict[str, _Tail] = {}
+        self._attaching = False  # inside hub.attach: our own events are not for us
+        self._client: Client | None = None
+        self._replay = b""
+        self._dropped = 0  # attach output lost to a slow reader since the last marker
+        self.subscribed = False
+        self.identity = Identity("?")
+        self.peer = "?"  # ClientChannel: "unix" or host:port
+        # set in connection_made
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] | None = None
+
+    # -- asyncio callbacks ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self._reading.bind(self._transport)
+        self.identity = self._identify(self._transport)
+        self.peer = self.identity.address
+        if not self.server.admit(self):
+            log.warning(
+                "admin %s refused: %d connections open", self.identity, self._limits.connections
+            )
+            self._close_with(ErrorCode.BUSY, "too many admin connections; try again later")
+            return
+        self._transport.set_write_buffer_limits(high=self._limits.reply_backlog)
+        log.debug("admin connection from %s (%s access)", self.identity, self.identity.access)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            match self._mode:
+                case Mode.JSON:
+                    self._framer.receive_data(data)
+                    self._process()
+                case Mode.ATTACHED if self._client is not None:
+                    self._hub.client_input(self._client, data)
+                case _:
+                    pass  # closing: nothing more is read
+        except Exception:  # a bug here must cost this connection only
+            log.exception("admin %s: internal error; closing the connection", self.identity)
+            self.abort()
+
+    def eof_received(self) -> bool:
+        if self._mode is Mode.ATTACHED:
+            self._detach(None)  # a half-close means detach (docs: "The attach channel")
+        return False  # close our side once the replies are flushed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mode = Mode.CLOSING
+        self._cancel_line_timer()
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        self._stop_events()
+        self._detach(None)
+        self.server.forget(self)
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+        if exc is not None:
+            log.debug("admin %s: connection lost: %s", self.identity, exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._mode is Mode.JSON:
+            # Replies are unread: stop taking requests (TCP backpressure does the rest).
+            self._reading.pause("replies")
+            self._cancel_line_timer()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        match self._mode:
+            case Mode.JSON:
+                self._reading.resume("replies")
+                try:
+                    self._process()  # lines that arrived before we stopped reading
+                except Exception:
+                    log.exception("admin %s: internal error; closing", self.identity)
+                    self.abort()
+            case Mode.ATTACHED if self._dropped:
+                log.warning(
+                    "admin %s: dropped %d bytes of console output (slow reader)",
+                    self.identity,
+                    self._dropped,
+                )
+                self.notify(f"{self._dropped} bytes of output dropped: client too slow")
+                self._dropped = 0
+            case _:
+                pass
+
+    # -- JSON mode ----------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Execute every complete line, in order, unless replies are piling up."""
+        while self._mode is Mode.JSON and not self._write_paused:
+            try:
+                item = self._framer.next_request()
+            except AdminError as exc:
+                self._cancel_line_timer()
+                self._send(exc.to_reply())
+                continue
+            if item is None:
+                break
+            self._cancel_line_timer()  # that line is finished; the next one gets its own
+            self._execute(item)
+            if self._client is not None and self._mode is Mode.JSON:
+                self._enter_attach()
+                return
+        self._arm_line_timer()
+
+    def _execute(self, obj: dict[str, Any]) -> None:
+        rid = None
+        try:
+            request = validate_request(obj)
+            rid = request.id
+            if not self._bucket.take():
+                raise AdminError(ErrorCode.BUSY, "rate limit reached; retry later", rid)
+            if required_access(request) is Access.FULL and self.identity.access is not Access.FULL:
+                raise AdminError(ErrorCode.PERMISSION_DENIED, _denied(request), rid)
+            handler = HANDLERS.get(request.cmd)
+            if handler is None:  # validate_request knows it, so this is our bug
+                raise AdminError(ErrorCode.UNKNOWN_CMD, f"unknown command {request.cmd!r}", rid)
+            reply = ok(rid, **handler(self, request))
+        except AdminError as exc:
+            reply = exc.to_reply()
+        except HubError as exc:
+            reply = failed(_error_code(exc.code), str(exc), rid)
+        except Exception:
+            log.exception("admin %s: request %r failed", self.identity, obj.get("cmd"))
+            reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
+        self._send(reply)
+
+    def _send(self, reply: Reply) -> None:
+        """Write one reply and keep the error streak (docs: "errors in a row")."""
+        try:
+            line = encode_message(reply)
+        except (TypeError, ValueError):
+            log.exception("admin %s: cannot encode a reply", self.identity)
+            line = encode_message(failed(ErrorCode.INTERNAL, "internal error", reply.get("id")))
+            reply = {"ok": False}
+        self._write(line)
+        if reply.get("ok") is True:
+            self._errors = 0
+            return
+        self._errors += 1
+        if self._errors >= self._limits.error_streak:
+            log.warning("admin %s: %d errors in a row; closing", self.identity, self._errors)
+            self._close_with(ErrorCode.FLOOD, f"{self._errors} failed requests in a row")
+
+    def _push(self, line: bytes) -> None:
+        """Write one pushed event, or give up on a peer that does not read them."""
+        if self._mode is not Mode.JSON or self._transport is None:
+            return
+        if self._transport.get_write_buffer_size() + len(line) > self._limits.event_backlog:
+            log.warning(
+                "admin %s: over %d bytes unread; closing (overrun)",
+                self.identity,
+                self._limits.event_backlog,
+            )
+            self._close_with(ErrorCode.OVERRUN, "too many unread replies and events")
+            return
+        self._transport.write(line)
+
+    def _arm_line_timer(self) -> None:
+        if (
+            self._line_timer is None
+            and self._loop is not None
+            and self._mode is Mode.JSON
+            and not self._write_paused
+            and self._framer.partial
+        ):
+            self._line_timer = self._loop.call_later(
+                self._limits.line_timeout, self._on_line_timeout
+            )
+
+    def _cancel_line_timer(self) -> None:
+        if self._line_timer is not None:
+            self._line_timer.cancel()
+            self._line_timer = None
+
+    def _on_line_timeout(self) -> None:
+        self._line_timer = None
+        log.info("admin %s: unfinished line timed out; closing", self.identity)
+        self._close_with(
+            ErrorCode.TIMEOUT, f"unfinished line older than {self._limits.line_timeout:g} s"
+        )
+
+    # -- events and tails -----------------------------------------------------------------
+
+    def hub_event(self, name: str, key: str | None, line: bytes) -> None:
+        """A hub event (already encoded by the server) for this connection, if wanted."""
+        if self._mode is not Mode.JSON or self._attaching:
+            return
+        if self.subscribed:
+            self._push(line)
+        if name == "vm_expired" and key is not None and key in self._tails:
+            tail = self._tails.pop(key)
+            tail.untap()
+            self._push(
+                encode_message(
+                    {
+                        "event": "tail_end",
+                        "key": key,
+                        "name": tail.console.display_name,
+                        "reason": "console expired",
+                    }
+                )
+            )
+
+    def follow(self, console: Console) -> None:
+        """Push this console's output as `output` events until unfollowed (idempotent)."""
+        key = str(console.key)
+        if key in self._tails:
+            return
+
+        def tap(data: bytes) -> None:
+            # Called inside the hub's VM data path: a failure here must not reach the
+            # VM's link (it would close the VM connection).
+            try:
+                self._push(
+                    encode_message(
+                        {
+                            "event": "output",
+                            "key": key,
+                            "name": console.display_name,
+                            "data_b64": encode_bytes(data),
+                        }
+                    )
+                )
+            except Exception:
+                log.exception("admin %s: tail output failed; closing", self.identity)
+                self.abort()
+
+        self._tails[key] = _Tail(console, self._hub.tap(console.key, tap))
+
+    def unfollow(self, key: str) -> None:
+        """Stop following one console (not following it is fine)."""
+        tail = self._tails.pop(key, None)
+        if tail is not None:
+            tail.untap()
+
+    def _stop_events(self) -> None:
+        self.subscribed = False
+        for key in list(self._tails):
+            self.unfollow(key)
+
+    # -- attach -----------------------------------------------------------------------------
+
+    def attach(self, request: Request) -> Reply:
+        """The `attach` command: join the console; the switch happens after the reply."""
+        fields = request.fields
+        console = self._hub.find(fields["vm"])
+        lock = LockMode(fields["lock"].value)
+        readonly = bool(fields["readonly"])
+        if self.identity.access is not Access.FULL:
+            # required_access let only free_for_all_or_readonly or readonly through:
+            # the default mode is downgraded so `vspc VM` just works.
+            readonly = True
+        me = self.identity
+        self._attaching = True
+        try:
+            client = self._hub.attach(
+                console, self, kind="attach", lock=lock, readonly=readonly, uid=me.uid, user=me.user
+            )
+        finally:
+            self._attaching = False
+        self._client = client
+        self._replay = console.scrollback.last(fields["replay"])
+        log.info(
+            "admin %s attached to %s as client %d: mode %s%s",
+            me,
+            console.display_name,
+            client.ident,
+            lock.value,
+            ", read-only" if readonly else "",
+        )
+        if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
+            log.info("admin %s took the %s lock on %s", me, lock.value, console.display_name)
+        return AttachGrant(
+            str(console.key),
+            console.display_name,
+            client.ident,
+            fields["lock"],
+            not self._hub.may_write(client),
+        ).to_json()
+
+    def _enter_attach(self) -> None:
+        """After the attach reply line: raw bytes from here on, both ways."""
+        assert self._transport is not None and self._client is not None
+        self._mode = Mode.ATTACHED
+        self._cancel_line_timer()
+        self._stop_events()  # no more JSON on this connection
+        self._reading.resume("replies")
+        replay, self._replay = self._replay, b""
+        if replay:
+            self._transport.write(replay)
+        # From now on the console's per-client policy applies (slow reader: drop).
+        self._transport.set_write_buffer_limits(high=self.server.config.client_queue)
+        rest = self._framer.take_remaining()  # sent after the attach line: console input
+        if rest:
+            self._hub.client_input(self._client, rest)
+
+    def _detach(self, reason: str | None) -> None:
+        client, self._client = self._client, None
+        if client is None or client not in client.console.clients:
+            return  # never attached, or clear/kick detached it already (and logged it)
+        held = client is client.console.lock_holder()
+        self._hub.detach(client, reason)
+        log.info(
+            "admin %s detached from %s (client %d)%s",
+            self.identity,
+            client.console.display_name,
+            client.ident,
+            f", releasing the {client.mode.value} lock" if held else "",
+        )
+
+    # -- ClientChannel (called by the hub while attached) -------------------------------
+
+    def console_output(self, raw: bytes, escaped: bytes) -> None:
+        if self._mode is not Mode.ATTACHED or self._transport is None:
+            return
+        if self._write_paused:
+            self._dropped += len(raw)  # the slow-client policy: never stall the VM
+            return
+        self._transport.write(raw)
+
+    def notify(self, text: str) -> None:
+        if self._mode is Mode.ATTACHED and self._transport is not None:
+            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+
+    def pause_reading(self) -> None:
+        self._reading.pause("vm")
+
+    def resume_reading(self) -> None:
+        self._reading.resume("vm")
+
+    def close(self) -> None:
+        self._close()
+
+    # -- closing --------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """vspcd is stopping: tell the peer in its own terms, then close."""
+        match self._mode:
+            case Mode.ATTACHED:
+                self.notify("vspcd is shutting down")
+                self._detach("vspcd is shutting down")
+                self._close()
+            case Mode.JSON:
+                self._close_with(ErrorCode.SHUTTING_DOWN, "vspcd is shutting down")
+            case Mode.CLOSING:
+                pass
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all."""
+        self._mode = Mode.CLOSING
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _close_with(self, code: ErrorCode, message: str) -> None:
+        """Send one closing error line (no id: it answers no request) and close."""
+        if self._mode is Mode.JSON:
+            self._write(encode_message(failed(code, message)))
+        self._close()
+
+    def _close(self) -> None:
+        self._mode = Mode.CLOSING
+        self._cancel_line_timer()
+        self._stop_events()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.close()  # flushes the last line first ...
+        if self._loop is not None:  # ... unless the peer never reads it
+            self._abort_timer = self._loop.call_later(self._limits.close_grace, self.abort)
+
+    # -- identity -------------------------------------------------------------------------
+
+    def _identify(self, transport: asyncio.Transport) -> Identity:
+        if not self._unix:
+            return Identity(peer_name(transport))
+        sock = transport.get_extra_info("socket")
+        group = self.server.config.readonly_group
+        try:
+            creds = peer_credentials(cast(socket.socket, sock))
+        except (OSError, AttributeError) as exc:
+            # Without credentials a --readonly-group member could pass for anyone.
+            log.warning("admin peer: SO_PEERCRED failed (%s)", exc)
+            return Identity("unix", access=Access.READONLY if group else Access.FULL)
+        return Identity(
+            "unix",
+            creds.uid,
+            creds.gid,
+            _user_name(creds.uid),
+            access_level(creds.uid, creds.gid, group, self.server.own_uid),
+        )
+
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
+    @property
+    def reading(self) -> bool:
+        """The link is reading its peer (False while replies are unread, for example)."""
+        return not self._reading.paused
+
+
+def _denied(request: Request) -> str:
+    if request.cmd == "attach":
+        return "read-only access: attach with readonly or free_for_all_or_readonly"
+    return f"read-only access: {request.cmd} needs full access"
+
+
+# ===================================================================== server
+
+
+class AdminServer:
+    """The admin listeners, their connections, and the hub-event fan-out.
+
+    Args:
+        hub: the daemon's hub.
+        config: admin_socket (+ mode, group), admin_port/admin_iface, readonly_group,
+            client_queue (the attach channel's slow-reader limit).
+        limits: per-connection limits (default `DEFAULT_LIMITS`).
+    """
+
+    def __init__(self, hub: Hub, config: Config, *, limits: Limits | None = None) -> None:
+        self.hub = hub
+        self.config = config
+        self.limits = limits or DEFAULT_LIMITS
+        self.own_uid = os.geteuid()
+        self.tcp_port: int | None = None
+        self._links: set[AdminLink] = set()
+        self._socket: AdminSocket | None = None
+        self._tcp: asyncio.Server | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
+        self._stopping = False
+
+    @property
+    def connections(self) -> frozenset[AdminLink]:
+        """The admin connections currently open."""
+        return frozenset(self._links)
+
+    async def start(self) -> None:
+        """Open the admin socket (and the TCP port if configured).
+
+        Raises:
+            OSError: a listener cannot be created (AdminSocketError included).
+            KeyError: --admin-socket-group names no group.
+        """
+        config = self.config
+        self._epoch = time.time() - self.hub.now()
+        self._unsubscribe = self.hub.subscribe(self._on_hub_event)
+        try:
+            self._socket = await start_admin_socket(
+                config.admin_socket,
+                lambda: AdminLink(self, unix=True),
+                mode=config.admin_socket_mode,
+                group=config.admin_socket_group,
+            )
+            if config.admin_port is not None:
+                sock = bind_tcp(config.admin_iface, config.admin_port)
+                self.tcp_port = sock.getsockname()[1]
+                self._tcp = await asyncio.get_running_loop().create_server(
+                    lambda: AdminLink(self, unix=False), sock=sock
+                )
+                log.warning(
+                    "admin TCP port %s:%d is open: its peers are unauthenticated, get full "
+                    "access and bypass the admin socket's permissions",
+                    config.admin_iface,
+                    self.tcp_port,
+                )
+        except BaseException:
+            self._close_listeners()
+            self._hub_unsubscribe()
+            raise
+
+    async def stop(self) -> None:
+        """Close the listeners, tell every connection we are stopping, close them."""
+        self._stopping = True
+        self._close_listeners()
+        for link in list(self._links):
+            link.shutdown()
+        waiting = [link.closed for link in self._links if link.closed is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE)
+        for link in list(self._links):
+            log.info("admin %s: still open at shutdown; dropping it", link.identity)
+            link.abort()
+        self._hub_unsubscribe()
+
+    def _hub_unsubscribe(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _close_listeners(self) -> None:
+        # Not awaiting wait_closed(): from Python 3.12 on it also waits for every open
+        # connection, which stop() bounds itself.
+        if self._socket is not None:
+            self._socket.close()
+        if self._tcp is not None:
+            self._tcp.close()
+
+    # -- connections ----------------------------------------------------------------------
+
+    def admit(self, link: AdminLink) -> bool:
+        """Count a new connection in, unless stopping or at the connection limit."""
+        if self._stopping or len(self._links) >= self.limits.connections:
+            return False
+        self._links.add(link)
+        return True
+
+    def forget(self, link: AdminLink) -> None:
+        self._links.discard(link)
+
+    # -- rows and events ------------------------------------------------------------------
+
+    def console_rows(self) -> list[dict[str, Any]]:
+        """Every console's `list` row, sorted by key."""
+        return [self.unix_console(self.hub.list_row(c)) for c in self.hub.consoles()]
+
+    def unix_client(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A hub client row with `since` on the Unix clock (the hub's is monotonic)."""
+        return {**row, "since": round(row["since"] + self._epoch, 3)}
+
+    def unix_console(self, row: dict[str, Any]) -> dict[str, Any]:
+        row = dict(row)
+        if row.get("lock_holder") is not None:
+            row["lock_holder"] = self.unix_client(row["lock_holder"])
+        if "attached" in row:
+            row["attached"] = [self.unix_client(c) for c in row["attached"]]
+        return row
+
+    def _on_hub_event(self, name: str, fields: dict[str, Any]) -> None:
+        # Must not raise: the hub drops an observer that does (and with it every
+        # subscriber).  One broken link is closed; the others still get the event.
+        try:
+            message: dict[str, Any] = {"event": name, **fields}
+            match name:
+                case "client_attached":
+                    message["client"] = self.unix_client(fields["client"])
+                case "vm_connected":
+                    message["console"] = self.unix_console(fields["console"])
+                case "client_detached" if fields.get("reason") is None:
+                    message.pop("reason", None)
+                case _:
+                    pass
+            line = encode_message(message)
+        except Exception:
+            log.exception("admin: cannot encode hub event %s", name)
+            return
+        key = fields.get("key")
+        for link in list(self._links):
+            try:
+                link.hub_event(name, key, line)
+            except Exception:
+                log.exception("admin %s: event %s failed; closing it", link.identity, name)
+                link.abort()
+
+
+# Every command of the protocol has a handler, and nothing else does.
+assert set(HANDLERS) == set(COMMANDS), sorted(set(COMMANDS) ^ set(HANDLERS))
