@@ -81,7 +81,18 @@ class Daemon:
         self._fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
 
     async def start(self) -> None:
-        """Open every listener; raises OSError if a fixed address cannot be bound."""
+        """Open every listener; raises OSError if a fixed address cannot be bound.
+
+        On failure whatever was already opened is closed again before the error
+        propagates, so a failed start leaves no listener or socket file behind.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0.5)
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
         ports = None
@@ -98,17 +109,14 @@ class Daemon:
             ports=ports,
             **extra,
         )
-        ssl_context = make_ssl_context(config.cert, config.key) if config.ssl else None
+        ssl_context = None
+        if config.ssl:
+            assert config.cert is not None  # parse_args refuses --ssl without --cert
+            ssl_context = make_ssl_context(config.cert, config.key)
         self._proxy = await start_proxy_listener(
             config.proxy_iface, config.proxy_port, ssl_context, self._vm_link
         )
         self.proxy_port = self._proxy.port
-        log.info(
-            "ESXi proxy port %s:%d%s",
-            config.proxy_iface,
-            self.proxy_port,
-            " (TLS or plain)" if ssl_context else "",
-        )
         self._admin = admin.AdminServer(self.hub, config)
         await self._admin.start()
 
