@@ -31,6 +31,7 @@ from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.input.typeahead import get_typeahead
 
 from vspc.common.admin import AdminError, ConsoleInfo, LockMode
 from vspc.vspctui.client import AdminClient, AttachSession, ClientError, open_attach
@@ -244,6 +245,10 @@ class Attacher:
         self._input: asyncio.Future[_Input] | None = None
         self._reading = False
         self._warned = False
+        grant = session.grant
+        state = ", read-only" if readonly else ""
+        hint = f"escape key is {escape_name(escape)}" if self._tty and escape else "no escape key"
+        self._banner = f"vspc: attached to {grant.name} ({grant.mode.value}{state}); {hint}\n"
 
     @property
     def interactive(self) -> bool:
@@ -359,8 +364,10 @@ class Attacher:
             while True:
                 if self._tty:
                     with raw_terminal(self._in_fd):
+                        self._show_banner()
                         got = await self._next_input(pump)
                 else:
+                    self._show_banner()
                     got = await self._next_input(pump)
                 if got is None:
                     await pump  # re-raise a read error, if that is why it ended
@@ -373,11 +380,29 @@ class Attacher:
                     return Outcome.EOF
                 if await self._menu() is _Action.QUIT:
                     return Outcome.QUIT
+                self._forward_typeahead()
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, OSError):
                 await pump
             await self.session.close()
+
+    def _forward_typeahead(self) -> None:
+        # Keys typed right after "continue" can arrive in the same read as its Enter;
+        # prompt_toolkit keeps them for its next prompt.  They were meant for the VM.
+        if self._prompt is None:
+            return
+        keys = get_typeahead(self._prompt.input)
+        self.send("".join(key.data for key in keys).encode("utf-8", "surrogateescape"))
+
+    def _show_banner(self) -> None:
+        # Printed once the terminal is raw, so whoever sees it knows keys now go
+        # through unchanged (the pty tests synchronise on it).
+        if self._banner:
+            err = self._ctx.err
+            err.write(self._banner.replace("\n", "\r\n") if self._tty else self._banner)
+            err.flush()
+            self._banner = ""
 
     def _default_prompt(self) -> PromptSession[str]:
         return PromptSession(completer=WordCompleter(list(MENU)), complete_while_typing=True)
@@ -447,14 +472,6 @@ async def run_attach(
         readonly=readonly or grant.readonly,
         prompt_factory=prompt_factory,
     )
-    state = ", read-only" if attacher.readonly else ""
-    hint = (
-        f"escape key is {escape_name(escape)}"
-        if attacher.interactive and escape is not None
-        else "no escape key"
-    )
-    ctx.err.write(f"vspc: attached to {grant.name} ({grant.mode.value}{state}); {hint}\n")
-    ctx.err.flush()
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
