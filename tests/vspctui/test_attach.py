@@ -250,3 +250,22 @@ def test_menu_prefixes() -> None:
     assert menu_lookup("?") is menu_lookup("help")
     assert menu_lookup("s") is menu_lookup("send-escape")
     assert menu_lookup("zz") is None
+
+
+def test_shell_in_a_pty_ctrl_c_stops_a_command_not_the_shell(daemon: Any, spawn: Any) -> None:
+    vspc = spawn("shell")
+    vspc.expect(b"vspc>")
+    vspc.type(b"ls\r")
+    vspc.expect(b"web02_console2")
+    vspc.type(b"tail -f db01\r")
+    vspc.expect(b"login: ")
+    daemon.output(DB01_KEY, b"more\r\n")
+    vspc.expect(b"more")  # following: the command is running
+    vspc.proc.send_signal(signal.SIGINT)
+    vspc.expect(b"interrupted")
+    vspc.output = b""
+    vspc.expect(b"vspc>")  # the shell is back
+    assert [r["cmd"] for r in daemon.requests].count("untail") == 1
+    vspc.type(b"\x04")  # Ctrl-D leaves
+    assert vspc.wait() == ExitCode.OK
+    assert vspc.restored()
