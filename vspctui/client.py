@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from vspc.common.admin import (
     AdminError,
@@ -42,7 +42,9 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "ProtocolError",
+    "consoles_of",
     "open_attach",
+    "parse_reply",
 ]
 
 # Replies are not bound by the 1 MiB request limit: a `list` of thousands of consoles
@@ -272,22 +274,19 @@ class AdminClient:
         return Hello.from_json(await self.request("hello", client=client))
 
     async def list_consoles(self) -> list[ConsoleInfo]:
-        return _consoles(await self.request("list"))
+        return consoles_of(await self.request("list"))
 
     async def show(self, vm: str) -> ConsoleInfo:
         reply = await self.request("show", vm=vm)
-        console = reply.get("console")
-        if not isinstance(console, dict):
-            raise ProtocolError("show reply without a 'console' object")
-        return _typed(ConsoleInfo.from_json, console)
+        return parse_reply(ConsoleInfo.from_json, reply.get("console"))
 
     async def subscribe(self) -> list[ConsoleInfo]:
         """Start events; returns the snapshot taken at the same moment."""
-        return _consoles(await self.request("subscribe"))
+        return consoles_of(await self.request("subscribe"))
 
     async def tail(self, vm: str, nbytes: int | None = None, follow: bool = False) -> TailChunk:
         reply = await self.request("tail", vm=vm, bytes=nbytes, follow=follow or None)
-        return _typed(TailChunk.from_json, reply)
+        return parse_reply(TailChunk.from_json, reply)
 
     async def attach(
         self,
@@ -301,18 +300,33 @@ class AdminClient:
         return await open_attach(self.address, vm, lock=lock, readonly=readonly, replay=replay)
 
 
-def _typed(build: Any, obj: dict[str, Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def parse_reply(build: Callable[[dict[str, Any]], _T], obj: object) -> _T:
+    """`build(obj)` (a typed `from_json`); a malformed object is the daemon's fault.
+
+    Raises:
+        ProtocolError: `obj` is not an object, or `build` refused it.
+    """
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"vspcd sent {type(obj).__name__} where an object belongs")
     try:
         return build(obj)
     except AdminError as exc:
         raise ProtocolError(f"vspcd sent a malformed reply: {exc.message}") from None
 
 
-def _consoles(reply: dict[str, Any]) -> list[ConsoleInfo]:
+def consoles_of(reply: dict[str, Any]) -> list[ConsoleInfo]:
+    """The typed `consoles` list of a `list` or `subscribe` reply.
+
+    Raises:
+        ProtocolError: it is missing or malformed.
+    """
     rows = reply.get("consoles")
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ProtocolError("reply without a 'consoles' list")
-    return [_typed(ConsoleInfo.from_json, row) for row in rows]
+    return [parse_reply(ConsoleInfo.from_json, row) for row in rows]
 
 
 @dataclass(slots=True)
@@ -370,7 +384,7 @@ async def open_attach(
         if not is_reply(reply):
             raise ProtocolError("vspcd sent an event before the attach reply")
         raise_for_reply(reply)
-        grant = _typed(AttachGrant.from_json, reply)
+        grant = parse_reply(AttachGrant.from_json, reply)
     except BaseException:
         writer.close()  # refused or broken: this connection is of no further use
         raise

@@ -31,7 +31,14 @@ from vspc.common.admin import (
     LockMode,
     encode_message,
 )
-from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
+from vspc.vspctui.client import (
+    AdminAddress,
+    AdminClient,
+    ClientError,
+    ConnectError,
+    consoles_of,
+    parse_reply,
+)
 
 __all__ = [
     "Arg",
@@ -493,7 +500,7 @@ async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json(ctx, reply)
         return ExitCode.OK
-    consoles = [ConsoleInfo.from_json(row) for row in reply.get("consoles", [])]
+    consoles = consoles_of(reply)
     if not consoles:
         ctx.print("no consoles")
     else:
@@ -509,7 +516,7 @@ async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json(ctx, reply)
         return ExitCode.OK
-    ctx.print(format_console(ConsoleInfo.from_json(reply["console"])))
+    ctx.print(format_console(parse_reply(ConsoleInfo.from_json, reply.get("console"))))
     return ExitCode.OK
 
 
