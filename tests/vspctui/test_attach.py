@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import io
 import os
 import select
 import signal
@@ -22,9 +23,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prompt_toolkit import PromptSession
+from prompt_toolkit.input import create_pipe_input
+from prompt_toolkit.output import DummyOutput
 
-from vspc.vspctui.attach import escape_name, menu_lookup, parse_escape, run_attach
-from vspc.vspctui.client import AdminAddress
+from vspc.vspctui.attach import Attacher, escape_name, menu_lookup, parse_escape, run_attach
+from vspc.vspctui.client import AdminAddress, open_attach
 from vspc.vspctui.commands import Context, ExitCode
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
@@ -214,7 +218,7 @@ def test_attach_with_pipes_copies_both_ways_until_eof(daemon: Any) -> None:
     out_r, out_w = os.pipe()
     os.write(in_w, b"uptime\n\x1d")
     os.close(in_w)
-    err = __import__("io").StringIO()
+    err = io.StringIO()
     ctx = Context(AdminAddress(path=daemon.path), err_stream=err, stdin_fd=in_r, stdout_fd=out_w)
     try:
         status = asyncio.run(run_attach(ctx, "db01", replay=7))
@@ -269,3 +273,41 @@ def test_shell_in_a_pty_ctrl_c_stops_a_command_not_the_shell(daemon: Any, spawn:
     vspc.type(b"\x04")  # Ctrl-D leaves
     assert vspc.wait() == ExitCode.OK
     assert vspc.restored()
+
+
+def test_escape_menu_with_pipe_input(daemon: Any) -> None:
+    """The menu alone, in process: prompt_toolkit pipe input, output to a pipe."""
+    out_r, out_w = os.pipe()
+    ctx = Context(AdminAddress(path=daemon.path), stdout_fd=out_w)
+
+    async def run() -> list[str]:
+        session = await open_attach(daemon.path, "db01")
+        actions = []
+        with create_pipe_input() as pipe:
+            attacher = Attacher(
+                session,
+                ctx,
+                escape=0x1D,
+                readonly=False,
+                prompt_factory=lambda: PromptSession(input=pipe, output=DummyOutput()),
+            )
+            pipe.send_text("who\nbogus\nhelp\ns\n")  # send-escape ends the menu
+            actions.append((await attacher._menu()).value)
+            pipe.send_text("info\n\n")  # an empty line continues
+            actions.append((await attacher._menu()).value)
+            pipe.send_text("quit\n")
+            actions.append((await attacher._menu()).value)
+        await session.close()
+        return actions
+
+    try:
+        assert asyncio.run(run()) == ["continue", "continue", "quit"]
+        os.close(out_w)
+        out = os.read(out_r, 65536).decode()
+    finally:
+        os.close(out_r)
+    assert "ID  KIND    USER   PEER  MODE" in out  # who: this session itself
+    assert "unknown command: bogus (try 'help')" in out
+    assert "send-escape  send the escape character itself to the VM" in out
+    assert "you: client" in out and "can type: yes" in out
+    assert inputs_until_detach(daemon) == b"\x1d"  # what send-escape sent
