@@ -805,6 +805,11 @@ class AdminLink(asyncio.Protocol):
         return self._mode
 
     @property
+    def write_backlog(self) -> int:
+        """Bytes written to the peer that it has not read yet (our side's buffer)."""
+        return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    @property
     def reading(self) -> bool:
         """The link is reading its peer (False while replies are unread, for example)."""
         return not self._reading.paused
