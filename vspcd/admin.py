@@ -156,9 +156,11 @@ class Identity:
         return self.address
 
     def __str__(self) -> str:
-        if self.uid is None:
-            return f"{self.address} (TCP, unauthenticated)"
-        return f"uid={self.uid} gid={self.gid} user={self.user or '?'}"
+        if self.uid is not None:
+            return f"uid={self.uid} gid={self.gid} user={self.user or '?'}"
+        if self.address == "unix":
+            return "unix peer (credentials unknown)"
+        return f"{self.address} (TCP, unauthenticated)"
 
 
 def access_level(uid: int, gid: int, readonly_group: str | None, own_uid: int) -> Access:

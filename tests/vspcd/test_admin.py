@@ -17,7 +17,7 @@ import os
 import pwd
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +39,7 @@ U1_WIRE = "01 23 45 67 89 ab cd ef-fe dc ba 98 00 00 00 00"
 ME = pwd.getpwuid(os.geteuid()).pw_name
 
 
-def run(main: Callable[[], Awaitable[None]]) -> None:
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
 
 
