@@ -98,15 +98,19 @@ def test_vmotion_with_typing_during_the_switch(tmp_path: Path, fin_first: bool) 
             op.type(b"<2>\r")
             dst = await FakeEsxi.connect(daemon.proxy_port, cookie=cookie)
             await dst.wait_for(esxi.PeerOk)
+            loop = asyncio.get_running_loop()
             if fin_first:
                 await src.close()
                 dst.complete(SEQ2)
+                completed = loop.time()
             else:
                 dst.complete(SEQ2)
+                completed = loop.time()
                 await events.wait("vmotion_complete")
                 await src.close()
             # Delivered at once, with no further typing, exactly once, in order.
             await dst.input.expect(b"<1>\r<2>\r")
+            assert loop.time() - completed < 0.5  # PROTOCOL.md §6.4 item 2
             dst.send(b"after")
             await op.output.expect(b"after")
             assert bytes(op.output.data).endswith(b"before after")
@@ -405,5 +409,100 @@ def test_stalled_client_does_not_stop_the_others(tmp_path: Path) -> None:
                 assert len(seen) < total
             await fast.close()
             await vm.close()
+
+    asyncio.run(main())
+
+
+def test_source_data_during_vmotion_acts_as_abort(tmp_path: Path) -> None:
+    """F2: a source that talks again has resumed; its held input comes back to it."""
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            src = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            cookie = await src.begin(SEQ1)
+            op.type(b"<held>")
+            await events.wait("vmotion_begin")
+            src.send(b"still here")
+            await op.output.expect(b"still here")
+            await src.input.expect(b"<held>")
+            # A PEER with the dead cookie gets no PEER-OK (TV-19 b).
+            late = await FakeEsxi.connect(daemon.proxy_port, cookie=cookie)
+            src.send(b"!")
+            await op.output.expect(b"!")
+            assert not any(isinstance(e, esxi.PeerOk) for e in late.events)
+            for closing in (late, src, op):
+                await closing.close()
+
+    asyncio.run(main())
+
+
+def test_bad_peer_and_stray_messages_change_nothing(tmp_path: Path) -> None:
+    """F5 / TV-23: unknown cookie; F10 / TV-24: stray COMPLETE and ABORT; then BEGIN works."""
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            vm = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            bogus = await FakeEsxi.connect(daemon.proxy_port, cookie=bytes(range(1, 9)))
+            vm.complete(bytes.fromhex("09090909"))
+            vm.abort()
+            op.type(b"typed")
+            await vm.input.expect(b"typed")
+            cookie = await vm.begin(SEQ1)
+            dst = await FakeEsxi.connect(daemon.proxy_port, cookie=cookie)
+            await dst.wait_for(esxi.PeerOk)
+            assert not any(isinstance(e, esxi.PeerOk) for e in bogus.events)
+            for closing in (bogus, dst, vm, op):
+                await closing.close()
+
+    asyncio.run(main())
+
+
+def test_second_begin_replaces_the_first(tmp_path: Path) -> None:
+    """F9 / TV-19 c: the first cookie dies, the second BEGIN is answered."""
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            src = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            first = await src.begin(SEQ1)
+            second = await src.begin(SEQ2)
+            stale = await FakeEsxi.connect(daemon.proxy_port, cookie=first)
+            dst = await FakeEsxi.connect(daemon.proxy_port, cookie=second)
+            await dst.wait_for(esxi.PeerOk)
+            dst.complete(SEQ2)
+            await events.wait("vmotion_complete")
+            assert not any(isinstance(e, esxi.PeerOk) for e in stale.events)
+            for closing in (stale, dst, src):
+                await closing.close()
+
+    asyncio.run(main())
+
+
+def test_fresh_do_proxy_during_vmotion_takes_over(tmp_path: Path) -> None:
+    """F11: a new VM instance for the key aborts the vMotion and becomes active."""
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            src = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            cookie = await src.begin(SEQ1)
+            op.type(b"<for-the-new-one>")
+            restarted = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A, count=2)
+            await restarted.input.expect(b"<for-the-new-one>")
+            late = await FakeEsxi.connect(daemon.proxy_port, cookie=cookie)
+            restarted.send(b"rebooted")
+            await op.output.expect(b"rebooted")
+            assert not any(isinstance(e, esxi.PeerOk) for e in late.events)
+            for closing in (late, restarted, src, op):
+                await closing.close()
 
     asyncio.run(main())
