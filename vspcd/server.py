@@ -68,7 +68,11 @@ class Daemon:
     """One vspcd instance: hub + proxy listener + per-VM ports + admin socket."""
 
     def __init__(
-        self, config: Config, *, secret_factory: Callable[[], bytes] | None = None
+        self,
+        config: Config,
+        *,
+        secret_factory: Callable[[], bytes] | None = None,
+        fd_limit: int | None = None,
     ) -> None:
         self.config = config
         self._secret_factory = secret_factory
@@ -77,8 +81,10 @@ class Daemon:
         self._binder: PortBinder | None = None
         self._admin: admin.AdminServer | None = None
         self.proxy_port: int | None = None
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        self._fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
+        if fd_limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
+        self._fd_limit = fd_limit
 
     async def start(self) -> None:
         """Open every listener; raises OSError if a fixed address cannot be bound.
