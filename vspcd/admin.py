@@ -948,6 +948,8 @@ class AdminServer:
     def _on_hub_event(self, name: str, fields: dict[str, Any]) -> None:
         # Must not raise: the hub drops an observer that does (and with it every
         # subscriber).  One broken link is closed; the others still get the event.
+        if name != "vm_expired" and not any(link.subscribed for link in self._links):
+            return  # nobody listens (vm_expired may still end someone's tail)
         try:
             message: dict[str, Any] = {"event": name, **fields}
             match name:
