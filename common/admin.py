@@ -171,6 +171,7 @@ class EventName(StrEnum):
     VM_CONNECTED = "vm_connected"
     VM_DISCONNECTED = "vm_disconnected"
     VM_EXPIRED = "vm_expired"
+    VM_RENAMED = "vm_renamed"  # VM-NAME arrived or changed; `name` is the new display name
     VMOTION_BEGIN = "vmotion_begin"
     VMOTION_PEER = "vmotion_peer"
     VMOTION_COMPLETE = "vmotion_complete"

@@ -293,8 +293,12 @@ class Hub:
                 self._identified(conn, uuid)
             case VmNamed(name):
                 conn.name = name
-                if conn.role is Role.ACTIVE and conn.console is not None:
-                    conn.console.name = name
+                console = conn.console
+                if conn.role is Role.ACTIVE and console is not None and console.name != name:
+                    # ESXi names the VM just after identifying it, so a new console is
+                    # first announced under its UUID; tell subscribers the real name.
+                    console.name = name
+                    self._emit("vm_renamed", console, vm_name=name)
             case vm.VMotionBegin(sequence):
                 self._begin(conn, sequence)
             case vm.VMotionPeer(cookie):

@@ -1306,6 +1306,7 @@ def test_observers_see_the_lifecycle() -> None:
     rig.sched.advance(10.0)
     assert rig.names() == [
         "vm_connected",
+        "vm_renamed",
         "client_attached",
         "lock_changed",
         "vmotion_notnow",
@@ -1334,7 +1335,7 @@ def test_raising_observer_is_removed_and_the_hub_carries_on() -> None:
     conn, _ = connect(rig)
     attach(rig, console_of(conn))
     assert calls == ["vm_connected"]
-    assert rig.names() == ["vm_connected", "client_attached"]
+    assert rig.names() == ["vm_connected", "vm_renamed", "client_attached"]
 
 
 def test_unsubscribe() -> None:
@@ -1356,3 +1357,14 @@ def test_close_all_closes_everything_and_cancels_timers() -> None:
     assert s.viewer.calls[-2:] == [("notify", "vspcd is shutting down"), ("close",)]
     assert other_vm.closed
     assert s.rig.sched.pending() == []
+
+
+def test_vm_name_after_binding_is_announced_once() -> None:
+    rig = make_rig()
+    conn, _ = connect(rig, name="db01")
+    assert rig.events[1] == (
+        "vm_renamed",
+        {"name": "db01", "key": U1, "vm_name": "db01"},
+    )
+    rig.hub.vm_event(conn, VmNamed("db01"))  # unchanged: no event
+    assert rig.names().count("vm_renamed") == 1
