@@ -292,7 +292,7 @@ def _hello(link: AdminLink, request: Request) -> Reply:
 
 @handles("list")
 def _list(link: AdminLink, request: Request) -> Reply:
-    return {"consoles": link.server.console_rows()}
+    return {"vms": link.server.console_rows()}
 
 
 @handles("show")
@@ -353,7 +353,7 @@ def _kick(link: AdminLink, request: Request) -> Reply:
 @handles("subscribe")
 def _subscribe(link: AdminLink, request: Request) -> Reply:
     link.subscribed = True
-    return {"consoles": link.server.console_rows()}  # same moment: nothing falls between
+    return {"vms": link.server.console_rows()}  # same moment: nothing falls between
 
 
 @handles("unsubscribe")

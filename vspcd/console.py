@@ -8,10 +8,28 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Protocol
 
+from vspc.common.admin import LockMode
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "Bounded",
+    "Cancellable",
+    "Client",
+    "ClientChannel",
+    "Console",
+    "ConsoleKey",
+    "LockMode",  # the admin protocol's enum, re-exported for the hub's users
+    "Migration",
+    "Phase",
+    "Role",
+    "Scrollback",
+    "VmChannel",
+    "VmConn",
+]
 
 
 class Cancellable(Protocol):
@@ -63,15 +81,6 @@ class ConsoleKey:
 
     def __str__(self) -> str:
         return f"{self.uuid}_{self.label}" if self.label else self.uuid
-
-
-class LockMode(StrEnum):
-    """Attach modes with vSPC.py's names and meaning (docs/admin-protocol.md)."""
-
-    EXCLUSIVE = "exclusive"
-    WRITE = "write"
-    FREE_FOR_ALL = "free_for_all"
-    FREE_FOR_ALL_OR_READONLY = "free_for_all_or_readonly"
 
 
 class Phase(Enum):

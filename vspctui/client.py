@@ -323,7 +323,7 @@ def consoles_of(reply: dict[str, Any]) -> list[ConsoleInfo]:
     Raises:
         ProtocolError: it is missing or malformed.
     """
-    rows = reply.get("consoles")
+    rows = reply.get("vms")
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
         raise ProtocolError("reply without a 'consoles' list")
     return [parse_reply(ConsoleInfo.from_json, row) for row in rows]

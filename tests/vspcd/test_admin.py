@@ -331,7 +331,7 @@ class Bystanders:
     async def check(self) -> None:
         self._round += 1
         listed = await self.other.ok("list")
-        assert [c["name"] for c in listed["consoles"]] == ["vm01"]
+        assert [c["name"] for c in listed["vms"]] == ["vm01"]
         token = f"<out{self._round}>".encode()
         self.vm.say(token)
         await self.viewer.read_until(token)
@@ -372,13 +372,13 @@ def test_list_and_show(tmp_path: Path) -> None:
     async def main() -> None:
         async with daemon_with(tmp_path) as h:
             peer = await h.admin()
-            assert (await peer.ok("list"))["consoles"] == []
+            assert (await peer.ok("list"))["vms"] == []
             vm = await h.vm()
             vm.say(b"abc")
             viewer, _ = await h.attach(replay=3)
             assert await viewer.read_exactly(3) == b"abc"
             await h.vm(U2, "web02", "vSPC.py?port=console2")
-            rows = (await peer.ok("list", id=2))["consoles"]
+            rows = (await peer.ok("list", id=2))["vms"]
             assert [r["key"] for r in rows] == [U1, f"{U2}_console2"]  # sorted by key
             first, second = (ConsoleInfo.from_json(r) for r in rows)
             assert first.name == "vm01" and first.vm_name == "vm01" and first.label == ""
@@ -639,7 +639,7 @@ def test_subscribe_pushes_every_state_change(tmp_path: Path) -> None:
     async def main() -> None:
         async with daemon_with(tmp_path, "--vm-expire-time", "0") as h:
             sub = await h.admin()
-            assert (await sub.ok("subscribe", id=11))["consoles"] == []
+            assert (await sub.ok("subscribe", id=11))["vms"] == []
             await sub.ok("subscribe")  # twice is harmless
             src = await h.vm()
             connected = await sub.event("vm_connected", key=U1)

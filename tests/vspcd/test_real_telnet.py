@@ -87,11 +87,11 @@ def test_telnet_operator_in_tmux(tmp_path: Path) -> None:
 
             def listed() -> bool:
                 reply = _admin(admin, {"cmd": "list"})
-                return bool(reply.get("consoles") or reply.get("vms"))
+                return bool(reply.get("vms"))
 
             await loop.run_in_executor(None, _wait_for, listed, "the console in list")
             reply = _admin(admin, {"cmd": "list"})
-            rows = reply.get("consoles") or reply.get("vms")
+            rows = reply.get("vms")
             assert isinstance(rows, list)
             port = rows[0]["port"]
             _tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "20",
@@ -100,7 +100,7 @@ def test_telnet_operator_in_tmux(tmp_path: Path) -> None:
 
                 def attached() -> bool:
                     reply = _admin(admin, {"cmd": "list"})
-                    rows = reply.get("consoles") or reply.get("vms")
+                    rows = reply.get("vms")
                     return isinstance(rows, list) and rows[0]["clients"] == 1
 
                 await loop.run_in_executor(None, _wait_for, attached, "telnet to attach")

@@ -256,7 +256,7 @@ class FakeDaemon:
                 hello = Hello(1, "0.0-fake", tuple(sorted(COMMANDS)), self.access, 1000, "alice")
                 return ok(rid, **hello.to_json()), None
             case "list":
-                return ok(rid, consoles=[c.row() for c in self.consoles.values()]), None
+                return ok(rid, vms=[c.row() for c in self.consoles.values()]), None
             case "show":
                 console = self._find(request, f["vm"])
                 row = console.row() | {
@@ -284,7 +284,7 @@ class FakeDaemon:
                 raise AdminError(ErrorCode.NOT_ATTACHED, f"no client with id {f['client']}", rid)
             case "subscribe":
                 self._subscribers.append(writer)
-                return ok(rid, consoles=[c.row() for c in self.consoles.values()]), None
+                return ok(rid, vms=[c.row() for c in self.consoles.values()]), None
             case "unsubscribe":
                 with contextlib.suppress(ValueError):
                     self._subscribers.remove(writer)

@@ -63,7 +63,7 @@ def test_no_arguments_lists_an_aligned_table(daemon: Any, capsys: Any) -> None:
 def test_list_json_is_the_protocol_reply(daemon: Any, capsys: Any) -> None:
     assert run(daemon, "list", "--json") == ExitCode.OK
     printed = json.loads(capsys.readouterr().out)
-    assert printed == {"ok": True, "consoles": [c.row() for c in daemon.consoles.values()]}
+    assert printed == {"ok": True, "vms": [c.row() for c in daemon.consoles.values()]}
 
 
 def test_show_prints_details_and_clients(daemon: Any, capsys: Any) -> None:
