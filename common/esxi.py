@@ -31,7 +31,6 @@ for the destination host.  Anything out of turn becomes a `Notice`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -131,35 +130,6 @@ class Role(Enum):
 
 _LOCAL_OK = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 _REMOTE_OK = (Opt.BINARY, Opt.SGA, Opt.ECHO)
-# Where this side queues bytes of its own: after IAC SE, and after IAC DO 232 (see
-# `_pieces`).  A false match (escaped data) only costs an extra call.
-_OWN_REPLY_POINTS = (b"\xff\xf0", b"\xfd\xe8")
-
-
-def _pieces(data: bytes) -> Iterator[bytes]:
-    """Cut `data` right after every point where we may queue a reply of our own.
-
-    Why: the codec queues its negotiation replies while it parses a whole chunk, and we
-    queue ours afterwards, per event.  One reply point per piece, as its last byte,
-    keeps the output in request order however the input was segmented.  The same
-    reasoning applies as in `common.session._pieces`.
-    """
-    if 0xF0 not in data and 0xE8 not in data:
-        yield data
-        return
-    cuts = [1] if data[0] in (0xF0, 0xE8) else []
-    for needle in _OWN_REPLY_POINTS:
-        found = data.find(needle)
-        while found >= 0:
-            cuts.append(found + 2)
-            found = data.find(needle, found + 2)
-    start = 0
-    for cut in sorted(cuts):
-        if cut > start:
-            yield data[start:cut]
-            start = cut
-    if start < len(data):
-        yield data[start:]
 
 
 class EsxiSession:
@@ -279,24 +249,18 @@ class EsxiSession:
             TelnetProtocolError: the proxy broke telnet framing.
         """
         events: list[EsxiEvent] = []
-        run = bytearray()  # console input across pieces, reported as one run
-        for piece in _pieces(data):
-            for event in self._telnet.receive_data(piece):
-                if isinstance(event, Data):
-                    run += event.payload
-                    continue
-                if run:
-                    events.append(ConsoleInput(bytes(run)))
-                    run.clear()
-                match event:
-                    case Subnegotiation(Opt.VMWARE_EXT, payload):
-                        self._on_command(vm.decode(payload), events)
-                    case OptionChanged(Opt.VMWARE_EXT, True, True):
-                        self._announce()
-                    case _:
-                        pass  # other negotiation was answered by the codec
-        if run:
-            events.append(ConsoleInput(bytes(run)))
+        for event in self._telnet.iter_events(data):
+            # Negotiation replies queued so far answer earlier requests: they go first.
+            self._out += self._telnet.data_to_send()
+            match event:
+                case Data(payload):
+                    events.append(ConsoleInput(payload))
+                case Subnegotiation(Opt.VMWARE_EXT, payload):
+                    self._on_command(vm.decode(payload), events)
+                case OptionChanged(Opt.VMWARE_EXT, True, True):
+                    self._announce()
+                case _:
+                    pass  # other negotiation was answered by the codec
         self._out += self._telnet.data_to_send()
         return events
 

@@ -29,7 +29,7 @@ UNKNOWN-SUBOPTION-RCVD-1 from the VM disables that code on this connection (TV-2
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vspc.common import vmware as vm
@@ -136,44 +136,6 @@ _OFFERS_LOCAL = (Opt.BINARY, Opt.SGA)
 _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 
 
-# The session writes bytes of its own only where the VM ends a subnegotiation (IAC SE)
-# or agrees to option 232 (IAC WILL 232, which sends KS-2).  A match may be a false
-# alarm (`IAC IAC SE` in data, say); an extra cut costs a call, never correctness.
-_OWN_REPLY_POINTS = (b"\xff\xf0", b"\xfb\xe8")
-
-
-def _pieces(data: bytes) -> Iterator[bytes]:
-    """Cut `data` right after every point where the session may queue its own reply.
-
-    Why: the codec parses a whole chunk, queuing its negotiation replies as it goes,
-    before we see any event, while our option-232 replies are queued as we walk the
-    events.  Fed a whole segment such as `<KS-1> <PEER> IAC WILL 2c`, the `IAC DONT 2c`
-    for the *last* command would be flushed ahead of the GETs answering the first, so
-    the VM-bound byte order would depend on TCP segmentation.  Ending each piece at
-    such a point leaves at most one per piece, as its last byte, so every negotiation
-    reply queued in the piece answers a command before it.  The codec keeps its state
-    across any boundary (PROTOCOL.md §1 rule 4), so the events are unchanged.
-    """
-    if 0xF0 not in data and 0xE8 not in data:  # typical console text: one piece
-        yield data
-        return
-    cuts = []
-    if data[0] in (0xF0, 0xE8):  # its IAC, or IAC WILL, ended the previous chunk
-        cuts.append(1)
-    for needle in _OWN_REPLY_POINTS:
-        found = data.find(needle)
-        while found >= 0:
-            cuts.append(found + 2)
-            found = data.find(needle, found + 2)
-    start = 0
-    for cut in sorted(cuts):
-        if cut > start:
-            yield data[start:cut]
-            start = cut
-    if start < len(data):
-        yield data[start:]
-
-
 class ProxySession:
     """The proxy's half of one ESXi serial-port connection.
 
@@ -274,32 +236,25 @@ class ProxySession:
             TelnetProtocolError: the VM broke telnet framing; close the connection.
         """
         events: list[SessionEvent] = []
-        run = bytearray()  # VM data across pieces, reported as one VmData per run
-        for piece in _pieces(data):
-            for event in self._telnet.receive_data(piece):
-                if isinstance(event, Data):
-                    run += event.payload
-                    continue
-                if run:
-                    events.append(VmData(bytes(run)))
-                    run.clear()
-                match event:
-                    case Subnegotiation(Opt.VMWARE_EXT, payload):
-                        self._on_command(vm.decode(payload), events)
-                    case OptionChanged(Opt.VMWARE_EXT, False, True):
-                        if not self._ks2_sent:
-                            self._out += self._telnet.data_to_send()
-                            self._out += _KS2
-                            self._ks2_sent = self._ks2_unmatched = True
-                    case _:
-                        pass  # other negotiation was answered by the codec
-        if run:
-            events.append(VmData(bytes(run)))
+        for event in self._telnet.iter_events(data):
+            # Negotiation replies queued so far answer earlier requests: they go first,
+            # so the VM hears every reply in request order whatever TCP's segmentation.
+            self._out += self._telnet.data_to_send()
+            match event:
+                case Data(payload):
+                    events.append(VmData(payload))
+                case Subnegotiation(Opt.VMWARE_EXT, payload):
+                    self._on_command(vm.decode(payload), events)
+                case OptionChanged(Opt.VMWARE_EXT, False, True):
+                    if not self._ks2_sent:
+                        self._out += _KS2
+                        self._ks2_sent = self._ks2_unmatched = True
+                case _:
+                    pass  # other negotiation was answered by the codec
         self._out += self._telnet.data_to_send()
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
-        self._out += self._telnet.data_to_send()  # keep negotiation replies in order
         match event:
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code to report (PROTOCOL.md §1 rule 6)

@@ -23,7 +23,7 @@ anti-pattern 17).  Replies are queued and drained with `data_to_send()`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
 
@@ -281,6 +281,8 @@ class TelnetCodec:
 
     def data_to_send(self) -> bytes:
         """Drain and return the queued negotiation bytes."""
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
@@ -290,11 +292,28 @@ class TelnetCodec:
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse one chunk; return its events in order.
 
+        Negotiation replies for the whole chunk are queued by the time this returns.
+        A caller that queues replies of its own and needs them interleaved in request
+        order uses `iter_events()` instead.
+
         Raises:
             TelnetProtocolError: a subnegotiation exceeded `sb_limit`, or an `IAC SB`
                 started inside another subnegotiation.
         """
-        events: list[Event] = []
+        return list(self.iter_events(data))
+
+    def iter_events(self, data: bytes) -> Iterator[Event]:
+        """Parse one chunk lazily: each event is yielded as soon as it is complete.
+
+        A negotiation reply is queued just before its `Negotiation` event is yielded
+        and nothing later is parsed until the caller asks for the next event, so a
+        caller that drains `data_to_send()` before queuing its own reply to an event
+        keeps every reply in request order however TCP cut the input (PROTOCOL.md §1
+        rule 4).  The iterator must be exhausted: state advances as it runs.
+
+        Raises:
+            TelnetProtocolError: as `receive_data`, from the event where it happens.
+        """
         run = bytearray()  # pending Data bytes, emitted before the next non-data event
         pos, end = 0, len(data)
         while pos < end:
@@ -303,8 +322,8 @@ class TelnetCodec:
                 nxt = data.find(IAC, pos)
                 if nxt < 0:
                     if not run and pos == 0:
-                        events.append(Data(bytes(data)))  # fast path: no IAC at all
-                        return events
+                        yield Data(bytes(data))  # fast path: no IAC at all
+                        return
                     run += data[pos:]
                     break
                 run += data[pos:nxt]
@@ -318,7 +337,7 @@ class TelnetCodec:
                     self._state = _State.DATA
                     continue
                 if run:
-                    events.append(Data(bytes(run)))
+                    yield Data(bytes(run))
                     run.clear()
                 if Verb.WILL <= code <= Verb.DONT:
                     self._verb = Verb(code)
@@ -327,10 +346,10 @@ class TelnetCodec:
                     self._state = _State.SB_OPTION
                 else:
                     if code != SE:  # a stray SE outside SB carries nothing
-                        events.append(Command(code))
+                        yield Command(code)
                     self._state = _State.DATA
             elif state is _State.VERB:
-                events += self._negotiate(self._verb, data[pos])
+                yield from self._negotiate(self._verb, data[pos])
                 pos += 1
                 self._state = _State.DATA
             elif state is _State.SB_OPTION:
@@ -364,7 +383,7 @@ class TelnetCodec:
                     self._state = _State.SB_DATA
                 elif code == SE:
                     if self._sb_option is not None:
-                        events.append(Subnegotiation(self._sb_option, bytes(self._sb)))
+                        yield Subnegotiation(self._sb_option, bytes(self._sb))
                     self._sb.clear()
                     self._state = _State.DATA
                 elif code == SB:
@@ -376,5 +395,4 @@ class TelnetCodec:
                     # out of the payload and stay in the subnegotiation.
                     self._state = _State.SB_DATA
         if run:
-            events.append(Data(bytes(run)))
-        return events
+            yield Data(bytes(run))
