@@ -1,0 +1,947 @@
+"""Daemon benchmark: the real vspcd under load over loopback (issue #3; docs/benchmarks.md).
+
+Starts `python -m vspc.vspcd` as a subprocess for every scenario (127.0.0.1 only, free
+ports found by binding port 0, readiness by connecting) and drives it from this
+process with asyncio, plus a second load process where one loop would disturb the
+measurement.  Fake VMs speak just enough of PROTOCOL.md §3/§4: identification is one
+precomputed write (`IAC WILL 232` + KNOWN-SUBOPTIONS-1 + DO-PROXY + VM-VC-UUID +
+VM-NAME, built with `vspc.common.vmware.encode`, a unique UUID per VM) and is done
+when WILL-PROXY (`ff fa e8 47 ff f0`) comes back.
+
+Scenarios (`--only a,b`; every one prints ONE JSON line, then a summary line):
+
+- `connect`:  N VMs connect + identify with --no-vm-ports, C at a time; VMs/s, RSS.
+- `connect_ports`: the same with a telnet port bound per console.
+- `scale`: 16,000 identified VMs in one daemon (--no-vm-ports), counted via `list`.
+- `vmotion`: M consoles each run K vMotions back to back (BEGIN -> GOAHEAD cookie ->
+  new connection with KS-1 + PEER(cookie) -> PEER-OK -> VM-VC-UUID, VM-NAME,
+  COMPLETE; the source closes), all M concurrently; vMotions/s.
+- `stream`: one VM sends S MiB of console text, one raw telnet client on the
+  console's port reads it all; MB/s per size (linear means flat MB/s).
+- `fanout`: the same with several clients on one console (aggregate MB/s).
+- `keystroke`: a client types one byte, the VM receives it and echoes it, the client
+  receives the echo; percentiles idle and while 1,000 other VMs (in a second process)
+  each write a short line every 100 ms.
+
+Not a test: figures depend on the machine.  `--quick` runs every scenario at toy
+sizes (the smoke test in tests/test_bench_smoke.py checks only the JSON shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from vspc.common import vmware as vm
+from vspc.common.esxi import ESXI_KNOWN_CODES
+
+HOST = "127.0.0.1"
+MIB = 1 << 20
+
+# Goals from issue #3 (what the public vSPCs reach is in docs/benchmarks.md).
+GOALS = {
+    "connect_vms_per_s": 3000.0,
+    "vmotions_per_s": 5000.0,
+    "stream_mb_per_s": 100.0,
+    "keystroke_p99_ms": 2.0,
+    "idle_kib_per_vm": 16.0,
+    "scale_vms": 16000,
+}
+
+# -- wire bytes (PROTOCOL.md §2, §3) -------------------------------------------------
+
+IAC, SB, SE, EXT = 0xFF, 0xFA, 0xF0, 0xE8
+WILL_EXT = bytes((IAC, 0xFB, EXT))
+WILL_COMPORT = bytes((IAC, 0xFB, 0x2C))
+KS1 = vm.encode(vm.KnownSuboptions1(ESXI_KNOWN_CODES))
+DO_PROXY = vm.encode(vm.DoProxy("S", "vSPC.py"))
+LINE = b"the quick brown fox jumps over the lazy dog 0123456789\r\n"  # no 0xe8/0xf0/0xff
+
+
+def vm_key(tag: int, index: int) -> str:
+    """A unique canonical UUID (32 hex digits) per scenario `tag` and VM `index`."""
+    return f"{tag:08x}{index:024x}"
+
+
+def ident_tail(key: str, name: str) -> bytes:
+    """VM-VC-UUID + VM-NAME, as a VM answers the proxy's GETs."""
+    return vm.encode(vm.VmVcUuid(vm.wire_uuid(key))) + vm.encode(vm.VmName(name))
+
+
+def hello(key: str, name: str) -> bytes:
+    """Everything a fresh VM says, in one write: WILL 232, KS-1, DO-PROXY, UUID, name."""
+    return WILL_EXT + KS1 + DO_PROXY + ident_tail(key, name)
+
+
+def find_frame(buf: bytearray, code: int) -> tuple[bytes, int] | None:
+    """The first complete `IAC SB 232 <code> ... IAC SE` in `buf`: (body, end) or None.
+
+    The body is unescaped (`ff ff` -> `ff`); `end` is the index just past `IAC SE`.
+    """
+    prefix = bytes((IAC, SB, EXT, code))
+    start = buf.find(prefix)
+    while start >= 0:
+        pos = start + 4
+        while True:
+            iac = buf.find(b"\xff", pos)
+            if iac < 0 or iac + 1 >= len(buf):
+                return None  # incomplete: wait for more bytes
+            if buf[iac + 1] == IAC:
+                pos = iac + 2
+                continue
+            if buf[iac + 1] == SE:
+                return bytes(buf[start + 4 : iac]).replace(b"\xff\xff", b"\xff"), iac + 2
+            break  # not a frame end; look for the next prefix
+        start = buf.find(prefix, start + 1)
+    return None
+
+
+# -- the daemon under test --------------------------------------------------------
+
+
+def free_port() -> int:
+    """A free TCP port on HOST, found by binding port 0."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_range_start(count: int) -> int:
+    """Start of `count` per-VM ports: a free port from binding 0, moved below the
+    ephemeral range when the range would run past 65535 (the daemon skips busy ports)."""
+    start = free_port()
+    if start + count + 1000 <= 65535:
+        return start
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return max(1024, low - count - 1000)
+
+
+def percentiles(samples: Sequence[float], scale: float = 1e3) -> dict[str, float]:
+    """p50/p90/p99/max of `samples` (seconds) in ms, rounded."""
+    if not samples:
+        return {}
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * scale, 3)
+
+    return {
+        "n": len(ordered),
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": round(ordered[-1] * scale, 3),
+    }
+
+
+class Daemon:
+    """vspcd in a subprocess: start, readiness, RSS/CPU from /proc, admin, stop."""
+
+    def __init__(self, workdir: Path, *, vm_ports: bool, port_count: int = 0) -> None:
+        self.proxy_port = free_port()
+        self.range_start = port_range_start(port_count) if vm_ports else 0
+        self.admin_path = workdir / "admin.sock"
+        self.log_path = workdir / "vspcd.log"
+        self.args = [
+            sys.executable,
+            "-m",
+            "vspc.vspcd",
+            "--proxy-iface",
+            HOST,
+            "--proxy-port",
+            str(self.proxy_port),
+            "-i",
+            HOST,
+            "--admin-socket",
+            str(self.admin_path),
+        ]
+        if vm_ports:
+            self.args += ["-r", str(self.range_start)]
+        else:
+            self.args += ["--no-vm-ports"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start and wait until both the proxy port and the admin socket answer."""
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vspcd exited ({self.proc.returncode}): {self.log_tail()}")
+            try:
+                with socket.create_connection((HOST, self.proxy_port), timeout=0.5):
+                    pass
+                self.admin({"cmd": "hello", "client": "daemon_bench"})
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"vspcd not ready after {timeout} s: {self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        """VmRSS of the daemon, KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the daemon has used so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def admin(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        """One admin-protocol request on a fresh Unix-socket connection; the reply."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.admin_path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            buf = bytearray()
+            while b"\n" not in buf:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise OSError("admin connection closed")
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf[: buf.index(b"\n")])
+        if not reply.get("ok"):
+            raise RuntimeError(f"admin {request}: {reply}")
+        return reply
+
+    def consoles(self) -> list[dict[str, Any]]:
+        reply = self.admin({"cmd": "list"})
+        # docs/admin-protocol.md names the list "consoles"; the daemon says "vms".
+        return list(reply["consoles"] if "consoles" in reply else reply["vms"])
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, wait, SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def running_daemon(*, vm_ports: bool, port_count: int = 0) -> Iterator[Daemon]:
+    workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
+    daemon = Daemon(workdir, vm_ports=vm_ports, port_count=port_count)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- load generator: fake VMs and telnet clients -------------------------------------
+
+
+class FakeVm(asyncio.Protocol):
+    """One scripted ESXi connection.
+
+    Writes `greeting` on connect and buffers what the proxy says until `idle()`, so
+    `expect(code)` can wait for one option-232 frame.  `on_data`, if set, gets every
+    later chunk instead (the keystroke probe).
+    """
+
+    def __init__(self, greeting: bytes) -> None:
+        self.greeting = greeting
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.keep = True
+        self.code = -1
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.on_data: Callable[[bytes], None] | None = None
+        self.resumed: asyncio.Future[None] | None = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.greeting:
+            self.transport.write(self.greeting)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_data is not None:
+            self.on_data(data)
+        elif self.keep:
+            self.buf += data
+            if self.waiter is not None:
+                self._check()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("connection lost"))
+        if self.resumed is not None and not self.resumed.done():
+            self.resumed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.resumed is not None and not self.resumed.done():
+            self.resumed.set_result(None)
+        self.resumed = None
+
+    def expect(self, code: int) -> asyncio.Future[bytes]:
+        """A future for the body of the next `IAC SB 232 <code> ... IAC SE`."""
+        self.code = code
+        self.waiter = asyncio.get_running_loop().create_future()
+        self._check()
+        return self.waiter
+
+    def _check(self) -> None:
+        found = find_frame(self.buf, self.code)
+        if found is not None and self.waiter is not None:
+            body, end = found
+            del self.buf[:end]
+            waiter, self.waiter = self.waiter, None
+            if not waiter.done():
+                waiter.set_result(body)
+
+    def idle(self) -> None:
+        """Identified: drop what is buffered and ignore further input."""
+        self.keep = False
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Client(asyncio.Protocol):
+    """A raw telnet client (never negotiates): counts bytes, or hands them to `on_data`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.count = 0
+        self.target = -1
+        self.done: asyncio.Future[float] | None = None
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.on_data: Callable[[bytes], None] | None = None
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.first.done():
+            self.first.set_result(None)  # the proxy's option offers: not counted
+            return
+        if self.on_data is not None:
+            self.on_data(data)
+            return
+        self.count += len(data)
+        self.tail = data[-64:]
+        if self.done is not None and self.count >= self.target and not self.done.done():
+            self.done.set_result(time.perf_counter())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(ConnectionError("client connection lost"))
+
+    def arm(self, target: int) -> asyncio.Future[float]:
+        self.count, self.target = 0, target
+        self.done = asyncio.get_running_loop().create_future()
+        return self.done
+
+
+WILL_PROXY = vm.Code.WILL_PROXY
+GOAHEAD = vm.Code.VMOTION_GOAHEAD
+PEER_OK = vm.Code.VMOTION_PEER_OK
+
+
+async def connect_vms(
+    port: int, greetings: Sequence[bytes], concurrency: int
+) -> tuple[list[FakeVm], float, list[float]]:
+    """Connect and identify one VM per greeting, `concurrency` in flight at a time.
+
+    Returns the protocols, the wall time from the first connect to the last
+    WILL-PROXY, and each VM's connect-to-WILL-PROXY latency.
+    """
+    loop = asyncio.get_running_loop()
+    vms: list[FakeVm | None] = [None] * len(greetings)
+    latencies: list[float] = []
+    todo = iter(range(len(greetings)))
+
+    async def worker() -> None:
+        for index in todo:
+            greeting = greetings[index]
+            began = time.perf_counter()
+            _, proto = await loop.create_connection(lambda g=greeting: FakeVm(g), HOST, port)
+            await proto.expect(WILL_PROXY)
+            latencies.append(time.perf_counter() - began)
+            proto.idle()
+            vms[index] = proto
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, len(greetings)))))
+    elapsed = time.perf_counter() - began
+    return [v for v in vms if v is not None], elapsed, latencies
+
+
+async def close_all(vms: Sequence[FakeVm]) -> None:
+    """Close every connection and wait (up to 10 s) until each is gone."""
+    for proto in vms:
+        proto.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(p.lost for p in vms))
+
+
+def settle(daemon: Daemon, quiet: float = 0.3, timeout: float = 10.0) -> None:
+    """Wait until the daemon has used no CPU for `quiet` seconds (bounded)."""
+    deadline = time.monotonic() + timeout
+    last = daemon.cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = daemon.cpu_seconds()
+        if now - last < 0.02:
+            return
+        last = now
+
+
+# -- scenarios ----------------------------------------------------------------------
+
+
+async def scenario_connect(
+    name: str, *, vms: int, concurrency: int, vm_ports: bool, warmup: int
+) -> dict[str, Any]:
+    """N VMs connect + identify; rate, latency, RSS per idle VM, console count."""
+    tag = {"connect": 1, "connect_ports": 2, "scale": 3}[name]
+    greetings = [hello(vm_key(tag, i), f"bench-{tag}-{i}") for i in range(warmup + vms)]
+    with running_daemon(vm_ports=vm_ports, port_count=warmup + vms) as daemon:
+        # A few VMs first, so one-time costs (imports, first allocations) stay out
+        # of both the rate and the per-VM memory figure.
+        warm, _, _ = await connect_vms(daemon.proxy_port, greetings[:warmup], 8)
+        settle(daemon)
+        rss_before = daemon.rss_kib()
+        cpu_before, gen_before = daemon.cpu_seconds(), time.process_time()
+        protos, elapsed, latencies = await connect_vms(
+            daemon.proxy_port, greetings[warmup:], concurrency
+        )
+        cpu = daemon.cpu_seconds() - cpu_before
+        gen_cpu = time.process_time() - gen_before
+        settle(daemon)
+        rss_after = daemon.rss_kib()
+        rows = daemon.consoles()
+        await close_all(warm + protos)
+    listed = sum(1 for r in rows if r["connected"])
+    with_port = sum(1 for r in rows if r["port"] is not None)
+    rate = vms / elapsed
+    per_vm = (rss_after - rss_before) / vms
+    result = {
+        "vms": vms,
+        "concurrency": concurrency,
+        "vm_ports": vm_ports,
+        "seconds": round(elapsed, 3),
+        "vms_per_s": round(rate, 1),
+        "identify_ms": percentiles(latencies),
+        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "generator_cpu_share": round(gen_cpu / elapsed, 2),
+        "rss_kib_before": rss_before,
+        "rss_kib_after": rss_after,
+        "rss_kib_per_vm": round(per_vm, 2),
+        "consoles_connected": listed,
+        "consoles_with_port": with_port,
+        "ok": listed == vms + warmup and (not vm_ports or with_port == listed),
+    }
+    if name == "scale":
+        result["goal"] = {"vms": GOALS["scale_vms"], "idle_kib_per_vm": GOALS["idle_kib_per_vm"]}
+        result["met"] = listed >= GOALS["scale_vms"] and per_vm <= GOALS["idle_kib_per_vm"]
+    else:
+        result["goal"] = {
+            "vms_per_s": GOALS["connect_vms_per_s"],
+            "idle_kib_per_vm": GOALS["idle_kib_per_vm"],
+        }
+        result["met"] = rate >= GOALS["connect_vms_per_s"] and per_vm <= GOALS["idle_kib_per_vm"]
+    return result
+
+
+async def vmotion_chain(
+    port: int, source: FakeVm, index: int, count: int, tail: bytes, samples: list[float]
+) -> FakeVm:
+    """`count` vMotions of one console back to back; returns the final connection."""
+    loop = asyncio.get_running_loop()
+    for k in range(count):
+        began = time.perf_counter()
+        sequence = struct.pack(">HH", index & 0xFFFF, k & 0xFFFF)
+        goahead = source.expect(GOAHEAD)
+        source.write(vm.encode(vm.VMotionBegin(sequence)))
+        cookie = await goahead
+        greeting = WILL_EXT + KS1 + vm.encode(vm.VMotionPeer(cookie)) + WILL_COMPORT
+        _, dest = await loop.create_connection(lambda g=greeting: FakeVm(g), HOST, port)
+        await dest.expect(PEER_OK)
+        dest.write(tail + vm.encode(vm.VMotionComplete(sequence)))
+        source.close()  # ESXi's source FIN; either order with COMPLETE is normal (§4.2)
+        source = dest
+        samples.append(time.perf_counter() - began)
+    return source
+
+
+async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]:
+    """`consoles` chains of `per_console` vMotions, all concurrently."""
+    tag = 4
+    keys = [vm_key(tag, i) for i in range(consoles)]
+    tails = [ident_tail(k, f"bench-{tag}-{i}") for i, k in enumerate(keys)]
+    greetings = [WILL_EXT + KS1 + DO_PROXY + t for t in tails]
+    with running_daemon(vm_ports=False) as daemon:
+        protos, _, _ = await connect_vms(daemon.proxy_port, greetings, 64)
+        for proto in protos:
+            proto.keep = True  # buffer again: GOAHEAD is expected next
+        settle(daemon)
+        samples: list[float] = []
+        cpu_before, gen_before = daemon.cpu_seconds(), time.process_time()
+        began = time.perf_counter()
+        finals = await asyncio.gather(
+            *(
+                vmotion_chain(daemon.proxy_port, p, i, per_console, tails[i], samples)
+                for i, p in enumerate(protos)
+            )
+        )
+        elapsed = time.perf_counter() - began
+        cpu = daemon.cpu_seconds() - cpu_before
+        gen_cpu = time.process_time() - gen_before
+        settle(daemon)
+        # Counters of a few consoles, and every console back to NORMAL and connected.
+        checked = [daemon.admin({"cmd": "show", "vm": k})["console"] for k in keys[:3]]
+        rows = daemon.consoles()
+        await close_all(finals)
+    total = consoles * per_console
+    rate = total / elapsed
+    ok = all(c["counters"]["vmotions"] == per_console for c in checked) and all(
+        r["connected"] and r["vmotion"] == "normal" for r in rows
+    )
+    return {
+        "consoles": consoles,
+        "vmotions_per_console": per_console,
+        "vmotions": total,
+        "seconds": round(elapsed, 3),
+        "vmotions_per_s": round(rate, 1),
+        "vmotion_ms": percentiles(samples),
+        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "generator_cpu_share": round(gen_cpu / elapsed, 2),
+        "ok": ok and len(rows) == consoles,
+        "goal": {"vmotions_per_s": GOALS["vmotions_per_s"]},
+        "met": rate >= GOALS["vmotions_per_s"],
+    }
+
+
+async def _attach_clients(daemon: Daemon, key: str, count: int) -> list[Client]:
+    loop = asyncio.get_running_loop()
+    row = next(r for r in daemon.consoles() if r["key"] == key)
+    clients = []
+    for _ in range(count):
+        _, client = await loop.create_connection(Client, HOST, row["port"])
+        await client.first  # the proxy's option offers
+        clients.append(client)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # attached once `list` counts them
+        row = next(r for r in daemon.consoles() if r["key"] == key)
+        if row["clients"] == count:
+            return clients
+        await asyncio.sleep(0.01)
+    raise RuntimeError(f"{count} clients not attached: {row}")
+
+
+async def _send(source: FakeVm, chunk: bytes, total: int) -> None:
+    """Write `total` bytes of `chunk` repeats, honouring the transport's flow control."""
+    sent = 0
+    while sent < total:
+        piece = chunk if total - sent >= len(chunk) else chunk[: total - sent]
+        source.write(piece)
+        sent += len(piece)
+        if source.resumed is not None:
+            await source.resumed
+
+
+async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[str, Any]:
+    """One VM -> `clients` telnet clients, `size` bytes; MB/s per client stream."""
+    key = vm_key(tag, size)
+    protos, _, _ = await connect_vms(daemon.proxy_port, [hello(key, f"stream-{size}")], 1)
+    source = protos[0]
+    source.idle()
+    assert source.transport is not None
+    source.transport.set_write_buffer_limits(high=4 * MIB)
+    readers = await _attach_clients(daemon, key, clients)
+    chunk = LINE * (64 * 1024 // len(LINE))
+    cpu_before = daemon.cpu_seconds()
+    done = [r.arm(size) for r in readers]
+    began = time.perf_counter()
+    async with asyncio.timeout(max(30.0, size / (5 * MIB))):
+        await _send(source, chunk, size)
+        ends = await asyncio.gather(*done)
+    elapsed = max(ends) - began
+    cpu = daemon.cpu_seconds() - cpu_before
+    await asyncio.sleep(0.05)  # anything beyond `size` would be a drop marker
+    exact = all(r.count == size and b"[vspcd:" not in r.tail for r in readers)
+    for reader in readers:
+        assert reader.transport is not None
+        reader.transport.close()
+    await close_all([source])
+    return {
+        "mib": size / MIB,
+        "clients": clients,
+        "seconds": round(elapsed, 3),
+        "mb_per_s": round(size / elapsed / 1e6, 1),
+        "aggregate_mb_per_s": round(clients * size / elapsed / 1e6, 1),
+        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "exact": exact,
+    }
+
+
+async def scenario_stream(*, sizes_mib: Sequence[float]) -> dict[str, Any]:
+    runs = []
+    with running_daemon(vm_ports=True, port_count=len(sizes_mib) + 5) as daemon:
+        for size in sizes_mib:
+            runs.append(await one_stream(daemon, 5, int(size * MIB), 1))
+    rates = [r["mb_per_s"] for r in runs]
+    slowest = min(rates)
+    return {
+        "runs": runs,
+        # Linear cost means flat MB/s across sizes: the largest size's rate over the
+        # smallest's stays near 1 (quadratic work would make it fall with size).
+        "large_over_small": round(rates[-1] / rates[0], 2) if rates[0] else None,
+        "ok": all(r["exact"] for r in runs),
+        "goal": {"mb_per_s": GOALS["stream_mb_per_s"], "large_over_small_min": 0.7},
+        "met": slowest >= GOALS["stream_mb_per_s"] and rates[-1] >= 0.7 * rates[0],
+    }
+
+
+async def scenario_fanout(*, size_mib: float, clients: int) -> dict[str, Any]:
+    with running_daemon(vm_ports=True, port_count=5) as daemon:
+        run = await one_stream(daemon, 6, int(size_mib * MIB), clients)
+    return {**run, "ok": run["exact"]}
+
+
+# -- keystroke latency: chatter in a second process -----------------------------------
+
+
+def _chatter_main(port: int, count: int, period: float, control: Connection) -> None:
+    """Child process: `count` identified VMs, each writing LINE every `period` s
+    once told "go", until told "stop" (or 120 s).  Reports lines written."""
+    asyncio.run(_chatter(port, count, period, control))
+
+
+async def _chatter(port: int, count: int, period: float, control: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    greetings = [hello(vm_key(7, i), f"chatter-{i}") for i in range(count)]
+    protos, _, _ = await connect_vms(port, greetings, 64)
+    control.send("ready")
+    command: asyncio.Future[str] = loop.create_future()
+
+    def on_control() -> None:
+        message = control.recv()
+        if message == "stop" or not command.done():
+            if command.done():
+                return
+            command.set_result(message)
+
+    loop.add_reader(control.fileno(), on_control)
+    async with asyncio.timeout(120):
+        await command
+    stopped = asyncio.Event()
+    command = loop.create_future()
+    # Every VM writes once per `period`; spreading them over 1 ms ticks keeps the
+    # arrival rate even instead of 1,000 lines in one burst.
+    slots = max(1, int(period / 0.001))
+    tick = period / slots
+    lines = 0
+    transports = [p.transport for p in protos]
+    began = loop.time()
+
+    def on_tick(n: int) -> None:
+        nonlocal lines
+        if command.done() or loop.time() - began > 120:
+            stopped.set()
+            return
+        for transport in transports[n % slots :: slots]:
+            assert transport is not None
+            transport.write(LINE)
+            lines += 1
+        loop.call_at(began + (n + 1) * tick, on_tick, n + 1)
+
+    on_tick(0)
+    await stopped.wait()
+    loop.remove_reader(control.fileno())
+    control.send(lines)
+    for proto in protos:
+        proto.close()
+    await asyncio.sleep(0.1)
+
+
+async def keystroke_samples(vm_end: FakeVm, client: Client, count: int) -> dict[str, Any]:
+    """Type one byte at a time; time client->VM, VM echo->client, and the round trip."""
+    loop = asyncio.get_running_loop()
+    up: list[float] = []
+    down: list[float] = []
+    state: dict[str, Any] = {}
+
+    def vm_got(data: bytes) -> None:
+        now = time.perf_counter()
+        waiter = state.get("vm")
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
+            vm_end.write(data)  # the guest echoes what was typed
+
+    def client_got(data: bytes) -> None:
+        now = time.perf_counter()
+        waiter = state.get("client")
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
+
+    vm_end.on_data, client.on_data = vm_got, client_got
+    assert client.transport is not None
+    rng = random.Random(3)
+    for i in range(count):
+        state["vm"], state["client"] = loop.create_future(), loop.create_future()
+        key = bytes((0x41 + i % 26,))
+        sent = time.perf_counter()
+        client.transport.write(key)
+        async with asyncio.timeout(5):
+            at_vm = await state["vm"]
+            at_client = await state["client"]
+        up.append(at_vm - sent)
+        down.append(at_client - at_vm)
+        # Random gaps, so samples are not phase-locked to the chatter ticks.
+        await asyncio.sleep(rng.uniform(0.001, 0.006))
+    round_trip = [u + d for u, d in zip(up, down, strict=True)]
+    return {
+        "client_to_vm_ms": percentiles(up),
+        "vm_to_client_ms": percentiles(down),
+        "round_trip_ms": percentiles(round_trip),
+    }
+
+
+async def scenario_keystroke(*, chatter_vms: int, samples: int, period: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with running_daemon(vm_ports=True, port_count=chatter_vms + 10) as daemon:
+        parent, child = context.Pipe()
+        chatter = context.Process(
+            target=_chatter_main, args=(daemon.proxy_port, chatter_vms, period, child)
+        )
+        chatter.start()
+        try:
+            if not await asyncio.to_thread(parent.poll, 120) or parent.recv() != "ready":
+                raise RuntimeError("chatter process not ready")
+            key = vm_key(8, 0)
+            protos, _, _ = await connect_vms(daemon.proxy_port, [hello(key, "probe")], 1)
+            probe = protos[0]
+            client = (await _attach_clients(daemon, key, 1))[0]
+            idle = await keystroke_samples(probe, client, max(20, samples // 4))
+            cpu_before = daemon.cpu_seconds()
+            began = time.perf_counter()
+            parent.send("go")
+            await asyncio.sleep(0.5)  # chatter at full rate before sampling
+            busy = await keystroke_samples(probe, client, samples)
+            elapsed = time.perf_counter() - began
+            cpu = daemon.cpu_seconds() - cpu_before
+            parent.send("stop")
+            if not await asyncio.to_thread(parent.poll, 10):
+                raise RuntimeError("chatter process did not report")
+            lines = parent.recv()
+            assert client.transport is not None
+            client.transport.close()
+            await close_all([probe])
+        finally:
+            chatter.join(15)
+            if chatter.is_alive():
+                chatter.kill()
+                chatter.join(5)
+    p99 = busy["round_trip_ms"]["p99"]
+    return {
+        "chatter_vms": chatter_vms,
+        "chatter_period_s": period,
+        "chatter_lines_per_s": round(lines / elapsed, 1),
+        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "idle": idle,
+        "chatter": busy,
+        "ok": lines > 0,
+        "goal": {"round_trip_p99_ms": GOALS["keystroke_p99_ms"]},
+        "met": p99 <= GOALS["keystroke_p99_ms"],
+    }
+
+
+# -- driver --------------------------------------------------------------------------
+
+FULL: dict[str, dict[str, Any]] = {
+    "connect": {"vms": 5000, "concurrency": 256, "warmup": 50},
+    "connect_ports": {"vms": 5000, "concurrency": 256, "warmup": 50},
+    "scale": {"vms": 16000, "concurrency": 256, "warmup": 50},
+    "vmotion": {"consoles": 500, "per_console": 40},
+    "stream": {"sizes_mib": [16, 64, 256]},
+    "fanout": {"size_mib": 64, "clients": 10},
+    "keystroke": {"chatter_vms": 1000, "samples": 2000, "period": 0.1},
+}
+QUICK: dict[str, dict[str, Any]] = {
+    "connect": {"vms": 60, "concurrency": 16, "warmup": 4},
+    "connect_ports": {"vms": 30, "concurrency": 16, "warmup": 4},
+    "scale": {"vms": 60, "concurrency": 16, "warmup": 4},
+    "vmotion": {"consoles": 5, "per_console": 4},
+    "stream": {"sizes_mib": [0.25, 1]},
+    "fanout": {"size_mib": 0.5, "clients": 3},
+    "keystroke": {"chatter_vms": 10, "samples": 20, "period": 0.1},
+}
+
+
+async def run_scenario(name: str, params: dict[str, Any], limit: float) -> dict[str, Any]:
+    async with asyncio.timeout(limit):
+        return await _dispatch(name, params)
+
+
+async def _dispatch(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    match name:
+        case "connect":
+            return await scenario_connect(name, vm_ports=False, **params)
+        case "connect_ports":
+            return await scenario_connect(name, vm_ports=True, **params)
+        case "scale":
+            return await scenario_connect(name, vm_ports=False, **params)
+        case "vmotion":
+            return await scenario_vmotion(**params)
+        case "stream":
+            return await scenario_stream(**params)
+        case "fanout":
+            return await scenario_fanout(**params)
+        case "keystroke":
+            return await scenario_keystroke(**params)
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+def dig(value: Any, *path: str | int) -> Any:
+    """`value[p0][p1]...`, or None where a scenario failed before producing it."""
+    for step in path:
+        try:
+            value = value[step]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The figure behind each issue-#3 goal, for the scenarios that ran."""
+    figures = {
+        "connect_vms_per_s": ("connect", "vms_per_s"),
+        "connect_ports_vms_per_s": ("connect_ports", "vms_per_s"),
+        "vmotions_per_s": ("vmotion", "vmotions_per_s"),
+        "stream_large_over_small": ("stream", "large_over_small"),
+        "fanout_aggregate_mb_per_s": ("fanout", "aggregate_mb_per_s"),
+        "keystroke_round_trip_p99_ms": ("keystroke", "chatter", "round_trip_ms", "p99"),
+        "keystroke_client_to_vm_p99_ms": ("keystroke", "chatter", "client_to_vm_ms", "p99"),
+        "connect_rss_kib_per_vm": ("connect", "rss_kib_per_vm"),
+        "connect_ports_rss_kib_per_vm": ("connect_ports", "rss_kib_per_vm"),
+        "scale_rss_kib_per_vm": ("scale", "rss_kib_per_vm"),
+        "scale_vms_connected": ("scale", "consoles_connected"),
+    }
+    summary = {
+        figure: dig(results, *path) for figure, path in figures.items() if path[0] in results
+    }
+    if "stream" in results:
+        rates = [dig(r, "mb_per_s") for r in dig(results, "stream", "runs") or []]
+        summary["stream_mb_per_s_min"] = min((r for r in rates if r is not None), default=None)
+    return {
+        "summary": summary,
+        "met": {name: r.get("met") for name, r in results.items()},
+        "ok": {name: r.get("ok") for name, r in results.items()},
+        "goals": GOALS,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated scenarios (default: all of {', '.join(FULL)})"
+    )
+    parser.add_argument("--quick", action="store_true", help="toy sizes (smoke run)")
+    parser.add_argument(
+        "--limit", type=float, default=300.0, help="seconds one scenario may take (default 300)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SCENARIO.PARAM=JSON",
+        help="override one parameter, e.g. connect.vms=2000 or stream.sizes_mib=[16]",
+    )
+    args = parser.parse_args(argv)
+    table = {name: dict(params) for name, params in (QUICK if args.quick else FULL).items()}
+    for item in args.set:
+        target, _, value = item.partition("=")
+        scenario, _, param = target.partition(".")
+        if scenario not in table or param not in table[scenario]:
+            parser.error(f"--set {item}: no such parameter")
+        table[scenario][param] = json.loads(value)
+    names = [n for n in args.only.split(",") if n] or list(table)
+    for name in names:
+        if name not in table:
+            parser.error(f"unknown scenario {name!r} (have: {', '.join(table)})")
+    results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        began = time.perf_counter()
+        try:
+            result = asyncio.run(run_scenario(name, table[name], args.limit))
+        except Exception as exc:  # report and go on with the next scenario
+            result = {"ok": False, "met": False, "error": f"{type(exc).__name__}: {exc}"}
+        results[name] = result
+        line = {
+            "scenario": name,
+            "quick": args.quick,
+            "params": table[name],
+            "wall_s": round(time.perf_counter() - began, 2),
+            **result,
+        }
+        print(json.dumps(line), flush=True)
+    print(
+        json.dumps(
+            {
+                "scenario": "summary",
+                **summarize(results),
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+            }
+        ),
+        flush=True,
+    )
+    return 0 if all(r.get("ok") for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
