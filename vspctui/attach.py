@@ -219,7 +219,10 @@ class Attacher:
         session: the granted attach connection.
         ctx: for the daemon's address (who/info use a second connection) and fds.
         escape: escape byte, or None to pass every byte through.
-        readonly: refuse typing locally (the daemon would discard it anyway).
+        readonly: `--readonly`: refuse typing locally (vspcd would discard it anyway).
+        locked_out: vspcd granted read-only for now (another client's lock, or
+            read-only access); typing is still sent, as vspcd takes it again once a
+            lock is released.
         prompt_factory: builds the escape prompt (tests may inject pipe input).
     """
 
@@ -230,11 +233,13 @@ class Attacher:
         *,
         escape: int | None,
         readonly: bool,
+        locked_out: bool = False,
         prompt_factory: Callable[[], PromptSession[str]] | None = None,
     ) -> None:
         self.session = session
         self.escape = escape
-        self.readonly = readonly
+        self._refuse = readonly
+        self.readonly = readonly or locked_out  # as last known; `who`/`info` refresh it
         self._ctx = ctx
         self._in_fd, self._out_fd = ctx.stdin_fd, ctx.stdout_fd
         self._tty = os.isatty(self._in_fd)
@@ -246,7 +251,7 @@ class Attacher:
         self._reading = False
         self._warned = False
         grant = session.grant
-        state = ", read-only" if readonly else ""
+        state = ", read-only" if self.readonly else ""
         hint = f"escape key is {escape_name(escape)}" if self._tty and escape else "no escape key"
         self._banner = f"vspc: attached to {grant.name} ({grant.mode.value}{state}); {hint}\n"
 
@@ -272,10 +277,10 @@ class Attacher:
     # -- input: terminal -> vspcd ------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Forward typed bytes, or refuse them when read-only."""
+        """Forward typed bytes, or refuse them when attached with --readonly."""
         if not data:
             return
-        if self.readonly:
+        if self._refuse:
             if not self._warned:
                 key = escape_name(self.escape)
                 self.say(f"\n[vspc: read-only: typing is not sent; {key} for the menu]")
@@ -283,6 +288,13 @@ class Attacher:
             else:
                 _write_all(self._out_fd, b"\a")
             return
+        if self.readonly and not self._warned:
+            # Only vspcd knows whether this is still true: a write lock that made this
+            # session read-only may be gone, and vspcd then takes input again.  Refusing
+            # here (as vspc once did) kept such a session mute until the menu's who/info.
+            self.say("\n[vspc: vspcd may discard typing: this session was read-only when it "
+                     "attached]")  # fmt: skip
+            self._warned = True
         writer = self.session.writer
         writer.write(data)
         if writer.transport.get_write_buffer_size() > _INPUT_HIGH_WATER and self._reading:
@@ -469,7 +481,8 @@ async def run_attach(
         session,
         ctx,
         escape=escape,
-        readonly=readonly or grant.readonly,
+        readonly=readonly,
+        locked_out=grant.readonly,
         prompt_factory=prompt_factory,
     )
 

@@ -396,6 +396,33 @@ def test_exclusive_lock_refuses_a_second_attach(
     assert holder.restored()
 
 
+def test_released_write_lock_lets_a_read_only_attach_type(
+    real: RealDaemon, spawn: Callable[..., Pty]
+) -> None:
+    """Read-only because of someone else's lock is not --readonly: vspcd takes input
+    again once the lock is released (docs/admin-protocol.md, Lock modes), so vspc must
+    keep sending it."""
+    holder = spawn("attach", "--lock", "write", "db01")
+    holder.expect(b"(write); escape key is ^]\r\n")
+    watcher = spawn("attach", "db01")
+    watcher.expect(b"(free_for_all_or_readonly, read-only); escape key is ^]\r\n")
+    holder.type(b"\x1d")
+    holder.expect(b"vspc db01>")
+    holder.type(b"quit\r")
+    assert holder.wait() == ExitCode.OK
+    real.event("lock_changed", lambda f: f["lock"] is None)
+    watcher.type(b"late\r")
+    assert real.vm_received(b"late\r") == b"late\r"
+    watcher.expect(b"[vspc: vspcd may discard typing: this session was read-only when it")
+    watcher.type(b"\x1d")
+    watcher.expect(b"vspc db01")
+    watcher.type(b"info\r")
+    watcher.expect(b"can type: yes")
+    watcher.type(b"quit\r")
+    assert watcher.wait() == ExitCode.OK
+    assert watcher.restored()
+
+
 @pytest.mark.parametrize("argv", [["attach", "bogus"], ["bogus"], ["show", "bogus"],
                                   ["tail", "bogus"], ["clear", "bogus"]])  # fmt: skip
 def test_unknown_console_exit_code(real: RealDaemon, capsys: Any, argv: list[str]) -> None:
