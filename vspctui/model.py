@@ -1,0 +1,267 @@
+"""vspc-tui's model: what the dashboard knows about vspcd, as plain data.
+
+Boundary: fed by the admin connection (vspctui/client.py) through the controller
+(vspctui/app.py): the `subscribe` snapshot (`load`), every pushed `Event` (`apply`) and
+`tail` replies (`tail_started`).  Views read it; nothing here imports urwid, touches a
+socket or reads the clock except through the injected `clock`, so it is tested as data
+(tests/vspctui/test_tui_model.py).
+
+What it keeps:
+
+- `consoles`: one `ConsoleInfo` per console key, replaced (they are frozen) as events
+  say what changed (docs/admin-protocol.md, "Events");
+- `tails`: for each console being followed (`tail` with `follow`), a bounded buffer of
+  its most recent output;
+- `log`: a `deque(maxlen=...)` of human-readable event lines, oldest first;
+- `filter`: the name filter the console list applies (`visible()`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from vspc.common.admin import (
+    AdminError,
+    ClientInfo,
+    ConsoleInfo,
+    Event,
+    EventName,
+    LockMode,
+    VMotionPhase,
+)
+
+__all__ = ["LOG_LIMIT", "TAIL_LIMIT", "LogEntry", "Model", "describe"]
+
+TAIL_LIMIT = 64 * 1024  # bytes of output kept per followed console
+LOG_LIMIT = 500  # event log lines kept
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One line of the event log: when it was seen (Unix time) and what happened."""
+
+    when: float
+    text: str
+
+
+def _who(client: ClientInfo) -> str:
+    return client.user or client.peer
+
+
+def describe(event: Event) -> str:
+    """One human line for an event (the event log shows these)."""
+    name = event.name or event.key or "?"
+    fields = event.fields
+    match event.event:
+        case EventName.VM_CONNECTED:
+            return f"{name}: VM connected from {fields.get('peer', '?')}"
+        case EventName.VM_DISCONNECTED:
+            return f"{name}: VM disconnected"
+        case EventName.VM_EXPIRED:
+            return f"{name}: expired, forgotten"
+        case EventName.VM_RENAMED:
+            return f"{event.key}: now called {name}"
+        case EventName.VMOTION_BEGIN:
+            return f"{name}: vMotion begins"
+        case EventName.VMOTION_PEER:
+            return f"{name}: vMotion destination {fields.get('peer', '?')} bound"
+        case EventName.VMOTION_COMPLETE:
+            return f"{name}: vMotion complete, now at {fields.get('peer', '?')}"
+        case EventName.VMOTION_ABORT:
+            return f"{name}: vMotion aborted: {fields.get('reason', '?')}"
+        case EventName.VMOTION_NOTNOW:
+            return f"{name}: vMotion refused: {fields.get('reason', '?')}"
+        case EventName.CLIENT_ATTACHED:
+            client = _client_of(event)
+            if client is None:
+                return f"{name}: client attached"
+            return f"{name}: client {client.id} ({client.kind.value}, {_who(client)}) attached"
+        case EventName.CLIENT_DETACHED:
+            reason = fields.get("reason")
+            suffix = f": {reason}" if reason else ""
+            return f"{name}: client {fields.get('client', '?')} detached{suffix}"
+        case EventName.LOCK_CHANGED:
+            lock = fields.get("lock")
+            if lock is None:
+                return f"{name}: lock released"
+            return f"{name}: {lock} lock taken by client {fields.get('holder', '?')}"
+        case EventName.TAIL_END:
+            return f"{name}: tail ended: {fields.get('reason', '?')}"
+        case _:
+            return f"{name}: {event.event}"
+
+
+def _client_of(event: Event) -> ClientInfo | None:
+    try:
+        return event.client
+    except AdminError:  # a malformed client object: log the event, change nothing
+        return None
+
+
+class Model:
+    """Consoles, tail buffers and the event log.  Pure data plus the methods that
+    change it; every method that changes what a view shows returns nothing and the
+    controller redraws afterwards.
+
+    Args:
+        clock: Unix time for log entries (injected so tests are deterministic).
+        tail_limit: bytes kept per followed console.
+        log_limit: event log lines kept.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        tail_limit: int = TAIL_LIMIT,
+        log_limit: int = LOG_LIMIT,
+    ) -> None:
+        self.consoles: dict[str, ConsoleInfo] = {}
+        self.tails: dict[str, bytearray] = {}
+        self.log: deque[LogEntry] = deque(maxlen=log_limit)
+        self.filter = ""
+        self._clock = clock
+        self._tail_limit = tail_limit
+
+    # -- reading -----------------------------------------------------------------------
+
+    def visible(self) -> list[ConsoleInfo]:
+        """Consoles whose display name contains the filter (case-insensitive), by name."""
+        needle = self.filter.casefold()
+        rows = [c for c in self.consoles.values() if needle in c.name.casefold()]
+        return sorted(rows, key=lambda c: (c.name.casefold(), c.key))
+
+    def following(self, key: str) -> bool:
+        return key in self.tails
+
+    def tail(self, key: str) -> bytes:
+        """The buffered output of a followed console (b"" if not followed)."""
+        return bytes(self.tails.get(key, b""))
+
+    # -- feeding -----------------------------------------------------------------------
+
+    def load(self, consoles: Iterable[ConsoleInfo]) -> None:
+        """Replace every console with a snapshot (the `subscribe` reply)."""
+        self.consoles = {c.key: c for c in consoles}
+        for key in [k for k in self.tails if k not in self.consoles]:
+            del self.tails[key]
+
+    def note(self, text: str) -> None:
+        """Add a line of our own (not an event) to the log."""
+        self.log.append(LogEntry(self._clock(), text))
+
+    def apply(self, event: Event) -> None:
+        """Fold one pushed event into the model.  Unknown events and events about
+        consoles we never heard of change nothing (the protocol says to ignore them)."""
+        if event.event == EventName.OUTPUT:
+            self._output(event)
+            return
+        self.note(describe(event))
+        key = event.key
+        if key is None:
+            return
+        if event.event == EventName.VM_CONNECTED:
+            try:
+                row = event.console
+            except AdminError:
+                row = None
+            if row is not None:
+                self.consoles[key] = row
+            elif key in self.consoles:
+                self._update(key, connected=True)
+            return
+        if event.event == EventName.TAIL_END:
+            self.tails.pop(key, None)
+            return
+        if event.event == EventName.VM_EXPIRED:
+            self.consoles.pop(key, None)
+            self.tails.pop(key, None)
+            return
+        console = self.consoles.get(key)
+        if console is None:
+            return
+        fields = event.fields
+        match event.event:
+            case EventName.VM_DISCONNECTED:
+                self._update(key, connected=False)
+            case EventName.VM_RENAMED:
+                vm_name = fields.get("vm_name")
+                self._update(
+                    key,
+                    name=event.name or console.name,
+                    vm_name=vm_name if isinstance(vm_name, str) else console.vm_name,
+                )
+            case EventName.VMOTION_BEGIN:
+                self._update(key, vmotion=VMotionPhase.PENDING)
+            case EventName.VMOTION_PEER:
+                self._update(key, vmotion=VMotionPhase.PEERED)
+            case EventName.VMOTION_COMPLETE | EventName.VMOTION_ABORT:
+                self._update(key, vmotion=VMotionPhase.NORMAL)
+            case EventName.CLIENT_ATTACHED:
+                client = _client_of(event)
+                if client is not None:
+                    attached = (*(c for c in console.attached if c.id != client.id), client)
+                    # A console with a client never expires (docs: `expires_in`).
+                    self._update(key, attached=attached, clients=len(attached), expires_in=None)
+            case EventName.CLIENT_DETACHED:
+                gone = fields.get("client")
+                attached = tuple(c for c in console.attached if c.id != gone)
+                holder = console.lock_holder
+                if holder is not None and holder.id == gone:
+                    # lock_changed follows, but the row must not name a departed holder
+                    # in between.
+                    self._update(key, attached=attached, clients=len(attached), lock=None,
+                                 lock_holder=None)  # fmt: skip
+                else:
+                    self._update(key, attached=attached, clients=len(attached))
+            case EventName.LOCK_CHANGED:
+                self._lock_changed(key, console, fields.get("lock"), fields.get("holder"))
+
+    def _lock_changed(self, key: str, console: ConsoleInfo, lock: object, holder: object) -> None:
+        try:
+            mode = LockMode(lock) if isinstance(lock, str) else None
+        except ValueError:  # a newer daemon's lock mode: show no lock rather than guess
+            mode = None
+        who = next((c for c in console.attached if c.id == holder), None)
+        self._update(key, lock=mode, lock_holder=who if mode is not None else None)
+
+    def _update(self, key: str, **changes: Any) -> None:
+        self.consoles[key] = dataclasses.replace(self.consoles[key], **changes)
+
+    # -- tail --------------------------------------------------------------------------
+
+    def start_following(self, key: str) -> None:
+        """Start buffering `output` events for `key` (call before sending `tail`)."""
+        self.tails.setdefault(key, bytearray())
+
+    def tail_started(self, key: str, data: bytes) -> None:
+        """The `tail` reply's scrollback.  It precedes any output already buffered:
+        the daemon sends the reply before the first `output` event, but the events may
+        be folded in before the task awaiting the reply runs again."""
+        buffer = self.tails.get(key)
+        if buffer is None:  # stopped (or expired) while the request was in flight
+            return
+        buffer[:0] = data
+        self._trim(buffer)
+
+    def stop_following(self, key: str) -> None:
+        self.tails.pop(key, None)
+
+    def _output(self, event: Event) -> None:
+        buffer = self.tails.get(event.key or "")
+        if buffer is None:
+            return
+        try:
+            buffer += event.data
+        except AdminError:  # no valid data_b64: nothing to show
+            return
+        self._trim(buffer)
+
+    def _trim(self, buffer: bytearray) -> None:
+        if len(buffer) > self._tail_limit:
+            del buffer[: len(buffer) - self._tail_limit]
