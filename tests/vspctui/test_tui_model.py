@@ -1,0 +1,168 @@
+"""vspc-tui's model as plain data: snapshot, events, tail buffers, log, filter.
+
+No urwid, no sockets: events are built with `Event.from_json` exactly as the client
+decodes them from the wire (docs/admin-protocol.md, "Events").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vspc.common.admin import (
+    ClientInfo,
+    ClientKind,
+    ConsoleInfo,
+    Event,
+    LockMode,
+    VMotionPhase,
+    encode_bytes,
+)
+from vspc.vspctui.model import Model, describe
+
+KEY = "0123456789abcdeffedcba9800000000"
+UUID = "01234567-89ab-cdef-fedc-ba9800000000"
+DB01 = ConsoleInfo(key=KEY, name="db01", uuid=UUID, vm_name="db01", port=50000, connected=True)
+WEB02 = ConsoleInfo(key="89ab" * 8, name="web02", uuid="u2", port=50001, expires_in=60.0)
+ALICE = ClientInfo(3, ClientKind.ATTACH, "unix", LockMode.WRITE, False, 1.0, 1000, "alice")
+TELNET = ClientInfo(
+    5, ClientKind.TELNET, "10.0.0.9:5", LockMode.FREE_FOR_ALL_OR_READONLY, False, 2.0
+)
+
+
+def event(name: str, key: str = KEY, display: str = "db01", **fields: Any) -> Event:
+    return Event.from_json({"event": name, "key": key, "name": display, **fields})
+
+
+def model(*consoles: ConsoleInfo, tail_limit: int = 64) -> Model:
+    m = Model(clock=lambda: 1000.0, tail_limit=tail_limit)
+    m.load(consoles or (DB01, WEB02))
+    return m
+
+
+def test_snapshot_then_visible_sorted_and_filtered() -> None:
+    m = model()
+    assert [c.name for c in m.visible()] == ["db01", "web02"]
+    m.filter = "WEB"
+    assert [c.name for c in m.visible()] == ["web02"]
+    m.filter = "nothing"
+    assert m.visible() == []
+
+
+def test_vm_connected_adds_a_console_from_its_row_and_renamed_names_it() -> None:
+    m = model(WEB02)
+    row = ConsoleInfo(key=KEY, name=KEY, uuid=UUID, vm_name=KEY, port=50000, connected=True)
+    m.apply(event("vm_connected", display=KEY, peer="10.0.0.21:4", console=row.to_json()))
+    assert m.consoles[KEY].name == KEY and m.consoles[KEY].connected
+    m.apply(event("vm_renamed", vm_name="db01"))
+    assert (m.consoles[KEY].name, m.consoles[KEY].vm_name) == ("db01", "db01")
+    assert [e.text for e in m.log] == [
+        f"{KEY}: VM connected from 10.0.0.21:4",
+        f"{KEY}: now called db01",
+    ]
+    assert m.log[0].when == 1000.0
+
+
+def test_disconnect_vmotion_and_expiry() -> None:
+    m = model()
+    m.apply(event("vmotion_begin", peer="a:1"))
+    assert m.consoles[KEY].vmotion is VMotionPhase.PENDING
+    m.apply(event("vmotion_peer", peer="b:2"))
+    assert m.consoles[KEY].vmotion is VMotionPhase.PEERED
+    m.apply(event("vmotion_complete", peer="b:2"))
+    assert m.consoles[KEY].vmotion is VMotionPhase.NORMAL
+    m.apply(event("vmotion_begin", peer="b:2"))
+    m.apply(event("vmotion_abort", reason="timeout"))
+    assert m.consoles[KEY].vmotion is VMotionPhase.NORMAL
+    m.apply(event("vm_disconnected", peer="b:2"))
+    assert not m.consoles[KEY].connected
+    m.start_following(KEY)
+    m.apply(event("vm_expired", port=50000))
+    assert KEY not in m.consoles and not m.following(KEY)
+    assert m.log[-1].text == "db01: expired, forgotten"
+
+
+def test_clients_and_locks() -> None:
+    m = model()
+    m.apply(event("client_attached", client=TELNET.to_json()))
+    m.apply(event("client_attached", client=ALICE.to_json()))
+    assert m.consoles[KEY].clients == 2
+    m.apply(event("lock_changed", lock="write", holder=3))
+    console = m.consoles[KEY]
+    assert console.lock is LockMode.WRITE and console.lock_holder == ALICE
+    # The holder leaves: the row stops naming it at once, before lock_changed.
+    m.apply(event("client_detached", client=3))
+    console = m.consoles[KEY]
+    assert (console.clients, console.lock, console.lock_holder) == (1, None, None)
+    m.apply(event("lock_changed", lock=None, holder=None))
+    m.apply(event("client_detached", client=5, reason="disconnected by bob: maintenance"))
+    assert m.consoles[KEY].attached == ()
+    assert m.log[-1].text == "db01: client 5 detached: disconnected by bob: maintenance"
+
+
+def test_attaching_client_clears_expiry() -> None:
+    m = model()
+    m.apply(event("client_attached", key=WEB02.key, display="web02", client=TELNET.to_json()))
+    assert m.consoles[WEB02.key].expires_in is None
+
+
+def test_events_about_unknown_consoles_and_unknown_events_change_nothing() -> None:
+    m = model()
+    before = dict(m.consoles)
+    m.apply(event("client_attached", key="f" * 32, display="ghost", client=TELNET.to_json()))
+    m.apply(event("from_the_future", answer=42))
+    m.apply(event("lock_changed", lock="some_new_mode", holder=3))
+    assert m.consoles == before  # (an unknown lock mode shows as no lock)
+    assert [e.text for e in m.log][-2:] == [
+        "db01: from_the_future",
+        "db01: some_new_mode lock taken by client 3",
+    ]
+
+
+def test_tail_reply_goes_before_output_that_overtook_it() -> None:
+    m = model()
+    m.apply(event("output", data_b64=encode_bytes(b"not followed")))
+    assert m.tail(KEY) == b""
+    m.start_following(KEY)
+    m.apply(event("output", data_b64=encode_bytes(b" world")))
+    m.tail_started(KEY, b"hello")
+    assert m.tail(KEY) == b"hello world"
+    assert not any("output" in e.text for e in m.log)  # output is not an event-log line
+
+
+def test_tail_buffer_is_bounded_and_tail_end_stops_it() -> None:
+    m = model(tail_limit=8)
+    m.start_following(KEY)
+    m.tail_started(KEY, b"0123456789")
+    assert m.tail(KEY) == b"23456789"
+    m.apply(event("output", data_b64=encode_bytes(b"ab")))
+    assert m.tail(KEY) == b"456789ab"
+    m.apply(event("tail_end", reason="console expired"))
+    assert not m.following(KEY)
+    m.tail_started(KEY, b"late reply")  # the request raced the end: ignored
+    assert not m.following(KEY)
+
+
+def test_log_is_bounded() -> None:
+    m = Model(log_limit=3)
+    for i in range(5):
+        m.note(str(i))
+    assert [e.text for e in m.log] == ["2", "3", "4"]
+
+
+@pytest.mark.parametrize(
+    ("name", "fields", "text"),
+    [
+        ("vmotion_notnow", {"reason": "busy"}, "db01: vMotion refused: busy"),
+        (
+            "lock_changed",
+            {"lock": "exclusive", "holder": 7},
+            "db01: exclusive lock taken by client 7",
+        ),
+        ("client_attached", {"client": ALICE.to_json()}, "db01: client 3 (attach, alice) attached"),
+        ("tail_end", {"reason": "console expired"}, "db01: tail ended: console expired"),
+    ],
+)
+def test_describe(name: str, fields: dict[str, Any], text: str) -> None:
+    assert describe(event(name, **fields)) == text
