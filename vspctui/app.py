@@ -393,9 +393,9 @@ class App:
         previous = self.model.filter
         dialog = PromptDialog("filter", "Show the consoles whose name contains:", "/ ", previous)
         urwid.connect_signal(dialog, "change", self._set_filter)
-        self._open(dialog, KeyContext.DIALOG, cancel=lambda: self._set_filter(None, previous))
+        self._open(dialog, KeyContext.DIALOG, cancel=lambda: self._set_filter(previous))
 
-    def _set_filter(self, _dialog: PromptDialog | None, text: str) -> None:
+    def _set_filter(self, text: str) -> None:
         self.model.filter = text
         self._show_all()
 

@@ -66,7 +66,7 @@ _ESCAPE = re.compile(
     rb"\x1b(?:\[[0-?]*[ -/]*[@-~]"
     rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
     rb"|[PX^_][^\x1b]*\x1b\\"
-    rb"|[ -/]*[0-~])"
+    rb"|(?![\[\]PX^_])[ -/]*[0-~])"
 )
 # The start of one of those cut off by the end of the buffer: the rest is coming.
 _PARTIAL_ESCAPE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*|[PX^_][^\x1b]*|[ -/]*)\Z")
