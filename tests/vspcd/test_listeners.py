@@ -363,9 +363,13 @@ def test_proxy_listener_bind_failure_raises() -> None:
 
 def occupy(port: int = 0, *, listen: bool = True) -> socket.socket:
     sock = socket.socket()
-    sock.bind((HOST, port))
-    if listen:
-        sock.listen()
+    try:
+        sock.bind((HOST, port))
+        if listen:
+            sock.listen()
+    except OSError:
+        sock.close()  # a port taken by another test's connection: no leaked socket
+        raise
     return sock
 
 
