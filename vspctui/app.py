@@ -221,6 +221,7 @@ class App:
             self._spawn(self._pump())
             self._catch_signals()
             with self.loop.start():
+                self._refresh()
                 return await self._done
         finally:
             self._release_signals()

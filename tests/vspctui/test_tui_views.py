@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import urwid
 
@@ -161,3 +163,8 @@ def test_lock_picker_moves_between_modes() -> None:
     assert picker.selected is LockMode.FREE_FOR_ALL_OR_READONLY
     assert picker.keypress((60,), "enter") == "enter"
     assert any("attach to db01" in r for r in text(picker, (60,)))
+
+
+def test_docs_show_the_generated_key_table() -> None:
+    doc = Path(__file__).resolve().parents[2] / "docs" / "vspc-tui.md"
+    assert help_text() in doc.read_text(), "regenerate the key table in docs/vspc-tui.md"
