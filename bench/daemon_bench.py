@@ -163,6 +163,44 @@ def percentiles(samples: Sequence[float], scale: float = 1e3) -> dict[str, float
     }
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_seconds() -> float:
+    """CPU time every process on the machine has used (/proc/stat, all CPUs)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU used during a measurement, in cores: the daemon, this generator process
+    (plus helper processes in `pids`), and everything else on the machine.  "other"
+    well above 0 means the figure was taken on a busy machine."""
+
+    def __init__(self, daemon_pid: int, pids: Sequence[int] = ()) -> None:
+        self.daemon_pid, self.pids = daemon_pid, list(pids)
+        self.began = time.perf_counter()
+        self.start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        generator = time.process_time() + sum(proc_cpu_seconds(p) for p in self.pids)
+        return proc_cpu_seconds(self.daemon_pid), generator, busy_cpu_seconds()
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.began
+        end = self._sample()
+        daemon, generator, busy = (b - a for a, b in zip(self.start, end, strict=True))
+        return {
+            "daemon": round(daemon / elapsed, 2),
+            "generator": round(generator / elapsed, 2),
+            "other": round(max(0.0, busy - daemon - generator) / elapsed, 2),
+        }
+
+
 class Daemon:
     """vspcd in a subprocess: start, readiness, RSS/CPU from /proc, admin, stop."""
 
@@ -223,8 +261,7 @@ class Daemon:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the daemon has used so far."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_seconds(self.pid)
 
     def admin(self, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         """One admin-protocol request on a fresh Unix-socket connection; the reply."""
@@ -466,12 +503,11 @@ async def scenario_connect(
         warm, _, _ = await connect_vms(daemon.proxy_port, greetings[:warmup], 8)
         settle(daemon)
         rss_before = daemon.rss_kib()
-        cpu_before, gen_before = daemon.cpu_seconds(), time.process_time()
+        meter = CpuMeter(daemon.pid)
         protos, elapsed, latencies = await connect_vms(
             daemon.proxy_port, greetings[warmup:], concurrency
         )
-        cpu = daemon.cpu_seconds() - cpu_before
-        gen_cpu = time.process_time() - gen_before
+        cpu = meter.stop()
         settle(daemon)
         rss_after = daemon.rss_kib()
         rows = daemon.consoles()
@@ -487,8 +523,7 @@ async def scenario_connect(
         "seconds": round(elapsed, 3),
         "vms_per_s": round(rate, 1),
         "identify_ms": percentiles(latencies),
-        "daemon_cpu_share": round(cpu / elapsed, 2),
-        "generator_cpu_share": round(gen_cpu / elapsed, 2),
+        "cpu_cores": cpu,
         "rss_kib_before": rss_before,
         "rss_kib_after": rss_after,
         "rss_kib_per_vm": round(per_vm, 2),
@@ -541,7 +576,7 @@ async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]
             proto.keep = True  # buffer again: GOAHEAD is expected next
         settle(daemon)
         samples: list[float] = []
-        cpu_before, gen_before = daemon.cpu_seconds(), time.process_time()
+        meter = CpuMeter(daemon.pid)
         began = time.perf_counter()
         finals = await asyncio.gather(
             *(
@@ -550,8 +585,7 @@ async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]
             )
         )
         elapsed = time.perf_counter() - began
-        cpu = daemon.cpu_seconds() - cpu_before
-        gen_cpu = time.process_time() - gen_before
+        cpu = meter.stop()
         settle(daemon)
         # Counters of a few consoles, and every console back to NORMAL and connected.
         checked = [daemon.admin({"cmd": "show", "vm": k})["console"] for k in keys[:3]]
@@ -569,8 +603,7 @@ async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]
         "seconds": round(elapsed, 3),
         "vmotions_per_s": round(rate, 1),
         "vmotion_ms": percentiles(samples),
-        "daemon_cpu_share": round(cpu / elapsed, 2),
-        "generator_cpu_share": round(gen_cpu / elapsed, 2),
+        "cpu_cores": cpu,
         "ok": ok and len(rows) == consoles,
         "goal": {"vmotions_per_s": GOALS["vmotions_per_s"]},
         "met": rate >= GOALS["vmotions_per_s"],
@@ -615,14 +648,14 @@ async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[
     source.transport.set_write_buffer_limits(high=4 * MIB)
     readers = await _attach_clients(daemon, key, clients)
     chunk = LINE * (64 * 1024 // len(LINE))
-    cpu_before = daemon.cpu_seconds()
+    meter = CpuMeter(daemon.pid)
     done = [r.arm(size) for r in readers]
     began = time.perf_counter()
     async with asyncio.timeout(max(30.0, size / (5 * MIB))):
         await _send(source, chunk, size)
         ends = await asyncio.gather(*done)
     elapsed = max(ends) - began
-    cpu = daemon.cpu_seconds() - cpu_before
+    cpu = meter.stop()
     await asyncio.sleep(0.05)  # anything beyond `size` would be a drop marker
     exact = all(r.count == size and b"[vspcd:" not in r.tail for r in readers)
     for reader in readers:
@@ -635,7 +668,7 @@ async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[
         "seconds": round(elapsed, 3),
         "mb_per_s": round(size / elapsed / 1e6, 1),
         "aggregate_mb_per_s": round(clients * size / elapsed / 1e6, 1),
-        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "cpu_cores": cpu,
         "exact": exact,
     }
 
@@ -779,13 +812,13 @@ async def scenario_keystroke(*, chatter_vms: int, samples: int, period: float) -
             probe = protos[0]
             client = (await _attach_clients(daemon, key, 1))[0]
             idle = await keystroke_samples(probe, client, max(20, samples // 4))
-            cpu_before = daemon.cpu_seconds()
+            meter = CpuMeter(daemon.pid, [chatter.pid or 0])
             began = time.perf_counter()
             parent.send("go")
             await asyncio.sleep(0.5)  # chatter at full rate before sampling
             busy = await keystroke_samples(probe, client, samples)
             elapsed = time.perf_counter() - began
-            cpu = daemon.cpu_seconds() - cpu_before
+            cpu = meter.stop()
             parent.send("stop")
             if not await asyncio.to_thread(parent.poll, 10):
                 raise RuntimeError("chatter process did not report")
@@ -803,7 +836,7 @@ async def scenario_keystroke(*, chatter_vms: int, samples: int, period: float) -
         "chatter_vms": chatter_vms,
         "chatter_period_s": period,
         "chatter_lines_per_s": round(lines / elapsed, 1),
-        "daemon_cpu_share": round(cpu / elapsed, 2),
+        "cpu_cores": cpu,
         "idle": idle,
         "chatter": busy,
         "ok": lines > 0,
