@@ -211,14 +211,13 @@ class Model:
             case EventName.CLIENT_DETACHED:
                 gone = fields.get("client")
                 attached = tuple(c for c in console.attached if c.id != gone)
+                changes: dict[str, Any] = {"attached": attached, "clients": len(attached)}
                 holder = console.lock_holder
                 if holder is not None and holder.id == gone:
                     # lock_changed follows, but the row must not name a departed holder
                     # in between.
-                    self._update(key, attached=attached, clients=len(attached), lock=None,
-                                 lock_holder=None)  # fmt: skip
-                else:
-                    self._update(key, attached=attached, clients=len(attached))
+                    changes |= {"lock": None, "lock_holder": None}
+                self._update(key, **changes)
             case EventName.LOCK_CHANGED:
                 self._lock_changed(key, console, fields.get("lock"), fields.get("holder"))
 

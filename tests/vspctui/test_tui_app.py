@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -151,9 +152,13 @@ def test_keys_drive_dialogs_filter_help_and_attach(short_dir: Path) -> None:
     attaches: list[tuple[str, LockMode | None, bool, bool]] = []
 
     async def fake_attach(
-        ctx: Context, vm: str, *, lock: LockMode | None = None, readonly: bool = False,
+        ctx: Context,
+        vm: str,
+        *,
+        lock: LockMode | None = None,
+        readonly: bool = False,
         replay: int = 0,
-    ) -> int:  # fmt: skip
+    ) -> int:
         # The dashboard is suspended while the session has the terminal.
         attaches.append((vm, lock, readonly, screen.started))
         return ExitCode.OK
@@ -161,11 +166,13 @@ def test_keys_drive_dialogs_filter_help_and_attach(short_dir: Path) -> None:
     async def run() -> None:
         async with running(short_dir) as (daemon, events):
             assert daemon.proxy_port is not None
-            vms = [await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01"),
-                   await FakeEsxi.connect(daemon.proxy_port, UUID_B, "web02")]  # fmt: skip
+            vms = [
+                await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01"),
+                await FakeEsxi.connect(daemon.proxy_port, UUID_B, "web02"),
+            ]
             await identified(events, UUID_B)
-            app = App(AdminAddress(path=str(short_dir / "admin.sock")), screen=screen,
-                      attach=fake_attach)  # fmt: skip
+            address = AdminAddress(path=str(short_dir / "admin.sock"))
+            app = App(address, screen=screen, attach=fake_attach)
             task = asyncio.create_task(app.run())
             await until(app, lambda: bool(screen.row("web02")), "both consoles")
 
@@ -290,28 +297,26 @@ class FakeVm:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 def test_real_terminal_in_tmux(short_dir: Path) -> None:
-    sock, proxy, status = short_dir / "admin.sock", free_port(), short_dir / "status"
+    sock, status, proxy = short_dir / "admin.sock", short_dir / "status", free_port()
     env = dict(os.environ)
     env.pop("VSPC_SOCKET", None)
-    with open(short_dir / "vspcd.log", "wb") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1",
-             "--proxy-port", str(proxy), "-i", "127.0.0.1", "-r", str(free_port()),
-             "--admin-socket", str(sock)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-        )  # fmt: skip
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1",
+         "--proxy-port", str(proxy), "-i", "127.0.0.1", "-r", str(free_port()),
+         "--admin-socket", str(sock)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
     tmux = Tmux(short_dir.name)
     vm: FakeVm | None = None
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not sock.exists():  # the daemon has no readiness signal we could wait on
-            assert daemon.poll() is None, (short_dir / "vspcd.log").read_text()
-            assert time.monotonic() < deadline, "vspcd never created its admin socket"
-            time.sleep(0.02)
+        _wait_ready(daemon)
         vm = FakeVm(proxy)
-        command = f"{sys.executable} -m vspc.vspctui.app --socket {sock}; echo $? > {status}"
+        # The pane's shell reports the exit status, then signals a tmux channel.
+        command = (
+            f"{sys.executable} -m vspc.vspctui.app --socket {sock}; echo $? > {status}; "
+            f"tmux -L {short_dir.name} wait-for -S tui-exited"
+        )
         tmux.run("new-session", "-d", "-s", "tui", "-x", "120", "-y", "30", command)
-        tmux.run("set-option", "-t", "tui", "remain-on-exit", "on")
 
         def vm_up(shown: str) -> bool:
             return ["db01", "up"] in (w[0:1] + w[2:3] for w in _console_rows(shown.splitlines()))
@@ -331,10 +336,7 @@ def test_real_terminal_in_tmux(short_dir: Path) -> None:
         tmux.wait_for(lambda s: "detached from db01" in s and "consoles: 1" in s, "dashboard")
 
         tmux.run("send-keys", "-t", "tui", "q")
-        deadline = time.monotonic() + TIMEOUT
-        while not status.exists() or not status.read_text().strip():
-            assert time.monotonic() < deadline, f"vspc-tui did not exit:\n{tmux.screen()}"
-            time.sleep(0.05)
+        tmux.run("wait-for", "tui-exited")  # remembered if the signal came first
         assert status.read_text().strip() == "0"
     finally:
         subprocess.run([*tmux.args, "kill-server"], capture_output=True, timeout=10)
@@ -342,3 +344,19 @@ def test_real_terminal_in_tmux(short_dir: Path) -> None:
             vm.close()
         daemon.terminate()
         daemon.wait(TIMEOUT)
+        if daemon.stderr is not None:
+            daemon.stderr.close()
+
+
+def _wait_ready(daemon: subprocess.Popen[bytes]) -> None:
+    """Read vspcd's log until it says it is ready (after binding every listener).
+    The rest of the log is left unread: it says little once running."""
+    assert daemon.stderr is not None
+    fd, text, deadline = daemon.stderr.fileno(), "", time.monotonic() + TIMEOUT
+    while " ready" not in text:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([fd], [], [], max(left, 0))
+        chunk = os.read(fd, 65536).decode(errors="replace") if ready else ""
+        if not chunk:
+            raise AssertionError(f"vspcd did not start: {text}")
+        text += chunk
