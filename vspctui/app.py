@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import urwid
 
-from vspc.common.admin import AdminError, ConsoleInfo, ErrorCode, LockMode
+from vspc.common.admin import AdminError, ConsoleInfo, ErrorCode, EventName, LockMode
 from vspc.vspctui.attach import run_attach
 from vspc.vspctui.cli import default_socket
 from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
@@ -185,7 +185,7 @@ class App:
         self._tasks: set[asyncio.Task[None]] = set()
         self._tail_busy: set[str] = set()
         self._redraw_pending = False
-        self._lost = False
+        self._consoles_changed = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -269,29 +269,35 @@ class App:
         try:
             async for event in self.client.events():
                 self.model.apply(event)
-                self._refresh()
+                # Output only changes the tail pane; the list need not be rebuilt.
+                self._refresh(consoles=event.event != EventName.OUTPUT)
         except (AdminError, ClientError) as exc:
             self._connection_lost(str(exc))
         else:
             self._connection_lost("connection closed by vspcd")
 
     def _connection_lost(self, why: str) -> None:
-        self._lost = True
         self.model.note(f"lost the connection to vspcd: {why}")
         self._say(f"lost the connection to vspcd ({why}); q quits", error=True)
         self._refresh()
 
     # -- drawing -----------------------------------------------------------------------
 
-    def _refresh(self) -> None:
-        """Redraw soon: a burst of events costs one redraw."""
+    def _refresh(self, consoles: bool = True) -> None:
+        """Redraw soon: a burst of events costs one redraw.  `consoles`: the console
+        list (not only a tail buffer) may have changed."""
+        self._consoles_changed |= consoles
         if not self._redraw_pending:
             self._redraw_pending = True
             asyncio.get_running_loop().call_soon(self._redraw)
 
     def _redraw(self) -> None:
         self._redraw_pending = False
-        self._show_all()
+        if self._consoles_changed:
+            self._consoles_changed = False
+            self._show_all()
+        else:
+            self._show_tail()
         loop = self.loop
         # While attached the terminal belongs to the attach session.
         if loop is not None and loop.screen.started and not self.attaching:
