@@ -182,20 +182,26 @@ class Daemon:
 
 
 async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly."""
-    daemon = Daemon(config)
-    await daemon.start()
+    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly.
+
+    The handlers go in before anything is opened: a signal during start-up then just
+    means "stop once started", and every socket and file is cleaned up either way.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    log.info("vspcd %d ready", os.getpid())
-    if ready is not None:
-        ready(daemon)
     try:
-        await stop.wait()
-        log.info("shutting down")
+        daemon = Daemon(config)
+        await daemon.start()
+        try:
+            log.info("vspcd %d ready", os.getpid())
+            if ready is not None:
+                ready(daemon)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await daemon.stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await daemon.stop()

@@ -47,7 +47,10 @@ async def serve(config, *, ready=None):
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     selector = type(loop._selector).__name__
-    Path(os.environ["FAKE_MARKER"]).write_text(f"{listener.port} {selector}")
+    marker = Path(os.environ["FAKE_MARKER"])
+    # Write then rename, so the test never reads a created-but-empty marker.
+    marker.with_suffix(".tmp").write_text(f"{listener.port} {selector}")
+    marker.with_suffix(".tmp").rename(marker)
     if ready is not None:
         ready(object())
     await stop.wait()
