@@ -41,6 +41,7 @@ from vspc.common.telnet import (
     TelnetCodec,
     TelnetProtocolError,
     escape,
+    subnegotiation,
 )
 
 __all__ = [
@@ -134,6 +135,10 @@ _PROXY_ONLY = frozenset(
 _KS2 = vm.encode(vm.KnownSuboptions2(vm.PROXY_KNOWN_CODES))
 _OFFERS_LOCAL = (Opt.BINARY, Opt.SGA)
 _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
+# Built once: TelnetCodec keeps a frozenset as given, so connections share these two
+# instead of allocating their own (every VM connection builds a session).
+_LOCAL_OK = frozenset(_OFFERS_LOCAL)
+_REMOTE_OK = frozenset(_OFFERS_REMOTE)
 
 
 class ProxySession:
@@ -151,9 +156,7 @@ class ProxySession:
         sb_limit: int = 64 * 1024,
     ) -> None:
         self._accept_proxy = accept_proxy
-        self._telnet = TelnetCodec(
-            local_ok=_OFFERS_LOCAL, remote_ok=_OFFERS_REMOTE, sb_limit=sb_limit
-        )
+        self._telnet = TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit)
         self._out = bytearray()
         self._ks2_sent = False  # any KS-2 yet?
         self._ks2_unmatched = False  # a KS-2 went out before any KS-1 asked for it
@@ -188,9 +191,9 @@ class ProxySession:
         return out
 
     def _send(self, event: vm.VmwareEvent) -> None:
-        code = vm.payload_of(event)[0]
-        if code not in self._disabled:
-            self._out += vm.encode(event)
+        payload = vm.payload_of(event)  # once: encode() would build it again
+        if payload[0] not in self._disabled:
+            self._out += subnegotiation(Opt.VMWARE_EXT, payload)
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
         """Answer a pending BEGIN with GOAHEAD(sequence || secret).
