@@ -163,10 +163,11 @@ def percentiles(samples: Sequence[float], scale: float = 1e3) -> dict[str, float
     }
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU a process has used so far (/proc/PID/stat)."""
+def proc_cpu_seconds(pid: int, *, kernel_only: bool = False) -> float:
+    """User + system (or only system) CPU a process has used so far (/proc/PID/stat)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[12]) if kernel_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def busy_cpu_seconds() -> float:
@@ -186,19 +187,40 @@ class CpuMeter:
         self.began = time.perf_counter()
         self.start = self._sample()
 
-    def _sample(self) -> tuple[float, float, float]:
+    def _sample(self) -> tuple[float, float, float, float]:
         generator = time.process_time() + sum(proc_cpu_seconds(p) for p in self.pids)
-        return proc_cpu_seconds(self.daemon_pid), generator, busy_cpu_seconds()
+        return (
+            proc_cpu_seconds(self.daemon_pid),
+            proc_cpu_seconds(self.daemon_pid, kernel_only=True),
+            generator,
+            busy_cpu_seconds(),
+        )
 
     def stop(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self.began
         end = self._sample()
-        daemon, generator, busy = (b - a for a, b in zip(self.start, end, strict=True))
+        daemon, kernel, generator, busy = (b - a for a, b in zip(self.start, end, strict=True))
         return {
             "daemon": round(daemon / elapsed, 2),
+            "daemon_kernel": round(kernel / elapsed, 2),  # the part spent in syscalls
             "generator": round(generator / elapsed, 2),
             "other": round(max(0.0, busy - daemon - generator) / elapsed, 2),
         }
+
+
+# `python -c PROFILED OUT ARGS...`: vspcd under cProfile, timed in CPU seconds (not
+# wall time, which a busy machine would smear over whatever happened to be running).
+PROFILED = """
+import cProfile, runpy, sys, time
+out, sys.argv = sys.argv[1], ["vspcd", *sys.argv[2:]]
+profile = cProfile.Profile(time.process_time)
+try:
+    profile.runcall(runpy.run_module, "vspc.vspcd", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    profile.dump_stats(out)
+"""
 
 
 class Daemon:
@@ -212,9 +234,7 @@ class Daemon:
         self.log_path = workdir / "vspcd.log"
         self.args = [
             sys.executable,
-            *(["-m", "cProfile", "-o", profile] if profile else []),
-            "-m",
-            "vspc.vspcd",
+            *(["-c", PROFILED, profile] if profile else ["-m", "vspc.vspcd"]),
             "--proxy-iface",
             HOST,
             "--proxy-port",
@@ -524,6 +544,8 @@ async def scenario_connect(
         "vms_per_s": round(rate, 1),
         "identify_ms": percentiles(latencies),
         "cpu_cores": cpu,
+        # Daemon CPU per VM: what one core allows (1e6 / it VMs/s), even on a busy box.
+        "daemon_cpu_us_per_vm": round(cpu["daemon"] * elapsed / vms * 1e6, 1),
         "rss_kib_before": rss_before,
         "rss_kib_after": rss_after,
         "rss_kib_per_vm": round(per_vm, 2),
@@ -604,6 +626,7 @@ async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]
         "vmotions_per_s": round(rate, 1),
         "vmotion_ms": percentiles(samples),
         "cpu_cores": cpu,
+        "daemon_cpu_us_per_vmotion": round(cpu["daemon"] * elapsed / total * 1e6, 1),
         "ok": ok and len(rows) == consoles,
         "goal": {"vmotions_per_s": GOALS["vmotions_per_s"]},
         "met": rate >= GOALS["vmotions_per_s"],
