@@ -423,11 +423,21 @@ class PortBinder:
         self._backoff = backoff
         self._keepalive = keepalive
         self._held: dict[int, Listener] = {}
+        # Every port in [range_start, _scan_from) is held by us, so a scan for the
+        # lowest free port starts here: without it each bind walked all held ports,
+        # making N consoles O(N^2) (bench/daemon_bench.py connect_ports).  Ports held
+        # by others stay above it and are retried on every bind, as before.
+        self._scan_from = range_start
 
     @property
     def ports(self) -> frozenset[int]:
         """Ports currently held."""
         return frozenset(self._held)
+
+    @property
+    def held_count(self) -> int:
+        """How many ports are held (without copying them, unlike `ports`)."""
+        return len(self._held)
 
     def bind(self, protocol_factory: ProtocolFactory) -> tuple[int, Listener] | None:
         """Bind the lowest free port >= range_start and start accepting on it.
@@ -438,7 +448,7 @@ class PortBinder:
         Returns:
             (port, listener), or None when no port up to 65535 can be bound (logged).
         """
-        for port in range(self._start, 65536):
+        for port in range(self._scan_from, 65536):
             if port in self._held:
                 continue
             try:
@@ -458,6 +468,9 @@ class PortBinder:
             )
             listener.start()
             self._held[port] = listener
+            if port == self._scan_from:
+                while self._scan_from in self._held:
+                    self._scan_from += 1
             log.debug("telnet port %s:%d bound", self._host, port)
             return port, listener
         log.warning("no free telnet port in %d..65535 on %s", self._start, self._host)
@@ -467,6 +480,7 @@ class PortBinder:
         """Close the listener on `port`; unknown ports are ignored (idempotent)."""
         listener = self._held.pop(port, None)
         if listener is not None:
+            self._scan_from = min(self._scan_from, port)
             listener.close()
             log.debug("telnet port %s:%d released", self._host, port)
 

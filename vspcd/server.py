@@ -139,7 +139,7 @@ class Daemon:
         the accept path never lists /proc/self/fd.
         """
         assert self.hub is not None
-        ports = len(self._binder.ports) if self._binder is not None else 0
+        ports = self._binder.held_count if self._binder is not None else 0  # O(1): per accept
         used = self.hub.connection_count() + ports + _FD_RESERVE
         if used < self._fd_limit * 0.9:
             return

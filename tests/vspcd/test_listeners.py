@@ -439,6 +439,32 @@ def test_port_binder_lowest_first_and_release_makes_a_port_reusable() -> None:
     asyncio.run(body())
 
 
+def test_port_binder_retries_a_foreign_port_below_its_own_once_it_is_free() -> None:
+    # Binding skips the ports it holds without trying them, but a port someone else
+    # held is tried again on every bind, so it is handed out once freed.
+    async def body() -> None:
+        blocker = occupy()
+        start = blocker.getsockname()[1]
+        binder = PortBinder(HOST, start, asyncio.get_running_loop())
+        factory = recorder_factory()[1]
+        try:
+            first = binder.bind(factory)
+            second = binder.bind(factory)
+            assert first is not None and second is not None
+            assert start < first[0] < second[0]
+            blocker.close()
+            again = binder.bind(factory)
+            assert again is not None and again[0] == start
+            binder.release(first[0])
+            lowest = binder.bind(factory)
+            assert lowest is not None and lowest[0] == first[0]
+        finally:
+            binder.close_all()
+            blocker.close()
+
+    asyncio.run(body())
+
+
 def test_port_binder_listener_accepts_through_asyncio() -> None:
     async def body() -> None:
         seen, factory = recorder_factory()
