@@ -14,8 +14,10 @@ Wireshark's `dissect_vmware_subopt` and what ESXi sends (PROTOCOL.md §0).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
+from typing import Any
 from urllib.parse import parse_qsl
 
 from vspc.common.telnet import Opt, subnegotiation
@@ -290,6 +292,51 @@ def _one_byte(body: bytes) -> int | None:
     return body[0] if len(body) == 1 else None
 
 
+def _decode_rcvd(code: int, body: bytes) -> VmwareEvent:
+    one = _one_byte(body)
+    if one is None:
+        return Unsupported(code, body)
+    if code == Code.UNKNOWN_SUBOPTION_RCVD_1:
+        return UnknownSuboptionRcvd1(one)
+    return UnknownSuboptionRcvd2(one)
+
+
+def _decode_do_proxy(code: int, body: bytes) -> VmwareEvent:
+    if not body:
+        return DoProxy("", "")
+    return DoProxy(_text(body[:1]), _text(body[1:]))
+
+
+# Code -> decoder(code, body).  A dict rather than a `match` on `Code.X` values: each
+# case there costs an Enum member lookup (a descriptor call on CPython 3.11), so the
+# later codes took ~20 of them, and every connection decodes several commands.
+_DECODERS: dict[int, Callable[[int, bytes], VmwareEvent]] = {
+    Code.KNOWN_SUBOPTIONS_1: lambda _, body: KnownSuboptions1(body),
+    Code.KNOWN_SUBOPTIONS_2: lambda _, body: KnownSuboptions2(body),
+    Code.UNKNOWN_SUBOPTION_RCVD_1: _decode_rcvd,
+    Code.UNKNOWN_SUBOPTION_RCVD_2: _decode_rcvd,
+    Code.VMOTION_BEGIN: lambda _, body: VMotionBegin(body),
+    Code.VMOTION_GOAHEAD: lambda _, body: VMotionGoahead(body),
+    Code.VMOTION_NOTNOW: lambda _, body: VMotionNotNow(body),
+    Code.VMOTION_PEER: lambda _, body: VMotionPeer(body),
+    Code.VMOTION_PEER_OK: lambda _, body: VMotionPeerOk(body),
+    Code.VMOTION_COMPLETE: lambda _, body: VMotionComplete(body),
+    Code.VMOTION_ABORT: lambda _, body: VMotionAbort(body),
+    Code.DO_PROXY: _decode_do_proxy,
+    Code.WILL_PROXY: lambda _, body: WillProxy(),
+    Code.WONT_PROXY: lambda _, body: WontProxy(),
+    Code.VM_VC_UUID: lambda _, body: VmVcUuid(_text(body)),
+    Code.GET_VM_VC_UUID: lambda _, body: GetVmVcUuid(),
+    Code.VM_NAME: lambda _, body: VmName(_text(body)),
+    Code.GET_VM_NAME: lambda _, body: GetVmName(),
+    Code.VM_BIOS_UUID: lambda _, body: VmBiosUuid(_text(body)),
+    Code.GET_VM_BIOS_UUID: lambda _, body: GetVmBiosUuid(),
+    Code.VM_LOCATION_UUID: lambda _, body: VmLocationUuid(_text(body)),
+    Code.GET_VM_LOCATION_UUID: lambda _, body: GetVmLocationUuid(),
+}
+assert set(_DECODERS) == set(Code), "every code decodes"
+
+
 def decode(payload: bytes) -> VmwareEvent | None:
     """Decode one option-232 subnegotiation payload (code byte first, unescaped).
 
@@ -300,61 +347,33 @@ def decode(payload: bytes) -> VmwareEvent | None:
     if not payload:
         return None
     code, body = payload[0], payload[1:]
-    match code:
-        case Code.KNOWN_SUBOPTIONS_1:
-            return KnownSuboptions1(body)
-        case Code.KNOWN_SUBOPTIONS_2:
-            return KnownSuboptions2(body)
-        case Code.UNKNOWN_SUBOPTION_RCVD_1 | Code.UNKNOWN_SUBOPTION_RCVD_2:
-            one = _one_byte(body)
-            if one is None:
-                return Unsupported(code, body)
-            if code == Code.UNKNOWN_SUBOPTION_RCVD_1:
-                return UnknownSuboptionRcvd1(one)
-            return UnknownSuboptionRcvd2(one)
-        case Code.VMOTION_BEGIN:
-            return VMotionBegin(body)
-        case Code.VMOTION_GOAHEAD:
-            return VMotionGoahead(body)
-        case Code.VMOTION_NOTNOW:
-            return VMotionNotNow(body)
-        case Code.VMOTION_PEER:
-            return VMotionPeer(body)
-        case Code.VMOTION_PEER_OK:
-            return VMotionPeerOk(body)
-        case Code.VMOTION_COMPLETE:
-            return VMotionComplete(body)
-        case Code.VMOTION_ABORT:
-            return VMotionAbort(body)
-        case Code.DO_PROXY:
-            if not body:
-                return DoProxy("", "")
-            return DoProxy(_text(body[:1]), _text(body[1:]))
-        case Code.WILL_PROXY:
-            return WillProxy()
-        case Code.WONT_PROXY:
-            return WontProxy()
-        case Code.VM_VC_UUID:
-            return VmVcUuid(_text(body))
-        case Code.GET_VM_VC_UUID:
-            return GetVmVcUuid()
-        case Code.VM_NAME:
-            return VmName(_text(body))
-        case Code.GET_VM_NAME:
-            return GetVmName()
-        case Code.VM_BIOS_UUID:
-            return VmBiosUuid(_text(body))
-        case Code.GET_VM_BIOS_UUID:
-            return GetVmBiosUuid()
-        case Code.VM_LOCATION_UUID:
-            return VmLocationUuid(_text(body))
-        case Code.GET_VM_LOCATION_UUID:
-            return GetVmLocationUuid()
-        case _:
-            return Unsupported(code, body)
+    decoder = _DECODERS.get(code)
+    return Unsupported(code, body) if decoder is None else decoder(code, body)
+
+
+# Exact event class -> (code, body), for the classes whose body is a plain field:
+# one dict lookup instead of a `match` over ~20 class patterns per reply sent.
+_BODIES: dict[type, tuple[int, Callable[[Any], bytes]]] = {
+    KnownSuboptions1: (Code.KNOWN_SUBOPTIONS_1, lambda e: e.codes),
+    KnownSuboptions2: (Code.KNOWN_SUBOPTIONS_2, lambda e: e.codes),
+    VMotionBegin: (Code.VMOTION_BEGIN, lambda e: e.sequence),
+    VMotionGoahead: (Code.VMOTION_GOAHEAD, lambda e: e.cookie),
+    VMotionNotNow: (Code.VMOTION_NOTNOW, lambda e: e.sequence),
+    VMotionPeer: (Code.VMOTION_PEER, lambda e: e.cookie),
+    VMotionPeerOk: (Code.VMOTION_PEER_OK, lambda e: e.sequence),
+    VMotionComplete: (Code.VMOTION_COMPLETE, lambda e: e.sequence),
+    WillProxy: (Code.WILL_PROXY, lambda e: b""),
+    WontProxy: (Code.WONT_PROXY, lambda e: b""),
+    GetVmVcUuid: (Code.GET_VM_VC_UUID, lambda e: b""),
+    GetVmName: (Code.GET_VM_NAME, lambda e: b""),
+}
 
 
 def _code_and_body(event: VmwareEvent) -> tuple[int, bytes]:
+    fast = _BODIES.get(type(event))
+    if fast is not None:
+        code, body = fast
+        return code, body(event)
     match event:
         case KnownSuboptions1(codes):
             return Code.KNOWN_SUBOPTIONS_1, codes
