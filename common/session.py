@@ -139,6 +139,7 @@ _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 # instead of allocating their own (every VM connection builds a session).
 _LOCAL_OK = frozenset(_OFFERS_LOCAL)
 _REMOTE_OK = frozenset(_OFFERS_REMOTE)
+_EXT = int(Opt.VMWARE_EXT)
 
 
 class ProxySession:
@@ -243,12 +244,14 @@ class ProxySession:
             # Negotiation replies queued so far answer earlier requests: they go first,
             # so the VM hears every reply in request order whatever TCP's segmentation.
             self._out += self._telnet.data_to_send()
+            # Guards on _EXT rather than `Opt.VMWARE_EXT` value patterns: an Enum member
+            # lookup per case and event is a descriptor call on CPython 3.11.
             match event:
                 case Data(payload):
                     events.append(VmData(payload))
-                case Subnegotiation(Opt.VMWARE_EXT, payload):
+                case Subnegotiation(option, payload) if option == _EXT:
                     self._on_command(vm.decode(payload), events)
-                case OptionChanged(Opt.VMWARE_EXT, False, True):
+                case OptionChanged(option, False, True) if option == _EXT:
                     if not self._ks2_sent:
                         self._out += _KS2
                         self._ks2_sent = self._ks2_unmatched = True
