@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -53,21 +52,6 @@ def peer_name(transport: asyncio.BaseTransport) -> str:
     return str(addr) if addr else "?"
 
 
-def _enable_keepalive(transport: asyncio.BaseTransport) -> None:
-    """Notice half-open connections left by a crashed host (PROTOCOL.md §4.6)."""
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
-    except OSError as exc:  # e.g. a socket type that refuses the option
-        log.debug("keepalive not enabled: %s", exc)
-
-
 class VmLink(asyncio.Protocol):
     """One ESXi serial-port connection (the hub's `VmChannel`)."""
 
@@ -88,7 +72,9 @@ class VmLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_name(transport)
-        _enable_keepalive(transport)
+        # TCP keepalive (PROTOCOL.md §4.6) is already on: the proxy Listener sets it,
+        # with the same timing, on every socket it accepts (listeners.set_keepalive).
+        # Setting it again here cost four setsockopt calls per VM connection.
         self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
         log.debug("VM connection from %s", self.peer)
         self._session.initiate()
