@@ -37,6 +37,7 @@ import multiprocessing
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -229,10 +230,14 @@ class Daemon:
     def __init__(self, workdir: Path, *, vm_ports: bool, port_count: int = 0) -> None:
         self.proxy_port = free_port()
         profile = os.environ.get("VSPC_BENCH_PROFILE")  # cProfile output file, if set
+        # A command the daemon runs under, e.g. "strace -c -o /tmp/sys.txt" (diagnosis
+        # only: RSS and CPU figures then describe the wrapper, not vspcd).
+        wrap = shlex.split(os.environ.get("VSPC_BENCH_WRAP", ""))
         self.range_start = port_range_start(port_count) if vm_ports else 0
         self.admin_path = workdir / "admin.sock"
         self.log_path = workdir / "vspcd.log"
         self.args = [
+            *wrap,
             sys.executable,
             *(["-c", PROFILED, profile] if profile else ["-m", "vspc.vspcd"]),
             "--proxy-iface",
@@ -249,6 +254,7 @@ class Daemon:
         else:
             self.args += ["--no-vm-ports"]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapped = bool(wrap)
 
     def start(self, timeout: float = 20.0) -> None:
         """Start and wait until both the proxy port and the admin socket answer."""
@@ -315,6 +321,11 @@ class Daemon:
         """SIGTERM, wait, SIGKILL if it hangs."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        if self.wrapped:  # signal vspcd itself, so the wrapper can finish its report
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(child), signal.SIGTERM)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
