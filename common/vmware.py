@@ -372,8 +372,8 @@ _BODIES: dict[type, tuple[int, Callable[[Any], bytes]]] = {
 def _code_and_body(event: VmwareEvent) -> tuple[int, bytes]:
     fast = _BODIES.get(type(event))
     if fast is not None:
-        code, body = fast
-        return code, body(event)
+        fast_code, body_of = fast
+        return fast_code, body_of(event)
     match event:
         case KnownSuboptions1(codes):
             return Code.KNOWN_SUBOPTIONS_1, codes
