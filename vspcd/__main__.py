@@ -82,6 +82,21 @@ def configure_logging(config: Config, logger: logging.Logger | None = None) -> l
     return handler
 
 
+def _lean_log_records() -> None:
+    """Stop collecting record fields that none of our formats print.
+
+    The logging HOWTO's "Optimization" knobs: no caller lookup (a stack walk per
+    record: funcName, lineno, pathname), no thread or multiprocessing names.  Every
+    line we write reads the same; only %(process)d (syslog format) is still filled.
+    A vMotion logs two INFO lines, and building them was the largest single share
+    of its CPU (docs/benchmarks.md, "Daemon").  Process-wide, so only for the
+    daemon's own process, never for a library caller.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+
+
 def _absolute_paths(config: Config) -> Config:
     # --daemon changes directory to "/", so relative paths must be pinned first.
     def pin(path: Path | None) -> Path | None:
@@ -139,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_args(argv, os.environ)
     if config.daemon:
         config = _absolute_paths(config)
+    _lean_log_records()
     configure_logging(config)
     if config.daemon and not os.path.exists(SYSLOG_SOCKET):
         print(f"vspcd: warning: {SYSLOG_SOCKET} missing; daemon logs will be lost", file=sys.stderr)
