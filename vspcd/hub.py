@@ -79,6 +79,7 @@ __all__ = ["Hub", "HubError", "HubSettings", "PortAllocator"]
 
 Observer = Callable[[str, dict[str, Any]], None]
 Tap = Callable[[bytes], None]
+OutputListener = Callable[[Console, bytes], None]
 
 
 class PortAllocator(Protocol):
@@ -134,6 +135,7 @@ class Hub:
         self._vms: set[VmConn] = set()
         self._observers: list[Observer] = []
         self._taps: dict[ConsoleKey, list[Tap]] = {}
+        self._output_listeners: list[OutputListener] = []
         self._next_client = 0
         # Clients attached to any console, kept as a count because the server asks for
         # `connection_count()` on every accept: summing over every console there made
@@ -264,6 +266,18 @@ class Hub:
                 del self._taps[key]
 
         return untap
+
+    def add_output_listener(self, listener: OutputListener) -> Callable[[], None]:
+        """Call `listener(console, bytes)` with every output chunk of every console
+        (console logs); returns a function that removes it.  Errors are the
+        listener's own business: it runs in the VM's data path."""
+        self._output_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._output_listeners:
+                self._output_listeners.remove(listener)
+
+        return remove
 
     def _emit(self, event: str, console: Console | None = None, /, **fields: Any) -> None:
         if not self._observers:
@@ -448,17 +462,51 @@ class Hub:
             self._output(console, conn.early.take())
         self._flush_hold(console)
 
-    def _create(self, key: ConsoleKey, conn: VmConn) -> Console:
+    def restore(
+        self, key: ConsoleKey, name: str, port: int | None, service_uri: str | None
+    ) -> Console:
+        """Recreate a console remembered from an earlier run (vspcd/persist.py).
+
+        It starts disconnected, with its expiry timer armed as if its last VM had just
+        left; a VM that connects with the same key takes it over, port and all.
+
+        Args:
+            key: the console's key.
+            name: its last known VM name.
+            port: a telnet port the caller has already bound for it (released through
+                the PortAllocator on expiry), or None.
+            service_uri: its last serviceURI, for `show`.
+
+        Returns:
+            The new console, or the existing one if `key` is already known (then
+            nothing changes).
+        """
+        console = self._consoles.get(key)
+        if console is not None:
+            return console
+        console = self._new_console(key, name)
+        console.service_uri = service_uri
+        if port is not None:
+            console.port = port
+            self._by_port[port] = console
+        self._maybe_expire(console)
+        return console
+
+    def _new_console(self, key: ConsoleKey, name: str) -> Console:
         now = self._clock()
         console = Console(
             key=key,
-            name=conn.name or vm.display_uuid(key.uuid),
+            name=name,
             scrollback=Scrollback(self.settings.scrollback),
             hold=Bounded(self.settings.hold_limit),
             created=now,
             last_activity=now,
         )
         self._consoles[key] = console
+        return console
+
+    def _create(self, key: ConsoleKey, conn: VmConn) -> Console:
+        console = self._new_console(key, conn.name or vm.display_uuid(key.uuid))
         if self._ports is not None:
             console.port = self._ports.bind(key)
             if console.port is None:
@@ -507,6 +555,9 @@ class Hub:
         if taps:
             for tap in list(taps):
                 tap(data)
+        if self._output_listeners:
+            for listener in self._output_listeners:
+                listener(console, data)
 
     def _flush_hold(self, console: Console) -> None:
         vm_conn = console.vm
