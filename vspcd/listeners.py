@@ -459,22 +459,45 @@ class PortBinder:
                     continue
                 log.error("cannot bind telnet ports on %s: %s", self._host, exc)
                 return None
-            listener = Listener(
-                sock,
-                protocol_factory,
-                self._loop,
-                backoff=self._backoff,
-                keepalive=self._keepalive,
-            )
-            listener.start()
-            self._held[port] = listener
-            if port == self._scan_from:
-                while self._scan_from in self._held:
-                    self._scan_from += 1
-            log.debug("telnet port %s:%d bound", self._host, port)
-            return port, listener
+            return port, self._hold(port, sock, protocol_factory)
         log.warning("no free telnet port in %d..65535 on %s", self._start, self._host)
         return None
+
+    def bind_port(
+        self, port: int, protocol_factory: ProtocolFactory
+    ) -> tuple[int, Listener] | None:
+        """Bind exactly `port` if possible, else the lowest free one as `bind()` does.
+
+        For consoles restored from the persist file: they keep their old port unless
+        it is held (by us or another process) or lies outside range_start..65535.
+
+        Returns:
+            (port, listener), or None when no port can be bound at all.
+        """
+        if not self._start <= port <= 65535 or port in self._held:
+            return self.bind(protocol_factory)
+        try:
+            sock = bind_tcp(self._host, port)
+        except OSError as exc:
+            log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+            return self.bind(protocol_factory)
+        return port, self._hold(port, sock, protocol_factory)
+
+    def _hold(self, port: int, sock: socket.socket, protocol_factory: ProtocolFactory) -> Listener:
+        listener = Listener(
+            sock,
+            protocol_factory,
+            self._loop,
+            backoff=self._backoff,
+            keepalive=self._keepalive,
+        )
+        listener.start()
+        self._held[port] = listener
+        if port == self._scan_from:
+            while self._scan_from in self._held:
+                self._scan_from += 1
+        log.debug("telnet port %s:%d bound", self._host, port)
+        return listener
 
     def release(self, port: int) -> None:
         """Close the listener on `port`; unknown ports are ignored (idempotent)."""

@@ -613,3 +613,50 @@ def test_uid_in_group() -> None:
     me = grp.getgrgid(os.getgid()).gr_name
     assert uid_in_group(os.getuid(), os.getgid(), me)
     assert not uid_in_group(os.getuid(), os.getgid(), "no-such-group-xyz")
+
+
+# -- PortBinder.bind_port (consoles restored from --persist-file) -----------------------
+
+
+def test_port_binder_bind_port_takes_the_exact_port_and_keeps_the_scan_right() -> None:
+    async def body() -> None:
+        probe = occupy()
+        start = probe.getsockname()[1]
+        probe.close()
+        binder = PortBinder(HOST, start, asyncio.get_running_loop())
+        factory = recorder_factory()[1]
+        try:
+            wanted = start + 2
+            if not bindable(wanted):
+                pytest.skip(f"port {wanted} is in use on this machine")
+            exact = binder.bind_port(wanted, factory)
+            assert exact is not None and exact[0] == wanted and exact[1].port == wanted
+            lower = [binder.bind(factory), binder.bind(factory)]
+            assert [b[0] for b in lower if b is not None] == [start, start + 1]
+            after = binder.bind(factory)  # skips the restored port
+            assert after is not None and after[0] > wanted
+        finally:
+            binder.close_all()
+
+    asyncio.run(body())
+
+
+def test_port_binder_bind_port_falls_back_when_taken_held_or_out_of_range() -> None:
+    async def body() -> None:
+        blocker = occupy()
+        start = blocker.getsockname()[1]
+        binder = PortBinder(HOST, start, asyncio.get_running_loop())
+        factory = recorder_factory()[1]
+        try:
+            taken = binder.bind_port(start, factory)  # someone else holds it
+            assert taken is not None and taken[0] > start
+            held = binder.bind_port(taken[0], factory)  # we hold it already
+            assert held is not None and held[0] not in (start, taken[0])
+            below = binder.bind_port(start - 1, factory)  # below --port-range-start
+            assert below is not None and below[0] > start
+            assert len(binder.ports) == 3
+        finally:
+            binder.close_all()
+            blocker.close()
+
+    asyncio.run(body())
