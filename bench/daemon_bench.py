@@ -178,6 +178,22 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def calibration_ms() -> float:
+    """Best of 3 timings of a fixed pure-Python workload (no vspc code).
+
+    The development VM's speed drifts by tens of percent over minutes; printed next
+    to every scenario, this tells a slow phase of the machine from a slower daemon.
+    """
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        table: dict[int, int] = {}
+        for i in range(200_000):
+            table[i & 1023] = table.get(i & 1023, 0) + i * 3
+        best = min(best, time.perf_counter() - began)
+    return round(best * 1e3, 2)
+
+
 class CpuMeter:
     """CPU used during a measurement, in cores: the daemon, this generator process
     (plus helper processes in `pids`), and everything else on the machine.  "other"
@@ -994,6 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown scenario {name!r} (have: {', '.join(table)})")
     results: dict[str, dict[str, Any]] = {}
     for name in names:
+        calibration = calibration_ms()
         began = time.perf_counter()
         try:
             result = asyncio.run(run_scenario(name, table[name], args.limit))
@@ -1004,6 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenario": name,
             "quick": args.quick,
             "params": table[name],
+            "calibration_ms": calibration,
             "wall_s": round(time.perf_counter() - began, 2),
             **result,
         }
