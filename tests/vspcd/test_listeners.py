@@ -8,12 +8,12 @@ mode, group, stale and live sockets.  Every wait has a timeout; none is a sleep.
 from __future__ import annotations
 
 import asyncio
-import random
 import contextlib
 import errno
 import grp
 import logging
 import os
+import random
 import shutil
 import socket
 import ssl
