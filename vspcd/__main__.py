@@ -108,6 +108,8 @@ def _absolute_paths(config: Config) -> Config:
         pidfile=pin(config.pidfile),
         cert=pin(config.cert),
         key=pin(config.key),
+        persist_file=pin(config.persist_file),
+        log_dir=pin(config.log_dir),
     )
 
 

@@ -11,6 +11,12 @@ Bad values end the process with a one-line message and exit status 2 through
 `argparse.ArgumentParser.error`, as for any other usage error.
 
 Timing defaults cite PROTOCOL.md §4.5 (F8 abandon grace) and §4.4 (bounded hold).
+
+vSPC.py's backends are spelled either way: `--persist-file PATH` (or `-f PATH`) is
+`--backend File --backend-args '-f PATH'`, and `--log-dir DIR --log-prefix P
+--log-mode M --context N` is `--backend Logging --backend-args '-l DIR -p P -m M
+--context N'`.  `--backend-args` is split with `shlex` and parsed by a small parser
+per backend (`BACKENDS`); its errors are usage errors like any other.
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 from vspc.vspcd import __version__
 from vspc.vspcd.listeners import make_ssl_context
@@ -34,6 +42,9 @@ VMOTION_ABANDON = 60.0  # PROTOCOL.md §4.6: 30-120 s is reasonable
 CLIENT_QUEUE = 1024 * 1024
 HOLD_LIMIT = 1024 * 1024  # PROTOCOL.md §4.4 duty 5: "e.g. 1 MiB"
 SCROLLBACK = 64 * 1024
+LOG_DIR = Path("/var/log/consoles")  # vSPC.py's Logging backend defaults
+LOG_PREFIX = "vmlog"
+LOG_MODE = 0o600
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -76,6 +87,12 @@ class Config:
     client_queue: int = CLIENT_QUEUE
     hold_limit: int = HOLD_LIMIT
     scrollback: int = SCROLLBACK
+    context: int = 0  # scrollback bytes replayed to a new telnet client
+    # Backends (vSPC.py's File and Logging): None means off.
+    persist_file: Path | None = None
+    log_dir: Path | None = None
+    log_prefix: str = LOG_PREFIX
+    log_mode: int = LOG_MODE
     # Process.
     log_stdout: bool = False
     daemon: bool = False
@@ -178,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "environment: SUPPORT_MULTI_CONSOLE=true|false (as --multi-console), "
             "VM_CLIENT_LIMIT=N (as --client-limit); flags win over the environment.  "
+            "signals: SIGTERM/SIGINT stop, SIGHUP reopens console logs.  "
             "See docs/operations.md."
         ),
         formatter_class=_HelpFormatter,
@@ -331,6 +349,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="console output kept per console and replayed to new clients",
     )
 
+    backends = parser.add_argument_group(
+        "persistence and console logs (vSPC.py's File and Logging backends)"
+    )
+    backends.add_argument(
+        "-f",
+        "--persist-file",
+        type=Path,
+        metavar="PATH",
+        help="remember consoles and their telnet ports across restarts in this SQLite file "
+        "(created 0600); same as --backend File --backend-args '-f PATH'",
+    )
+    backends.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="append every console's output to DIR/PREFIX-NAME; SIGHUP reopens the files",
+    )
+    backends.add_argument(
+        "--log-prefix",
+        type=_log_prefix,
+        metavar="PREFIX",
+        help=f"first part of console log file names (default {LOG_PREFIX}; '' for none)",
+    )
+    backends.add_argument(
+        "--log-mode",
+        type=_octal_mode,
+        metavar="OCTAL",
+        help="permission bits of new console log files (default 0600)",
+    )
+    backends.add_argument(
+        "--context",
+        type=_ranged_int(0),
+        metavar="BYTES",
+        help="bytes of scrollback replayed to a new telnet client (default 0: none; "
+        "at most --scrollback)",
+    )
+    backends.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="vSPC.py spelling: Memory (default), File or Logging (any case)",
+    )
+    backends.add_argument(
+        "--backend-args",
+        metavar="ARGS",
+        help="vSPC.py spelling, one shell-quoted string: File: '-f PATH'; "
+        "Logging: '[-l DIR] [-p PREFIX] [-m MODE] [--context N]'",
+    )
+
     proc = parser.add_argument_group("process")
     proc.add_argument(
         "--stdout",
@@ -357,6 +423,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
     return parser
+
+
+def _log_prefix(text: str) -> str:
+    if "/" in text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must not contain '/' or NUL: {text!r}")
+    return text
+
+
+class _BackendArgsError(Exception):
+    """A --backend-args string did not parse (message for the usage error)."""
+
+
+class _BackendArgsParser(argparse.ArgumentParser):
+    # argparse exits on errors; here they become part of the main parser's message.
+    def error(self, message: str) -> NoReturn:
+        raise _BackendArgsError(message)
+
+
+def _file_backend_parser() -> argparse.ArgumentParser:
+    parser = _BackendArgsParser(prog="--backend File", add_help=False)
+    parser.add_argument("-f", "--file", dest="persist_file", type=Path, required=True)
+    return parser
+
+
+def _logging_backend_parser() -> argparse.ArgumentParser:
+    parser = _BackendArgsParser(prog="--backend Logging", add_help=False)
+    parser.add_argument("-l", "--logdir", dest="log_dir", type=Path, default=LOG_DIR)
+    parser.add_argument("-p", "--prefix", dest="log_prefix", type=_log_prefix)
+    parser.add_argument("-m", "--mode", dest="log_mode", type=_octal_mode)
+    parser.add_argument("--context", type=_ranged_int(0))
+    return parser
+
+
+# vSPC.py's built-in backends; its plugin loader (`vSPCBackendFoo` modules) is not kept.
+BACKENDS: dict[str, Callable[[], argparse.ArgumentParser] | None] = {
+    "memory": None,  # takes no arguments
+    "file": _file_backend_parser,
+    "logging": _logging_backend_parser,
+}
+
+
+def _backend_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """Fold --backend/--backend-args into the native options of `ns` (in place)."""
+    if ns.backend is None:
+        if ns.backend_args is not None:
+            parser.error("--backend-args needs --backend File or --backend Logging")
+        return
+    name = ns.backend.strip().lower()
+    if name not in BACKENDS:
+        parser.error(
+            f"--backend {ns.backend!r}: unknown backend (choose Memory, File or Logging; "
+            "vSPC.py's plugin backends are not supported)"
+        )
+    make = BACKENDS[name]
+    if make is None:
+        if ns.backend_args is not None and ns.backend_args.strip():
+            parser.error(f"--backend {ns.backend}: takes no --backend-args")
+        return
+    try:
+        words = shlex.split(ns.backend_args or "")
+        parsed = make().parse_args(words)
+    except (ValueError, _BackendArgsError) as exc:  # shlex: "No closing quotation"
+        parser.error(f"--backend-args {ns.backend_args!r} for --backend {ns.backend}: {exc}")
+    flags = {
+        "persist_file": "--persist-file",
+        "log_dir": "--log-dir",
+        "log_prefix": "--log-prefix",
+        "log_mode": "--log-mode",
+        "context": "--context",
+    }
+    for field, value in vars(parsed).items():
+        if value is None:
+            continue
+        given = getattr(ns, field)
+        if given is not None and given != value:
+            parser.error(
+                f"{flags[field]} {given} conflicts with --backend-args {ns.backend_args!r}"
+            )
+        setattr(ns, field, value)
 
 
 def _env_bool(
@@ -441,6 +586,18 @@ def parse_args(
             parser.error(f"--cert/--key: cannot load certificate and key: {exc}")
     if ns.pidfile is not None and ns.pidfile.is_dir():
         parser.error(f"--pidfile {ns.pidfile}: is a directory")
+    _backend_settings(parser, ns)
+    if ns.persist_file is not None and ns.persist_file.is_dir():
+        parser.error(f"--persist-file {ns.persist_file}: is a directory")
+    if ns.log_dir is None and (ns.log_prefix is not None or ns.log_mode is not None):
+        parser.error("--log-prefix and --log-mode need --log-dir (or --backend Logging)")
+    if ns.log_dir is not None and ns.log_dir.exists() and not ns.log_dir.is_dir():
+        parser.error(f"--log-dir {ns.log_dir}: not a directory")
+    context = ns.context or 0
+    if context > ns.scrollback:
+        parser.error(
+            f"--context {context} is more than the {ns.scrollback} bytes --scrollback keeps"
+        )
     _check_group(parser, "--admin-socket-group", ns.admin_socket_group)
     _check_group(parser, "--readonly-group", ns.readonly_group)
 
@@ -479,6 +636,11 @@ def parse_args(
         client_queue=ns.client_queue,
         hold_limit=ns.hold_limit,
         scrollback=ns.scrollback,
+        context=context,
+        persist_file=ns.persist_file,
+        log_dir=ns.log_dir,
+        log_prefix=LOG_PREFIX if ns.log_prefix is None else ns.log_prefix,
+        log_mode=LOG_MODE if ns.log_mode is None else ns.log_mode,
         log_stdout=ns.log_stdout,
         daemon=ns.daemon,
         pidfile=ns.pidfile,

@@ -32,6 +32,7 @@ from vspc.common.telnet import (
     Opt,
     TelnetCodec,
     TelnetProtocolError,
+    escape,
 )
 from vspc.vspcd.console import Client, VmConn
 from vspc.vspcd.hub import Hub, HubError
@@ -160,10 +161,13 @@ class TelnetClientLink(asyncio.Protocol):
     so raw clients (nc, gdb) that never negotiate work too.
     """
 
-    def __init__(self, hub: Hub, port: int | None = None, *, queue_limit: int = 1 << 20) -> None:
+    def __init__(
+        self, hub: Hub, port: int | None = None, *, queue_limit: int = 1 << 20, replay: int = 0
+    ) -> None:
         self._hub = hub
         self._port = port  # None: the local port the operator connected to
         self._queue_limit = queue_limit
+        self._replay = replay  # scrollback bytes sent on connect (--context)
         self._codec = TelnetCodec(local_ok=_CLIENT_LOCAL, remote_ok=_CLIENT_REMOTE)
         self._transport: asyncio.Transport | None = None
         self._client: Client | None = None
@@ -195,6 +199,11 @@ class TelnetClientLink(asyncio.Protocol):
         except HubError as exc:
             self._line(str(exc))
             self._transport.close()
+            return
+        if self._replay:
+            # vSPC.py's "seed data": recent output first; live output can only follow,
+            # since nothing else runs between attach() and this write.
+            self._transport.write(escape(console.scrollback.last(self._replay)))
 
     def data_received(self, data: bytes) -> None:
         if self._client is None or self._transport is None:

@@ -4,6 +4,10 @@ Boundary: this module owns every listener and the hub instance; it holds no poli
 `Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
 `serve()` is what `python -m vspc.vspcd` runs.
 
+Start-up order: persist file (vspcd/store.py, a bad file fails the start), console
+log directory, hub, remembered consoles restored onto their old telnet ports
+(vspcd/persist.py), then the listeners, so a VM connecting at once finds its console.
+
 Shutdown (STYLE.md, "Orderly shutdown"): close the listeners, ask every connection to
 close (the hub tells operators why), wait a bounded time for them to go, then return.
 """
@@ -19,12 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vspc.vspcd import admin
+from vspc.vspcd import admin, store
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import ConsoleKey
+from vspc.vspcd.consolelog import ConsoleLogs, LogSettings
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
 from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
+from vspc.vspcd.persist import Persister
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +86,8 @@ class Daemon:
         self._proxy: Any = None
         self._binder: PortBinder | None = None
         self._admin: admin.AdminServer | None = None
+        self.persister: Persister | None = None
+        self.logs: ConsoleLogs | None = None
         self.proxy_port: int | None = None
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -101,6 +109,18 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
+        db = None if config.persist_file is None else store.open_store(config.persist_file)
+        try:
+            if config.log_dir is not None:
+                self.logs = ConsoleLogs(
+                    LogSettings(config.log_dir, config.log_prefix, config.log_mode),
+                    call_later=loop.call_later,
+                )
+                self.logs.check_directory()
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
         ports = None
         if config.vm_ports:
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
@@ -115,6 +135,14 @@ class Daemon:
             ports=ports,
             **extra,
         )
+        if db is not None:
+            self.persister = Persister(db, self.hub)
+            self.persister.restore(self._bind_restored)
+            log.info("persist file %s", config.persist_file)
+        if self.logs is not None:
+            self.hub.add_output_listener(self.logs.output)
+            self.hub.subscribe(self.logs.observe)
+            log.info("console logs in %s", config.log_dir)
         ssl_context = None
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
@@ -125,6 +153,23 @@ class Daemon:
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, config)
         await self._admin.start()
+
+    def _bind_restored(self, port: int | None) -> int | None:
+        """A telnet port for a restored console: its old one if still free."""
+        if self._binder is None:
+            return None
+        if port is None:
+            bound = self._binder.bind(self._client_link)
+        else:
+            bound = self._binder.bind_port(port, self._client_link)
+        return None if bound is None else bound[0]
+
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen every console log file (after logrotate moved it)."""
+        if self.logs is None:
+            log.info("SIGHUP: no console logs to reopen (--log-dir not given)")
+            return
+        self.logs.reopen()
 
     def _vm_link(self) -> asyncio.Protocol:
         assert self.hub is not None
@@ -141,6 +186,8 @@ class Daemon:
         assert self.hub is not None
         ports = self._binder.held_count if self._binder is not None else 0  # O(1): per accept
         used = self.hub.connection_count() + ports + _FD_RESERVE
+        if self.logs is not None:
+            used += self.logs.open_count
         if used < self._fd_limit * 0.9:
             return
         freed = self.hub.reclaim(max(16, ports // 10))
@@ -154,7 +201,9 @@ class Daemon:
 
     def _client_link(self) -> asyncio.Protocol:
         assert self.hub is not None
-        return TelnetClientLink(self.hub, queue_limit=self.config.client_queue)
+        return TelnetClientLink(
+            self.hub, queue_limit=self.config.client_queue, replay=self.config.context
+        )
 
     @property
     def admin_path(self) -> Path:
@@ -179,20 +228,27 @@ class Daemon:
                     await idle.wait()
             except TimeoutError:
                 log.warning("connections still open after %.0f s; exiting anyway", grace)
+        # Last: the goodbyes above still log output and update rows.
+        if self.logs is not None:
+            self.logs.close()
+        if self.persister is not None:
+            self.persister.close()
+            self.persister = None
 
 
 async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly.
+    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly; SIGHUP reopens logs.
 
     The handlers go in before anything is opened: a signal during start-up then just
     means "stop once started", and every socket and file is cleaned up either way.
     """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    daemon = Daemon(config)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reopen_logs)
     try:
-        daemon = Daemon(config)
         await daemon.start()
         try:
             log.info("vspcd %d ready", os.getpid())
@@ -203,5 +259,5 @@ async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None
         finally:
             await daemon.stop()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
