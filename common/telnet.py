@@ -374,6 +374,19 @@ class TelnetCodec:
                 else:
                     self._sb_option = code
                     self._state = _SB_DATA
+                    # Fast path: the whole `... IAC SE` is in this chunk with no IAC in
+                    # the payload (every option-232 command we see in practice).  One
+                    # step instead of SB_DATA + SB_IAC; the same event, the same limit.
+                    stop = data.find(IAC, pos)
+                    if (
+                        0 <= stop < end - 1
+                        and data[stop + 1] == SE
+                        and stop - pos <= self._sb_limit
+                    ):
+                        payload = bytes(data[pos:stop])
+                        pos = stop + 2
+                        self._state = _DATA
+                        yield Subnegotiation(code, payload)
             elif state is _SB_DATA:
                 nxt = data.find(IAC, pos)
                 stop = end if nxt < 0 else nxt
