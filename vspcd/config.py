@@ -25,6 +25,7 @@ import argparse
 import grp
 import os
 import shlex
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -504,6 +505,24 @@ def _backend_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace) -
         setattr(ns, field, value)
 
 
+def _glue_backend_args(argv: Sequence[str]) -> list[str]:
+    """`--backend-args '-f PATH'` -> `--backend-args=-f PATH`.
+
+    vSPC.py read its options with getopt, which takes the word after
+    `--backend-args` as its value whatever it looks like; argparse would take
+    `-f PATH` or `-p vm` for one of our own options (-f, -p) and stop.
+    """
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--backend-args":
+            value = next(words, None)
+            out.append(word if value is None else f"{word}={value}")
+        else:
+            out.append(word)
+    return out
+
+
 def _env_bool(
     parser: argparse.ArgumentParser, environ: Mapping[str, str], name: str
 ) -> bool | None:
@@ -570,7 +589,7 @@ def parse_args(
             stderr for any bad flag, value or environment variable.
     """
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = parser.parse_args(_glue_backend_args(sys.argv[1:] if argv is None else argv))
 
     if ns.ssl:
         if ns.cert is None:
