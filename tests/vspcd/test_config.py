@@ -266,3 +266,126 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         for option in action.option_strings:
             assert option in out
         assert action.help, f"{action.option_strings} has no help text"
+
+
+# -- vSPC.py's backends: --persist-file, --log-dir, --context, --backend(-args) -----------
+
+
+def test_backend_defaults_are_off() -> None:
+    config = parse()
+    assert (config.persist_file, config.log_dir, config.context) == (None, None, 0)
+    assert (config.log_prefix, config.log_mode) == ("vmlog", 0o600)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--persist-file", "/var/lib/vspcd/c.db"], {"persist_file": Path("/var/lib/vspcd/c.db")}),
+        (["-f", "c.db"], {"persist_file": Path("c.db")}),
+        (["--log-dir", "/var/log/consoles"], {"log_dir": Path("/var/log/consoles")}),
+        (
+            ["--log-dir", "/l", "--log-prefix", "con", "--log-mode", "640"],
+            {"log_dir": Path("/l"), "log_prefix": "con", "log_mode": 0o640},
+        ),
+        (["--log-dir", "/l", "--log-prefix", ""], {"log_dir": Path("/l"), "log_prefix": ""}),
+        (["--context", "4096"], {"context": 4096}),
+        (["--context", "100", "--scrollback", "100"], {"context": 100, "scrollback": 100}),
+    ],
+)
+def test_backend_flags_set_their_fields(argv: list[str], expected: dict[str, object]) -> None:
+    config, default = parse(*argv), parse()
+    for field in Config.__slots__:
+        assert getattr(config, field) == expected.get(field, getattr(default, field)), field
+
+
+@pytest.mark.parametrize(
+    ("vspc_py", "native"),
+    [
+        (["--backend", "File", "--backend-args", "-f /s/c.db"], ["--persist-file", "/s/c.db"]),
+        (["--backend", "FILE", "--backend-args=--file /s/c.db"], ["-f", "/s/c.db"]),
+        (["--backend", "file", "--backend-args", "-f '/a b/c.db'"], ["-f", "/a b/c.db"]),
+        (["--backend", "Logging"], ["--log-dir", "/var/log/consoles"]),
+        (
+            ["--backend", "logging", "--backend-args", "-l /l -p con -m 0640 --context 9"],
+            ["--log-dir", "/l", "--log-prefix", "con", "--log-mode", "0640", "--context", "9"],
+        ),
+        (
+            ["--backend", "Logging", "--backend-args", "--logdir=/l --prefix=p --mode=600"],
+            ["--log-dir", "/l", "--log-prefix", "p", "--log-mode", "600"],
+        ),
+        (["--backend", "Memory"], []),
+        (["--backend", "memory", "--backend-args", " "], []),
+        # the same value on both spellings is no conflict
+        (
+            ["--backend", "File", "--backend-args", "-f /c.db", "--persist-file", "/c.db"],
+            ["--persist-file", "/c.db"],
+        ),
+        # native flags combine with the other backend
+        (
+            ["--backend", "File", "--backend-args", "-f /c.db", "--log-dir", "/l"],
+            ["--persist-file", "/c.db", "--log-dir", "/l"],
+        ),
+    ],
+)
+def test_vspc_py_backend_spellings_mean_the_native_flags(
+    vspc_py: list[str], native: list[str]
+) -> None:
+    assert parse(*vspc_py) == parse(*native)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--backend", "Redis"], "--backend 'Redis': unknown backend (choose Memory, File or"),
+        (["--backend", "File"], "the following arguments are required: -f/--file"),
+        (["--backend", "File", "--backend-args", "-f"], "argument -f/--file: expected one"),
+        (["--backend", "File", "--backend-args", "-f a -f"], "expected one argument"),
+        (["--backend", "File", "--backend-args", "-f a -l /x"], "unrecognized arguments: -l /x"),
+        (["--backend", "File", "--backend-args", "-f 'x"], "No closing quotation"),
+        (["--backend", "Memory", "--backend-args", "-f x"], "takes no --backend-args"),
+        (["--backend-args", "-f x"], "--backend-args needs --backend File or --backend Logging"),
+        (["--backend", "Logging", "--backend-args", "-m 0699"], "not an octal file mode"),
+        (["--backend", "Logging", "--backend-args", "--context -1"], "must be >= 0"),
+        (["--backend", "Logging", "--backend-args", "-p a/b"], "must not contain '/'"),
+        (
+            ["--persist-file", "/a.db", "--backend", "File", "--backend-args", "-f /b.db"],
+            "--persist-file /a.db conflicts with --backend-args '-f /b.db'",
+        ),
+        (
+            ["--log-dir", "/a", "--backend", "Logging", "--backend-args", "-l /b"],
+            "--log-dir /a conflicts with --backend-args '-l /b'",
+        ),
+        (["--log-prefix", "x"], "--log-prefix and --log-mode need --log-dir"),
+        (["--log-mode", "600"], "--log-prefix and --log-mode need --log-dir"),
+        (["--log-dir", "/l", "--log-prefix", "../x"], "must not contain '/'"),
+        (["--log-dir", "/l", "--log-mode", "rw"], "not an octal file mode"),
+        (["--context", "-1"], "--context: must be >= 0"),
+        (["--context", "70000"], "--context 70000 is more than the 65536 bytes --scrollback"),
+        (["--backend-args"], "argument --backend-args: expected one argument"),
+    ],
+)
+def test_bad_backend_settings_exit_2(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    last = usage_error(capsys, *argv)
+    assert last.startswith("vspcd: error: ")
+    assert message in last
+
+
+def test_persist_file_or_log_dir_of_the_wrong_kind(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert "is a directory" in usage_error(capsys, "--persist-file", str(tmp_path))
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    assert "not a directory" in usage_error(capsys, "--log-dir", str(plain))
+
+
+def test_backend_paths_are_pinned_before_detaching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vspc.vspcd.__main__ import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    pinned = _absolute_paths(parse("-f", "c.db", "--log-dir", "logs"))
+    assert (pinned.persist_file, pinned.log_dir) == (tmp_path / "c.db", tmp_path / "logs")
