@@ -167,8 +167,7 @@ def test_restored_console_expires_and_is_forgotten(tmp_path: Path) -> None:
 
 def test_taken_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
     db = tmp_path / "consoles.db"
-    start = free_port()
-    with socket.socket() as blocker:
+    with socket.socket() as blocker:  # another process holds the remembered port
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
@@ -177,12 +176,13 @@ def test_taken_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
         conn.close()
 
         async def main() -> None:
-            async with running(tmp_path, "--persist-file", str(db), "-r", str(start)) as (
+            # -r at the taken port: in range, so only "taken" can make it fall back
+            async with running(tmp_path, "--persist-file", str(db), "-r", str(taken)) as (
                 daemon,
                 _,
             ):
                 port = console_port(daemon, UUID_A)
-                assert port != taken
+                assert port > taken
                 assert [r.port for r in rows(db)] == [port]
 
         asyncio.run(main())
