@@ -148,6 +148,13 @@ class Scrollback:
         self.total += len(data)
         if self.limit <= 0:
             return
+        if len(data) >= self.limit:
+            # The chunk alone fills the scrollback: keep its tail, copied once.  Adding
+            # all of it and then cutting the front resized the buffer twice per chunk
+            # (fresh pages each time); with 256 KiB reads that was the largest cost of
+            # streaming a VM's output (docs/benchmarks.md, "Daemon").
+            self._buf[:] = memoryview(data)[len(data) - self.limit :]
+            return
         self._buf += data
         if len(self._buf) > 2 * self.limit:
             del self._buf[: len(self._buf) - self.limit]
