@@ -1,30 +1,37 @@
 """Daemon benchmark: the real vspcd under load over loopback (issue #3; docs/benchmarks.md).
 
-Starts `python -m vspc.vspcd` as a subprocess for every scenario (127.0.0.1 only, free
-ports found by binding port 0, readiness by connecting) and drives it from this
-process with asyncio, plus a second load process where one loop would disturb the
-measurement.  Fake VMs speak just enough of PROTOCOL.md §3/§4: identification is one
-precomputed write (`IAC WILL 232` + KNOWN-SUBOPTIONS-1 + DO-PROXY + VM-VC-UUID +
-VM-NAME, built with `vspc.common.vmware.encode`, a unique UUID per VM) and is done
-when WILL-PROXY (`ff fa e8 47 ff f0`) comes back.
+Every scenario starts `python -m vspc.vspcd` as a subprocess (127.0.0.1 only; the
+proxy port found by binding port 0, the per-VM range below the ephemeral range;
+ready once the proxy port and the admin socket answer) and drives it from this
+process with asyncio.  Where one loop would disturb the measurement, a helper process
+does part of the work: the 1,000 chattering VMs of `keystroke`, the telnet readers of
+`stream` and `fanout`.  Fake VMs speak just enough of PROTOCOL.md §3/§4:
+identification is one precomputed write (`IAC WILL 232` + KNOWN-SUBOPTIONS-1 +
+DO-PROXY + VM-VC-UUID + VM-NAME, built with `vspc.common.vmware.encode`, a unique UUID
+per VM) and is done when WILL-PROXY (`ff fa e8 47 ff f0`) comes back; counts are then
+checked through the admin socket (`list`, `show`).
 
-Scenarios (`--only a,b`; every one prints ONE JSON line, then a summary line):
+Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows):
 
-- `connect`:  N VMs connect + identify with --no-vm-ports, C at a time; VMs/s, RSS.
+- `connect`: N VMs connect + identify with --no-vm-ports, C at a time; VMs/s, the
+  identification latency, daemon CPU per VM, RSS per idle VM.
 - `connect_ports`: the same with a telnet port bound per console.
-- `scale`: 16,000 identified VMs in one daemon (--no-vm-ports), counted via `list`.
+- `scale`: 16,000 identified VMs in one daemon (--no-vm-ports).
 - `vmotion`: M consoles each run K vMotions back to back (BEGIN -> GOAHEAD cookie ->
   new connection with KS-1 + PEER(cookie) -> PEER-OK -> VM-VC-UUID, VM-NAME,
-  COMPLETE; the source closes), all M concurrently; vMotions/s.
-- `stream`: one VM sends S MiB of console text, one raw telnet client on the
-  console's port reads it all; MB/s per size (linear means flat MB/s).
-- `fanout`: the same with several clients on one console (aggregate MB/s).
+  COMPLETE; the source closes), all M at once; vMotions/s.
+- `stream`: one VM sends S MiB of console text to one raw telnet client on the
+  console's port, for several S; MB/s (linear cost means flat MB/s).
+- `fanout`: one VM, several clients on its console; aggregate MB/s.
 - `keystroke`: a client types one byte, the VM receives it and echoes it, the client
-  receives the echo; percentiles idle and while 1,000 other VMs (in a second process)
-  each write a short line every 100 ms.
+  receives the echo; percentiles idle and while 1,000 other VMs each write a short
+  line every 100 ms.
 
-Not a test: figures depend on the machine.  `--quick` runs every scenario at toy
-sizes (the smoke test in tests/test_bench_smoke.py checks only the JSON shape).
+`--set SCENARIO.PARAM=JSON` changes a size; `--quick` runs every scenario at toy sizes
+(tests/test_bench_smoke.py checks the JSON shape of that run, never a figure).
+Diagnosis: VSPC_BENCH_PROFILE=FILE runs the daemon under cProfile (CPU time),
+VSPC_BENCH_WRAP="strace -f -c -o FILE" under a wrapper.  Not a test: figures depend
+on the machine, so each line carries `calibration_ms` (a fixed pure-Python loop).
 """
 
 from __future__ import annotations
@@ -448,40 +455,22 @@ class FakeVm(asyncio.Protocol):
 
 
 class Client(asyncio.Protocol):
-    """A raw telnet client (never negotiates): counts bytes, or hands them to `on_data`."""
+    """A raw telnet client (never negotiates) for the keystroke probe: after the
+    proxy's option offers, every chunk goes to `on_data`."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.count = 0
-        self.target = -1
-        self.done: asyncio.Future[float] | None = None
         self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.on_data: Callable[[bytes], None] | None = None
-        self.tail = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if not self.first.done():
-            self.first.set_result(None)  # the proxy's option offers: not counted
-            return
-        if self.on_data is not None:
+            self.first.set_result(None)  # the proxy's option offers
+        elif self.on_data is not None:
             self.on_data(data)
-            return
-        self.count += len(data)
-        self.tail = data[-64:]
-        if self.done is not None and self.count >= self.target and not self.done.done():
-            self.done.set_result(time.perf_counter())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(ConnectionError("client connection lost"))
-
-    def arm(self, target: int) -> asyncio.Future[float]:
-        self.count, self.target = 0, target
-        self.done = asyncio.get_running_loop().create_future()
-        return self.done
 
 
 WILL_PROXY = vm.Code.WILL_PROXY
