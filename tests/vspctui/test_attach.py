@@ -9,16 +9,9 @@ received, never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import io
 import os
-import select
 import signal
-import struct
-import subprocess
-import sys
-import termios
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,70 +20,13 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from tests.vspctui.ptyclient import PtyClient
 from vspc.vspctui.attach import Attacher, escape_name, menu_lookup, parse_escape, run_attach
 from vspc.vspctui.client import AdminAddress, open_attach
 from vspc.vspctui.commands import Context, ExitCode
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
 TIMEOUT = 10.0
-
-
-class PtyClient:
-    """`vspc ARGS` on a fresh pty; `expect()` reads its output up to a pattern."""
-
-    def __init__(self, socket: str, *args: str) -> None:
-        self.master, self.slave = os.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.before = termios.tcgetattr(self.slave)
-        env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
-        env.pop("VSPC_SOCKET", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspctui.cli", "--socket", socket, *args],
-            stdin=self.slave,
-            stdout=self.slave,
-            stderr=self.slave,
-            start_new_session=True,
-            env=env,
-        )
-        self.output = b""
-
-    def _read(self, deadline: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return False
-        try:
-            self.output += os.read(self.master, 65536)
-        except OSError:  # EIO: every slave fd closed
-            return False
-        return True
-
-    def expect(self, pattern: bytes) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while pattern not in self.output:
-            if not self._read(deadline):
-                raise AssertionError(f"{pattern!r} never came; got {self.output!r}")
-
-    def type(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def wait(self) -> int:
-        deadline = time.monotonic() + TIMEOUT
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._read(min(deadline, time.monotonic() + 0.05))  # keep the pty drained
-        status = self.proc.wait(timeout=1)
-        while self._read(time.monotonic()):
-            pass
-        return status
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master)
-        os.close(self.slave)
-
-    def restored(self) -> bool:
-        return termios.tcgetattr(self.slave) == self.before
 
 
 @pytest.fixture

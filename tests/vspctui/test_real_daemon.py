@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import pwd
-import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import threading
-import time
 from collections.abc import Callable, Iterator
 from io import StringIO
 from pathlib import Path
@@ -48,6 +43,7 @@ from tests.vspcd.harness import (
     identified,
     running,
 )
+from tests.vspctui.ptyclient import PtyClient, client_env
 from vspc.vspctui.cli import main
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.commands import LIST_HEADERS, Context, ExitCode
@@ -206,74 +202,12 @@ def protocol(path: str, request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-def env() -> dict[str, str]:
-    out = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
-    out.pop("VSPC_SOCKET", None)
-    return out
-
-
-class Pty:
-    """`vspc --socket PATH ARGS` on a fresh pty; `expect()` reads up to a pattern."""
-
-    def __init__(self, path: str, *args: str) -> None:
-        self.master, self.slave = os.openpty()
-        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.before = termios.tcgetattr(self.slave)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspctui.cli", "--socket", path, *args],
-            stdin=self.slave,
-            stdout=self.slave,
-            stderr=self.slave,
-            start_new_session=True,
-            env=env(),
-        )
-        self.output = b""
-
-    def _read(self, deadline: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            return False
-        try:
-            self.output += os.read(self.master, 65536)
-        except OSError:  # EIO: every slave fd closed
-            return False
-        return True
-
-    def expect(self, pattern: bytes) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while pattern not in self.output:
-            if not self._read(deadline):
-                raise AssertionError(f"{pattern!r} never came; got {self.output!r}")
-
-    def type(self, data: bytes) -> None:
-        os.write(self.master, data)
-
-    def wait(self) -> int:
-        deadline = time.monotonic() + TIMEOUT
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._read(min(deadline, time.monotonic() + 0.05))  # keep the pty drained
-        status = self.proc.wait(timeout=1)
-        while self._read(time.monotonic()):
-            pass
-        return status
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self.master)
-        os.close(self.slave)
-
-    def restored(self) -> bool:
-        return termios.tcgetattr(self.slave) == self.before
-
-
 @pytest.fixture
-def spawn(real: RealDaemon) -> Iterator[Callable[..., Pty]]:
-    started: list[Pty] = []
+def spawn(real: RealDaemon) -> Iterator[Callable[..., PtyClient]]:
+    started: list[PtyClient] = []
 
-    def start(*args: str) -> Pty:
-        pty = Pty(real.path, *args)
+    def start(*args: str) -> PtyClient:
+        pty = PtyClient(real.path, *args)
         started.append(pty)
         return pty
 
@@ -313,7 +247,7 @@ def test_list_table_json_and_no_arguments(real: RealDaemon, capsys: Any) -> None
     # `vspc` alone, the real entry point, socket from the environment.
     done = subprocess.run(
         [sys.executable, "-m", "vspc.vspctui.cli"],
-        env=env() | {"VSPC_SOCKET": real.path},
+        env=client_env() | {"VSPC_SOCKET": real.path},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=TIMEOUT,
@@ -327,7 +261,7 @@ def test_list_table_json_and_no_arguments(real: RealDaemon, capsys: Any) -> None
 
 
 def test_attach_enter_is_cr_and_quit_restores_the_terminal(
-    real: RealDaemon, spawn: Callable[..., Pty]
+    real: RealDaemon, spawn: Callable[..., PtyClient]
 ) -> None:
     vspc = spawn("attach", "db01", "--replay", "64")
     vspc.expect(b"escape key is ^]\r\n")
@@ -347,7 +281,7 @@ def test_attach_enter_is_cr_and_quit_restores_the_terminal(
     assert real.vm_input_settled() == b"abc\r"  # nothing of the menu reached the VM
 
 
-def test_vm_name_alone_attaches(real: RealDaemon, spawn: Callable[..., Pty]) -> None:
+def test_vm_name_alone_attaches(real: RealDaemon, spawn: Callable[..., PtyClient]) -> None:
     vspc = spawn("db01")
     vspc.expect(b"vspc: attached to db01 (free_for_all_or_readonly); escape key is ^]\r\n")
     vspc.type(b"x\r")
@@ -359,7 +293,9 @@ def test_vm_name_alone_attaches(real: RealDaemon, spawn: Callable[..., Pty]) -> 
     assert vspc.restored()
 
 
-def test_readonly_never_sends_a_keystroke(real: RealDaemon, spawn: Callable[..., Pty]) -> None:
+def test_readonly_never_sends_a_keystroke(
+    real: RealDaemon, spawn: Callable[..., PtyClient]
+) -> None:
     vspc = spawn("attach", "--readonly", "db01")
     vspc.expect(b"(free_for_all_or_readonly, read-only); escape key is ^]\r\n")
     vspc.type(b"rm -rf /\r")
@@ -374,13 +310,13 @@ def test_readonly_never_sends_a_keystroke(real: RealDaemon, spawn: Callable[...,
 
 
 def test_exclusive_lock_refuses_a_second_attach(
-    real: RealDaemon, spawn: Callable[..., Pty]
+    real: RealDaemon, spawn: Callable[..., PtyClient]
 ) -> None:
     holder = spawn("attach", "--lock", "exclusive", "db01")
     holder.expect(b"(exclusive); escape key is ^]\r\n")
     second = subprocess.run(
         [sys.executable, "-m", "vspc.vspctui.cli", "--socket", real.path, "attach", "db01"],
-        env=env(),
+        env=client_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=TIMEOUT,
@@ -397,7 +333,7 @@ def test_exclusive_lock_refuses_a_second_attach(
 
 
 def test_released_write_lock_lets_a_read_only_attach_type(
-    real: RealDaemon, spawn: Callable[..., Pty]
+    real: RealDaemon, spawn: Callable[..., PtyClient]
 ) -> None:
     """Read-only because of someone else's lock is not --readonly: vspcd takes input
     again once the lock is released (docs/admin-protocol.md, Lock modes), so vspc must
@@ -447,7 +383,7 @@ def test_no_socket_exit_code(capsys: Any) -> None:
 
 
 def test_clear_disconnects_telnet_and_attach_clients(
-    real: RealDaemon, spawn: Callable[..., Pty], capsys: Any
+    real: RealDaemon, spawn: Callable[..., PtyClient], capsys: Any
 ) -> None:
     vspc = spawn("db01")
     vspc.expect(b"escape key is ^]\r\n")
@@ -468,7 +404,7 @@ def test_clear_disconnects_telnet_and_attach_clients(
     real.call(op.close)
 
 
-def test_kick_one_client(real: RealDaemon, spawn: Callable[..., Pty], capsys: Any) -> None:
+def test_kick_one_client(real: RealDaemon, spawn: Callable[..., PtyClient], capsys: Any) -> None:
     op = real.telnet()
     telnet_id = attached_id(real, "telnet")
     vspc = spawn("attach", "db01")
@@ -503,7 +439,7 @@ def test_tail_prints_the_scrollback(real: RealDaemon, capsysbinary: Any) -> None
     assert capsysbinary.readouterr().out == b"[1mroot\xff\r\n"
 
 
-def test_tail_follow_prints_new_output(real: RealDaemon, spawn: Callable[..., Pty]) -> None:
+def test_tail_follow_prints_new_output(real: RealDaemon, spawn: Callable[..., PtyClient]) -> None:
     vspc = spawn("tail", "-f", "db01")
     vspc.expect(b"login: ")  # the reply: following from here on, nothing lost
     real.vm_prints(b"first-new")

@@ -1,0 +1,81 @@
+"""`vspc ARGS` on a fresh pty, for tests that need a real terminal.
+
+The client runs as a subprocess whose stdin/stdout/stderr are the slave side of a
+pty; the test types into the master and waits on what the client prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+TIMEOUT = 10.0
+
+
+def client_env() -> dict[str, str]:
+    """The environment for a `vspc` under test: a plain terminal, no socket override."""
+    env = dict(os.environ, TERM="xterm", PROMPT_TOOLKIT_NO_CPR="1")
+    env.pop("VSPC_SOCKET", None)
+    return env
+
+
+class PtyClient:
+    """`vspc ARGS` on a fresh pty; `expect()` reads its output up to a pattern."""
+
+    def __init__(self, socket: str, *args: str) -> None:
+        self.master, self.slave = os.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.before = termios.tcgetattr(self.slave)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vspc.vspctui.cli", "--socket", socket, *args],
+            stdin=self.slave,
+            stdout=self.slave,
+            stderr=self.slave,
+            start_new_session=True,
+            env=client_env(),
+        )
+        self.output = b""
+
+    def _read(self, deadline: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            return False
+        try:
+            self.output += os.read(self.master, 65536)
+        except OSError:  # EIO: every slave fd closed
+            return False
+        return True
+
+    def expect(self, pattern: bytes) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while pattern not in self.output:
+            if not self._read(deadline):
+                raise AssertionError(f"{pattern!r} never came; got {self.output!r}")
+
+    def type(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    def wait(self) -> int:
+        deadline = time.monotonic() + TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(min(deadline, time.monotonic() + 0.05))  # keep the pty drained
+        status = self.proc.wait(timeout=1)
+        while self._read(time.monotonic()):
+            pass
+        return status
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+        os.close(self.slave)
+
+    def restored(self) -> bool:
+        return termios.tcgetattr(self.slave) == self.before
