@@ -191,10 +191,20 @@ class ProxySession:
         self._out.clear()
         return out
 
+    def _queue(self, frame: bytes) -> None:
+        """Queue one reply of ours after the negotiation replies queued before it.
+
+        The codec queues its replies as `iter_events()` parses, so whatever it holds
+        now answers requests that came before the one we answer: it goes first, and
+        the VM hears every reply in request order whatever TCP's segmentation.
+        """
+        self._out += self._telnet.data_to_send()
+        self._out += frame
+
     def _send(self, event: vm.VmwareEvent) -> None:
         payload = vm.payload_of(event)  # once: encode() would build it again
         if payload[0] not in self._disabled:
-            self._out += subnegotiation(Opt.VMWARE_EXT, payload)
+            self._queue(subnegotiation(Opt.VMWARE_EXT, payload))
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
         """Answer a pending BEGIN with GOAHEAD(sequence || secret).
@@ -241,9 +251,6 @@ class ProxySession:
         """
         events: list[SessionEvent] = []
         for event in self._telnet.iter_events(data):
-            # Negotiation replies queued so far answer earlier requests: they go first,
-            # so the VM hears every reply in request order whatever TCP's segmentation.
-            self._out += self._telnet.data_to_send()
             # Guards on _EXT rather than `Opt.VMWARE_EXT` value patterns: an Enum member
             # lookup per case and event is a descriptor call on CPython 3.11.
             match event:
@@ -253,7 +260,7 @@ class ProxySession:
                     self._on_command(vm.decode(payload), events)
                 case OptionChanged(option, False, True) if option == _EXT:
                     if not self._ks2_sent:
-                        self._out += _KS2
+                        self._queue(_KS2)
                         self._ks2_sent = self._ks2_unmatched = True
                 case _:
                     pass  # other negotiation was answered by the codec
@@ -306,7 +313,7 @@ class ProxySession:
         if self._ks2_unmatched:
             self._ks2_unmatched = False  # the KS-2 sent on WILL 232 answers this KS-1
         else:
-            self._out += _KS2
+            self._queue(_KS2)
             self._ks2_sent = True
         if not self._gets_sent:
             self._gets_sent = True

@@ -608,7 +608,9 @@ class Hub:
         console.migration = mig
         self._cookies[mig.cookie] = console
         conn.channel.goahead(sequence, secret)
-        log.info("%s: vMotion begins from %s", console.key, conn.channel.peer)
+        # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
+        # datacenter-wide evacuation logs one line per vMotion, not two.
+        log.debug("%s: vMotion begins from %s", console.key, conn.channel.peer)
         self._emit("vmotion_begin", console, peer=conn.channel.peer)
 
     def _peer(self, conn: VmConn, cookie: bytes) -> None:
@@ -666,7 +668,9 @@ class Hub:
         if conn.name:
             console.name = conn.name
         console.counters.vmotions += 1
-        log.info("%s: vMotion complete, now on %s", console.key, conn.channel.peer)
+        log.info(
+            "%s: vMotion complete, %s -> %s", console.key, source.channel.peer, conn.channel.peer
+        )
         self._emit("vmotion_complete", console, peer=conn.channel.peer)
         # §4.2 steps 3-4: held client input to the destination, once, at once; then
         # the destination's own early output.

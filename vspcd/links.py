@@ -66,6 +66,9 @@ class VmLink(asyncio.Protocol):
         self._session = ProxySession(accept_proxy=accept_proxy)  # per connection
         self._transport: asyncio.Transport | None = None
         self._conn: VmConn | None = None
+        # True while handling one read: replies the hub asks for meanwhile are queued
+        # and leave in a single write at the end (one send(2), not one per reply).
+        self._receiving = False
         self.peer = "?"
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -91,12 +94,15 @@ class VmLink(asyncio.Protocol):
             log.warning("VM %s: telnet protocol error (%s); closing", self.peer, exc)
             self.close()
             return
+        self._receiving = True
         try:
             for event in events:
                 self._hub.vm_event(self._conn, event)
         except Exception:  # a hub bug must cost one connection, never the daemon
             log.exception("VM %s: internal error handling its input; closing", self.peer)
             self.close()
+        finally:
+            self._receiving = False
         self._flush()
 
     def eof_received(self) -> bool:
@@ -125,19 +131,23 @@ class VmLink(asyncio.Protocol):
 
     def send_console(self, data: bytes) -> None:
         self._session.send_data(data)
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
         self._session.goahead(sequence, secret)
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def notnow(self, sequence: bytes) -> None:
         self._session.notnow(sequence)
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def peer_ok(self, sequence: bytes) -> None:
         self._session.peer_ok(sequence)
-        self._flush()
+        if not self._receiving:
+            self._flush()
 
     def write_backlog(self) -> int:
         return 0 if self._transport is None else self._transport.get_write_buffer_size()
