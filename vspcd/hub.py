@@ -456,7 +456,13 @@ class Hub:
         conn.role, conn.console = Role.ACTIVE, console
         console.counters.vm_connects += 1
         self._cancel_expiry(console)
-        log.info("%s: VM %s connected from %s", key, console.display_name, conn.channel.peer)
+        log.info(
+            "%s: VM %s connected from %s, telnet port %s",
+            key,
+            console.display_name,
+            conn.channel.peer,
+            console.port,
+        )
         self._emit("vm_connected", console, peer=conn.channel.peer, console=self.list_row(console))
         if len(conn.early):
             self._output(console, conn.early.take())

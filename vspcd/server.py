@@ -63,7 +63,7 @@ class _VmPorts:
         if bound is None:
             return None
         port, _handle = bound
-        log.info("%s: telnet port %d", key, port)
+        log.debug("%s: telnet port %d", key, port)  # the hub's "connected" line names it
         return port
 
     def release(self, port: int) -> None:
