@@ -147,6 +147,7 @@ class FakeEsxi:
         cookie: bytes | None = None,
         tls: bool = False,
         direction: str = "S",
+        host: str = "127.0.0.1",
     ) -> FakeEsxi:
         vm = cls(esxi.EsxiSession(uuid, name, uri, direction))
         context = None
@@ -154,7 +155,7 @@ class FakeEsxi:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        vm._reader, vm._writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+        vm._reader, vm._writer = await asyncio.open_connection(host, port, ssl=context)
         if cookie is None:
             vm.session.connect_source()
         else:
@@ -252,10 +253,12 @@ class Operator:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect(cls, port: int, *, raw: bool = False, rcvbuf: int | None = None) -> Operator:
+    async def connect(
+        cls, port: int, *, raw: bool = False, rcvbuf: int | None = None, host: str = "127.0.0.1"
+    ) -> Operator:
         op = cls(raw)
         if rcvbuf is None:
-            reader, op._writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, op._writer = await asyncio.open_connection(host, port)
         else:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

@@ -506,3 +506,31 @@ def test_fresh_do_proxy_during_vmotion_takes_over(tmp_path: Path) -> None:
                 await closing.close()
 
     asyncio.run(main())
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+def test_ipv6_loopback_end_to_end(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path, "--proxy-iface", "::1", "-i", "::1") as (daemon, events):
+            vm = await FakeEsxi.connect(daemon.proxy_port, host="::1")
+            connected = await identified(events, UUID_A)
+            assert connected["peer"].startswith("[::1]:")  # bracketed in logs and events
+            op = await Operator.connect(console_port(daemon, UUID_A), host="::1")
+            await events.wait("client_attached")
+            vm.send(b"over v6")
+            await op.output.expect(b"over v6")
+            op.type(b"back")
+            await vm.input.expect(b"back")
+            await op.close()
+            await vm.close()
+
+    asyncio.run(main())
