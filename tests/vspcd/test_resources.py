@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import resource
 
 import pytest
 
 from vspc.vspcd import resources
-from vspc.vspcd.resources import FdUsage, count_open_fds, fd_usage, raise_nofile_limit
+from vspc.vspcd.resources import raise_nofile_limit
 
 
 class FakeLimits:
@@ -66,30 +65,3 @@ def test_already_at_hard_limit_changes_nothing(fake: FakeLimits) -> None:
 def test_real_limit_can_be_raised() -> None:
     soft, hard = raise_nofile_limit()
     assert resource.getrlimit(resource.RLIMIT_NOFILE) == (soft, hard)
-
-
-def test_count_open_fds_sees_a_new_descriptor() -> None:
-    before = count_open_fds()
-    read_fd, write_fd = os.pipe()
-    try:
-        assert count_open_fds() == before + 2
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
-    usage = fd_usage()
-    assert 0 < usage.open < usage.limit
-
-
-@pytest.mark.parametrize(
-    ("usage", "near"),
-    [
-        (FdUsage(open=10, limit=20000), False),
-        (FdUsage(open=18000, limit=20000), True),  # 90 %
-        (FdUsage(open=960, limit=1000), True),  # under 64 left
-        (FdUsage(open=0, limit=0), True),
-    ],
-)
-def test_near_limit(usage: FdUsage, near: bool) -> None:
-    assert usage.near_limit() is near
-    assert usage.free == max(usage.limit - usage.open, 0)
-    assert 0.0 <= usage.ratio <= 1.0
