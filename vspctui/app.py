@@ -30,10 +30,10 @@ from typing import Any, Protocol
 import urwid
 
 from vspc.common.admin import AdminError, ConsoleInfo, ErrorCode, EventName, LockMode
+from vspc.common.paths import client_socket as default_socket
 from vspc.vspctui.attach import run_attach
-from vspc.vspctui.cli import default_socket
 from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
-from vspc.vspctui.commands import (
+from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     NoExitParser,

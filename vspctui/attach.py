@@ -34,14 +34,10 @@ from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.input.typeahead import get_typeahead
 
 from vspc.common.admin import AdminError, ConsoleInfo, LockMode
+from vspc.common.display import safe
 from vspc.vspctui.client import AdminClient, AttachSession, ClientError, open_attach
-from vspc.vspctui.commands import (
-    CLIENT_HEADERS,
-    Context,
-    ExitCode,
-    client_rows,
-    format_table,
-)
+from vspc.vspctui.cmdtable import Context, ExitCode
+from vspc.vspctui.formatting import CLIENT_HEADERS, client_rows, format_table, who
 
 __all__ = [
     "DEFAULT_ESCAPE",
@@ -51,6 +47,7 @@ __all__ = [
     "escape_name",
     "parse_escape",
     "raw_terminal",
+    "write_all",
     "run_attach",
 ]
 
@@ -103,7 +100,8 @@ def raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`, waiting for room if the fd is non-blocking."""
     view = memoryview(data)
     while view:
         try:
@@ -168,7 +166,7 @@ async def _who(attacher: Attacher) -> None:
 
 async def _info(attacher: Attacher) -> None:
     grant = attacher.session.grant
-    attacher.say(f"console: {grant.name} ({grant.key})")
+    attacher.say(f"console: {safe(grant.name)} ({safe(grant.key)})")
     attacher.say(f"you: client {grant.client}, mode {grant.mode.value}")
     console = await attacher.refresh()
     write = "no (read-only)" if attacher.readonly else "yes"
@@ -178,8 +176,8 @@ async def _info(attacher: Attacher) -> None:
         if console.lock is None or holder is None:
             attacher.say("lock: none")
         else:
-            who = "you" if holder.id == grant.client else holder.user or holder.peer
-            attacher.say(f"lock: {console.lock.value} held by {who} (client {holder.id})")
+            name = "you" if holder.id == grant.client else who(holder)
+            attacher.say(f"lock: {console.lock.value} held by {name} (client {holder.id})")
         attacher.say(f"vm: {'connected' if console.connected else 'disconnected'}, "
                      f"vmotion {console.vmotion.value}")  # fmt: skip
     attacher.say(f"escape key: {escape_name(attacher.escape)}")
@@ -253,7 +251,7 @@ class Attacher:
         grant = session.grant
         state = ", read-only" if self.readonly else ""
         hint = f"escape key is {escape_name(escape)}" if self._tty and escape else "no escape key"
-        self._banner = f"vspc: attached to {grant.name} ({grant.mode.value}{state}); {hint}\n"
+        self._banner = f"vspc: attached to {safe(grant.name)} ({grant.mode.value}{state}); {hint}\n"
 
     @property
     def interactive(self) -> bool:
@@ -268,11 +266,11 @@ class Attacher:
             # While the menu is open, stop reading: the daemon's per-client high-water
             # policy applies, as for a slow telnet client, and nothing is lost here.
             await self._gate.wait()
-            _write_all(self._out_fd, data)
+            write_all(self._out_fd, data)
 
     def say(self, text: str) -> None:
         """A line of ours on the terminal (raw mode needs the explicit CR)."""
-        _write_all(self._out_fd, text.replace("\n", "\r\n").encode() + b"\r\n")
+        write_all(self._out_fd, text.replace("\n", "\r\n").encode() + b"\r\n")
 
     # -- input: terminal -> vspcd ------------------------------------------------------
 
@@ -286,7 +284,7 @@ class Attacher:
                 self.say(f"\n[vspc: read-only: typing is not sent; {key} for the menu]")
                 self._warned = True
             else:
-                _write_all(self._out_fd, b"\a")
+                write_all(self._out_fd, b"\a")
             return
         if self.readonly and not self._warned:
             # Only vspcd knows whether this is still true: a write lock that made this
@@ -422,11 +420,11 @@ class Attacher:
     async def _menu(self) -> _Action:
         self._gate.clear()
         try:
-            _write_all(self._out_fd, b"\r\n")
+            write_all(self._out_fd, b"\r\n")
             if self._prompt is None:
                 self._prompt = self._prompt_factory()
             state = " (read-only)" if self.readonly else ""
-            message = f"vspc {self.session.grant.name}{state}> "
+            message = f"vspc {safe(self.session.grant.name)}{state}> "
             while True:
                 try:
                     line = await self._prompt.prompt_async(message)
@@ -451,7 +449,7 @@ class Attacher:
             async with await AdminClient.connect(self._ctx.address) as client:
                 console = await client.show(self.session.grant.key)
         except (AdminError, ClientError) as exc:
-            self.say(f"vspc: {exc}")
+            self.say(f"vspc: {safe(exc)}")
             return None
         me = next((c for c in console.attached if c.id == self.session.grant.client), None)
         if me is not None:
@@ -511,8 +509,8 @@ async def run_attach(
         for signum in handled:
             loop.remove_signal_handler(signum)
     if outcome is Outcome.CLOSED:
-        ctx.err.write(f"\nvspc: {grant.name}: connection closed by vspcd\n")
+        ctx.err.write(f"\nvspc: {safe(grant.name)}: connection closed by vspcd\n")
         return ExitCode.DETACHED
     if outcome is Outcome.QUIT:
-        ctx.err.write(f"vspc: detached from {grant.name}\n")
+        ctx.err.write(f"vspc: detached from {safe(grant.name)}\n")
     return ExitCode.OK

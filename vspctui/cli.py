@@ -14,22 +14,21 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
-from vspc.vspctui.client import AdminAddress
-from vspc.vspctui.commands import (
+from vspc.vspctui.cmdtable import (
     Command,
     Context,
     ExitCode,
     NoExitParser,
     UsageError,
     client_version,
-    commands,
     run_command,
 )
+from vspc.vspctui.commands import commands
+from vspc.vspctui.options import ADDRESS_OPTIONS, add_address_options, address_from
 
-__all__ = ["build_parser", "default_socket", "main", "normalize_argv"]
+__all__ = ["build_parser", "main", "normalize_argv"]
 
 _EPILOG = """\
 With no command, list consoles; with a console name instead of a command, attach to it.
@@ -37,25 +36,6 @@ exit codes: 0 ok, 1 refused/other error, 2 usage, 3 cannot connect, 4 no such
 console/client, 5 lock or client limit, 6 permission denied, 7 protocol error,
 8 attach ended by vspcd, 130 interrupted.
 """
-
-_GLOBAL_WITH_VALUE = ("--socket", "--tcp")
-
-
-def default_socket(environ: Mapping[str, str], euid: int) -> Path:
-    """The admin socket to use without --socket: $VSPC_SOCKET, else the first existing
-    of the daemon's per-user default and the system one (/run/vspcd/vspcd.sock).
-
-    A non-root operator usually talks to the system daemon, so the per-user path only
-    wins when a daemon of that user actually runs.
-    """
-    if environ.get("VSPC_SOCKET"):
-        return Path(environ["VSPC_SOCKET"])
-    system = Path("/run/vspcd/vspcd.sock")
-    if euid == 0:
-        return system
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    user = Path(runtime) / "vspcd.sock" if runtime else Path(f"/tmp/vspcd-{euid}/vspcd.sock")
-    return user if user.exists() and not system.exists() else system
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,14 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--socket",
-        metavar="PATH",
-        help="vspcd's admin socket (default: $VSPC_SOCKET, else /run/vspcd/vspcd.sock "
-        "or your own daemon's $XDG_RUNTIME_DIR/vspcd.sock)",
-    )
-    where.add_argument("--tcp", metavar="HOST:PORT", help="use vspcd's TCP admin port instead")
+    add_address_options(parser)  # and on every subcommand: before or after the command
     parser.add_argument("--version", action="version", version=f"vspc {client_version()}")
     commands.add_subparsers(parser)
     return parser
@@ -89,9 +62,9 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     i = 0
     while i < len(args):
         word = args[i]
-        if word in _GLOBAL_WITH_VALUE:
+        if word in ADDRESS_OPTIONS:
             i += 2
-        elif word.split("=", 1)[0] in _GLOBAL_WITH_VALUE:
+        elif word.split("=", 1)[0] in ADDRESS_OPTIONS:
             i += 1
         elif word in ("-h", "--help", "--version"):
             return args
@@ -130,13 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:  # pragma: no cover - argparse only accepts table names
         return ExitCode.USAGE
     try:
-        if namespace.tcp:
-            address = AdminAddress.tcp(namespace.tcp)
-        else:
-            path = namespace.socket or default_socket(os.environ, os.geteuid())
-            address = AdminAddress(path=str(path))
+        address = address_from(namespace, os.environ, os.geteuid())
     except ValueError as exc:
-        sys.stderr.write(f"vspc: --tcp: {exc}\n")
+        sys.stderr.write(f"vspc: {exc}\n")
         return ExitCode.USAGE
     ctx = Context(address)
     try:

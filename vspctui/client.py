@@ -4,7 +4,8 @@ Boundary: one `AdminClient` per JSON connection (Unix socket or TCP): it sends
 requests with fresh ids, matches replies by id, and queues pushed events for an
 async iterator.  `open_attach()` opens a *separate* connection for the attach channel,
 because after its reply that connection stops carrying JSON (docs/admin-protocol.md,
-"The attach channel").  The wire format lives in `vspc.common.admin`; nothing here
+"The attach channel"); that is the only way to attach, so `AdminClient` has no
+attach method.  The wire format lives in `vspc.common.admin`; nothing here
 touches the terminal.
 
 Spec: docs/admin-protocol.md (issue #4).
@@ -287,17 +288,6 @@ class AdminClient:
     async def tail(self, vm: str, nbytes: int | None = None, follow: bool = False) -> TailChunk:
         reply = await self.request("tail", vm=vm, bytes=nbytes, follow=follow or None)
         return parse_reply(TailChunk.from_json, reply)
-
-    async def attach(
-        self,
-        vm: str,
-        *,
-        lock: LockMode | None = None,
-        readonly: bool = False,
-        replay: int = 0,
-    ) -> AttachSession:
-        """Attach on a new connection to the same address (see `open_attach`)."""
-        return await open_attach(self.address, vm, lock=lock, readonly=readonly, replay=replay)
 
 
 _T = TypeVar("_T")

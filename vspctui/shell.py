@@ -1,7 +1,7 @@
 """`vspc shell`: a prompt_toolkit REPL over the same command table as the CLI.
 
 Boundary: reads lines with one `PromptSession` (`prompt_async` in a loop, inside
-`patch_stdout()`), parses them with `CommandTable.parse_line` (vspctui/commands.py)
+`patch_stdout()`), parses them with `CommandTable.parse_line` (vspctui/cmdtable.py)
 and runs the handler against one shared admin connection.  Completion comes from the
 table (command names, options, lock modes) and from the daemon (console names, ports,
 client ids, refreshed before each prompt).  Ctrl-C at the prompt clears the line;
@@ -24,14 +24,14 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from vspc.common.admin import AdminError, LockMode
+from vspc.common.display import safe
 from vspc.vspctui.client import ClientError
-from vspc.vspctui.commands import (
+from vspc.vspctui.cmdtable import (
     ArgKind,
     CommandTable,
     Context,
     ExitCode,
     UsageError,
-    commands,
     run_command,
 )
 
@@ -43,7 +43,7 @@ PROMPT = "vspc> "
 class Shell:
     """State of one shell session: the context, the table and completion data."""
 
-    def __init__(self, ctx: Context, table: CommandTable = commands) -> None:
+    def __init__(self, ctx: Context, table: CommandTable) -> None:
         self.ctx = ctx
         self.table = table
         self.consoles: list[str] = []  # names and keys, for completion
@@ -166,7 +166,8 @@ class ShellCompleter(Completer):
 def _matching(candidates: Iterable[str], current: str) -> Iterator[Completion]:
     for candidate in candidates:
         if candidate.startswith(current):
-            yield Completion(candidate, start_position=-len(current))
+            # The menu shows console names a VM chose: inert, like every other output.
+            yield Completion(candidate, start_position=-len(current), display=safe(candidate))
 
 
 async def repl(shell: Shell, session: PromptSession[str]) -> None:
@@ -188,10 +189,10 @@ async def repl(shell: Shell, session: PromptSession[str]) -> None:
                 return
 
 
-async def run_shell(ctx: Context) -> int:
-    """The `shell` command."""
+async def run_shell(ctx: Context, table: CommandTable) -> int:
+    """The `shell` command, over the commands of `table`."""
     ctx.in_shell = True
-    shell = Shell(ctx)
+    shell = Shell(ctx, table)
     session: PromptSession[str] = PromptSession(
         completer=ShellCompleter(shell), complete_while_typing=True
     )

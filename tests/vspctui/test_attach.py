@@ -23,7 +23,7 @@ from prompt_toolkit.output import DummyOutput
 from tests.vspctui.ptyclient import PtyClient
 from vspc.vspctui.attach import Attacher, escape_name, menu_lookup, parse_escape, run_attach
 from vspc.vspctui.client import AdminAddress, open_attach
-from vspc.vspctui.commands import Context, ExitCode
+from vspc.vspctui.cmdtable import Context, ExitCode
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
 TIMEOUT = 10.0

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from vspc.common.admin import ErrorCode, LockMode, encode_bytes, failed
-from vspc.vspctui.cli import default_socket, main, normalize_argv
-from vspc.vspctui.commands import ExitCode, commands, format_table
+from vspc.common.paths import client_socket as default_socket
+from vspc.vspctui.cli import main, normalize_argv
+from vspc.vspctui.cmdtable import ExitCode
+from vspc.vspctui.commands import commands
+from vspc.vspctui.formatting import format_table
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
 

@@ -46,7 +46,9 @@ from tests.vspcd.harness import (
 from tests.vspctui.ptyclient import PtyClient, client_env
 from vspc.vspctui.cli import main
 from vspc.vspctui.client import AdminAddress
-from vspc.vspctui.commands import LIST_HEADERS, Context, ExitCode
+from vspc.vspctui.cmdtable import Context, ExitCode
+from vspc.vspctui.commands import commands
+from vspc.vspctui.formatting import LIST_HEADERS
 from vspc.vspctui.shell import Shell, ShellCompleter, repl
 
 TIMEOUT = 10.0
@@ -456,7 +458,7 @@ def test_tail_follow_prints_new_output(real: RealDaemon, spawn: Callable[..., Pt
 def test_shell_lists_and_completes_a_console_from_the_daemon(real: RealDaemon) -> None:
     out, err = StringIO(), StringIO()
     ctx = Context(AdminAddress(path=real.path), out_stream=out, err_stream=err, in_shell=True)
-    shell = Shell(ctx)
+    shell = Shell(ctx, commands)
     offered: list[list[str]] = []
 
     async def run() -> None:

@@ -14,7 +14,8 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from vspc.vspctui.client import AdminAddress
-from vspc.vspctui.commands import Context, ExitCode
+from vspc.vspctui.cmdtable import Context, ExitCode
+from vspc.vspctui.commands import commands
 from vspc.vspctui.shell import Shell, ShellCompleter, repl
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
@@ -23,7 +24,7 @@ DB01_KEY = "0123456789abcdeffedcba9800000000"
 def make_shell(path: str) -> tuple[Shell, StringIO, StringIO]:
     out, err = StringIO(), StringIO()
     ctx = Context(AdminAddress(path=path), out_stream=out, err_stream=err, in_shell=True)
-    return Shell(ctx), out, err
+    return Shell(ctx, commands), out, err
 
 
 def drive(shell: Shell, text: str) -> None:

@@ -41,7 +41,7 @@ from tests.vspcd.harness import (
 from vspc.common.admin import LockMode
 from vspc.vspctui.app import App, main
 from vspc.vspctui.client import AdminAddress
-from vspc.vspctui.commands import Context, ExitCode
+from vspc.vspctui.cmdtable import Context, ExitCode
 
 TIMEOUT = 5.0
 
