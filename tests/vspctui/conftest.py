@@ -373,3 +373,7 @@ def daemon() -> Iterator[FakeDaemon]:
     finally:
         fake.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# The real-daemon fixtures, for every test module here.
+from tests.vspctui.realdaemon import real, spawn  # noqa: E402, F401

@@ -16,6 +16,7 @@ import termios
 import time
 
 TIMEOUT = 10.0
+EXIT_TIMEOUT = 60.0  # a hung client fails the test after this; a slow one just passes
 
 
 def client_env() -> dict[str, str]:
@@ -62,10 +63,25 @@ class PtyClient:
         os.write(self.master, data)
 
     def wait(self) -> int:
-        deadline = time.monotonic() + TIMEOUT
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self._read(min(deadline, time.monotonic() + 0.05))  # keep the pty drained
-        status = self.proc.wait(timeout=1)
+        """The client's exit status, once it has exited; its output read meanwhile.
+
+        Woken by the exit itself (a pidfd becomes readable) or by output, never by a
+        clock: a busy machine only makes this slower.  The deadline (EXIT_TIMEOUT) is
+        there to fail a hung client, not to budget a healthy one.
+        """
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        exited = os.pidfd_open(self.proc.pid)
+        try:
+            while self.proc.poll() is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"still running; got {self.output!r}")
+                ready, _, _ = select.select([self.master, exited], [], [], left)
+                if self.master in ready:
+                    self._read(time.monotonic())  # keep the pty drained
+        finally:
+            os.close(exited)
+        status = self.proc.wait()
         while self._read(time.monotonic()):
             pass
         return status

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from vspc.common.admin import ErrorCode, LockMode, encode_bytes, failed
+from vspc.common.admin import COMMANDS, MAX_REPLAY, ErrorCode, LockMode, encode_bytes, failed
 from vspc.common.paths import client_socket as default_socket
 from vspc.vspctui.cli import main, normalize_argv
-from vspc.vspctui.cmdtable import ExitCode
-from vspc.vspctui.commands import commands
+from vspc.vspctui.cmdtable import ExitCode, UsageError
+from vspc.vspctui.commands import REPLAY_DEFAULT, commands
 from vspc.vspctui.formatting import format_table
 
 DB01_KEY = "0123456789abcdeffedcba9800000000"
@@ -230,3 +230,32 @@ def test_default_socket(tmp_path: Any) -> None:
 def test_format_table_has_no_trailing_blanks() -> None:
     text = format_table(("A", "LONGER"), [("xx", ""), ("y", "z")])
     assert text.splitlines() == ["A   LONGER", "xx", "y   z"]
+
+
+def test_protocol_arguments_come_from_the_protocol_table() -> None:
+    """Help, defaults and bounds of request fields are the protocol's (issue #8 item 4);
+    only attach's replay default differs on purpose (issue #9 item 3)."""
+
+    def field(cmd: str, name: str) -> Any:
+        return next(f for f in COMMANDS[cmd].fields if f.name == name)
+
+    def option(cmd: str, dest: str) -> Any:
+        command = commands.get(cmd)
+        assert command is not None
+        return next(a for a in command.parser()._actions if a.dest == dest)
+
+    tail_bytes = option("tail", "bytes")
+    assert tail_bytes.default == field("tail", "bytes").default == 4096
+    assert tail_bytes.help.startswith(field("tail", "bytes").help)
+    assert option("attach", "replay").default == REPLAY_DEFAULT == 4096
+    assert option("proxy", "replay").default == field("attach", "replay").default == 0
+    for cmd in ("show", "attach", "tail", "proxy"):
+        assert option(cmd, "vm").help == field("show", "vm").help
+    assert option("clear", "reason").help == field("clear", "reason").help
+    assert option("attach", "lock").choices == [mode.value for mode in LockMode]
+    assert field("attach", "lock").help in option("attach", "lock").help
+    # The protocol's bound is checked before anything is sent.
+    command = commands.get("tail")
+    assert command is not None
+    with pytest.raises(UsageError, match=f"at most {MAX_REPLAY}"):
+        command.parser().parse_args(["db01", "-n", str(MAX_REPLAY + 1)])

@@ -12,18 +12,13 @@ hub's scrollback) and on hub events, with timeouts; never on sleeps.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -34,195 +29,15 @@ from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from tests.vspcd.harness import (
-    UUID_A,
-    FakeEsxi,
-    Operator,
-    console_port,
-    free_port,
-    identified,
-    running,
-)
 from tests.vspctui.ptyclient import PtyClient, client_env
+from tests.vspctui.realdaemon import ME, TIMEOUT, RealDaemon, attached_id, protocol
+from vspc.common.admin import AdminError
 from vspc.vspctui.cli import main
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.cmdtable import Context, ExitCode
 from vspc.vspctui.commands import commands
 from vspc.vspctui.formatting import LIST_HEADERS
 from vspc.vspctui.shell import Shell, ShellCompleter, repl
-
-TIMEOUT = 10.0
-ME = pwd.getpwuid(os.geteuid()).pw_name  # who `clear`/`kick` name in their notice
-
-
-class RealDaemon:
-    """vspcd plus one fake VM (db01, printing "login: ") on a background event loop."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.path = str(directory / "admin.sock")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._stack = contextlib.AsyncExitStack()
-        self.port = 0
-
-    # -- lifecycle, from the test thread -----------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-        self.call(self._start)
-
-    async def _start(self) -> None:
-        self.daemon, self.events = await self._stack.enter_async_context(
-            running(self.directory, "-r", str(free_port()))
-        )
-        assert self.daemon.proxy_port is not None
-        self.vm = await FakeEsxi.connect(self.daemon.proxy_port, UUID_A, "db01")
-        await identified(self.events, UUID_A)
-        self.port = console_port(self.daemon, UUID_A)
-        # Bytes after VM-NAME on the same connection: once they are in the scrollback
-        # the console is called db01.
-        await self._vm_prints(b"login: ")
-
-    def stop(self) -> None:
-        async def shutdown() -> None:
-            await self._stack.aclose()  # Daemon.stop(): closes every connection
-            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in others:  # pumps of the fake VM and operators
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-
-        try:
-            self.call(shutdown)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(TIMEOUT)
-            self._loop.close()
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` (sync, or returning an awaitable) on the daemon's loop; its result."""
-
-        async def run() -> Any:
-            result = fn()
-            if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-                result = await result
-            return result
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(TIMEOUT + 5)
-
-    # -- test controls -----------------------------------------------------------------
-
-    def vm_prints(self, data: bytes) -> None:
-        """The VM prints `data`; returns once the hub has it (scrollback and clients)."""
-        self.call(lambda: self._vm_prints(data))
-
-    async def _vm_prints(self, data: bytes) -> None:
-        hub = self.daemon.hub
-        assert hub is not None
-        key = next(c.key for c in hub.consoles() if str(c.key) == UUID_A)
-        got = bytearray()
-        seen = asyncio.Event()
-
-        def tap(chunk: bytes) -> None:  # runs after the scrollback append and fan-out
-            got.extend(chunk)
-            if data in got:
-                seen.set()
-
-        untap = hub.tap(key, tap)
-        try:
-            self.vm.send(data)
-            async with asyncio.timeout(TIMEOUT):
-                await seen.wait()
-        finally:
-            untap()
-
-    def vm_received(self, data: bytes) -> bytes:
-        """Wait until the VM got `data` as input; everything it got so far."""
-        self.call(lambda: self.vm.input.expect(data))
-        return bytes(self.vm.input.data)
-
-    def vm_input_settled(self) -> bytes:
-        """Everything the VM got from clients that are gone by now.
-
-        The hub forwards input to the VM in order, so a marker typed now by a new
-        telnet client arrives after anything an earlier (detached) client sent.
-        """
-        op = self.telnet()
-        op.type(b"<MARK>")
-        data = self.vm_received(b"<MARK>")
-        self.call(op.close)
-        assert data.endswith(b"<MARK>")
-        return data[: -len(b"<MARK>")]
-
-    def event(self, name: str, where: Callable[[dict[str, Any]], bool] = lambda f: True,
-              count: int = 1) -> dict[str, Any]:  # fmt: skip
-        result: dict[str, Any] = self.call(lambda: self.events.wait(name, where, count))
-        return result
-
-    def telnet(self) -> Operator:
-        """A telnet operator on db01's port, once the hub has attached it."""
-
-        async def connect() -> Operator:
-            before = sum(1 for name, _ in self.events.seen if name == "client_attached")
-            op = await Operator.connect(self.port)
-            await self.events.wait("client_attached", count=before + 1)
-            return op
-
-        op: Operator = self.call(connect)
-        return op
-
-    def cli(self, *argv: str) -> int:
-        """`vspc --socket PATH ARGV` in this process (no terminal needed)."""
-        return main(["--socket", self.path, *argv])
-
-
-@pytest.fixture
-def real() -> Iterator[RealDaemon]:
-    # A short directory: Unix socket paths are limited to 107 bytes, tmp_path is long.
-    directory = Path(tempfile.mkdtemp(prefix="vspc-"))
-    daemon = RealDaemon(directory)
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def protocol(path: str, request: dict[str, Any]) -> dict[str, Any]:
-    """One request on a raw admin connection; the reply line, decoded."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(TIMEOUT)
-        sock.connect(path)
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            assert chunk, f"closed after {data!r}"
-            data += chunk
-    reply: dict[str, Any] = json.loads(data)
-    return reply
-
-
-@pytest.fixture
-def spawn(real: RealDaemon) -> Iterator[Callable[..., PtyClient]]:
-    started: list[PtyClient] = []
-
-    def start(*args: str) -> PtyClient:
-        pty = PtyClient(real.path, *args)
-        started.append(pty)
-        return pty
-
-    yield start
-    for pty in started:
-        pty.close()
-
-
-def attached_id(real: RealDaemon, kind: str, count: int = 1) -> int:
-    fields = real.event("client_attached", lambda f: f["client"]["kind"] == kind, count)
-    ident: int = fields["client"]["id"]
-    return ident
-
 
 # ===================================================================== list
 
@@ -507,3 +322,84 @@ def test_shell_lists_and_completes_a_console_from_the_daemon(real: RealDaemon) -
     assert ["name:", "db01"] in shown
     assert ["port:", str(real.port)] in shown
     assert ["vm:", "connected from 127.0.0.1"] in [[k, v.rsplit(":", 1)[0]] for k, v in shown]
+
+
+def test_shell_reconnects_after_a_daemon_restart(real: RealDaemon) -> None:
+    """The first command after a restart runs on a fresh connection (issue #9): the
+    old one's `shutting_down` is not reported as that command's failure."""
+    out, err = StringIO(), StringIO()
+    ctx = Context(AdminAddress(path=real.path), out_stream=out, err_stream=err, in_shell=True)
+    shell = Shell(ctx, commands)
+
+    async def run() -> None:
+        try:
+            await shell.run_line("list")
+            assert shell.status == ExitCode.OK
+            await shell.refresh()  # as the REPL does before each prompt
+            client = await ctx.client()
+            await asyncio.to_thread(real.restart)  # while the shell waits at its prompt
+            # The old connection has heard `shutting_down` and ended; the shell has not
+            # run anything since.
+            with pytest.raises(AdminError, match="shutting down"):
+                async with asyncio.timeout(TIMEOUT):
+                    async for _ in client.events():
+                        pass
+            await shell.run_line("list")
+            assert shell.status == ExitCode.OK
+        finally:
+            await ctx.close()
+
+    asyncio.run(run())
+    assert err.getvalue() == ""
+    tables = [line for line in out.getvalue().splitlines() if line.startswith("db01")]
+    assert len(tables) == 2
+
+
+# ===================================================================== options, history
+
+
+def test_socket_option_after_the_command(real: RealDaemon, capsys: Any) -> None:
+    assert main(["list", "--socket", real.path]) == ExitCode.OK
+    assert capsys.readouterr().out.splitlines()[1].startswith("db01")
+    assert main(["show", "db01", "--json", f"--socket={real.path}"]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["console"]["name"] == "db01"
+    assert main(["--tcp", "127.0.0.1:1", "list", "--socket", real.path]) == ExitCode.USAGE
+    assert "give one of them, not both" in capsys.readouterr().err
+
+
+def test_socket_found_through_the_config_file(real: RealDaemon, tmp_path: Path) -> None:
+    """A root daemon started with a custom --admin-socket is found through the
+    `admin_socket` key of its configuration file (vspc.common.paths, issue #9)."""
+    config = tmp_path / "vspcd.toml"
+    config.write_text(f"admin_socket = {json.dumps(real.path)}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "vspc.vspctui.cli", "list"],
+        env=client_env() | {"VSPC_CONFIG": str(config)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert (done.returncode, done.stderr) == (0, b"")
+    assert done.stdout.decode().splitlines()[1].startswith("db01")
+
+
+def test_attach_replays_recent_output_by_default(
+    real: RealDaemon, spawn: Callable[..., PtyClient]
+) -> None:
+    vspc = spawn("attach", "db01")
+    vspc.expect(b"escape key is ^]\r\n")
+    vspc.expect(b"login: ")  # the 4 KiB default replay, as Enter in vspc-tui
+    vspc.type(b"\x1d")
+    vspc.expect(b"vspc db01>")
+    vspc.type(b"quit\r")
+    assert vspc.wait() == ExitCode.OK
+
+    fresh = spawn("attach", "--replay", "0", "db01")
+    fresh.expect(b"escape key is ^]\r\n")
+    real.vm_prints(b"now-only")
+    fresh.expect(b"now-only")
+    assert b"login: " not in fresh.output
+    fresh.type(b"\x1d")
+    fresh.expect(b"vspc db01>")
+    fresh.type(b"quit\r")
+    assert fresh.wait() == ExitCode.OK
