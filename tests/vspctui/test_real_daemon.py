@@ -403,3 +403,20 @@ def test_attach_replays_recent_output_by_default(
     fresh.expect(b"vspc db01>")
     fresh.type(b"quit\r")
     assert fresh.wait() == ExitCode.OK
+
+
+def test_vspc_shell_in_a_terminal_survives_a_daemon_restart(
+    real: RealDaemon, spawn: Callable[..., PtyClient]
+) -> None:
+    """The same through the real entry point: `vspc shell` on a pty."""
+    shell = spawn("shell")
+    shell.expect(b"vspc>")
+    shell.type(b"list\r")
+    shell.expect(b"db01 ")
+    real.restart()
+    mark = len(shell.output)
+    shell.type(b"show db01\r")
+    shell.expect(b"no clients attached")
+    assert b"shutting_down" not in shell.output[mark:]
+    shell.type(b"quit\r")
+    assert shell.wait() == ExitCode.OK

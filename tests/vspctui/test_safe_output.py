@@ -13,6 +13,9 @@ import asyncio
 import json
 from typing import Any
 
+from prompt_toolkit.completion import CompleteEvent, Completion
+from prompt_toolkit.document import Document
+
 from tests.vspcd.harness import FakeEsxi, identified
 from tests.vspctui.realdaemon import TIMEOUT, RealDaemon
 from vspc.common.display import safe
@@ -20,6 +23,7 @@ from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.cmdtable import Context, ExitCode, run_command
 from vspc.vspctui.commands import commands
 from vspc.vspctui.formatting import LIST_HEADERS
+from vspc.vspctui.shell import Shell, ShellCompleter
 
 FORGER = "evil\nFAKE-ROW 1 up 0 - normal - x"
 FORGER_UUID = "00000000000000000000000000000bad"
@@ -120,3 +124,24 @@ def test_events_print_hostile_names_inert(real: RealDaemon) -> None:
     assert "\x1b" not in out.text and "\x07" not in out.text
     for line in out.text.splitlines():
         assert line[:2].isdigit()  # every line is an event line: HH:MM:SS ...
+
+
+def test_shell_completion_menu_shows_hostile_names_inert(real: RealDaemon) -> None:
+    """Tab completion inserts the real name (it must select the console) but the
+    menu shows it safe."""
+    vms = connect_evil_vms(real)
+    ctx = Context(AdminAddress(path=real.path), in_shell=True)
+    shell = Shell(ctx, commands)
+
+    async def run() -> list[Completion]:
+        try:
+            await shell.refresh()
+        finally:
+            await ctx.close()
+        document = Document("show es")
+        return list(ShellCompleter(shell).get_completions(document, CompleteEvent()))
+
+    (completion,) = asyncio.run(run())
+    assert completion.text == ESCAPER
+    assert completion.display_text == safe(ESCAPER) and "\x1b" not in completion.display_text
+    assert len(vms) == 2
