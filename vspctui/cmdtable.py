@@ -21,6 +21,7 @@ Exit codes (`ExitCode`) are documented in docs/vspc.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import shlex
 import sys
@@ -386,10 +387,16 @@ class Context:
         Raises:
             ConnectError: vspcd cannot be reached.
         """
+        if self._client is not None and self.in_shell and not self._client.lost:
+            # The shell's connection may have sat idle at the prompt while vspcd
+            # restarted, and its end may not have been read yet: one cheap round trip
+            # finds out before a command is risked on it (issue #9).
+            with contextlib.suppress(AdminError, ClientError):
+                await self._client.request("hello")
         if self._client is not None and self._client.lost:
             # The daemon went away since the last command (a restart sends
             # shutting_down and closes): open a fresh connection rather than
-            # reporting the old one's fate as this command's error (issue #9).
+            # reporting the old one's fate as this command's error.
             await self.close()
         if self._client is None:
             self._client = await AdminClient.connect(self.address)
