@@ -63,6 +63,8 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     while i < len(args):
         word = args[i]
         if word in ADDRESS_OPTIONS:
+            if i + 1 >= len(args):
+                return args  # its value is missing: let argparse say so
             i += 2
         elif word.split("=", 1)[0] in ADDRESS_OPTIONS:
             i += 1
@@ -100,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"{exc}\n")
         return exc.status
     command = commands.get(namespace.command)
-    if command is None:  # pragma: no cover - argparse only accepts table names
+    if command is None:  # pragma: no cover - normalize_argv always names a command
+        sys.stderr.write(f"{parser.format_usage()}vspc: error: no command\n")
         return ExitCode.USAGE
     try:
         address = address_from(namespace, os.environ, os.geteuid())

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vspc.common.admin import COMMANDS, MAX_REPLAY, ErrorCode, LockMode, encode_bytes, failed
 from vspc.common.paths import client_socket as default_socket
-from vspc.vspctui.cli import main, normalize_argv
+from vspc.vspctui.cli import build_parser, main, normalize_argv
 from vspc.vspctui.cmdtable import ExitCode, UsageError
 from vspc.vspctui.commands import REPLAY_DEFAULT, commands
 from vspc.vspctui.formatting import format_table
@@ -259,3 +261,27 @@ def test_protocol_arguments_come_from_the_protocol_table() -> None:
     assert command is not None
     with pytest.raises(UsageError, match=f"at most {MAX_REPLAY}"):
         command.parser().parse_args(["db01", "-n", str(MAX_REPLAY + 1)])
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["--socket", "--tcp", "list", "attach", "proxy", "-h", "--json",
+                             "db01", "--", "--replay", "-1", "--lock", "write", "tail", "-n"]),
+            st.text(max_size=8),
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+def test_any_command_line_parses_or_is_a_usage_error(words: list[str]) -> None:
+    """argparse never exits the process and nothing but UsageError escapes (the shell
+    relies on it; STYLE.md: library code never exits)."""
+    normalized = normalize_argv(words)
+    assert [w for w in normalized if w not in ("list", "attach")] == [
+        w for w in words if w not in ("list", "attach")
+    ]
+    try:
+        namespace = build_parser().parse_args(normalized)
+    except UsageError:
+        return
+    assert commands.get(namespace.command) is not None
