@@ -53,9 +53,10 @@ class PtyClient:
             return False
         return True
 
-    def expect(self, pattern: bytes) -> None:
+    def expect(self, pattern: bytes, start: int = 0) -> None:
+        """Read until `pattern` is in the output at or after offset `start`."""
         deadline = time.monotonic() + TIMEOUT
-        while pattern not in self.output:
+        while self.output.find(pattern, start) < 0:
             if not self._read(deadline):
                 raise AssertionError(f"{pattern!r} never came; got {self.output!r}")
 
