@@ -120,8 +120,8 @@ def _parse_head(head: bytes, max_fields: int) -> Request:
         if not _FIELD_VALUE.fullmatch(value):
             raise HttpError(400, "malformed header field value")
         headers.append((name.decode("ascii").lower(), value.decode("latin-1")))
-    for name, value in headers:
-        if name == "transfer-encoding" or (name == "content-length" and value.strip() != "0"):
+    for field, text in headers:
+        if field == "transfer-encoding" or (field == "content-length" and text.strip() != "0"):
             raise HttpError(413, "request bodies are not accepted")
     raw_target = target.decode("ascii")
     raw_path, _, query = raw_target.partition("?")

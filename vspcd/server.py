@@ -26,15 +26,14 @@ from typing import Any
 
 from vspc.vspcd import admin, httproutes, logevents, store
 from vspc.vspcd.config import Config
-from vspc.vspcd.console import ConsoleKey
-from vspc.vspcd.console import Console
+from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
 from vspc.vspcd.gzipper import GzipQueue
 from vspc.vspcd.http import HttpServer, Router
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
-from vspc.vspcd.logconfig import log_settings
 from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
+from vspc.vspcd.logconfig import log_settings
 from vspc.vspcd.persist import Persister
 
 log = logging.getLogger(__name__)
