@@ -151,6 +151,8 @@ class ConsoleLogs:
         self._dirty: list[_LogFile] = []
         self._timer: Cancellable | None = None
         self._event_failed: set[Path] = set()
+        # key -> (its last .events file, whether that was named by the UUID placeholder)
+        self._event_files: dict[str, tuple[Path, bool]] = {}
 
     @property
     def settings(self) -> LogSettings:
@@ -217,6 +219,8 @@ class ConsoleLogs:
         if not isinstance(key, str):
             return
         if event in ("vm_disconnected", "vm_expired"):
+            if event == "vm_expired":
+                self._event_files.pop(key, None)
             entry = self._files.pop(key, None)
             if entry is not None:
                 self._write(entry)
@@ -242,6 +246,7 @@ class ConsoleLogs:
         else:
             base = self._settings.directory / self._assign(key, display_name)
         path = base.with_name(base.name + ".events")
+        self._follow_events_name(key, display_name, path)
         try:
             fd = _open_append(path, self._settings.mode)
             try:
@@ -260,6 +265,20 @@ class ConsoleLogs:
         if path in self._event_failed:
             self._event_failed.discard(path)
             log.info("console events %s: writing again", path)
+
+    def _follow_events_name(self, key: str, display_name: str, path: Path) -> None:
+        """Events written before VM-NAME went to a file named by the UUID; move it to
+        the real name once that is known, as the console log itself is moved."""
+        placeholder = display_name.startswith(vm.display_uuid(key[:32]))
+        last = self._event_files.get(key)
+        self._event_files[key] = (path, placeholder)
+        if last is None or last[0] == path or not last[1]:
+            return
+        if last[0].exists() and not path.exists():
+            try:
+                last[0].rename(path)
+            except OSError as exc:
+                log.warning("console events %s: cannot rename to %s: %s", last[0], path, exc)
 
     def _known_path(self, key: str) -> Path | None:
         """Console `key`'s current log file: open, claimed in the owners index, or (for
@@ -343,39 +362,72 @@ class ConsoleLogs:
             self._open(entry)
         elif entry.name != entry.console.display_name:
             self._follow_name(entry)
-        max_size = self._settings.max_size
-        if (
-            max_size > 0
-            and entry.fd is not None
-            and entry.size > 0
-            and entry.size + len(entry.buffer) > max_size
-        ):
-            self._rotate(entry)
-        data = entry.buffer
-        if entry.fd is None:
-            self._lost(entry, len(data))
-            data.clear()
-            return
-        if self._settings.timestamps:
-            self._mend_line_start(entry)
-        view = memoryview(data)
+        while entry.buffer:
+            if entry.fd is None:
+                self._lost(entry, len(entry.buffer))
+                entry.buffer.clear()
+                return
+            if self._settings.timestamps:
+                self._mend_line_start(entry)
+            piece = self._piece(entry)
+            if piece == 0:
+                self._rotate(entry)
+                continue
+            if not self._write_piece(entry, piece):
+                entry.buffer.clear()
+                return
+            if entry.buffer:  # the file is full: what is left starts the next one
+                entry.buf_line_start = entry.file_line_start
+                self._rotate(entry)
+
+    def _piece(self, entry: _LogFile) -> int:
+        """How much of the buffer goes into the current file (0: rotate first).
+
+        With `--log-max-size` a file is cut after its last whole line that fits, or
+        mid-line when a line alone is longer than the room left; a file never passes
+        the size, except that each file takes at least two stamps' worth (so a tiny
+        size still makes progress).
+        """
+        buffer, max_size = entry.buffer, self._settings.max_size
+        room = max_size - entry.size
+        if max_size <= 0 or len(buffer) <= room:
+            return len(buffer)
+        stamped = self._settings.timestamps
+        if entry.size == 0 and stamped:
+            room = max(room, 2 * STAMP_WIDTH)
+        elif room <= 0:
+            return 0
+        cut = buffer.rfind(b"\n", 0, room)
+        if cut >= 0:
+            return cut + 1
+        if entry.size > 0 and entry.file_line_start:
+            return 0  # start the long line in a fresh file rather than at the end of this one
+        # One long line: cut it, never inside the stamp that may open the buffer.
+        least = STAMP_WIDTH + 1 if stamped and entry.buf_line_start else 1
+        return min(len(buffer), max(room, least))
+
+    def _write_piece(self, entry: _LogFile, length: int) -> bool:
+        """Write the first `length` buffered bytes; False (logged) if that failed."""
+        assert entry.fd is not None
+        view = memoryview(entry.buffer)[:length]
         written = 0
         try:
-            while written < len(view):
+            while written < length:
                 written += os.write(entry.fd, view[written:])
         except OSError as exc:
             self._error(entry, f"write failed: {exc.strerror or exc}")
-            self._lost(entry, len(view) - written)
-        else:
-            if entry.failed:
-                log.info("console log %s: writing again", entry.path)
-                entry.failed = False
+            self._lost(entry, len(entry.buffer) - written)
+            return False
         finally:
+            if written:
+                entry.file_line_start = view[written - 1] == 0x0A
             view.release()
             entry.size += written
-            if written:
-                entry.file_line_start = data[written - 1] == 0x0A
-        data.clear()
+        if entry.failed:
+            log.info("console log %s: writing again", entry.path)
+            entry.failed = False
+        del entry.buffer[:length]
+        return True
 
     def _mend_line_start(self, entry: _LogFile) -> None:
         """Keep "every line of a file starts with a stamp" across a file boundary."""

@@ -118,7 +118,7 @@ def _file_tail(path: Path, want: int, stamped: bool) -> tuple[bytes, bool]:
         complete = len(raw) <= keep
         if stamped:
             data = _stripped_from_line_start(data, complete)
-        return data[-want:] if want else b"", complete and len(data) <= want
+        return data[max(0, len(data) - want) :], complete and len(data) <= want
     with open(path, "rb") as stream:
         size = os.fstat(stream.fileno()).st_size
         span = want if not stamped else want * 2 + STAMP_WIDTH * 4
@@ -129,7 +129,7 @@ def _file_tail(path: Path, want: int, stamped: bool) -> tuple[bytes, bool]:
             if stamped:
                 data = _stripped_from_line_start(data, start == 0)
             if len(data) >= want or start == 0:
-                return data[len(data) - want :] if want else b"", start == 0 and len(data) <= want
+                return data[max(0, len(data) - want) :], start == 0 and len(data) <= want
             span *= 4  # short lines: each carries a 25-byte stamp; read further back
 
 

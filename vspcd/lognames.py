@@ -20,7 +20,8 @@ of its VC UUID), or `NAME~KEY` (its whole key) if that is taken as well; the key
 unique, so the last form always is.  Claims are remembered in `DIR/.vspcd-owners`
 (JSON lines `{"key": ..., "file": ...}`, appended when a console claims a new file
 name or moves to another of its files, never rewritten), so the rule holds across
-restarts whether or not `--persist-file` is used.  Deleting that file forgets the claims (the next claimant of a name keeps it).
+restarts whether or not `--persist-file` is used.  Deleting that file forgets the
+claims (the next claimant of a name keeps it).
 
 Claims are compared by *stem*: the file name without the suffixes vspcd itself adds
 (`.events`, rotation's `.N`, `.N.gz`), so a VM named `db01.1` cannot write into
