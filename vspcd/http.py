@@ -141,7 +141,7 @@ class _HttpProtocol(asyncio.Protocol):
             self._reply(error_response(503, "too many connections"))
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(REQUEST_TIMEOUT, self._timed_out)
+        self._timer = loop.call_later(server.request_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -188,8 +188,9 @@ class _HttpProtocol(asyncio.Protocol):
 class HttpServer:
     """The listener: `await start(host, port)`, then `close()`."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, *, request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.router = router
+        self.request_timeout = request_timeout
         self.connections: set[_HttpProtocol] = set()
         self._server: asyncio.Server | None = None
         self.port: int | None = None
