@@ -176,7 +176,7 @@ def check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
             if value is not None
         ]
         if given:
-            parser.error(f"{', '.join(given)} need --log-dir (or --backend Logging)")
+            parser.error(f"{', '.join(given)}: only with --log-dir (or --backend Logging)")
     if ns.log_compress and not ns.log_max_size:
         parser.error("--log-compress needs --log-max-size (it compresses rotated files)")
     if ns.http_console_log and (ns.http is None or ns.log_dir is None):
