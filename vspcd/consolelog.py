@@ -97,6 +97,7 @@ class _LogFile:
         "buf_line_start",
         "file_line_start",
         "rotated",
+        "rotate_failed",
     )
 
     def __init__(self, console: Console) -> None:
@@ -117,6 +118,7 @@ class _LogFile:
         self.buf_line_start = True
         self.file_line_start = True
         self.rotated: list[int] | None = None  # rotated file numbers, oldest first
+        self.rotate_failed = False  # a failed rotation was logged, none has worked since
 
 
 class ConsoleLogs:
@@ -269,7 +271,10 @@ class ConsoleLogs:
     def _follow_events_name(self, key: str, display_name: str, path: Path) -> None:
         """Events written before VM-NAME went to a file named by the UUID; move it to
         the real name once that is known, as the console log itself is moved."""
-        placeholder = display_name.startswith(vm.display_uuid(key[:32]))
+        try:
+            placeholder = display_name.startswith(vm.display_uuid(key[:32]))
+        except ValueError:  # not a canonical key: never a placeholder name
+            placeholder = False
         last = self._event_files.get(key)
         self._event_files[key] = (path, placeholder)
         if last is None or last[0] == path or not last[1]:
@@ -362,6 +367,7 @@ class ConsoleLogs:
             self._open(entry)
         elif entry.name != entry.console.display_name:
             self._follow_name(entry)
+        capped = True  # False once a rotation failed: then the file just grows
         while entry.buffer:
             if entry.fd is None:
                 self._lost(entry, len(entry.buffer))
@@ -369,16 +375,16 @@ class ConsoleLogs:
                 return
             if self._settings.timestamps:
                 self._mend_line_start(entry)
-            piece = self._piece(entry)
+            piece = self._piece(entry) if capped else len(entry.buffer)
             if piece == 0:
-                self._rotate(entry)
+                capped = self._rotate(entry)
                 continue
             if not self._write_piece(entry, piece):
                 entry.buffer.clear()
                 return
             if entry.buffer:  # the file is full: what is left starts the next one
                 entry.buf_line_start = entry.file_line_start
-                self._rotate(entry)
+                capped = self._rotate(entry)
 
     def _piece(self, entry: _LogFile) -> int:
         """How much of the buffer goes into the current file (0: rotate first).
@@ -485,8 +491,11 @@ class ConsoleLogs:
                     log.warning("console log %s: cannot rename to %s: %s", old, new, exc)
         self._open(entry)
 
-    def _rotate(self, entry: _LogFile) -> None:
-        """Move the full file to FILE.N (N one more than any before), keep `keep`."""
+    def _rotate(self, entry: _LogFile) -> bool:
+        """Move the full file to FILE.N (N one more than any before), keep `keep`.
+
+        Returns False if the file could not be moved (logged once; it is reopened
+        and keeps growing until a later rotation works)."""
         path = entry.path
         assert path is not None
         self._close(entry)
@@ -502,8 +511,19 @@ class ConsoleLogs:
             else:
                 os.unlink(path)
         except OSError as exc:
-            self._error(entry, f"cannot rotate: {exc.strerror or exc}")
+            if not entry.rotate_failed:
+                entry.rotate_failed = True
+                log.error(
+                    "console log %s: cannot rotate (%s); it grows past the size until this clears",
+                    path,
+                    exc.strerror or exc,
+                )
+            self._open(entry)
+            return False
         else:
+            if entry.rotate_failed:
+                entry.rotate_failed = False
+                log.info("console log %s: rotating again", path)
             log.info("console log %s rotated%s", path, f" to {target.name}" if keep else "")
             while len(entry.rotated) > keep:
                 old = entry.rotated.pop(0)
@@ -517,6 +537,7 @@ class ConsoleLogs:
             if keep > 0 and self._settings.compress and self._compress is not None:
                 self._compress(target)
         self._open(entry)
+        return True
 
     def _close(self, entry: _LogFile) -> None:
         if entry.fd is not None:

@@ -13,6 +13,7 @@ import asyncio
 import gzip
 import json
 import logging
+import os
 import re
 import signal
 import socket
@@ -512,3 +513,25 @@ def test_a_restored_console_replays_what_it_printed_before_the_restart(tmp_path:
     asyncio.run(first_run())
     assert len(list(logs.glob("vmlog-db01.*"))) >= 2  # the tail really crosses a cut
     assert asyncio.run(second_run()) == history[-300:]
+
+
+def test_a_rotation_that_fails_keeps_logging_in_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = Rig(tmp_path, max_size=20, keep=2, flush_interval=0)
+    conn = rig.connect(UUID_A, "db01")
+
+    def refuse(src: object, dst: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.consolelog"):
+        rig.say(conn, b"0123456789\n")
+        rig.say(conn, b"abcdefghij\n")
+        rig.say(conn, b"klmnopqrst\n")
+    assert (tmp_path / "vmlog-db01").read_bytes() == b"0123456789\nabcdefghij\nklmnopqrst\n"
+    assert caplog.text.count("cannot rotate") == 1  # once, not per write
+    monkeypatch.undo()
+    rig.say(conn, b"works again\n")  # the next write that would pass the size rotates
+    assert (tmp_path / "vmlog-db01").read_bytes() == b"works again\n"
+    rig.logs.close()
