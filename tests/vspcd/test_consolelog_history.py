@@ -535,3 +535,30 @@ def test_a_rotation_that_fails_keeps_logging_in_the_same_file(
     rig.say(conn, b"works again\n")  # the next write that would pass the size rotates
     assert (tmp_path / "vmlog-db01").read_bytes() == b"works again\n"
     rig.logs.close()
+
+
+def test_the_daemon_reapplies_log_options_from_a_new_configuration(tmp_path: Path) -> None:
+    from tests.vspcd.harness import make_config
+
+    logs = tmp_path / "logs"
+
+    async def main() -> None:
+        async with running(tmp_path, "--log-dir", str(logs)) as (daemon, events):
+            esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            await events.wait("vm_renamed")
+            esx.send(b"plain\n")
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            esx.send(b"sync\n")
+            await op.output.expect(b"sync\n")
+            new = make_config(tmp_path, "--log-dir", str(logs), "--log-timestamps")
+            daemon.reconfigure_logs(new)  # what a configuration reload calls
+            esx.send(b"stamped\n")
+            await op.output.expect(b"stamped\n")
+            await op.close()
+            await esx.close()
+
+    asyncio.run(main())
+    data = (logs / "vmlog-db01").read_bytes()
+    assert data.startswith(b"plain\nsync\n")
+    assert STAMP_RE.fullmatch(data[11 : 11 + STAMP_WIDTH]) and data.endswith(b"Z stamped\n")

@@ -244,3 +244,27 @@ def test_without_the_flag_there_is_no_console_log_route(tmp_path: Path) -> None:
             assert reply.startswith(b"HTTP/1.1 404 ")
 
     asyncio.run(main())
+
+
+def test_connections_past_the_cap_are_turned_away() -> None:
+    from vspc.vspcd.http import MAX_CONNECTIONS
+
+    async def main() -> None:
+        server = HttpServer(Router([Route("/hello/{who}", _echo)]))
+        await server.start("127.0.0.1", 0)
+        assert server.port is not None
+        idle = [
+            await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)
+        ]
+        try:
+            async with asyncio.timeout(5):
+                while len(server.connections) < MAX_CONNECTIONS:
+                    await asyncio.sleep(0)  # let the accepts run
+            turned_away = await _exchange(server.port, b"GET /hello/x HTTP/1.1\r\n\r\n")
+            assert turned_away.startswith(b"HTTP/1.1 503 ")
+        finally:
+            for _, writer in idle:
+                writer.close()
+            await server.close()
+
+    asyncio.run(main())
