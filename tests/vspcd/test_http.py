@@ -257,9 +257,8 @@ def test_connections_past_the_cap_are_turned_away() -> None:
             await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS)
         ]
         try:
-            async with asyncio.timeout(5):
-                while len(server.connections) < MAX_CONNECTIONS:
-                    await asyncio.sleep(0)  # let the accepts run
+            # The kernel queues connections in order and asyncio accepts them in
+            # order, so this one arrives after the 64 idle ones.
             turned_away = await _exchange(server.port, b"GET /hello/x HTTP/1.1\r\n\r\n")
             assert turned_away.startswith(b"HTTP/1.1 503 ")
         finally:
