@@ -21,7 +21,9 @@ Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows)
   new connection with KS-1 + PEER(cookie) -> PEER-OK -> VM-VC-UUID, VM-NAME,
   COMPLETE; the source closes), all M at once; vMotions/s.
 - `stream`: one VM sends S MiB of console text to one raw telnet client on the
-  console's port, for several S; MB/s (linear cost means flat MB/s).
+  console's port, for several S; MB/s (linear cost means flat MB/s).  With
+  `--set stream.log_flush=SECONDS` the daemon also writes console logs (`--log-dir`
+  in its scratch directory, that `--log-flush`): the cost of the flush policy.
 - `fanout`: one VM, several clients on its console; aggregate MB/s.
 - `keystroke`: a client types one byte, the VM receives it and echoes it, the client
   receives the echo; percentiles idle and while 1,000 other VMs each write a short
@@ -254,7 +256,14 @@ finally:
 class Daemon:
     """vspcd in a subprocess: start, readiness, RSS/CPU from /proc, admin, stop."""
 
-    def __init__(self, workdir: Path, *, vm_ports: bool, port_count: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        vm_ports: bool,
+        port_count: int = 0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.proxy_port = free_port()
         profile = os.environ.get("VSPC_BENCH_PROFILE")  # cProfile output file, if set
         # A command the daemon runs under, e.g. "strace -c -o /tmp/sys.txt" (diagnosis
@@ -280,6 +289,7 @@ class Daemon:
             self.args += ["-r", str(self.range_start)]
         else:
             self.args += ["--no-vm-ports"]
+        self.args += [arg.replace("{workdir}", str(workdir)) for arg in extra_args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.wrapped = bool(wrap)
 
@@ -362,9 +372,11 @@ class Daemon:
 
 
 @contextlib.contextmanager
-def running_daemon(*, vm_ports: bool, port_count: int = 0) -> Iterator[Daemon]:
+def running_daemon(
+    *, vm_ports: bool, port_count: int = 0, extra_args: Sequence[str] = ()
+) -> Iterator[Daemon]:
     workdir = Path(tempfile.mkdtemp(prefix="vspc-bench-"))
-    daemon = Daemon(workdir, vm_ports=vm_ports, port_count=port_count)
+    daemon = Daemon(workdir, vm_ports=vm_ports, port_count=port_count, extra_args=extra_args)
     try:
         daemon.start()
         yield daemon
@@ -787,9 +799,16 @@ async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[
     }
 
 
-async def scenario_stream(*, sizes_mib: Sequence[float]) -> dict[str, Any]:
+async def scenario_stream(
+    *, sizes_mib: Sequence[float], log_flush: float | None = None
+) -> dict[str, Any]:
+    # log_flush (issue #11 item 4): None streams without console logs; a number runs
+    # the daemon with --log-dir (in its scratch directory) and that --log-flush.
+    extra: list[str] = []
+    if log_flush is not None:
+        extra = ["--log-dir", "{workdir}/logs", "--log-flush", str(log_flush)]
     runs = []
-    with running_daemon(vm_ports=True, port_count=len(sizes_mib) + 5) as daemon:
+    with running_daemon(vm_ports=True, port_count=len(sizes_mib) + 5, extra_args=extra) as daemon:
         for size in sizes_mib:
             runs.append(await one_stream(daemon, 5, int(size * MIB), 1))
     rates = [r["mb_per_s"] for r in runs]
@@ -966,7 +985,7 @@ FULL: dict[str, dict[str, Any]] = {
     "connect_ports": {"vms": 5000, "concurrency": 256, "warmup": 50},
     "scale": {"vms": 16000, "concurrency": 256, "warmup": 50},
     "vmotion": {"consoles": 500, "per_console": 40},
-    "stream": {"sizes_mib": [16, 64, 256]},
+    "stream": {"sizes_mib": [16, 64, 256], "log_flush": None},
     "fanout": {"size_mib": 64, "clients": 10},
     "keystroke": {"chatter_vms": 1000, "samples": 2000, "period": 0.1},
 }
@@ -975,7 +994,7 @@ QUICK: dict[str, dict[str, Any]] = {
     "connect_ports": {"vms": 30, "concurrency": 16, "warmup": 4},
     "scale": {"vms": 60, "concurrency": 16, "warmup": 4},
     "vmotion": {"consoles": 5, "per_console": 4},
-    "stream": {"sizes_mib": [0.25, 1]},
+    "stream": {"sizes_mib": [0.25, 1], "log_flush": None},
     "fanout": {"size_mib": 0.5, "clients": 3},
     "keystroke": {"chatter_vms": 10, "samples": 20, "period": 0.1},
 }

@@ -32,7 +32,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
-from vspc.vspcd import __version__
+from vspc.vspcd import __version__, logconfig
 from vspc.vspcd.listeners import make_ssl_context
 
 PROXY_PORT = 13370
@@ -94,6 +94,16 @@ class Config:
     log_dir: Path | None = None
     log_prefix: str = LOG_PREFIX
     log_mode: int = LOG_MODE
+    # Console log history and the HTTP listener (vspcd/logconfig.py, issue #11).
+    log_name: str = "name"
+    log_timestamps: bool = False
+    log_events: bool = False
+    log_flush: float = logconfig.LOG_FLUSH
+    log_max_size: int = 0
+    log_keep: int = logconfig.LOG_KEEP
+    log_compress: bool = False
+    http: tuple[str, int] | None = None
+    http_console_log: bool = False
     # Process.
     log_stdout: bool = False
     daemon: bool = False
@@ -398,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Logging: '[-l DIR] [-p PREFIX] [-m MODE] [--context N]'",
     )
 
+    logconfig.add_arguments(parser)
+
     proc = parser.add_argument_group("process")
     proc.add_argument(
         "--stdout",
@@ -612,6 +624,7 @@ def parse_args(
         parser.error("--log-prefix and --log-mode need --log-dir (or --backend Logging)")
     if ns.log_dir is not None and ns.log_dir.exists() and not ns.log_dir.is_dir():
         parser.error(f"--log-dir {ns.log_dir}: not a directory")
+    logconfig.check(parser, ns)
     context = ns.context or 0
     if context > ns.scrollback:
         parser.error(
@@ -660,6 +673,15 @@ def parse_args(
         log_dir=ns.log_dir,
         log_prefix=LOG_PREFIX if ns.log_prefix is None else ns.log_prefix,
         log_mode=LOG_MODE if ns.log_mode is None else ns.log_mode,
+        log_name=ns.log_name or "name",
+        log_timestamps=bool(ns.log_timestamps),
+        log_events=bool(ns.log_events),
+        log_flush=logconfig.LOG_FLUSH if ns.log_flush is None else ns.log_flush,
+        log_max_size=ns.log_max_size or 0,
+        log_keep=logconfig.LOG_KEEP if ns.log_keep is None else ns.log_keep,
+        log_compress=bool(ns.log_compress),
+        http=ns.http,
+        http_console_log=bool(ns.http_console_log),
         log_stdout=ns.log_stdout,
         daemon=ns.daemon,
         pidfile=ns.pidfile,

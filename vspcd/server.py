@@ -19,17 +19,21 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vspc.vspcd import admin, store
+from vspc.vspcd import admin, httproutes, logevents, store
 from vspc.vspcd.config import Config
-from vspc.vspcd.console import ConsoleKey
-from vspc.vspcd.consolelog import ConsoleLogs, LogSettings
+from vspc.vspcd.console import Console, ConsoleKey
+from vspc.vspcd.consolelog import ConsoleLogs
+from vspc.vspcd.gzipper import GzipQueue
+from vspc.vspcd.http import HttpServer, Router
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
 from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
+from vspc.vspcd.logconfig import log_settings
 from vspc.vspcd.persist import Persister
 
 log = logging.getLogger(__name__)
@@ -88,6 +92,8 @@ class Daemon:
         self._admin: admin.AdminServer | None = None
         self.persister: Persister | None = None
         self.logs: ConsoleLogs | None = None
+        self.gzip: GzipQueue | None = None
+        self.http: HttpServer | None = None
         self.proxy_port: int | None = None
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -112,9 +118,12 @@ class Daemon:
         db = None if config.persist_file is None else store.open_store(config.persist_file)
         try:
             if config.log_dir is not None:
+                self.gzip = GzipQueue()
                 self.logs = ConsoleLogs(
-                    LogSettings(config.log_dir, config.log_prefix, config.log_mode),
+                    log_settings(config),
                     call_later=loop.call_later,
+                    compress=self.gzip.submit,
+                    remember_owners=True,
                 )
                 self.logs.check_directory()
         except BaseException:
@@ -137,12 +146,21 @@ class Daemon:
         )
         if db is not None:
             self.persister = Persister(db, self.hub)
-            self.persister.restore(self._bind_restored)
+            restored = self.persister.restore(self._bind_restored)
             log.info("persist file %s", config.persist_file)
+            self._restore_scrollback(restored)
         if self.logs is not None:
             self.hub.add_output_listener(self.logs.output)
             self.hub.subscribe(self.logs.observe)
+            # --log-events; the adapter is the one place that knows the event shape.
+            self.hub.subscribe(logevents.hub_observer(self.logs, time.time))
             log.info("console logs in %s", config.log_dir)
+        if config.http is not None:
+            routes = httproutes.routes(
+                logs=self.logs, hub=self.hub, console_log=config.http_console_log
+            )
+            self.http = HttpServer(Router(routes))
+            await self.http.start(*config.http)
         ssl_context = None
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
@@ -163,6 +181,32 @@ class Daemon:
         else:
             bound = self._binder.bind_port(port, self._client_link)
         return None if bound is None else bound[0]
+
+    def _restore_scrollback(self, consoles: list[Console]) -> None:
+        """Issue #9 item 3: a console restored from the persist file gets its
+        scrollback back from the tail of its log (across a rotation), so `--context`
+        replay and `tail` show what it printed before the restart."""
+        if self.logs is None:
+            return
+        filled = 0
+        for console in consoles:
+            if console.scrollback.total == 0 and console.scrollback.limit > 0:
+                data = self.logs.tail(str(console.key), console.scrollback.limit)
+                if data:
+                    console.scrollback.append(data)
+                    filled += 1
+        if filled:
+            log.info("scrollback of %d restored console(s) read back from their logs", filled)
+
+    def reconfigure_logs(self, config: Config) -> None:
+        """Re-apply the console log options of a reloaded configuration (--log-dir
+        itself must stay set: turning logging on or off needs a restart)."""
+        if self.logs is None or config.log_dir is None:
+            return
+        settings = log_settings(config)
+        if settings.directory != self.logs.settings.directory:
+            self.logs.check_directory(settings.directory)
+        self.logs.reconfigure(settings)
 
     def reopen_logs(self) -> None:
         """SIGHUP: reopen every console log file (after logrotate moved it)."""
@@ -213,6 +257,9 @@ class Daemon:
         """Close listeners, then connections; wait up to `grace` seconds for them to go."""
         if self._proxy is not None:
             self._proxy.close()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
         if self._admin is not None:
             await self._admin.stop()
         if self.hub is not None:
@@ -231,6 +278,8 @@ class Daemon:
         # Last: the goodbyes above still log output and update rows.
         if self.logs is not None:
             self.logs.close()
+        if self.gzip is not None:
+            self.gzip.close()
         if self.persister is not None:
             self.persister.close()
             self.persister = None
