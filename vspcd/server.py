@@ -207,6 +207,14 @@ class Daemon:
             owned += [persist, Path(f"{persist}-wal"), Path(f"{persist}-shm")]
         hand_over(identity, owned)
         drop(identity)
+        socket_dir = self.config.admin_socket.parent
+        if not os.access(socket_dir, os.W_OK | os.X_OK):
+            log.warning(
+                "%s is not writable by %s: the admin socket stays behind at exit (the next "
+                "start replaces it); give the directory to that user, e.g. RuntimeDirectory=",
+                socket_dir,
+                identity.name,
+            )
         log_dir = self.config.log_dir
         if log_dir is not None and not os.access(log_dir, os.W_OK | os.X_OK):
             raise PrivilegeError(
@@ -270,7 +278,10 @@ class Daemon:
         if self._proxy is not None:
             self._proxy.close()
         if self._admin is not None:
-            await self._admin.stop()
+            try:
+                await self._admin.stop()
+            except PermissionError as exc:  # after --user, in a directory root kept
+                log.warning("cannot remove the admin socket: %s", exc)
         if self.hub is not None:
             self.hub.close_all()
         if self._binder is not None:
