@@ -11,6 +11,7 @@ their test with the reason (.ci/run installs them with apt-get when it can).
 from __future__ import annotations
 
 import email.parser
+import os
 import re
 import shutil
 import subprocess
@@ -227,3 +228,45 @@ def test_sysusers_and_tmpfiles_make_the_user_and_directories(tmp_path: Path) -> 
         info = (root / directory).stat()
         assert info.st_uid == uid, directory
         assert info.st_mode & 0o777 == 0o750, directory
+
+
+@pytest.mark.skipif(
+    shutil.which("logrotate") is None,
+    reason="logrotate not installed (Debian package 'logrotate')",
+)
+def test_logrotate_file_rotates_console_logs_into_old(tmp_path: Path) -> None:
+    logs = tmp_path / "consoles"
+    logs.mkdir()
+    (logs / "vmlog-db01").write_text("boot\n")
+    # Same file, pointed at a scratch directory, as root, with a visible reload.
+    marker = tmp_path / "reloaded"
+    text = (
+        (REPO / "packaging" / "vspcd.logrotate")
+        .read_text()
+        .replace("/var/log/consoles", str(logs))
+        .replace("vspcd vspcd", f"{os.geteuid()} {os.getegid()}")
+        .replace("systemctl reload vspcd.service", f"touch {marker}")
+    )
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(text)
+    done = subprocess.run(
+        ["logrotate", "--force", "--state", str(tmp_path / "state"), str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (logs / "old" / "vmlog-db01.1").read_text() == "boot\n"
+    assert (logs / "vmlog-db01").stat().st_mode & 0o777 == 0o600  # recreated empty
+    assert marker.exists(), "postrotate did not ask vspcd to reopen its logs"
+    # A second rotation must not pick up the rotated file (the glob sees only live logs).
+    (logs / "vmlog-db01").write_text("more\n")
+    subprocess.run(
+        ["logrotate", "--force", "--state", str(tmp_path / "state"), str(conf)],
+        check=True,
+        timeout=60,
+    )
+    assert sorted(p.name for p in (logs / "old").iterdir()) == [
+        "vmlog-db01.1",
+        "vmlog-db01.2.gz",
+    ]
