@@ -348,6 +348,10 @@ async def serve(
     loop = asyncio.get_running_loop()
     daemon = Daemon(config)
     identity = None if config.user is None else resolve(config.user, config.group)
+    if identity is not None and os.geteuid() != 0:
+        if identity.uid != os.geteuid() or identity.gid != os.getegid():
+            raise PrivilegeError(f"--user {config.user}: switching user needs root")
+        identity = None  # already that user: nothing to drop
     fresh_socket_dir = not config.admin_socket.parent.exists()
 
     def on_hup() -> None:

@@ -7,6 +7,11 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +67,31 @@ def test_resolve_unknown_names() -> None:
         resolve("no-such-user-here")
     with pytest.raises(PrivilegeError, match="no such group"):
         resolve("nobody", "no-such-group-here")
+
+
+def test_user_without_root_is_a_start_error(tmp_path: Path) -> None:
+    # As root (CI), become an ordinary user first with setpriv, then ask for another one.
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("setpriv (util-linux) needed to run this as a non-root user")
+        nobody = pwd.getpwnam("nobody")
+        prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
+        prefix.append("--clear-groups")
+        target = "root"
+        workdir = Path(tempfile.mkdtemp(prefix="vspcd-nonroot-"))
+        workdir.chmod(0o777)
+    else:
+        target, workdir = "nobody", tmp_path
+    try:
+        done = subprocess.run(
+            [*prefix, sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1",
+             "--proxy-port", "0", "--no-vm-ports", "--admin-socket", f"{workdir}/s",
+             "--user", target],
+            capture_output=True, text=True, timeout=15, cwd="/",
+        )  # fmt: skip
+    finally:
+        if workdir != tmp_path:
+            shutil.rmtree(workdir, ignore_errors=True)
+    assert done.returncode == 1, done.stderr
+    assert "switching user needs root" in done.stderr
