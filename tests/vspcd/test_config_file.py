@@ -212,3 +212,18 @@ def test_reload_log_line_says_what_changed_and_what_needs_a_restart() -> None:
 def test_parser_is_plain_argparse_for_other_modules() -> None:
     # Other modules add flags with the ordinary API; the parser stays an ArgumentParser.
     assert isinstance(build_parser(), argparse.ArgumentParser)
+
+
+def test_hub_settings_follow_config_fields() -> None:
+    from vspc.vspcd.hub import HubSettings
+    from vspc.vspcd.server import hub_settings
+
+    config = Config(client_limit=3, vmotion_abandon=5.0, vm_expire_time=7.0, scrollback=99)
+    settings = hub_settings(config)
+    assert settings.client_limit == 3
+    assert settings.abandon_time == 5.0  # the one field spelled differently
+    assert settings.vm_expire_time == 7.0 and settings.scrollback == 99
+    names = {field.name for field in dataclasses.fields(Config)}
+    for field in dataclasses.fields(HubSettings):
+        if field.name in names:
+            assert getattr(settings, field.name) == getattr(config, field.name), field.name
