@@ -103,14 +103,17 @@ def _lean_log_records() -> None:
     logging.logMultiprocessing = False
 
 
-def _absolute_paths(config: Config) -> Config:
-    # --daemon changes directory to "/", so relative paths must be pinned first.
+def _absolute_paths(config: Config, base: str | None = None) -> Config:
+    # --daemon changes directory to "/", so relative paths must be pinned first
+    # (against `base`, the directory vspcd was started in, when reloading later).
+    start = os.getcwd() if base is None else base
+
     def pin(path: Path | None) -> Path | None:
-        return None if path is None else Path(os.path.abspath(path))
+        return None if path is None else Path(os.path.normpath(os.path.join(start, path)))
 
     return dataclasses.replace(
         config,
-        admin_socket=Path(os.path.abspath(config.admin_socket)),
+        admin_socket=Path(os.path.normpath(os.path.join(start, config.admin_socket))),
         pidfile=pin(config.pidfile),
         cert=pin(config.cert),
         key=pin(config.key),
@@ -130,12 +133,17 @@ def _reloader(argv: Sequence[str] | None, config: Config) -> Callable[[], Config
     """What SIGHUP calls: the same command line over the configuration file as it is now.
 
     The file found at start is named explicitly (and absolutely: --daemon changed the
-    working directory), so a reload reads the same file even if it was the default.
+    working directory), so a reload reads the same file even if it was the default; with
+    --daemon, relative paths are pinned to the start directory as they were at start, so
+    they do not show up as changed.
     """
     words = list(sys.argv[1:] if argv is None else argv)
     if config.config is not None:
         words += ["--config", str(config.config)]
-    return lambda: reload_config(words, os.environ)
+    if not config.daemon:
+        return lambda: reload_config(words, os.environ)
+    start = os.getcwd()
+    return lambda: _absolute_paths(reload_config(words, os.environ), start)
 
 
 def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | None = None) -> int:

@@ -227,3 +227,20 @@ def test_hub_settings_follow_config_fields() -> None:
     for field in dataclasses.fields(HubSettings):
         if field.name in names:
             assert getattr(settings, field.name) == getattr(config, field.name), field.name
+
+
+def test_daemon_reload_pins_relative_paths_to_the_start_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vspc.vspcd.__main__ import _absolute_paths, _reloader
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vspcd.toml").write_text("persist_file = 'state/consoles.db'\n")
+    argv = ["--config", "vspcd.toml", "--daemon", "--admin-socket", "admin.sock"]
+    config = _absolute_paths(parse_args(argv, ENV, euid=1000))
+    reload = _reloader(argv, config)
+    monkeypatch.chdir("/")  # what --daemon does after forking
+    again = reload()
+    assert again == config
+    assert again.persist_file == tmp_path / "state" / "consoles.db"
+    assert again.config == tmp_path / "vspcd.toml"
