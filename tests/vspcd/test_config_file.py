@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vspc.vspcd.__main__ import main
 from vspc.vspcd.config import (
@@ -244,3 +248,54 @@ def test_daemon_reload_pins_relative_paths_to_the_start_directory(
     assert again == config
     assert again.persist_file == tmp_path / "state" / "consoles.db"
     assert again.config == tmp_path / "vspcd.toml"
+
+
+_KEYS = sorted(file_keys(build_parser()))
+_VALUES = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.lists(st.one_of(st.text(max_size=10), st.integers(), st.booleans()), max_size=4),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.one_of(st.sampled_from(_KEYS), st.text(max_size=12)), _VALUES))
+def test_any_table_is_accepted_or_rejected_cleanly(table: dict[str, object]) -> None:
+    # Whatever the file holds, the outcome is values or a ConfigError naming the file:
+    # never another exception (a reload must not take the daemon down).
+    from vspc.vspcd.config import _Parser, read_config_file
+
+    parser = build_parser()
+    assert isinstance(parser, _Parser)
+    parser.raise_errors = True
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "vspcd.toml"
+        path.write_text(_toml(table))
+        try:
+            read_config_file(parser, path)
+        except ConfigError as exc:
+            assert str(path) in str(exc)
+
+
+def _toml(table: dict[str, object]) -> str:
+    # json.dumps writes valid TOML basic strings and arrays for these scalar types;
+    # NaN/inf and nested tables get TOML's own spellings.
+    def value(item: object) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, float):
+            if item != item:
+                return "nan"
+            if item in (float("inf"), float("-inf")):
+                return "inf" if item > 0 else "-inf"
+            return repr(item)
+        if isinstance(item, list):
+            return "[" + ", ".join(value(x) for x in item) + "]"
+        if isinstance(item, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {value(v)}" for k, v in item.items()) + "}"
+        return json.dumps(item)
+
+    return "".join(f"{json.dumps(key)} = {value(item)}\n" for key, item in table.items())
