@@ -5,7 +5,11 @@ Boundary: the only module that configures logging handlers, touches process stat
 The orchestration itself is `vspcd/server.py`'s `serve()`, which runs until SIGTERM
 or SIGINT and then shuts down in order; `main()` turns the outcome into an exit
 status: 0 after a requested shutdown, 1 if the daemon could not start or crashed,
-2 for usage errors (from argparse).
+2 for usage errors (from argparse, the configuration file, or running as root without
+`--user`/`--allow-root`).  `--check-config` stops after validation: 0 or 2.
+
+Under systemd (`Type=notify`) the readiness messages go to `$NOTIFY_SOCKET`
+(vspcd/notify.py); SIGHUP re-reads the configuration file (vspcd/reload.py).
 
 The loop is a `SelectorEventLoop` on epoll, created through `asyncio.Runner`
 (Python 3.11's `asyncio.run` has no `loop_factory`).  See docs/operations.md.
@@ -21,11 +25,11 @@ import os
 import selectors
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from vspc.vspcd.config import Config, LogTarget, parse_args
+from vspc.vspcd.config import Config, LogTarget, parse_args, reload_config
 from vspc.vspcd.daemon import (
     PidfileError,
     ReadyPipe,
@@ -34,6 +38,8 @@ from vspc.vspcd.daemon import (
     remove_pidfile,
     write_pidfile,
 )
+from vspc.vspcd.notify import Notifier
+from vspc.vspcd.privileges import PrivilegeError, root_refusal
 from vspc.vspcd.resources import raise_nofile_limit
 
 log = logging.getLogger(__name__)
@@ -97,19 +103,23 @@ def _lean_log_records() -> None:
     logging.logMultiprocessing = False
 
 
-def _absolute_paths(config: Config) -> Config:
-    # --daemon changes directory to "/", so relative paths must be pinned first.
+def _absolute_paths(config: Config, base: str | None = None) -> Config:
+    # --daemon changes directory to "/", so relative paths must be pinned first
+    # (against `base`, the directory vspcd was started in, when reloading later).
+    start = os.getcwd() if base is None else base
+
     def pin(path: Path | None) -> Path | None:
-        return None if path is None else Path(os.path.abspath(path))
+        return None if path is None else Path(os.path.normpath(os.path.join(start, path)))
 
     return dataclasses.replace(
         config,
-        admin_socket=Path(os.path.abspath(config.admin_socket)),
+        admin_socket=Path(os.path.normpath(os.path.join(start, config.admin_socket))),
         pidfile=pin(config.pidfile),
         cert=pin(config.cert),
         key=pin(config.key),
         persist_file=pin(config.persist_file),
         log_dir=pin(config.log_dir),
+        config=pin(config.config),
     )
 
 
@@ -119,7 +129,24 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-def _run(config: Config, ready_pipe: ReadyPipe) -> int:
+def _reloader(argv: Sequence[str] | None, config: Config) -> Callable[[], Config]:
+    """What SIGHUP calls: the same command line over the configuration file as it is now.
+
+    The file found at start is named explicitly (and absolutely: --daemon changed the
+    working directory), so a reload reads the same file even if it was the default; with
+    --daemon, relative paths are pinned to the start directory as they were at start, so
+    they do not show up as changed.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    if config.config is not None:
+        words += ["--config", str(config.config)]
+    if not config.daemon:
+        return lambda: reload_config(words, os.environ)
+    start = os.getcwd()
+    return lambda: _absolute_paths(reload_config(words, os.environ), start)
+
+
+def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | None = None) -> int:
     # Imported here, not at the top: --help, usage errors and --daemon's fork come
     # first and need none of the daemon's machinery.
     from vspc.vspcd.server import serve
@@ -133,11 +160,18 @@ def _run(config: Config, ready_pipe: ReadyPipe) -> int:
 
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(serve(config, ready=on_ready))
+            runner.run(
+                serve(
+                    config,
+                    ready=on_ready,
+                    reload=reload,
+                    notifier=Notifier.from_environ(os.environ),
+                )
+            )
     except KeyboardInterrupt:
         log.info("interrupted")
         return 0
-    except OSError as exc:  # typically: an address cannot be bound
+    except (OSError, PrivilegeError) as exc:  # typically: an address cannot be bound
         log.error("%s: %s", "vspcd failed" if started else "cannot start", exc)
         return 1
     except Exception:
@@ -154,8 +188,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         SystemExit: from argparse, status 0 for --help/--version, 2 for usage errors.
     """
     config = parse_args(argv, os.environ)
+    if config.check_config:
+        # Not subject to the root refusal below: root checks the file a service user
+        # (systemd's User=) will run with.
+        where = config.config or "no configuration file"
+        print(f"vspcd: {where}: configuration OK", file=sys.stdout)
+        return 0
+    refusal = root_refusal(os.geteuid(), config.user, config.allow_root, os.environ)
+    if refusal is not None:
+        print(f"vspcd: {refusal}", file=sys.stderr)
+        return 2
     if config.daemon:
         config = _absolute_paths(config)
+    reload = _reloader(argv, config)
     _lean_log_records()
     configure_logging(config)
     if config.daemon and not os.path.exists(SYSLOG_SOCKET):
@@ -178,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if config.pidfile is not None:
             write_pidfile(config.pidfile)
         raise_nofile_limit()
-        return _run(config, ready_pipe)
+        return _run(config, ready_pipe, reload)
     except PidfileError as exc:
         log.error("%s", exc)
         return 1

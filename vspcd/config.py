@@ -24,14 +24,17 @@ from __future__ import annotations
 import argparse
 import grp
 import os
+import pwd
 import shlex
 import sys
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
+from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd import __version__, logconfig
 from vspc.vspcd.listeners import make_ssl_context
 
@@ -75,7 +78,7 @@ class Config:
     port_range_start: int = PORT_RANGE_START
     vm_expire_time: float = VM_EXPIRE_TIME
     # Admin channel: always a Unix socket, optionally also TCP.
-    admin_socket: Path = Path("/run/vspcd/vspcd.sock")
+    admin_socket: Path = SYSTEM_SOCKET
     admin_socket_mode: int = ADMIN_SOCKET_MODE
     admin_socket_group: str | None = None
     admin_port: int | None = None
@@ -109,6 +112,12 @@ class Config:
     daemon: bool = False
     pidfile: Path | None = None
     debug: bool = False
+    # Configuration file and privileges (issue #10 items 3 and 4).
+    config: Path | None = None  # the TOML file that was read, if any
+    check_config: bool = False
+    user: str | None = None
+    group: str | None = None
+    allow_root: bool = False
 
     @property
     def log_target(self) -> LogTarget:
@@ -121,15 +130,11 @@ class Config:
 def default_admin_socket(environ: Mapping[str, str], euid: int) -> Path:
     """Where the admin socket lives unless `--admin-socket` says otherwise.
 
+    The one rule shared with `vspc`/`vspc-tui` is `vspc.common.paths.daemon_socket`:
     root: /run/vspcd/vspcd.sock; others: $XDG_RUNTIME_DIR/vspcd.sock, or
     /tmp/vspcd-<uid>/vspcd.sock when XDG_RUNTIME_DIR is unset or empty.
     """
-    if euid == 0:
-        return Path("/run/vspcd/vspcd.sock")
-    runtime = environ.get("XDG_RUNTIME_DIR", "")
-    if runtime:
-        return Path(runtime) / "vspcd.sock"
-    return Path(f"/tmp/vspcd-{euid}/vspcd.sock")
+    return daemon_socket(environ, euid)
 
 
 def _ranged_int(low: int, high: int | None = None) -> Callable[[str], int]:
@@ -185,6 +190,23 @@ _port = _ranged_int(0, 65535)
 _port.__name__ = "port"
 
 
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file or flag, key and reason.
+
+    Raised instead of exiting when the configuration is re-read on SIGHUP: a bad edit
+    must leave the running daemon as it was, not end it.
+    """
+
+
+class _Parser(argparse.ArgumentParser):
+    raise_errors = False  # set for a reload: errors raise ConfigError instead of exiting
+
+    def error(self, message: str) -> NoReturn:
+        if self.raise_errors:
+            raise ConfigError(message)
+        super().error(message)
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show "(default: X)" only where there is a meaningful X (not None/False)."""
 
@@ -196,7 +218,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The daemon's argument parser; `--help` is generated from it."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vspcd",
         description=(
             "Virtual serial port concentrator for VMware ESXi.  ESXi hosts connect to the "
@@ -206,8 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "environment: SUPPORT_MULTI_CONSOLE=true|false (as --multi-console), "
             "VM_CLIENT_LIMIT=N (as --client-limit); flags win over the environment.  "
-            "signals: SIGTERM/SIGINT stop, SIGHUP reopens console logs.  "
-            "See docs/operations.md."
+            "config file: every long option is also a TOML key, dashes as underscores "
+            "(--client-limit 4 -> client_limit = 4); flags win over the file.  "
+            "signals: SIGTERM/SIGINT stop, SIGHUP re-reads the config file and reopens "
+            "console logs.  See docs/operations.md."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -435,7 +459,130 @@ def build_parser() -> argparse.ArgumentParser:
         "a live process",
     )
     proc.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
+
+    setup = parser.add_argument_group("configuration file and privileges")
+    setup.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file of settings, keys named like the long options "
+        f"(default: {SYSTEM_CONFIG} if it exists); SIGHUP re-reads it",
+    )
+    setup.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the flags and the configuration file, then exit (0 valid, 2 not)",
+    )
+    setup.add_argument(
+        "--user",
+        type=_nonempty,
+        metavar="USER",
+        help="as root: bind every listener, then switch to this user (and its groups)",
+    )
+    setup.add_argument(
+        "--group",
+        type=_nonempty,
+        metavar="GROUP",
+        help="with --user: the primary group to switch to (default: the user's own)",
+    )
+    setup.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as root without --user (refused otherwise; env VSPCD_ALLOW_ROOT=1)",
+    )
     return parser
+
+
+# Keys a configuration file may not set: they say which file to read, or end the run.
+_NOT_IN_FILE = frozenset({"help", "version", "config", "check_config"})
+
+
+def file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every configuration-file key and the option it stands for.
+
+    Derived from the parser (issue #10 item 3), so a flag added to `build_parser` is a
+    key at once: the first long option name without its dashes, the rest turned into
+    underscores (`--client-limit` -> `client_limit`, `--no-vm-ports` -> `no_vm_ports`,
+    `-i/--interface` -> `interface`).
+    """
+    keys: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        longs = [name for name in action.option_strings if name.startswith("--")]
+        if not longs:
+            continue
+        key = longs[0][2:].replace("-", "_")
+        if key not in _NOT_IN_FILE:
+            keys[key] = action
+    return keys
+
+
+def _convert_file_value(action: argparse.Action, value: object) -> object:
+    """A TOML value as the option's parsed value; ValueError says why it is bad."""
+    if action.nargs == 0:  # a switch: store_true/false, --x/--no-x
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_toml_repr(value)}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            return value
+        return action.const if value else action.default
+    if isinstance(value, list):
+        # Lists such as allow lists may be TOML arrays; the option takes them
+        # comma-separated, as on the command line.
+        if not all(isinstance(item, str | int) and not isinstance(item, bool) for item in value):
+            raise ValueError("expected an array of strings")
+        value = ",".join(str(item) for item in value)
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a string or a number, got {_toml_repr(value)}")
+    if action.type is _octal_mode and not isinstance(value, str):
+        # TOML's 0o660 and 432 are the same integer; only a string says "octal".
+        raise ValueError(f'write file modes as a quoted octal string, e.g. "0660", not {value}')
+    text = value if isinstance(value, str) else str(value)
+    convert = action.type if callable(action.type) else str
+    try:
+        result = convert(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+    except (TypeError, ValueError):
+        name = getattr(convert, "__name__", "value")
+        raise ValueError(f"invalid {name} value: {text!r}") from None
+    if action.choices is not None and result not in action.choices:
+        raise ValueError(f"{result!r} is not one of {sorted(map(str, action.choices))}")
+    return result
+
+
+def _toml_repr(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, object]:
+    """The option values (by argparse dest) a configuration file sets.
+
+    Every problem is a usage error naming the file, the key and the reason.
+    """
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except OSError as exc:
+        parser.error(f"{path}: cannot read: {exc.strerror or exc}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        parser.error(f"{path}: not valid TOML: {exc}")
+    keys = file_keys(parser)
+    values: dict[str, object] = {}
+    for key, value in table.items():
+        action = keys.get(key)
+        if action is None:
+            parser.error(
+                f"{path}: unknown key {key!r} (keys are the long options with '_' for '-', "
+                "see vspcd --help)"
+            )
+        try:
+            values[action.dest] = _convert_file_value(action, value)
+        except ValueError as exc:
+            parser.error(f"{path}: key {key!r}: {exc}")
+    return values
 
 
 def _log_prefix(text: str) -> str:
@@ -586,23 +733,82 @@ def _check_group(parser: argparse.ArgumentParser, flag: str, name: str | None) -
             parser.error(f"{flag} {name}: no such group id")
 
 
+def _check_user(parser: argparse.ArgumentParser, name: str | None) -> None:
+    if name is None:
+        return
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        if not name.isdigit():
+            parser.error(f"--user {name}: no such user")
+        try:
+            pwd.getpwuid(int(name))
+        except KeyError:
+            parser.error(f"--user {name}: no such user id")
+
+
 def parse_args(
-    argv: Sequence[str] | None, environ: Mapping[str, str], *, euid: int | None = None
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    *,
+    euid: int | None = None,
+    default_config: Path = SYSTEM_CONFIG,
 ) -> Config:
-    """Parse the command line and environment into a `Config`.
+    """Parse the command line, configuration file and environment into a `Config`.
+
+    Precedence: command-line flags, then the configuration file (``--config FILE``, or
+    `default_config` if that exists), then the vSPC.py-era environment variables, then
+    the built-in defaults.
 
     Args:
         argv: arguments without the program name (None means sys.argv[1:]).
         environ: the environment to consult (normally os.environ).
         euid: effective uid for the admin-socket default (None means os.geteuid()).
+        default_config: the file read when ``--config`` is not given, if it exists.
 
     Raises:
         SystemExit: status 0 after --help/--version, status 2 with a message on
-            stderr for any bad flag, value or environment variable.
+            stderr for any bad flag, value, configuration key or environment variable.
+    """
+    return _load(build_parser(), argv, environ, euid=euid, default_config=default_config)
+
+
+def reload_config(
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    *,
+    euid: int | None = None,
+    default_config: Path = SYSTEM_CONFIG,
+) -> Config:
+    """`parse_args` for SIGHUP: the same command line over the file as it is now.
+
+    Raises:
+        ConfigError: the file (or something it combines with) is invalid.
     """
     parser = build_parser()
-    ns = parser.parse_args(_glue_backend_args(sys.argv[1:] if argv is None else argv))
+    assert isinstance(parser, _Parser)
+    parser.raise_errors = True
+    return _load(parser, argv, environ, euid=euid, default_config=default_config)
 
+
+def _load(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    environ: Mapping[str, str],
+    *,
+    euid: int | None,
+    default_config: Path,
+) -> Config:
+    args = _glue_backend_args(sys.argv[1:] if argv is None else argv)
+    # First pass: only to learn which file to read (--help and flag errors end here).
+    config_file = parser.parse_args(args).config
+    if config_file is None and default_config.exists():
+        config_file = default_config
+    if config_file is not None:
+        # The file's values become defaults, so whatever the command line says wins.
+        parser.set_defaults(**read_config_file(parser, config_file))
+    ns = parser.parse_args(args)
+    ns.config = config_file
     if ns.ssl:
         if ns.cert is None:
             parser.error("--ssl requires --cert FILE")
@@ -632,6 +838,10 @@ def parse_args(
         )
     _check_group(parser, "--admin-socket-group", ns.admin_socket_group)
     _check_group(parser, "--readonly-group", ns.readonly_group)
+    _check_user(parser, ns.user)
+    _check_group(parser, "--group", ns.group)
+    if ns.group is not None and ns.user is None:
+        parser.error("--group needs --user (the group alone would leave the daemon root)")
 
     # An explicit flag wins outright: the variable is not even validated then, so a
     # stale value in a unit's Environment= cannot block an override on the command line.
@@ -646,44 +856,28 @@ def parse_args(
     if admin_socket is None:
         admin_socket = default_admin_socket(environ, os.geteuid() if euid is None else euid)
 
-    return Config(
-        proxy_iface=ns.proxy_iface,
-        proxy_port=ns.proxy_port,
-        ssl=ns.ssl,
-        cert=ns.cert,
-        key=ns.key,
-        vm_ports=ns.vm_ports,
-        vm_iface=ns.vm_iface,
-        port_range_start=ns.port_range_start,
-        vm_expire_time=ns.vm_expire_time,
-        admin_socket=admin_socket,
-        admin_socket_mode=ns.admin_socket_mode,
-        admin_socket_group=ns.admin_socket_group,
-        admin_port=ns.admin_port,
-        admin_iface=ns.admin_iface,
-        readonly_group=ns.readonly_group,
-        client_limit=limit,
-        multi_console=multi,
-        vmotion_abandon=ns.vmotion_abandon,
-        client_queue=ns.client_queue,
-        hold_limit=ns.hold_limit,
-        scrollback=ns.scrollback,
-        context=context,
-        persist_file=ns.persist_file,
-        log_dir=ns.log_dir,
-        log_prefix=LOG_PREFIX if ns.log_prefix is None else ns.log_prefix,
-        log_mode=LOG_MODE if ns.log_mode is None else ns.log_mode,
-        log_name=ns.log_name or "name",
-        log_timestamps=bool(ns.log_timestamps),
-        log_events=bool(ns.log_events),
-        log_flush=logconfig.LOG_FLUSH if ns.log_flush is None else ns.log_flush,
-        log_max_size=ns.log_max_size or 0,
-        log_keep=logconfig.LOG_KEEP if ns.log_keep is None else ns.log_keep,
-        log_compress=bool(ns.log_compress),
-        http=ns.http,
-        http_console_log=bool(ns.http_console_log),
-        log_stdout=ns.log_stdout,
-        daemon=ns.daemon,
-        pidfile=ns.pidfile,
-        debug=ns.debug,
-    )
+    # Every Config field is the option of the same name unless computed above (issue
+    # #8 item 6: no field-by-field copy to forget when a flag is added).
+    computed: dict[str, object] = {
+        "admin_socket": admin_socket,
+        "client_limit": limit,
+        "multi_console": multi,
+        "context": context,
+        "log_prefix": LOG_PREFIX if ns.log_prefix is None else ns.log_prefix,
+        "log_mode": LOG_MODE if ns.log_mode is None else ns.log_mode,
+        "log_name": ns.log_name or "name",
+        "log_timestamps": bool(ns.log_timestamps),
+        "log_events": bool(ns.log_events),
+        "log_flush": logconfig.LOG_FLUSH if ns.log_flush is None else ns.log_flush,
+        "log_max_size": ns.log_max_size or 0,
+        "log_keep": logconfig.LOG_KEEP if ns.log_keep is None else ns.log_keep,
+        "log_compress": bool(ns.log_compress),
+        "http_console_log": bool(ns.http_console_log),
+    }
+    options = vars(ns)
+    values = {
+        field.name: computed[field.name] if field.name in computed else options[field.name]
+        for field in fields(Config)
+        if field.name in computed or field.name in options
+    }
+    return Config(**values)  # type: ignore[arg-type]

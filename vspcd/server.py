@@ -15,17 +15,18 @@ close (the hub tells operators why), wait a bounded time for them to go, then re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from vspc.vspcd import admin, httproutes, logevents, store
-from vspc.vspcd.config import Config
+from vspc.vspcd.config import Config, ConfigError
 from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
 from vspc.vspcd.gzipper import GzipQueue
@@ -34,7 +35,11 @@ from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
 from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
 from vspc.vspcd.logconfig import log_settings
+from vspc.vspcd.notify import Notifier, watchdog_interval
 from vspc.vspcd.persist import Persister
+from vspc.vspcd.privileges import Identity, PrivilegeError, drop, hand_over, resolve
+from vspc.vspcd.reload import apply as apply_reload
+from vspc.vspcd.reload import describe as describe_reload
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +48,22 @@ __all__ = ["Daemon", "serve"]
 _FD_RESERVE = 64
 
 
+# HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
+_HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
+
+
 def hub_settings(config: Config) -> HubSettings:
-    """The hub's share of the configuration."""
-    return HubSettings(
-        vm_expire_time=config.vm_expire_time,
-        client_limit=config.client_limit,
-        multi_console=config.multi_console,
-        abandon_time=config.vmotion_abandon,
-        hold_limit=config.hold_limit,
-        scrollback=config.scrollback,
-    )
+    """The hub's share of the configuration: every HubSettings field Config also has.
+
+    Derived from `dataclasses.fields` (issue #8 item 6), so a setting added to both
+    is passed on without a line here; hub-only fields keep their defaults.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(HubSettings):
+        source = _HUB_RENAMED.get(field.name, field.name)
+        if hasattr(config, source):
+            values[field.name] = getattr(config, source)
+    return HubSettings(**values)
 
 
 class _VmPorts:
@@ -84,7 +95,7 @@ class Daemon:
         secret_factory: Callable[[], bytes] | None = None,
         fd_limit: int | None = None,
     ) -> None:
-        self.config = config
+        self._config = config
         self._secret_factory = secret_factory
         self.hub: Hub | None = None
         self._proxy: Any = None
@@ -99,6 +110,17 @@ class Daemon:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
         self._fd_limit = fd_limit
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A reload's new configuration; the admin server reads the same one."""
+        self._config = config
+        if self._admin is not None:
+            self._admin.config = config
 
     async def start(self) -> None:
         """Open every listener; raises OSError if a fixed address cannot be bound.
@@ -208,6 +230,48 @@ class Daemon:
             self.logs.check_directory(settings.directory)
         self.logs.reconfigure(settings)
 
+    def drop_privileges(self, identity: Identity, *, fresh_socket_dir: bool) -> None:
+        """Become `identity` once everything is bound (`--user`, issue #10 item 4).
+
+        Files this process keeps writing are handed over first: the persist file (with
+        SQLite's -wal/-shm), the admin socket, and its directory when this start created
+        it (so the socket can be removed at exit).  Console logs are opened later, so
+        `--log-dir` must be writable by `identity`; that is checked here, not at the
+        first console.
+
+        Raises:
+            PrivilegeError: a hand-over or the switch failed, or the log directory is
+                not writable afterwards.
+        """
+        owned: list[Path] = [self.config.admin_socket]
+        if fresh_socket_dir:
+            owned.append(self.config.admin_socket.parent)
+        if self.config.persist_file is not None:
+            persist = self.config.persist_file
+            owned += [persist, Path(f"{persist}-wal"), Path(f"{persist}-shm")]
+        hand_over(identity, owned)
+        drop(identity)
+        socket_dir = self.config.admin_socket.parent
+        if not os.access(socket_dir, os.W_OK | os.X_OK):
+            log.warning(
+                "%s is not writable by %s: the admin socket stays behind at exit (the next "
+                "start replaces it); give the directory to that user, e.g. RuntimeDirectory=",
+                socket_dir,
+                identity.name,
+            )
+        log_dir = self.config.log_dir
+        if log_dir is not None and not os.access(log_dir, os.W_OK | os.X_OK):
+            raise PrivilegeError(
+                f"--log-dir {log_dir} is not writable by {identity.name}; "
+                "console logs could not be created"
+            )
+        log.info(
+            "running as user %s (uid %d, gid %d) after binding",
+            identity.name,
+            identity.uid,
+            identity.gid,
+        )
+
     def reopen_logs(self) -> None:
         """SIGHUP: reopen every console log file (after logrotate moved it)."""
         if self.logs is None:
@@ -261,7 +325,10 @@ class Daemon:
             await self.http.close()
             self.http = None
         if self._admin is not None:
-            await self._admin.stop()
+            try:
+                await self._admin.stop()
+            except PermissionError as exc:  # after --user, in a directory root kept
+                log.warning("cannot remove the admin socket: %s", exc)
         if self.hub is not None:
             self.hub.close_all()
         if self._binder is not None:
@@ -285,28 +352,101 @@ class Daemon:
             self.persister = None
 
 
-async def serve(config: Config, *, ready: Callable[[Daemon], None] | None = None) -> None:
-    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly; SIGHUP reopens logs.
+def _status_line(daemon: Daemon) -> str:
+    """What `systemctl status` shows once vspcd serves."""
+    config = daemon.config
+    proxy = f"{config.proxy_iface}:{daemon.proxy_port}"
+    consoles = 0 if daemon.hub is None else len(list(daemon.hub.consoles()))
+    return f"serving: ESXi proxy {proxy}, admin {config.admin_socket}, {consoles} console(s)"
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    # On the event loop on purpose: a loop stuck for WatchdogSec stops the pings and
+    # systemd restarts the service, which is what the watchdog is for.
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[Daemon], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+    notifier: Notifier | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly.
+
+    SIGHUP reopens the console logs and, given `reload` (a function that re-reads the
+    configuration, raising ConfigError if it is invalid), applies what can change live
+    (vspcd/reload.py).  `notifier` gets systemd's READY=1 once every listener is bound
+    and privileges are dropped, STATUS= lines, RELOADING=1, STOPPING=1, and WATCHDOG=1
+    every half `$WATCHDOG_USEC` when set (vspcd/notify.py; `environ` defaults to
+    os.environ).
 
     The handlers go in before anything is opened: a signal during start-up then just
     means "stop once started", and every socket and file is cleaned up either way.
+
+    Raises:
+        OSError: a listener could not be bound (PrivilegeError: the drop failed).
     """
+    environ = os.environ if environ is None else environ
+    notifier = Notifier(None) if notifier is None else notifier
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     daemon = Daemon(config)
+    identity = None if config.user is None else resolve(config.user, config.group)
+    if identity is not None and os.geteuid() != 0:
+        if identity.uid != os.geteuid() or identity.gid != os.getegid():
+            raise PrivilegeError(f"--user {config.user}: switching user needs root")
+        identity = None  # already that user: nothing to drop
+    fresh_socket_dir = not config.admin_socket.parent.exists()
+
+    def on_hup() -> None:
+        daemon.reopen_logs()
+        if reload is not None:
+            _reload(daemon, reload, notifier)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reopen_logs)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog: asyncio.Task[None] | None = None
     try:
+        notifier.status("starting: binding listeners")
         await daemon.start()
         try:
+            if identity is not None:
+                daemon.drop_privileges(identity, fresh_socket_dir=fresh_socket_dir)
             log.info("vspcd %d ready", os.getpid())
+            notifier.ready(_status_line(daemon))
+            interval = watchdog_interval(environ)
+            if interval is not None and notifier.enabled:
+                watchdog = asyncio.create_task(_watchdog(notifier, interval))
             if ready is not None:
                 ready(daemon)
             await stop.wait()
             log.info("shutting down")
+            notifier.stopping()
         finally:
+            if watchdog is not None:
+                watchdog.cancel()
             await daemon.stop()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
+
+
+def _reload(daemon: Daemon, reload: Callable[[], Config], notifier: Notifier) -> None:
+    """SIGHUP: re-read the configuration and apply it; a bad file changes nothing."""
+    notifier.reloading()
+    source = str(daemon.config.config or "the command line (no configuration file)")
+    try:
+        new = reload()
+    except ConfigError as exc:
+        log.error("reload failed, configuration unchanged: %s", exc)
+        notifier.ready(f"reload failed: {exc}"[:200])
+        return
+    outcome = apply_reload(daemon, new)
+    log.info("%s", describe_reload(outcome, source))
+    notifier.ready(_status_line(daemon))

@@ -36,7 +36,7 @@ FAKE_SERVER = """
 import asyncio, os, signal, sys, types
 from pathlib import Path
 
-async def serve(config, *, ready=None):
+async def serve(config, *, ready=None, **_later):  # reload=, notifier= (issue #10)
     from vspc.vspcd.listeners import start_proxy_listener
     if os.environ.get("FAKE_FAIL"):
         raise OSError(98, "Address already in use")
