@@ -398,10 +398,13 @@ class App:
         if old is not None:
             await old.close()
         delay, longest = self._backoff
-        attempt = 0
+        attempt, last_why = 0, why
         while True:
             attempt += 1
-            self.connection = f"not connected to vspcd ({why}); retry {attempt} in {delay:g}s"
+            self.connection = f"not connected to vspcd: retry {attempt} in {delay:g}s"
+            if why != last_why:  # the event log says why, once per different reason
+                self.model.note(f"cannot reach vspcd: {why}")
+                last_why = why
             self._refresh()
             await asyncio.sleep(delay)  # the back-off itself: nothing to wait on
             try:
@@ -475,12 +478,11 @@ class App:
         self._show_middle()
         self.event_log.show(list(model.log))
         shown = f"{len(visible)} of {len(model.consoles)}" if model.filter else len(visible)
-        text = f" vspc-tui  {self.address}  consoles: {shown}"
+        text = " vspc-tui  " + ("" if model.connected else "[NOT CONNECTED]  ")
+        text += f"{self.address}  consoles: {shown}"
         if model.filter:
             text += f"  filter: {safe(model.filter)}"
         text += f"  sort: {model.sort.value}"
-        if not model.connected:
-            text += "  [NOT CONNECTED]"
         self._header.set_text(text)
         self.status.show(self._message, hints(self.context), self._error, self.connection)
 
@@ -513,6 +515,8 @@ class App:
         console = self.console_list.focused
         if console is None:
             self.tail_pane.show(None, b"", False)
+        elif not self.model.connected:
+            self.tail_pane.show(console.name, b"", False, message="not connected to vspcd")
         else:
             key, model = console.key, self.model
             pinned = key in model.pinned
@@ -866,7 +870,7 @@ class App:
         if self.attaching:
             return
         if not self.model.connected:
-            self._say("not connected to vspcd: attach after it reconnects", error=True)
+            self._say("attach: wait for the reconnection", error=True)
             return
         self.attaching = True  # before the task runs: no second Enter gets in
         self._spawn(self._attach_session(console, lock, readonly))
@@ -908,8 +912,18 @@ class App:
 # ===================================================================== command line
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """`vspc-tui [--socket PATH | --tcp HOST:PORT]`."""
+    """`vspc-tui [--socket PATH | --tcp HOST:PORT] [--reconnect-max SECONDS]`."""
     parser = NoExitParser(
         prog="vspc-tui",
         description="Dashboard of vspcd: consoles, their output and events; attach, clear.",
@@ -925,6 +939,14 @@ def build_parser() -> argparse.ArgumentParser:
         "/run/vspcd/vspcd.sock or your own daemon's $XDG_RUNTIME_DIR/vspcd.sock)",
     )
     where.add_argument("--tcp", metavar="HOST:PORT", help="use vspcd's TCP admin port instead")
+    parser.add_argument(
+        "--reconnect-max",
+        metavar="SECONDS",
+        type=_positive,
+        default=BACKOFF[1],
+        help="after losing vspcd, retry with a wait that doubles from "
+        f"{BACKOFF[0]:g} s up to this (default {BACKOFF[1]:g})",
+    )
     parser.add_argument("--version", action="version", version=f"vspc-tui {client_version()}")
     return parser
 
@@ -948,7 +970,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"vspc-tui: --tcp: {exc}\n")
         return ExitCode.USAGE
     try:
-        return asyncio.run(App(address).run())
+        backoff = (min(BACKOFF[0], ns.reconnect_max), ns.reconnect_max)
+        return asyncio.run(App(address, backoff=backoff).run())
     except ConnectError as exc:
         sys.stderr.write(f"vspc-tui: {exc}\n")
         return ExitCode.NO_DAEMON

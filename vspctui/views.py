@@ -412,12 +412,23 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
     def selectable(self) -> bool:
         return False  # the console list keeps the keyboard
 
-    def show(self, name: str | None, data: bytes, following: bool, live: bool = False) -> None:
+    def show(
+        self,
+        name: str | None,
+        data: bytes,
+        following: bool,
+        live: bool = False,
+        message: str | None = None,
+    ) -> None:
         """`data` is the buffered output of console `name` (None: no console);
         `following`: pinned (kept live when the focus moves on), `live`: followed
-        because it has the focus (issue #9: the preview follows the focus)."""
+        because it has the focus (issue #9: the preview follows the focus);
+        `message`: why there is no output to show instead."""
         box = self._box
-        if name is None:
+        if message is not None and name is not None:
+            box.set_title(f"tail: {display_safe(name)}")
+            self._text.set_lines([message])
+        elif name is None:
             box.set_title("tail")
             self._text.set_lines([])
         elif following or live:
