@@ -208,6 +208,7 @@ class App:
         self.frame = urwid.Frame(self._body, header=header, footer=self.status)
         urwid.connect_signal(self.console_list, "attach", self._on_attach)
         urwid.connect_signal(self.console_list, "focus", self._on_focus)
+        urwid.connect_signal(self.grid, "resized", self._pick_grid)
 
         # what has the keyboard: the dashboard, or a dialog with its confirm/cancel
         self.context = KeyContext.DASHBOARD
@@ -239,6 +240,8 @@ class App:
             Command.CANCEL: self._on_cancel,
         }
 
+        self._grid_keys: list[str] = []
+
         # set by run()
         self.loop: urwid.MainLoop | None = None
         self.client: AdminClient | None = None
@@ -253,7 +256,6 @@ class App:
         self._tailing: set[str] = set()
         self._tail_refused: set[str] = set()
         self._tail_wake = asyncio.Event()
-        self._grid_keys: list[str] = []
         # detail: the last `show` of the focused console (key, typed, JSON), or None
         self._detail: tuple[str, ConsoleInfo, dict[str, Any]] | None = None
         self._detail_wake = asyncio.Event()

@@ -87,9 +87,7 @@ KEYS: tuple[Binding, ...] = (
     Binding("enter", Command.ATTACH, _D, "attach to the focused console; ^] then quit comes back"),
     Binding("l", Command.ATTACH_LOCK, _D, "attach with a lock mode you pick"),
     Binding("r", Command.ATTACH_READONLY, _D, "attach read-only (never sends a key)"),
-    Binding(
-        "t", Command.TAIL, _D, "pin the focused console: keep following it, or unpin"
-    ),
+    Binding("t", Command.TAIL, _D, "pin the focused console: keep following it, or unpin"),
     Binding("g", Command.GRID, _D, "grid of live tails: the pinned, else the most active"),
     Binding("d", Command.DETAIL, _D, "detail: clients, lock, vMotions, bytes each way"),
     Binding("s", Command.SORT, _D, "sort by name, by activity (latest first), by port"),

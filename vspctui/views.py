@@ -443,27 +443,65 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
 
 class GridView(urwid.WidgetWrap[urwid.Widget]):
     """Several live tails at once, in a grid of boxes (issue #9): the pinned consoles,
-    or the most recently active ones.  Cells beyond the consoles shown stay empty."""
+    or the most recently active ones.  Cells beyond the consoles shown stay empty.
 
-    def __init__(self, columns: int = 2, rows: int = 2) -> None:
-        self.capacity = columns * rows
-        self._texts = [_BottomText() for _ in range(self.capacity)]
-        self._boxes = [urwid.LineBox(t, title="-") for t in self._texts]
-        grid = urwid.Pile(
-            [urwid.Columns(self._boxes[r * columns : (r + 1) * columns]) for r in range(rows)]
-        )
+    The grid has as many cells as fit: 2x2 on an 80x24 terminal, up to 3x3 on a large
+    one (`layout`).  When a render finds the cell count changed it emits "resized", so
+    the controller can pick that many consoles."""
+
+    signals = ["resized"]
+
+    def __init__(self) -> None:
+        self.grid_columns, self.grid_rows = 2, 2
+        self._tails: list[tuple[str, bytes]] = []
         self._title = urwid.Text("", wrap="clip")
-        super().__init__(urwid.Frame(grid, header=urwid.AttrMap(self._title, "columns")))
+        self._frame = urwid.Frame(
+            urwid.SolidFill(" "), header=urwid.AttrMap(self._title, "columns")
+        )
+        super().__init__(self._frame)
+        self._build()
+
+    @property
+    def capacity(self) -> int:
+        return self.grid_columns * self.grid_rows
+
+    @staticmethod
+    def layout(size: tuple[int, int]) -> tuple[int, int]:
+        """(columns, rows) of cells for a grid of `size`: cells at least ~50x10."""
+        maxcol, maxrow = size
+        return max(2, min(3, maxcol // 50)), max(2, min(3, maxrow // 10))
 
     def selectable(self) -> bool:
         return False
 
+    def _build(self) -> None:
+        self._texts = [_BottomText() for _ in range(self.capacity)]
+        self._boxes = [urwid.LineBox(t, title="-") for t in self._texts]
+        cols = self.grid_columns
+        self._frame.body = urwid.Pile(
+            [urwid.Columns(self._boxes[r * cols : (r + 1) * cols]) for r in range(self.grid_rows)]
+        )
+        self._fill()
+
+    def render(self, size: tuple[int, int], focus: bool = False) -> urwid.Canvas:  # type: ignore[override]
+        layout = self.layout(size)
+        if layout != (self.grid_columns, self.grid_rows):
+            self.grid_columns, self.grid_rows = layout
+            self._build()
+            urwid.emit_signal(self, "resized")
+        return super().render(size, focus)
+
     def show(self, title: str, tails: Sequence[tuple[str, bytes]]) -> None:
-        """`tails`: (console name, buffered output) per cell, at most `capacity`."""
+        """`tails`: (console name, buffered output) per cell; those beyond `capacity`
+        are not shown."""
         self._title.set_text(title)
+        self._tails = list(tails)
+        self._fill()
+
+    def _fill(self) -> None:
         for i, (text, box) in enumerate(zip(self._texts, self._boxes, strict=True)):
-            if i < len(tails):
-                name, data = tails[i]
+            if i < len(self._tails):
+                name, data = self._tails[i]
                 box.set_title(display_safe(name))
                 text.set_lines(screen_lines(data, limit=100))
             else:
@@ -472,7 +510,7 @@ class GridView(urwid.WidgetWrap[urwid.Widget]):
 
 
 def _when(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
 
 
 def _number(row: Mapping[str, Any], *names: str) -> int | None:
@@ -539,6 +577,7 @@ def detail_lines(
     for client in console.attached:
         ro = " read-only" if client.readonly else ""
         since = f"since {_when(client.since)} ({_duration(max(0.0, now - client.since))})"
+        # One line per client, short enough for 80 columns in the usual case.
         info = extra.get(client.id, {})
         sent = _number(info, "bytes_in", "bytes_to_vm")
         got = _number(info, "bytes_out", "bytes_from_vm")
@@ -546,8 +585,7 @@ def detail_lines(
         if sent is not None or got is not None:
             io = f"  in {'-' if sent is None else sent} B out {'-' if got is None else got} B"
         lines.append(
-            f"  #{client.id:<4} {client.kind.value:<6} {_who(client):<16} "
-            f"{client.mode.value}{ro}  {since}{io}"
+            f"  #{client.id} {client.kind.value} {_who(client)} {client.mode.value}{ro} {since}{io}"
         )
     return lines
 

@@ -117,12 +117,8 @@ class Stack:
 
     def start_tui(self) -> None:
         cols, rows = self.size
-        command = (
-            f"{sys.executable} -m vspc.vspctui.app --socket {self.sock} --reconnect-max 0.5"
-        )
-        self.tmux.run(
-            "new-session", "-d", "-s", "tui", "-x", str(cols), "-y", str(rows), command
-        )
+        command = f"{sys.executable} -m vspc.vspctui.app --socket {self.sock} --reconnect-max 0.5"
+        self.tmux.run("new-session", "-d", "-s", "tui", "-x", str(cols), "-y", str(rows), command)
 
     def keys(self, *keys: str) -> None:
         self.tmux.run("send-keys", "-t", "tui", *keys)
