@@ -435,6 +435,7 @@ class App:
         most active consoles again, and the detail pane asks for fresh counters."""
         while True:
             await asyncio.sleep(TICK)
+            self.model.reorder()
             if self.mode is Mode.GRID:
                 self._pick_grid()
             elif self.mode is Mode.DETAIL:
@@ -470,12 +471,12 @@ class App:
 
     def _show_all(self) -> None:
         model = self.model
-        visible = model.visible()
+        visible = model.visible_keys()
         empty = f"no console matches {safe(model.filter)}" if model.filter else "no consoles"
         if not model.connected:
             empty = "not connected to vspcd"
-        self.console_list.show(
-            visible, model.pinned, empty, idle=model.idle, stale=not model.connected
+        self.console_list.show_keys(
+            visible, model.consoles, model.pinned, empty, idle=model.idle, stale=not model.connected
         )
         self._show_middle()
         self.event_log.show(list(model.log))
@@ -698,7 +699,7 @@ class App:
             self._tail_wake.set()
 
     def _cycle_sort(self) -> None:
-        self.model.sort = self.model.sort.next()
+        self.model.sort = self.model.sort.next()  # re-sorts now, then once a tick
         self._say(f"sorted by {self.model.sort.value}")
 
     # -- tails -------------------------------------------------------------------------

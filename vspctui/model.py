@@ -189,6 +189,7 @@ class Model:
         # visible() cache: the keys in order, valid until `_order_stale` is set.
         self._order: list[str] = []
         self._order_stale = True
+        self._activity_moved = False
 
     # -- reading -----------------------------------------------------------------------
 
@@ -217,11 +218,16 @@ class Model:
     def visible(self) -> list[ConsoleInfo]:
         """Consoles whose display name contains the filter (case-insensitive), in the
         current `sort` order (ties, and the name order, by name then key)."""
+        consoles = self.consoles
+        return [consoles[k] for k in self.visible_keys()]
+
+    def visible_keys(self) -> list[str]:
+        """`visible()`'s keys.  The same list object is returned until the order
+        changes, so a view can tell "same order" by identity (do not modify it)."""
         if self._order_stale:
             self._order = self._sorted_keys()
             self._order_stale = False
-        consoles = self.consoles
-        return [consoles[k] for k in self._order]
+        return self._order
 
     def _sorted_keys(self) -> list[str]:
         needle = self._filter.casefold()
@@ -291,8 +297,16 @@ class Model:
     def _active(self, key: str, when: float) -> None:
         if when > self.activity.get(key, 0.0):
             self.activity[key] = when
-            if self._sort is SortOrder.ACTIVITY:
-                self._order_stale = True
+            self._activity_moved = True
+
+    def reorder(self) -> None:
+        """Sorted by activity, take the activity seen since the last sort into the
+        order.  Called once a tick rather than on every event: re-sorting 10,000
+        consoles per event is what the issue measured, and rows that jump under the
+        cursor many times a second cannot be read anyway."""
+        if self._activity_moved and self._sort is SortOrder.ACTIVITY:
+            self._order_stale = True
+        self._activity_moved = False
 
     def note(self, text: str) -> None:
         """Add a line of our own (not an event) to the log."""

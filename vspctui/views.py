@@ -295,14 +295,16 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
     """One row per console.  Emits "attach" with the focused `ConsoleInfo` on Enter,
     and "focus" with the newly focused one (or None) when the focus moves.
 
-    Rows are built only for the part of the list on screen (`_Rows`), so `show()`
-    costs a list and a dict however many consoles there are."""
+    Rows are built only for the part of the list on screen (`_Rows`), and `show_keys`
+    with the same key list as before costs nothing however many consoles there are:
+    the rows read the consoles through the mapping they were given when drawn."""
 
     signals = ["attach", "focus"]
 
     def __init__(self) -> None:
-        self._consoles: list[ConsoleInfo] = []
-        self._index: dict[str, int] = {}
+        self._keys: Sequence[str] = []
+        self._lookup: Mapping[str, ConsoleInfo] = {}
+        self._index: dict[str, int] | None = {}
         self._following: Collection[str] = ()
         self._idle: Callable[[str], float | None] | None = None
         self._stale = False
@@ -316,14 +318,14 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
 
     @property
     def focused(self) -> ConsoleInfo | None:
-        if not self._consoles:
+        if not self._keys:
             return None
-        return self._consoles[min(self._walker.focus, len(self._consoles) - 1)]
+        return self._lookup.get(self._keys[min(self._walker.focus, len(self._keys) - 1)])
 
     @property
     def keys(self) -> list[str]:
         """The keys shown, in order."""
-        return [c.key for c in self._consoles]
+        return list(self._keys)
 
     def show(
         self,
@@ -337,27 +339,53 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
         """Show `consoles` in order, keeping the focus on the same console if it is
         still there; `following` are the keys to mark (pinned), `idle(key)` the
         seconds since a console was last active, `stale` that vspcd is unreachable."""
+        self.show_keys(
+            [c.key for c in consoles],
+            {c.key: c for c in consoles},
+            following,
+            empty,
+            idle=idle,
+            stale=stale,
+        )
+
+    def show_keys(
+        self,
+        keys: Sequence[str],
+        lookup: Mapping[str, ConsoleInfo],
+        following: Collection[str] = (),
+        empty: str = "",
+        *,
+        idle: Callable[[str], float | None] | None = None,
+        stale: bool = False,
+    ) -> None:
+        """`show()` by key: `keys` in order, each looked up in `lookup` when its row is
+        drawn.  Pass the same `keys` object again when the order has not changed."""
         before = self.focused
-        self._consoles = list(consoles)
-        self._index = {c.key: i for i, c in enumerate(self._consoles)}
+        if keys is not self._keys:
+            self._keys, self._index = keys, None
+        self._lookup = lookup
         self._following, self._idle, self._stale = following, idle, stale
         self._empty = empty or "no consoles"
         if len(self._cache) > 4 * 1024:
             self._cache.clear()
         walker = self._walker
-        walker.size = max(1, len(self._consoles))
-        if before is not None and before.key in self._index:
-            walker.focus = self._index[before.key]
-        else:
+        walker.size = max(1, len(keys))
+        if before is not None and (walker.focus >= len(keys) or keys[walker.focus] != before.key):
+            if self._index is None:
+                self._index = {k: i for i, k in enumerate(keys)}
+            walker.focus = self._index.get(before.key, 0)
+        elif before is None:
             walker.focus = 0
         walker.changed()
         self._focus_moved(before)
 
     def _row(self, position: int) -> urwid.Widget:
-        if not self._consoles:
+        if not self._keys:
             return urwid.Text(self._empty)
-        console = self._consoles[position]
-        key = console.key
+        key = self._keys[position]
+        console = self._lookup.get(key)
+        if console is None:  # gone since the order was computed; the next show drops it
+            return urwid.SelectableIcon("  ...", 0)
         idle = self._idle(key) if self._idle is not None and self._wide else None
         text = console_row(
             console, key in self._following, idle=idle, activity=self._wide, stale=self._stale
@@ -379,11 +407,11 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
 
     def move(self, delta: int) -> None:
         """Move the focus by `delta` rows, clamped to the list."""
-        if not self._consoles:
+        if not self._keys:
             return
         before = self.focused
         position = self._walker.focus or 0
-        self._walker.set_focus(max(0, min(len(self._consoles) - 1, position + delta)))
+        self._walker.set_focus(max(0, min(len(self._keys) - 1, position + delta)))
         self._focus_moved(before)
 
     def keypress(self, size: tuple[()] | tuple[int] | tuple[int, int], key: str) -> str | None:
