@@ -487,6 +487,9 @@ class App:
             text += f"  filter: {safe(model.filter)}"
         text += f"  sort: {model.sort.value}"
         self._header.set_text(text)
+        self._show_status()
+
+    def _show_status(self) -> None:
         self.status.show(self._message, hints(self.context), self._error, self.connection)
 
     def _layout(self) -> None:
@@ -552,6 +555,7 @@ class App:
 
     def _say(self, message: str, error: bool = False) -> None:
         self._message, self._error = message, error
+        self._show_status()  # drawn with the next redraw, whatever else changed
 
     # -- keys --------------------------------------------------------------------------
 
