@@ -483,7 +483,7 @@ class GridView(urwid.WidgetWrap[urwid.Widget]):
         self.grid_columns, self.grid_rows = 2, 2
         self._tails: list[tuple[str, bytes]] = []
         self._title = urwid.Text("", wrap="clip")
-        self._frame = urwid.Frame(
+        self._frame: urwid.Frame[urwid.Widget, Any, None] = urwid.Frame(
             urwid.SolidFill(" "), header=urwid.AttrMap(self._title, "columns")
         )
         super().__init__(self._frame)
