@@ -73,7 +73,7 @@ from vspc.vspctui.commands import (
     exit_code_for,
 )
 from vspc.vspctui.keys import Command, KeyContext, hints, lookup
-from vspc.vspctui.model import Model
+from vspc.vspctui.model import Model, row_activity
 from vspc.vspctui.views import (
     PALETTE,
     ClientPicker,
@@ -90,6 +90,7 @@ from vspc.vspctui.views import (
 )
 
 __all__ = [
+    "ACTIVITY_POLL",
     "BACKOFF",
     "REDRAW_EVERY",
     "REPLAY",
@@ -108,6 +109,7 @@ _PAGE = 10  # rows page up/down move the console list
 REDRAW_EVERY = 0.05  # s: under a stream of events, at most 20 redraws a second
 TICK = 1.0  # s: activity ages, the grid's "most active" and the detail pane refresh
 BACKOFF = (0.5, 10.0)  # s: first and longest wait between reconnection attempts
+ACTIVITY_POLL = 10.0  # s: `list` again for the daemon's activity figures, if it has them
 
 
 class Mode(StrEnum):
@@ -172,6 +174,8 @@ class App:
         stdin_fd, stdout_fd: the terminal the attach session uses.
         model: the model to fill (tests inject one with a fixed clock).
         backoff: first and longest wait (s) between attempts to reconnect to vspcd.
+        activity_poll: how often (s) to `list` again for the last-activity figures of
+            consoles nobody tails, when the daemon's rows carry them.
     """
 
     def __init__(
@@ -184,9 +188,12 @@ class App:
         stdout_fd: int = 1,
         model: Model | None = None,
         backoff: tuple[float, float] = BACKOFF,
+        activity_poll: float = ACTIVITY_POLL,
     ) -> None:
         self.address = address
         self._backoff = backoff
+        self._activity_poll = activity_poll
+        self._daemon_activity = False  # its rows say when each console was last active
         self.model = model or Model()
         self._screen = screen
         self._attach_runner = attach
@@ -298,6 +305,7 @@ class App:
             self._spawn(self._tail_worker())
             self._spawn(self._detail_worker())
             self._spawn(self._ticker())
+            self._spawn(self._activity_poller())
             self._catch_signals()
             with self.loop.start():
                 self._refresh()
@@ -348,7 +356,10 @@ class App:
         """Subscribe on `client` and rebuild the model from the snapshot."""
         reply = await client.request("subscribe")
         rows = reply.get("vms")
-        self.model.load(consoles_of(reply), rows if isinstance(rows, list) else [])
+        rows = rows if isinstance(rows, list) else []
+        self.model.load(consoles_of(reply), rows)
+        now = self.model.now()
+        self._daemon_activity = any(row_activity(r, now) is not None for r in rows)
         self._tailing.clear()
         self._tail_refused.clear()
         self._detail = None
@@ -429,6 +440,24 @@ class App:
         self._detail_wake.set()
         self.reconnected.set()
         self._refresh()
+
+    async def _activity_poller(self) -> None:
+        """Events only tell about changes, and output only comes for tailed consoles;
+        a daemon whose rows carry a last-activity figure is asked for them again now
+        and then, so the column and the activity order cover every console."""
+        while True:
+            await asyncio.sleep(self._activity_poll)
+            client = self.client
+            if not self._daemon_activity or client is None or not self.model.connected:
+                continue
+            try:
+                reply = await client.request("list")
+            except (AdminError, ClientError):
+                continue  # the session notices a lost connection on its own
+            rows = reply.get("vms")
+            if isinstance(rows, list):
+                self.model.learn(r for r in rows if isinstance(r, dict))
+                self._refresh()
 
     async def _ticker(self) -> None:
         """Once a `TICK`: ages in the activity column move on, the grid picks the

@@ -86,8 +86,8 @@ class SortOrder(StrEnum):
 # times are taken as they are; `idle` is seconds before the reply.  Anything else --
 # absent, not a number, or a monotonic clock reading (too small to be a date) -- is
 # ignored, and the dashboard falls back on what it saw itself.
-_ACTIVITY_TIMES = ("last_output", "last_activity")
-_ACTIVITY_AGES = ("idle", "idle_for")
+_ACTIVITY_TIMES = ("last_output", "last_activity", "last_output_at", "last_activity_at")
+_ACTIVITY_AGES = ("idle", "idle_for", "idle_s", "last_output_ago", "last_activity_ago")
 _A_DATE = 1e9  # 2001-09-09: any real Unix time of a console's activity is later
 
 

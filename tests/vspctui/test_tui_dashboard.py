@@ -9,7 +9,10 @@ against a daemon subprocess in test_tui_tmux.py.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 from tests.vspcd.harness import (
     UUID_A,
@@ -224,5 +227,49 @@ def test_reconnects_with_a_fresh_list_and_says_so_after_an_attach(short_dir: Pat
             app.press("q")
             assert await asyncio.wait_for(task, TIMEOUT) == ExitCode.OK
             await db01.close()
+
+    asyncio.run(run())
+
+
+def test_daemon_activity_fields_fill_the_column_and_are_asked_again(short_dir: Path) -> None:
+    """A daemon whose rows say when each console was last active (optional fields,
+    docs/vspc-tui.md "Activity"): the column and the activity order use them, and
+    `list` is asked again for consoles nobody tails.  vspcd itself may not send them
+    yet, so a minimal admin server plays that daemon."""
+    path = str(short_dir / "fake.sock")
+    alpha = {"key": "a" * 32, "name": "alpha", "uuid": "u1", "connected": True}
+    beta = {"key": "b" * 32, "name": "beta", "uuid": "u2", "connected": True}
+    lists = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal lists
+        while line := await reader.readline():
+            request = json.loads(line)
+            reply: dict[str, Any] = {"ok": True, "id": request["id"]}
+            if request["cmd"] == "subscribe":
+                reply["vms"] = [alpha | {"idle": 120}, beta]
+            elif request["cmd"] == "list":
+                lists += 1
+                reply["vms"] = [alpha | {"idle": 120}, beta | {"last_output": time.time()}]
+            elif request["cmd"] == "tail":
+                reply |= {"key": request["vm"], "name": "?", "data_b64": ""}
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        server = await asyncio.start_unix_server(serve, path)
+        screen = HeadlessScreen((100, 32))
+        app = App(AdminAddress(path=path), screen=screen, activity_poll=0.05)
+        task = asyncio.create_task(app.run())
+        await until(app, lambda: screen.row("alpha")[4:5] == ["2m"], "alpha's age from its row")
+        await until(app, lambda: screen.row("beta")[4:5] == ["0s"], "beta's age from `list`")
+        assert lists >= 1
+        app.press("s")
+        assert [words[0] for words in screen_rows(screen)] == ["beta", "alpha"]
+        app.press("q")
+        assert await asyncio.wait_for(task, TIMEOUT) == ExitCode.OK
+        server.close()
+        await server.wait_closed()
 
     asyncio.run(run())
