@@ -300,6 +300,7 @@ class App:
             )
             self._done = aio.create_future()
             self._say(f"connected to vspcd at {self.address}; ? for help")
+            self.model.note(f"connected to vspcd: {len(self.model.consoles)} console(s)")
             self._show_all()
             self._spawn(self._session())
             self._spawn(self._tail_worker())
@@ -962,7 +963,8 @@ def build_parser() -> argparse.ArgumentParser:
     """`vspc-tui [--socket PATH | --tcp HOST:PORT] [--reconnect-max SECONDS]`."""
     parser = NoExitParser(
         prog="vspc-tui",
-        description="Dashboard of vspcd: consoles, their output and events; attach, clear.",
+        description="Dashboard of vspcd: consoles, their live output, details and events; "
+        "attach, kick, clear.",
         epilog="Keys: press ? in the dashboard.  exit codes: 0 ok, 2 usage, 3 cannot "
         "connect, 7 protocol error, 130 interrupted.",
     )

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.vspcd.harness import (
     UUID_A,
     UUID_B,
@@ -25,7 +27,7 @@ from tests.vspcd.harness import (
 )
 from tests.vspctui.test_tui_app import TIMEOUT, HeadlessScreen, short_dir, until
 from vspc.common.admin import LockMode
-from vspc.vspctui.app import App, Mode
+from vspc.vspctui.app import App, Mode, main
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.commands import Context, ExitCode
 
@@ -273,3 +275,21 @@ def test_daemon_activity_fields_fill_the_column_and_are_asked_again(short_dir: P
         await server.wait_closed()
 
     asyncio.run(run())
+
+
+def test_default_socket_is_the_shared_rule_and_reconnect_max_is_checked(
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No --socket: vspc.common.paths.client_socket decides; here the config file does.
+    config = short_dir / "vspcd.toml"
+    config.write_text(f'admin_socket = "{short_dir / "from-config.sock"}"\n')
+    monkeypatch.delenv("VSPC_SOCKET", raising=False)
+    monkeypatch.setenv("VSPC_CONFIG", str(config))
+    assert main([]) == ExitCode.NO_DAEMON
+    assert "from-config.sock" in capsys.readouterr().err
+    monkeypatch.setenv("VSPC_SOCKET", str(short_dir / "from-env.sock"))
+    assert main([]) == ExitCode.NO_DAEMON
+    assert "from-env.sock" in capsys.readouterr().err
+    for bad in ("0", "-1", "soon", "3601"):
+        assert main(["--reconnect-max", bad]) == ExitCode.USAGE
+        assert "--reconnect-max" in capsys.readouterr().err
