@@ -5,7 +5,23 @@ asyncio loop with the admin connection), the `AdminClient`, the model
 (vspctui/model.py), the views (vspctui/views.py) and the key table (vspctui/keys.py).
 It subscribes to vspcd's events, folds them into the model, and redraws; keys become
 commands through the table, and commands become admin requests (`tail`, `untail`,
-`clear`) or an attach session.  No threads: everything runs on the loop.
+`show`, `clear`, `kick`) or an attach session.  No threads: everything runs on the loop.
+
+What issue #9 asked of it, and where it happens:
+
+- The preview follows the focus: one task (`_tail_worker`) keeps the daemon's tail
+  follows equal to what is wanted -- the focused console, the pinned ones (`t`) and
+  the grid's -- starting the focused one first and untailing what is no longer
+  wanted.  It reads the wanted set afresh after each request, so holding a key down
+  over 10,000 consoles sends a few requests, not one per row passed.
+- Redraws are coalesced: events fold into the model at once, the screen is redrawn
+  at most every `REDRAW_EVERY` seconds under load, and the console list builds row
+  widgets only for the rows on screen (vspctui/views.py, `ConsoleList`).  Keys
+  redraw at once.
+- When vspcd goes away the rows turn stale ("?", never "up"), the status line says
+  so on every redraw (an attach's messages cannot hide it), and `_reconnect` tries
+  again with exponential back-off; on success the list is rebuilt from a fresh
+  `subscribe` snapshot and the tails are started again.
 
 Attaching suspends the dashboard: the urwid screen is stopped (the terminal goes back
 to its normal mode and urwid stops reading it), `vspc attach`'s own session
@@ -25,14 +41,28 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sequence
+from enum import StrEnum
 from typing import Any, Protocol
 
 import urwid
 
-from vspc.common.admin import AdminError, ConsoleInfo, ErrorCode, EventName, LockMode
-from vspc.common.paths import client_socket as default_socket
+from vspc.common.admin import (
+    AdminError,
+    ClientInfo,
+    ConsoleInfo,
+    ErrorCode,
+    EventName,
+    LockMode,
+)
+from vspc.common.display import safe
 from vspc.vspctui.attach import run_attach
-from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
+from vspc.vspctui.client import (
+    AdminAddress,
+    AdminClient,
+    ClientError,
+    ConnectError,
+    consoles_of,
+)
 from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
@@ -42,23 +72,52 @@ from vspc.vspctui.cmdtable import (
     exit_code_for,
 )
 from vspc.vspctui.keys import Command, KeyContext, hints, lookup
-from vspc.vspctui.model import Model
+from vspc.vspctui.model import Model, row_activity
+from vspc.vspctui.options import add_address_options, address_from
 from vspc.vspctui.views import (
     PALETTE,
+    ClientPicker,
     ConsoleList,
+    DetailPane,
     EventLog,
+    GridView,
     HelpView,
     LockPicker,
     PromptDialog,
     StatusBar,
     TailPane,
+    detail_lines,
 )
 
-__all__ = ["REPLAY", "TAIL_BYTES", "App", "AttachRunner", "NotATerminal", "build_parser", "main"]
+__all__ = [
+    "ACTIVITY_POLL",
+    "BACKOFF",
+    "REDRAW_EVERY",
+    "REPLAY",
+    "TAIL_BYTES",
+    "App",
+    "AttachRunner",
+    "Mode",
+    "NotATerminal",
+    "build_parser",
+    "main",
+]
 
 TAIL_BYTES = 16 * 1024  # scrollback asked for when following a console
 REPLAY = 4096  # scrollback shown when attaching, so the operator sees where the VM is
 _PAGE = 10  # rows page up/down move the console list
+REDRAW_EVERY = 0.05  # s: under a stream of events, at most 20 redraws a second
+TICK = 1.0  # s: activity ages, the grid's "most active" and the detail pane refresh
+BACKOFF = (0.5, 10.0)  # s: first and longest wait between reconnection attempts
+ACTIVITY_POLL = 10.0  # s: `list` again for the daemon's activity figures, if it has them
+
+
+class Mode(StrEnum):
+    """What the pane under the console list shows."""
+
+    TAIL = "tail"  # the focused console's output
+    GRID = "grid"  # several live tails
+    DETAIL = "detail"  # the focused console's `show`
 
 
 class NotATerminal(Exception):
@@ -114,6 +173,9 @@ class App:
         attach: runs an attach session on the terminal (default: `run_attach`).
         stdin_fd, stdout_fd: the terminal the attach session uses.
         model: the model to fill (tests inject one with a fixed clock).
+        backoff: first and longest wait (s) between attempts to reconnect to vspcd.
+        activity_poll: how often (s) to `list` again for the last-activity figures of
+            consoles nobody tails, when the daemon's rows carry them.
     """
 
     def __init__(
@@ -125,8 +187,13 @@ class App:
         stdin_fd: int = 0,
         stdout_fd: int = 1,
         model: Model | None = None,
+        backoff: tuple[float, float] = BACKOFF,
+        activity_poll: float = ACTIVITY_POLL,
     ) -> None:
         self.address = address
+        self._backoff = backoff
+        self._activity_poll = activity_poll
+        self._daemon_activity = False  # its rows say when each console was last active
         self.model = model or Model()
         self._screen = screen
         self._attach_runner = attach
@@ -135,20 +202,20 @@ class App:
         # views
         self.console_list = ConsoleList()
         self.tail_pane = TailPane()
+        self.grid = GridView()
+        self.detail = DetailPane()
         self.event_log = EventLog()
         self.status = StatusBar()
         self._header = urwid.Text("", wrap="clip")
-        body = urwid.Pile(
-            [
-                ("weight", 3, urwid.LineBox(self.console_list, title="consoles")),
-                ("weight", 3, self.tail_pane),
-                ("weight", 2, self.event_log),
-            ]
-        )
+        self._list_box = urwid.LineBox(self.console_list, title="consoles")
+        self._body = urwid.Pile([self._list_box])
+        self.mode = Mode.TAIL
+        self._layout()
         header = urwid.AttrMap(self._header, "header")
-        self.frame = urwid.Frame(body, header=header, footer=self.status)
+        self.frame = urwid.Frame(self._body, header=header, footer=self.status)
         urwid.connect_signal(self.console_list, "attach", self._on_attach)
         urwid.connect_signal(self.console_list, "focus", self._on_focus)
+        urwid.connect_signal(self.grid, "resized", self._pick_grid)
 
         # what has the keyboard: the dashboard, or a dialog with its confirm/cancel
         self.context = KeyContext.DASHBOARD
@@ -167,7 +234,11 @@ class App:
             Command.ATTACH: lambda: self._attach_focused(None, False),
             Command.ATTACH_LOCK: self._pick_lock,
             Command.ATTACH_READONLY: lambda: self._attach_focused(None, True),
-            Command.TAIL: self._toggle_tail,
+            Command.TAIL: self._toggle_pin,
+            Command.GRID: lambda: self._switch(Mode.GRID),
+            Command.DETAIL: lambda: self._switch(Mode.DETAIL),
+            Command.SORT: self._cycle_sort,
+            Command.KICK: self._pick_client,
             Command.CLEAR: self._ask_clear,
             Command.FILTER: self._ask_filter,
             Command.HELP: self._show_help,
@@ -176,6 +247,8 @@ class App:
             Command.CANCEL: self._on_cancel,
         }
 
+        self._grid_keys: list[str] = []
+
         # set by run()
         self.loop: urwid.MainLoop | None = None
         self.client: AdminClient | None = None
@@ -183,9 +256,19 @@ class App:
         self.attaching = False
         self._done: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tail_busy: set[str] = set()
         self._redraw_pending = False
         self._consoles_changed = False
+        # tails: the consoles vspcd follows for us, and those it refused (not retried
+        # until the focus moves or we reconnect)
+        self._tailing: set[str] = set()
+        self._tail_refused: set[str] = set()
+        self._tail_wake = asyncio.Event()
+        # detail: the last `show` of the focused console (key, typed, JSON), or None
+        self._detail: tuple[str, ConsoleInfo, dict[str, Any]] | None = None
+        self._detail_wake = asyncio.Event()
+        # connection: "" while connected, else what the status line says about it
+        self.connection = ""
+        self.reconnected = asyncio.Event()  # set on each reconnection (tests wait on it)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -200,7 +283,7 @@ class App:
         aio = asyncio.get_running_loop()
         self.client = await AdminClient.connect(self.address)
         try:
-            self.model.load(await self.client.subscribe())
+            await self._subscribe(self.client)
             screen = self._screen
             if screen is None:
                 if not (os.isatty(self._stdin_fd) and os.isatty(self._stdout_fd)):
@@ -217,8 +300,13 @@ class App:
             )
             self._done = aio.create_future()
             self._say(f"connected to vspcd at {self.address}; ? for help")
+            self.model.note(f"connected to vspcd: {len(self.model.consoles)} console(s)")
             self._show_all()
-            self._spawn(self._pump())
+            self._spawn(self._session())
+            self._spawn(self._tail_worker())
+            self._spawn(self._detail_worker())
+            self._spawn(self._ticker())
+            self._spawn(self._activity_poller())
             self._catch_signals()
             with self.loop.start():
                 self._refresh()
@@ -228,7 +316,8 @@ class App:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.client.close()
+            if self.client is not None:
+                await self.client.close()
 
     def finish(self, code: int) -> None:
         """End `run()` with exit code `code`."""
@@ -264,32 +353,135 @@ class App:
 
     # -- vspcd -> model ----------------------------------------------------------------
 
-    async def _pump(self) -> None:
-        assert self.client is not None
+    async def _subscribe(self, client: AdminClient) -> None:
+        """Subscribe on `client` and rebuild the model from the snapshot."""
+        reply = await client.request("subscribe")
+        rows = reply.get("vms")
+        rows = rows if isinstance(rows, list) else []
+        self.model.load(consoles_of(reply), rows)
+        now = self.model.now()
+        self._daemon_activity = any(row_activity(r, now) is not None for r in rows)
+        self._tailing.clear()
+        self._tail_refused.clear()
+        self._detail = None
+
+    async def _session(self) -> None:
+        """Pump events; when the connection goes, reconnect, and pump again."""
+        while True:
+            why = await self._pump()
+            self._connection_lost(why)
+            await self._reconnect(why)
+
+    async def _pump(self) -> str:
+        """Fold events into the model until the connection ends; returns why it did."""
+        client = self.client
+        assert client is not None
+        detail = self._detail_wake
         try:
-            async for event in self.client.events():
+            async for event in client.events():
                 self.model.apply(event)
-                # Output only changes the tail pane; the list need not be rebuilt.
-                self._refresh(consoles=event.event != EventName.OUTPUT)
+                name = event.event
+                if name == EventName.OUTPUT:
+                    # Output only changes the tails; the list need not be redrawn.
+                    self._refresh(consoles=False)
+                    continue
+                if name in (EventName.TAIL_END, EventName.VM_EXPIRED):
+                    self._tailing.discard(event.key or "")
+                focused = self.console_list.focused
+                if self.mode is Mode.DETAIL and focused is not None and event.key == focused.key:
+                    detail.set()
+                self._refresh()
         except (AdminError, ClientError) as exc:
-            self._connection_lost(str(exc))
-        else:
-            self._connection_lost("connection closed by vspcd")
+            return str(exc)
+        return "connection closed by vspcd"
 
     def _connection_lost(self, why: str) -> None:
         self.model.note(f"lost the connection to vspcd: {why}")
-        self._say(f"lost the connection to vspcd ({why}); q quits", error=True)
+        self.model.disconnected()
+        self._tailing.clear()
+        self._detail = None
+        self.connection = "not connected to vspcd"
+        self._say(f"lost the connection to vspcd ({why}); reconnecting, q quits", error=True)
         self._refresh()
+
+    async def _reconnect(self, why: str) -> None:
+        """Try again until vspcd answers, waiting longer each time (up to the
+        back-off's maximum), then resubscribe: the list is rebuilt from the fresh
+        snapshot, never patched from what was shown before."""
+        old = self.client
+        if old is not None:
+            await old.close()
+        delay, longest = self._backoff
+        attempt, last_why = 0, why
+        while True:
+            attempt += 1
+            self.connection = f"not connected to vspcd: retry {attempt} in {delay:g}s"
+            if why != last_why:  # the event log says why, once per different reason
+                self.model.note(f"cannot reach vspcd: {why}")
+                last_why = why
+            self._refresh()
+            await asyncio.sleep(delay)  # the back-off itself: nothing to wait on
+            try:
+                client = await AdminClient.connect(self.address)
+            except ClientError as exc:
+                why, delay = str(exc), min(delay * 2, longest)
+                continue
+            try:
+                await self._subscribe(client)
+            except (AdminError, ClientError) as exc:
+                await client.close()
+                why, delay = str(exc), min(delay * 2, longest)
+                continue
+            break
+        self.client = client
+        self.connection = ""
+        self.model.note(f"reconnected to vspcd at {self.address}")
+        self._say(f"reconnected to vspcd at {self.address}")
+        self._tail_wake.set()
+        self._detail_wake.set()
+        self.reconnected.set()
+        self._refresh()
+
+    async def _activity_poller(self) -> None:
+        """Events only tell about changes, and output only comes for tailed consoles;
+        a daemon whose rows carry a last-activity figure is asked for them again now
+        and then, so the column and the activity order cover every console."""
+        while True:
+            await asyncio.sleep(self._activity_poll)
+            client = self.client
+            if not self._daemon_activity or client is None or not self.model.connected:
+                continue
+            try:
+                reply = await client.request("list")
+            except (AdminError, ClientError):
+                continue  # the session notices a lost connection on its own
+            rows = reply.get("vms")
+            if isinstance(rows, list):
+                self.model.learn(r for r in rows if isinstance(r, dict))
+                self._refresh()
+
+    async def _ticker(self) -> None:
+        """Once a `TICK`: ages in the activity column move on, the grid picks the
+        most active consoles again, and the detail pane asks for fresh counters."""
+        while True:
+            await asyncio.sleep(TICK)
+            self.model.reorder()
+            if self.mode is Mode.GRID:
+                self._pick_grid()
+            elif self.mode is Mode.DETAIL:
+                self._detail_wake.set()
+            self._refresh()
 
     # -- drawing -----------------------------------------------------------------------
 
     def _refresh(self, consoles: bool = True) -> None:
-        """Redraw soon: a burst of events costs one redraw.  `consoles`: the console
-        list (not only a tail buffer) may have changed."""
+        """Redraw soon: a burst of events costs one redraw, and a stream of them at
+        most one per `REDRAW_EVERY`.  `consoles`: the console list (not only a tail
+        buffer) may have changed."""
         self._consoles_changed |= consoles
         if not self._redraw_pending:
             self._redraw_pending = True
-            asyncio.get_running_loop().call_soon(self._redraw)
+            asyncio.get_running_loop().call_later(REDRAW_EVERY, self._redraw)
 
     def _redraw(self) -> None:
         self._redraw_pending = False
@@ -297,7 +489,7 @@ class App:
             self._consoles_changed = False
             self._show_all()
         else:
-            self._show_tail()
+            self._show_middle()
         loop = self.loop
         # While attached the terminal belongs to the attach session.
         if loop is not None and loop.screen.started and not self.attaching:
@@ -309,28 +501,91 @@ class App:
 
     def _show_all(self) -> None:
         model = self.model
-        visible = model.visible()
-        empty = f"no console matches {model.filter!r}" if model.filter else "no consoles"
-        self.console_list.show(visible, model.tails.keys(), empty)
-        self._show_tail()
+        visible = model.visible_keys()
+        empty = f"no console matches {safe(model.filter)}" if model.filter else "no consoles"
+        if not model.connected:
+            empty = "not connected to vspcd"
+        self.console_list.show_keys(
+            visible, model.consoles, model.pinned, empty, idle=model.idle, stale=not model.connected
+        )
+        self._show_middle()
         self.event_log.show(list(model.log))
         shown = f"{len(visible)} of {len(model.consoles)}" if model.filter else len(visible)
-        text = f" vspc-tui  {self.address}  consoles: {shown}"
+        text = " vspc-tui  " + ("" if model.connected else "[NOT CONNECTED]  ")
+        text += f"{self.address}  consoles: {shown}"
         if model.filter:
-            text += f"  filter: {model.filter}"
+            text += f"  filter: {safe(model.filter)}"
+        text += f"  sort: {model.sort.value}"
         self._header.set_text(text)
-        self.status.show(self._message, hints(self.context), self._error)
+        self._show_status()
+
+    def _show_status(self) -> None:
+        self.status.show(self._message, hints(self.context), self._error, self.connection)
+
+    def _layout(self) -> None:
+        """The body for the current mode: the list, then the tail pane and the event
+        log, or the grid or the detail pane in the room of both."""
+        pile = self._body
+        weight = pile.options("weight", 2)
+        if self.mode is Mode.TAIL:
+            parts = [
+                (self._list_box, pile.options("weight", 3)),
+                (self.tail_pane, pile.options("weight", 3)),
+                (self.event_log, weight),
+            ]
+        else:
+            middle = self.grid if self.mode is Mode.GRID else self.detail
+            parts = [(self._list_box, weight), (middle, pile.options("weight", 5))]
+        pile.contents = parts
+        pile.focus_position = 0
+
+    def _show_middle(self) -> None:
+        if self.mode is Mode.GRID:
+            self._show_grid()
+        elif self.mode is Mode.DETAIL:
+            self._show_detail()
+        else:
+            self._show_tail()
 
     def _show_tail(self) -> None:
         console = self.console_list.focused
         if console is None:
             self.tail_pane.show(None, b"", False)
+        elif not self.model.connected:
+            self.tail_pane.show(console.name, b"", False, message="not connected to vspcd")
         else:
-            key = console.key
-            self.tail_pane.show(console.name, self.model.tail(key), self.model.following(key))
+            key, model = console.key, self.model
+            pinned = key in model.pinned
+            live = model.following(key) and not pinned
+            self.tail_pane.show(console.name, model.tail(key), pinned and model.connected, live)
+
+    def _show_grid(self) -> None:
+        model = self.model
+        tails = [
+            (model.consoles[k].name, model.tail(k)) for k in self._grid_keys if k in model.consoles
+        ]
+        if model.pinned:
+            title = f"grid: {len(tails)} pinned console(s)  (t pins/unpins, g closes)"
+        else:
+            title = f"grid: the {len(tails)} most recently active  (t pins, g closes)"
+        self.grid.show(title, tails)
+
+    def _show_detail(self) -> None:
+        console = self.console_list.focused
+        if console is None:
+            self.detail.show("detail", ["no console"])
+            return
+        model = self.model
+        shown = self._detail
+        if shown is not None and shown[0] == console.key:
+            info, row, title = shown[1], shown[2], f"detail: {safe(console.name)}"
+        else:
+            info, row, title = console, {}, f"detail: {safe(console.name)} (asking vspcd)"
+        self.detail.show(title, detail_lines(info, row, model.now(), model.idle(console.key)))
 
     def _say(self, message: str, error: bool = False) -> None:
         self._message, self._error = message, error
+        self._show_status()  # drawn with the next redraw, whatever else changed
 
     # -- keys --------------------------------------------------------------------------
 
@@ -355,7 +610,12 @@ class App:
         self._redraw()
 
     def _on_focus(self, console: ConsoleInfo | None) -> None:
-        self._show_tail()
+        # The preview follows the focus: the worker tails the new one, untails the old.
+        self._tail_refused.clear()
+        self._tail_wake.set()
+        if self.mode is Mode.DETAIL:
+            self._detail_wake.set()
+        self._show_middle()
 
     # -- dialogs -----------------------------------------------------------------------
 
@@ -423,7 +683,10 @@ class App:
         )
 
     async def _clear(self, console: ConsoleInfo, reason: str) -> None:
-        assert self.client is not None
+        if self.client is None or not self.model.connected:
+            self._say("not connected to vspcd", error=True)
+            self._refresh()
+            return
         try:
             reply = await self.client.request("clear", vm=console.key, reason=reason or None)
         except (AdminError, ClientError) as exc:
@@ -442,50 +705,190 @@ class App:
             picker, KeyContext.DIALOG, confirm=lambda: self._attach(console, picker.selected, False)
         )
 
-    # -- tail --------------------------------------------------------------------------
+    # -- modes, sort -------------------------------------------------------------------
 
-    def _toggle_tail(self) -> None:
+    def _switch(self, mode: Mode) -> None:
+        """Show `mode`'s pane, or go back to the tail pane if it is already shown."""
+        self.mode = Mode.TAIL if self.mode is mode else mode
+        if self.mode is Mode.GRID:
+            self._pick_grid()
+        elif self.mode is Mode.DETAIL:
+            self._detail_wake.set()
+        self._layout()
+        self._tail_wake.set()  # the grid's tails start, or stop
+
+    def _pick_grid(self) -> None:
+        """The grid's consoles: the pinned ones, else the most recently active (the
+        first of the list if nothing was seen active yet)."""
+        model, capacity = self.model, self.grid.capacity
+        if model.pinned:
+            keys = sorted(model.pinned, key=lambda k: model.consoles[k].name.casefold())
+        else:
+            keys = model.most_active(capacity)
+            if len(keys) < capacity:
+                keys += [k for k in self.console_list.keys[:capacity] if k not in keys]
+        keys = keys[:capacity]
+        if keys != self._grid_keys:
+            self._grid_keys = keys
+            self._tail_wake.set()
+
+    def _cycle_sort(self) -> None:
+        self.model.sort = self.model.sort.next()  # re-sorts now, then once a tick
+        self._say(f"sorted by {self.model.sort.value}")
+
+    # -- tails -------------------------------------------------------------------------
+
+    def _toggle_pin(self) -> None:
         console = self.console_list.focused
         if console is None:
             return
-        key = console.key
-        if key in self._tail_busy:
-            self._say(f"{console.name}: still waiting for vspcd")
-        elif self.model.following(key):
+        pinned = self.model.pinned
+        if console.key in pinned:
+            pinned.discard(console.key)
+            self._say(f"stopped following {console.name} (unpinned)")
+        else:
+            pinned.add(console.key)
+            self._say(f"following {console.name} (pinned)")
+        if self.mode is Mode.GRID:
+            self._pick_grid()
+        self._tail_wake.set()
+
+    def _wanted(self) -> list[str]:
+        """The consoles whose output should be live, the focused one first."""
+        focused = self.console_list.focused
+        wanted = [focused.key] if focused is not None else []
+        wanted += sorted(self.model.pinned)
+        if self.mode is Mode.GRID:
+            wanted += self._grid_keys
+        return [k for k in dict.fromkeys(wanted) if k in self.model.consoles]
+
+    async def _tail_worker(self) -> None:
+        """Keep vspcd's follows equal to `_wanted()`, one request at a time."""
+        while True:
+            await self._tail_wake.wait()
+            self._tail_wake.clear()
+            while (client := self.client) is not None and self.model.connected:
+                wanted = self._wanted()
+                start = [k for k in wanted if k not in self._tailing]
+                start = [k for k in start if k not in self._tail_refused]
+                stop = [k for k in self._tailing if k not in wanted]
+                try:
+                    # The focused console first: it is what the operator looks at.
+                    if start and (not stop or start[0] == wanted[0]):
+                        await self._tail(client, start[0])
+                    elif stop:
+                        await self._untail(client, stop[0])
+                    else:
+                        break
+                except ClientError:
+                    break  # the connection is gone: _session reconnects and wakes us
+                self._refresh(consoles=False)
+
+    async def _tail(self, client: AdminClient, key: str) -> None:
+        self._tailing.add(key)
+        self.model.start_following(key)
+        try:
+            chunk = await client.tail(key, TAIL_BYTES, follow=True)
+        except AdminError as exc:
+            self._tailing.discard(key)
+            self._tail_refused.add(key)
             self.model.stop_following(key)
-            self._say(f"stopped following {console.name}")
-            self._spawn(self._untail(console))
+            console = self.model.consoles.get(key)
+            self._say(f"tail {console.name if console else key}: {exc}", error=True)
+        except ClientError:
+            self._tailing.discard(key)
+            raise
         else:
-            self.model.start_following(key)
-            self._say(f"following {console.name}")
-            self._spawn(self._tail(console))
+            self.model.tail_started(key, chunk.data)
 
-    async def _tail(self, console: ConsoleInfo) -> None:
-        assert self.client is not None
-        self._tail_busy.add(console.key)
+    async def _untail(self, client: AdminClient, key: str) -> None:
+        self._tailing.discard(key)
+        self.model.stop_following(key)
         try:
-            chunk = await self.client.tail(console.key, TAIL_BYTES, follow=True)
-        except (AdminError, ClientError) as exc:
-            self.model.stop_following(console.key)
-            self._say(f"tail {console.name}: {exc}", error=True)
-        else:
-            self.model.tail_started(console.key, chunk.data)
-        finally:
-            self._tail_busy.discard(console.key)
-        self._refresh()
-
-    async def _untail(self, console: ConsoleInfo) -> None:
-        assert self.client is not None
-        self._tail_busy.add(console.key)
-        try:
-            await self.client.request("untail", vm=console.key)
+            await client.request("untail", vm=key)
         except AdminError as exc:
             if exc.code is not ErrorCode.VM_NOT_FOUND:  # it expired meanwhile: nothing to stop
-                self._say(f"untail {console.name}: {exc}", error=True)
-        except ClientError as exc:
-            self._say(f"untail {console.name}: {exc}", error=True)
-        finally:
-            self._tail_busy.discard(console.key)
+                self._say(f"untail {key}: {exc}", error=True)
+
+    # -- detail ------------------------------------------------------------------------
+
+    async def _detail_worker(self) -> None:
+        """Ask vspcd to `show` the focused console while the detail pane is open."""
+        while True:
+            await self._detail_wake.wait()
+            self._detail_wake.clear()
+            client, console = self.client, self.console_list.focused
+            if self.mode is not Mode.DETAIL or client is None or console is None:
+                continue
+            if not self.model.connected:
+                continue
+            try:
+                reply = await client.request("show", vm=console.key)
+                row = reply.get("console")
+                if not isinstance(row, dict):
+                    raise AdminError(ErrorCode.BAD_FIELD, "show reply without 'console'")
+                info = ConsoleInfo.from_json(row)
+            except AdminError as exc:
+                self._say(f"show {console.name}: {exc}", error=True)
+                self._refresh(consoles=False)
+                continue
+            except ClientError:
+                continue  # _session reconnects
+            self._learn_from_show(info, row)
+            self._detail = (info.key, info, row)
+            self._refresh(consoles=False)
+
+    def _learn_from_show(self, info: ConsoleInfo, row: dict[str, Any]) -> None:
+        """A `show` that says more bytes came from the VM than the last one did means
+        the console was active in between (for consoles not being tailed)."""
+        self.model.learn([row])
+        previous = self._detail
+        if previous is None or previous[0] != info.key:
+            return
+        before, after = previous[1].counters or {}, info.counters or {}
+        if after.get("bytes_from_vm", 0) > before.get("bytes_from_vm", 0):
+            self.model.touch(info.key)
+
+    # -- kick --------------------------------------------------------------------------
+
+    def _pick_client(self) -> None:
+        console = self.console_list.focused
+        if console is None:
+            return
+        if not console.attached:
+            self._say(f"no client is attached to {console.name}")
+            return
+        picker = ClientPicker(console.name, console.attached)
+        self._open(
+            picker, KeyContext.DIALOG, confirm=lambda: self._ask_kick(console, picker.selected)
+        )
+
+    def _ask_kick(self, console: ConsoleInfo, client: ClientInfo) -> None:
+        who = client.user or client.peer
+        dialog = PromptDialog(
+            "kick",
+            f"Kick client #{client.id} ({client.kind.value}, {who}) off {console.name}?  "
+            "It sees the reason.  Enter kicks, Esc cancels.",
+            "reason: ",
+        )
+        self._open(
+            dialog,
+            KeyContext.DIALOG,
+            confirm=lambda: self._spawn(self._kick(console, client, dialog.text)),
+            cancel=lambda: self._say(f"kept client #{client.id} on {console.name}"),
+        )
+
+    async def _kick(self, console: ConsoleInfo, client: ClientInfo, reason: str) -> None:
+        admin = self.client
+        if admin is None or not self.model.connected:
+            self._say("not connected to vspcd", error=True)
+        else:
+            try:
+                await admin.request("kick", client=client.id, reason=reason or None)
+            except (AdminError, ClientError) as exc:
+                self._say(f"kick #{client.id} off {console.name}: {exc}", error=True)
+            else:
+                self._say(f"kicked client #{client.id} off {console.name}")
         self._refresh()
 
     # -- attach ------------------------------------------------------------------------
@@ -502,6 +905,9 @@ class App:
 
     def _attach(self, console: ConsoleInfo, lock: LockMode | None, readonly: bool) -> None:
         if self.attaching:
+            return
+        if not self.model.connected:
+            self._say("attach: wait for the reconnection", error=True)
             return
         self.attaching = True  # before the task runs: no second Enter gets in
         self._spawn(self._attach_session(console, lock, readonly))
@@ -543,22 +949,34 @@ class App:
 # ===================================================================== command line
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """`vspc-tui [--socket PATH | --tcp HOST:PORT]`."""
+    """`vspc-tui [--socket PATH | --tcp HOST:PORT] [--reconnect-max SECONDS]`."""
     parser = NoExitParser(
         prog="vspc-tui",
-        description="Dashboard of vspcd: consoles, their output and events; attach, clear.",
+        description="Dashboard of vspcd: consoles, their live output, details and events; "
+        "attach, kick, clear.",
         epilog="Keys: press ? in the dashboard.  exit codes: 0 ok, 2 usage, 3 cannot "
         "connect, 7 protocol error, 130 interrupted.",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument(
-        "--socket",
-        metavar="PATH",
-        help="vspcd's admin socket (default: as vspc: $VSPC_SOCKET, else "
-        "/run/vspcd/vspcd.sock or your own daemon's $XDG_RUNTIME_DIR/vspcd.sock)",
+    add_address_options(parser)
+    parser.add_argument(
+        "--reconnect-max",
+        metavar="SECONDS",
+        type=_positive,
+        default=BACKOFF[1],
+        help="after losing vspcd, retry with a wait that doubles from "
+        f"{BACKOFF[0]:g} s up to this (default {BACKOFF[1]:g})",
     )
-    where.add_argument("--tcp", metavar="HOST:PORT", help="use vspcd's TCP admin port instead")
     parser.add_argument("--version", action="version", version=f"vspc-tui {client_version()}")
     return parser
 
@@ -574,15 +992,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(str(exc))
         return exc.status
     try:
-        if ns.tcp:
-            address = AdminAddress.tcp(ns.tcp)
-        else:
-            address = AdminAddress(path=str(ns.socket or default_socket(os.environ, os.geteuid())))
+        address = address_from(ns, os.environ, os.geteuid())
     except ValueError as exc:
-        sys.stderr.write(f"vspc-tui: --tcp: {exc}\n")
+        sys.stderr.write(f"vspc-tui: {exc}\n")
         return ExitCode.USAGE
     try:
-        return asyncio.run(App(address).run())
+        backoff = (min(BACKOFF[0], ns.reconnect_max), ns.reconnect_max)
+        return asyncio.run(App(address, backoff=backoff).run())
     except ConnectError as exc:
         sys.stderr.write(f"vspc-tui: {exc}\n")
         return ExitCode.NO_DAEMON

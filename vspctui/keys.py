@@ -43,6 +43,10 @@ class Command(StrEnum):
     ATTACH_LOCK = "attach-lock"
     ATTACH_READONLY = "attach-readonly"
     TAIL = "tail"
+    GRID = "grid"
+    DETAIL = "detail"
+    SORT = "sort"
+    KICK = "kick"
     CLEAR = "clear"
     FILTER = "filter"
     HELP = "help"
@@ -55,7 +59,7 @@ class KeyContext(StrEnum):
     """Where a binding applies: what has the keyboard."""
 
     DASHBOARD = "dashboard"  # the console list, tail and event panes
-    DIALOG = "dialog"  # a prompt (filter, clear reason) or the lock mode picker
+    DIALOG = "dialog"  # a prompt (filter, clear/kick reason), the lock or client picker
     HELP = "help"  # the help screen
 
 
@@ -83,7 +87,11 @@ KEYS: tuple[Binding, ...] = (
     Binding("enter", Command.ATTACH, _D, "attach to the focused console; ^] then quit comes back"),
     Binding("l", Command.ATTACH_LOCK, _D, "attach with a lock mode you pick"),
     Binding("r", Command.ATTACH_READONLY, _D, "attach read-only (never sends a key)"),
-    Binding("t", Command.TAIL, _D, "follow the focused console's output, or stop"),
+    Binding("t", Command.TAIL, _D, "pin the focused console: keep following it, or unpin"),
+    Binding("g", Command.GRID, _D, "grid of live tails: the pinned, else the most active"),
+    Binding("d", Command.DETAIL, _D, "detail: clients, lock, vMotions, bytes each way"),
+    Binding("s", Command.SORT, _D, "sort by name, by activity (latest first), by port"),
+    Binding("K", Command.KICK, _D, "kick a client of the console (pick it, then confirm)"),
     Binding("c", Command.CLEAR, _D, "clear: disconnect every client of the console"),
     Binding("/", Command.FILTER, _D, "filter consoles by name"),
     Binding("?", Command.HELP, _D, "this help"),
@@ -97,18 +105,20 @@ KEYS: tuple[Binding, ...] = (
 
 _TITLES = {
     KeyContext.DASHBOARD: "Dashboard",
-    KeyContext.DIALOG: "Prompts and the lock picker",
+    KeyContext.DIALOG: "Prompts and pickers (lock mode, client to kick)",
     KeyContext.HELP: "This screen (up/down scroll)",
 }
 
-# The footer's short names, in order; commands absent here are in the help only.
+# The footer's short names, in order; commands absent here are in the help only.  The
+# line must fit 80 columns.
 _HINTS = {
     KeyContext.DASHBOARD: (
         (Command.ATTACH, "attach"),
-        (Command.ATTACH_LOCK, "lock"),
-        (Command.ATTACH_READONLY, "read-only"),
-        (Command.TAIL, "tail"),
-        (Command.CLEAR, "clear"),
+        (Command.TAIL, "pin"),
+        (Command.GRID, "grid"),
+        (Command.DETAIL, "detail"),
+        (Command.SORT, "sort"),
+        (Command.KICK, "kick"),
         (Command.FILTER, "filter"),
         (Command.HELP, "help"),
         (Command.QUIT, "quit"),

@@ -13,7 +13,19 @@ What it keeps:
 - `tails`: for each console being followed (`tail` with `follow`), a bounded buffer of
   its most recent output;
 - `log`: a `deque(maxlen=...)` of human-readable event lines, oldest first;
-- `filter`: the name filter the console list applies (`visible()`).
+- `filter`: the name filter the console list applies (`visible()`), and `sort`, the
+  order it shows them in (issue #9: by name, by activity, by port);
+- `activity`: when each console was last seen doing something (Unix time): output
+  this dashboard received, an event about it, or the daemon's own figure when its
+  rows carry one (`row_activity`);
+- `pinned`: the consoles the operator pinned with `t` to keep following whatever has
+  the focus (the controller follows the focused one, the pinned ones and the grid's);
+- `connected`: whether the admin connection is up.  While it is down every row is
+  stale and the views say so rather than show a VM "up" (issue #9).
+
+`visible()` is cached: with 10,000 consoles and 1,000 events a second, re-sorting on
+every event is what pinned a core (issue #9), so the order is only recomputed when
+something it depends on changed.
 """
 
 from __future__ import annotations
@@ -21,8 +33,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from vspc.common.admin import (
@@ -35,7 +48,15 @@ from vspc.common.admin import (
     VMotionPhase,
 )
 
-__all__ = ["LOG_LIMIT", "TAIL_LIMIT", "LogEntry", "Model", "describe"]
+__all__ = [
+    "LOG_LIMIT",
+    "TAIL_LIMIT",
+    "LogEntry",
+    "Model",
+    "SortOrder",
+    "describe",
+    "row_activity",
+]
 
 TAIL_LIMIT = 64 * 1024  # bytes of output kept per followed console
 LOG_LIMIT = 500  # event log lines kept
@@ -47,6 +68,40 @@ class LogEntry:
 
     when: float
     text: str
+
+
+class SortOrder(StrEnum):
+    """The console list's order; `next()` is what the sort key cycles to."""
+
+    NAME = "name"
+    ACTIVITY = "activity"  # most recently active first
+    PORT = "port"
+
+    def next(self) -> SortOrder:
+        members = list(SortOrder)
+        return members[(members.index(self) + 1) % len(members)]
+
+
+# Row fields a daemon may add (issue #8/#9: "last activity"), newest name first.  Unix
+# times are taken as they are; `idle` is seconds before the reply.  Anything else --
+# absent, not a number, or a monotonic clock reading (too small to be a date) -- is
+# ignored, and the dashboard falls back on what it saw itself.
+_ACTIVITY_TIMES = ("last_output", "last_activity", "last_output_at", "last_activity_at")
+_ACTIVITY_AGES = ("idle", "idle_for", "idle_s", "last_output_ago", "last_activity_ago")
+_A_DATE = 1e9  # 2001-09-09: any real Unix time of a console's activity is later
+
+
+def row_activity(row: Mapping[str, Any], now: float) -> float | None:
+    """The Unix time a `list`/`show` row says its console was last active, if it says."""
+    for name in _ACTIVITY_TIMES:
+        value = row.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > _A_DATE:
+            return float(value)
+    for name in _ACTIVITY_AGES:
+        value = row.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return now - float(value)
+    return None
 
 
 def _who(client: ClientInfo) -> str:
@@ -124,17 +179,79 @@ class Model:
         self.consoles: dict[str, ConsoleInfo] = {}
         self.tails: dict[str, bytearray] = {}
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
-        self.filter = ""
+        self.activity: dict[str, float] = {}
+        self.pinned: set[str] = set()
+        self.connected = True
+        self._filter = ""
+        self._sort = SortOrder.NAME
         self._clock = clock
         self._tail_limit = tail_limit
+        # visible() cache: the keys in order, valid until `_order_stale` is set.
+        self._order: list[str] = []
+        self._order_stale = True
+        self._activity_moved = False
 
     # -- reading -----------------------------------------------------------------------
 
+    @property
+    def filter(self) -> str:
+        return self._filter
+
+    @filter.setter
+    def filter(self, text: str) -> None:
+        self._filter = text
+        self._order_stale = True
+
+    @property
+    def sort(self) -> SortOrder:
+        return self._sort
+
+    @sort.setter
+    def sort(self, order: SortOrder) -> None:
+        self._sort = order
+        self._order_stale = True
+
+    def now(self) -> float:
+        """The model's clock (views compute "time since" against it)."""
+        return self._clock()
+
     def visible(self) -> list[ConsoleInfo]:
-        """Consoles whose display name contains the filter (case-insensitive), by name."""
-        needle = self.filter.casefold()
+        """Consoles whose display name contains the filter (case-insensitive), in the
+        current `sort` order (ties, and the name order, by name then key)."""
+        consoles = self.consoles
+        return [consoles[k] for k in self.visible_keys()]
+
+    def visible_keys(self) -> list[str]:
+        """`visible()`'s keys.  The same list object is returned until the order
+        changes, so a view can tell "same order" by identity (do not modify it)."""
+        if self._order_stale:
+            self._order = self._sorted_keys()
+            self._order_stale = False
+        return self._order
+
+    def _sorted_keys(self) -> list[str]:
+        needle = self._filter.casefold()
         rows = [c for c in self.consoles.values() if needle in c.name.casefold()]
-        return sorted(rows, key=lambda c: (c.name.casefold(), c.key))
+        rows.sort(key=lambda c: (c.name.casefold(), c.key))
+        if self._sort is SortOrder.ACTIVITY:
+            activity = self.activity
+            rows.sort(key=lambda c: -activity.get(c.key, 0.0))  # stable: name breaks ties
+        elif self._sort is SortOrder.PORT:
+            rows.sort(key=lambda c: (c.port is None, c.port or 0))
+        return [c.key for c in rows]
+
+    def idle(self, key: str) -> float | None:
+        """Seconds since console `key` was last active, or None if never seen active."""
+        when = self.activity.get(key)
+        return None if when is None else max(0.0, self._clock() - when)
+
+    def most_active(self, count: int) -> list[str]:
+        """The keys of the `count` most recently active consoles (grid view)."""
+        ranked = sorted(
+            (k for k in self.consoles if k in self.activity),
+            key=lambda k: (-self.activity[k], k),
+        )
+        return ranked[:count]
 
     def following(self, key: str) -> bool:
         return key in self.tails
@@ -145,11 +262,51 @@ class Model:
 
     # -- feeding -----------------------------------------------------------------------
 
-    def load(self, consoles: Iterable[ConsoleInfo]) -> None:
-        """Replace every console with a snapshot (the `subscribe` reply)."""
+    def load(self, consoles: Iterable[ConsoleInfo], rows: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Replace every console with a snapshot (the `subscribe` reply); `rows` are
+        the same rows as JSON objects, for the fields `ConsoleInfo` does not carry."""
         self.consoles = {c.key: c for c in consoles}
+        self.connected = True
+        self._order_stale = True
         for key in [k for k in self.tails if k not in self.consoles]:
             del self.tails[key]
+        self.pinned &= self.consoles.keys()
+        for key in [k for k in self.activity if k not in self.consoles]:
+            del self.activity[key]
+        self.learn(rows)
+
+    def learn(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Take the last-activity figure of daemon rows that carry one."""
+        now = self._clock()
+        for row in rows:
+            key = row.get("key")
+            when = row_activity(row, now)
+            if isinstance(key, str) and key in self.consoles and when is not None:
+                self._active(key, when)
+
+    def disconnected(self) -> None:
+        """The admin connection is gone: every row is stale, no tail is live."""
+        self.connected = False
+        self.tails.clear()
+
+    def touch(self, key: str) -> None:
+        """Console `key` was seen active just now (e.g. its counters moved)."""
+        if key in self.consoles:
+            self._active(key, self._clock())
+
+    def _active(self, key: str, when: float) -> None:
+        if when > self.activity.get(key, 0.0):
+            self.activity[key] = when
+            self._activity_moved = True
+
+    def reorder(self) -> None:
+        """Sorted by activity, take the activity seen since the last sort into the
+        order.  Called once a tick rather than on every event: re-sorting 10,000
+        consoles per event is what the issue measured, and rows that jump under the
+        cursor many times a second cannot be read anyway."""
+        if self._activity_moved and self._sort is SortOrder.ACTIVITY:
+            self._order_stale = True
+        self._activity_moved = False
 
     def note(self, text: str) -> None:
         """Add a line of our own (not an event) to the log."""
@@ -171,9 +328,17 @@ class Model:
             except AdminError:
                 row = None
             if row is not None:
+                old = self.consoles.get(key)
+                if old is None or (old.name, old.port) != (row.name, row.port):
+                    self._order_stale = True
                 self.consoles[key] = row
+                raw = event.fields.get("console")
+                if isinstance(raw, dict):
+                    self.learn([raw])
             elif key in self.consoles:
                 self._update(key, connected=True)
+            if key in self.consoles:
+                self._active(key, self._clock())
             return
         if event.event == EventName.TAIL_END:
             self.tails.pop(key, None)
@@ -181,15 +346,21 @@ class Model:
         if event.event == EventName.VM_EXPIRED:
             self.consoles.pop(key, None)
             self.tails.pop(key, None)
+            self.activity.pop(key, None)
+            self.pinned.discard(key)
+            self._order_stale = True
             return
         console = self.consoles.get(key)
         if console is None:
             return
+        if event.event != EventName.LOCK_CHANGED:  # a lock is the operators', not the VM's
+            self._active(key, self._clock())
         fields = event.fields
         match event.event:
             case EventName.VM_DISCONNECTED:
                 self._update(key, connected=False)
             case EventName.VM_RENAMED:
+                self._order_stale = True
                 vm_name = fields.get("vm_name")
                 self._update(
                     key,
@@ -231,6 +402,8 @@ class Model:
 
     def _update(self, key: str, **changes: Any) -> None:
         self.consoles[key] = dataclasses.replace(self.consoles[key], **changes)
+        if "port" in changes or "name" in changes:
+            self._order_stale = True
 
     # -- tail --------------------------------------------------------------------------
 
@@ -252,7 +425,8 @@ class Model:
         self.tails.pop(key, None)
 
     def _output(self, event: Event) -> None:
-        buffer = self.tails.get(event.key or "")
+        key = event.key or ""
+        buffer = self.tails.get(key)
         if buffer is None:
             return
         try:
@@ -260,6 +434,8 @@ class Model:
         except AdminError:  # no valid data_b64: nothing to show
             return
         self._trim(buffer)
+        if key in self.consoles:
+            self._active(key, self._clock())
 
     def _trim(self, buffer: bytearray) -> None:
         if len(buffer) > self._tail_limit:

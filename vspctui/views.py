@@ -7,35 +7,44 @@ own urwid signals (`ConsoleList` emits "attach" and "focus", `PromptDialog` emit
 controller (vspctui/app.py) calls `show()` after every change, as urwid's
 `examples/graph.py` does.  `PALETTE` is declared here, next to the attributes it names.
 
-Everything that came from the daemon or a VM goes through `safe()`/`screen_lines()`
-before it reaches a `Text`: a VM name or console output is arbitrary bytes, and an
-escape sequence passed to the terminal would repaint or reconfigure it.
+Everything that came from the daemon or a VM goes through `vspc.common.display.safe`
+(names, labels, reasons, users, addresses: issue #7, "Safe output everywhere") or,
+for console output, `screen_lines()` before it reaches a `Text`: a VM name or console
+output is arbitrary bytes, and an escape sequence passed to the terminal would repaint
+or reconfigure it.  (`safe` here is the older caret form, `^[`, kept for callers of
+this module; the views themselves use the shared one.)
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import urwid
 from urwid.widget import AbstractFlowWidget
 
-from vspc.common.admin import ConsoleInfo, LockMode, VMotionPhase
+from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, VMotionPhase
+from vspc.common.display import safe as display_safe
 from vspc.vspctui.keys import KEYS, Binding, help_sections
 from vspc.vspctui.model import LogEntry
 
 __all__ = [
     "LOCK_HELP",
     "PALETTE",
+    "ClientPicker",
     "ConsoleList",
+    "DetailPane",
     "EventLog",
+    "GridView",
     "HelpView",
     "LockPicker",
     "PromptDialog",
     "StatusBar",
     "TailPane",
     "console_row",
+    "detail_lines",
     "safe",
     "screen_lines",
 ]
@@ -193,79 +202,216 @@ def _vm_state(console: ConsoleInfo) -> str:
     return "down"
 
 
+def _who(client: ClientInfo) -> str:
+    return display_safe(client.user or client.peer)
+
+
 _COLUMNS = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  LOCK"
+# With room for it (issue #9), the activity column: time since the console last did
+# something.  Narrower lists keep the five columns they always had.
+_COLUMNS_WIDE = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  {'ACT':>4}  LOCK"
+WIDE = 72  # list width from which the activity column is shown
+STALE = "?"  # the VM column while the dashboard is not connected to vspcd
 
 
-def console_row(console: ConsoleInfo, following: bool = False) -> str:
-    """One console list row: follow mark, name, port, VM state, clients, lock."""
-    name = safe(console.name)
+def console_row(
+    console: ConsoleInfo,
+    following: bool = False,
+    *,
+    idle: float | None = None,
+    activity: bool = False,
+    stale: bool = False,
+) -> str:
+    """One console list row: pin mark, name, port, VM state, clients, [activity,] lock.
+
+    Args:
+        following: the console is pinned (`*`).
+        idle: seconds since it was last active (None: not seen active).
+        activity: show the activity column (`idle`).
+        stale: the dashboard lost vspcd: the VM state is unknown, not "up".
+    """
+    name = display_safe(console.name)
     if len(name) > 24:
         name = name[:23] + "~"
     port = "-" if console.port is None else str(console.port)
     lock = "-"
     if console.lock is not None:
         holder = console.lock_holder
-        who = f" ({safe(holder.user or holder.peer)})" if holder is not None else ""
+        who = f" ({_who(holder)})" if holder is not None else ""
         lock = console.lock.value + who
     mark = "*" if following else " "
-    return f"{mark} {name:<24} {port:>5}  {_vm_state(console):<9} {console.clients:>3}  {lock}"
+    state = STALE if stale else _vm_state(console)
+    row = f"{mark} {name:<24} {port:>5}  {state:<9} {console.clients:>3}  "
+    if activity:
+        row += f"{'-' if idle is None else _duration(idle):>4}  "
+    return row + lock
 
 
 # ===================================================================== the views
 
 
+class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
+    """A list walker over positions 0..size-1 whose widgets are made on demand.
+
+    urwid's `SimpleFocusListWalker` holds one widget per row: with 10,000 consoles,
+    rebuilding them on every change is what kept the dashboard at 100 % of a core
+    (issue #9).  The ListBox only asks for the rows it draws, so only those are built
+    (and cached while their text does not change).
+    """
+
+    def __init__(self, make: Callable[[int], urwid.Widget]) -> None:
+        self.size = 0
+        self.focus = 0
+        self._make = make
+
+    def __getitem__(self, position: int) -> urwid.Widget:
+        if not 0 <= position < self.size:
+            raise IndexError(position)
+        return self._make(position)
+
+    def next_position(self, position: int) -> int:
+        if position + 1 >= self.size:
+            raise IndexError(position)
+        return position + 1
+
+    def prev_position(self, position: int) -> int:
+        if position <= 0:
+            raise IndexError(position)
+        return position - 1
+
+    def positions(self, reverse: bool = False) -> Iterable[int]:
+        return range(self.size - 1, -1, -1) if reverse else range(self.size)
+
+    def set_focus(self, position: int) -> None:
+        self.focus = position
+        self._modified()
+
+    def changed(self) -> None:
+        """The rows' contents changed: the ListBox must draw them again."""
+        self._modified()
+
+
 class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
     """One row per console.  Emits "attach" with the focused `ConsoleInfo` on Enter,
-    and "focus" with the newly focused one (or None) when the focus moves."""
+    and "focus" with the newly focused one (or None) when the focus moves.
+
+    Rows are built only for the part of the list on screen (`_Rows`), and `show_keys`
+    with the same key list as before costs nothing however many consoles there are:
+    the rows read the consoles through the mapping they were given when drawn."""
 
     signals = ["attach", "focus"]
 
     def __init__(self) -> None:
-        self._consoles: list[ConsoleInfo] = []
-        self._walker: urwid.SimpleFocusListWalker[AbstractFlowWidget] = urwid.SimpleFocusListWalker(
-            []
-        )
+        self._keys: Sequence[str] = []
+        self._lookup: Mapping[str, ConsoleInfo] = {}
+        self._index: dict[str, int] | None = {}
+        self._following: Collection[str] = ()
+        self._idle: Callable[[str], float | None] | None = None
+        self._stale = False
+        self._empty = "no consoles"
+        self._wide = False
+        self._cache: dict[str, tuple[str, urwid.Widget]] = {}
+        self._walker = _Rows(self._row)
         self._listbox = urwid.ListBox(self._walker)
-        columns = urwid.AttrMap(urwid.Text(_COLUMNS, wrap="clip"), "columns")
-        super().__init__(urwid.Frame(self._listbox, header=columns))
+        self._columns = urwid.Text(_COLUMNS, wrap="clip")
+        super().__init__(urwid.Frame(self._listbox, header=urwid.AttrMap(self._columns, "columns")))
 
     @property
     def focused(self) -> ConsoleInfo | None:
-        if not self._consoles:
+        if not self._keys:
             return None
-        position = self._walker.focus
-        return self._consoles[position] if position is not None else None
+        return self._lookup.get(self._keys[min(self._walker.focus, len(self._keys) - 1)])
+
+    @property
+    def keys(self) -> list[str]:
+        """The keys shown, in order."""
+        return list(self._keys)
 
     def show(
-        self, consoles: Sequence[ConsoleInfo], following: Collection[str] = (), empty: str = ""
+        self,
+        consoles: Sequence[ConsoleInfo],
+        following: Collection[str] = (),
+        empty: str = "",
+        *,
+        idle: Callable[[str], float | None] | None = None,
+        stale: bool = False,
     ) -> None:
         """Show `consoles` in order, keeping the focus on the same console if it is
-        still there; `following` are the keys whose output is being tailed."""
+        still there; `following` are the keys to mark (pinned), `idle(key)` the
+        seconds since a console was last active, `stale` that vspcd is unreachable."""
+        self.show_keys(
+            [c.key for c in consoles],
+            {c.key: c for c in consoles},
+            following,
+            empty,
+            idle=idle,
+            stale=stale,
+        )
+
+    def show_keys(
+        self,
+        keys: Sequence[str],
+        lookup: Mapping[str, ConsoleInfo],
+        following: Collection[str] = (),
+        empty: str = "",
+        *,
+        idle: Callable[[str], float | None] | None = None,
+        stale: bool = False,
+    ) -> None:
+        """`show()` by key: `keys` in order, each looked up in `lookup` when its row is
+        drawn.  Pass the same `keys` object again when the order has not changed."""
         before = self.focused
-        self._consoles = list(consoles)
-        rows: list[AbstractFlowWidget] = [
-            urwid.AttrMap(
-                urwid.SelectableIcon(console_row(c, c.key in following), 0), None, "focus"
-            )
-            for c in self._consoles
-        ]
-        if not rows:
-            rows = [urwid.Text(empty or "no consoles")]
-        self._walker[:] = rows
-        keys = [c.key for c in self._consoles]
-        if before is not None and before.key in keys:
-            self._walker.set_focus(keys.index(before.key))
-        elif rows:
-            self._walker.set_focus(0)
+        if keys is not self._keys:
+            self._keys, self._index = keys, None
+        self._lookup = lookup
+        self._following, self._idle, self._stale = following, idle, stale
+        self._empty = empty or "no consoles"
+        if len(self._cache) > 4 * 1024:
+            self._cache.clear()
+        walker = self._walker
+        walker.size = max(1, len(keys))
+        if before is not None and (walker.focus >= len(keys) or keys[walker.focus] != before.key):
+            if self._index is None:
+                self._index = {k: i for i, k in enumerate(keys)}
+            walker.focus = self._index.get(before.key, 0)
+        elif before is None:
+            walker.focus = 0
+        walker.changed()
         self._focus_moved(before)
+
+    def _row(self, position: int) -> urwid.Widget:
+        if not self._keys:
+            return urwid.Text(self._empty)
+        key = self._keys[position]
+        console = self._lookup.get(key)
+        if console is None:  # gone since the order was computed; the next show drops it
+            return urwid.SelectableIcon("  ...", 0)
+        idle = self._idle(key) if self._idle is not None and self._wide else None
+        text = console_row(
+            console, key in self._following, idle=idle, activity=self._wide, stale=self._stale
+        )
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        widget = urwid.AttrMap(urwid.SelectableIcon(text, 0), None, "focus")
+        self._cache[key] = (text, widget)
+        return widget
+
+    def render(self, size: tuple[int, int], focus: bool = False) -> urwid.Canvas:  # type: ignore[override]
+        wide = size[0] >= WIDE
+        if wide != self._wide:
+            self._wide = wide
+            self._columns.set_text(_COLUMNS_WIDE if wide else _COLUMNS)
+            self._walker.changed()
+        return super().render(size, focus)
 
     def move(self, delta: int) -> None:
         """Move the focus by `delta` rows, clamped to the list."""
-        if not self._consoles:
+        if not self._keys:
             return
         before = self.focused
         position = self._walker.focus or 0
-        self._walker.set_focus(max(0, min(len(self._consoles) - 1, position + delta)))
+        self._walker.set_focus(max(0, min(len(self._keys) - 1, position + delta)))
         self._focus_moved(before)
 
     def keypress(self, size: tuple[()] | tuple[int] | tuple[int, int], key: str) -> str | None:
@@ -294,19 +440,198 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
     def selectable(self) -> bool:
         return False  # the console list keeps the keyboard
 
-    def show(self, name: str | None, data: bytes, following: bool) -> None:
-        """`data` is the buffered output of console `name` (None: no console)."""
+    def show(
+        self,
+        name: str | None,
+        data: bytes,
+        following: bool,
+        live: bool = False,
+        message: str | None = None,
+    ) -> None:
+        """`data` is the buffered output of console `name` (None: no console);
+        `following`: pinned (kept live when the focus moves on), `live`: followed
+        because it has the focus (issue #9: the preview follows the focus);
+        `message`: why there is no output to show instead."""
         box = self._box
-        if name is None:
+        if message is not None and name is not None:
+            box.set_title(f"tail: {display_safe(name)}")
+            self._text.set_lines([message])
+        elif name is None:
             box.set_title("tail")
             self._text.set_lines([])
-        elif following:
-            box.set_title(f"tail: {safe(name)} (following)")
+        elif following or live:
+            state = "following" if following else "live"
+            box.set_title(f"tail: {display_safe(name)} ({state})")
             # A box is never taller than the terminal; 200 lines is plenty.
             self._text.set_lines(screen_lines(data, limit=200))
         else:
-            box.set_title(f"tail: {safe(name)}")
-            self._text.set_lines(["not following this console: press t to follow its output"])
+            box.set_title(f"tail: {display_safe(name)}")
+            self._text.set_lines(["not following this console yet; press t to pin its output"])
+
+
+class GridView(urwid.WidgetWrap[urwid.Widget]):
+    """Several live tails at once, in a grid of boxes (issue #9): the pinned consoles,
+    or the most recently active ones.  Cells beyond the consoles shown stay empty.
+
+    The grid has as many cells as fit: 2x2 on an 80x24 terminal, up to 3x3 on a large
+    one (`layout`).  When a render finds the cell count changed it emits "resized", so
+    the controller can pick that many consoles."""
+
+    signals = ["resized"]
+
+    def __init__(self) -> None:
+        self.grid_columns, self.grid_rows = 2, 2
+        self._tails: list[tuple[str, bytes]] = []
+        self._title = urwid.Text("", wrap="clip")
+        self._frame: urwid.Frame[urwid.Widget, Any, None] = urwid.Frame(
+            urwid.SolidFill(" "), header=urwid.AttrMap(self._title, "columns")
+        )
+        super().__init__(self._frame)
+        self._build()
+
+    @property
+    def capacity(self) -> int:
+        return self.grid_columns * self.grid_rows
+
+    @staticmethod
+    def layout(size: tuple[int, int]) -> tuple[int, int]:
+        """(columns, rows) of cells for a grid of `size`: cells at least ~50x10."""
+        maxcol, maxrow = size
+        return max(2, min(3, maxcol // 50)), max(2, min(3, maxrow // 10))
+
+    def selectable(self) -> bool:
+        return False
+
+    def _build(self) -> None:
+        self._texts = [_BottomText() for _ in range(self.capacity)]
+        self._boxes = [urwid.LineBox(t, title="-") for t in self._texts]
+        cols = self.grid_columns
+        self._frame.body = urwid.Pile(
+            [urwid.Columns(self._boxes[r * cols : (r + 1) * cols]) for r in range(self.grid_rows)]
+        )
+        self._fill()
+
+    def render(self, size: tuple[int, int], focus: bool = False) -> urwid.Canvas:  # type: ignore[override]
+        layout = self.layout(size)
+        if layout != (self.grid_columns, self.grid_rows):
+            self.grid_columns, self.grid_rows = layout
+            self._build()
+            urwid.emit_signal(self, "resized")
+        return super().render(size, focus)
+
+    def show(self, title: str, tails: Sequence[tuple[str, bytes]]) -> None:
+        """`tails`: (console name, buffered output) per cell; those beyond `capacity`
+        are not shown."""
+        self._title.set_text(title)
+        self._tails = list(tails)
+        self._fill()
+
+    def _fill(self) -> None:
+        for i, (text, box) in enumerate(zip(self._texts, self._boxes, strict=True)):
+            if i < len(self._tails):
+                name, data = self._tails[i]
+                box.set_title(display_safe(name))
+                text.set_lines(screen_lines(data, limit=100))
+            else:
+                box.set_title("-")
+                text.set_lines([])
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def _number(row: Mapping[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = row.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def detail_lines(
+    console: ConsoleInfo, row: Mapping[str, Any], now: float, idle: float | None
+) -> list[str]:
+    """The detail pane's text: what `show` says about one console (issue #9).
+
+    Args:
+        console: the typed `show` reply (or the list row until it arrives).
+        row: the same reply as a JSON object, for counters and fields a newer daemon
+            adds (per-client bytes); absent fields are simply not shown.
+        now: Unix time ("since" and "last active" are shown as ages).
+        idle: seconds since the console was last active, as far as anyone knows.
+    """
+    lines = [
+        f"name     {display_safe(console.name)}   key {display_safe(console.key)}",
+        f"uuid     {display_safe(console.uuid)}   port "
+        + ("-" if console.port is None else str(console.port)),
+        f"VM       {_vm_state(console)}"
+        + (f" from {display_safe(console.vm_peer)}" if console.vm_peer else "")
+        + (f"   uri {display_safe(console.service_uri)}" if console.service_uri else ""),
+    ]
+    counters = row.get("counters")
+    counts: Mapping[str, Any] = counters if isinstance(counters, dict) else {}
+    from_vm = _number(row, "bytes_from_vm") or _number(counts, "bytes_from_vm")
+    to_vm = _number(row, "bytes_to_vm") or _number(counts, "bytes_to_vm")
+    vmotions = _number(row, "vmotions") or _number(counts, "vmotions")
+    traffic = []
+    if from_vm is not None:
+        traffic.append(f"from VM {from_vm} B")
+    if to_vm is not None:
+        traffic.append(f"to VM {to_vm} B")
+    if vmotions is not None:
+        traffic.append(f"vMotions {vmotions}")
+    aborts = _number(counts, "vmotion_aborts")
+    if aborts:
+        traffic.append(f"aborted {aborts}")
+    dropped = _number(counts, "input_dropped")
+    if dropped:
+        traffic.append(f"input dropped {dropped} B")
+    lines.append("traffic  " + ("   ".join(traffic) if traffic else "(no counters from vspcd)"))
+    lines.append("active   " + ("-" if idle is None else f"{_duration(idle)} ago"))
+    if console.lock is None:
+        lines.append("lock     none")
+    else:
+        holder = console.lock_holder
+        who = f" held by client {holder.id} ({_who(holder)})" if holder is not None else ""
+        lines.append(f"lock     {console.lock.value}{who}")
+    raw_clients = row.get("attached")
+    extra = {
+        c.get("id"): c
+        for c in (raw_clients if isinstance(raw_clients, list) else [])
+        if isinstance(c, dict)
+    }
+    lines.append(f"clients  {len(console.attached)}")
+    for client in console.attached:
+        ro = " read-only" if client.readonly else ""
+        since = f"since {_when(client.since)} ({_duration(max(0.0, now - client.since))})"
+        # One line per client, short enough for 80 columns in the usual case.
+        info = extra.get(client.id, {})
+        sent = _number(info, "bytes_in", "bytes_to_vm")
+        got = _number(info, "bytes_out", "bytes_from_vm")
+        io = ""
+        if sent is not None or got is not None:
+            io = f"  in {'-' if sent is None else sent} B out {'-' if got is None else got} B"
+        lines.append(
+            f"  #{client.id} {client.kind.value} {_who(client)} {client.mode.value}{ro} {since}{io}"
+        )
+    return lines
+
+
+class DetailPane(urwid.WidgetWrap[urwid.Widget]):
+    """The focused console in detail (`detail_lines`), in place of the tail pane."""
+
+    def __init__(self) -> None:
+        self._text = urwid.Text("", wrap="clip")
+        self._box = urwid.LineBox(urwid.Filler(self._text, valign="top"), title="detail")
+        super().__init__(self._box)
+
+    def selectable(self) -> bool:
+        return False
+
+    def show(self, title: str, lines: Sequence[str]) -> None:
+        self._box.set_title(title)
+        self._text.set_text("\n".join(lines))
 
 
 class EventLog(urwid.WidgetWrap[urwid.Widget]):
@@ -322,7 +647,7 @@ class EventLog(urwid.WidgetWrap[urwid.Widget]):
     def show(self, entries: Iterable[LogEntry]) -> None:
         self._text.set_lines(
             [
-                f"{time.strftime('%H:%M:%S', time.localtime(e.when))}  {safe(e.text)}"
+                f"{time.strftime('%H:%M:%S', time.localtime(e.when))}  {display_safe(e.text)}"
                 for e in list(entries)[-200:]
             ]
         )
@@ -337,8 +662,13 @@ class StatusBar(urwid.WidgetWrap[urwid.Widget]):
         self._message_attr = urwid.AttrMap(self._message, "status")
         super().__init__(urwid.Pile([self._message_attr, urwid.AttrMap(self._hints, "hints")]))
 
-    def show(self, message: str, hints: str, error: bool = False) -> None:
-        self._message.set_text(safe(message))
+    def show(self, message: str, hints: str, error: bool = False, connection: str = "") -> None:
+        """`connection`, when not empty, says the dashboard is not connected to vspcd;
+        it leads the line whatever the last message was, so nothing hides it."""
+        if connection:
+            message = f"{connection} | {message}" if message else connection
+            error = True
+        self._message.set_text(display_safe(message))
         self._message_attr.set_attr_map({None: "error" if error else "status"})
         self._hints.set_text(hints)
 
@@ -373,8 +703,8 @@ class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
     def __init__(self, title: str, question: str, caption: str, text: str = "") -> None:
         self._edit = urwid.Edit(caption, text)
         urwid.connect_signal(self._edit, "postchange", self._changed)
-        body = urwid.Pile([urwid.Text(safe(question)), urwid.Divider(), self._edit])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=safe(title)), "dialog"))
+        body = urwid.Pile([urwid.Text(display_safe(question)), urwid.Divider(), self._edit])
+        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=display_safe(title)), "dialog"))
 
     @property
     def text(self) -> str:
@@ -402,7 +732,7 @@ class LockPicker(urwid.WidgetWrap[urwid.Widget]):
             for m in self._modes
         ]
         self._choices = urwid.Pile(choices)
-        question = urwid.Text(f"attach to {safe(console)} with lock mode:")
+        question = urwid.Text(f"attach to {display_safe(console)} with lock mode:")
         body = urwid.Pile([question, urwid.Divider(), self._choices])
         super().__init__(urwid.AttrMap(urwid.LineBox(body, title="lock mode"), "dialog"))
         body.focus_position = 2
@@ -413,3 +743,32 @@ class LockPicker(urwid.WidgetWrap[urwid.Widget]):
 
     def show(self, mode: LockMode) -> None:
         self._choices.focus_position = self._modes.index(mode)
+
+
+class ClientPicker(urwid.WidgetWrap[urwid.Widget]):
+    """The clients of one console, one per row, to pick one to kick; `selected` is
+    the focused one."""
+
+    def __init__(self, console: str, clients: Sequence[ClientInfo]) -> None:
+        self._clients = list(clients)
+        choices = [
+            urwid.AttrMap(
+                urwid.SelectableIcon(
+                    f"#{c.id:<4} {c.kind.value:<6} {_who(c):<16} {c.mode.value}"
+                    + (" read-only" if c.readonly else ""),
+                    0,
+                ),
+                None,
+                "focus",
+            )
+            for c in self._clients
+        ]
+        self._choices = urwid.Pile(choices)
+        question = urwid.Text(f"kick which client of {display_safe(console)}?")
+        body = urwid.Pile([question, urwid.Divider(), self._choices])
+        super().__init__(urwid.AttrMap(urwid.LineBox(body, title="kick"), "dialog"))
+        body.focus_position = 2
+
+    @property
+    def selected(self) -> ClientInfo:
+        return self._clients[self._choices.focus_position]

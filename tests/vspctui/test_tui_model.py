@@ -19,7 +19,7 @@ from vspc.common.admin import (
     VMotionPhase,
     encode_bytes,
 )
-from vspc.vspctui.model import Model, describe
+from vspc.vspctui.model import Model, SortOrder, describe, row_activity
 
 KEY = "0123456789abcdeffedcba9800000000"
 UUID = "01234567-89ab-cdef-fedc-ba9800000000"
@@ -166,3 +166,95 @@ def test_log_is_bounded() -> None:
 )
 def test_describe(name: str, fields: dict[str, Any], text: str) -> None:
     assert describe(event(name, **fields)) == text
+
+
+# ===================================================================== issue #9
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 2_000_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_activity_from_output_events_and_daemon_rows() -> None:
+    clock = Clock()
+    m = Model(clock=clock)
+    # A daemon that says when a console was last active: Unix time, or an age.
+    m.load([DB01, WEB02], [{"key": KEY, "last_output": clock.now - 30}, {"key": WEB02.key}])
+    assert m.idle(KEY) == 30.0 and m.idle(WEB02.key) is None
+    clock.now += 5
+    m.start_following(WEB02.key)
+    m.apply(event("output", WEB02.key, "web02", data_b64=encode_bytes(b"x")))
+    assert m.idle(WEB02.key) == 0.0 and m.idle(KEY) == 35.0
+    assert m.most_active(1) == [WEB02.key] and m.most_active(5) == [WEB02.key, KEY]
+    # Events about a console count as activity; lock changes (operators') do not.
+    clock.now += 10
+    m.apply(event("lock_changed", lock="write", holder=3))
+    assert m.idle(KEY) == 45.0
+    m.apply(event("vm_disconnected", peer="10.0.0.1:1"))
+    assert m.idle(KEY) == 0.0
+    m.touch(WEB02.key)
+    assert m.idle(WEB02.key) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("row", "when"),
+    [
+        ({"last_output": 1_700_000_000.5}, 1_700_000_000.5),
+        ({"last_activity": 1_700_000_000}, 1_700_000_000.0),
+        ({"last_activity": 12345.0}, None),  # a monotonic reading: not comparable
+        ({"idle": 20}, 1_999_999_980.0),
+        ({"idle": -1}, None),
+        ({"last_output": True}, None),
+        ({"last_output": "yesterday"}, None),
+        ({}, None),
+    ],
+)
+def test_row_activity(row: dict[str, Any], when: float | None) -> None:
+    assert row_activity(row, 2_000_000_000.0) == when
+
+
+def test_sort_orders_and_the_cached_order() -> None:
+    clock = Clock()
+    m = Model(clock=clock)
+    a = ConsoleInfo(key="a", name="alpha", uuid="u", port=50002)
+    b = ConsoleInfo(key="b", name="beta", uuid="u", port=50001)
+    c = ConsoleInfo(key="c", name="gamma", uuid="u", port=None)
+    m.load([c, b, a])
+    keys = m.visible_keys()
+    assert keys == ["a", "b", "c"] and m.visible_keys() is keys  # unchanged: same object
+    m.start_following("c")
+    m.apply(event("output", "c", "gamma", data_b64=encode_bytes(b"x")))
+    assert m.visible_keys() is keys  # output changes no order by name
+    assert m.sort is SortOrder.NAME and m.sort.next() is SortOrder.ACTIVITY
+    m.sort = SortOrder.ACTIVITY
+    assert m.visible_keys() == ["c", "a", "b"]  # active first, then by name
+    clock.now += 1
+    m.start_following("b")
+    m.apply(event("output", "b", "beta", data_b64=encode_bytes(b"x")))
+    assert m.visible_keys() == ["c", "a", "b"]  # re-sorted once a tick, not per event
+    m.reorder()
+    assert m.visible_keys() == ["b", "c", "a"]
+    m.sort = SortOrder.PORT
+    assert m.visible_keys() == ["b", "a", "c"]  # no port last
+    assert SortOrder.PORT.next() is SortOrder.NAME
+    m.filter = "a"
+    assert m.visible_keys() == ["b", "a", "c"]
+    m.filter = "gam"
+    assert m.visible_keys() == ["c"]
+    m.apply(event("vm_expired", "c", "gamma", port=None))
+    assert m.visible_keys() == []
+
+
+def test_disconnected_drops_tails_and_load_reconnects() -> None:
+    m = model()
+    m.start_following(KEY)
+    m.pinned.add(KEY)
+    m.pinned.add(WEB02.key)
+    m.disconnected()
+    assert not m.connected and m.tails == {}
+    m.load([DB01])  # the fresh snapshot of a restarted daemon: web02 is gone
+    assert m.connected and list(m.consoles) == [KEY] and m.pinned == {KEY}

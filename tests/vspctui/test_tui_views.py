@@ -11,14 +11,17 @@ from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, LockMode, VMo
 from vspc.vspctui.keys import KEYS, Binding, Command, KeyContext, help_text, hints, lookup
 from vspc.vspctui.model import LogEntry
 from vspc.vspctui.views import (
+    ClientPicker,
     ConsoleList,
     EventLog,
+    GridView,
     HelpView,
     LockPicker,
     PromptDialog,
     StatusBar,
     TailPane,
     console_row,
+    detail_lines,
     safe,
     screen_lines,
 )
@@ -168,3 +171,109 @@ def test_lock_picker_moves_between_modes() -> None:
 def test_docs_show_the_generated_key_table() -> None:
     doc = Path(__file__).resolve().parents[2] / "docs" / "vspc-tui.md"
     assert help_text() in doc.read_text(), "regenerate the key table in docs/vspc-tui.md"
+
+
+# ===================================================================== issue #9
+
+ALICE = ClientInfo(3, ClientKind.ATTACH, "unix", LockMode.WRITE, False, 1000.0, 1000, "alice")
+EVIL = ClientInfo(
+    7, ClientKind.TELNET, "10.0.0.9:5", LockMode.FREE_FOR_ALL, True, 1000.0, None, "ev\x1b]0;x\x07"
+)
+
+
+def test_wide_list_shows_activity_and_stale_rows_never_say_up() -> None:
+    view = ConsoleList()
+    idle = {"k1": 75.0}
+    view.show([DB01, WEB02], following={"k1"}, idle=idle.get)
+    rows = text(view, (80, 4))
+    assert rows[0].split() == ["NAME", "PORT", "VM", "CL", "ACT", "LOCK"]
+    assert rows[1].split() == ["*", "db01", "50000", "up", "2", "1m", "-"]
+    assert rows[2].split() == ["web02", "50001", "vmotion", "0", "-", "-"]
+    view.show([DB01, WEB02], idle=idle.get, stale=True)
+    assert [r.split()[2] for r in text(view, (80, 4))[1:3]] == ["?", "?"]
+
+
+def test_console_list_builds_only_the_rows_on_screen() -> None:
+    consoles = [ConsoleInfo(key=f"k{i:05d}", name=f"vm{i:05d}", uuid="u") for i in range(10_000)]
+    keys = [c.key for c in consoles]
+    lookup = {c.key: c for c in consoles}
+    view = ConsoleList()
+    view.show_keys(keys, lookup)
+    assert text(view, (60, 4))[1].split()[0] == "vm00000"
+    view.keypress((60, 4), "end")
+    assert view.focused == consoles[-1]
+    assert len(view._cache) < 20  # rows are made for what was drawn, not for all 10,000
+    # A changed row with the same order: the same key list, a new lookup.
+    lookup["k09999"] = ConsoleInfo(key="k09999", name="vm09999", uuid="u", clients=3)
+    view.show_keys(keys, lookup)
+    assert text(view, (60, 4))[-1].split()[:4] == ["vm09999", "-", "down", "3"]
+    # A new order keeps the focus on the same console.
+    view.show_keys(list(reversed(keys)), lookup)
+    assert view.focused is not None and view.focused.key == "k09999"
+
+
+def test_console_names_and_users_are_shown_inert() -> None:
+    evil = ConsoleInfo(
+        key="k", name="evil\nFAKE\x1b[2J", uuid="u", lock=LockMode.WRITE, lock_holder=EVIL
+    )
+    row = console_row(evil)
+    assert "\n" not in row and "\x1b" not in row and "\x07" not in row
+    assert "evil\\nFAKE\\x1b[2J" in row and "ev\\x1b]0;x\\x07" in row
+
+
+def test_tail_pane_live_following_and_message() -> None:
+    pane = TailPane()
+    pane.show("db01", b"out\r\n", following=False, live=True)
+    assert "tail: db01 (live)" in text(pane, (40, 4))[0]
+    pane.show("db01", b"out\r\n", following=False, message="not connected to vspcd")
+    rows = text(pane, (40, 4))
+    assert "not connected to vspcd" in rows[1] and "out" not in "".join(rows)
+
+
+def test_grid_fits_the_terminal_and_shows_tails() -> None:
+    grid, resized = GridView(), []
+    urwid.connect_signal(grid, "resized", lambda: resized.append(grid.capacity))
+    assert GridView.layout((80, 15)) == (2, 2) and GridView.layout((200, 40)) == (3, 3)
+    grid.show("grid: test", [("db01", b"one\r\ntwo\r\n"), ("w\x1b", b"three")])
+    rows = text(grid, (80, 15))
+    assert resized == []  # 2x2 from the start
+    assert rows[0] == "grid: test"
+    assert "db01" in rows[1] and "w\\x1b" in rows[1]
+    assert "two" in "".join(rows) and "three" in "".join(rows)
+    rows = text(grid, (200, 40))
+    assert resized == [9] and "db01" in rows[1]
+
+
+def test_detail_lines_from_show_and_optional_fields() -> None:
+    console = ConsoleInfo(
+        key="k1", name="db01", uuid="u1", port=50000, connected=True, clients=2,
+        lock=LockMode.WRITE, lock_holder=ALICE, attached=(ALICE, EVIL), vm_peer="10.0.0.21:4",
+        service_uri="vSPC.py", counters={"bytes_from_vm": 48211, "bytes_to_vm": 312, "vmotions": 2},
+    )  # fmt: skip
+    row = {"counters": dict(console.counters or {}), "attached": [{"id": 3, "bytes_in": 9}]}
+    lines = detail_lines(console, row, now=1060.0, idle=5.0)
+    body = "\n".join(lines)
+    assert "up from 10.0.0.21:4" in body and "uri vSPC.py" in body
+    assert "from VM 48211 B   to VM 312 B   vMotions 2" in body
+    assert "active   5s ago" in body
+    assert "lock     write held by client 3 (alice)" in body
+    assert "clients  2" in body
+    alice, evil = lines[-2], lines[-1]
+    assert alice.startswith("  #3 attach alice write since ") and alice.endswith(
+        "(1m)  in 9 B out - B"
+    )
+    assert "ev\\x1b]0;x\\x07" in evil and "read-only" in evil and "\x1b" not in evil
+    bare = detail_lines(ConsoleInfo(key="k", name="n", uuid="u"), {}, now=0.0, idle=None)
+    assert "traffic  (no counters from vspcd)" in bare and "active   -" in bare
+
+
+def test_client_picker_and_status_connection() -> None:
+    picker = ClientPicker("db01", [ALICE, EVIL])
+    assert picker.selected == ALICE
+    picker.keypress((60,), "down")
+    assert picker.selected == EVIL
+    assert picker.keypress((60,), "enter") == "enter"  # left to the key table: confirm
+    assert any("kick which client of db01?" in r for r in text(picker, (60,)))
+    bar = StatusBar()
+    bar.show("detached from db01", "hints", connection="not connected to vspcd")
+    assert text(bar, (80,))[0] == "not connected to vspcd | detached from db01"
