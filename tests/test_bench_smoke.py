@@ -1,4 +1,4 @@
-"""bench/daemon_bench.py --quick: every scenario runs and prints the JSON it documents.
+"""bench/*.py --quick: every scenario runs and prints the JSON it documents.
 
 A smoke test only: toy sizes, and no figure is compared with a goal (performance is
 measured by the benchmark itself, never asserted here; docs/benchmarks.md).
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "daemon_bench.py"
+STORM = BENCH.with_name("storm_bench.py")
 SCENARIOS = ["connect", "connect_ports", "scale", "vmotion", "stream", "fanout", "keystroke"]
 NUMBER = (int, float)
 
@@ -65,3 +66,33 @@ def test_quick_run_prints_one_json_object_per_scenario_then_a_summary() -> None:
     summary = by_name["summary"]
     assert set(summary["met"]) == set(SCENARIOS) == set(summary["ok"])
     assert isinstance(summary["summary"], dict) and isinstance(summary["goals"], dict)
+
+
+def test_storm_quick_run_prints_its_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, str(STORM), "--quick", "--limit", "60"],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr.decode()[-2000:]
+    line = lines[0]
+    assert "error" not in line, line
+    assert line["scenario"] == "storm" and line["quick"] is True
+    assert isinstance(line["calibration_ms"], NUMBER)
+    assert isinstance(line["ok"], bool) and isinstance(line["met"], bool)
+    params = line["params"]
+    assert line["vms_connected"] == line["vms"] == params["vms"]
+    assert line["typing_clients"] == params["typing"]
+    percentile_shape(line["begin_goahead_ms"])
+    percentile_shape(line["vmotion_ms"])
+    assert line["begin_goahead_ms"]["n"] == params["migrating"]
+    for key in ("drain_s", "vmotions_failed", "bytes_lost", "bytes_repeated", "budget_ms"):
+        assert isinstance(line[key], NUMBER)
+    assert set(line["daemon"]) >= {"cpu_s", "cpu_cores", "rss_kib_before", "rss_kib_peak"}
+    assert set(line["generator"]) == {
+        "worker_cpu_cores",
+        "cpu_us_per_vmotion",
+        "ceiling_vmotions_per_s_per_core",
+    }

@@ -18,8 +18,9 @@ vMotion kinds, as the source host drives them (`vmotion(kind)`):
   sends BEGIN; the proxy must answer NOTNOW and change nothing.  A protocol-only
   way to see a NOTNOW from any proxy without its operator's help.
 
-Any other vMotion the proxy answers NOTNOW is counted as `refused`.  While a vMotion runs the guest is stunned: its output waits and goes to
-whichever connection is active afterwards, as ESXi's does.
+Any other vMotion the proxy answers NOTNOW is counted as `refused`.  While a
+vMotion runs the guest is stunned: its output waits and goes to whichever connection
+is active afterwards, as ESXi's does.
 """
 
 from __future__ import annotations

@@ -1,0 +1,199 @@
+"""vspc-sim end to end against a real vspcd (issue #12 item 4: a CI smoke run).
+
+vspcd and vspc-sim both run as subprocesses through their real entry points; the
+tests read vspc-sim's JSON report and, in interactive mode, drive its login shell
+with a raw-socket telnet client through vspcd's telnet port.  No timing assertions:
+waits are for events (bytes arriving, a process ending), bounded by timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+HOST = "127.0.0.1"
+TIMEOUT = 30.0
+SIM = [sys.executable, "-m", "vspc.vspctui.sim"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def free_run(count: int) -> int:
+    """The first of `count` consecutive free ports below the ephemeral range, so
+    vspcd's `-r` hands them out in order and vspc-sim's --clients can name them."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for start in range(low - 2000, 1024, -211):
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as sock:
+                    sock.bind((HOST, port))
+        except OSError:
+            continue
+        return start
+    raise RuntimeError("no run of free ports")
+
+
+class Vspcd:
+    def __init__(self, directory: Path, ports: int) -> None:
+        self.proxy_port = free_port()
+        self.range_start = free_run(ports)
+        self.log = open(directory / "vspcd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "vspc.vspcd"),
+                *("--proxy-iface", HOST, "-p", str(self.proxy_port), "-i", HOST),
+                *("-r", str(self.range_start), "--admin-socket", str(directory / "a.sock")),
+                *("--vmotion-abandon", "30"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # ready once the proxy port accepts a connection
+            try:
+                socket.create_connection((HOST, self.proxy_port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("vspcd did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+        self.log.close()
+
+
+@pytest.fixture
+def vspcd() -> Iterator[Vspcd]:
+    directory = Path(tempfile.mkdtemp(prefix="vspc-sim-"))  # short: Unix socket path
+    daemon = Vspcd(directory, ports=4)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_sim(*args: str) -> tuple[int, dict[str, Any]]:
+    done = subprocess.run([*SIM, *args, "--json"], capture_output=True, timeout=TIMEOUT * 2)
+    assert done.stdout, done.stderr.decode()[-2000:]
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> None:
+    start = vspcd.range_start
+    code, report = run_sim(
+        *("-p", str(vspcd.proxy_port), "-n", "3", "--stream", "100", "--duration", "1"),
+        *("--clients", f"{start}-{start + 2}", "--type-rate", "20"),
+        *("--vmotion", "success,abort,notnow,abandon", "--rounds", "4", "--abandon-wait", "0.05"),
+    )
+    counts = report["counts"]
+    assert report["failures"] == [] and code == 0, report
+    assert counts["connected"] == 3 and counts["clients"] == 3
+    for kind in ("success", "abort", "notnow", "abandon"):
+        assert counts[f"started_{kind}"] == 3
+    assert counts["vmotions_ok"] == counts["vmotions_started"] == 12
+    # The clients typed during the vMotions; the VMs' streams reached the clients.
+    assert counts["typed_markers"] > 0 and counts["typed_markers_never_arrived"] == 0
+    assert counts["markers_received"] > counts["typed_markers"]
+    assert counts["lost_bytes"] == counts["repeated_bytes"] == 0
+    assert counts["lost_markers"] == counts["repeated_markers"] == 0
+    assert report["latency_ms"]["begin_answer"]["n"] == 12
+    assert report["latency_ms"]["typed"]["n"] == counts["typed_markers"]
+
+
+def test_a_vm_file_and_the_text_report(vspcd: Vspcd, tmp_path: Path) -> None:
+    path = tmp_path / "vms"
+    path.write_text("db01 01234567-89ab-cdef-fedc-ba9800000000\nweb02 - console2\n")
+    done = subprocess.run(
+        [*SIM, "-p", str(vspcd.proxy_port), "--vm-file", str(path), "--vmotion", "success"],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    text = done.stdout.decode()
+    assert done.returncode == 0, done.stderr.decode()
+    assert "vms: 2" in text and "vmotions_ok" in text and "begin_answer" in text
+
+
+def test_no_proxy_is_exit_status_2() -> None:
+    done = subprocess.run([*SIM, "-p", str(free_port())], capture_output=True, timeout=TIMEOUT)
+    assert done.returncode == 2 and b"no VM could connect" in done.stderr
+
+
+class Telnet:
+    """A raw-socket telnet client that never negotiates, reading until a pattern."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        self.buf = b""
+
+    def expect(self, pattern: bytes) -> bytes:
+        while pattern not in self.buf:
+            chunk = self.sock.recv(4096)
+            assert chunk, f"closed before {pattern!r}; got {self.buf!r}"
+            self.buf += chunk
+        before, _, self.buf = self.buf.partition(pattern)
+        return before + pattern
+
+    def type(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+
+def read_line(stream: IO[bytes]) -> bytes:
+    line = stream.readline()
+    assert line, "vspc-sim ended early"
+    return line
+
+
+def test_interactive_shell_through_vspcd_survives_a_vmotion(vspcd: Vspcd) -> None:
+    sim = subprocess.Popen(
+        [*SIM, "-p", str(vspcd.proxy_port), "--shell", "--commands", "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert sim.stdin is not None and sim.stdout is not None and sim.stderr is not None
+    try:
+        sim.stdin.write(b"list\n")
+        sim.stdin.flush()
+        assert read_line(sim.stderr).startswith(b"sim-00000 5eed")  # connected
+        telnet = Telnet(vspcd.range_start)
+        telnet.expect(b"\xff\xfb\x01")  # vspcd's WILL ECHO: attached
+        telnet.type(b"\r\n")
+        telnet.expect(b"sim-00000 login: ")
+        telnet.type(b"root\r\n")
+        telnet.expect(b"Password: ")
+        telnet.type(b"hunter2\r\n")
+        assert b"hunter2" not in telnet.expect(b"root@sim-00000:~$ ")
+        sim.stdin.write(b"vmotion success\n")
+        sim.stdin.flush()
+        assert read_line(sim.stderr) == b"vmotion success: 1 ok\n"
+        telnet.type(b"echo after the move\r\n")  # reaches the VM on its new connection
+        assert telnet.expect(b"root@sim-00000:~$ ").endswith(
+            b"echo after the move\r\nafter the move\r\nroot@sim-00000:~$ "
+        )
+        telnet.sock.close()
+        out, err = sim.communicate(b"quit\n", timeout=TIMEOUT)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+    report = json.loads(out)
+    assert sim.returncode == 0, err.decode()
+    assert report["counts"]["vmotions_ok"] == 1 and report["counts"]["connected"] == 1
