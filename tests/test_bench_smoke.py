@@ -18,9 +18,9 @@ SCENARIOS = ["connect", "connect_ports", "scale", "vmotion", "stream", "fanout",
 NUMBER = (int, float)
 
 
-def run_quick() -> list[dict[str, Any]]:
+def run_quick(script: Path = BENCH, limit: int = 40) -> list[dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--limit", "40"],
+        [sys.executable, str(script), "--quick", "--limit", str(limit)],
         capture_output=True,
         timeout=90,
         check=False,
@@ -69,14 +69,8 @@ def test_quick_run_prints_one_json_object_per_scenario_then_a_summary() -> None:
 
 
 def test_storm_quick_run_prints_its_figures() -> None:
-    done = subprocess.run(
-        [sys.executable, str(STORM), "--quick", "--limit", "60"],
-        capture_output=True,
-        timeout=90,
-        check=False,
-    )
-    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr.decode()[-2000:]
+    lines = run_quick(STORM, limit=60)
+    assert len(lines) == 1
     line = lines[0]
     assert "error" not in line, line
     assert line["scenario"] == "storm" and line["quick"] is True

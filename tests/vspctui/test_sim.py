@@ -48,7 +48,7 @@ def free_run(count: int) -> int:
 
 
 class Vspcd:
-    def __init__(self, directory: Path, ports: int) -> None:
+    def __init__(self, directory: Path, ports: int, *extra: str) -> None:
         self.proxy_port = free_port()
         self.range_start = free_run(ports)
         self.log = open(directory / "vspcd.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -58,6 +58,7 @@ class Vspcd:
                 *("--proxy-iface", HOST, "-p", str(self.proxy_port), "-i", HOST),
                 *("-r", str(self.range_start), "--admin-socket", str(directory / "a.sock")),
                 *("--vmotion-abandon", "30"),
+                *extra,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -118,7 +119,7 @@ def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> Non
     assert report["latency_ms"]["typed"]["n"] == counts["typed_markers"]
 
 
-def test_a_vm_file_and_the_text_report(vspcd: Vspcd, tmp_path: Path) -> None:
+def test_a_vm_file_the_text_report_and_a_replay(vspcd: Vspcd, tmp_path: Path) -> None:
     path = tmp_path / "vms"
     path.write_text("db01 01234567-89ab-cdef-fedc-ba9800000000\nweb02 - console2\n")
     done = subprocess.run(
@@ -129,6 +130,35 @@ def test_a_vm_file_and_the_text_report(vspcd: Vspcd, tmp_path: Path) -> None:
     text = done.stdout.decode()
     assert done.returncode == 0, done.stderr.decode()
     assert "vms: 2" in text and "vmotions_ok" in text and "begin_answer" in text
+    # Every byte value, 0xff included (the session doubles it on the wire).
+    capture = bytes(range(256)) * 40
+    (tmp_path / "replay").write_bytes(capture)
+    args = ("-p", str(vspcd.proxy_port), "--vm-file", str(path))
+    code, report = run_sim(*args, "--replay", str(tmp_path / "replay"), "--replay-rate", "200000")
+    assert code == 0 and report["counts"]["replays_done"] == 2, report
+    assert report["counts"]["bytes_out"] == 2 * len(capture)
+
+
+def test_tls_with_a_verified_certificate(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a throwaway certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=vspcd", "-addext", f"subjectAltName=IP:{HOST}"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    directory = Path(tempfile.mkdtemp(prefix="vspc-sim-"))
+    daemon = Vspcd(directory, 2, "--ssl", "--cert", str(cert), "--key", str(key))
+    try:
+        args = ("-p", str(daemon.proxy_port), "-n", "2", "--tls", "--ca", str(cert))
+        code, report = run_sim(*args, "--vmotion", "success,abort", "--rounds", "2")
+    finally:
+        daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert code == 0 and report["counts"]["vmotions_ok"] == 4, report
 
 
 def test_no_proxy_is_exit_status_2() -> None:

@@ -143,6 +143,8 @@ async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str
         abandon_wait=args.abandon_wait,
     )
     progress = Progress()
+    # The prompt's replies and echo share the terminal: no self-overwriting line then.
+    progress.enabled = progress.enabled and not args.commands
     began = time.perf_counter()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
