@@ -119,6 +119,19 @@ def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> Non
     assert report["latency_ms"]["typed"]["n"] == counts["typed_markers"]
 
 
+def test_a_run_that_ends_mid_vmotion_finishes_it_first(vspcd: Vspcd) -> None:
+    start = vspcd.range_start
+    code, report = run_sim(
+        *("-p", str(vspcd.proxy_port), "-n", "2", "--clients", f"{start}-{start + 1}"),
+        *("--vmotion", "abandon", "--loop", "--abandon-wait", "0.3", "--duration", "0.5"),
+    )
+    counts = report["counts"]
+    assert code == 0, report
+    # The run ended while the VMs were away; they came back before the tally.
+    assert counts["vmotions_done"] == counts["vmotions_started"] == counts["vmotions_ok"]
+    assert counts["typed_markers"] > 0 and counts["lost_bytes"] == 0
+
+
 def test_a_vm_file_the_text_report_and_a_replay(vspcd: Vspcd, tmp_path: Path) -> None:
     path = tmp_path / "vms"
     path.write_text("db01 01234567-89ab-cdef-fedc-ba9800000000\nweb02 - console2\n")
@@ -170,7 +183,17 @@ class Telnet:
     """A raw-socket telnet client that never negotiates, reading until a pattern."""
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+        # vspcd binds the port once the VM has identified itself, a moment after the
+        # VM saw WILL-PROXY (when vspc-sim counts it connected): retry until then.
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.buf = b""
 
     def expect(self, pattern: bytes) -> bytes:

@@ -81,6 +81,7 @@ class Fleet:
         self.clients: list[TypingClient] = []
         self._tickers: list[Ticker] = []
         self._replays: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[str]] = set()  # vMotions under way
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -161,7 +162,14 @@ class Fleet:
         """Start a vMotion of `kind` on each of `vms` (default: every idle connected
         VM) at once; their outcomes."""
         chosen = [vm for vm in (vms if vms is not None else self.connected) if not vm.migrating]
-        return list(await asyncio.gather(*(vm.vmotion(kind) for vm in chosen)))
+        tasks = [asyncio.create_task(vm.vmotion(kind)) for vm in chosen]
+        self._inflight.update(tasks)
+        for task in tasks:
+            task.add_done_callback(self._inflight.discard)
+        # Shielded: a caller cancelled at the end of a run must not leave a VM half
+        # moved (its source gone, no destination), which would lose held bytes.
+        # `settle()` waits for these.
+        return list(await asyncio.shield(asyncio.gather(*tasks)))
 
     async def vmotion_rounds(
         self, kinds: Sequence[Kind], rounds: int | None, pause: float = 0.0
@@ -177,7 +185,10 @@ class Fleet:
     # -- the end -----------------------------------------------------------------------
 
     async def settle(self, wait: float = 5.0) -> None:
-        """Stop typing and streaming; wait up to `wait` s for what is in flight."""
+        """Finish the vMotions under way; stop typing and streaming; wait up to
+        `wait` s for what is in flight."""
+        if self._inflight:
+            await asyncio.wait(self._inflight)  # each is bounded by its own timeout
         for ticker in self._tickers:
             ticker.stop()
         for task in self._replays:
