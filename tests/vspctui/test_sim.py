@@ -152,6 +152,27 @@ def test_a_vm_file_the_text_report_and_a_replay(vspcd: Vspcd, tmp_path: Path) ->
     assert report["counts"]["bytes_out"] == 2 * len(capture)
 
 
+def test_commands_from_a_file(vspcd: Vspcd, tmp_path: Path) -> None:
+    script = tmp_path / "commands"
+    script.write_text("vmotion notnow\nvmotion bogus\nvmotion success sim-00001\nfly\nquit\n")
+    with script.open("rb") as stdin:
+        done = subprocess.run(
+            [*SIM, "-p", str(vspcd.proxy_port), "-n", "2", "--commands", "--json"],
+            stdin=stdin,
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stderr.decode().splitlines() == [
+        "vmotion notnow: 2 ok",
+        "unknown vMotion kind bogus",
+        "vmotion success: 1 ok",
+        "unknown command fly; try help",
+    ]
+    counts = json.loads(done.stdout)["counts"]
+    assert counts["started_notnow"] == 2 and counts["started_success"] == 1
+
+
 def test_tls_with_a_verified_certificate(tmp_path: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not available to make a throwaway certificate")

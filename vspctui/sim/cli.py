@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import ssl
+import stat
 import sys
 import time
 from pathlib import Path
@@ -133,6 +135,21 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+async def _stdin_reader() -> asyncio.StreamReader:
+    """stdin as a StreamReader: a terminal, pipe or socket is read as it comes;
+    anything epoll cannot watch (a regular file `< commands.txt`, /dev/null) is
+    read at once."""
+    reader = asyncio.StreamReader()
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty():
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    else:
+        reader.feed_data(sys.stdin.buffer.read())
+        reader.feed_eof()
+    return reader
+
+
 async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str, Any]:
     target = Target(args.host, args.port, _tls(args), args.timeout)
     fleet = Fleet(
@@ -187,8 +204,7 @@ async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str
             if not args.loop:
                 finite.append(work[-1])
         if args.commands:
-            reader = asyncio.StreamReader()
-            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+            reader = await _stdin_reader()
             work.append(asyncio.create_task(read_commands(fleet, sys.stderr, reader)))
             finite.append(work[-1])
         if args.replay is not None:
