@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -171,6 +172,29 @@ def test_commands_from_a_file(vspcd: Vspcd, tmp_path: Path) -> None:
     ]
     counts = json.loads(done.stdout)["counts"]
     assert counts["started_notnow"] == 2 and counts["started_success"] == 1
+
+
+def test_sigusr1_moves_every_vm_and_sigterm_ends_with_the_report(vspcd: Vspcd) -> None:
+    sim = subprocess.Popen(
+        [*SIM, "-p", str(vspcd.proxy_port), "-n", "2", "--commands", "--json"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert sim.stdin is not None and sim.stderr is not None
+    try:
+        sim.stdin.write(b"list\n")  # answered once the VMs are connected
+        sim.stdin.flush()
+        assert read_line(sim.stderr).startswith(b"sim-00000")
+        sim.send_signal(signal.SIGUSR1)
+        sim.send_signal(signal.SIGTERM)
+        out, _ = sim.communicate(timeout=TIMEOUT)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+    counts = json.loads(out)["counts"]
+    assert sim.returncode == 0 and counts["started_success"] == counts["vmotions_ok"] == 2
 
 
 def test_tls_with_a_verified_certificate(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vspc.vspctui.sim.commands import read_commands
-from vspc.vspctui.sim.fleet import Fleet
+from vspc.vspctui.sim.fleet import Fleet, Ticker
 from vspc.vspctui.sim.identity import Identity, IdentityError, generate, read_file
 from vspc.vspctui.sim.report import Progress, render
 from vspc.vspctui.sim.vm import Kind, Target
@@ -151,19 +151,43 @@ async def _stdin_reader() -> asyncio.StreamReader:
 
 
 async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str, Any]:
-    target = Target(args.host, args.port, _tls(args), args.timeout)
+    began = time.perf_counter()
     fleet = Fleet(
         identities,
-        target,
+        Target(args.host, args.port, _tls(args), args.timeout),
         shell=args.shell,
         stream=args.stream is not None,
         abandon_wait=args.abandon_wait,
     )
+    stop = asyncio.Event()
+    background = _install_signals(fleet, stop)
     progress = Progress()
     # The prompt's replies and echo share the terminal: no self-overwriting line then.
     progress.enabled = progress.enabled and not args.commands
-    began = time.perf_counter()
-    stop = asyncio.Event()
+    ticker = Ticker(0.5, lambda _n: progress.show(fleet.stats, "running"))
+    try:
+        await fleet.connect(args.concurrency)
+        if not fleet.connected:
+            raise ConnectionError("no VM could connect: " + "; ".join(fleet.stats.failures[:3]))
+        await _start_traffic(args, fleet)
+        work, ending = await _plan(args, fleet, stop)
+        await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
+        for task in (*work, *ending):
+            task.cancel()
+        await asyncio.gather(*work, *ending, *background, return_exceptions=True)
+        await fleet.settle()
+    finally:
+        ticker.stop()
+        progress.done()
+        fleet.close()
+    return fleet.report(
+        seconds=round(time.perf_counter() - began, 3), proxy=f"{args.host}:{args.port}"
+    )
+
+
+def _install_signals(fleet: Fleet, stop: asyncio.Event) -> set[asyncio.Task[Any]]:
+    """SIGINT/SIGTERM end the run; SIGUSR1 moves every VM.  Returns the set that
+    holds the SIGUSR1 vMotions while they run."""
     loop = asyncio.get_running_loop()
     background: set[asyncio.Task[Any]] = set()
 
@@ -172,61 +196,48 @@ async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str
         background.add(task)
         task.add_done_callback(background.discard)
 
-    for signum, handler in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set)):
-        loop.add_signal_handler(signum, handler)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, on_usr1)
-    ticker = loop.call_later(0.5, lambda: None)
+    return background
 
-    def show() -> None:
-        nonlocal ticker
-        progress.show(fleet.stats, "running")
-        ticker = loop.call_later(0.5, show)
 
-    show()
-    try:
-        await fleet.connect(args.concurrency)
-        if not fleet.connected:
-            raise ConnectionError("no VM could connect: " + "; ".join(fleet.stats.failures[:3]))
-        if args.clients:
-            await fleet.attach(args.client_host or args.host, parse_ports(args.clients))
-            fleet.start_typing(args.type_rate)
-        if args.stream is not None:
-            fleet.start_streaming(args.stream)
-        if args.replay is not None:
-            fleet.start_replay(args.replay.read_bytes(), args.replay_rate)
-        # The run ends on a signal, after --duration, or once the finite work (the
-        # rounds unless --loop, the command prompt, a replay) is all done.
-        work: list[asyncio.Task[Any]] = []
-        finite: list[asyncio.Task[Any]] = []
-        if args.vmotion:
-            rounds = None if args.loop else args.rounds
-            work.append(asyncio.create_task(fleet.vmotion_rounds(args.vmotion, rounds, args.pause)))
-            if not args.loop:
-                finite.append(work[-1])
-        if args.commands:
-            reader = await _stdin_reader()
-            work.append(asyncio.create_task(read_commands(fleet, sys.stderr, reader)))
+async def _start_traffic(args: argparse.Namespace, fleet: Fleet) -> None:
+    if args.clients:
+        await fleet.attach(args.client_host or args.host, parse_ports(args.clients))
+        fleet.start_typing(args.type_rate)
+    if args.stream is not None:
+        fleet.start_streaming(args.stream)
+    if args.replay is not None:
+        fleet.start_replay(args.replay.read_bytes(), args.replay_rate)
+
+
+async def _plan(
+    args: argparse.Namespace, fleet: Fleet, stop: asyncio.Event
+) -> tuple[list[asyncio.Task[Any]], list[asyncio.Task[Any]]]:
+    """The run's tasks, and those whose first completion ends it: a signal, the
+    --duration, or else all the finite work (the rounds unless --loop, the command
+    prompt, a replay) done."""
+    work: list[asyncio.Task[Any]] = []
+    finite: list[asyncio.Task[Any]] = []
+    if args.vmotion:
+        rounds = None if args.loop else args.rounds
+        work.append(asyncio.create_task(fleet.vmotion_rounds(args.vmotion, rounds, args.pause)))
+        if not args.loop:
             finite.append(work[-1])
-        if args.replay is not None:
-            finite.append(asyncio.create_task(fleet.replayed()))
-            work.append(finite[-1])
-        ending: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
-        if args.duration is not None:
-            ending.append(asyncio.create_task(asyncio.sleep(args.duration)))
-        elif finite:
-            ending.append(asyncio.create_task(asyncio.wait(finite)))
-        await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
-        for task in (*work, *ending):
-            task.cancel()
-        await asyncio.gather(*work, *ending, *background, return_exceptions=True)
-        await fleet.settle()
-    finally:
-        ticker.cancel()
-        progress.done()
-        fleet.close()
-    return fleet.report(
-        seconds=round(time.perf_counter() - began, 3), proxy=f"{args.host}:{args.port}"
-    )
+    if args.commands:
+        reader = await _stdin_reader()
+        work.append(asyncio.create_task(read_commands(fleet, sys.stderr, reader)))
+        finite.append(work[-1])
+    if args.replay is not None:
+        work.append(asyncio.create_task(fleet.replayed()))
+        finite.append(work[-1])
+    ending: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if args.duration is not None:
+        ending.append(asyncio.create_task(asyncio.sleep(args.duration)))
+    elif finite:
+        ending.append(asyncio.create_task(asyncio.wait(finite)))
+    return work, ending
 
 
 def main(argv: list[str] | None = None) -> int:
