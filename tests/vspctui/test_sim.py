@@ -123,7 +123,8 @@ def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> Non
 def test_a_run_that_ends_mid_vmotion_finishes_it_first(vspcd: Vspcd) -> None:
     start = vspcd.range_start
     code, report = run_sim(
-        *("-p", str(vspcd.proxy_port), "-n", "2", "--clients", f"{start}-{start + 1}"),
+        *("-p", str(vspcd.proxy_port), "-n", "1", "--ports-per-vm", "2"),
+        *("--clients", f"{start}-{start + 1}"),
         *("--vmotion", "abandon", "--loop", "--abandon-wait", "0.3", "--duration", "0.5"),
     )
     counts = report["counts"]

@@ -124,6 +124,16 @@ def test_generated_identities_are_unique_per_tag() -> None:
     assert [i.name for i in one] == ["sim-00000", "sim-00001", "sim-00002"]
     assert len({i.uuid for i in one + two}) == 6
     assert generate(1, start=7)[0].name == "sim-00007"
+    two_ports = generate(2, ports=2)
+    assert [(i.name, i.label) for i in two_ports] == [
+        ("sim-00000", "console1"),
+        ("sim-00000", "console2"),
+        ("sim-00001", "console1"),
+        ("sim-00001", "console2"),
+    ]
+    assert two_ports[0].uuid == two_ports[1].uuid != two_ports[2].uuid
+    with pytest.raises(ValueError):
+        generate(1, ports=0)
 
 
 def test_vm_file_names_uuids_and_labels(tmp_path: Path) -> None:

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vms = parser.add_argument_group("the VMs")
     vms.add_argument("-n", "--vms", type=int, default=1, help="how many VMs (default 1)")
+    vms.add_argument(
+        "--ports-per-vm", type=int, default=1, help="serial ports per generated VM (labelled)"
+    )
     vms.add_argument("--vm-file", type=Path, help="VMs from a file: NAME [UUID|-] [LABEL] a line")
     vms.add_argument("--prefix", default="sim", help="generated names: PREFIX-00000, ...")
     vms.add_argument("--tag", type=int, default=0, help="makes generated UUIDs unique per run")
@@ -247,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.vm_file is not None:
             identities = read_file(args.vm_file, tag=args.tag)
         else:
-            identities = generate(args.vms, prefix=args.prefix, tag=args.tag)
+            identities = generate(
+                args.vms, prefix=args.prefix, tag=args.tag, ports=args.ports_per_vm
+            )
         if args.clients:
             parse_ports(args.clients)
     except (IdentityError, OSError, ValueError) as exc:

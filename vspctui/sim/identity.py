@@ -3,6 +3,7 @@
 Issue #12.  A generated VM `i` of a run with prefix `sim` is `sim-0000i` with UUID
 `5eed<tag:8 hex><i:20 hex>` (unique per tag, so several vspc-sim runs against one
 proxy do not collide), and no label: one serial port per VM, serviceURI `vSPC.py`.
+With several ports per VM they are labelled `console1`, `console2`, ...
 
 A VM file has one VM per line, `#` starts a comment, fields split on whitespace:
 
@@ -49,9 +50,22 @@ def _uuid(tag: int, index: int) -> str:
     return f"5eed{tag & 0xFFFFFFFF:08x}{index:020x}"
 
 
-def generate(count: int, *, prefix: str = "sim", tag: int = 0, start: int = 0) -> list[Identity]:
-    """`count` VMs named `PREFIX-NNNNN` from index `start`, UUIDs unique per `tag`."""
-    return [Identity(f"{prefix}-{i:05d}", _uuid(tag, i)) for i in range(start, start + count)]
+def generate(
+    count: int, *, prefix: str = "sim", tag: int = 0, start: int = 0, ports: int = 1
+) -> list[Identity]:
+    """`count` VMs named `PREFIX-NNNNN` from index `start`, UUIDs unique per `tag`.
+
+    With `ports` > 1 each VM has that many serial ports, labelled `console1`, ...
+    (one Identity each, sharing the VM's name and UUID).
+    """
+    if ports < 1:
+        raise ValueError(f"a VM has at least one serial port, not {ports}")
+    labels = [f"console{p}" for p in range(1, ports + 1)] if ports > 1 else [""]
+    return [
+        Identity(f"{prefix}-{i:05d}", _uuid(tag, i), label)
+        for i in range(start, start + count)
+        for label in labels
+    ]
 
 
 def read_file(path: Path, *, tag: int = 0) -> list[Identity]:
