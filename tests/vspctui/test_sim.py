@@ -8,6 +8,7 @@ waits are for events (bytes arriving, a process ending), bounded by timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -18,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -175,25 +176,39 @@ def test_commands_from_a_file(vspcd: Vspcd, tmp_path: Path) -> None:
     assert counts["started_notnow"] == 2 and counts["started_success"] == 1
 
 
-def test_sigusr1_moves_every_vm_and_sigterm_ends_with_the_report(vspcd: Vspcd) -> None:
+@contextlib.contextmanager
+def prompting_sim(vspcd: Vspcd, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """vspc-sim with --commands on a pipe; killed at the end if still running."""
     sim = subprocess.Popen(
-        [*SIM, "-p", str(vspcd.proxy_port), "-n", "2", "--commands", "--json"],
+        [*SIM, "-p", str(vspcd.proxy_port), *args, "--commands", "--json"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert sim.stdin is not None and sim.stderr is not None
     try:
-        sim.stdin.write(b"list\n")  # answered once the VMs are connected
-        sim.stdin.flush()
-        assert read_line(sim.stderr).startswith(b"sim-00000")
-        sim.send_signal(signal.SIGUSR1)
-        sim.send_signal(signal.SIGTERM)
-        out, _ = sim.communicate(timeout=TIMEOUT)
+        yield sim
     finally:
         if sim.poll() is None:
             sim.kill()
             sim.wait()
+
+
+def command(sim: subprocess.Popen[bytes], line: bytes) -> bytes:
+    """Send one command line; the first line of its reply (stderr)."""
+    assert sim.stdin is not None and sim.stderr is not None
+    sim.stdin.write(line + b"\n")
+    sim.stdin.flush()
+    reply = sim.stderr.readline()
+    assert reply, "vspc-sim ended early"
+    return reply
+
+
+def test_sigusr1_moves_every_vm_and_sigterm_ends_with_the_report(vspcd: Vspcd) -> None:
+    with prompting_sim(vspcd, "-n", "2") as sim:
+        assert command(sim, b"list").startswith(b"sim-00000")  # once the VMs are up
+        sim.send_signal(signal.SIGUSR1)
+        sim.send_signal(signal.SIGTERM)
+        out, _ = sim.communicate(timeout=TIMEOUT)
     counts = json.loads(out)["counts"]
     assert sim.returncode == 0 and counts["started_success"] == counts["vmotions_ok"] == 2
 
@@ -254,24 +269,9 @@ class Telnet:
         self.sock.sendall(data)
 
 
-def read_line(stream: IO[bytes]) -> bytes:
-    line = stream.readline()
-    assert line, "vspc-sim ended early"
-    return line
-
-
 def test_interactive_shell_through_vspcd_survives_a_vmotion(vspcd: Vspcd) -> None:
-    sim = subprocess.Popen(
-        [*SIM, "-p", str(vspcd.proxy_port), "--shell", "--commands", "--json"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert sim.stdin is not None and sim.stdout is not None and sim.stderr is not None
-    try:
-        sim.stdin.write(b"list\n")
-        sim.stdin.flush()
-        assert read_line(sim.stderr).startswith(b"sim-00000 5eed")  # connected
+    with prompting_sim(vspcd, "--shell") as sim:
+        assert command(sim, b"list").startswith(b"sim-00000 5eed")  # connected
         telnet = Telnet(vspcd.range_start)
         telnet.expect(b"\xff\xfb\x01")  # vspcd's WILL ECHO: attached
         telnet.type(b"\r\n")
@@ -280,19 +280,13 @@ def test_interactive_shell_through_vspcd_survives_a_vmotion(vspcd: Vspcd) -> Non
         telnet.expect(b"Password: ")
         telnet.type(b"hunter2\r\n")
         assert b"hunter2" not in telnet.expect(b"root@sim-00000:~$ ")
-        sim.stdin.write(b"vmotion success\n")
-        sim.stdin.flush()
-        assert read_line(sim.stderr) == b"vmotion success: 1 ok\n"
+        assert command(sim, b"vmotion success") == b"vmotion success: 1 ok\n"
         telnet.type(b"echo after the move\r\n")  # reaches the VM on its new connection
         assert telnet.expect(b"root@sim-00000:~$ ").endswith(
             b"echo after the move\r\nafter the move\r\nroot@sim-00000:~$ "
         )
         telnet.sock.close()
         out, err = sim.communicate(b"quit\n", timeout=TIMEOUT)
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.wait()
     report = json.loads(out)
     assert sim.returncode == 0, err.decode()
     assert report["counts"]["vmotions_ok"] == 1 and report["counts"]["connected"] == 1
