@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,3 +291,35 @@ def test_interactive_shell_through_vspcd_survives_a_vmotion(vspcd: Vspcd) -> Non
     report = json.loads(out)
     assert sim.returncode == 0, err.decode()
     assert report["counts"]["vmotions_ok"] == 1 and report["counts"]["connected"] == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"\xff\xfa\xe8\xff\xff\xff\xf0garbage\xff",  # a broken option-232 frame
+        b"\xff\xfd\xe8\xff\xfa\xe8\x29\xff\xf0",  # DO 232, then a GOAHEAD nobody asked for
+        b"HTTP/1.1 400 Bad Request\r\n\r\n",  # not a vSPC at all
+    ],
+)
+def test_a_proxy_that_talks_nonsense_is_a_clean_failure(reply: bytes) -> None:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer_everyone() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    peer, _ = listener.accept()
+                    with peer:
+                        peer.sendall(reply)
+                        peer.recv(4096)
+
+        threading.Thread(target=answer_everyone, daemon=True).start()
+        done = subprocess.run(
+            [*SIM, "-p", str(port), "-n", "2", "--timeout", "0.5"],
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+    assert done.returncode == 2
+    assert b"no VM could connect" in done.stderr and b"Traceback" not in done.stderr
