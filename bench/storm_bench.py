@@ -221,12 +221,13 @@ async def storm(
             began = time.perf_counter()
             hellos = [await _recv(p) for p in pipes]
             connect_s = time.perf_counter() - began
+            # Quiet before the clients start typing (they never stop till the end).
+            settle(daemon)
             ports = {row["key"]: row["port"] for row in daemon.consoles()}
             for pipe, hello, (_, clients) in zip(pipes, hellos, typed, strict=True):
                 keys = hello["keys"][:clients]
                 _send(pipe, {"ports": [ports[k] for k in keys], "type_rate": type_rate})
             attached = [await _recv(p) for p in pipes]
-            settle(daemon)
             before = vm_status(daemon.pid)
             meter = CpuMeter(daemon.pid, [p.pid or 0 for p in procs])
             sampler = Sampler(daemon.pid)
