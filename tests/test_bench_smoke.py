@@ -18,9 +18,10 @@ SCENARIOS = ["connect", "connect_ports", "scale", "vmotion", "stream", "fanout",
 NUMBER = (int, float)
 
 
-def run_quick(script: Path = BENCH, limit: int = 40) -> list[dict[str, Any]]:
+def run_quick(script: Path = BENCH, limit: int | None = 40) -> list[dict[str, Any]]:
+    bound = [] if limit is None else ["--limit", str(limit)]
     done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--limit", str(limit)],
+        [sys.executable, str(script), "--quick", *bound],
         capture_output=True,
         timeout=90,
         check=False,
@@ -90,3 +91,14 @@ def test_storm_quick_run_prints_its_figures() -> None:
         "cpu_us_per_vmotion",
         "ceiling_vmotions_per_s_per_core",
     }
+
+
+def test_quick_micro_benchmarks_print_their_figures() -> None:
+    decode = run_quick(BENCH.with_name("telnet_decode.py"), limit=None)
+    assert len(decode) == 1
+    for key in ("iac_free", "iac_1pct", "session_iac_1pct"):
+        assert isinstance(decode[0][key]["mb_per_s"], NUMBER)
+    micro = run_quick(BENCH.with_name("vmotion_micro.py"), limit=None)
+    assert len(micro) == 1 and micro[0]["vmotions"] == 200
+    assert isinstance(micro[0]["us_per_vmotion"], NUMBER)
+    assert isinstance(micro[0]["calibration_ms"], NUMBER)
