@@ -159,9 +159,11 @@ class Fleet:
     # -- vMotions ----------------------------------------------------------------------
 
     async def vmotion(self, kind: Kind, vms: Sequence[SimVm] | None = None) -> list[str]:
-        """Start a vMotion of `kind` on each of `vms` (default: every idle connected
-        VM) at once; their outcomes."""
-        chosen = [vm for vm in (vms if vms is not None else self.connected) if not vm.migrating]
+        """Start a vMotion of `kind` on each connected, idle VM of `vms` (default:
+        all) at once; their outcomes (a VM that is down or already moving is skipped)."""
+        candidates = vms if vms is not None else self.vms
+        up = set(self.connected)
+        chosen = [vm for vm in candidates if vm in up and not vm.migrating]
         tasks = [asyncio.create_task(vm.vmotion(kind)) for vm in chosen]
         self._inflight.update(tasks)
         for task in tasks:
