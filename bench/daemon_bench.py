@@ -63,6 +63,7 @@ from typing import Any
 
 from vspc.common import vmware as vm
 from vspc.common.esxi import ESXI_KNOWN_CODES
+from vspc.vspctui.sim.report import percentiles  # shared with vspc-sim
 
 HOST = "127.0.0.1"
 MIB = 1 << 20
@@ -157,24 +158,6 @@ def port_range_start(count: int) -> int:
                 continue
         return candidate
     return start
-
-
-def percentiles(samples: Sequence[float], scale: float = 1e3) -> dict[str, float]:
-    """p50/p90/p99/max of `samples` (seconds) in ms, rounded."""
-    if not samples:
-        return {}
-    ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * scale, 3)
-
-    return {
-        "n": len(ordered),
-        "p50": at(0.50),
-        "p90": at(0.90),
-        "p99": at(0.99),
-        "max": round(ordered[-1] * scale, 3),
-    }
 
 
 def proc_cpu_seconds(pid: int, *, kernel_only: bool = False) -> float:

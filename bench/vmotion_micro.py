@@ -7,6 +7,7 @@ What it leaves out (accept, syscalls, the event loop) is in bench/daemon_bench.p
 it keeps is steady enough to compare two trees run back to back:
 
     .venv/bin/python bench/vmotion_micro.py            # one JSON line
+    .venv/bin/python bench/vmotion_micro.py --quick    # toy size (tests/test_bench_smoke.py)
 
 Prints µs per vMotion (best of several rounds) and a calibration time, like the daemon
 benchmark, since this VM's speed drifts.
@@ -14,6 +15,7 @@ benchmark, since this VM's speed drifts.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -106,13 +108,16 @@ def calibrate() -> float:
     return (time.perf_counter() - started) * 1000
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="200 vMotions, one round (smoke)")
+    args = parser.parse_args(argv)
     # As in production: INFO records are formatted and written (here to /dev/null).
     sink = open(os.devnull, "w")  # noqa: SIM115  (lives as long as the process)
     handler = logging.StreamHandler(sink)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    n, rounds = 5000, 5
+    n, rounds = (200, 1) if args.quick else (5000, 5)
     best = min(run(n) for _ in range(rounds))
     print(json.dumps({
         "benchmark": "vmotion_micro",

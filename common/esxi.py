@@ -232,6 +232,11 @@ class EsxiSession:
         self._out.clear()
         return out
 
+    @property
+    def announced(self) -> bool:
+        """Option 232 is on and KS-1 (+ DO-PROXY or PEER) went out: commands may follow."""
+        return self._announced
+
     def _require_connected(self) -> None:
         if self.role is None:
             raise LocalProtocolError("connect_source() or connect_destination() first")

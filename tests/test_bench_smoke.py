@@ -1,4 +1,4 @@
-"""bench/daemon_bench.py --quick: every scenario runs and prints the JSON it documents.
+"""bench/*.py --quick: every scenario runs and prints the JSON it documents.
 
 A smoke test only: toy sizes, and no figure is compared with a goal (performance is
 measured by the benchmark itself, never asserted here; docs/benchmarks.md).
@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "daemon_bench.py"
+STORM = BENCH.with_name("storm_bench.py")
 SCENARIOS = ["connect", "connect_ports", "scale", "vmotion", "stream", "fanout", "keystroke"]
 NUMBER = (int, float)
 
 
-def run_quick() -> list[dict[str, Any]]:
+def run_quick(script: Path = BENCH, limit: int | None = 40) -> list[dict[str, Any]]:
+    bound = [] if limit is None else ["--limit", str(limit)]
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--limit", "40"],
+        [sys.executable, str(script), "--quick", *bound],
         capture_output=True,
         timeout=90,
         check=False,
@@ -65,3 +67,38 @@ def test_quick_run_prints_one_json_object_per_scenario_then_a_summary() -> None:
     summary = by_name["summary"]
     assert set(summary["met"]) == set(SCENARIOS) == set(summary["ok"])
     assert isinstance(summary["summary"], dict) and isinstance(summary["goals"], dict)
+
+
+def test_storm_quick_run_prints_its_figures() -> None:
+    lines = run_quick(STORM, limit=60)
+    assert len(lines) == 1
+    line = lines[0]
+    assert "error" not in line, line
+    assert line["scenario"] == "storm" and line["quick"] is True
+    assert isinstance(line["calibration_ms"], NUMBER)
+    assert isinstance(line["ok"], bool) and isinstance(line["met"], bool)
+    params = line["params"]
+    assert line["vms_connected"] == line["vms"] == params["vms"]
+    assert line["typing_clients"] == params["typing"]
+    percentile_shape(line["begin_goahead_ms"])
+    percentile_shape(line["vmotion_ms"])
+    assert line["begin_goahead_ms"]["n"] == params["migrating"]
+    for key in ("drain_s", "vmotions_failed", "bytes_lost", "bytes_repeated", "budget_ms"):
+        assert isinstance(line[key], NUMBER)
+    assert set(line["daemon"]) >= {"cpu_s", "cpu_cores", "rss_kib_before", "rss_kib_peak"}
+    assert set(line["generator"]) == {
+        "worker_cpu_cores",
+        "cpu_us_per_vmotion",
+        "ceiling_vmotions_per_s_per_core",
+    }
+
+
+def test_quick_micro_benchmarks_print_their_figures() -> None:
+    decode = run_quick(BENCH.with_name("telnet_decode.py"), limit=None)
+    assert len(decode) == 1
+    for key in ("iac_free", "iac_1pct", "session_iac_1pct"):
+        assert isinstance(decode[0][key]["mb_per_s"], NUMBER)
+    micro = run_quick(BENCH.with_name("vmotion_micro.py"), limit=None)
+    assert len(micro) == 1 and micro[0]["vmotions"] == 200
+    assert isinstance(micro[0]["us_per_vmotion"], NUMBER)
+    assert isinstance(micro[0]["calibration_ms"], NUMBER)
