@@ -25,7 +25,7 @@ import pytest
 from vspc.vspcd import __version__
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"vspcd", "vspc", "vspc-tui"}
+SCRIPTS = {"vspcd", "vspc", "vspc-tui", "vspc-sim"}
 SHIPPED = {
     "vspcd.service",
     "vspcd.sysusers",
