@@ -56,9 +56,26 @@ class FieldKind(StrEnum):
     ENUM = "enum"
 
 
+# Spellings `FieldSpec.convert` accepts for a BOOL field given as a word.
+_TRUE = frozenset(("true", "yes", "on", "1"))
+_FALSE = frozenset(("false", "no", "off", "0"))
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One request field: its JSON type, whether it is required, default and bounds."""
+    """One request field: its JSON type, whether it is required, default and bounds.
+
+    It also holds what a command-line client needs to offer the field as an argument,
+    so `vspc` restates none of it.  By convention a required field is a positional
+    argument and any other field is a `--name` option (a BOOL one is a flag).  Such a
+    client reads:
+    - `kind`, for the Python type (`python_type`);
+    - `default`, `help` (`help_with_default` appends the default);
+    - `choices` (`choice_values`), `metavar` (`placeholder`) and `short` (an extra
+      one-letter option);
+    - `convert`, which turns one word into the value the daemon would accept, with
+      the daemon's own checks.
+    """
 
     name: str
     kind: FieldKind
@@ -69,6 +86,67 @@ class FieldSpec:
     maximum: int | None = None
     max_length: int = MAX_STR
     choices: type[StrEnum] | None = None  # for ENUM
+    metavar: str | None = None  # the value's name in usage lines; None: `placeholder`
+    short: str | None = None  # a one-letter option for command-line clients, e.g. "-n"
+
+    @property
+    def python_type(self) -> type:
+        """The type `read` and `convert` return: str, int, bool, or the StrEnum."""
+        match self.kind:
+            case FieldKind.INT:
+                return int
+            case FieldKind.BOOL:
+                return bool
+            case FieldKind.ENUM:
+                assert self.choices is not None, "ENUM fields name their StrEnum"
+                return self.choices
+        return str
+
+    @property
+    def choice_values(self) -> tuple[str, ...]:
+        """The wire values an ENUM field accepts, in declaration order; () otherwise."""
+        return () if self.choices is None else tuple(member.value for member in self.choices)
+
+    @property
+    def placeholder(self) -> str:
+        """The value's name in usage lines: `metavar`, else the field's name, in
+        capitals for an option (argparse's convention)."""
+        if self.metavar:
+            return self.metavar
+        return self.name if self.required else self.name.upper()
+
+    @property
+    def help_with_default(self) -> str:
+        """`help`, plus "(default X)" when the field has a default worth showing."""
+        if self.default is None or self.default is False:
+            return self.help
+        return f"{self.help} (default {self.default})"
+
+    def convert(self, text: str) -> Any:
+        """One command-line word -> this field's value, checked as the daemon checks it.
+
+        Integers are decimal, booleans are true/false, yes/no, on/off or 1/0, and an
+        ENUM takes one of `choice_values`.
+
+        Raises:
+            ValueError: the word is not a valid value; the message says why (argparse
+                users wrap it in ArgumentTypeError to show it).
+        """
+        value: Any = text
+        if self.kind is FieldKind.INT:
+            try:
+                value = int(text, 10)
+            except ValueError:
+                raise ValueError(f"{self.name}: not an integer: {text!r}") from None
+        elif self.kind is FieldKind.BOOL:
+            word = text.strip().lower()
+            if word not in _TRUE | _FALSE:
+                raise ValueError(f"{self.name}: not true or false: {text!r}")
+            value = word in _TRUE
+        try:
+            return self.read({self.name: value})
+        except AdminError as exc:
+            raise ValueError(exc.message) from None
 
     def read(self, request: Mapping[str, Any]) -> Any:
         """Validate this field of `request`; the value, or the default if absent.
@@ -129,9 +207,13 @@ def _check_attach(request: Mapping[str, Any], fields: dict[str, Any]) -> None:
         raise bad_field(request, f"a read-only attach cannot take the {fields['lock']} lock")
 
 
-_VM = FieldSpec("vm", FieldKind.STR, "console: name, NAME_LABEL, key, UUID or port", True)
+_VM = FieldSpec("vm", FieldKind.STR, "console: name, NAME_LABEL, key, UUID or telnet port", True)
 _REASON = FieldSpec(
-    "reason", FieldKind.STR, "shown to the disconnected clients", max_length=MAX_REASON
+    "reason",
+    FieldKind.STR,
+    "shown to the disconnected clients",
+    max_length=MAX_REASON,
+    metavar="TEXT",
 )
 
 COMMANDS: Mapping[str, CommandSpec] = {
@@ -155,8 +237,15 @@ COMMANDS: Mapping[str, CommandSpec] = {
                     "lock mode",
                     default=LockMode.FREE_FOR_ALL_OR_READONLY,
                     choices=LockMode,
+                    metavar="MODE",
                 ),
-                FieldSpec("readonly", FieldKind.BOOL, "never send input", default=False),
+                FieldSpec(
+                    "readonly",
+                    FieldKind.BOOL,
+                    "watch only; typing is refused",
+                    default=False,
+                    short="-r",
+                ),
                 FieldSpec(
                     "replay",
                     FieldKind.INT,
@@ -164,6 +253,7 @@ COMMANDS: Mapping[str, CommandSpec] = {
                     default=0,
                     minimum=0,
                     maximum=MAX_REPLAY,
+                    metavar="N",
                 ),
             ),
             check=_check_attach,
@@ -185,7 +275,14 @@ COMMANDS: Mapping[str, CommandSpec] = {
             "kick",
             "disconnect one client",
             (
-                FieldSpec("client", FieldKind.INT, "client id (list/show)", True, minimum=1),
+                FieldSpec(
+                    "client",
+                    FieldKind.INT,
+                    "client id (list/show)",
+                    True,
+                    minimum=1,
+                    metavar="client_id",
+                ),
                 _REASON,
             ),
             access=Access.FULL,
@@ -200,12 +297,20 @@ COMMANDS: Mapping[str, CommandSpec] = {
                 FieldSpec(
                     "bytes",
                     FieldKind.INT,
-                    "scrollback bytes to return",
+                    "bytes of scrollback to return",
                     default=4096,
                     minimum=0,
                     maximum=MAX_REPLAY,
+                    metavar="N",
+                    short="-n",
                 ),
-                FieldSpec("follow", FieldKind.BOOL, "then push output events", default=False),
+                FieldSpec(
+                    "follow",
+                    FieldKind.BOOL,
+                    "then push new output as output events",
+                    default=False,
+                    short="-f",
+                ),
             ),
         ),
         CommandSpec("untail", "stop following a console", (_VM,)),
