@@ -65,6 +65,7 @@ from vspc.common.admin.validate import (
     optional_enum,
     optional_int,
     optional_str,
+    require_enum,
     require_int,
     require_str,
 )
@@ -110,6 +111,7 @@ __all__ = [
     "optional_str",
     "parse_request",
     "raise_for_reply",
+    "require_enum",
     "require_int",
     "require_str",
     "required_access",

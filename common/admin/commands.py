@@ -27,6 +27,7 @@ from vspc.common.admin.validate import (
     optional_enum,
     optional_int,
     optional_str,
+    require_enum,
     require_int,
     require_str,
 )
@@ -167,10 +168,11 @@ class FieldSpec:
                 )
             case FieldKind.BOOL:
                 return optional_bool(request, self.name, bool(self.default))
+            case FieldKind.ENUM if self.required:
+                assert self.choices is not None, "ENUM fields name their StrEnum"
+                return require_enum(request, self.name, self.choices)
             case FieldKind.ENUM:
                 assert self.choices is not None, "ENUM fields name their StrEnum"
-                if self.required and request.get(self.name) is None:
-                    raise bad_field(request, f"field {self.name!r} is required")
                 return optional_enum(request, self.name, self.choices, self.default)
         raise AssertionError(f"unhandled field kind {self.kind}")  # pragma: no cover
 

@@ -4,7 +4,7 @@ Boundary: `LineFramer` takes what the socket gave and hands out requests whose
 envelope (`parse_request`) is checked; whether the command exists is
 `commands.validate_request`'s business.  Part of the sans-IO admin codec
 (`vspc.common.admin`, which re-exports it).  Spec: docs/admin-protocol.md, "Framing"
-and "Limits".
+and "Limits and bad input".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from vspc.common.admin.messages import MAX_ID_LENGTH, decode_message, id_of, val
 
 __all__ = ["MAX_LINE", "LineFramer", "parse_request"]
 
-MAX_LINE = 1 << 20  # bytes per line, not counting the b"\n" (docs: "Limits")
+MAX_LINE = 1 << 20  # bytes per line, not counting the b"\n" (docs: "Limits and bad input")
 
 
 def parse_request(line: bytes) -> dict[str, Any]:

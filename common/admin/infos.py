@@ -4,15 +4,14 @@ Boundary: each class reads one reply or event object (`from_json`, raising
 AdminError BAD_FIELD on a malformed one and ignoring unknown keys, so an older client
 keeps working with a newer daemon) and writes it back (`to_json`).  Part of the
 sans-IO admin codec (`vspc.common.admin`, which re-exports it).  Spec:
-docs/admin-protocol.md, "Replies" and "Events".
+docs/admin-protocol.md, "Consoles and clients", "Commands" and "Events".
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 from vspc.common.admin.enums import Access, ClientKind, LockMode, VMotionPhase
 from vspc.common.admin.messages import decode_bytes, encode_bytes, is_event
@@ -22,13 +21,12 @@ from vspc.common.admin.validate import (
     optional_enum,
     optional_int,
     optional_str,
+    require_enum,
     require_int,
     require_str,
 )
 
 __all__ = ["AttachGrant", "ClientInfo", "ConsoleInfo", "Event", "Hello", "TailChunk"]
-
-_E = TypeVar("_E", bound=StrEnum)
 
 
 def _str(obj: Mapping[str, Any], name: str) -> str:
@@ -39,10 +37,6 @@ def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
     return optional_str(obj, name, max_length=1 << 20)
 
 
-def _opt_int(obj: Mapping[str, Any], name: str) -> int | None:
-    return optional_int(obj, name)
-
-
 def _float(obj: Mapping[str, Any], name: str, default: float | None = None) -> float | None:
     value = obj.get(name)
     if value is None:
@@ -50,13 +44,6 @@ def _float(obj: Mapping[str, Any], name: str, default: float | None = None) -> f
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad_field(obj, f"field {name!r} must be a number")
     return float(value)
-
-
-def _enum(obj: Mapping[str, Any], name: str, enum: type[_E]) -> _E:
-    value = optional_enum(obj, name, enum)
-    if value is None:
-        raise bad_field(obj, f"field {name!r} is required")
-    return value
 
 
 def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
@@ -97,12 +84,12 @@ class ClientInfo:
         """Raises AdminError(BAD_FIELD) on a malformed object; unknown keys are ignored."""
         return cls(
             id=require_int(obj, "id"),
-            kind=_enum(obj, "kind", ClientKind),
+            kind=require_enum(obj, "kind", ClientKind),
             peer=_str(obj, "peer"),
-            mode=_enum(obj, "mode", LockMode),
+            mode=require_enum(obj, "mode", LockMode),
             readonly=optional_bool(obj, "readonly"),
             since=_float(obj, "since", 0.0) or 0.0,
-            uid=_opt_int(obj, "uid"),
+            uid=optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
         )
 
@@ -165,7 +152,7 @@ class ConsoleInfo:
             uuid=_str(obj, "uuid"),
             vm_name=optional_str(obj, "vm_name", "", max_length=1 << 20) or "",
             label=optional_str(obj, "label", "", max_length=1 << 20) or "",
-            port=_opt_int(obj, "port"),
+            port=optional_int(obj, "port"),
             connected=optional_bool(obj, "connected"),
             clients=optional_int(obj, "clients", 0, minimum=0) or 0,
             vmotion=optional_enum(obj, "vmotion", VMotionPhase, VMotionPhase.NORMAL)
@@ -221,8 +208,8 @@ class Hello:
             protocol=require_int(obj, "protocol"),
             version=_str(obj, "version"),
             capabilities=tuple(caps),
-            access=_enum(obj, "access", Access),
-            uid=_opt_int(obj, "uid"),
+            access=require_enum(obj, "access", Access),
+            uid=optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
         )
 
@@ -253,7 +240,7 @@ class AttachGrant:
             key=_str(obj, "key"),
             name=_str(obj, "name"),
             client=require_int(obj, "client"),
-            mode=_enum(obj, "mode", LockMode),
+            mode=require_enum(obj, "mode", LockMode),
             readonly=optional_bool(obj, "readonly"),
         )
 

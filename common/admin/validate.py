@@ -22,6 +22,7 @@ __all__ = [
     "optional_enum",
     "optional_int",
     "optional_str",
+    "require_enum",
     "require_int",
     "require_str",
 ]
@@ -137,3 +138,15 @@ def optional_enum(
             pass
     choices = ", ".join(member.value for member in enum)
     raise bad_field(request, f"field {name!r} must be one of: {choices}")
+
+
+def require_enum(request: Mapping[str, Any], name: str, enum: type[_E]) -> _E:
+    """The field `name` as a member of `enum`; it must be present and not null.
+
+    Raises:
+        AdminError: BAD_FIELD if missing, null, or not one of the enum's values.
+    """
+    value = optional_enum(request, name, enum)
+    if value is None:
+        raise bad_field(request, f"field {name!r} is required")
+    return value
