@@ -1,8 +1,9 @@
 """The admin protocol's closed vocabularies other than error codes.
 
 Boundary: part of the sans-IO admin codec (`vspc.common.admin`, which re-exports it).
-Spec: docs/admin-protocol.md ("Lock modes", "Access control", "Events", "Consoles and clients").  Values are
-wire strings and never change meaning; add members, never rename them.
+Spec: docs/admin-protocol.md ("Lock modes", "Access control", "Events", "Consoles and
+clients").  Values are wire strings and never change meaning; add members, never
+rename them.
 """
 
 from __future__ import annotations

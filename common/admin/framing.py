@@ -16,7 +16,7 @@ from vspc.common.admin.messages import MAX_ID_LENGTH, decode_message, id_of, val
 
 __all__ = ["MAX_LINE", "LineFramer", "parse_request"]
 
-MAX_LINE = 1 << 20  # bytes per line, not counting the b"\n" (docs: "Limits and bad input")
+MAX_LINE = 1 << 20  # bytes per line, not counting the b"\n" (docs: "Limits ...")
 
 
 def parse_request(line: bytes) -> dict[str, Any]:
