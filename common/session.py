@@ -281,7 +281,8 @@ class ProxySession(TelnetEndpoint):
 
         Raises:
             TelnetProtocolError: the VM broke telnet framing, now or in an earlier call
-                (`state` is ERROR); close the connection.
+                (`state` is ERROR); close the connection.  The events of this read
+                before the fault are dropped with it.
         """
         events: list[SessionEvent] = []
         for event in self._telnet.iter_events(data):
