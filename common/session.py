@@ -32,7 +32,8 @@ leads; a pair not in the table sends nothing and changes nothing.
 
 ERROR is the telnet codec's (h11's ERROR state): once the VM breaks framing, every
 later `receive_data()` raises `TelnetProtocolError` naming the first fault, and the
-caller closes the connection.  Output stays usable until then.
+caller closes the connection.  Output stays usable, so replies queued before the
+fault still leave.
 
 DO-PROXY is answered once, at once, with WILL- or WONT-PROXY as the `accept_proxy`
 policy says (§3.3); `proxy` records the answer, so a repeat is a `Notice`.  A
@@ -138,12 +139,20 @@ class SessionState(Enum):
     READY = "ready"
     ERROR = "error"
 
+    # Members are singletons compared by identity, so the identity hash is correct.
+    # Enum's own __hash__ hashes the name in Python (~250 ns on CPython 3.11), and the
+    # opening table and the set of replies owed hash these on every KS-1, BEGIN and
+    # PEER (bench/vmotion_micro.py).
+    __hash__ = object.__hash__
+
 
 class _Input(Enum):
     """What moves the opening along."""
 
     WILL_EXT = "will 232"  # the VM agreed to perform option 232
     KS1 = "ks-1"
+
+    __hash__ = object.__hash__  # as SessionState's
 
 
 class _Owed(Enum):
@@ -152,15 +161,21 @@ class _Owed(Enum):
     BEGIN_ANSWER = "GOAHEAD or NOTNOW"  # keyed by the BEGIN's sequence
     PEER_OK = "PEER-OK"  # keyed by the PEER's whole cookie
 
+    __hash__ = object.__hash__  # as SessionState's
 
+
+# Module-level aliases, as in telnet.py: an `Enum.MEMBER` lookup is a descriptor call.
 _OPENED, _KS2_SENT, _READY = SessionState.OPENED, SessionState.KS2_SENT, SessionState.READY
+_ERROR = SessionState.ERROR
+_WILL_EXT, _KS1 = _Input.WILL_EXT, _Input.KS1
+_BEGIN_ANSWER, _PEER_OK = _Owed.BEGIN_ANSWER, _Owed.PEER_OK
 
 # (state, input) -> (send KS-2, send the GETs, next state).  Missing: nothing happens.
 _OPENING: dict[tuple[SessionState, _Input], tuple[bool, bool, SessionState]] = {
-    (_OPENED, _Input.WILL_EXT): (True, False, _KS2_SENT),
-    (_OPENED, _Input.KS1): (True, True, _READY),
-    (_KS2_SENT, _Input.KS1): (False, True, _READY),
-    (_READY, _Input.KS1): (True, False, _READY),
+    (_OPENED, _WILL_EXT): (True, False, _KS2_SENT),
+    (_OPENED, _KS1): (True, True, _READY),
+    (_KS2_SENT, _KS1): (False, True, _READY),
+    (_READY, _KS1): (True, False, _READY),
 }
 
 
@@ -219,7 +234,7 @@ class ProxySession(TelnetEndpoint):
     @property
     def state(self) -> SessionState:
         """Where the opening stands; ERROR once the VM broke telnet framing."""
-        return SessionState.ERROR if self._telnet.failed else self._opening
+        return _ERROR if self._telnet.failed else self._opening
 
     # -- output ----------------------------------------------------------------------
 
@@ -260,16 +275,14 @@ class ProxySession(TelnetEndpoint):
         Raises:
             LocalProtocolError: this connection sent no PEER for `sequence`.
         """
-        owed = next(
-            (o for o in self._owed if o[0] is _Owed.PEER_OK and o[1].startswith(sequence)), None
-        )
+        owed = next((o for o in self._owed if o[0] is _PEER_OK and o[1].startswith(sequence)), None)
         if owed is None:
             raise LocalProtocolError("PEER-OK without a PEER for that sequence")
         self._owed.discard(owed)
         self._send(vm.VMotionPeerOk(sequence))
 
     def _take_begin(self, sequence: bytes) -> None:
-        owed = (_Owed.BEGIN_ANSWER, sequence)
+        owed = (_BEGIN_ANSWER, sequence)
         if owed not in self._owed:
             raise LocalProtocolError("reply to a BEGIN that is not pending")
         self._owed.discard(owed)
@@ -294,7 +307,7 @@ class ProxySession(TelnetEndpoint):
                 case Subnegotiation(option, payload) if option == _EXT:
                     self._on_command(vm.decode(payload), events)
                 case OptionChanged(option, False, True) if option == _EXT:
-                    self._advance(_Input.WILL_EXT, b"")
+                    self._advance(_WILL_EXT, b"")
                 case _:
                     pass  # other negotiation was answered by the codec
         self._sync()
@@ -305,7 +318,7 @@ class ProxySession(TelnetEndpoint):
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code to report (PROTOCOL.md §1 rule 6)
             case vm.KnownSuboptions1(codes):
-                self._advance(_Input.KS1, codes)
+                self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):
                 self._disabled.add(code)
                 events.append(Notice(f"VM does not know our code {code:#04x}"))
@@ -322,11 +335,11 @@ class ProxySession(TelnetEndpoint):
                 self.name = name
                 events.append(VmNamed(name))
             case vm.VMotionBegin(sequence):
-                self._owed.add((_Owed.BEGIN_ANSWER, sequence))
+                self._owed.add((_BEGIN_ANSWER, sequence))
                 events.append(event)
             case vm.VMotionPeer(cookie):
                 # The sequence is a prefix of the cookie; only the hub knows how long.
-                self._owed.add((_Owed.PEER_OK, cookie))
+                self._owed.add((_PEER_OK, cookie))
                 events.append(event)
             case vm.VMotionComplete() | vm.VMotionAbort():
                 events.append(event)
