@@ -50,7 +50,7 @@ class TelnetEndpoint:
 
     def data_to_send(self) -> bytes:
         """Drain everything queued for the peer, in order."""
-        self._sync()
+        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
         out = bytes(self._out)
         self._out.clear()
         return out

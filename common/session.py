@@ -310,7 +310,7 @@ class ProxySession(TelnetEndpoint):
                     self._advance(_WILL_EXT, b"")
                 case _:
                     pass  # other negotiation was answered by the codec
-        self._sync()
+        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
