@@ -23,10 +23,11 @@ console data or commands nobody sent; the caller closes the connection instead
 replies queued before the fault can still be drained.
 
     DATA --IAC--> IAC --WILL..DONT--> VERB --option--> DATA
-                   |--IAC (data 0xff)/other command--> DATA
-                   '--SB--> SB_OPTION --option--> SB_DATA <--IAC IAC / IAC cmd-- SB_IAC
-                                                  SB_DATA --IAC--> SB_IAC --SE--> DATA
-    SB_DATA over sb_limit, SB_IAC + SB          --> ERROR (absorbing: input refused)
+                  IAC --IAC (a data 0xff) or any other command--> DATA
+                  IAC --SB--> SB_OPTION --option--> SB_DATA --IAC--> SB_IAC
+                              SB_OPTION --IAC (no option byte)--> SB_IAC
+                  SB_IAC --SE--> DATA;  SB_IAC --IAC or other command--> SB_DATA
+    SB_DATA past sb_limit, or SB_IAC --SB-->  ERROR (absorbing: all input refused)
 
 Option negotiation follows RFC 1143 without the queue bits: for each option the codec
 keeps `us` (may *we* perform it: WILL/WONT) and `him` (may the peer: DO/DONT), each
@@ -227,6 +228,9 @@ class TelnetCodec:
         local_ok: options we agree to perform when the peer asks (`DO x` -> `WILL x`).
         remote_ok: options we agree to let the peer perform (`WILL x` -> `DO x`).
         sb_limit: largest subnegotiation payload accepted, in bytes.
+
+    Attributes:
+        error: the `TelnetProtocolError` that ended input, or None (see `failed`).
     """
 
     def __init__(
