@@ -8,8 +8,8 @@ Feeds pre-built wire chunks to one codec and prints one JSON object with MB/s
   Target: >= 200 MB/s.
 - `iac_1pct`: about 1% of the data bytes are 0xff, each doubled on the wire
   (PROTOCOL.md §1 rule 5), so the tokenizer leaves the fast path at every one.
-- `session_iac_1pct`: the same wire through ProxySession, which cuts input after each
-  IAC so replies keep the request order (common/session.py `_pieces`).
+- `session_iac_1pct`: the same wire through ProxySession, which walks the codec's
+  `iter_events()` so its own replies keep the request order (common/session.py).
 
 Not a test: timings depend on the machine.  Run `python bench/telnet_decode.py`.
 """

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from vspc.common import vmware as vm
-from vspc.common.session import LocalProtocolError
+from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
     Data,
     Opt,
@@ -43,7 +43,6 @@ from vspc.common.telnet import (
     Subnegotiation,
     TelnetCodec,
     TelnetProtocolError,
-    escape,
 )
 
 __all__ = [
@@ -102,13 +101,6 @@ class ProxyAnswer:
     accepted: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Something out of turn, such as a GOAHEAD with no BEGIN pending."""
-
-    message: str
-
-
 EsxiEvent = (
     ConsoleInput
     | Goahead
@@ -132,7 +124,7 @@ _LOCAL_OK = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 _REMOTE_OK = (Opt.BINARY, Opt.SGA, Opt.ECHO)
 
 
-class EsxiSession:
+class EsxiSession(TelnetEndpoint):
     """ESXi's half of one serial-port connection to a proxy.
 
     Args:
@@ -155,8 +147,7 @@ class EsxiSession:
         self.name = name
         self.service_uri = service_uri
         self.direction = direction
-        self._telnet = TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK)
-        self._out = bytearray()
+        super().__init__(TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK))
         self.role: Role | None = None
         self._peer_cookie = b""  # the cookie a destination presents in PEER
         self._announced = False  # KS-1 and DO-PROXY or PEER sent
@@ -188,7 +179,7 @@ class EsxiSession:
             raise LocalProtocolError("already connected")
         self.role = role
         self._telnet.offer_local(Opt.AUTHENTICATION)  # ESXi's first bytes (§3.1)
-        self._out += self._telnet.data_to_send()
+        self._sync()
 
     def begin(self, sequence: bytes) -> None:
         """Queue VMOTION-BEGIN; the answer comes out as `Goahead` or `NotNow`.
@@ -221,17 +212,6 @@ class EsxiSession:
         self._pending = self.cookie = None
         self._send(vm.VMotionAbort())
 
-    def send_data(self, payload: bytes) -> None:
-        """Queue serial-port output for the proxy (0xff doubled)."""
-        self._out += escape(payload)
-
-    def data_to_send(self) -> bytes:
-        """Drain everything queued for the proxy, in order."""
-        self._out += self._telnet.data_to_send()
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
     @property
     def announced(self) -> bool:
         """Option 232 is on and KS-1 (+ DO-PROXY or PEER) went out: commands may follow."""
@@ -242,8 +222,7 @@ class EsxiSession:
             raise LocalProtocolError("connect_source() or connect_destination() first")
 
     def _send(self, event: vm.VmwareEvent) -> None:
-        self._out += self._telnet.data_to_send()  # keep negotiation replies in order
-        self._out += vm.encode(event)
+        self._queue(vm.encode(event))
 
     # -- input -----------------------------------------------------------------------
 
@@ -255,8 +234,8 @@ class EsxiSession:
         """
         events: list[EsxiEvent] = []
         for event in self._telnet.iter_events(data):
-            # Negotiation replies queued so far answer earlier requests: they go first.
-            self._out += self._telnet.data_to_send()
+            # Every frame of ours goes through `_queue`, which puts the negotiation
+            # replies queued so far (answers to earlier requests) first.
             match event:
                 case Data(payload):
                     events.append(ConsoleInput(payload))
@@ -266,7 +245,7 @@ class EsxiSession:
                     self._announce()
                 case _:
                     pass  # other negotiation was answered by the codec
-        self._out += self._telnet.data_to_send()
+        self._sync()
         return events
 
     def _announce(self) -> None:
@@ -284,10 +263,9 @@ class EsxiSession:
         if not self._comport_offered:
             self._comport_offered = True
             self._telnet.offer_local(Opt.COM_PORT)
-            self._out += self._telnet.data_to_send()
+            self._sync()
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[EsxiEvent]) -> None:
-        self._out += self._telnet.data_to_send()  # keep negotiation replies in order
         match event:
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code (PROTOCOL.md §1 rule 6)

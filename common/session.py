@@ -15,12 +15,33 @@ Theory of operation
 DO 232.  The telnet codec refuses AUTHENTICATION (37), COM-PORT (44) and an
 unsolicited DO ECHO exactly once each, and never acknowledges an option twice.
 
-KNOWN-SUBOPTIONS-2 goes out when the VM agrees to option 232 (as the capture proxy
-did) and then at most once per KNOWN-SUBOPTIONS-1, always byte-identical (§3.2, TV-04).
-The first KS-1 also triggers GET-VM-VC-UUID + GET-VM-NAME in one write, on every
-connection, source or destination (§3.4, §3.5).  DO-PROXY is answered once, at once,
-with WILL- or WONT-PROXY as the `accept_proxy` policy says (§3.3).  A destination
-sends PEER instead of DO-PROXY and nothing requires DO-PROXY first.
+The opening is one small state machine, `SessionState`, driven by two inputs: the VM
+agreeing to option 232 (WILL 232) and a KNOWN-SUBOPTIONS-1.  KNOWN-SUBOPTIONS-2 goes
+out when the VM agrees to option 232 (as the capture proxy did) and then at most once
+per KS-1, always byte-identical (§3.2, TV-04).  The first KS-1 also triggers
+GET-VM-VC-UUID + GET-VM-NAME in one write, on every connection, source or destination
+(§3.4, §3.5).  `_OPENING` tables what each (state, input) pair sends and where it
+leads; a pair not in the table sends nothing and changes nothing.
+
+    state     input     sends        next       why
+    OPENED    WILL 232  KS-2         KS2_SENT   the capture proxy's order
+    OPENED    KS-1      KS-2, GETs   READY      KS-1 without negotiation (TV-04)
+    KS2_SENT  KS-1      GETs         READY      that KS-2 already answers this KS-1
+    READY     KS-1      KS-2         READY      one KS-2 per KS-1, never the GETs again
+    any       framing error          ERROR      the codec refuses all later input
+
+ERROR is the telnet codec's (h11's ERROR state): once the VM breaks framing, every
+later `receive_data()` raises `TelnetProtocolError` naming the first fault, and the
+caller closes the connection.  Output stays usable, so replies queued before the
+fault still leave.
+
+DO-PROXY is answered once, at once, with WILL- or WONT-PROXY as the `accept_proxy`
+policy says (§3.3); `proxy` records the answer, so a repeat is a `Notice`.  A
+destination sends PEER instead of DO-PROXY and nothing requires DO-PROXY first.  Each
+BEGIN and each PEER puts one reply the hub owes the VM into `_owed` (the hub may
+answer only those, once each).  The hub answers every BEGIN as its event is handled,
+but one read may carry several BEGINs before the hub sees the first; that is why the
+replies owed are a set, not one slot of the state.
 
 Codes the proxy does not list in its KS-2 get UNKNOWN-SUBOPTION-RCVD-2 (§2, TV-21);
 listed codes that only the proxy may send are reported as `Notice` and ignored.  An
@@ -31,8 +52,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from vspc.common import vmware as vm
+from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
     Data,
     Opt,
@@ -40,7 +63,6 @@ from vspc.common.telnet import (
     Subnegotiation,
     TelnetCodec,
     TelnetProtocolError,
-    escape,
     subnegotiation,
 )
 
@@ -50,6 +72,7 @@ __all__ = [
     "ProxyRequested",
     "ProxySession",
     "SessionEvent",
+    "SessionState",
     "TelnetProtocolError",
     "VmData",
     "VmIdentified",
@@ -89,13 +112,6 @@ class VmNamed:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Something worth one log line: a stray, unexpected or malformed message."""
-
-    message: str
-
-
 SessionEvent = (
     VmData
     | ProxyRequested
@@ -109,8 +125,58 @@ SessionEvent = (
 )
 
 
-class LocalProtocolError(Exception):
-    """The caller misused the session API (e.g. GOAHEAD without a pending BEGIN)."""
+class SessionState(Enum):
+    """How far one VM connection's opening has come (see the theory of operation).
+
+    OPENED: offers sent; the VM has neither agreed to option 232 nor sent KS-1.
+    KS2_SENT: the VM agreed to 232 and our KS-2 went out before its first KS-1.
+    READY: the first KS-1 was answered and the GETs went out.
+    ERROR: the VM broke telnet framing; all input is refused (close the connection).
+    """
+
+    OPENED = "opened"
+    KS2_SENT = "ks2_sent"
+    READY = "ready"
+    ERROR = "error"
+
+    # Members are singletons compared by identity, so the identity hash is correct.
+    # Enum's own __hash__ hashes the name in Python (~250 ns on CPython 3.11), and the
+    # opening table and the set of replies owed hash these on every KS-1, BEGIN and
+    # PEER (bench/vmotion_micro.py).
+    __hash__ = object.__hash__
+
+
+class _Input(Enum):
+    """What moves the opening along."""
+
+    WILL_EXT = "will 232"  # the VM agreed to perform option 232
+    KS1 = "ks-1"
+
+    __hash__ = object.__hash__  # as SessionState's
+
+
+class _Owed(Enum):
+    """A reply the hub owes the VM, and may send once."""
+
+    BEGIN_ANSWER = "GOAHEAD or NOTNOW"  # keyed by the BEGIN's sequence
+    PEER_OK = "PEER-OK"  # keyed by the PEER's whole cookie
+
+    __hash__ = object.__hash__  # as SessionState's
+
+
+# Module-level aliases, as in telnet.py: an `Enum.MEMBER` lookup is a descriptor call.
+_OPENED, _KS2_SENT, _READY = SessionState.OPENED, SessionState.KS2_SENT, SessionState.READY
+_ERROR = SessionState.ERROR
+_WILL_EXT, _KS1 = _Input.WILL_EXT, _Input.KS1
+_BEGIN_ANSWER, _PEER_OK = _Owed.BEGIN_ANSWER, _Owed.PEER_OK
+
+# (state, input) -> (send KS-2, send the GETs, next state).  Missing: nothing happens.
+_OPENING: dict[tuple[SessionState, _Input], tuple[bool, bool, SessionState]] = {
+    (_OPENED, _WILL_EXT): (True, False, _KS2_SENT),
+    (_OPENED, _KS1): (True, True, _READY),
+    (_KS2_SENT, _KS1): (False, True, _READY),
+    (_READY, _KS1): (True, False, _READY),
+}
 
 
 def accept_server_direction(request: vm.DoProxy) -> bool:
@@ -142,7 +208,7 @@ _REMOTE_OK = frozenset(_OFFERS_REMOTE)
 _EXT = int(Opt.VMWARE_EXT)
 
 
-class ProxySession:
+class ProxySession(TelnetEndpoint):
     """The proxy's half of one ESXi serial-port connection.
 
     Args:
@@ -156,19 +222,19 @@ class ProxySession:
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
         sb_limit: int = 64 * 1024,
     ) -> None:
+        super().__init__(TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
         self._accept_proxy = accept_proxy
-        self._telnet = TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit)
-        self._out = bytearray()
-        self._ks2_sent = False  # any KS-2 yet?
-        self._ks2_unmatched = False  # a KS-2 went out before any KS-1 asked for it
-        self._gets_sent = False
-        self._proxy_answered = False
+        self._opening = _OPENED
         self._disabled: set[int] = set()  # our codes the VM said it does not know
-        self._begins: set[bytes] = set()  # sequences awaiting GOAHEAD / NOTNOW
-        self._peers: set[bytes] = set()  # cookies of PEERs received here
+        self._owed: set[tuple[_Owed, bytes]] = set()  # replies the hub may still send
         self.uuid: str | None = None
         self.name: str | None = None
-        self.proxy: ProxyRequested | None = None
+        self.proxy: ProxyRequested | None = None  # DO-PROXY's answer, once given
+
+    @property
+    def state(self) -> SessionState:
+        """Where the opening stands; ERROR once the VM broke telnet framing."""
+        return _ERROR if self._telnet.failed else self._opening
 
     # -- output ----------------------------------------------------------------------
 
@@ -178,28 +244,7 @@ class ProxySession:
             self._telnet.offer_local(option)
         for option in _OFFERS_REMOTE:
             self._telnet.request_remote(option)
-        self._out += self._telnet.data_to_send()
-
-    def send_data(self, payload: bytes) -> None:
-        """Queue console input for the VM (0xff doubled)."""
-        self._out += escape(payload)
-
-    def data_to_send(self) -> bytes:
-        """Drain everything queued for the VM, in order."""
-        self._out += self._telnet.data_to_send()
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def _queue(self, frame: bytes) -> None:
-        """Queue one reply of ours after the negotiation replies queued before it.
-
-        The codec queues its replies as `iter_events()` parses, so whatever it holds
-        now answers requests that came before the one we answer: it goes first, and
-        the VM hears every reply in request order whatever TCP's segmentation.
-        """
-        self._out += self._telnet.data_to_send()
-        self._out += frame
+        self._sync()
 
     def _send(self, event: vm.VmwareEvent) -> None:
         payload = vm.payload_of(event)  # once: encode() would build it again
@@ -230,16 +275,17 @@ class ProxySession:
         Raises:
             LocalProtocolError: this connection sent no PEER for `sequence`.
         """
-        cookie = next((c for c in self._peers if c.startswith(sequence)), None)
-        if cookie is None:
+        owed = next((o for o in self._owed if o[0] is _PEER_OK and o[1].startswith(sequence)), None)
+        if owed is None:
             raise LocalProtocolError("PEER-OK without a PEER for that sequence")
-        self._peers.discard(cookie)
+        self._owed.discard(owed)
         self._send(vm.VMotionPeerOk(sequence))
 
     def _take_begin(self, sequence: bytes) -> None:
-        if sequence not in self._begins:
+        owed = (_BEGIN_ANSWER, sequence)
+        if owed not in self._owed:
             raise LocalProtocolError("reply to a BEGIN that is not pending")
-        self._begins.discard(sequence)
+        self._owed.discard(owed)
 
     # -- input -----------------------------------------------------------------------
 
@@ -247,7 +293,9 @@ class ProxySession:
         """Parse bytes from the VM; queue the replies; return the hub-level events.
 
         Raises:
-            TelnetProtocolError: the VM broke telnet framing; close the connection.
+            TelnetProtocolError: the VM broke telnet framing, now or in an earlier call
+                (`state` is ERROR); close the connection.  The events of this read
+                before the fault are dropped with it.
         """
         events: list[SessionEvent] = []
         for event in self._telnet.iter_events(data):
@@ -259,12 +307,10 @@ class ProxySession:
                 case Subnegotiation(option, payload) if option == _EXT:
                     self._on_command(vm.decode(payload), events)
                 case OptionChanged(option, False, True) if option == _EXT:
-                    if not self._ks2_sent:
-                        self._queue(_KS2)
-                        self._ks2_sent = self._ks2_unmatched = True
+                    self._advance(_WILL_EXT, b"")
                 case _:
                     pass  # other negotiation was answered by the codec
-        self._out += self._telnet.data_to_send()
+        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
@@ -272,7 +318,7 @@ class ProxySession:
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code to report (PROTOCOL.md §1 rule 6)
             case vm.KnownSuboptions1(codes):
-                self._on_ks1(codes)
+                self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):
                 self._disabled.add(code)
                 events.append(Notice(f"VM does not know our code {code:#04x}"))
@@ -289,11 +335,11 @@ class ProxySession:
                 self.name = name
                 events.append(VmNamed(name))
             case vm.VMotionBegin(sequence):
-                self._begins.add(sequence)
+                self._owed.add((_BEGIN_ANSWER, sequence))
                 events.append(event)
             case vm.VMotionPeer(cookie):
                 # The sequence is a prefix of the cookie; only the hub knows how long.
-                self._peers.add(cookie)
+                self._owed.add((_PEER_OK, cookie))
                 events.append(event)
             case vm.VMotionComplete() | vm.VMotionAbort():
                 events.append(event)
@@ -309,24 +355,24 @@ class ProxySession:
                 else:  # 84-87: decodable, but not in our KS-2 list
                     self._send(vm.UnknownSuboptionRcvd2(code))
 
-    def _on_ks1(self, codes: bytes) -> None:
-        if self._ks2_unmatched:
-            self._ks2_unmatched = False  # the KS-2 sent on WILL 232 answers this KS-1
-        else:
+    def _advance(self, trigger: _Input, codes: bytes) -> None:
+        """Apply `_OPENING` to one input; `codes` is the KS-1 list (empty for WILL)."""
+        step = _OPENING.get((self._opening, trigger))
+        if step is None:
+            return
+        send_ks2, send_gets, self._opening = step
+        if send_ks2:
             self._queue(_KS2)
-            self._ks2_sent = True
-        if not self._gets_sent:
-            self._gets_sent = True
+        if send_gets:
             if vm.Code.GET_VM_VC_UUID in codes:
                 self._send(vm.GetVmVcUuid())
             if vm.Code.GET_VM_NAME in codes:
                 self._send(vm.GetVmName())
 
     def _on_do_proxy(self, request: vm.DoProxy, events: list[SessionEvent]) -> None:
-        if self._proxy_answered:
+        if self.proxy is not None:
             events.append(Notice("repeated DO-PROXY on one connection ignored"))
             return
-        self._proxy_answered = True
         accepted = self._accept_proxy(request)
         self._send(vm.WillProxy() if accepted else vm.WontProxy())
         _, label = vm.parse_service_uri(request.service_uri)

@@ -14,6 +14,21 @@ and emits everything before it as one `Data` event, so a chunk without IAC costs
 run.  Subnegotiation payloads are collected unescaped and capped (`sb_limit`); a
 longer one is the peer's fault and raises `TelnetProtocolError`.
 
+A protocol error is final, as in h11's ERROR state: the tokenizer moves to `ERROR`,
+keeps the fault in `error`, and every later `receive_data()` / `iter_events()` raises
+a `TelnetProtocolError` that names it.  Resynchronising after a framing error would
+mean guessing where the peer's next command starts, and a guess turns its bytes into
+console data or commands nobody sent; the caller closes the connection instead
+(STYLE.md: "a failed connection refuses further use").  Output stays usable, so
+replies queued before the fault can still be drained.
+
+    DATA --IAC--> IAC --WILL..DONT--> VERB --option--> DATA
+                  IAC --IAC (a data 0xff) or any other command--> DATA
+                  IAC --SB--> SB_OPTION --option--> SB_DATA --IAC--> SB_IAC
+                              SB_OPTION --IAC (no option byte)--> SB_IAC
+                  SB_IAC --SE--> DATA;  SB_IAC --IAC or other command--> SB_DATA
+    SB_DATA past sb_limit, or SB_IAC --SB-->  ERROR (absorbing: all input refused)
+
 Option negotiation follows RFC 1143 without the queue bits: for each option the codec
 keeps `us` (may *we* perform it: WILL/WONT) and `him` (may the peer: DO/DONT), each
 NO / YES / WANTNO / WANTYES.  It never acknowledges a mode already in effect, and it
@@ -150,7 +165,10 @@ Event = Data | Negotiation | OptionChanged | Subnegotiation | Command
 
 
 class TelnetProtocolError(Exception):
-    """The peer broke telnet framing (RemoteProtocolError in h11 terms)."""
+    """The peer broke telnet framing (RemoteProtocolError in h11 terms).
+
+    The codec that raised it refuses all further input: close the connection.
+    """
 
 
 # --- helpers --------------------------------------------------------------------------
@@ -188,6 +206,7 @@ class _State(Enum):
     SB_OPTION = "sb_option"
     SB_DATA = "sb_data"
     SB_IAC = "sb_iac"
+    ERROR = "error"  # the peer broke framing; absorbing (see the module docstring)
 
 
 # Module-level aliases of the members used on the hot paths.  On CPython 3.11 each
@@ -197,6 +216,7 @@ class _State(Enum):
 _NO, _YES, _WANTNO, _WANTYES = _Q.NO, _Q.YES, _Q.WANTNO, _Q.WANTYES
 _DATA, _IAC_STATE, _VERB = _State.DATA, _State.IAC, _State.VERB
 _SB_OPTION, _SB_DATA, _SB_IAC = _State.SB_OPTION, _State.SB_DATA, _State.SB_IAC
+_ERROR = _State.ERROR
 _WILL, _WONT, _DO, _DONT = Verb.WILL, Verb.WONT, Verb.DO, Verb.DONT
 _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__call__
 
@@ -208,6 +228,9 @@ class TelnetCodec:
         local_ok: options we agree to perform when the peer asks (`DO x` -> `WILL x`).
         remote_ok: options we agree to let the peer perform (`WILL x` -> `DO x`).
         sb_limit: largest subnegotiation payload accepted, in bytes.
+
+    Attributes:
+        error: the `TelnetProtocolError` that ended input, or None (see `failed`).
     """
 
     def __init__(
@@ -227,6 +250,19 @@ class TelnetCodec:
         self._verb = _WILL
         self._sb_option: int | None = None
         self._sb = bytearray()
+        self.error: TelnetProtocolError | None = None  # the fault that ended input
+
+    @property
+    def failed(self) -> bool:
+        """True once the peer broke framing; every later input call raises."""
+        return self._state is _ERROR
+
+    def _fail(self, message: str) -> TelnetProtocolError:
+        """Enter ERROR for good and return the error to raise."""
+        self._state = _ERROR
+        self._sb.clear()
+        self.error = TelnetProtocolError(message)
+        return self.error
 
     # -- options ---------------------------------------------------------------------
 
@@ -309,7 +345,8 @@ class TelnetCodec:
 
         Raises:
             TelnetProtocolError: a subnegotiation exceeded `sb_limit`, or an `IAC SB`
-                started inside another subnegotiation.
+                started inside another subnegotiation; or an earlier call raised one
+                (the codec is failed and refuses all input, this chunk included).
         """
         return list(self.iter_events(data))
 
@@ -325,6 +362,12 @@ class TelnetCodec:
         Raises:
             TelnetProtocolError: as `receive_data`, from the event where it happens.
         """
+        if self._state is _ERROR:
+            # A fresh instance per call, so each traceback is its own; the cause is
+            # the original fault, whose message this one repeats.
+            raise TelnetProtocolError(
+                f"input refused: the connection already failed ({self.error})"
+            ) from self.error
         run = bytearray()  # pending Data bytes, emitted before the next non-data event
         pos, end = 0, len(data)
         while pos < end:
@@ -392,9 +435,7 @@ class TelnetCodec:
                 stop = end if nxt < 0 else nxt
                 self._sb += data[pos:stop]
                 if len(self._sb) > self._sb_limit:
-                    self._state = _DATA
-                    self._sb.clear()
-                    raise TelnetProtocolError(f"subnegotiation longer than {self._sb_limit} bytes")
+                    raise self._fail(f"subnegotiation longer than {self._sb_limit} bytes")
                 pos = stop
                 if nxt >= 0:
                     pos += 1
@@ -411,9 +452,7 @@ class TelnetCodec:
                     self._sb.clear()
                     self._state = _DATA
                 elif code == SB:
-                    self._state = _DATA
-                    self._sb.clear()
-                    raise TelnetProtocolError("IAC SB inside a subnegotiation")
+                    raise self._fail("IAC SB inside a subnegotiation")
                 else:
                     # RFC 855 leaves `IAC <cmd>` inside SB undefined; keep the byte pair
                     # out of the payload and stay in the subnegotiation.

@@ -1,4 +1,4 @@
-"""Admin protocol v1 codec (common/admin.py, docs/admin-protocol.md): no sockets."""
+"""Admin protocol v1 codec (common/admin/, docs/admin-protocol.md): no sockets."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from vspc.common.session import (
     ProxyRequested,
     ProxySession,
     SessionEvent,
+    SessionState,
     VmData,
     VmIdentified,
     VmNamed,
@@ -166,6 +167,7 @@ class Transcript:
     vm_data: dict[str, bytearray] = field(default_factory=dict)
     goaheads: dict[bytes, bytes] = field(default_factory=dict)  # sequence -> live cookie
     trace: list[str] = field(default_factory=list)  # hub decisions, in order
+    states: list[tuple[str, SessionState]] = field(default_factory=list)  # each change
 
     def add(self, conn: str, event: SessionEvent) -> None:
         last = self.events[-1] if self.events else None
@@ -193,6 +195,7 @@ class ReplayHub:
         session = ProxySession()
         session.initiate()
         self.sessions[step.conn] = session
+        self.out.states.append((step.conn, session.state))
         self.out.vm_data[step.conn] = bytearray()
         self.out.replies[step.index] = session.data_to_send()
 
@@ -206,8 +209,11 @@ class ReplayHub:
         assert step.conn not in self.closed
         payload = step.payload
         events: list[SessionEvent] = []
+        before = session.state
         for chunk in chunker(payload):
             events += session.receive_data(chunk)
+        if session.state is not before:  # once per record, however it was chunked
+            self.out.states.append((step.conn, session.state))
         for event in events:
             self.out.add(step.conn, event)
             self.react(step.conn, session, event)
@@ -447,6 +453,15 @@ def test_capture_replay_tv01_to_tv18(
         "D switch",
         "C FIN",
         "D FIN",
+    ]
+    # The opening machine (common/session.py `_OPENING`): every connection agrees to
+    # option 232 before its KS-1, so the KS-2 sent on WILL 232 answers that KS-1.
+    # Each opening completes before the next connection's SYN.  The re-chunked replays
+    # below compare whole transcripts, so they check this path at every chunk boundary.
+    assert t.states == [
+        (conn, state)
+        for conn in "ABCD"
+        for state in (SessionState.OPENED, SessionState.KS2_SENT, SessionState.READY)
     ]
     # TV-07, TV-11, TV-13, TV-14, TV-18: the whole client stream, nothing lost or repeated
     assert bytes(t.client) == EXPECTED

@@ -459,3 +459,57 @@ def test_arbitrary_chunked_streams_only_raise_protocol_errors(data: bytes, cuts:
 @given(_STREAM, st.lists(st.integers(1, 119), max_size=12))
 def test_chunking_never_changes_merged_events(data: bytes, cuts: list[int]) -> None:
     assert _outcome(split_at(data, cuts)) == _outcome([data])
+
+
+# --- ERROR: a failed codec refuses all further input (issue #8 item 2) ---------------
+
+_ERRORS = [
+    pytest.param(bytes.fromhex("ff fa e8") + b"A" * 9, "longer than 8 bytes", id="sb_limit"),
+    pytest.param(bytes.fromhex("ff fa e8 01 ff fa"), "IAC SB inside", id="sb_in_sb"),
+]
+
+
+@pytest.mark.parametrize(("wire", "fault"), _ERRORS)
+def test_error_is_final_and_later_input_names_the_first_fault(wire: bytes, fault: str) -> None:
+    codec = TelnetCodec(sb_limit=8)
+    assert not codec.failed
+    with pytest.raises(TelnetProtocolError, match=fault) as first:
+        codec.receive_data(wire)
+    assert codec.failed and codec.error is first.value
+    # Before issue #8 the codec went back to DATA and these bytes came out as data.
+    for later in (b"plain data", b"", bytes.fromhex("ff fa e8 01 ff f0")):
+        with pytest.raises(TelnetProtocolError, match=f"already failed.*{fault}") as again:
+            codec.receive_data(later)
+        assert again.value.__cause__ is first.value
+    with pytest.raises(TelnetProtocolError, match="already failed"):
+        next(codec.iter_events(b"x"))
+
+
+def test_output_still_works_after_an_error() -> None:
+    codec = TelnetCodec(local_ok=(0,), sb_limit=8)
+    with pytest.raises(TelnetProtocolError):
+        codec.receive_data(bytes.fromhex("ff fd 00 ff fa e8 01 ff fa"))
+    assert codec.data_to_send() == bytes.fromhex("ff fb 00")  # queued before the fault
+    codec.offer_local(Opt.SGA)
+    assert codec.data_to_send() == bytes.fromhex("ff fb 03")
+    assert codec.send_data(b"\xff") == b"\xff\xff"
+
+
+@settings(max_examples=300, deadline=None)
+@given(_STREAM, st.lists(st.integers(1, 119), max_size=12), _STREAM)
+def test_after_any_error_any_input_raises(data: bytes, cuts: list[int], later: bytes) -> None:
+    # Whatever broke framing, and wherever the chunks fell, nothing more is parsed.
+    codec = TelnetCodec(local_ok=(0, 3), remote_ok=(0, 232), sb_limit=8)
+    first: TelnetProtocolError | None = None
+    for chunk in [*split_at(data, cuts), later, b""]:
+        try:
+            codec.receive_data(chunk)
+        except TelnetProtocolError as exc:
+            if first is None:
+                first = exc
+            else:
+                assert exc.__cause__ is first and str(first) in str(exc)
+        else:
+            assert first is None, "input accepted after a protocol error"
+    assert codec.failed is (first is not None)
+    assert codec.error is first

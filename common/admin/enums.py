@@ -1,0 +1,69 @@
+"""The admin protocol's closed vocabularies other than error codes.
+
+Boundary: part of the sans-IO admin codec (`vspc.common.admin`, which re-exports it).
+Spec: docs/admin-protocol.md ("Lock modes", "Access control", "Events", "Consoles and
+clients").  Values are wire strings and never change meaning; add members, never
+rename them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["Access", "ClientKind", "EventName", "LockMode", "VMotionPhase"]
+
+
+class LockMode(StrEnum):
+    """Attach modes, with vSPC.py's names (docs/admin-protocol.md, "Lock modes").
+
+    EXCLUSIVE: only this client may be attached; refused if anyone is attached.
+    WRITE: this client is the only writer; others stay or join read-only.
+    FREE_FOR_ALL: read-write, no lock; refused while anyone holds a lock.
+    FREE_FOR_ALL_OR_READONLY: as FREE_FOR_ALL, but joins read-only under a write lock.
+    """
+
+    EXCLUSIVE = "exclusive"
+    WRITE = "write"
+    FREE_FOR_ALL = "free_for_all"
+    FREE_FOR_ALL_OR_READONLY = "free_for_all_or_readonly"
+
+
+class Access(StrEnum):
+    """What a peer may do: everything, or watch only (`--readonly-group`)."""
+
+    FULL = "full"
+    READONLY = "readonly"
+
+
+class VMotionPhase(StrEnum):
+    """A console's vMotion phase (PROTOCOL.md §4.5)."""
+
+    NORMAL = "normal"
+    PENDING = "pending"  # GOAHEAD sent, no destination yet
+    PEERED = "peered"  # destination bound, waiting for COMPLETE
+
+
+class ClientKind(StrEnum):
+    """How an operator is connected to a console."""
+
+    TELNET = "telnet"  # the console's own telnet port
+    ATTACH = "attach"  # the admin protocol's attach channel
+
+
+class EventName(StrEnum):
+    """Every `event` vspcd pushes (docs/admin-protocol.md, "Events")."""
+
+    VM_CONNECTED = "vm_connected"
+    VM_DISCONNECTED = "vm_disconnected"
+    VM_EXPIRED = "vm_expired"
+    VM_RENAMED = "vm_renamed"  # VM-NAME arrived or changed; `name` is the new display name
+    VMOTION_BEGIN = "vmotion_begin"
+    VMOTION_PEER = "vmotion_peer"
+    VMOTION_COMPLETE = "vmotion_complete"
+    VMOTION_ABORT = "vmotion_abort"
+    VMOTION_NOTNOW = "vmotion_notnow"
+    CLIENT_ATTACHED = "client_attached"
+    CLIENT_DETACHED = "client_detached"
+    LOCK_CHANGED = "lock_changed"
+    OUTPUT = "output"  # tail --follow data
+    TAIL_END = "tail_end"  # a followed console went away

@@ -1,0 +1,323 @@
+"""Typed views of what the daemon sends back: consoles, clients, hello, attach, events.
+
+Boundary: each class reads one reply or event object (`from_json`, raising
+AdminError BAD_FIELD on a malformed one and ignoring unknown keys, so an older client
+keeps working with a newer daemon) and writes it back (`to_json`).  Part of the
+sans-IO admin codec (`vspc.common.admin`, which re-exports it).  Spec:
+docs/admin-protocol.md, "Consoles and clients", "Commands" and "Events".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vspc.common.admin.enums import Access, ClientKind, LockMode, VMotionPhase
+from vspc.common.admin.messages import decode_bytes, encode_bytes, is_event
+from vspc.common.admin.validate import (
+    bad_field,
+    optional_bool,
+    optional_enum,
+    optional_int,
+    optional_str,
+    require_enum,
+    require_int,
+    require_str,
+)
+
+__all__ = ["AttachGrant", "ClientInfo", "ConsoleInfo", "Event", "Hello", "TailChunk"]
+
+
+def _str(obj: Mapping[str, Any], name: str) -> str:
+    return require_str(obj, name, max_length=1 << 20, empty=True)
+
+
+def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
+    return optional_str(obj, name, max_length=1 << 20)
+
+
+def _float(obj: Mapping[str, Any], name: str, default: float | None = None) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad_field(obj, f"field {name!r} must be a number")
+    return float(value)
+
+
+def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise bad_field(obj, f"field {name!r} must be an object")
+    return value
+
+
+def _drop_none(obj: dict[str, Any], *names: str) -> dict[str, Any]:
+    for name in names:
+        if obj.get(name) is None:
+            obj.pop(name, None)
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """One attached operator, as in `list`, `show` and `client_attached`.
+
+    `since` is Unix time (seconds); `uid`/`user` come from SO_PEERCRED and are null
+    for TCP and telnet peers.
+    """
+
+    id: int
+    kind: ClientKind
+    peer: str
+    mode: LockMode
+    readonly: bool
+    since: float
+    uid: int | None = None
+    user: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ClientInfo:
+        """Raises AdminError(BAD_FIELD) on a malformed object; unknown keys are ignored."""
+        return cls(
+            id=require_int(obj, "id"),
+            kind=require_enum(obj, "kind", ClientKind),
+            peer=_str(obj, "peer"),
+            mode=require_enum(obj, "mode", LockMode),
+            readonly=optional_bool(obj, "readonly"),
+            since=_float(obj, "since", 0.0) or 0.0,
+            uid=optional_int(obj, "uid"),
+            user=_opt_str(obj, "user"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "peer": self.peer,
+            "mode": self.mode.value,
+            "readonly": self.readonly,
+            "since": self.since,
+            "uid": self.uid,
+            "user": self.user,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleInfo:
+    """One console, as a `list` row or (with the show-only fields) a `show` reply.
+
+    `name` is the display name (VM name, or NAME_LABEL for one of several ports);
+    `uuid` is in 8-4-4-4-12 form; `key` is the stable identifier to pass back as
+    `vm`.  `expires_in` is null unless the console has neither VM nor clients.
+    """
+
+    key: str
+    name: str
+    uuid: str
+    vm_name: str = ""
+    label: str = ""
+    port: int | None = None
+    connected: bool = False
+    clients: int = 0
+    vmotion: VMotionPhase = VMotionPhase.NORMAL
+    expires_in: float | None = None
+    lock: LockMode | None = None
+    lock_holder: ClientInfo | None = None
+    attached: tuple[ClientInfo, ...] = ()
+    # show only: absent from list rows
+    service_uri: str | None = None
+    vm_peer: str | None = None
+    counters: Mapping[str, int] | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ConsoleInfo:
+        """Raises AdminError(BAD_FIELD) on a malformed object; unknown keys are ignored."""
+        attached = obj.get("attached", [])
+        if not isinstance(attached, list) or not all(isinstance(c, dict) for c in attached):
+            raise bad_field(obj, "field 'attached' must be a list of objects")
+        holder = _object(obj, "lock_holder")
+        counters = _object(obj, "counters")
+        if counters is not None and not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
+        ):
+            raise bad_field(obj, "field 'counters' must map names to integers")
+        lock = optional_enum(obj, "lock", LockMode)
+        return cls(
+            key=_str(obj, "key"),
+            name=_str(obj, "name"),
+            uuid=_str(obj, "uuid"),
+            vm_name=optional_str(obj, "vm_name", "", max_length=1 << 20) or "",
+            label=optional_str(obj, "label", "", max_length=1 << 20) or "",
+            port=optional_int(obj, "port"),
+            connected=optional_bool(obj, "connected"),
+            clients=optional_int(obj, "clients", 0, minimum=0) or 0,
+            vmotion=optional_enum(obj, "vmotion", VMotionPhase, VMotionPhase.NORMAL)
+            or VMotionPhase.NORMAL,
+            expires_in=_float(obj, "expires_in"),
+            lock=lock,
+            lock_holder=None if holder is None else ClientInfo.from_json(holder),
+            attached=tuple(ClientInfo.from_json(c) for c in attached),
+            service_uri=_opt_str(obj, "service_uri"),
+            vm_peer=_opt_str(obj, "vm_peer"),
+            counters=None if counters is None else dict(counters),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "key": self.key,
+            "name": self.name,
+            "vm_name": self.vm_name,
+            "uuid": self.uuid,
+            "label": self.label,
+            "port": self.port,
+            "connected": self.connected,
+            "clients": self.clients,
+            "vmotion": self.vmotion.value,
+            "expires_in": self.expires_in,
+            "lock": None if self.lock is None else self.lock.value,
+            "lock_holder": None if self.lock_holder is None else self.lock_holder.to_json(),
+            "attached": [c.to_json() for c in self.attached],
+            "service_uri": self.service_uri,
+            "vm_peer": self.vm_peer,
+            "counters": None if self.counters is None else dict(self.counters),
+        }
+        return _drop_none(obj, "service_uri", "vm_peer", "counters")
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The `hello` reply: who the daemon is and what this peer may do."""
+
+    protocol: int
+    version: str
+    capabilities: tuple[str, ...]
+    access: Access
+    uid: int | None = None
+    user: str | None = None
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Hello:
+        caps = obj.get("capabilities", [])
+        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+            raise bad_field(obj, "field 'capabilities' must be a list of strings")
+        return cls(
+            protocol=require_int(obj, "protocol"),
+            version=_str(obj, "version"),
+            capabilities=tuple(caps),
+            access=require_enum(obj, "access", Access),
+            uid=optional_int(obj, "uid"),
+            user=_opt_str(obj, "user"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "version": self.version,
+            "capabilities": list(self.capabilities),
+            "access": self.access.value,
+            "uid": self.uid,
+            "user": self.user,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AttachGrant:
+    """The `attach` success reply; raw console bytes follow its line."""
+
+    key: str
+    name: str
+    client: int
+    mode: LockMode
+    readonly: bool
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> AttachGrant:
+        return cls(
+            key=_str(obj, "key"),
+            name=_str(obj, "name"),
+            client=require_int(obj, "client"),
+            mode=require_enum(obj, "mode", LockMode),
+            readonly=optional_bool(obj, "readonly"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "client": self.client,
+            "mode": self.mode.value,
+            "readonly": self.readonly,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TailChunk:
+    """The `tail` reply: the last bytes of a console's output."""
+
+    key: str
+    name: str
+    data: bytes
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> TailChunk:
+        return cls(_str(obj, "key"), _str(obj, "name"), decode_bytes(obj.get("data_b64")))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "name": self.name, "data_b64": encode_bytes(self.data)}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A pushed message: ``{"event": ..., "key": ..., "name": ..., **fields}``.
+
+    `event` stays a plain string so a client keeps working when a newer daemon adds
+    events (compare with `EventName` members, which are strings).  The typed
+    accessors decode the payloads docs/admin-protocol.md defines.
+    """
+
+    event: str
+    key: str | None = None
+    name: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Event:
+        """Raises AdminError(BAD_FIELD) if "event", "key" or "name" have the wrong type."""
+        if not is_event(obj):
+            raise bad_field(obj, "an event has a string 'event' and no 'ok'")
+        rest = {k: v for k, v in obj.items() if k not in ("event", "key", "name")}
+        return cls(_str(obj, "event"), _opt_str(obj, "key"), _opt_str(obj, "name"), rest)
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {"event": self.event}
+        if self.key is not None:
+            obj["key"] = self.key
+        if self.name is not None:
+            obj["name"] = self.name
+        obj.update(self.fields)
+        return obj
+
+    @property
+    def data(self) -> bytes:
+        """The console bytes of an `output` event.
+
+        Raises:
+            AdminError: BAD_FIELD if there is no valid "data_b64".
+        """
+        return decode_bytes(self.fields.get("data_b64"))
+
+    @property
+    def client(self) -> ClientInfo | None:
+        """The client object of `client_attached` (None for other events)."""
+        value = self.fields.get("client")
+        return ClientInfo.from_json(value) if isinstance(value, dict) else None
+
+    @property
+    def console(self) -> ConsoleInfo | None:
+        """The console row of `vm_connected` (None for other events)."""
+        value = self.fields.get("console")
+        return ConsoleInfo.from_json(value) if isinstance(value, dict) else None

@@ -1,0 +1,70 @@
+"""What both ends of an option-232 connection share: the ordered output, `Notice`, misuse.
+
+Boundary: the common base of `common.session.ProxySession` (the proxy's side) and
+`common.esxi.EsxiSession` (ESXi's side, for tests and the simulator).  Sans-IO: no
+sockets, no clock, no logging.  Issue #8 item 6: both sessions used to define their
+own `Notice` and their own output buffer and send helpers.
+
+Spec: PROTOCOL.md §1 rule 4 and §4.4 duty 1.  Each side keeps one ordered output
+buffer.  Everything it must send goes into that buffer in the order the protocol
+needs: negotiation replies the telnet codec queued, option-232 commands the session
+writes itself, and escaped console data.  A GOAHEAD therefore follows every client
+byte queued before it.  The buffer also keeps replies in request order whatever TCP's
+segmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vspc.common.telnet import TelnetCodec, escape
+
+__all__ = ["LocalProtocolError", "Notice", "TelnetEndpoint"]
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth one log line: a stray, out-of-turn or malformed message."""
+
+    message: str
+
+
+class LocalProtocolError(Exception):
+    """The caller misused the session API (e.g. GOAHEAD without a pending BEGIN)."""
+
+
+class TelnetEndpoint:
+    """One side's ordered output over its `TelnetCodec`; sessions extend it.
+
+    Args:
+        telnet: the connection's codec, built by the subclass with its option policy.
+    """
+
+    def __init__(self, telnet: TelnetCodec) -> None:
+        self._telnet = telnet
+        self._out = bytearray()
+
+    def send_data(self, payload: bytes) -> None:
+        """Queue console bytes for the peer (0xff doubled)."""
+        self._out += escape(payload)
+
+    def data_to_send(self) -> bytes:
+        """Drain everything queued for the peer, in order."""
+        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    def _sync(self) -> None:
+        """Move the codec's queued negotiation replies into the output buffer."""
+        self._out += self._telnet.data_to_send()
+
+    def _queue(self, frame: bytes) -> None:
+        """Queue one frame of ours after the negotiation replies queued before it.
+
+        The codec queues its replies while `iter_events()` parses.  Whatever it holds
+        now answers requests that came before the one we answer, so it goes first.
+        The peer then hears every reply in request order whatever TCP's segmentation.
+        """
+        self._out += self._telnet.data_to_send()
+        self._out += frame
