@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from vspc.common.admin import LockMode
+from vspc.common.admin import ClientKind, LockMode, VMotionPhase
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,9 @@ class ConsoleKey:
         return f"{self.uuid}_{self.label}" if self.label else self.uuid
 
 
-class Phase(Enum):
-    """vMotion phase of a console (PROTOCOL.md §4.5)."""
-
-    NORMAL = "normal"
-    PENDING = "pending"  # GOAHEAD sent, no destination bound
-    PEERED = "peered"  # destination bound by PEER, waiting for COMPLETE
+# A console's vMotion phase (PROTOCOL.md §4.5) is the admin protocol's own enum:
+# one type from the state machine to the wire (issue #8 item 2).
+Phase = VMotionPhase
 
 
 class Role(Enum):
@@ -188,7 +185,7 @@ class Client:
 
     channel: ClientChannel
     console: Console
-    kind: str  # "telnet" or "attach"
+    kind: ClientKind
     mode: LockMode
     readonly: bool
     since: float

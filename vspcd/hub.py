@@ -45,10 +45,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from vspc.common import vmware as vm
+from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, ErrorCode
 from vspc.common.session import (
     Notice,
     ProxyRequested,
@@ -72,12 +73,33 @@ from vspc.vspcd.console import (
     VmChannel,
     VmConn,
 )
+from vspc.vspcd.events import (
+    AbortReason,
+    ClientAttached,
+    ClientDetached,
+    ConsoleCleared,
+    ConsoleExpired,
+    ConsoleRestored,
+    DropReason,
+    HubEvent,
+    InputDropped,
+    LockChanged,
+    Observer,
+    RefusalReason,
+    VmConnected,
+    VmDisconnected,
+    VMotionAborted,
+    VMotionBegun,
+    VMotionCompleted,
+    VMotionPeered,
+    VMotionRefused,
+    VmRenamed,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hub", "HubError", "HubSettings", "PortAllocator"]
+__all__ = ["Hub", "HubError", "HubSettings", "Observer", "PortAllocator"]
 
-Observer = Callable[[str, dict[str, Any]], None]
 Tap = Callable[[bytes], None]
 OutputListener = Callable[[Console, bytes], None]
 
@@ -90,9 +112,9 @@ class PortAllocator(Protocol):
 
 
 class HubError(Exception):
-    """A request to the hub failed; `code` is an admin-protocol error code."""
+    """A request to the hub failed; `code` is the admin-protocol error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -179,78 +201,62 @@ class Hub:
         if not found and spec.isdigit() and (by_port := self._by_port.get(int(spec))):
             found = [by_port]
         if not found:
-            raise HubError("vm_not_found", f"no console matches {spec!r}")
+            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {spec!r}")
         if len(found) > 1:
             names = ", ".join(sorted(c.display_name for c in found))
-            raise HubError("ambiguous_vm", f"{spec!r} matches several consoles: {names}")
+            raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
         return found[0]
-
-    def describe(self, console: Console) -> dict[str, Any]:
-        """The `list` row for one console (docs/admin-protocol.md)."""
-        holder = console.lock_holder()
-        now = self._clock()
-        return {
-            "name": console.display_name,
-            "vm_name": console.name,
-            "uuid": vm.display_uuid(console.key.uuid),
-            "key": str(console.key),
-            "label": console.key.label,
-            "port": console.port,
-            "connected": console.connected,
-            "clients": len(console.clients),
-            "vmotion": console.phase.value,
-            "expires_in": (
-                None if console.expires_at is None else max(0.0, console.expires_at - now)
-            ),
-            "lock": None if holder is None else holder.mode.value,
-            "lock_holder": None if holder is None else self._client_row(holder),
-        }
-
-    def client_rows(self, console: Console) -> list[dict[str, Any]]:
-        return [self._client_row(c) for c in console.clients]
-
-    def list_row(self, console: Console) -> dict[str, Any]:
-        """`describe` plus `attached`: the admin protocol's `list` row."""
-        return {**self.describe(console), "attached": self.client_rows(console)}
-
-    def show(self, console: Console) -> dict[str, Any]:
-        """The `show` reply's console object: a list row plus URI, VM peer and counters."""
-        counters = console.counters
-        return {
-            **self.list_row(console),
-            "service_uri": console.service_uri,
-            "vm_peer": None if console.vm is None else console.vm.channel.peer,
-            "counters": {
-                "bytes_from_vm": counters.bytes_from_vm,
-                "bytes_to_vm": counters.bytes_to_vm,
-                "vmotions": counters.vmotions,
-                "vmotion_aborts": counters.vmotion_aborts,
-                "vmotion_refusals": counters.vmotion_refusals,
-                "input_dropped": counters.input_dropped,
-                "vm_connects": counters.vm_connects,
-            },
-        }
 
     def now(self) -> float:
         """The hub's clock (what `since` and expiry times are measured on)."""
         return self._clock()
 
-    def _client_row(self, client: Client) -> dict[str, Any]:
-        return {
-            "id": client.ident,
-            "kind": client.kind,
-            "peer": client.channel.peer,
-            "uid": client.uid,
-            "user": client.user,
-            "mode": client.mode.value,
-            "readonly": not self.may_write(client),
-            "since": client.since,
-        }
+    def client_info(self, client: Client) -> ClientInfo:
+        """One client as the admin protocol describes it (`since` on the hub's clock)."""
+        return ClientInfo(
+            id=client.ident,
+            kind=client.kind,
+            peer=client.channel.peer,
+            mode=client.mode,
+            readonly=not self.may_write(client),
+            since=client.since,
+            uid=client.uid,
+            user=client.user,
+        )
+
+    def console_info(self, console: Console, *, detail: bool = False) -> ConsoleInfo:
+        """One console as a `list` row, or with `detail` the `show` object.
+
+        Rendered to JSON by vspcd/render.py (docs/admin-protocol.md, "Console objects").
+        """
+        holder = console.lock_holder()
+        expires_at = console.expires_at
+        counters = console.counters
+        return ConsoleInfo(
+            key=str(console.key),
+            name=console.display_name,
+            uuid=vm.display_uuid(console.key.uuid),
+            vm_name=console.name,
+            label=console.key.label,
+            port=console.port,
+            connected=console.connected,
+            clients=len(console.clients),
+            vmotion=console.phase,
+            expires_in=None if expires_at is None else max(0.0, expires_at - self._clock()),
+            lock=None if holder is None else holder.mode,
+            lock_holder=None if holder is None else self.client_info(holder),
+            attached=tuple(self.client_info(c) for c in console.clients),
+            service_uri=console.service_uri if detail else None,
+            vm_peer=(None if console.vm is None else console.vm.channel.peer) if detail else None,
+            counters=asdict(counters) if detail else None,
+        )
 
     # ================================================================== observers
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
-        """Call `observer(event_name, fields)` on every state change; returns unsubscribe."""
+        """Call `observer(event)` with a typed event (vspcd/events.py) after every state
+        change; returns a function that unsubscribes it.  An observer that raises is
+        logged and removed."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer) if observer in self._observers else None
 
@@ -279,16 +285,12 @@ class Hub:
 
         return remove
 
-    def _emit(self, event: str, console: Console | None = None, /, **fields: Any) -> None:
-        if not self._observers:
-            return
-        if console is not None:
-            fields = {"name": console.display_name, "key": str(console.key), **fields}
+    def _emit(self, event: HubEvent) -> None:
         for observer in list(self._observers):
             try:
-                observer(event, fields)
+                observer(event)
             except Exception:  # an observer is a client connection; never let it stop us
-                log.exception("observer failed on %s; removing it", event)
+                log.exception("observer failed on %s; removing it", type(event).__name__)
                 if observer in self._observers:  # it may have unsubscribed itself
                     self._observers.remove(observer)
 
@@ -316,7 +318,7 @@ class Hub:
                     # ESXi names the VM just after identifying it, so a new console is
                     # first announced under its UUID; tell subscribers the real name.
                     console.name = name
-                    self._emit("vm_renamed", console, vm_name=name)
+                    self._emit(VmRenamed(console.key, console.display_name, name))
             case vm.VMotionBegin(sequence):
                 self._begin(conn, sequence)
             case vm.VMotionPeer(cookie):
@@ -394,7 +396,7 @@ class Hub:
                     self.settings.abandon_time, lambda: self._abandon(console, mig)
                 )
             return
-        self._emit("vm_disconnected", console, peer=conn.channel.peer)
+        self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
         self._maybe_expire(console)
 
     # -- identification ----------------------------------------------------------------
@@ -437,11 +439,12 @@ class Hub:
         if conn.role is not Role.UNBOUND or conn.uuid is None or not conn.proxy_accepted:
             return
         key = ConsoleKey(conn.uuid, conn.label or "")
-        console = self._consoles.get(key) or self._create(key, conn)
+        existing = self._consoles.get(key)
+        console = existing or self._create(key, conn)
         if console.migration is not None:
             # F11: a fresh DO-PROXY for this key is a new VM instance (restart, HA).
             log.info("%s: new connection %s during a vMotion; aborting it", key, conn.channel.peer)
-            self._end_migration(console, "replaced")
+            self._end_migration(console, AbortReason.REPLACED)
         old = console.vm
         if old is not None and old is not conn:
             # TV-27: the newest connection wins; the old one is retired and closed.
@@ -463,7 +466,10 @@ class Hub:
             conn.channel.peer,
             console.port,
         )
-        self._emit("vm_connected", console, peer=conn.channel.peer, console=self.list_row(console))
+        if self._observers:
+            info = self.console_info(console)
+            first = existing is None
+            self._emit(VmConnected(key, console.display_name, conn.channel.peer, info, first))
         if len(conn.early):
             self._output(console, conn.early.take())
         self._flush_hold(console)
@@ -496,6 +502,7 @@ class Hub:
             console.port = port
             self._by_port[port] = console
         self._maybe_expire(console)
+        self._emit(ConsoleRestored(key, console.display_name, port))
         return console
 
     def _new_console(self, key: ConsoleKey, name: str) -> Console:
@@ -530,7 +537,7 @@ class Hub:
             if mig is not None and mig.source is conn:
                 # F2 (defensive): a source that talks again has resumed; treat as ABORT.
                 log.info("%s: source data during vMotion; treating it as ABORT", console.key)
-                self._abort(console, "source resumed")
+                self._abort(console, AbortReason.SOURCE_RESUMED)
             self._output(console, payload)
         elif conn.role is Role.DESTINATION and console is not None:
             mig = console.migration
@@ -588,19 +595,21 @@ class Hub:
             return
         if console.migration is not None:
             # F9: a second BEGIN implicitly aborts the first; then answer this one.
-            self._abort(console, "new BEGIN")
-        reason = None
+            self._abort(console, AbortReason.NEW_BEGIN)
+        refusal = None
         backlog = conn.channel.write_backlog() + len(console.hold)
         if console.refuse_next_vmotion:
             console.refuse_next_vmotion = False
-            reason = "refused by operator"
+            refusal = VMotionRefused(console.key, console.display_name, RefusalReason.OPERATOR)
         elif backlog > self.settings.vmotion_backlog_limit:
-            reason = f"{backlog} VM-bound bytes still queued"
-        if reason is not None:
+            refusal = VMotionRefused(
+                console.key, console.display_name, RefusalReason.BACKLOG, backlog
+            )
+        if refusal is not None:
             console.counters.vmotion_refusals += 1
-            log.info("%s: vMotion refused (NOTNOW): %s", console.key, reason)
+            log.info("%s: vMotion refused (NOTNOW): %s", console.key, refusal.text)
             conn.channel.notnow(sequence)
-            self._emit("vmotion_notnow", console, reason=reason)
+            self._emit(refusal)
             return
         # Duty 1: every byte queued for the source precedes GOAHEAD on the wire.
         if len(console.hold):
@@ -617,7 +626,7 @@ class Hub:
         # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
         # datacenter-wide evacuation logs one line per vMotion, not two.
         log.debug("%s: vMotion begins from %s", console.key, conn.channel.peer)
-        self._emit("vmotion_begin", console, peer=conn.channel.peer)
+        self._emit(VMotionBegun(console.key, console.display_name, conn.channel.peer))
 
     def _peer(self, conn: VmConn, cookie: bytes) -> None:
         console = self._cookies.get(cookie)
@@ -647,7 +656,7 @@ class Hub:
                 "%s: destination %s reports UUID %s", console.key, conn.channel.peer, conn.uuid
             )
         conn.channel.peer_ok(mig.sequence)
-        self._emit("vmotion_peer", console, peer=conn.channel.peer)
+        self._emit(VMotionPeered(console.key, console.display_name, conn.channel.peer))
 
     def _complete(self, conn: VmConn, sequence: bytes) -> None:
         console = conn.console
@@ -677,7 +686,11 @@ class Hub:
         log.info(
             "%s: vMotion complete, %s -> %s", console.key, source.channel.peer, conn.channel.peer
         )
-        self._emit("vmotion_complete", console, peer=conn.channel.peer)
+        self._emit(
+            VMotionCompleted(
+                console.key, console.display_name, conn.channel.peer, source.channel.peer
+            )
+        )
         # §4.2 steps 3-4: held client input to the destination, once, at once; then
         # the destination's own early output.
         self._flush_hold(console)
@@ -690,9 +703,9 @@ class Hub:
             # TV-24 / TV-30: ABORT counts only on the BEGIN connection.
             log.warning("VM %s: stray ABORT ignored (F10)", conn.channel.peer)
             return
-        self._abort(console, "aborted by the source")
+        self._abort(console, AbortReason.SOURCE_ABORTED)
 
-    def _abort(self, console: Console, reason: str) -> None:
+    def _abort(self, console: Console, reason: AbortReason) -> None:
         """F2/F3/F9: end the migration; the source keeps the port and gets the hold."""
         self._end_migration(console, reason)
         console.counters.vmotion_aborts += 1
@@ -708,11 +721,11 @@ class Hub:
             console.key,
             self.settings.abandon_time,
         )
-        self._end_migration(console, "abandoned")
-        self._emit("vm_disconnected", console, peer=mig.source.channel.peer)
+        self._end_migration(console, AbortReason.ABANDONED)
+        self._emit(VmDisconnected(console.key, console.display_name, mig.source.channel.peer))
         self._maybe_expire(console)
 
-    def _end_migration(self, console: Console, reason: str) -> None:
+    def _end_migration(self, console: Console, reason: AbortReason) -> None:
         mig = console.migration
         if mig is None:
             return
@@ -720,8 +733,8 @@ class Hub:
         if mig.dest is not None:
             mig.dest.role = Role.RETIRED
             mig.dest.channel.close()
-        log.info("%s: vMotion ended: %s", console.key, reason)
-        self._emit("vmotion_abort", console, reason=reason)
+        log.info("%s: vMotion ended: %s", console.key, reason.value)
+        self._emit(VMotionAborted(console.key, console.display_name, reason))
 
     def _forget(self, console: Console, mig: Migration) -> None:
         console.migration = None
@@ -744,7 +757,7 @@ class Hub:
         console: Console,
         channel: ClientChannel,
         *,
-        kind: str,
+        kind: ClientKind | str,
         lock: LockMode = LockMode.FREE_FOR_ALL_OR_READONLY,
         readonly: bool = False,
         uid: int | None = None,
@@ -758,25 +771,28 @@ class Hub:
         """
         limit = self.settings.client_limit
         if limit and len(console.clients) >= limit:
-            raise HubError("client_limit", f"{console.display_name} already has {limit} client(s)")
+            raise HubError(
+                ErrorCode.CLIENT_LIMIT, f"{console.display_name} already has {limit} client(s)"
+            )
         holder = console.lock_holder()
         if holder is not None and holder.mode is LockMode.EXCLUSIVE:
-            raise HubError("lock_failed", f"{console.display_name} is locked exclusively")
+            raise HubError(ErrorCode.LOCK_FAILED, f"{console.display_name} is locked exclusively")
         if lock is LockMode.EXCLUSIVE and console.clients:
             raise HubError(
-                "lock_failed", f"{console.display_name} has other clients; exclusive refused"
+                ErrorCode.LOCK_FAILED,
+                f"{console.display_name} has other clients; exclusive refused",
             )
         # A read-only free_for_all joins read-only under a write lock, as the
         # default mode does (docs/admin-protocol.md, "Lock modes" table).
         if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None and not readonly:
             raise HubError(
-                "lock_failed", f"{console.display_name} is write-locked by another client"
+                ErrorCode.LOCK_FAILED, f"{console.display_name} is write-locked by another client"
             )
         self._next_client += 1
         client = Client(
             channel=channel,
             console=console,
-            kind=kind,
+            kind=ClientKind(kind),
             mode=lock,
             readonly=readonly,
             since=self._clock(),
@@ -796,9 +812,11 @@ class Hub:
             ", read-only" if readonly else "",
             uid,
         )
-        self._emit("client_attached", console, client=self._client_row(client))
-        if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
-            self._emit("lock_changed", console, lock=lock.value, holder=client.ident)
+        if self._observers:
+            name = console.display_name
+            self._emit(ClientAttached(console.key, name, self.client_info(client)))
+            if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
+                self._emit(LockChanged(console.key, name, lock, client.ident))
         vm_conn = console.vm
         if vm_conn is not None and vm_conn.congested:
             channel.pause_reading()
@@ -811,6 +829,11 @@ class Hub:
             return
         if not self.may_write(client):
             console.counters.input_dropped += len(data)
+            if self._observers:
+                reason = DropReason.READONLY if client.readonly else DropReason.LOCKED
+                self._emit(
+                    InputDropped(console.key, console.display_name, client.ident, len(data), reason)
+                )
             return
         client.bytes_in += len(data)
         vm_conn = console.vm
@@ -832,6 +855,9 @@ class Hub:
                 console.hold.limit,
                 dropped,
             )
+            self._emit(
+                InputDropped(console.key, console.display_name, None, dropped, DropReason.HOLD_FULL)
+            )
 
     def detach(self, client: Client, reason: str | None = None) -> None:
         """The operator's connection closed (or was closed by clear/kick, saying `reason`)."""
@@ -839,12 +865,14 @@ class Hub:
         if client not in console.clients:
             return
         had_lock = client is console.lock_holder()
+        info = self.client_info(client) if self._observers else None
         console.clients.remove(client)
         self._client_count -= 1
         log.info("%s: %s client %s detached", console.key, client.kind, client.channel.peer)
-        self._emit("client_detached", console, client=client.ident, reason=reason)
-        if had_lock:
-            self._emit("lock_changed", console, lock=None, holder=None)
+        if info is not None:
+            self._emit(ClientDetached(console.key, console.display_name, info, reason))
+            if had_lock:
+                self._emit(LockChanged(console.key, console.display_name, None, None))
         self._maybe_expire(console)
         self._check_idle()
 
@@ -855,6 +883,7 @@ class Hub:
             client.channel.notify(reason)
             client.channel.close()
             self.detach(client, reason)
+        self._emit(ConsoleCleared(console.key, console.display_name, len(clients), reason))
         return len(clients)
 
     def kick(self, ident: int, reason: str) -> Client:
@@ -870,7 +899,7 @@ class Hub:
                     client.channel.close()
                     self.detach(client, reason)
                     return client
-        raise HubError("not_attached", f"no client with id {ident}")
+        raise HubError(ErrorCode.NOT_ATTACHED, f"no client with id {ident}")
 
     # ================================================================== expiry
 
@@ -902,7 +931,7 @@ class Hub:
                 self._ports.release(console.port)
         self._taps.pop(console.key, None)
         log.info("%s: console %s expired", console.key, console.display_name)
-        self._emit("vm_expired", console, port=console.port)
+        self._emit(ConsoleExpired(console.key, console.display_name, console.port))
 
     def reclaim(self, count: int) -> int:
         """Expire up to `count` idle consoles now, soonest-to-expire first (fd pressure)."""

@@ -31,6 +31,7 @@ from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
 from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
 from vspc.vspcd.persist import Persister
+from vspc.vspcd.render import fields_observer
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Daemon:
             log.info("persist file %s", config.persist_file)
         if self.logs is not None:
             self.hub.add_output_listener(self.logs.output)
-            self.hub.subscribe(self.logs.observe)
+            self.hub.subscribe(fields_observer(self.logs.observe))
             log.info("console logs in %s", config.log_dir)
         ssl_context = None
         if config.ssl:

@@ -19,6 +19,8 @@ from typing import Any
 from vspc.common import esxi
 from vspc.common.telnet import Data, Opt, TelnetCodec, escape
 from vspc.vspcd.config import Config, parse_args
+from vspc.vspcd.events import HubEvent
+from vspc.vspcd.render import event_fields
 from vspc.vspcd.server import Daemon
 
 TIMEOUT = 5.0
@@ -54,9 +56,11 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self._changed = asyncio.Event()
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self.seen.append((name, fields))
-        self._changed.set()
+    def __call__(self, event: HubEvent) -> None:
+        found = event_fields(event)  # as the admin event line has it (hub clock)
+        if found is not None:
+            self.seen.append((found[0].value, found[1]))
+            self._changed.set()
 
     async def wait(
         self, name: str, where: Callable[[dict[str, Any]], bool] = lambda f: True, count: int = 1
