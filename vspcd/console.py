@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Bounded",
     "Cancellable",
+    "Challenge",
     "Client",
     "ClientChannel",
     "Console",
@@ -49,6 +50,10 @@ class VmChannel(Protocol):
     def peer_ok(self, sequence: bytes) -> None: ...
     def write_backlog(self) -> int: ...
     def close(self) -> None: ...
+
+    def probe(self) -> None:
+        """Send a liveness probe the peer must answer (IAC DO TIMING-MARK); the link
+        calls `Hub.vm_heard` when it next reads anything from the peer."""
 
 
 class ClientChannel(Protocol):
@@ -94,6 +99,7 @@ class Role(Enum):
     UNBOUND = "unbound"  # not identified yet, refused, or replaced
     ACTIVE = "active"
     DESTINATION = "destination"  # PEERed, not yet COMPLETE
+    CHALLENGER = "challenger"  # claims a console whose VM connection is being probed
     RETIRED = "retired"  # a former source or replaced connection
 
 
@@ -214,6 +220,16 @@ class Migration:
 
 
 @dataclass(eq=False, slots=True)
+class Challenge:
+    """A connection from another host claims a console whose VM connection is live as
+    far as TCP knows: the old one is probed (docs/security.md, "Console takeover")."""
+
+    newcomer: VmConn
+    target: VmConn  # the console's VM connection, probed
+    timer: Cancellable  # the probe's deadline: no answer -> the newcomer takes over
+
+
+@dataclass(eq=False, slots=True)
 class Counters:
     """Per-console statistics reported by `show`."""
 
@@ -239,6 +255,7 @@ class Console:
     vm: VmConn | None = None
     service_uri: str | None = None
     migration: Migration | None = None
+    challenge: Challenge | None = None
     clients: list[Client] = field(default_factory=list)
     expiry: Cancellable | None = None
     expires_at: float | None = None

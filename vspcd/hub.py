@@ -50,6 +50,7 @@ from typing import Protocol
 
 from vspc.common import vmware as vm
 from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, ErrorCode
+from vspc.common.display import safe
 from vspc.common.session import (
     Notice,
     ProxyRequested,
@@ -62,6 +63,7 @@ from vspc.common.telnet import escape
 from vspc.vspcd.console import (
     Bounded,
     Cancellable,
+    Challenge,
     Client,
     ClientChannel,
     Console,
@@ -86,6 +88,7 @@ from vspc.vspcd.events import (
     LockChanged,
     Observer,
     RefusalReason,
+    TakeoverRefused,
     VmConnected,
     VmDisconnected,
     VMotionAborted,
@@ -94,6 +97,7 @@ from vspc.vspcd.events import (
     VMotionPeered,
     VMotionRefused,
     VmRenamed,
+    VmReplaced,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,19 @@ class HubSettings:
     # VM-bound bytes still queued above which a BEGIN gets NOTNOW: GOAHEAD must reach
     # the VM within 5000 ms and queues behind them (PROTOCOL.md §4.4 duty 2, TV-32).
     vmotion_backlog_limit: int = 256 * 1024
+    # How long a VM connection has to answer the liveness probe when a connection from
+    # another host claims its console (docs/security.md, "Console takeover"): a VM
+    # restarted elsewhere by vSphere HA gets its console back within this.
+    takeover_timeout: float = 5.0
+    # Tell console clients what happens in `[vspcd: ...]` lines (issue #9 item 2).
+    notices: bool = True
+
+
+def _host(peer: str) -> str:
+    """The address part of a `host:port` / `[v6]:port` peer name."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer
 
 
 class Hub:
@@ -384,10 +401,21 @@ class Hub:
             mig.dest = None
             mig.dest_output.clear()
             return
+        challenge = console.challenge
+        if role is Role.CHALLENGER:
+            if challenge is not None and challenge.newcomer is conn:
+                challenge.timer.cancel()
+                console.challenge = None
+            return
         if role is not Role.ACTIVE or console.vm is not conn:
             return
         console.vm = None
         self._follow_flow_control(console, conn)
+        if challenge is not None and challenge.target is conn:
+            # The probed connection closed: the claim was right; take over at once.
+            self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
+            self._end_challenge(console, challenge, probed=False)
+            return
         if mig is not None and mig.source is conn:
             # F7: normal during a vMotion (the source's FIN may precede COMPLETE).
             mig.source_closed = True
@@ -434,23 +462,38 @@ class Hub:
             return
         self._bind_source(conn)
 
-    def _bind_source(self, conn: VmConn) -> None:
-        """Make an identified, accepted connection its console's active one."""
+    def _bind_source(self, conn: VmConn, *, probed: bool = False) -> None:
+        """Make an identified, accepted connection its console's active one, unless the
+        takeover policy refuses it or must first probe the current one (`probed`: it
+        did not answer)."""
         if conn.role is not Role.UNBOUND or conn.uuid is None or not conn.proxy_accepted:
             return
         key = ConsoleKey(conn.uuid, conn.label or "")
         existing = self._consoles.get(key)
+        if existing is not None and not probed and not self._may_take_over(existing, conn):
+            return
         console = existing or self._create(key, conn)
         if console.migration is not None:
-            # F11: a fresh DO-PROXY for this key is a new VM instance (restart, HA).
+            # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
+            # instance (restart); `_may_take_over` refused one from anywhere else.
             log.info("%s: new connection %s during a vMotion; aborting it", key, conn.channel.peer)
             self._end_migration(console, AbortReason.REPLACED)
         old = console.vm
         if old is not None and old is not conn:
-            # TV-27: the newest connection wins; the old one is retired and closed.
-            log.info("%s: %s replaces %s", key, conn.channel.peer, old.channel.peer)
+            # TV-27: the newest connection wins (same host, or the old one is dead).
+            log.warning(
+                "console %s: VM connection %s replaced by %s (%s)",
+                safe(console.display_name),
+                old.channel.peer,
+                conn.channel.peer,
+                "no answer to the liveness probe" if probed else "same host",
+            )
             old.role = Role.RETIRED
             old.channel.close()
+            self._tell(console, f"VM connection {old.channel.peer} replaced by {conn.channel.peer}")
+            self._emit(
+                VmReplaced(key, console.display_name, old.channel.peer, conn.channel.peer, probed)
+            )
         console.vm = conn
         self._follow_flow_control(console, old)
         console.service_uri = conn.service_uri
@@ -473,6 +516,82 @@ class Hub:
         if len(conn.early):
             self._output(console, conn.early.take())
         self._flush_hold(console)
+
+    # -- takeover (docs/security.md, "Console takeover"; issue #7 item 1) --------------
+
+    def _may_take_over(self, console: Console, conn: VmConn) -> bool:
+        """May `conn` become `console`'s VM connection now?  If not, it is refused
+        (closed) or becomes the challenger while the current connection is probed."""
+        mig = console.migration
+        if mig is not None:
+            if _host(mig.source.channel.peer) == _host(conn.channel.peer):
+                return True  # F11: the VM restarted on the source's host
+            self._refuse(console, conn, mig.source.channel.peer, "a vMotion is in progress")
+            return False
+        old = console.vm
+        if old is None or old is conn or _host(old.channel.peer) == _host(conn.channel.peer):
+            return True
+        if console.challenge is not None:
+            self._refuse(console, conn, old.channel.peer, "another claim is being checked")
+            return False
+        conn.role, conn.console = Role.CHALLENGER, console
+        console.challenge = challenge = Challenge(
+            conn,
+            old,
+            self._call_later(
+                self.settings.takeover_timeout, lambda: self._probe_expired(console, challenge)
+            ),
+        )
+        log.warning(
+            "console %s: %s claims it from another host than %s; probing %s for %.0f s",
+            safe(console.display_name),
+            conn.channel.peer,
+            old.channel.peer,
+            old.channel.peer,
+            self.settings.takeover_timeout,
+        )
+        old.channel.probe()
+        return False
+
+    def _refuse(self, console: Console, conn: VmConn, holder: str, why: str) -> None:
+        log.warning(
+            "console %s: refused VM connection %s claiming it from %s (%s)",
+            safe(console.display_name),
+            conn.channel.peer,
+            holder,
+            why,
+        )
+        conn.role, conn.console = Role.RETIRED, None
+        conn.channel.close()
+        self._tell(console, f"refused a VM connection from {conn.channel.peer} ({why})")
+        self._emit(TakeoverRefused(console.key, console.display_name, conn.channel.peer, holder))
+
+    def vm_heard(self, conn: VmConn) -> None:
+        """The link read something from `conn` after `probe()`: it is alive.  A
+        pending claim on its console is refused."""
+        console = conn.console
+        challenge = None if console is None else console.challenge
+        if console is None or challenge is None or challenge.target is not conn:
+            return
+        challenge.timer.cancel()
+        console.challenge = None
+        self._refuse(
+            console, challenge.newcomer, conn.channel.peer, "the VM connection answered the probe"
+        )
+
+    def _probe_expired(self, console: Console, challenge: Challenge) -> None:
+        if console.challenge is not challenge:
+            return
+        self._end_challenge(console, challenge, probed=True)
+
+    def _end_challenge(self, console: Console, challenge: Challenge, *, probed: bool) -> None:
+        """The probed connection is dead or gone: the challenger takes the console."""
+        challenge.timer.cancel()
+        console.challenge = None
+        newcomer = challenge.newcomer
+        if newcomer.role is Role.CHALLENGER:
+            newcomer.role, newcomer.console = Role.UNBOUND, None
+            self._bind_source(newcomer, probed=probed)
 
     def restore(
         self, key: ConsoleKey, name: str, port: int | None, service_uri: str | None
@@ -545,7 +664,7 @@ class Hub:
                 mig.dest_output += payload  # released on COMPLETE (§4.4 VM->client 2)
                 if len(mig.dest_output) > self.settings.hold_limit:
                     del mig.dest_output[: len(mig.dest_output) - self.settings.hold_limit]
-        elif conn.role is Role.UNBOUND:
+        elif conn.role in (Role.UNBOUND, Role.CHALLENGER):
             if conn.early.append(payload):
                 log.warning(
                     "VM %s: output before identification overflowed; oldest dropped",
@@ -744,6 +863,14 @@ class Hub:
             mig.abandon = None
 
     # ================================================================== clients
+
+    def _tell(self, console: Console, text: str) -> None:
+        """One `[vspcd: ...]` line for every client of `console` (PROTOCOL-neutral:
+        the channel frames it)."""
+        if not self.settings.notices:
+            return
+        for client in console.clients:
+            client.channel.notify(text)
 
     def may_write(self, client: Client) -> bool:
         """Input from `client` reaches the VM (vSPC.py lock semantics)."""
@@ -974,6 +1101,9 @@ class Hub:
             if mig is not None:
                 self._forget(console, mig)
             self._cancel_expiry(console)
+            if console.challenge is not None:
+                console.challenge.timer.cancel()
+                console.challenge = None
             for client in list(console.clients):
                 client.channel.notify("vspcd is shutting down")
                 client.channel.close()

@@ -32,7 +32,9 @@ from vspc.common.telnet import (
     Opt,
     TelnetCodec,
     TelnetProtocolError,
+    Verb,
     escape,
+    negotiation,
 )
 from vspc.vspcd.console import Client, VmConn
 from vspc.vspcd.hub import Hub, HubError
@@ -69,6 +71,7 @@ class VmLink(asyncio.Protocol):
         # True while handling one read: replies the hub asks for meanwhile are queued
         # and leave in a single write at the end (one send(2), not one per reply).
         self._receiving = False
+        self._probing = False  # a liveness probe is out: the next read answers it
         self.peer = "?"
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -88,6 +91,9 @@ class VmLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
+        if self._probing:
+            self._probing = False
+            self._hub.vm_heard(self._conn)
         try:
             events = self._session.receive_data(data)
         except TelnetProtocolError as exc:
@@ -151,6 +157,16 @@ class VmLink(asyncio.Protocol):
 
     def write_backlog(self) -> int:
         return 0 if self._transport is None else self._transport.get_write_buffer_size()
+
+    def probe(self) -> None:
+        # RFC 860: DO TIMING-MARK must be answered (WILL or WONT) by any telnet peer,
+        # after everything sent before it; ESXi answers every option request
+        # (PROTOCOL.md §3.1).  Raw bytes, outside the codec's option table: the
+        # answer is only evidence of life, and the codec refuses a WILL with one DONT.
+        self._flush()
+        if self._transport is not None and not self._transport.is_closing():
+            self._probing = True
+            self._transport.write(negotiation(Verb.DO, Opt.TIMING_MARK))
 
     def close(self) -> None:
         self._flush()

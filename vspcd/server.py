@@ -47,6 +47,8 @@ def hub_settings(config: Config) -> HubSettings:
         client_limit=config.client_limit,
         multi_console=config.multi_console,
         abandon_time=config.vmotion_abandon,
+        takeover_timeout=config.takeover_timeout,
+        notices=not config.no_notices,
         hold_limit=config.hold_limit,
         scrollback=config.scrollback,
     )

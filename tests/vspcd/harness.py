@@ -139,6 +139,9 @@ class FakeEsxi:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        # A frozen VM reads but never answers: a host that died without a FIN
+        # (vSphere HA restarts the VM elsewhere; issue #7).
+        self.frozen = False
 
     @classmethod
     async def connect(
@@ -152,14 +155,18 @@ class FakeEsxi:
         tls: bool = False,
         direction: str = "S",
         host: str = "127.0.0.1",
+        local: str | None = None,
     ) -> FakeEsxi:
+        """Connect to vspcd (from the address `local`, e.g. 127.0.0.2, if given)."""
         vm = cls(esxi.EsxiSession(uuid, name, uri, direction))
         context = None
         if tls:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        vm._reader, vm._writer = await asyncio.open_connection(host, port, ssl=context)
+        vm._reader, vm._writer = await asyncio.open_connection(
+            host, port, ssl=context, local_addr=None if local is None else (local, 0)
+        )
         if cookie is None:
             vm.session.connect_source()
         else:
@@ -177,6 +184,8 @@ class FakeEsxi:
         assert self._reader is not None
         try:
             while data := await self._reader.read(65536):
+                if self.frozen:
+                    continue
                 for event in self.session.receive_data(data):
                     if isinstance(event, esxi.ConsoleInput):
                         self.input.add(event.payload)

@@ -541,7 +541,8 @@ def test_fresh_do_proxy_during_vmotion_aborts_it(state: str) -> None:
     if state == "source-closed":
         s.rig.hub.vm_closed(s.src)
     s.type(b"held")
-    new, new_vm = connect(s.rig, peer="esx-n:40010")
+    # From the source's own host: a stranger may not disturb a vMotion (issue #7).
+    new, new_vm = connect(s.rig, peer="esx-a:40010")
     assert s.console.phase is Phase.NORMAL
     assert s.console.vm is new
     assert new_vm.sent == b"held"
