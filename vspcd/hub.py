@@ -13,21 +13,22 @@ Theory of operation
 -------------------
 A *console* is keyed by `ConsoleKey(uuid, label)`.  An ESXi connection starts UNBOUND;
 once it has both an accepted DO-PROXY and a VM-VC-UUID it becomes the console's ACTIVE
-connection (replacing any older one: TV-27, F11).  VM output before that is held in
-the connection's bounded `early` buffer and released on binding.
+connection (replacing an older one from the same host: TV-27, F11).  VM output before
+that is held in the connection's bounded `early` buffer and released on binding.
 
-vMotion per console (PROTOCOL.md §4.5):
+vMotion per console (PROTOCOL.md §4.5) is the table in vspcd/vmotion.py: each
+vMotion entry point here (`_begin`, `_peer`, `_complete`, `_abort_received`, data
+and close of a VM connection, the F8 timer, a fresh DO-PROXY) looks up
+`(console.phase, trigger, conn.role)` and carries out the action; a missing entry is
+F10 (log and ignore).  The checks that depend on data (cookie, sequence, the F1
+NOTNOW grounds) stay here.
 
-    NORMAL(active) --BEGIN, can go--> PENDING(source)   [GOAHEAD; client input held]
-    NORMAL         --BEGIN, cannot--> NORMAL            [NOTNOW, nothing else changes]
-    PENDING --PEER(cookie) on a new connection--> PEERED(source, dest)   [PEER-OK]
-    PEERED  --COMPLETE(seq) on dest--> NORMAL(dest)     [hold -> dest, once]
-    PEERED  --dest closes (F6)--> PENDING               [cookie and hold kept]
-    PENDING|PEERED --ABORT on source, or source data (F2/F3)--> NORMAL(source)
-    PENDING|PEERED --BEGIN on source (F9)--> implicit abort, then answer the BEGIN
-    PENDING|PEERED --source closes (F7)--> abandon timer armed; COMPLETE still wins
-    abandon timer (F8) --> NORMAL(no VM); hold kept for the next connection
-    anything else (F10) --> logged and ignored
+Takeover (docs/security.md, "Console takeover"): a VM connection from another
+address than the console's current one is refused mid-vMotion and otherwise waits
+while the current one is probed (`VmChannel.probe`); an answer (`vm_heard`) refuses
+it, silence for `takeover_timeout` lets it replace the current one.
+
+Every state change is reported to observers as a typed event (vspcd/events.py).
 
 A cookie (sequence || secret) is looked up by its exact bytes and is single-use: it
 dies on COMPLETE, ABORT, a replacing BEGIN, abandonment, or a new DO-PROXY (§4.1).
@@ -70,6 +71,7 @@ from vspc.vspcd.console import (
     ConsoleKey,
     LockMode,
     Migration,
+    Phase,
     Role,
     Scrollback,
     VmChannel,
@@ -99,6 +101,7 @@ from vspc.vspcd.events import (
     VmRenamed,
     VmReplaced,
 )
+from vspc.vspcd.vmotion import Action, Trigger, next_action
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +324,10 @@ class Hub:
 
     def vm_event(self, conn: VmConn, event: SessionEvent) -> None:
         """One hub-level event from a VM connection's ProxySession."""
+        console = conn.console
+        challenge = None if console is None else console.challenge
+        if challenge is not None and challenge.target is conn:
+            self.vm_heard(conn)  # anything it says proves it alive (the link tells too)
         match event:
             case VmData(payload):
                 self._vm_data(conn, payload)
@@ -393,7 +400,8 @@ class Hub:
         if console is None:
             return
         mig = console.migration
-        if role is Role.DESTINATION and mig is not None and mig.dest is conn:
+        action = next_action(console.phase, Trigger.CLOSED, role)
+        if action is Action.UNBIND_DESTINATION and mig is not None and mig.dest is conn:
             # F6: unbind the destination; the cookie and the hold stay for ABORT/PEER.
             log.info(
                 "%s: vMotion destination %s closed before COMPLETE", console.key, conn.channel.peer
@@ -416,7 +424,7 @@ class Hub:
             self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
             self._end_challenge(console, challenge, probed=False)
             return
-        if mig is not None and mig.source is conn:
+        if action is Action.SOURCE_LEFT and mig is not None:
             # F7: normal during a vMotion (the source's FIN may precede COMPLETE).
             mig.source_closed = True
             if mig.abandon is None:
@@ -473,7 +481,7 @@ class Hub:
         if existing is not None and not probed and not self._may_take_over(existing, conn):
             return
         console = existing or self._create(key, conn)
-        if console.migration is not None:
+        if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
             # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
             # instance (restart); `_may_take_over` refused one from anywhere else.
             log.info("%s: new connection %s during a vMotion; aborting it", key, conn.channel.peer)
@@ -652,15 +660,19 @@ class Hub:
     def _vm_data(self, conn: VmConn, payload: bytes) -> None:
         console = conn.console
         if conn.role is Role.ACTIVE and console is not None:
-            mig = console.migration
-            if mig is not None and mig.source is conn:
-                # F2 (defensive): a source that talks again has resumed; treat as ABORT.
+            # The table is consulted only mid-vMotion: plain output is the hot path.
+            if (
+                console.migration is not None
+                and next_action(console.phase, Trigger.DATA, conn.role) is Action.RESUMED
+            ):
+                # F2 (defensive): a source that talks again has resumed: ABORT.
                 log.info("%s: source data during vMotion; treating it as ABORT", console.key)
                 self._abort(console, AbortReason.SOURCE_RESUMED)
             self._output(console, payload)
         elif conn.role is Role.DESTINATION and console is not None:
             mig = console.migration
-            if mig is not None:
+            action = next_action(console.phase, Trigger.DATA, conn.role)
+            if mig is not None and action is Action.HOLD_DESTINATION_OUTPUT:
                 mig.dest_output += payload  # released on COMPLETE (§4.4 VM->client 2)
                 if len(mig.dest_output) > self.settings.hold_limit:
                     del mig.dest_output[: len(mig.dest_output) - self.settings.hold_limit]
@@ -708,11 +720,13 @@ class Hub:
 
     def _begin(self, conn: VmConn, sequence: bytes) -> None:
         console = conn.console
-        if conn.role is not Role.ACTIVE or console is None:
+        phase = Phase.NORMAL if console is None else console.phase
+        action = next_action(phase, Trigger.BEGIN, conn.role)
+        if action is Action.NOTNOW or console is None:
             log.info("VM %s: BEGIN on a connection that is not active; NOTNOW", conn.channel.peer)
             conn.channel.notnow(sequence)
             return
-        if console.migration is not None:
+        if action is Action.REBEGIN:
             # F9: a second BEGIN implicitly aborts the first; then answer this one.
             self._abort(console, AbortReason.NEW_BEGIN)
         refusal = None
@@ -755,10 +769,11 @@ class Hub:
                 "VM %s: PEER with an unknown or stale cookie; no PEER-OK (F5)", conn.channel.peer
             )
             return
-        if conn.role is not Role.UNBOUND:
+        action = next_action(console.phase, Trigger.PEER, conn.role)
+        if action is Action.IGNORE:
             log.warning("VM %s: PEER on a connection already in use; ignored", conn.channel.peer)
             return
-        if mig.dest is not None:
+        if action is Action.SECOND_PEER and mig.dest is not None:
             log.warning(
                 "%s: second PEER from %s while %s is bound; ignored (TV-19)",
                 console.key,
@@ -783,7 +798,7 @@ class Hub:
         if (
             console is None
             or mig is None
-            or conn.role is not Role.DESTINATION
+            or next_action(console.phase, Trigger.COMPLETE, conn.role) is not Action.COMPLETE
             or mig.dest is not conn
             or mig.sequence != sequence
         ):
@@ -818,7 +833,12 @@ class Hub:
     def _abort_received(self, conn: VmConn) -> None:
         console = conn.console
         mig = console.migration if console is not None else None
-        if console is None or mig is None or mig.source is not conn:
+        if (
+            console is None
+            or mig is None
+            or next_action(console.phase, Trigger.ABORT, conn.role) is not Action.ABORT
+            or mig.source is not conn
+        ):
             # TV-24 / TV-30: ABORT counts only on the BEGIN connection.
             log.warning("VM %s: stray ABORT ignored (F10)", conn.channel.peer)
             return
@@ -834,6 +854,8 @@ class Hub:
         """F8: the source left and no COMPLETE came within the grace period."""
         if console.migration is not mig:
             return
+        if next_action(console.phase, Trigger.ABANDON, mig.source.role) is not Action.ABANDON:
+            return  # cannot happen: the timer is armed only once the source has left
         mig.abandon = None
         log.warning(
             "%s: vMotion abandoned after %.0f s; port kept, input held",
