@@ -398,6 +398,7 @@ class AdminLink(asyncio.Protocol):
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._client: Client | None = None
         self._replay = b""
+        self._greeting: list[str] = []  # notices from the hub during attach
         self._dropped = 0  # attach output lost to a slow reader since the last marker
         self.subscribed = False
         self.identity = Identity("?")
@@ -694,6 +695,9 @@ class AdminLink(asyncio.Protocol):
         replay, self._replay = self._replay, b""
         if replay:
             self._transport.write(replay)
+        greeting, self._greeting = self._greeting, []
+        for text in greeting:
+            self.notify(text)
         # From now on the console's per-client policy applies (slow reader: drop).
         self._transport.set_write_buffer_limits(high=self.server.config.client_queue)
         rest = self._framer.take_remaining()  # sent after the attach line: console input
@@ -725,7 +729,11 @@ class AdminLink(asyncio.Protocol):
         self._transport.write(raw)
 
     def notify(self, text: str) -> None:
-        if self._mode is Mode.ATTACHED and self._transport is not None:
+        if self._attaching:
+            # Said while joining ("VM not connected"): shown once the attach reply and
+            # the replay are out, not inside the JSON reply stream.
+            self._greeting.append(text)
+        elif self._mode is Mode.ATTACHED and self._transport is not None:
             self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
 
     def pause_reading(self) -> None:

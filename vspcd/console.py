@@ -199,6 +199,9 @@ class Client:
     user: str | None = None
     bytes_in: int = 0
     ident: int = 0
+    # The lock (its holder's id; 0: read-only attachment) this client was last told
+    # drops its input, so it is told once per lock, not per keystroke (issue #9).
+    told_dropped: int | None = None
 
 
 @dataclass(eq=False, slots=True)

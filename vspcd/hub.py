@@ -433,6 +433,7 @@ class Hub:
                 )
             return
         self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
+        self._tell(console, f"VM {safe(console.display_name)} disconnected; input is held")
         self._maybe_expire(console)
 
     # -- identification ----------------------------------------------------------------
@@ -510,6 +511,8 @@ class Hub:
         conn.role, conn.console = Role.ACTIVE, console
         console.counters.vm_connects += 1
         self._cancel_expiry(console)
+        if old is None:  # a replacement said so already
+            self._tell(console, f"VM {safe(console.display_name)} connected")
         log.info(
             "%s: VM %s connected from %s, telnet port %s",
             key,
@@ -825,6 +828,7 @@ class Hub:
                 console.key, console.display_name, conn.channel.peer, source.channel.peer
             )
         )
+        self._tell(console, f"vMotion done: VM now connected from {conn.channel.peer}")
         # §4.2 steps 3-4: held client input to the destination, once, at once; then
         # the destination's own early output.
         self._flush_hold(console)
@@ -864,6 +868,7 @@ class Hub:
         )
         self._end_migration(console, AbortReason.ABANDONED)
         self._emit(VmDisconnected(console.key, console.display_name, mig.source.channel.peer))
+        self._tell(console, f"VM {safe(console.display_name)} disconnected (vMotion abandoned)")
         self._maybe_expire(console)
 
     def _end_migration(self, console: Console, reason: AbortReason) -> None:
@@ -886,13 +891,16 @@ class Hub:
 
     # ================================================================== clients
 
-    def _tell(self, console: Console, text: str) -> None:
-        """One `[vspcd: ...]` line for every client of `console` (PROTOCOL-neutral:
-        the channel frames it)."""
+    def _tell(self, console: Console, text: str, *, only: Client | None = None) -> None:
+        """One `[vspcd: ...]` line (the channel frames it) for every client of
+        `console`, or `only` one, unless notices are off (issue #9 item 2)."""
         if not self.settings.notices:
             return
-        for client in console.clients:
+        for client in console.clients if only is None else (only,):
             client.channel.notify(text)
+
+    def _who(self, client: Client) -> str:
+        return f"client {client.ident} ({safe(client.user or client.channel.peer)})"
 
     def may_write(self, client: Client) -> bool:
         """Input from `client` reaches the VM (vSPC.py lock semantics)."""
@@ -969,6 +977,8 @@ class Hub:
         vm_conn = console.vm
         if vm_conn is not None and vm_conn.congested:
             channel.pause_reading()
+        if not console.connected:
+            self._tell(console, "VM not connected; input is held until it is", only=client)
         return client
 
     def client_input(self, client: Client, data: bytes) -> None:
@@ -978,8 +988,20 @@ class Hub:
             return
         if not self.may_write(client):
             console.counters.input_dropped += len(data)
+            holder = None if client.readonly else console.lock_holder()
+            lock_id = 0 if holder is None else holder.ident
+            if client.told_dropped != lock_id:
+                client.told_dropped = lock_id
+                if holder is None:
+                    self._tell(console, "input dropped: you attached read-only", only=client)
+                else:
+                    self._tell(
+                        console,
+                        f"input dropped: {holder.mode.value} lock held by {self._who(holder)}",
+                        only=client,
+                    )
             if self._observers:
-                reason = DropReason.READONLY if client.readonly else DropReason.LOCKED
+                reason = DropReason.READONLY if holder is None else DropReason.LOCKED
                 self._emit(
                     InputDropped(console.key, console.display_name, client.ident, len(data), reason)
                 )
@@ -1022,6 +1044,8 @@ class Hub:
             self._emit(ClientDetached(console.key, console.display_name, info, reason))
             if had_lock:
                 self._emit(LockChanged(console.key, console.display_name, None, None))
+        if had_lock:
+            self._tell(console, f"{client.mode.value} lock released by {self._who(client)}")
         self._maybe_expire(console)
         self._check_idle()
 
