@@ -72,6 +72,7 @@ from vspc.common.admin import (
     required_access,
     validate_request,
 )
+from vspc.common.display import safe
 from vspc.vspcd import __version__, render
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import Client, Console, LockMode
@@ -319,11 +320,12 @@ def _clear(link: AdminLink, request: Request) -> Reply:
         console = hub.find(request.fields["vm"])
     cleared = hub.clear(console, _disconnect_text(link.identity, reason))
     log.info(
-        "admin %s cleared %s: %d client(s) disconnected (%s)",
+        "admin %s cleared %s: %d client(s) disconnected (%s), key %s",
         link.identity,
-        console.display_name,
+        safe(console.display_name),
         cleared,
-        reason or "no reason given",
+        safe(reason or "no reason given"),
+        console.key.uuid[:8],
     )
     return {"key": str(console.key), "name": console.display_name, "cleared": cleared}
 
@@ -339,8 +341,8 @@ def _kick(link: AdminLink, request: Request) -> Reply:
         client.ident,
         client.kind,
         client.channel.peer,
-        console.display_name,
-        reason or "no reason given",
+        console.tag,
+        safe(reason or "no reason given"),
     )
     return {"key": str(console.key), "name": console.display_name, "client": client.ident}
 
@@ -670,13 +672,13 @@ class AdminLink(asyncio.Protocol):
         log.info(
             "admin %s attached to %s as client %d: mode %s%s",
             me,
-            console.display_name,
+            console.tag,
             client.ident,
             lock.value,
             ", read-only" if readonly else "",
         )
         if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
-            log.info("admin %s took the %s lock on %s", me, lock.value, console.display_name)
+            log.info("admin %s took the %s lock on %s", me, lock.value, console.tag)
         return AttachGrant(
             str(console.key),
             console.display_name,
@@ -713,7 +715,7 @@ class AdminLink(asyncio.Protocol):
         log.info(
             "admin %s detached from %s (client %d)%s",
             self.identity,
-            client.console.display_name,
+            client.console.tag,
             client.ident,
             f", releasing the {client.mode.value} lock" if held else "",
         )

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Protocol
 
 from vspc.common.admin import ClientKind, LockMode, VMotionPhase
+from vspc.common.display import safe
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class VmConn:
     console: Console | None = None
     early: Bounded = field(default_factory=lambda: Bounded(64 * 1024))  # pre-identification
     congested: bool = False
+    unannounced: bool = False  # bound, "connected" line waiting for VM-NAME
 
 
 @dataclass(eq=False, slots=True)
@@ -270,6 +272,12 @@ class Console:
     def display_name(self) -> str:
         """vSPC.py's NAME_LABEL form (NAME_URI in multi-console mode)."""
         return f"{self.name}_{self.key.label}" if self.key.label else self.name
+
+    @property
+    def tag(self) -> str:
+        """How log lines name the console: `NAME (shortkey)`, the name safe-rendered
+        and the key cut to the UUID's first 8 hex digits (issue #9 item 4)."""
+        return f"{safe(self.display_name)} ({self.key.uuid[:8]})"
 
     @property
     def phase(self) -> Phase:

@@ -147,6 +147,10 @@ class HubSettings:
     notices: bool = True
 
 
+def _tag(console: Console) -> str:
+    return console.tag
+
+
 def _host(peer: str) -> str:
     """The address part of a `host:port` / `[v6]:port` peer name."""
     if peer.startswith("["):
@@ -343,6 +347,8 @@ class Hub:
                     # first announced under its UUID; tell subscribers the real name.
                     console.name = name
                     self._emit(VmRenamed(console.key, console.display_name, name))
+                if conn.unannounced and console is not None:
+                    self._announce(console, conn)
             case vm.VMotionBegin(sequence):
                 self._begin(conn, sequence)
             case vm.VMotionPeer(cookie):
@@ -396,6 +402,8 @@ class Hub:
     def _vm_closed(self, conn: VmConn) -> None:
         self._vms.discard(conn)
         console, role = conn.console, conn.role
+        if conn.unannounced and console is not None:
+            self._announce(console, conn)
         conn.role = Role.RETIRED
         if console is None:
             return
@@ -404,7 +412,9 @@ class Hub:
         if action is Action.UNBIND_DESTINATION and mig is not None and mig.dest is conn:
             # F6: unbind the destination; the cookie and the hold stay for ABORT/PEER.
             log.info(
-                "%s: vMotion destination %s closed before COMPLETE", console.key, conn.channel.peer
+                "%s: vMotion destination %s closed before COMPLETE",
+                _tag(console),
+                conn.channel.peer,
             )
             mig.dest = None
             mig.dest_output.clear()
@@ -466,7 +476,10 @@ class Hub:
             if conn.console.key.uuid != uuid:
                 # The cookie stays authoritative (PROTOCOL.md §3.5).
                 log.warning(
-                    "%s: destination %s reports UUID %s", conn.console.key, conn.channel.peer, uuid
+                    "%s: destination %s reports UUID %s",
+                    _tag(conn.console),
+                    conn.channel.peer,
+                    uuid,
                 )
             return
         self._bind_source(conn)
@@ -485,14 +498,18 @@ class Hub:
         if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
             # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
             # instance (restart); `_may_take_over` refused one from anywhere else.
-            log.info("%s: new connection %s during a vMotion; aborting it", key, conn.channel.peer)
+            log.info(
+                "%s: new connection %s during a vMotion; aborting it",
+                _tag(console),
+                conn.channel.peer,
+            )
             self._end_migration(console, AbortReason.REPLACED)
         old = console.vm
         if old is not None and old is not conn:
             # TV-27: the newest connection wins (same host, or the old one is dead).
             log.warning(
-                "console %s: VM connection %s replaced by %s (%s)",
-                safe(console.display_name),
+                "%s: VM connection %s replaced by %s (%s)",
+                _tag(console),
                 old.channel.peer,
                 conn.channel.peer,
                 "no answer to the liveness probe" if probed else "same host",
@@ -513,13 +530,12 @@ class Hub:
         self._cancel_expiry(console)
         if old is None:  # a replacement said so already
             self._tell(console, f"VM {safe(console.display_name)} connected")
-        log.info(
-            "%s: VM %s connected from %s, telnet port %s",
-            key,
-            console.display_name,
-            conn.channel.peer,
-            console.port,
-        )
+        if conn.name is None and existing is None:
+            # ESXi names a VM just after identifying it: log the first connection
+            # once the name is known, so that `grep NAME` finds it (issue #9 item 4).
+            conn.unannounced = True
+        else:
+            self._announce(console, conn)
         if self._observers:
             info = self.console_info(console)
             first = existing is None
@@ -527,6 +543,15 @@ class Hub:
         if len(conn.early):
             self._output(console, conn.early.take())
         self._flush_hold(console)
+
+    def _announce(self, console: Console, conn: VmConn) -> None:
+        conn.unannounced = False
+        log.info(
+            "%s: VM connected from %s, telnet port %s",
+            _tag(console),
+            conn.channel.peer,
+            console.port,
+        )
 
     # -- takeover (docs/security.md, "Console takeover"; issue #7 item 1) --------------
 
@@ -554,8 +579,8 @@ class Hub:
             ),
         )
         log.warning(
-            "console %s: %s claims it from another host than %s; probing %s for %.0f s",
-            safe(console.display_name),
+            "%s: %s claims it from another host than %s; probing %s for %.0f s",
+            _tag(console),
             conn.channel.peer,
             old.channel.peer,
             old.channel.peer,
@@ -566,8 +591,8 @@ class Hub:
 
     def _refuse(self, console: Console, conn: VmConn, holder: str, why: str) -> None:
         log.warning(
-            "console %s: refused VM connection %s claiming it from %s (%s)",
-            safe(console.display_name),
+            "%s: refused VM connection %s claiming it from %s (%s)",
+            _tag(console),
             conn.channel.peer,
             holder,
             why,
@@ -653,7 +678,7 @@ class Hub:
         if self._ports is not None:
             console.port = self._ports.bind(key)
             if console.port is None:
-                log.error("%s: no free telnet port to bind", key)
+                log.error("%s: no free telnet port to bind", _tag(console))
             else:
                 self._by_port[console.port] = console
         return console
@@ -662,6 +687,8 @@ class Hub:
 
     def _vm_data(self, conn: VmConn, payload: bytes) -> None:
         console = conn.console
+        if conn.unannounced and console is not None:
+            self._announce(console, conn)  # it talks before naming itself
         if conn.role is Role.ACTIVE and console is not None:
             # The table is consulted only mid-vMotion: plain output is the hot path.
             if (
@@ -669,7 +696,7 @@ class Hub:
                 and next_action(console.phase, Trigger.DATA, conn.role) is Action.RESUMED
             ):
                 # F2 (defensive): a source that talks again has resumed: ABORT.
-                log.info("%s: source data during vMotion; treating it as ABORT", console.key)
+                log.info("%s: source data during vMotion; treating it as ABORT", _tag(console))
                 self._abort(console, AbortReason.SOURCE_RESUMED)
             self._output(console, payload)
         elif conn.role is Role.DESTINATION and console is not None:
@@ -743,7 +770,7 @@ class Hub:
             )
         if refusal is not None:
             console.counters.vmotion_refusals += 1
-            log.info("%s: vMotion refused (NOTNOW): %s", console.key, refusal.text)
+            log.info("%s: vMotion refused (NOTNOW): %s", _tag(console), refusal.text)
             conn.channel.notnow(sequence)
             self._emit(refusal)
             return
@@ -761,7 +788,7 @@ class Hub:
         conn.channel.goahead(sequence, secret)
         # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
         # datacenter-wide evacuation logs one line per vMotion, not two.
-        log.debug("%s: vMotion begins from %s", console.key, conn.channel.peer)
+        log.debug("%s: vMotion begins from %s", _tag(console), conn.channel.peer)
         self._emit(VMotionBegun(console.key, console.display_name, conn.channel.peer))
 
     def _peer(self, conn: VmConn, cookie: bytes) -> None:
@@ -779,7 +806,7 @@ class Hub:
         if action is Action.SECOND_PEER and mig.dest is not None:
             log.warning(
                 "%s: second PEER from %s while %s is bound; ignored (TV-19)",
-                console.key,
+                _tag(console),
                 conn.channel.peer,
                 mig.dest.channel.peer,
             )
@@ -790,7 +817,7 @@ class Hub:
             mig.dest_output += conn.early.take()
         if conn.uuid is not None and conn.uuid != console.key.uuid:
             log.warning(
-                "%s: destination %s reports UUID %s", console.key, conn.channel.peer, conn.uuid
+                "%s: destination %s reports UUID %s", _tag(console), conn.channel.peer, conn.uuid
             )
         conn.channel.peer_ok(mig.sequence)
         self._emit(VMotionPeered(console.key, console.display_name, conn.channel.peer))
@@ -821,7 +848,7 @@ class Hub:
             console.name = conn.name
         console.counters.vmotions += 1
         log.info(
-            "%s: vMotion complete, %s -> %s", console.key, source.channel.peer, conn.channel.peer
+            "%s: vMotion complete, %s -> %s", _tag(console), source.channel.peer, conn.channel.peer
         )
         self._emit(
             VMotionCompleted(
@@ -863,7 +890,7 @@ class Hub:
         mig.abandon = None
         log.warning(
             "%s: vMotion abandoned after %.0f s; port kept, input held",
-            console.key,
+            _tag(console),
             self.settings.abandon_time,
         )
         self._end_migration(console, AbortReason.ABANDONED)
@@ -879,7 +906,7 @@ class Hub:
         if mig.dest is not None:
             mig.dest.role = Role.RETIRED
             mig.dest.channel.close()
-        log.info("%s: vMotion ended: %s", console.key, reason.value)
+        log.info("%s: vMotion ended: %s", _tag(console), reason.value)
         self._emit(VMotionAborted(console.key, console.display_name, reason))
 
     def _forget(self, console: Console, mig: Migration) -> None:
@@ -962,7 +989,7 @@ class Hub:
         self._cancel_expiry(console)
         log.info(
             "%s: %s client %s attached (%s%s, uid %s)",
-            console.key,
+            _tag(console),
             kind,
             channel.peer,
             lock.value,
@@ -1022,7 +1049,7 @@ class Hub:
             console.counters.input_dropped += dropped
             log.warning(
                 "%s: held input over %d bytes; %d oldest bytes dropped",
-                console.key,
+                _tag(console),
                 console.hold.limit,
                 dropped,
             )
@@ -1039,7 +1066,7 @@ class Hub:
         info = self.client_info(client) if self._observers else None
         console.clients.remove(client)
         self._client_count -= 1
-        log.info("%s: %s client %s detached", console.key, client.kind, client.channel.peer)
+        log.info("%s: %s client %s detached", _tag(console), client.kind, client.channel.peer)
         if info is not None:
             self._emit(ClientDetached(console.key, console.display_name, info, reason))
             if had_lock:
@@ -1103,7 +1130,7 @@ class Hub:
             if self._ports is not None:
                 self._ports.release(console.port)
         self._taps.pop(console.key, None)
-        log.info("%s: console %s expired", console.key, console.display_name)
+        log.info("%s: console expired", _tag(console))
         self._emit(ConsoleExpired(console.key, console.display_name, console.port))
 
     def reclaim(self, count: int) -> int:
