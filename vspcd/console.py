@@ -199,7 +199,8 @@ class Client:
     since: float
     uid: int | None = None
     user: str | None = None
-    bytes_in: int = 0
+    bytes_in: int = 0  # typed and accepted for the VM
+    bytes_out: int = 0  # console output handed to the channel
     ident: int = 0
     # The lock (its holder's id; 0: read-only attachment) this client was last told
     # drops its input, so it is told once per lock, not per keystroke (issue #9).
@@ -255,7 +256,7 @@ class Console:
     name: str
     scrollback: Scrollback
     hold: Bounded  # client -> VM bytes held (vMotion, congestion, or no VM)
-    created: float
+    created: float  # hub clock
     port: int | None = None
     vm: VmConn | None = None
     service_uri: str | None = None
@@ -265,7 +266,7 @@ class Console:
     expiry: Cancellable | None = None
     expires_at: float | None = None
     refuse_next_vmotion: bool = False
-    last_activity: float = 0.0
+    last_output: float | None = None  # hub clock of the VM's latest output
     counters: Counters = field(default_factory=Counters)
 
     @property

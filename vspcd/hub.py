@@ -246,6 +246,8 @@ class Hub:
             since=client.since,
             uid=client.uid,
             user=client.user,
+            bytes_in=client.bytes_in,
+            bytes_out=client.bytes_out,
         )
 
     def console_info(self, console: Console, *, detail: bool = False) -> ConsoleInfo:
@@ -270,9 +272,11 @@ class Hub:
             lock=None if holder is None else holder.mode,
             lock_holder=None if holder is None else self.client_info(holder),
             attached=tuple(self.client_info(c) for c in console.clients),
+            created=console.created,
+            last_output=console.last_output,
             service_uri=console.service_uri if detail else None,
             vm_peer=(None if console.vm is None else console.vm.channel.peer) if detail else None,
-            counters=asdict(counters) if detail else None,
+            counters={**asdict(counters), "hold_dropped": console.hold.dropped} if detail else None,
         )
 
     # ================================================================== observers
@@ -668,7 +672,6 @@ class Hub:
             scrollback=Scrollback(self.settings.scrollback),
             hold=Bounded(self.settings.hold_limit),
             created=now,
-            last_activity=now,
         )
         self._consoles[key] = console
         return console
@@ -720,10 +723,13 @@ class Hub:
     def _output(self, console: Console, data: bytes) -> None:
         if not data:
             return
-        console.counters.bytes_from_vm += len(data)
+        size = len(data)
+        console.counters.bytes_from_vm += size
+        console.last_output = self._clock()
         console.scrollback.append(data)
         escaped = escape(data)  # once for every telnet client (fan-out shares objects)
         for client in console.clients:
+            client.bytes_out += size
             client.channel.console_output(data, escaped)
         taps = self._taps.get(console.key)
         if taps:

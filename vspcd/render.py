@@ -49,6 +49,10 @@ def _client(info: ClientInfo, epoch: float | None) -> ClientInfo:
     return replace(info, since=round(info.since + epoch, 3))
 
 
+def _unix(when: float | None, epoch: float) -> float | None:
+    return None if when is None else round(when + epoch, 3)
+
+
 def _console(info: ConsoleInfo, epoch: float | None) -> ConsoleInfo:
     if epoch is None:
         return info
@@ -56,6 +60,8 @@ def _console(info: ConsoleInfo, epoch: float | None) -> ConsoleInfo:
         info,
         lock_holder=None if info.lock_holder is None else _client(info.lock_holder, epoch),
         attached=tuple(_client(c, epoch) for c in info.attached),
+        created=_unix(info.created, epoch),
+        last_output=_unix(info.last_output, epoch),
     )
 
 

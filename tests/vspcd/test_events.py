@@ -22,6 +22,7 @@ from tests.vspcd.test_hub import (
 )
 from vspc.common import vmware as vm
 from vspc.common.admin import ClientInfo, ClientKind, ErrorCode, LockMode, VMotionPhase
+from vspc.common.session import VmData
 from vspc.vspcd.console import ConsoleKey
 from vspc.vspcd.events import (
     AbortReason,
@@ -176,3 +177,30 @@ def test_show_keeps_null_service_fields_and_client_info_round_trips() -> None:
     info = rig.hub.client_info(client)
     assert ClientInfo.from_json(info.to_json()) == info
     assert row["attached"][0]["since"] == round(info.since + 1000.0, 3)
+
+
+def test_activity_and_byte_counts_are_reported() -> None:
+    # Issue #8 item 6: created, last output, bytes each way per client, hold drops.
+    rig = make_rig(hold_limit=4)
+    conn, _ = connect(rig)
+    console = console_of(conn)
+    client, _ = attach(rig, console)
+    created = rig.clock.now
+    info = rig.hub.console_info(console)
+    assert info.created == created and info.last_output is None
+    rig.clock.now += 2.5
+    rig.hub.vm_event(conn, VmData(b"hello"))
+    rig.hub.client_input(client, b"ab")
+    rig.hub.vm_closed(conn)
+    rig.hub.client_input(client, b"cdefg")  # held with no VM: the oldest byte dropped
+    info = rig.hub.console_info(console, detail=True)
+    assert info.last_output == created + 2.5
+    (seen,) = info.attached
+    assert (seen.bytes_in, seen.bytes_out) == (7, 5)
+    assert info.counters is not None and info.counters["hold_dropped"] == 1
+    row = show_row(info, epoch=100.0)
+    assert row["created"] == round(created + 100.0, 3)
+    assert row["last_output"] == round(created + 102.5, 3)
+    assert row["attached"][0]["bytes_out"] == 5
+    never = rig.hub.console_info(rig.hub.restore(ConsoleKey("00" * 16), "old", None, None))
+    assert "last_output" not in never.to_json()

@@ -33,13 +33,23 @@ SECRET = b"\xff\x00\xff\x10"  # the §6.4 secret hook value
 # ---------------------------------------------------------------------------- rig
 
 
+# What the hub's former `describe()` / `client_rows()` returned: the protocol-v1 row
+# fields.  The optional fields added later (created, last_output, bytes_in/out; issue
+# #8) are tested in test_events.py.
+_LATER = {"created", "last_output", "bytes_in", "bytes_out"}
+
+
+def _v1(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _v1(v) if isinstance(v, dict) else v for k, v in row.items() if k not in _LATER}
+
+
 def describe(hub: Hub, console: Console) -> dict[str, Any]:
     """A console's list row without `attached`, on the hub's clock."""
-    return summary_row(hub.console_info(console))
+    return _v1(summary_row(hub.console_info(console)))
 
 
 def client_rows(hub: Hub, console: Console) -> list[dict[str, Any]]:
-    return [client_row(hub.client_info(c)) for c in console.clients]
+    return [_v1(client_row(hub.client_info(c))) for c in console.clients]
 
 
 @dataclass
