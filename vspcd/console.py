@@ -6,6 +6,7 @@ is the only writer.  Spec: PROTOCOL.md §3.5 (port key), §4.1 (cookie), §4.4 (
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
@@ -94,6 +95,13 @@ class ConsoleKey:
 Phase = VMotionPhase
 
 
+@functools.lru_cache(maxsize=4096)
+def _tag(display_name: str, uuid: str) -> str:
+    # Cached: rendering a name safe is per character, and INFO lines name a console
+    # on every vMotion (bench/vmotion_micro.py).
+    return f"{safe(display_name)} ({uuid[:8]})"
+
+
 class Role(Enum):
     """What a VM connection is to its console."""
 
@@ -101,6 +109,11 @@ class Role(Enum):
     ACTIVE = "active"
     DESTINATION = "destination"  # PEERed, not yet COMPLETE
     CHALLENGER = "challenger"  # claims a console whose VM connection is being probed
+
+    # Members are singletons: identity hashing is exact, and C-fast where Enum's own
+    # __hash__ is a Python call (the vMotion table is looked up on every VM message
+    # of a migrating console).
+    __hash__ = object.__hash__
     RETIRED = "retired"  # a former source or replaced connection
 
 
@@ -278,7 +291,7 @@ class Console:
     def tag(self) -> str:
         """How log lines name the console: `NAME (shortkey)`, the name safe-rendered
         and the key cut to the UUID's first 8 hex digits (issue #9 item 4)."""
-        return f"{safe(self.display_name)} ({self.key.uuid[:8]})"
+        return _tag(self.display_name, self.key.uuid)
 
     @property
     def phase(self) -> Phase:

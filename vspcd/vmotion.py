@@ -45,6 +45,8 @@ class Trigger(Enum):
     ABANDON = "abandon"  # the F8 grace timer fired (role: the departed source's)
     PROXY = "proxy"  # a fresh DO-PROXY + UUID for this console's key
 
+    __hash__ = object.__hash__  # as console.Role: singletons, C-fast table lookups
+
 
 class Action(Enum):
     """What the hub does (PROTOCOL.md §4.3 names in the comments)."""
