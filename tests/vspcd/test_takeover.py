@@ -253,3 +253,11 @@ def test_ha_restart_gets_the_console_back_over_loopback(tmp_path: Path) -> None:
             await new.close()
 
     asyncio.run(main())
+
+
+def test_anything_from_the_probed_connection_counts_as_an_answer() -> None:
+    s = scene()
+    stranger, stranger_vm = claim(s)
+    s.vm_says(s.src, b"still here")
+    assert stranger_vm.closed and s.console.vm is s.src
+    assert s.viewer.received == b"still here"
