@@ -43,6 +43,7 @@ from tests.vspcd.test_hub import (
 from vspc.common import esxi
 from vspc.common import vmware as vm
 from vspc.common.session import VmData, VmIdentified, VmNamed
+from vspc.vspcd import hub as hub_module
 from vspc.vspcd.console import Phase, Role, VmConn
 from vspc.vspcd.events import HubEvent, TakeoverRefused, VMotionAborted, VmReplaced
 
@@ -261,3 +262,11 @@ def test_anything_from_the_probed_connection_counts_as_an_answer() -> None:
     s.vm_says(s.src, b"still here")
     assert stranger_vm.closed and s.console.vm is s.src
     assert s.viewer.received == b"still here"
+
+
+@pytest.mark.parametrize(
+    ("peer_name", "host"),
+    [("10.0.0.1:4000", "10.0.0.1"), ("[2001:db8::1]:4000", "2001:db8::1"), ("?", "?")],
+)
+def test_the_host_part_of_a_peer_name(peer_name: str, host: str) -> None:
+    assert hub_module._host(peer_name) == host
