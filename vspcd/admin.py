@@ -60,6 +60,7 @@ from vspc.common.admin import (
     AdminError,
     AttachGrant,
     ErrorCode,
+    EventName,
     Hello,
     LineFramer,
     Request,
@@ -71,9 +72,11 @@ from vspc.common.admin import (
     required_access,
     validate_request,
 )
-from vspc.vspcd import __version__
+from vspc.common.display import safe
+from vspc.vspcd import __version__, render
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import Client, Console, LockMode
+from vspc.vspcd.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub import Hub, HubError
 from vspc.vspcd.links import peer_name
 from vspc.vspcd.listeners import (
@@ -179,14 +182,6 @@ def _user_name(uid: int) -> str | None:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return None
-
-
-def _error_code(code: str) -> ErrorCode:
-    # HubError codes are admin error-code strings; anything else is our bug.
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return ErrorCode.INTERNAL
 
 
 class TokenBucket:
@@ -298,7 +293,8 @@ def _list(link: AdminLink, request: Request) -> Reply:
 @handles("show")
 def _show(link: AdminLink, request: Request) -> Reply:
     console = link.server.hub.find(request.fields["vm"])
-    return {"console": link.server.unix_console(link.server.hub.show(console))}
+    info = link.server.hub.console_info(console, detail=True)
+    return {"console": render.show_row(info, link.server.epoch)}
 
 
 @handles("attach")
@@ -318,17 +314,18 @@ def _clear(link: AdminLink, request: Request) -> Reply:
     if port is not None:
         found = hub.console_by_port(port)
         if found is None:
-            raise HubError("vm_not_found", f"no console has port {port}")
+            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console has port {port}")
         console = found
     else:
         console = hub.find(request.fields["vm"])
     cleared = hub.clear(console, _disconnect_text(link.identity, reason))
     log.info(
-        "admin %s cleared %s: %d client(s) disconnected (%s)",
+        "admin %s cleared %s: %d client(s) disconnected (%s), key %s",
         link.identity,
-        console.display_name,
+        safe(console.display_name),
         cleared,
-        reason or "no reason given",
+        safe(reason or "no reason given"),
+        console.key.uuid[:8],
     )
     return {"key": str(console.key), "name": console.display_name, "cleared": cleared}
 
@@ -344,8 +341,8 @@ def _kick(link: AdminLink, request: Request) -> Reply:
         client.ident,
         client.kind,
         client.channel.peer,
-        console.display_name,
-        reason or "no reason given",
+        console.tag,
+        safe(reason or "no reason given"),
     )
     return {"key": str(console.key), "name": console.display_name, "client": client.ident}
 
@@ -403,6 +400,7 @@ class AdminLink(asyncio.Protocol):
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._client: Client | None = None
         self._replay = b""
+        self._greeting: list[str] = []  # notices from the hub during attach
         self._dropped = 0  # attach output lost to a slow reader since the last marker
         self.subscribed = False
         self.identity = Identity("?")
@@ -527,7 +525,7 @@ class AdminLink(asyncio.Protocol):
         except AdminError as exc:
             reply = exc.to_reply()
         except HubError as exc:
-            reply = failed(_error_code(exc.code), str(exc), rid)
+            reply = failed(exc.code, str(exc), rid)
         except Exception:
             log.exception("admin %s: request %r failed", self.identity, obj.get("cmd"))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
@@ -590,19 +588,21 @@ class AdminLink(asyncio.Protocol):
 
     # -- events and tails -----------------------------------------------------------------
 
-    def hub_event(self, name: str, key: str | None, line: bytes) -> None:
-        """A hub event (already encoded by the server) for this connection, if wanted."""
+    def hub_event(self, event: HubEvent, line: bytes | None) -> None:
+        """A hub event and its event line (encoded once by the server; None for an
+        internal event) for this connection, if wanted."""
         if self._mode is not Mode.JSON or self._attaching:
             return
-        if self.subscribed:
+        if self.subscribed and line is not None:
             self._push(line)
-        if name == "vm_expired" and key is not None and key in self._tails:
+        key = str(event.key)
+        if isinstance(event, ConsoleExpired) and key in self._tails:
             tail = self._tails.pop(key)
             tail.untap()
             self._push(
                 encode_message(
                     {
-                        "event": "tail_end",
+                        "event": EventName.TAIL_END.value,
                         "key": key,
                         "name": tail.console.display_name,
                         "reason": "console expired",
@@ -623,7 +623,7 @@ class AdminLink(asyncio.Protocol):
                 self._push(
                     encode_message(
                         {
-                            "event": "output",
+                            "event": EventName.OUTPUT.value,
                             "key": key,
                             "name": console.display_name,
                             "data_b64": encode_bytes(data),
@@ -672,13 +672,13 @@ class AdminLink(asyncio.Protocol):
         log.info(
             "admin %s attached to %s as client %d: mode %s%s",
             me,
-            console.display_name,
+            console.tag,
             client.ident,
             lock.value,
             ", read-only" if readonly else "",
         )
         if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
-            log.info("admin %s took the %s lock on %s", me, lock.value, console.display_name)
+            log.info("admin %s took the %s lock on %s", me, lock.value, console.tag)
         return AttachGrant(
             str(console.key),
             console.display_name,
@@ -697,6 +697,9 @@ class AdminLink(asyncio.Protocol):
         replay, self._replay = self._replay, b""
         if replay:
             self._transport.write(replay)
+        greeting, self._greeting = self._greeting, []
+        for text in greeting:
+            self.notify(text)
         # From now on the console's per-client policy applies (slow reader: drop).
         self._transport.set_write_buffer_limits(high=self.server.config.client_queue)
         rest = self._framer.take_remaining()  # sent after the attach line: console input
@@ -712,7 +715,7 @@ class AdminLink(asyncio.Protocol):
         log.info(
             "admin %s detached from %s (client %d)%s",
             self.identity,
-            client.console.display_name,
+            client.console.tag,
             client.ident,
             f", releasing the {client.mode.value} lock" if held else "",
         )
@@ -728,7 +731,11 @@ class AdminLink(asyncio.Protocol):
         self._transport.write(raw)
 
     def notify(self, text: str) -> None:
-        if self._mode is Mode.ATTACHED and self._transport is not None:
+        if self._attaching:
+            # Said while joining ("VM not connected"): shown once the attach reply and
+            # the replay are out, not inside the JSON reply stream.
+            self._greeting.append(text)
+        elif self._mode is Mode.ATTACHED and self._transport is not None:
             self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
 
     def pause_reading(self) -> None:
@@ -846,7 +853,7 @@ class AdminServer:
         self._socket: AdminSocket | None = None
         self._tcp: asyncio.Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
-        self._epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
+        self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
         self._stopping = False
 
     @property
@@ -862,7 +869,7 @@ class AdminServer:
             KeyError: --admin-socket-group names no group.
         """
         config = self.config
-        self._epoch = time.time() - self.hub.now()
+        self.epoch = time.time() - self.hub.now()
         self._unsubscribe = self.hub.subscribe(self._on_hub_event)
         try:
             self._socket = await start_admin_socket(
@@ -931,46 +938,30 @@ class AdminServer:
 
     def console_rows(self) -> list[dict[str, Any]]:
         """Every console's `list` row, sorted by key."""
-        return [self.unix_console(self.hub.list_row(c)) for c in self.hub.consoles()]
+        hub, epoch = self.hub, self.epoch
+        return [render.console_row(hub.console_info(c), epoch) for c in hub.consoles()]
 
-    def unix_client(self, row: dict[str, Any]) -> dict[str, Any]:
-        """A hub client row with `since` on the Unix clock (the hub's is monotonic)."""
-        return {**row, "since": round(row["since"] + self._epoch, 3)}
-
-    def unix_console(self, row: dict[str, Any]) -> dict[str, Any]:
-        row = dict(row)
-        if row.get("lock_holder") is not None:
-            row["lock_holder"] = self.unix_client(row["lock_holder"])
-        if "attached" in row:
-            row["attached"] = [self.unix_client(c) for c in row["attached"]]
-        return row
-
-    def _on_hub_event(self, name: str, fields: dict[str, Any]) -> None:
+    def _on_hub_event(self, event: HubEvent) -> None:
         # Must not raise: the hub drops an observer that does (and with it every
         # subscriber).  One broken link is closed; the others still get the event.
-        if name != "vm_expired" and not any(link.subscribed for link in self._links):
-            return  # nobody listens (vm_expired may still end someone's tail)
+        expired = isinstance(event, ConsoleExpired)
+        if not expired and not any(link.subscribed for link in self._links):
+            return  # nobody listens (an expiry may still end someone's tail)
         try:
-            message: dict[str, Any] = {"event": name, **fields}
-            match name:
-                case "client_attached":
-                    message["client"] = self.unix_client(fields["client"])
-                case "vm_connected":
-                    message["console"] = self.unix_console(fields["console"])
-                case "client_detached" if fields.get("reason") is None:
-                    message.pop("reason", None)
-                case _:
-                    pass
-            line = encode_message(message)
+            message = render.event_message(event, self.epoch)
+            line = None if message is None else encode_message(message)
         except Exception:
-            log.exception("admin: cannot encode hub event %s", name)
+            log.exception("admin: cannot encode hub event %s", type(event).__name__)
             return
-        key = fields.get("key")
+        if line is None and not expired:
+            return
         for link in list(self._links):
             try:
-                link.hub_event(name, key, line)
+                link.hub_event(event, line)
             except Exception:
-                log.exception("admin %s: event %s failed; closing it", link.identity, name)
+                log.exception(
+                    "admin %s: event %s failed; closing it", link.identity, type(event).__name__
+                )
                 link.abort()
 
 

@@ -43,6 +43,7 @@ PORT_RANGE_START = 50000
 VM_EXPIRE_TIME = 86400.0
 ADMIN_SOCKET_MODE = 0o660
 VMOTION_ABANDON = 60.0  # PROTOCOL.md §4.6: 30-120 s is reasonable
+TAKEOVER_TIMEOUT = 5.0  # docs/security.md "Console takeover": HA restarts win within 10 s
 CLIENT_QUEUE = 1024 * 1024
 HOLD_LIMIT = 1024 * 1024  # PROTOCOL.md §4.4 duty 5: "e.g. 1 MiB"
 SCROLLBACK = 64 * 1024
@@ -88,6 +89,8 @@ class Config:
     client_limit: int = 0  # 0 = unlimited
     multi_console: bool = False
     vmotion_abandon: float = VMOTION_ABANDON
+    takeover_timeout: float = TAKEOVER_TIMEOUT
+    no_notices: bool = False
     client_queue: int = CLIENT_QUEUE
     hold_limit: int = HOLD_LIMIT
     scrollback: int = SCROLLBACK
@@ -361,6 +364,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=VMOTION_ABANDON,
         metavar="SECONDS",
         help="grace after a migrating source disconnects before the vMotion is abandoned",
+    )
+    policy.add_argument(
+        "--takeover-timeout",
+        type=_seconds(positive=True),
+        default=TAKEOVER_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "when a VM connection from another host claims a console, how long its current "
+            "VM connection has to answer a liveness probe before it is replaced "
+            f"(default {TAKEOVER_TIMEOUT:g}; docs/security.md)"
+        ),
+    )
+    policy.add_argument(
+        "--no-notices",
+        action="store_true",
+        default=False,
+        help=(
+            "do not tell console clients what is going on with '[vspcd: ...]' lines "
+            "(VM connected/disconnected, vMotion done, input dropped, lock released), "
+            "for scripted clients that must see only VM bytes"
+        ),
     )
     policy.add_argument(
         "--client-queue",

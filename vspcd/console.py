@@ -6,18 +6,21 @@ is the only writer.  Spec: PROTOCOL.md §3.5 (port key), §4.1 (cookie), §4.4 (
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from vspc.common.admin import LockMode
+from vspc.common.admin import ClientKind, LockMode, VMotionPhase
+from vspc.common.display import safe
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Bounded",
     "Cancellable",
+    "Challenge",
     "Client",
     "ClientChannel",
     "Console",
@@ -49,6 +52,10 @@ class VmChannel(Protocol):
     def peer_ok(self, sequence: bytes) -> None: ...
     def write_backlog(self) -> int: ...
     def close(self) -> None: ...
+
+    def probe(self) -> None:
+        """Send a liveness probe the peer must answer (IAC DO TIMING-MARK); the link
+        calls `Hub.vm_heard` when it next reads anything from the peer."""
 
 
 class ClientChannel(Protocol):
@@ -83,12 +90,16 @@ class ConsoleKey:
         return f"{self.uuid}_{self.label}" if self.label else self.uuid
 
 
-class Phase(Enum):
-    """vMotion phase of a console (PROTOCOL.md §4.5)."""
+# A console's vMotion phase (PROTOCOL.md §4.5) is the admin protocol's own enum:
+# one type from the state machine to the wire (issue #8 item 2).
+Phase = VMotionPhase
 
-    NORMAL = "normal"
-    PENDING = "pending"  # GOAHEAD sent, no destination bound
-    PEERED = "peered"  # destination bound by PEER, waiting for COMPLETE
+
+@functools.lru_cache(maxsize=4096)
+def _tag(display_name: str, uuid: str) -> str:
+    # Cached: rendering a name safe is per character, and INFO lines name a console
+    # on every vMotion (bench/vmotion_micro.py).
+    return f"{safe(display_name)} ({uuid[:8]})"
 
 
 class Role(Enum):
@@ -97,6 +108,12 @@ class Role(Enum):
     UNBOUND = "unbound"  # not identified yet, refused, or replaced
     ACTIVE = "active"
     DESTINATION = "destination"  # PEERed, not yet COMPLETE
+    CHALLENGER = "challenger"  # claims a console whose VM connection is being probed
+
+    # Members are singletons: identity hashing is exact, and C-fast where Enum's own
+    # __hash__ is a Python call (the vMotion table is looked up on every VM message
+    # of a migrating console).
+    __hash__ = object.__hash__
     RETIRED = "retired"  # a former source or replaced connection
 
 
@@ -180,6 +197,7 @@ class VmConn:
     console: Console | None = None
     early: Bounded = field(default_factory=lambda: Bounded(64 * 1024))  # pre-identification
     congested: bool = False
+    unannounced: bool = False  # bound, "connected" line waiting for VM-NAME
 
 
 @dataclass(eq=False, slots=True)
@@ -188,14 +206,18 @@ class Client:
 
     channel: ClientChannel
     console: Console
-    kind: str  # "telnet" or "attach"
+    kind: ClientKind
     mode: LockMode
     readonly: bool
     since: float
     uid: int | None = None
     user: str | None = None
-    bytes_in: int = 0
+    bytes_in: int = 0  # typed and accepted for the VM
+    bytes_out: int = 0  # console output handed to the channel
     ident: int = 0
+    # The lock (its holder's id; 0: read-only attachment) this client was last told
+    # drops its input, so it is told once per lock, not per keystroke (issue #9).
+    told_dropped: int | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -214,6 +236,16 @@ class Migration:
     @property
     def phase(self) -> Phase:
         return Phase.PEERED if self.dest is not None else Phase.PENDING
+
+
+@dataclass(eq=False, slots=True)
+class Challenge:
+    """A connection from another host claims a console whose VM connection is live as
+    far as TCP knows: the old one is probed (docs/security.md, "Console takeover")."""
+
+    newcomer: VmConn
+    target: VmConn  # the console's VM connection, probed
+    timer: Cancellable  # the probe's deadline: no answer -> the newcomer takes over
 
 
 @dataclass(eq=False, slots=True)
@@ -237,22 +269,29 @@ class Console:
     name: str
     scrollback: Scrollback
     hold: Bounded  # client -> VM bytes held (vMotion, congestion, or no VM)
-    created: float
+    created: float  # hub clock
     port: int | None = None
     vm: VmConn | None = None
     service_uri: str | None = None
     migration: Migration | None = None
+    challenge: Challenge | None = None
     clients: list[Client] = field(default_factory=list)
     expiry: Cancellable | None = None
     expires_at: float | None = None
     refuse_next_vmotion: bool = False
-    last_activity: float = 0.0
+    last_output: float | None = None  # hub clock of the VM's latest output
     counters: Counters = field(default_factory=Counters)
 
     @property
     def display_name(self) -> str:
         """vSPC.py's NAME_LABEL form (NAME_URI in multi-console mode)."""
         return f"{self.name}_{self.key.label}" if self.key.label else self.name
+
+    @property
+    def tag(self) -> str:
+        """How log lines name the console: `NAME (shortkey)`, the name safe-rendered
+        and the key cut to the UUID's first 8 hex digits (issue #9 item 4)."""
+        return _tag(self.display_name, self.key.uuid)
 
     @property
     def phase(self) -> Phase:

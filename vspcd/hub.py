@@ -13,21 +13,22 @@ Theory of operation
 -------------------
 A *console* is keyed by `ConsoleKey(uuid, label)`.  An ESXi connection starts UNBOUND;
 once it has both an accepted DO-PROXY and a VM-VC-UUID it becomes the console's ACTIVE
-connection (replacing any older one: TV-27, F11).  VM output before that is held in
-the connection's bounded `early` buffer and released on binding.
+connection (replacing an older one from the same host: TV-27, F11).  VM output before
+that is held in the connection's bounded `early` buffer and released on binding.
 
-vMotion per console (PROTOCOL.md §4.5):
+vMotion per console (PROTOCOL.md §4.5) is the table in vspcd/vmotion.py: each
+vMotion entry point here (`_begin`, `_peer`, `_complete`, `_abort_received`, data
+and close of a VM connection, the F8 timer, a fresh DO-PROXY) looks up
+`(console.phase, trigger, conn.role)` and carries out the action; a missing entry is
+F10 (log and ignore).  The checks that depend on data (cookie, sequence, the F1
+NOTNOW grounds) stay here.
 
-    NORMAL(active) --BEGIN, can go--> PENDING(source)   [GOAHEAD; client input held]
-    NORMAL         --BEGIN, cannot--> NORMAL            [NOTNOW, nothing else changes]
-    PENDING --PEER(cookie) on a new connection--> PEERED(source, dest)   [PEER-OK]
-    PEERED  --COMPLETE(seq) on dest--> NORMAL(dest)     [hold -> dest, once]
-    PEERED  --dest closes (F6)--> PENDING               [cookie and hold kept]
-    PENDING|PEERED --ABORT on source, or source data (F2/F3)--> NORMAL(source)
-    PENDING|PEERED --BEGIN on source (F9)--> implicit abort, then answer the BEGIN
-    PENDING|PEERED --source closes (F7)--> abandon timer armed; COMPLETE still wins
-    abandon timer (F8) --> NORMAL(no VM); hold kept for the next connection
-    anything else (F10) --> logged and ignored
+Takeover (docs/security.md, "Console takeover"): a VM connection from another
+address than the console's current one is refused mid-vMotion and otherwise waits
+while the current one is probed (`VmChannel.probe`); an answer (`vm_heard`) refuses
+it, silence for `takeover_timeout` lets it replace the current one.
+
+Every state change is reported to observers as a typed event (vspcd/events.py).
 
 A cookie (sequence || secret) is looked up by its exact bytes and is single-use: it
 dies on COMPLETE, ABORT, a replacing BEGIN, abandonment, or a new DO-PROXY (§4.1).
@@ -45,10 +46,12 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from vspc.common import vmware as vm
+from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, ErrorCode
+from vspc.common.display import safe
 from vspc.common.session import (
     Notice,
     ProxyRequested,
@@ -61,23 +64,49 @@ from vspc.common.telnet import escape
 from vspc.vspcd.console import (
     Bounded,
     Cancellable,
+    Challenge,
     Client,
     ClientChannel,
     Console,
     ConsoleKey,
     LockMode,
     Migration,
+    Phase,
     Role,
     Scrollback,
     VmChannel,
     VmConn,
 )
+from vspc.vspcd.events import (
+    AbortReason,
+    ClientAttached,
+    ClientDetached,
+    ConsoleCleared,
+    ConsoleExpired,
+    ConsoleRestored,
+    DropReason,
+    HubEvent,
+    InputDropped,
+    LockChanged,
+    Observer,
+    RefusalReason,
+    TakeoverRefused,
+    VmConnected,
+    VmDisconnected,
+    VMotionAborted,
+    VMotionBegun,
+    VMotionCompleted,
+    VMotionPeered,
+    VMotionRefused,
+    VmRenamed,
+    VmReplaced,
+)
+from vspc.vspcd.vmotion import Action, Trigger, next_action
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Hub", "HubError", "HubSettings", "PortAllocator"]
+__all__ = ["Hub", "HubError", "HubSettings", "Observer", "PortAllocator"]
 
-Observer = Callable[[str, dict[str, Any]], None]
 Tap = Callable[[bytes], None]
 OutputListener = Callable[[Console, bytes], None]
 
@@ -90,9 +119,9 @@ class PortAllocator(Protocol):
 
 
 class HubError(Exception):
-    """A request to the hub failed; `code` is an admin-protocol error code."""
+    """A request to the hub failed; `code` is the admin-protocol error code."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -110,6 +139,23 @@ class HubSettings:
     # VM-bound bytes still queued above which a BEGIN gets NOTNOW: GOAHEAD must reach
     # the VM within 5000 ms and queues behind them (PROTOCOL.md §4.4 duty 2, TV-32).
     vmotion_backlog_limit: int = 256 * 1024
+    # How long a VM connection has to answer the liveness probe when a connection from
+    # another host claims its console (docs/security.md, "Console takeover"): a VM
+    # restarted elsewhere by vSphere HA gets its console back within this.
+    takeover_timeout: float = 5.0
+    # Tell console clients what happens in `[vspcd: ...]` lines (issue #9 item 2).
+    notices: bool = True
+
+
+def _tag(console: Console) -> str:
+    return console.tag
+
+
+def _host(peer: str) -> str:
+    """The address part of a `host:port` / `[v6]:port` peer name."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer
 
 
 class Hub:
@@ -179,78 +225,66 @@ class Hub:
         if not found and spec.isdigit() and (by_port := self._by_port.get(int(spec))):
             found = [by_port]
         if not found:
-            raise HubError("vm_not_found", f"no console matches {spec!r}")
+            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {spec!r}")
         if len(found) > 1:
             names = ", ".join(sorted(c.display_name for c in found))
-            raise HubError("ambiguous_vm", f"{spec!r} matches several consoles: {names}")
+            raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
         return found[0]
-
-    def describe(self, console: Console) -> dict[str, Any]:
-        """The `list` row for one console (docs/admin-protocol.md)."""
-        holder = console.lock_holder()
-        now = self._clock()
-        return {
-            "name": console.display_name,
-            "vm_name": console.name,
-            "uuid": vm.display_uuid(console.key.uuid),
-            "key": str(console.key),
-            "label": console.key.label,
-            "port": console.port,
-            "connected": console.connected,
-            "clients": len(console.clients),
-            "vmotion": console.phase.value,
-            "expires_in": (
-                None if console.expires_at is None else max(0.0, console.expires_at - now)
-            ),
-            "lock": None if holder is None else holder.mode.value,
-            "lock_holder": None if holder is None else self._client_row(holder),
-        }
-
-    def client_rows(self, console: Console) -> list[dict[str, Any]]:
-        return [self._client_row(c) for c in console.clients]
-
-    def list_row(self, console: Console) -> dict[str, Any]:
-        """`describe` plus `attached`: the admin protocol's `list` row."""
-        return {**self.describe(console), "attached": self.client_rows(console)}
-
-    def show(self, console: Console) -> dict[str, Any]:
-        """The `show` reply's console object: a list row plus URI, VM peer and counters."""
-        counters = console.counters
-        return {
-            **self.list_row(console),
-            "service_uri": console.service_uri,
-            "vm_peer": None if console.vm is None else console.vm.channel.peer,
-            "counters": {
-                "bytes_from_vm": counters.bytes_from_vm,
-                "bytes_to_vm": counters.bytes_to_vm,
-                "vmotions": counters.vmotions,
-                "vmotion_aborts": counters.vmotion_aborts,
-                "vmotion_refusals": counters.vmotion_refusals,
-                "input_dropped": counters.input_dropped,
-                "vm_connects": counters.vm_connects,
-            },
-        }
 
     def now(self) -> float:
         """The hub's clock (what `since` and expiry times are measured on)."""
         return self._clock()
 
-    def _client_row(self, client: Client) -> dict[str, Any]:
-        return {
-            "id": client.ident,
-            "kind": client.kind,
-            "peer": client.channel.peer,
-            "uid": client.uid,
-            "user": client.user,
-            "mode": client.mode.value,
-            "readonly": not self.may_write(client),
-            "since": client.since,
-        }
+    def client_info(self, client: Client) -> ClientInfo:
+        """One client as the admin protocol describes it (`since` on the hub's clock)."""
+        return ClientInfo(
+            id=client.ident,
+            kind=client.kind,
+            peer=client.channel.peer,
+            mode=client.mode,
+            readonly=not self.may_write(client),
+            since=client.since,
+            uid=client.uid,
+            user=client.user,
+            bytes_in=client.bytes_in,
+            bytes_out=client.bytes_out,
+        )
+
+    def console_info(self, console: Console, *, detail: bool = False) -> ConsoleInfo:
+        """One console as a `list` row, or with `detail` the `show` object.
+
+        Rendered to JSON by vspcd/render.py (docs/admin-protocol.md, "Console objects").
+        """
+        holder = console.lock_holder()
+        expires_at = console.expires_at
+        counters = console.counters
+        return ConsoleInfo(
+            key=str(console.key),
+            name=console.display_name,
+            uuid=vm.display_uuid(console.key.uuid),
+            vm_name=console.name,
+            label=console.key.label,
+            port=console.port,
+            connected=console.connected,
+            clients=len(console.clients),
+            vmotion=console.phase,
+            expires_in=None if expires_at is None else max(0.0, expires_at - self._clock()),
+            lock=None if holder is None else holder.mode,
+            lock_holder=None if holder is None else self.client_info(holder),
+            attached=tuple(self.client_info(c) for c in console.clients),
+            created=console.created,
+            last_output=console.last_output,
+            service_uri=console.service_uri if detail else None,
+            vm_peer=(None if console.vm is None else console.vm.channel.peer) if detail else None,
+            counters={**asdict(counters), "hold_dropped": console.hold.dropped} if detail else None,
+        )
 
     # ================================================================== observers
 
     def subscribe(self, observer: Observer) -> Callable[[], None]:
-        """Call `observer(event_name, fields)` on every state change; returns unsubscribe."""
+        """Call `observer(event)` with a typed event (vspcd/events.py) after every state
+        change; returns a function that unsubscribes it.  An observer that raises is
+        logged and removed."""
         self._observers.append(observer)
         return lambda: self._observers.remove(observer) if observer in self._observers else None
 
@@ -279,16 +313,12 @@ class Hub:
 
         return remove
 
-    def _emit(self, event: str, console: Console | None = None, /, **fields: Any) -> None:
-        if not self._observers:
-            return
-        if console is not None:
-            fields = {"name": console.display_name, "key": str(console.key), **fields}
+    def _emit(self, event: HubEvent) -> None:
         for observer in list(self._observers):
             try:
-                observer(event, fields)
+                observer(event)
             except Exception:  # an observer is a client connection; never let it stop us
-                log.exception("observer failed on %s; removing it", event)
+                log.exception("observer failed on %s; removing it", type(event).__name__)
                 if observer in self._observers:  # it may have unsubscribed itself
                     self._observers.remove(observer)
 
@@ -302,6 +332,10 @@ class Hub:
 
     def vm_event(self, conn: VmConn, event: SessionEvent) -> None:
         """One hub-level event from a VM connection's ProxySession."""
+        console = conn.console
+        challenge = None if console is None else console.challenge
+        if challenge is not None and challenge.target is conn:
+            self.vm_heard(conn)  # anything it says proves it alive (the link tells too)
         match event:
             case VmData(payload):
                 self._vm_data(conn, payload)
@@ -316,7 +350,9 @@ class Hub:
                     # ESXi names the VM just after identifying it, so a new console is
                     # first announced under its UUID; tell subscribers the real name.
                     console.name = name
-                    self._emit("vm_renamed", console, vm_name=name)
+                    self._emit(VmRenamed(console.key, console.display_name, name))
+                if conn.unannounced and console is not None:
+                    self._announce(console, conn)
             case vm.VMotionBegin(sequence):
                 self._begin(conn, sequence)
             case vm.VMotionPeer(cookie):
@@ -370,23 +406,39 @@ class Hub:
     def _vm_closed(self, conn: VmConn) -> None:
         self._vms.discard(conn)
         console, role = conn.console, conn.role
+        if conn.unannounced and console is not None:
+            self._announce(console, conn)
         conn.role = Role.RETIRED
         if console is None:
             return
         mig = console.migration
-        if role is Role.DESTINATION and mig is not None and mig.dest is conn:
+        action = next_action(console.phase, Trigger.CLOSED, role)
+        if action is Action.UNBIND_DESTINATION and mig is not None and mig.dest is conn:
             # F6: unbind the destination; the cookie and the hold stay for ABORT/PEER.
             log.info(
-                "%s: vMotion destination %s closed before COMPLETE", console.key, conn.channel.peer
+                "%s: vMotion destination %s closed before COMPLETE",
+                _tag(console),
+                conn.channel.peer,
             )
             mig.dest = None
             mig.dest_output.clear()
+            return
+        challenge = console.challenge
+        if role is Role.CHALLENGER:
+            if challenge is not None and challenge.newcomer is conn:
+                challenge.timer.cancel()
+                console.challenge = None
             return
         if role is not Role.ACTIVE or console.vm is not conn:
             return
         console.vm = None
         self._follow_flow_control(console, conn)
-        if mig is not None and mig.source is conn:
+        if challenge is not None and challenge.target is conn:
+            # The probed connection closed: the claim was right; take over at once.
+            self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
+            self._end_challenge(console, challenge, probed=False)
+            return
+        if action is Action.SOURCE_LEFT and mig is not None:
             # F7: normal during a vMotion (the source's FIN may precede COMPLETE).
             mig.source_closed = True
             if mig.abandon is None:
@@ -394,7 +446,8 @@ class Hub:
                     self.settings.abandon_time, lambda: self._abandon(console, mig)
                 )
             return
-        self._emit("vm_disconnected", console, peer=conn.channel.peer)
+        self._emit(VmDisconnected(console.key, console.display_name, conn.channel.peer))
+        self._tell(console, f"VM {safe(console.display_name)} disconnected; input is held")
         self._maybe_expire(console)
 
     # -- identification ----------------------------------------------------------------
@@ -427,27 +480,50 @@ class Hub:
             if conn.console.key.uuid != uuid:
                 # The cookie stays authoritative (PROTOCOL.md §3.5).
                 log.warning(
-                    "%s: destination %s reports UUID %s", conn.console.key, conn.channel.peer, uuid
+                    "%s: destination %s reports UUID %s",
+                    _tag(conn.console),
+                    conn.channel.peer,
+                    uuid,
                 )
             return
         self._bind_source(conn)
 
-    def _bind_source(self, conn: VmConn) -> None:
-        """Make an identified, accepted connection its console's active one."""
+    def _bind_source(self, conn: VmConn, *, probed: bool = False) -> None:
+        """Make an identified, accepted connection its console's active one, unless the
+        takeover policy refuses it or must first probe the current one (`probed`: it
+        did not answer)."""
         if conn.role is not Role.UNBOUND or conn.uuid is None or not conn.proxy_accepted:
             return
         key = ConsoleKey(conn.uuid, conn.label or "")
-        console = self._consoles.get(key) or self._create(key, conn)
-        if console.migration is not None:
-            # F11: a fresh DO-PROXY for this key is a new VM instance (restart, HA).
-            log.info("%s: new connection %s during a vMotion; aborting it", key, conn.channel.peer)
-            self._end_migration(console, "replaced")
+        existing = self._consoles.get(key)
+        if existing is not None and not probed and not self._may_take_over(existing, conn):
+            return
+        console = existing or self._create(key, conn)
+        if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
+            # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
+            # instance (restart); `_may_take_over` refused one from anywhere else.
+            log.info(
+                "%s: new connection %s during a vMotion; aborting it",
+                _tag(console),
+                conn.channel.peer,
+            )
+            self._end_migration(console, AbortReason.REPLACED)
         old = console.vm
         if old is not None and old is not conn:
-            # TV-27: the newest connection wins; the old one is retired and closed.
-            log.info("%s: %s replaces %s", key, conn.channel.peer, old.channel.peer)
+            # TV-27: the newest connection wins (same host, or the old one is dead).
+            log.warning(
+                "%s: VM connection %s replaced by %s (%s)",
+                _tag(console),
+                old.channel.peer,
+                conn.channel.peer,
+                "no answer to the liveness probe" if probed else "same host",
+            )
             old.role = Role.RETIRED
             old.channel.close()
+            self._tell(console, f"VM connection {old.channel.peer} replaced by {conn.channel.peer}")
+            self._emit(
+                VmReplaced(key, console.display_name, old.channel.peer, conn.channel.peer, probed)
+            )
         console.vm = conn
         self._follow_flow_control(console, old)
         console.service_uri = conn.service_uri
@@ -456,17 +532,106 @@ class Hub:
         conn.role, conn.console = Role.ACTIVE, console
         console.counters.vm_connects += 1
         self._cancel_expiry(console)
-        log.info(
-            "%s: VM %s connected from %s, telnet port %s",
-            key,
-            console.display_name,
-            conn.channel.peer,
-            console.port,
-        )
-        self._emit("vm_connected", console, peer=conn.channel.peer, console=self.list_row(console))
+        if old is None:  # a replacement said so already
+            self._tell(console, f"VM {safe(console.display_name)} connected")
+        if conn.name is None and existing is None:
+            # ESXi names a VM just after identifying it: log the first connection
+            # once the name is known, so that `grep NAME` finds it (issue #9 item 4).
+            conn.unannounced = True
+        else:
+            self._announce(console, conn)
+        if self._observers:
+            info = self.console_info(console)
+            first = existing is None
+            self._emit(VmConnected(key, console.display_name, conn.channel.peer, info, first))
         if len(conn.early):
             self._output(console, conn.early.take())
         self._flush_hold(console)
+
+    def _announce(self, console: Console, conn: VmConn) -> None:
+        conn.unannounced = False
+        log.info(
+            "%s: VM connected from %s, telnet port %s",
+            _tag(console),
+            conn.channel.peer,
+            console.port,
+        )
+
+    # -- takeover (docs/security.md, "Console takeover"; issue #7 item 1) --------------
+
+    def _may_take_over(self, console: Console, conn: VmConn) -> bool:
+        """May `conn` become `console`'s VM connection now?  If not, it is refused
+        (closed) or becomes the challenger while the current connection is probed."""
+        mig = console.migration
+        if mig is not None:
+            if _host(mig.source.channel.peer) == _host(conn.channel.peer):
+                return True  # F11: the VM restarted on the source's host
+            self._refuse(console, conn, mig.source.channel.peer, "a vMotion is in progress")
+            return False
+        old = console.vm
+        if old is None or old is conn or _host(old.channel.peer) == _host(conn.channel.peer):
+            return True
+        if console.challenge is not None:
+            self._refuse(console, conn, old.channel.peer, "another claim is being checked")
+            return False
+        conn.role, conn.console = Role.CHALLENGER, console
+        console.challenge = challenge = Challenge(
+            conn,
+            old,
+            self._call_later(
+                self.settings.takeover_timeout, lambda: self._probe_expired(console, challenge)
+            ),
+        )
+        log.warning(
+            "%s: %s claims it from another host than %s; probing %s for %.0f s",
+            _tag(console),
+            conn.channel.peer,
+            old.channel.peer,
+            old.channel.peer,
+            self.settings.takeover_timeout,
+        )
+        old.channel.probe()
+        return False
+
+    def _refuse(self, console: Console, conn: VmConn, holder: str, why: str) -> None:
+        log.warning(
+            "%s: refused VM connection %s claiming it from %s (%s)",
+            _tag(console),
+            conn.channel.peer,
+            holder,
+            why,
+        )
+        conn.role, conn.console = Role.RETIRED, None
+        conn.channel.close()
+        self._tell(console, f"refused a VM connection from {conn.channel.peer} ({why})")
+        self._emit(TakeoverRefused(console.key, console.display_name, conn.channel.peer, holder))
+
+    def vm_heard(self, conn: VmConn) -> None:
+        """The link read something from `conn` after `probe()`: it is alive.  A
+        pending claim on its console is refused."""
+        console = conn.console
+        challenge = None if console is None else console.challenge
+        if console is None or challenge is None or challenge.target is not conn:
+            return
+        challenge.timer.cancel()
+        console.challenge = None
+        self._refuse(
+            console, challenge.newcomer, conn.channel.peer, "the VM connection answered the probe"
+        )
+
+    def _probe_expired(self, console: Console, challenge: Challenge) -> None:
+        if console.challenge is not challenge:
+            return
+        self._end_challenge(console, challenge, probed=True)
+
+    def _end_challenge(self, console: Console, challenge: Challenge, *, probed: bool) -> None:
+        """The probed connection is dead or gone: the challenger takes the console."""
+        challenge.timer.cancel()
+        console.challenge = None
+        newcomer = challenge.newcomer
+        if newcomer.role is Role.CHALLENGER:
+            newcomer.role, newcomer.console = Role.UNBOUND, None
+            self._bind_source(newcomer, probed=probed)
 
     def restore(
         self, key: ConsoleKey, name: str, port: int | None, service_uri: str | None
@@ -496,6 +661,7 @@ class Hub:
             console.port = port
             self._by_port[port] = console
         self._maybe_expire(console)
+        self._emit(ConsoleRestored(key, console.display_name, port))
         return console
 
     def _new_console(self, key: ConsoleKey, name: str) -> Console:
@@ -506,7 +672,6 @@ class Hub:
             scrollback=Scrollback(self.settings.scrollback),
             hold=Bounded(self.settings.hold_limit),
             created=now,
-            last_activity=now,
         )
         self._consoles[key] = console
         return console
@@ -516,7 +681,7 @@ class Hub:
         if self._ports is not None:
             console.port = self._ports.bind(key)
             if console.port is None:
-                log.error("%s: no free telnet port to bind", key)
+                log.error("%s: no free telnet port to bind", _tag(console))
             else:
                 self._by_port[console.port] = console
         return console
@@ -525,20 +690,26 @@ class Hub:
 
     def _vm_data(self, conn: VmConn, payload: bytes) -> None:
         console = conn.console
+        if conn.unannounced and console is not None:
+            self._announce(console, conn)  # it talks before naming itself
         if conn.role is Role.ACTIVE and console is not None:
-            mig = console.migration
-            if mig is not None and mig.source is conn:
-                # F2 (defensive): a source that talks again has resumed; treat as ABORT.
-                log.info("%s: source data during vMotion; treating it as ABORT", console.key)
-                self._abort(console, "source resumed")
+            # The table is consulted only mid-vMotion: plain output is the hot path.
+            if (
+                console.migration is not None
+                and next_action(console.phase, Trigger.DATA, conn.role) is Action.RESUMED
+            ):
+                # F2 (defensive): a source that talks again has resumed: ABORT.
+                log.info("%s: source data during vMotion; treating it as ABORT", _tag(console))
+                self._abort(console, AbortReason.SOURCE_RESUMED)
             self._output(console, payload)
         elif conn.role is Role.DESTINATION and console is not None:
             mig = console.migration
-            if mig is not None:
+            action = next_action(console.phase, Trigger.DATA, conn.role)
+            if mig is not None and action is Action.HOLD_DESTINATION_OUTPUT:
                 mig.dest_output += payload  # released on COMPLETE (§4.4 VM->client 2)
                 if len(mig.dest_output) > self.settings.hold_limit:
                     del mig.dest_output[: len(mig.dest_output) - self.settings.hold_limit]
-        elif conn.role is Role.UNBOUND:
+        elif conn.role in (Role.UNBOUND, Role.CHALLENGER):
             if conn.early.append(payload):
                 log.warning(
                     "VM %s: output before identification overflowed; oldest dropped",
@@ -552,10 +723,13 @@ class Hub:
     def _output(self, console: Console, data: bytes) -> None:
         if not data:
             return
-        console.counters.bytes_from_vm += len(data)
+        size = len(data)
+        console.counters.bytes_from_vm += size
+        console.last_output = self._clock()
         console.scrollback.append(data)
         escaped = escape(data)  # once for every telnet client (fan-out shares objects)
         for client in console.clients:
+            client.bytes_out += size
             client.channel.console_output(data, escaped)
         taps = self._taps.get(console.key)
         if taps:
@@ -582,25 +756,29 @@ class Hub:
 
     def _begin(self, conn: VmConn, sequence: bytes) -> None:
         console = conn.console
-        if conn.role is not Role.ACTIVE or console is None:
+        phase = Phase.NORMAL if console is None else console.phase
+        action = next_action(phase, Trigger.BEGIN, conn.role)
+        if action is Action.NOTNOW or console is None:
             log.info("VM %s: BEGIN on a connection that is not active; NOTNOW", conn.channel.peer)
             conn.channel.notnow(sequence)
             return
-        if console.migration is not None:
+        if action is Action.REBEGIN:
             # F9: a second BEGIN implicitly aborts the first; then answer this one.
-            self._abort(console, "new BEGIN")
-        reason = None
+            self._abort(console, AbortReason.NEW_BEGIN)
+        refusal = None
         backlog = conn.channel.write_backlog() + len(console.hold)
         if console.refuse_next_vmotion:
             console.refuse_next_vmotion = False
-            reason = "refused by operator"
+            refusal = VMotionRefused(console.key, console.display_name, RefusalReason.OPERATOR)
         elif backlog > self.settings.vmotion_backlog_limit:
-            reason = f"{backlog} VM-bound bytes still queued"
-        if reason is not None:
+            refusal = VMotionRefused(
+                console.key, console.display_name, RefusalReason.BACKLOG, backlog
+            )
+        if refusal is not None:
             console.counters.vmotion_refusals += 1
-            log.info("%s: vMotion refused (NOTNOW): %s", console.key, reason)
+            log.info("%s: vMotion refused (NOTNOW): %s", _tag(console), refusal.text)
             conn.channel.notnow(sequence)
-            self._emit("vmotion_notnow", console, reason=reason)
+            self._emit(refusal)
             return
         # Duty 1: every byte queued for the source precedes GOAHEAD on the wire.
         if len(console.hold):
@@ -616,8 +794,8 @@ class Hub:
         conn.channel.goahead(sequence, secret)
         # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
         # datacenter-wide evacuation logs one line per vMotion, not two.
-        log.debug("%s: vMotion begins from %s", console.key, conn.channel.peer)
-        self._emit("vmotion_begin", console, peer=conn.channel.peer)
+        log.debug("%s: vMotion begins from %s", _tag(console), conn.channel.peer)
+        self._emit(VMotionBegun(console.key, console.display_name, conn.channel.peer))
 
     def _peer(self, conn: VmConn, cookie: bytes) -> None:
         console = self._cookies.get(cookie)
@@ -627,13 +805,14 @@ class Hub:
                 "VM %s: PEER with an unknown or stale cookie; no PEER-OK (F5)", conn.channel.peer
             )
             return
-        if conn.role is not Role.UNBOUND:
+        action = next_action(console.phase, Trigger.PEER, conn.role)
+        if action is Action.IGNORE:
             log.warning("VM %s: PEER on a connection already in use; ignored", conn.channel.peer)
             return
-        if mig.dest is not None:
+        if action is Action.SECOND_PEER and mig.dest is not None:
             log.warning(
                 "%s: second PEER from %s while %s is bound; ignored (TV-19)",
-                console.key,
+                _tag(console),
                 conn.channel.peer,
                 mig.dest.channel.peer,
             )
@@ -644,10 +823,10 @@ class Hub:
             mig.dest_output += conn.early.take()
         if conn.uuid is not None and conn.uuid != console.key.uuid:
             log.warning(
-                "%s: destination %s reports UUID %s", console.key, conn.channel.peer, conn.uuid
+                "%s: destination %s reports UUID %s", _tag(console), conn.channel.peer, conn.uuid
             )
         conn.channel.peer_ok(mig.sequence)
-        self._emit("vmotion_peer", console, peer=conn.channel.peer)
+        self._emit(VMotionPeered(console.key, console.display_name, conn.channel.peer))
 
     def _complete(self, conn: VmConn, sequence: bytes) -> None:
         console = conn.console
@@ -655,7 +834,7 @@ class Hub:
         if (
             console is None
             or mig is None
-            or conn.role is not Role.DESTINATION
+            or next_action(console.phase, Trigger.COMPLETE, conn.role) is not Action.COMPLETE
             or mig.dest is not conn
             or mig.sequence != sequence
         ):
@@ -675,9 +854,14 @@ class Hub:
             console.name = conn.name
         console.counters.vmotions += 1
         log.info(
-            "%s: vMotion complete, %s -> %s", console.key, source.channel.peer, conn.channel.peer
+            "%s: vMotion complete, %s -> %s", _tag(console), source.channel.peer, conn.channel.peer
         )
-        self._emit("vmotion_complete", console, peer=conn.channel.peer)
+        self._emit(
+            VMotionCompleted(
+                console.key, console.display_name, conn.channel.peer, source.channel.peer
+            )
+        )
+        self._tell(console, f"vMotion done: VM now connected from {conn.channel.peer}")
         # §4.2 steps 3-4: held client input to the destination, once, at once; then
         # the destination's own early output.
         self._flush_hold(console)
@@ -686,13 +870,18 @@ class Hub:
     def _abort_received(self, conn: VmConn) -> None:
         console = conn.console
         mig = console.migration if console is not None else None
-        if console is None or mig is None or mig.source is not conn:
+        if (
+            console is None
+            or mig is None
+            or next_action(console.phase, Trigger.ABORT, conn.role) is not Action.ABORT
+            or mig.source is not conn
+        ):
             # TV-24 / TV-30: ABORT counts only on the BEGIN connection.
             log.warning("VM %s: stray ABORT ignored (F10)", conn.channel.peer)
             return
-        self._abort(console, "aborted by the source")
+        self._abort(console, AbortReason.SOURCE_ABORTED)
 
-    def _abort(self, console: Console, reason: str) -> None:
+    def _abort(self, console: Console, reason: AbortReason) -> None:
         """F2/F3/F9: end the migration; the source keeps the port and gets the hold."""
         self._end_migration(console, reason)
         console.counters.vmotion_aborts += 1
@@ -702,17 +891,20 @@ class Hub:
         """F8: the source left and no COMPLETE came within the grace period."""
         if console.migration is not mig:
             return
+        if next_action(console.phase, Trigger.ABANDON, mig.source.role) is not Action.ABANDON:
+            return  # cannot happen: the timer is armed only once the source has left
         mig.abandon = None
         log.warning(
             "%s: vMotion abandoned after %.0f s; port kept, input held",
-            console.key,
+            _tag(console),
             self.settings.abandon_time,
         )
-        self._end_migration(console, "abandoned")
-        self._emit("vm_disconnected", console, peer=mig.source.channel.peer)
+        self._end_migration(console, AbortReason.ABANDONED)
+        self._emit(VmDisconnected(console.key, console.display_name, mig.source.channel.peer))
+        self._tell(console, f"VM {safe(console.display_name)} disconnected (vMotion abandoned)")
         self._maybe_expire(console)
 
-    def _end_migration(self, console: Console, reason: str) -> None:
+    def _end_migration(self, console: Console, reason: AbortReason) -> None:
         mig = console.migration
         if mig is None:
             return
@@ -720,8 +912,8 @@ class Hub:
         if mig.dest is not None:
             mig.dest.role = Role.RETIRED
             mig.dest.channel.close()
-        log.info("%s: vMotion ended: %s", console.key, reason)
-        self._emit("vmotion_abort", console, reason=reason)
+        log.info("%s: vMotion ended: %s", _tag(console), reason.value)
+        self._emit(VMotionAborted(console.key, console.display_name, reason))
 
     def _forget(self, console: Console, mig: Migration) -> None:
         console.migration = None
@@ -731,6 +923,17 @@ class Hub:
             mig.abandon = None
 
     # ================================================================== clients
+
+    def _tell(self, console: Console, text: str, *, only: Client | None = None) -> None:
+        """One `[vspcd: ...]` line (the channel frames it) for every client of
+        `console`, or `only` one, unless notices are off (issue #9 item 2)."""
+        if not self.settings.notices:
+            return
+        for client in console.clients if only is None else (only,):
+            client.channel.notify(text)
+
+    def _who(self, client: Client) -> str:
+        return f"client {client.ident} ({safe(client.user or client.channel.peer)})"
 
     def may_write(self, client: Client) -> bool:
         """Input from `client` reaches the VM (vSPC.py lock semantics)."""
@@ -744,7 +947,7 @@ class Hub:
         console: Console,
         channel: ClientChannel,
         *,
-        kind: str,
+        kind: ClientKind | str,
         lock: LockMode = LockMode.FREE_FOR_ALL_OR_READONLY,
         readonly: bool = False,
         uid: int | None = None,
@@ -758,25 +961,28 @@ class Hub:
         """
         limit = self.settings.client_limit
         if limit and len(console.clients) >= limit:
-            raise HubError("client_limit", f"{console.display_name} already has {limit} client(s)")
+            raise HubError(
+                ErrorCode.CLIENT_LIMIT, f"{console.display_name} already has {limit} client(s)"
+            )
         holder = console.lock_holder()
         if holder is not None and holder.mode is LockMode.EXCLUSIVE:
-            raise HubError("lock_failed", f"{console.display_name} is locked exclusively")
+            raise HubError(ErrorCode.LOCK_FAILED, f"{console.display_name} is locked exclusively")
         if lock is LockMode.EXCLUSIVE and console.clients:
             raise HubError(
-                "lock_failed", f"{console.display_name} has other clients; exclusive refused"
+                ErrorCode.LOCK_FAILED,
+                f"{console.display_name} has other clients; exclusive refused",
             )
         # A read-only free_for_all joins read-only under a write lock, as the
         # default mode does (docs/admin-protocol.md, "Lock modes" table).
         if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None and not readonly:
             raise HubError(
-                "lock_failed", f"{console.display_name} is write-locked by another client"
+                ErrorCode.LOCK_FAILED, f"{console.display_name} is write-locked by another client"
             )
         self._next_client += 1
         client = Client(
             channel=channel,
             console=console,
-            kind=kind,
+            kind=ClientKind(kind),
             mode=lock,
             readonly=readonly,
             since=self._clock(),
@@ -789,19 +995,23 @@ class Hub:
         self._cancel_expiry(console)
         log.info(
             "%s: %s client %s attached (%s%s, uid %s)",
-            console.key,
+            _tag(console),
             kind,
             channel.peer,
             lock.value,
             ", read-only" if readonly else "",
             uid,
         )
-        self._emit("client_attached", console, client=self._client_row(client))
-        if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
-            self._emit("lock_changed", console, lock=lock.value, holder=client.ident)
+        if self._observers:
+            name = console.display_name
+            self._emit(ClientAttached(console.key, name, self.client_info(client)))
+            if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
+                self._emit(LockChanged(console.key, name, lock, client.ident))
         vm_conn = console.vm
         if vm_conn is not None and vm_conn.congested:
             channel.pause_reading()
+        if not console.connected:
+            self._tell(console, "VM not connected; input is held until it is", only=client)
         return client
 
     def client_input(self, client: Client, data: bytes) -> None:
@@ -811,6 +1021,23 @@ class Hub:
             return
         if not self.may_write(client):
             console.counters.input_dropped += len(data)
+            holder = None if client.readonly else console.lock_holder()
+            lock_id = 0 if holder is None else holder.ident
+            if client.told_dropped != lock_id:
+                client.told_dropped = lock_id
+                if holder is None:
+                    self._tell(console, "input dropped: you attached read-only", only=client)
+                else:
+                    self._tell(
+                        console,
+                        f"input dropped: {holder.mode.value} lock held by {self._who(holder)}",
+                        only=client,
+                    )
+            if self._observers:
+                reason = DropReason.READONLY if holder is None else DropReason.LOCKED
+                self._emit(
+                    InputDropped(console.key, console.display_name, client.ident, len(data), reason)
+                )
             return
         client.bytes_in += len(data)
         vm_conn = console.vm
@@ -828,9 +1055,12 @@ class Hub:
             console.counters.input_dropped += dropped
             log.warning(
                 "%s: held input over %d bytes; %d oldest bytes dropped",
-                console.key,
+                _tag(console),
                 console.hold.limit,
                 dropped,
+            )
+            self._emit(
+                InputDropped(console.key, console.display_name, None, dropped, DropReason.HOLD_FULL)
             )
 
     def detach(self, client: Client, reason: str | None = None) -> None:
@@ -839,12 +1069,16 @@ class Hub:
         if client not in console.clients:
             return
         had_lock = client is console.lock_holder()
+        info = self.client_info(client) if self._observers else None
         console.clients.remove(client)
         self._client_count -= 1
-        log.info("%s: %s client %s detached", console.key, client.kind, client.channel.peer)
-        self._emit("client_detached", console, client=client.ident, reason=reason)
+        log.info("%s: %s client %s detached", _tag(console), client.kind, client.channel.peer)
+        if info is not None:
+            self._emit(ClientDetached(console.key, console.display_name, info, reason))
+            if had_lock:
+                self._emit(LockChanged(console.key, console.display_name, None, None))
         if had_lock:
-            self._emit("lock_changed", console, lock=None, holder=None)
+            self._tell(console, f"{client.mode.value} lock released by {self._who(client)}")
         self._maybe_expire(console)
         self._check_idle()
 
@@ -855,6 +1089,7 @@ class Hub:
             client.channel.notify(reason)
             client.channel.close()
             self.detach(client, reason)
+        self._emit(ConsoleCleared(console.key, console.display_name, len(clients), reason))
         return len(clients)
 
     def kick(self, ident: int, reason: str) -> Client:
@@ -870,7 +1105,7 @@ class Hub:
                     client.channel.close()
                     self.detach(client, reason)
                     return client
-        raise HubError("not_attached", f"no client with id {ident}")
+        raise HubError(ErrorCode.NOT_ATTACHED, f"no client with id {ident}")
 
     # ================================================================== expiry
 
@@ -901,8 +1136,8 @@ class Hub:
             if self._ports is not None:
                 self._ports.release(console.port)
         self._taps.pop(console.key, None)
-        log.info("%s: console %s expired", console.key, console.display_name)
-        self._emit("vm_expired", console, port=console.port)
+        log.info("%s: console expired", _tag(console))
+        self._emit(ConsoleExpired(console.key, console.display_name, console.port))
 
     def reclaim(self, count: int) -> int:
         """Expire up to `count` idle consoles now, soonest-to-expire first (fd pressure)."""
@@ -945,6 +1180,9 @@ class Hub:
             if mig is not None:
                 self._forget(console, mig)
             self._cancel_expiry(console)
+            if console.challenge is not None:
+                console.challenge.timer.cancel()
+                console.challenge = None
             for client in list(console.clients):
                 client.channel.notify("vspcd is shutting down")
                 client.channel.close()

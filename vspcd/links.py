@@ -32,7 +32,9 @@ from vspc.common.telnet import (
     Opt,
     TelnetCodec,
     TelnetProtocolError,
+    Verb,
     escape,
+    negotiation,
 )
 from vspc.vspcd.console import Client, VmConn
 from vspc.vspcd.hub import Hub, HubError
@@ -69,6 +71,7 @@ class VmLink(asyncio.Protocol):
         # True while handling one read: replies the hub asks for meanwhile are queued
         # and leave in a single write at the end (one send(2), not one per reply).
         self._receiving = False
+        self._probing = False  # a liveness probe is out: the next read answers it
         self.peer = "?"
 
     # -- asyncio callbacks ------------------------------------------------------------
@@ -88,6 +91,9 @@ class VmLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
+        if self._probing:
+            self._probing = False
+            self._hub.vm_heard(self._conn)
         try:
             events = self._session.receive_data(data)
         except TelnetProtocolError as exc:
@@ -152,6 +158,16 @@ class VmLink(asyncio.Protocol):
     def write_backlog(self) -> int:
         return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
+    def probe(self) -> None:
+        # RFC 860: DO TIMING-MARK must be answered (WILL or WONT) by any telnet peer,
+        # after everything sent before it; ESXi answers every option request
+        # (PROTOCOL.md §3.1).  Raw bytes, outside the codec's option table: the
+        # answer is only evidence of life, and the codec refuses a WILL with one DONT.
+        self._flush()
+        if self._transport is not None and not self._transport.is_closing():
+            self._probing = True
+            self._transport.write(negotiation(Verb.DO, Opt.TIMING_MARK))
+
     def close(self) -> None:
         self._flush()
         if self._transport is not None:
@@ -178,6 +194,9 @@ class TelnetClientLink(asyncio.Protocol):
         self._port = port  # None: the local port the operator connected to
         self._queue_limit = queue_limit
         self._replay = replay  # scrollback bytes sent on connect (--context)
+        # Notices the hub gives during attach (e.g. "VM not connected") follow the
+        # replayed scrollback, so the last thing the operator sees is the news.
+        self._greeting: list[str] | None = None
         self._codec = TelnetCodec(local_ok=_CLIENT_LOCAL, remote_ok=_CLIENT_REMOTE)
         self._transport: asyncio.Transport | None = None
         self._client: Client | None = None
@@ -204,16 +223,21 @@ class TelnetClientLink(asyncio.Protocol):
         for option in _CLIENT_REMOTE:
             self._codec.request_remote(option)
         self._transport.write(self._codec.data_to_send())
+        self._greeting = []
         try:
             self._client = self._hub.attach(console, self, kind="telnet")
         except HubError as exc:
+            self._greeting = None
             self._line(str(exc))
             self._transport.close()
             return
+        greeting, self._greeting = self._greeting, None
         if self._replay:
             # vSPC.py's "seed data": recent output first; live output can only follow,
             # since nothing else runs between attach() and this write.
             self._transport.write(escape(console.scrollback.last(self._replay)))
+        for text in greeting:
+            self._line(text)
 
     def data_received(self, data: bytes) -> None:
         if self._client is None or self._transport is None:
@@ -274,7 +298,10 @@ class TelnetClientLink(asyncio.Protocol):
             self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
 
     def notify(self, text: str) -> None:
-        self._line(text)
+        if self._greeting is not None:
+            self._greeting.append(text)
+        else:
+            self._line(text)
 
     def pause_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():

@@ -27,15 +27,19 @@ from typing import Any
 from vspc.common import vmware as vm
 from vspc.vspcd import store
 from vspc.vspcd.console import Console, ConsoleKey
+from vspc.vspcd.events import (
+    ConsoleExpired,
+    HubEvent,
+    VmConnected,
+    VmDisconnected,
+    VMotionCompleted,
+    VmRenamed,
+)
 from vspc.vspcd.hub import Hub
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Persister"]
-
-# Events after which a console's row is rewritten (name, port or serviceURI may have
-# changed, or last_seen moves on).
-_WRITE_EVENTS = frozenset({"vm_connected", "vm_renamed", "vmotion_complete", "vm_disconnected"})
 
 
 class Persister:
@@ -57,9 +61,6 @@ class Persister:
         self._db = db
         self._hub = hub
         self._wall_clock = wall_clock
-        # Event fields carry a console's key as a string; never split it back
-        # (STYLE.md Part 3, #10): remember the typed key instead.
-        self._keys: dict[str, ConsoleKey] = {}
         self._failing = False
         self._unsubscribe: Callable[[], None] | None = None
 
@@ -82,7 +83,6 @@ class Persister:
                 continue
             port = bind(row.port)
             console = self._hub.restore(key, row.name, port, row.service_uri)
-            self._keys[str(key)] = key
             restored.append(console)
             if port != row.port:
                 log.info("%s: remembered telnet port %s is taken; now %s", key, row.port, port)
@@ -92,22 +92,15 @@ class Persister:
         self._unsubscribe = self._hub.subscribe(self._observe)
         return restored
 
-    def _observe(self, event: str, fields: dict[str, Any]) -> None:
-        if event == "vm_connected":
-            row = fields["console"]
-            key = ConsoleKey(vm.canonical_uuid(row["uuid"]), row["label"] or "")
-            self._keys[fields["key"]] = key
-        elif event == "vm_expired":
-            gone = self._keys.pop(fields["key"], None)
-            if gone is not None:
-                self._write(store.delete_console, gone.uuid, gone.label)
-            return
-        elif event not in _WRITE_EVENTS:
-            return
-        key_or_none = self._keys.get(fields["key"])
-        console = None if key_or_none is None else self._hub.console(key_or_none)
-        if console is not None:
-            self._save(console, self._wall_clock())
+    def _observe(self, event: HubEvent) -> None:
+        match event:
+            case VmConnected() | VmRenamed() | VMotionCompleted() | VmDisconnected():
+                # The name, port or serviceURI may have changed, or last_seen moves on.
+                console = self._hub.console(event.key)
+                if console is not None:
+                    self._save(console, self._wall_clock())
+            case ConsoleExpired(key=key):
+                self._write(store.delete_console, key.uuid, key.label)
 
     def _save(self, console: Console, last_seen: float) -> None:
         row = store.ConsoleRow(

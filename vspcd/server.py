@@ -40,6 +40,7 @@ from vspc.vspcd.persist import Persister
 from vspc.vspcd.privileges import Identity, PrivilegeError, drop, hand_over, resolve
 from vspc.vspcd.reload import apply as apply_reload
 from vspc.vspcd.reload import describe as describe_reload
+from vspc.vspcd.render import fields_observer
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def hub_settings(config: Config) -> HubSettings:
         source = _HUB_RENAMED.get(field.name, field.name)
         if hasattr(config, source):
             values[field.name] = getattr(config, source)
+    # The one setting whose flag is its negation (--no-notices).
+    values["notices"] = not config.no_notices
     return HubSettings(**values)
 
 
@@ -173,9 +176,9 @@ class Daemon:
             self._restore_scrollback(restored)
         if self.logs is not None:
             self.hub.add_output_listener(self.logs.output)
-            self.hub.subscribe(self.logs.observe)
+            self.hub.subscribe(fields_observer(self.logs.observe))
             # --log-events; the adapter is the one place that knows the event shape.
-            self.hub.subscribe(logevents.hub_observer(self.logs, time.time))
+            self.hub.subscribe(fields_observer(logevents.hub_observer(self.logs, time.time)))
             log.info("console logs in %s", config.log_dir)
         if config.http is not None:
             routes = httproutes.routes(

@@ -67,7 +67,9 @@ class ClientInfo:
     """One attached operator, as in `list`, `show` and `client_attached`.
 
     `since` is Unix time (seconds); `uid`/`user` come from SO_PEERCRED and are null
-    for TCP and telnet peers.
+    for TCP and telnet peers.  `bytes_in` (typed by the client and accepted for the
+    VM) and `bytes_out` (console output delivered to it, before any slow-reader drop)
+    are optional: absent from daemons before issue #8.
     """
 
     id: int
@@ -78,6 +80,8 @@ class ClientInfo:
     since: float
     uid: int | None = None
     user: str | None = None
+    bytes_in: int | None = None
+    bytes_out: int | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ClientInfo:
@@ -91,10 +95,12 @@ class ClientInfo:
             since=_float(obj, "since", 0.0) or 0.0,
             uid=optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
+            bytes_in=optional_int(obj, "bytes_in"),
+            bytes_out=optional_int(obj, "bytes_out"),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        obj: dict[str, Any] = {
             "id": self.id,
             "kind": self.kind.value,
             "peer": self.peer,
@@ -103,7 +109,10 @@ class ClientInfo:
             "since": self.since,
             "uid": self.uid,
             "user": self.user,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
         }
+        return _drop_none(obj, "bytes_in", "bytes_out")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,8 @@ class ConsoleInfo:
     `name` is the display name (VM name, or NAME_LABEL for one of several ports);
     `uuid` is in 8-4-4-4-12 form; `key` is the stable identifier to pass back as
     `vm`.  `expires_in` is null unless the console has neither VM nor clients.
+    `created` and `last_output` (Unix times; `last_output` absent until the VM's
+    first output) are optional: absent from daemons before issue #8.
     """
 
     key: str
@@ -128,6 +139,8 @@ class ConsoleInfo:
     lock: LockMode | None = None
     lock_holder: ClientInfo | None = None
     attached: tuple[ClientInfo, ...] = ()
+    created: float | None = None
+    last_output: float | None = None
     # show only: absent from list rows
     service_uri: str | None = None
     vm_peer: str | None = None
@@ -161,6 +174,8 @@ class ConsoleInfo:
             lock=lock,
             lock_holder=None if holder is None else ClientInfo.from_json(holder),
             attached=tuple(ClientInfo.from_json(c) for c in attached),
+            created=_float(obj, "created"),
+            last_output=_float(obj, "last_output"),
             service_uri=_opt_str(obj, "service_uri"),
             vm_peer=_opt_str(obj, "vm_peer"),
             counters=None if counters is None else dict(counters),
@@ -181,11 +196,13 @@ class ConsoleInfo:
             "lock": None if self.lock is None else self.lock.value,
             "lock_holder": None if self.lock_holder is None else self.lock_holder.to_json(),
             "attached": [c.to_json() for c in self.attached],
+            "created": self.created,
+            "last_output": self.last_output,
             "service_uri": self.service_uri,
             "vm_peer": self.vm_peer,
             "counters": None if self.counters is None else dict(self.counters),
         }
-        return _drop_none(obj, "service_uri", "vm_peer", "counters")
+        return _drop_none(obj, "created", "last_output", "service_uri", "vm_peer", "counters")
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,9 @@ class FakeVm:
     def close(self) -> None:
         self.calls.append(("close",))
 
+    def probe(self) -> None:
+        self.calls.append(("probe",))
+
     def of(self, kind: str) -> list[Call]:
         return [c for c in self.calls if c[0] == kind]
 

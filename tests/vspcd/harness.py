@@ -19,6 +19,8 @@ from typing import Any
 from vspc.common import esxi
 from vspc.common.telnet import Data, Opt, TelnetCodec, escape
 from vspc.vspcd.config import Config, parse_args
+from vspc.vspcd.events import HubEvent
+from vspc.vspcd.render import event_fields
 from vspc.vspcd.server import Daemon
 
 TIMEOUT = 5.0
@@ -54,9 +56,11 @@ class Events:
         self.seen: list[tuple[str, dict[str, Any]]] = []
         self._changed = asyncio.Event()
 
-    def __call__(self, name: str, fields: dict[str, Any]) -> None:
-        self.seen.append((name, fields))
-        self._changed.set()
+    def __call__(self, event: HubEvent) -> None:
+        found = event_fields(event)  # as the admin event line has it (hub clock)
+        if found is not None:
+            self.seen.append((found[0].value, found[1]))
+            self._changed.set()
 
     async def wait(
         self, name: str, where: Callable[[dict[str, Any]], bool] = lambda f: True, count: int = 1
@@ -135,6 +139,9 @@ class FakeEsxi:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        # A frozen VM reads but never answers: a host that died without a FIN
+        # (vSphere HA restarts the VM elsewhere; issue #7).
+        self.frozen = False
 
     @classmethod
     async def connect(
@@ -148,14 +155,18 @@ class FakeEsxi:
         tls: bool = False,
         direction: str = "S",
         host: str = "127.0.0.1",
+        local: str | None = None,
     ) -> FakeEsxi:
+        """Connect to vspcd (from the address `local`, e.g. 127.0.0.2, if given)."""
         vm = cls(esxi.EsxiSession(uuid, name, uri, direction))
         context = None
         if tls:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        vm._reader, vm._writer = await asyncio.open_connection(host, port, ssl=context)
+        vm._reader, vm._writer = await asyncio.open_connection(
+            host, port, ssl=context, local_addr=None if local is None else (local, 0)
+        )
         if cookie is None:
             vm.session.connect_source()
         else:
@@ -173,6 +184,8 @@ class FakeEsxi:
         assert self._reader is not None
         try:
             while data := await self._reader.read(65536):
+                if self.frozen:
+                    continue
                 for event in self.session.receive_data(data):
                     if isinstance(event, esxi.ConsoleInput):
                         self.input.add(event.payload)

@@ -52,6 +52,7 @@ from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs, LogSettings, log_file_name
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.persist import Persister
+from vspc.vspcd.render import fields_observer
 from vspc.vspcd.server import Daemon
 
 DEADLINE = 10.0
@@ -262,7 +263,7 @@ class HubRig:
 def test_restore_makes_a_disconnected_console_with_expiry_armed() -> None:
     rig = HubRig(vm_expire_time=60.0)
     events: list[str] = []
-    rig.hub.subscribe(lambda name, fields: events.append(name))
+    rig.hub.subscribe(fields_observer(lambda name, fields: events.append(name)))
     key = ConsoleKey(UUID_A)
     console = rig.hub.restore(key, "db01", 7100, "vSPC.py")
     assert rig.hub.restore(key, "other", 7200, None) is console  # known key: unchanged
@@ -331,7 +332,7 @@ class LogRig(HubRig):
             LogSettings(directory, **settings), call_later=self.sched.call_later
         )
         self.hub.add_output_listener(self.logs.output)
-        self.hub.subscribe(self.logs.observe)
+        self.hub.subscribe(fields_observer(self.logs.observe))
 
 
 def test_output_is_buffered_and_flushed_by_one_timer(tmp_path: Path) -> None:

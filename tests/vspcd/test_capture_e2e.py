@@ -95,7 +95,8 @@ def test_capture_replay_through_the_daemon(tmp_path: Path, secret: bytes | None)
     capture_cookies = _capture_cookies(records)
 
     async def main() -> None:
-        async with running(tmp_path, secret=secret) as (daemon, events):
+        # The operator must see exactly the VM's bytes: no status notices.
+        async with running(tmp_path, "--no-notices", secret=secret) as (daemon, events):
             assert daemon.hub is not None and daemon.proxy_port is not None
             conns: dict[str, ReplayConn] = {}
             live: dict[bytes, bytes] = {}  # sequence -> vspcd's cookie

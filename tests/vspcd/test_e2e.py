@@ -84,7 +84,8 @@ def test_vmotion_with_typing_during_the_switch(tmp_path: Path, fin_first: bool) 
     """PROTOCOL.md §6.4: typed after GOAHEAD, delivered once to the destination."""
 
     async def main() -> None:
-        async with running(tmp_path) as (daemon, events):
+        # The operator must see exactly the VM's bytes: no status notices.
+        async with running(tmp_path, "--no-notices") as (daemon, events):
             src = await FakeEsxi.connect(daemon.proxy_port)
             await identified(events, UUID_A)
             op = await Operator.connect(console_port(daemon, UUID_A))

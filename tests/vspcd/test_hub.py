@@ -20,6 +20,7 @@ from vspc.common import vmware as vm
 from vspc.common.session import Notice, ProxyRequested, VmData, VmIdentified, VmNamed
 from vspc.vspcd.console import Client, Console, ConsoleKey, LockMode, Phase, Role, VmConn
 from vspc.vspcd.hub import Hub, HubError, HubSettings
+from vspc.vspcd.render import client_row, fields_observer, summary_row
 
 U1 = "0123456789abcdeffedcba9800000000"  # the capture's VM (PROTOCOL.md §3.4)
 U2 = "00112233445566778899aabbccddeeff"
@@ -30,6 +31,25 @@ SECRET = b"\xff\x00\xff\x10"  # the §6.4 secret hook value
 
 
 # ---------------------------------------------------------------------------- rig
+
+
+# What the hub's former `describe()` / `client_rows()` returned: the protocol-v1 row
+# fields.  The optional fields added later (created, last_output, bytes_in/out; issue
+# #8) are tested in test_events.py.
+_LATER = {"created", "last_output", "bytes_in", "bytes_out"}
+
+
+def _v1(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _v1(v) if isinstance(v, dict) else v for k, v in row.items() if k not in _LATER}
+
+
+def describe(hub: Hub, console: Console) -> dict[str, Any]:
+    """A console's list row without `attached`, on the hub's clock."""
+    return _v1(summary_row(hub.console_info(console)))
+
+
+def client_rows(hub: Hub, console: Console) -> list[dict[str, Any]]:
+    return [_v1(client_row(hub.client_info(c))) for c in console.clients]
 
 
 @dataclass
@@ -60,7 +80,7 @@ def make_rig(secrets: Sequence[bytes] = (SECRET,), **settings: Any) -> Rig:
         secret_factory=lambda: next(supply),
     )
     rig = Rig(hub, clock, sched, ports)
-    hub.subscribe(lambda name, fields: rig.events.append((name, fields)))
+    hub.subscribe(fields_observer(lambda name, fields: rig.events.append((name, fields))))
     return rig
 
 
@@ -178,7 +198,7 @@ def test_begin_on_active_sends_goahead_and_enters_pending() -> None:
     assert s.src_vm.calls == [("send", b"ls\r"), ("goahead", SEQ, SECRET)]
     assert cookie == SEQ + SECRET
     assert s.rig.only("vmotion_begin")[0]["key"] == str(ConsoleKey(U1))
-    assert s.rig.hub.describe(s.console)["vmotion"] == "pending"
+    assert describe(s.rig.hub, s.console)["vmotion"] == "pending"
 
 
 def test_begin_writes_held_queue_before_goahead() -> None:
@@ -464,7 +484,7 @@ def test_source_close_during_vmotion_arms_abandon_timer_and_keeps_port() -> None
     timers = s.rig.sched.pending()
     assert [t.delay for t in timers] == [45.0]
     assert s.console.phase is Phase.PENDING
-    assert s.rig.hub.describe(s.console)["connected"] is True
+    assert describe(s.rig.hub, s.console)["connected"] is True
     assert "vm_disconnected" not in s.rig.names()
     assert s.console.expiry is None
 
@@ -507,7 +527,7 @@ def test_abandon_without_clients_arms_expiry() -> None:
     rig.hub.vm_closed(src)
     rig.sched.advance(60.0)
     assert console.expiry is not None
-    assert rig.hub.describe(console)["expires_in"] == 300.0
+    assert describe(rig.hub, console)["expires_in"] == 300.0
 
 
 def test_complete_after_source_close_cancels_abandon_timer() -> None:
@@ -531,7 +551,8 @@ def test_fresh_do_proxy_during_vmotion_aborts_it(state: str) -> None:
     if state == "source-closed":
         s.rig.hub.vm_closed(s.src)
     s.type(b"held")
-    new, new_vm = connect(s.rig, peer="esx-n:40010")
+    # From the source's own host: a stranger may not disturb a vMotion (issue #7).
+    new, new_vm = connect(s.rig, peer="esx-a:40010")
     assert s.console.phase is Phase.NORMAL
     assert s.console.vm is new
     assert new_vm.sent == b"held"
@@ -908,10 +929,10 @@ def test_port_is_bound_on_create_and_kept_while_vm_or_clients() -> None:
     assert console.expiry is None  # a client is still attached
     rig.hub.detach(client)
     assert console.expiry is not None
-    assert rig.hub.describe(console)["expires_in"] == 100.0
+    assert describe(rig.hub, console)["expires_in"] == 100.0
     rig.clock.now += 40.0
-    assert rig.hub.describe(console)["expires_in"] == 60.0
-    assert rig.hub.describe(console)["port"] == 7000  # still listed (sticky)
+    assert describe(rig.hub, console)["expires_in"] == 60.0
+    assert describe(rig.hub, console)["port"] == 7000  # still listed (sticky)
 
 
 def test_expiry_cancelled_on_reconnect() -> None:
@@ -1062,7 +1083,7 @@ def test_free_for_all_or_readonly_joins_read_only_under_a_write_lock() -> None:
     s = scene()
     writer, _ = attach(s.rig, s.console, lock=LockMode.WRITE, peer="c:w")
     reader, reader_fake = attach(s.rig, s.console, peer="c:r")
-    rows = {row["id"]: row for row in s.rig.hub.client_rows(s.console)}
+    rows = {row["id"]: row for row in client_rows(s.rig.hub, s.console)}
     assert rows[reader.ident]["readonly"] is True
     assert rows[writer.ident]["readonly"] is False
     s.rig.hub.client_input(reader, b"no")
@@ -1246,7 +1267,7 @@ def test_find_ambiguous() -> None:
 def test_describe_fields() -> None:
     s = scene()
     writer, _ = attach(s.rig, s.console, lock=LockMode.WRITE, peer="c:w")
-    row = s.rig.hub.describe(s.console)
+    row = describe(s.rig.hub, s.console)
     assert row == {
         "name": "vm01",
         "vm_name": "vm01",
@@ -1271,7 +1292,7 @@ def test_describe_fields() -> None:
         },
     }
     peered(s)
-    assert s.rig.hub.describe(s.console)["vmotion"] == "peered"
+    assert describe(s.rig.hub, s.console)["vmotion"] == "peered"
 
 
 def test_consoles_are_listed_in_key_order() -> None:
@@ -1331,7 +1352,7 @@ def test_raising_observer_is_removed_and_the_hub_carries_on() -> None:
         calls.append(name)
         raise RuntimeError("client went away")
 
-    rig.hub.subscribe(broken)
+    rig.hub.subscribe(fields_observer(broken))
     conn, _ = connect(rig)
     attach(rig, console_of(conn))
     assert calls == ["vm_connected"]
@@ -1341,7 +1362,7 @@ def test_raising_observer_is_removed_and_the_hub_carries_on() -> None:
 def test_unsubscribe() -> None:
     rig = make_rig()
     seen: list[str] = []
-    unsubscribe = rig.hub.subscribe(lambda name, fields: seen.append(name))
+    unsubscribe = rig.hub.subscribe(fields_observer(lambda name, fields: seen.append(name)))
     unsubscribe()
     unsubscribe()  # twice is harmless
     connect(rig)
