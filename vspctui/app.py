@@ -72,7 +72,7 @@ from vspc.vspctui.cmdtable import (
     exit_code_for,
 )
 from vspc.vspctui.keys import Command, KeyContext, hints, lookup
-from vspc.vspctui.model import Model, row_activity
+from vspc.vspctui.model import Model
 from vspc.vspctui.options import add_address_options, address_from
 from vspc.vspctui.views import (
     PALETTE,
@@ -174,8 +174,8 @@ class App:
         stdin_fd, stdout_fd: the terminal the attach session uses.
         model: the model to fill (tests inject one with a fixed clock).
         backoff: first and longest wait (s) between attempts to reconnect to vspcd.
-        activity_poll: how often (s) to `list` again for the last-activity figures of
-            consoles nobody tails, when the daemon's rows carry them.
+        activity_poll: how often (s) to `list` again for the `last_output` of
+            consoles nobody tails, when the daemon sends it.
     """
 
     def __init__(
@@ -193,7 +193,7 @@ class App:
         self.address = address
         self._backoff = backoff
         self._activity_poll = activity_poll
-        self._daemon_activity = False  # its rows say when each console was last active
+        self._daemon_activity = False  # it sends `last_output` (issue #8)
         self.model = model or Model()
         self._screen = screen
         self._attach_runner = attach
@@ -263,8 +263,8 @@ class App:
         self._tailing: set[str] = set()
         self._tail_refused: set[str] = set()
         self._tail_wake = asyncio.Event()
-        # detail: the last `show` of the focused console (key, typed, JSON), or None
-        self._detail: tuple[str, ConsoleInfo, dict[str, Any]] | None = None
+        # detail: the last `show` of the focused console (key, reply), or None
+        self._detail: tuple[str, ConsoleInfo] | None = None
         self._detail_wake = asyncio.Event()
         # connection: "" while connected, else what the status line says about it
         self.connection = ""
@@ -356,11 +356,13 @@ class App:
     async def _subscribe(self, client: AdminClient) -> None:
         """Subscribe on `client` and rebuild the model from the snapshot."""
         reply = await client.request("subscribe")
-        rows = reply.get("vms")
-        rows = rows if isinstance(rows, list) else []
-        self.model.load(consoles_of(reply), rows)
-        now = self.model.now()
-        self._daemon_activity = any(row_activity(r, now) is not None for r in rows)
+        consoles = consoles_of(reply)
+        self.model.load(consoles)
+        # A daemon that knows when consoles were created also sends `last_output`
+        # (issue #8), even if no console has printed anything yet.
+        self._daemon_activity = any(
+            c.created is not None or c.last_output is not None for c in consoles
+        )
         self._tailing.clear()
         self._tail_refused.clear()
         self._detail = None
@@ -444,21 +446,19 @@ class App:
 
     async def _activity_poller(self) -> None:
         """Events only tell about changes, and output only comes for tailed consoles;
-        a daemon whose rows carry a last-activity figure is asked for them again now
-        and then, so the column and the activity order cover every console."""
+        a daemon that sends `last_output` is asked for it again now and then, so the
+        column and the activity order cover every console."""
         while True:
             await asyncio.sleep(self._activity_poll)
             client = self.client
             if not self._daemon_activity or client is None or not self.model.connected:
                 continue
             try:
-                reply = await client.request("list")
+                consoles = consoles_of(await client.request("list"))
             except (AdminError, ClientError):
                 continue  # the session notices a lost connection on its own
-            rows = reply.get("vms")
-            if isinstance(rows, list):
-                self.model.learn(r for r in rows if isinstance(r, dict))
-                self._refresh()
+            self.model.learn(consoles)
+            self._refresh()
 
     async def _ticker(self) -> None:
         """Once a `TICK`: ages in the activity column move on, the grid picks the
@@ -578,10 +578,10 @@ class App:
         model = self.model
         shown = self._detail
         if shown is not None and shown[0] == console.key:
-            info, row, title = shown[1], shown[2], f"detail: {safe(console.name)}"
+            info, title = shown[1], f"detail: {safe(console.name)}"
         else:
-            info, row, title = console, {}, f"detail: {safe(console.name)} (asking vspcd)"
-        self.detail.show(title, detail_lines(info, row, model.now(), model.idle(console.key)))
+            info, title = console, f"detail: {safe(console.name)} (asking vspcd)"
+        self.detail.show(title, detail_lines(info, model.now(), model.idle(console.key)))
 
     def _say(self, message: str, error: bool = False) -> None:
         self._message, self._error = message, error
@@ -834,14 +834,15 @@ class App:
                 continue
             except ClientError:
                 continue  # _session reconnects
-            self._learn_from_show(info, row)
-            self._detail = (info.key, info, row)
+            self._learn_from_show(info)
+            self._detail = (info.key, info)
             self._refresh(consoles=False)
 
-    def _learn_from_show(self, info: ConsoleInfo, row: dict[str, Any]) -> None:
+    def _learn_from_show(self, info: ConsoleInfo) -> None:
         """A `show` that says more bytes came from the VM than the last one did means
-        the console was active in between (for consoles not being tailed)."""
-        self.model.learn([row])
+        the console was active in between (for consoles not being tailed, from a
+        daemon that sends no `last_output`)."""
+        self.model.learn([info])
         previous = self._detail
         if previous is None or previous[0] != info.key:
             return

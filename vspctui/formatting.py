@@ -55,9 +55,14 @@ def duration(seconds: float | None, *, coarse: bool = False) -> str:
     return f"{whole}s"
 
 
-def since(timestamp: float) -> str:
-    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+def since(timestamp: float, *, time_only: bool = False) -> str:
+    """A Unix time as local ``YYYY-MM-DD HH:MM:SS``.
+
+    `time_only` leaves the date out (``HH:MM:SS``), for lines that are about today:
+    the dashboard's event log and client lines.
+    """
+    fmt = "%H:%M:%S" if time_only else "%Y-%m-%d %H:%M:%S"
+    return time.strftime(fmt, time.localtime(timestamp))
 
 
 def who(client: ClientInfo | None) -> str:

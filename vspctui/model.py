@@ -12,12 +12,13 @@ What it keeps:
   say what changed (docs/admin-protocol.md, "Events");
 - `tails`: for each console being followed (`tail` with `follow`), a bounded buffer of
   its most recent output;
-- `log`: a `deque(maxlen=...)` of human-readable event lines, oldest first;
+- `log`: a `deque(maxlen=...)` of human-readable event lines, oldest first, made
+  inert (`vspc.common.display.safe`) as they enter it;
 - `filter`: the name filter the console list applies (`visible()`), and `sort`, the
   order it shows them in (issue #9: by name, by activity, by port);
-- `activity`: when each console was last seen doing something (Unix time): output
-  this dashboard received, an event about it, or the daemon's own figure when its
-  rows carry one (`row_activity`);
+- `activity`: when each console was last seen doing something (Unix time): the
+  daemon's `ConsoleInfo.last_output` where it sends one, else (older daemons, and
+  between two `list`s) output this dashboard received or an event about it;
 - `pinned`: the consoles the operator pinned with `t` to keep following whatever has
   the focus (the controller follows the focused one, the pinned ones and the grid's);
 - `connected`: whether the admin connection is up.  While it is down every row is
@@ -47,6 +48,8 @@ from vspc.common.admin import (
     LockMode,
     VMotionPhase,
 )
+from vspc.common.display import safe
+from vspc.vspctui.formatting import who
 
 __all__ = [
     "LOG_LIMIT",
@@ -55,7 +58,6 @@ __all__ = [
     "Model",
     "SortOrder",
     "describe",
-    "row_activity",
 ]
 
 TAIL_LIMIT = 64 * 1024  # bytes of output kept per followed console
@@ -82,73 +84,60 @@ class SortOrder(StrEnum):
         return members[(members.index(self) + 1) % len(members)]
 
 
-# Row fields a daemon may add (issue #8/#9: "last activity"), newest name first.  Unix
-# times are taken as they are; `idle` is seconds before the reply.  Anything else --
-# absent, not a number, or a monotonic clock reading (too small to be a date) -- is
-# ignored, and the dashboard falls back on what it saw itself.
-_ACTIVITY_TIMES = ("last_output", "last_activity", "last_output_at", "last_activity_at")
-_ACTIVITY_AGES = ("idle", "idle_for", "idle_s", "last_output_ago", "last_activity_ago")
-_A_DATE = 1e9  # 2001-09-09: any real Unix time of a console's activity is later
+# The event log's line for each event, by name; `describe` fills the fields in, each
+# one made inert with `safe` (a VM names itself; reasons and peers come from outside).
+# A field the event lacks shows as "?".  The events with optional parts are the
+# special cases in `describe`.
+_LINES: dict[str, str] = {
+    EventName.VM_CONNECTED: "{name}: VM connected from {peer}",
+    EventName.VM_DISCONNECTED: "{name}: VM disconnected",
+    EventName.VM_EXPIRED: "{name}: expired, forgotten",
+    EventName.VM_RENAMED: "{key}: now called {name}",
+    EventName.VMOTION_BEGIN: "{name}: vMotion begins",
+    EventName.VMOTION_PEER: "{name}: vMotion destination {peer} bound",
+    EventName.VMOTION_COMPLETE: "{name}: vMotion complete, now at {peer}",
+    EventName.VMOTION_ABORT: "{name}: vMotion aborted: {reason}",
+    EventName.VMOTION_NOTNOW: "{name}: vMotion refused: {reason}",
+    EventName.CLIENT_DETACHED: "{name}: client {client} detached",
+    EventName.LOCK_CHANGED: "{name}: {lock} lock taken by client {holder}",
+    EventName.TAIL_END: "{name}: tail ended: {reason}",
+}
 
 
-def row_activity(row: Mapping[str, Any], now: float) -> float | None:
-    """The Unix time a `list`/`show` row says its console was last active, if it says."""
-    for name in _ACTIVITY_TIMES:
-        value = row.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value > _A_DATE:
-            return float(value)
-    for name in _ACTIVITY_AGES:
-        value = row.get(name)
-        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-            return now - float(value)
-    return None
+class _SafeFields:
+    """An event's fields for `str.format_map`, each made inert with `safe` as the line
+    asks for it (not all of them: a `vm_connected` carries a whole console row); a
+    missing one is "?"."""
 
+    def __init__(self, fields: Mapping[str, Any], **own: str) -> None:
+        self._fields, self._own = fields, own
 
-def _who(client: ClientInfo) -> str:
-    return client.user or client.peer
+    def __getitem__(self, name: str) -> str:
+        if name in self._own:
+            return self._own[name]
+        value = self._fields.get(name)
+        return "?" if value is None else safe(value)
 
 
 def describe(event: Event) -> str:
-    """One human line for an event (the event log shows these)."""
-    name = event.name or event.key or "?"
+    """One human line for an event (the event log shows these), safe to print: every
+    name, peer and reason in it has been through `safe`."""
+    name = safe(event.name or event.key or "?")
     fields = event.fields
     match event.event:
-        case EventName.VM_CONNECTED:
-            return f"{name}: VM connected from {fields.get('peer', '?')}"
-        case EventName.VM_DISCONNECTED:
-            return f"{name}: VM disconnected"
-        case EventName.VM_EXPIRED:
-            return f"{name}: expired, forgotten"
-        case EventName.VM_RENAMED:
-            return f"{event.key}: now called {name}"
-        case EventName.VMOTION_BEGIN:
-            return f"{name}: vMotion begins"
-        case EventName.VMOTION_PEER:
-            return f"{name}: vMotion destination {fields.get('peer', '?')} bound"
-        case EventName.VMOTION_COMPLETE:
-            return f"{name}: vMotion complete, now at {fields.get('peer', '?')}"
-        case EventName.VMOTION_ABORT:
-            return f"{name}: vMotion aborted: {fields.get('reason', '?')}"
-        case EventName.VMOTION_NOTNOW:
-            return f"{name}: vMotion refused: {fields.get('reason', '?')}"
         case EventName.CLIENT_ATTACHED:
             client = _client_of(event)
             if client is None:
                 return f"{name}: client attached"
-            return f"{name}: client {client.id} ({client.kind.value}, {_who(client)}) attached"
-        case EventName.CLIENT_DETACHED:
-            reason = fields.get("reason")
-            suffix = f": {reason}" if reason else ""
-            return f"{name}: client {fields.get('client', '?')} detached{suffix}"
-        case EventName.LOCK_CHANGED:
-            lock = fields.get("lock")
-            if lock is None:
-                return f"{name}: lock released"
-            return f"{name}: {lock} lock taken by client {fields.get('holder', '?')}"
-        case EventName.TAIL_END:
-            return f"{name}: tail ended: {fields.get('reason', '?')}"
-        case _:
-            return f"{name}: {event.event}"
+            return f"{name}: client {client.id} ({client.kind.value}, {who(client)}) attached"
+        case EventName.LOCK_CHANGED if fields.get("lock") is None:
+            return f"{name}: lock released"
+    values = _SafeFields(fields, name=name, key=safe(event.key or "?"), event=safe(event.event))
+    line = _LINES.get(event.event, "{name}: {event}").format_map(values)
+    reason = fields.get("reason")
+    if event.event == EventName.CLIENT_DETACHED and reason:
+        line += f": {safe(reason)}"
+    return line
 
 
 def _client_of(event: Event) -> ClientInfo | None:
@@ -262,9 +251,8 @@ class Model:
 
     # -- feeding -----------------------------------------------------------------------
 
-    def load(self, consoles: Iterable[ConsoleInfo], rows: Iterable[Mapping[str, Any]] = ()) -> None:
-        """Replace every console with a snapshot (the `subscribe` reply); `rows` are
-        the same rows as JSON objects, for the fields `ConsoleInfo` does not carry."""
+    def load(self, consoles: Iterable[ConsoleInfo]) -> None:
+        """Replace every console with a snapshot (the `subscribe` reply)."""
         self.consoles = {c.key: c for c in consoles}
         self.connected = True
         self._order_stale = True
@@ -273,16 +261,15 @@ class Model:
         self.pinned &= self.consoles.keys()
         for key in [k for k in self.activity if k not in self.consoles]:
             del self.activity[key]
-        self.learn(rows)
+        self.learn(self.consoles.values())
 
-    def learn(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Take the last-activity figure of daemon rows that carry one."""
-        now = self._clock()
-        for row in rows:
-            key = row.get("key")
-            when = row_activity(row, now)
-            if isinstance(key, str) and key in self.consoles and when is not None:
-                self._active(key, when)
+    def learn(self, consoles: Iterable[ConsoleInfo]) -> None:
+        """Take the daemon's `last_output` of consoles that carry one (a `list` or
+        `show` reply); daemons before issue #8 send none, and what this dashboard saw
+        itself stands."""
+        for console in consoles:
+            if console.last_output is not None and console.key in self.consoles:
+                self._active(console.key, console.last_output)
 
     def disconnected(self) -> None:
         """The admin connection is gone: every row is stale, no tail is live."""
@@ -309,8 +296,9 @@ class Model:
         self._activity_moved = False
 
     def note(self, text: str) -> None:
-        """Add a line of our own (not an event) to the log."""
-        self.log.append(LogEntry(self._clock(), text))
+        """Add a line of our own (not an event) to the log; it may quote the daemon
+        (an error's message), so it is made inert here."""
+        self.log.append(LogEntry(self._clock(), safe(text)))
 
     def apply(self, event: Event) -> None:
         """Fold one pushed event into the model.  Unknown events and events about
@@ -318,7 +306,7 @@ class Model:
         if event.event == EventName.OUTPUT:
             self._output(event)
             return
-        self.note(describe(event))
+        self.log.append(LogEntry(self._clock(), describe(event)))  # already safe
         key = event.key
         if key is None:
             return
@@ -332,9 +320,7 @@ class Model:
                 if old is None or (old.name, old.port) != (row.name, row.port):
                     self._order_stale = True
                 self.consoles[key] = row
-                raw = event.fields.get("console")
-                if isinstance(raw, dict):
-                    self.learn([raw])
+                self.learn([row])
             elif key in self.consoles:
                 self._update(key, connected=True)
             if key in self.consoles:

@@ -11,14 +11,15 @@ Everything that came from the daemon or a VM goes through `vspc.common.display.s
 (names, labels, reasons, users, addresses: issue #7, "Safe output everywhere") or,
 for console output, `screen_lines()` before it reaches a `Text`: a VM name or console
 output is arbitrary bytes, and an escape sequence passed to the terminal would repaint
-or reconfigure it.  (`safe` here is the older caret form, `^[`, kept for callers of
-this module; the views themselves use the shared one.)
+or reconfigure it.  Event-log lines are made safe as they enter the model's log.
+Durations, who a client is and clock times come from vspctui/formatting.py, the one
+definition the `vspc` CLI uses too (issue #8 item 5); narrow columns ask it for the
+coarse form (``3m``, not ``3m07s``).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +27,8 @@ import urwid
 from urwid.widget import AbstractFlowWidget
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, VMotionPhase
-from vspc.common.display import safe as display_safe
+from vspc.common.display import safe
+from vspc.vspctui.formatting import duration, since, who
 from vspc.vspctui.keys import KEYS, Binding, help_sections
 from vspc.vspctui.model import LogEntry
 
@@ -45,7 +47,6 @@ __all__ = [
     "TailPane",
     "console_row",
     "detail_lines",
-    "safe",
     "screen_lines",
 ]
 
@@ -96,13 +97,6 @@ def _visible(char: str) -> str:
 def _is_control(char: str) -> bool:
     code = ord(char)
     return code < 0x20 or 0x7F <= code < 0xA0
-
-
-def safe(text: str) -> str:
-    """`text` with every control character (C0, DEL, C1) shown in caret/hex form."""
-    if not any(_is_control(c) for c in text):
-        return text
-    return "".join(_visible(c) if _is_control(c) else c for c in text)
 
 
 def _cook(segment: str) -> str:
@@ -179,17 +173,6 @@ class _BottomText(urwid.Widget):
         return canvas
 
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 86400:
-        return f"{seconds // 86400}d"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h"
-    if seconds >= 60:
-        return f"{seconds // 60}m"
-    return f"{seconds}s"
-
-
 def _vm_state(console: ConsoleInfo) -> str:
     if console.vmotion is VMotionPhase.PENDING:
         return "vmotion"
@@ -198,12 +181,8 @@ def _vm_state(console: ConsoleInfo) -> str:
     if console.connected:
         return "up"
     if console.expires_in is not None:
-        return f"down {_duration(console.expires_in)}"
+        return f"down {duration(console.expires_in, coarse=True)}"
     return "down"
-
-
-def _who(client: ClientInfo) -> str:
-    return display_safe(client.user or client.peer)
 
 
 _COLUMNS = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  LOCK"
@@ -230,20 +209,19 @@ def console_row(
         activity: show the activity column (`idle`).
         stale: the dashboard lost vspcd: the VM state is unknown, not "up".
     """
-    name = display_safe(console.name)
+    name = safe(console.name)
     if len(name) > 24:
         name = name[:23] + "~"
     port = "-" if console.port is None else str(console.port)
     lock = "-"
     if console.lock is not None:
         holder = console.lock_holder
-        who = f" ({_who(holder)})" if holder is not None else ""
-        lock = console.lock.value + who
+        lock = console.lock.value + (f" ({who(holder)})" if holder is not None else "")
     mark = "*" if following else " "
     state = STALE if stale else _vm_state(console)
     row = f"{mark} {name:<24} {port:>5}  {state:<9} {console.clients:>3}  "
     if activity:
-        row += f"{'-' if idle is None else _duration(idle):>4}  "
+        row += f"{duration(idle, coarse=True):>4}  "
     return row + lock
 
 
@@ -454,18 +432,18 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
         `message`: why there is no output to show instead."""
         box = self._box
         if message is not None and name is not None:
-            box.set_title(f"tail: {display_safe(name)}")
+            box.set_title(f"tail: {safe(name)}")
             self._text.set_lines([message])
         elif name is None:
             box.set_title("tail")
             self._text.set_lines([])
         elif following or live:
             state = "following" if following else "live"
-            box.set_title(f"tail: {display_safe(name)} ({state})")
+            box.set_title(f"tail: {safe(name)} ({state})")
             # A box is never taller than the terminal; 200 lines is plenty.
             self._text.set_lines(screen_lines(data, limit=200))
         else:
-            box.set_title(f"tail: {display_safe(name)}")
+            box.set_title(f"tail: {safe(name)}")
             self._text.set_lines(["not following this console yet; press t to pin its output"])
 
 
@@ -530,91 +508,70 @@ class GridView(urwid.WidgetWrap[urwid.Widget]):
         for i, (text, box) in enumerate(zip(self._texts, self._boxes, strict=True)):
             if i < len(self._tails):
                 name, data = self._tails[i]
-                box.set_title(display_safe(name))
+                box.set_title(safe(name))
                 text.set_lines(screen_lines(data, limit=100))
             else:
                 box.set_title("-")
                 text.set_lines([])
 
 
-def _when(seconds: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(seconds))
+# `show` counters the traffic line names, in its order; zero is shown only for the
+# first three (a console that never aborted a vMotion need not say so).
+_TRAFFIC = (
+    ("bytes_from_vm", "from VM {} B", True),
+    ("bytes_to_vm", "to VM {} B", True),
+    ("vmotions", "vMotions {}", True),
+    ("vmotion_aborts", "aborted {}", False),
+    ("input_dropped", "input dropped {} B", False),
+)
 
 
-def _number(row: Mapping[str, Any], *names: str) -> int | None:
-    for name in names:
-        value = row.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+def _client_line(client: ClientInfo, now: float) -> str:
+    # One line per client, short enough for 80 columns in the usual case; the byte
+    # counts only from a daemon that sends them (issue #8).
+    ro = " read-only" if client.readonly else ""
+    age = duration(now - client.since, coarse=True)
+    line = f"  #{client.id} {client.kind.value} {who(client)} {client.mode.value}{ro}"
+    line += f" since {since(client.since, time_only=True)} ({age})"
+    if client.bytes_in is not None or client.bytes_out is not None:
+        sent, got = (("-" if n is None else n) for n in (client.bytes_in, client.bytes_out))
+        line += f"  in {sent} B out {got} B"
+    return line
 
 
-def detail_lines(
-    console: ConsoleInfo, row: Mapping[str, Any], now: float, idle: float | None
-) -> list[str]:
+def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[str]:
     """The detail pane's text: what `show` says about one console (issue #9).
 
     Args:
-        console: the typed `show` reply (or the list row until it arrives).
-        row: the same reply as a JSON object, for counters and fields a newer daemon
-            adds (per-client bytes); absent fields are simply not shown.
+        console: the typed `show` reply (or the list row until it arrives); fields an
+            older daemon does not send (counters, per-client bytes) are not shown.
         now: Unix time ("since" and "last active" are shown as ages).
         idle: seconds since the console was last active, as far as anyone knows.
     """
     lines = [
-        f"name     {display_safe(console.name)}   key {display_safe(console.key)}",
-        f"uuid     {display_safe(console.uuid)}   port "
+        f"name     {safe(console.name)}   key {safe(console.key)}",
+        f"uuid     {safe(console.uuid)}   port "
         + ("-" if console.port is None else str(console.port)),
         f"VM       {_vm_state(console)}"
-        + (f" from {display_safe(console.vm_peer)}" if console.vm_peer else "")
-        + (f"   uri {display_safe(console.service_uri)}" if console.service_uri else ""),
+        + (f" from {safe(console.vm_peer)}" if console.vm_peer else "")
+        + (f"   uri {safe(console.service_uri)}" if console.service_uri else ""),
     ]
-    counters = row.get("counters")
-    counts: Mapping[str, Any] = counters if isinstance(counters, dict) else {}
-    from_vm = _number(row, "bytes_from_vm") or _number(counts, "bytes_from_vm")
-    to_vm = _number(row, "bytes_to_vm") or _number(counts, "bytes_to_vm")
-    vmotions = _number(row, "vmotions") or _number(counts, "vmotions")
-    traffic = []
-    if from_vm is not None:
-        traffic.append(f"from VM {from_vm} B")
-    if to_vm is not None:
-        traffic.append(f"to VM {to_vm} B")
-    if vmotions is not None:
-        traffic.append(f"vMotions {vmotions}")
-    aborts = _number(counts, "vmotion_aborts")
-    if aborts:
-        traffic.append(f"aborted {aborts}")
-    dropped = _number(counts, "input_dropped")
-    if dropped:
-        traffic.append(f"input dropped {dropped} B")
+    counters = console.counters or {}
+    traffic = [
+        text.format(counters[name])
+        for name, text, zero in _TRAFFIC
+        if name in counters and (zero or counters[name])
+    ]
     lines.append("traffic  " + ("   ".join(traffic) if traffic else "(no counters from vspcd)"))
-    lines.append("active   " + ("-" if idle is None else f"{_duration(idle)} ago"))
+    lines.append("active   " + ("-" if idle is None else f"{duration(idle, coarse=True)} ago"))
     if console.lock is None:
         lines.append("lock     none")
     else:
         holder = console.lock_holder
-        who = f" held by client {holder.id} ({_who(holder)})" if holder is not None else ""
-        lines.append(f"lock     {console.lock.value}{who}")
-    raw_clients = row.get("attached")
-    extra = {
-        c.get("id"): c
-        for c in (raw_clients if isinstance(raw_clients, list) else [])
-        if isinstance(c, dict)
-    }
+        by = f" held by client {holder.id} ({who(holder)})" if holder is not None else ""
+        lines.append(f"lock     {console.lock.value}{by}")
     lines.append(f"clients  {len(console.attached)}")
-    for client in console.attached:
-        ro = " read-only" if client.readonly else ""
-        since = f"since {_when(client.since)} ({_duration(max(0.0, now - client.since))})"
-        # One line per client, short enough for 80 columns in the usual case.
-        info = extra.get(client.id, {})
-        sent = _number(info, "bytes_in", "bytes_to_vm")
-        got = _number(info, "bytes_out", "bytes_from_vm")
-        io = ""
-        if sent is not None or got is not None:
-            io = f"  in {'-' if sent is None else sent} B out {'-' if got is None else got} B"
-        lines.append(
-            f"  #{client.id} {client.kind.value} {_who(client)} {client.mode.value}{ro} {since}{io}"
-        )
+    lines.extend(_client_line(client, now) for client in console.attached)
     return lines
 
 
@@ -647,7 +604,7 @@ class EventLog(urwid.WidgetWrap[urwid.Widget]):
     def show(self, entries: Iterable[LogEntry]) -> None:
         self._text.set_lines(
             [
-                f"{time.strftime('%H:%M:%S', time.localtime(e.when))}  {display_safe(e.text)}"
+                f"{since(e.when, time_only=True)}  {e.text}"  # the model made it safe
                 for e in list(entries)[-200:]
             ]
         )
@@ -668,7 +625,7 @@ class StatusBar(urwid.WidgetWrap[urwid.Widget]):
         if connection:
             message = f"{connection} | {message}" if message else connection
             error = True
-        self._message.set_text(display_safe(message))
+        self._message.set_text(safe(message))
         self._message_attr.set_attr_map({None: "error" if error else "status"})
         self._hints.set_text(hints)
 
@@ -703,8 +660,8 @@ class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
     def __init__(self, title: str, question: str, caption: str, text: str = "") -> None:
         self._edit = urwid.Edit(caption, text)
         urwid.connect_signal(self._edit, "postchange", self._changed)
-        body = urwid.Pile([urwid.Text(display_safe(question)), urwid.Divider(), self._edit])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=display_safe(title)), "dialog"))
+        body = urwid.Pile([urwid.Text(safe(question)), urwid.Divider(), self._edit])
+        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=safe(title)), "dialog"))
 
     @property
     def text(self) -> str:
@@ -719,23 +676,29 @@ class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
         urwid.emit_signal(self, "change", self._edit.edit_text)
 
 
-class LockPicker(urwid.WidgetWrap[urwid.Widget]):
+class _Picker(urwid.WidgetWrap[urwid.Widget]):
+    """A dialog: a question over one selectable row per choice; the focused row is
+    the choice (the key table's confirm/cancel decide what happens with it)."""
+
+    def __init__(self, title: str, question: str, labels: Sequence[str]) -> None:
+        rows = [urwid.AttrMap(urwid.SelectableIcon(label, 0), None, "focus") for label in labels]
+        self._choices = urwid.Pile(rows)
+        body = urwid.Pile([urwid.Text(question), urwid.Divider(), self._choices])
+        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=title), "dialog"))
+        body.focus_position = 2
+
+
+class LockPicker(_Picker):
     """The four lock modes, one per row; `selected` is the focused one."""
 
     def __init__(self, console: str) -> None:
         self._modes = list(LockMode)
         width = max(len(m.value) for m in self._modes)
-        choices = [
-            urwid.AttrMap(
-                urwid.SelectableIcon(f"{m.value:<{width}}  {LOCK_HELP[m]}", 0), None, "focus"
-            )
-            for m in self._modes
-        ]
-        self._choices = urwid.Pile(choices)
-        question = urwid.Text(f"attach to {display_safe(console)} with lock mode:")
-        body = urwid.Pile([question, urwid.Divider(), self._choices])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title="lock mode"), "dialog"))
-        body.focus_position = 2
+        super().__init__(
+            "lock mode",
+            f"attach to {safe(console)} with lock mode:",
+            [f"{m.value:<{width}}  {LOCK_HELP[m]}" for m in self._modes],
+        )
 
     @property
     def selected(self) -> LockMode:
@@ -745,29 +708,21 @@ class LockPicker(urwid.WidgetWrap[urwid.Widget]):
         self._choices.focus_position = self._modes.index(mode)
 
 
-class ClientPicker(urwid.WidgetWrap[urwid.Widget]):
+class ClientPicker(_Picker):
     """The clients of one console, one per row, to pick one to kick; `selected` is
     the focused one."""
 
     def __init__(self, console: str, clients: Sequence[ClientInfo]) -> None:
         self._clients = list(clients)
-        choices = [
-            urwid.AttrMap(
-                urwid.SelectableIcon(
-                    f"#{c.id:<4} {c.kind.value:<6} {_who(c):<16} {c.mode.value}"
-                    + (" read-only" if c.readonly else ""),
-                    0,
-                ),
-                None,
-                "focus",
-            )
-            for c in self._clients
-        ]
-        self._choices = urwid.Pile(choices)
-        question = urwid.Text(f"kick which client of {display_safe(console)}?")
-        body = urwid.Pile([question, urwid.Divider(), self._choices])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title="kick"), "dialog"))
-        body.focus_position = 2
+        super().__init__(
+            "kick",
+            f"kick which client of {safe(console)}?",
+            [
+                f"#{c.id:<4} {c.kind.value:<6} {who(c):<16} {c.mode.value}"
+                + (" read-only" if c.readonly else "")
+                for c in self._clients
+            ],
+        )
 
     @property
     def selected(self) -> ClientInfo:

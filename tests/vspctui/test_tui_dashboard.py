@@ -234,13 +234,16 @@ def test_reconnects_with_a_fresh_list_and_says_so_after_an_attach(short_dir: Pat
 
 
 def test_daemon_activity_fields_fill_the_column_and_are_asked_again(short_dir: Path) -> None:
-    """A daemon whose rows say when each console was last active (optional fields,
-    docs/vspc-tui.md "Activity"): the column and the activity order use them, and
-    `list` is asked again for consoles nobody tails.  vspcd itself may not send them
-    yet, so a minimal admin server plays that daemon."""
+    """A daemon whose rows say when each console last printed (`last_output`, optional,
+    docs/vspc-tui.md "Activity"): the column and the activity order use it, and `list`
+    is asked again for consoles nobody tails.  A minimal admin server plays that
+    daemon, so the figures are exact: alpha printed two minutes ago, beta has not yet
+    (it sends only `created`, as vspcd does before the first output)."""
     path = str(short_dir / "fake.sock")
+    created = time.time() - 3600
     alpha = {"key": "a" * 32, "name": "alpha", "uuid": "u1", "connected": True}
     beta = {"key": "b" * 32, "name": "beta", "uuid": "u2", "connected": True}
+    beta |= {"created": created}
     lists = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -249,10 +252,11 @@ def test_daemon_activity_fields_fill_the_column_and_are_asked_again(short_dir: P
             request = json.loads(line)
             reply: dict[str, Any] = {"ok": True, "id": request["id"]}
             if request["cmd"] == "subscribe":
-                reply["vms"] = [alpha | {"idle": 120}, beta]
+                reply["vms"] = [alpha | {"last_output": time.time() - 120}, beta]
             elif request["cmd"] == "list":
                 lists += 1
-                reply["vms"] = [alpha | {"idle": 120}, beta | {"last_output": time.time()}]
+                alpha_output = {"last_output": time.time() - 120}
+                reply["vms"] = [alpha | alpha_output, beta | {"last_output": time.time()}]
             elif request["cmd"] == "tail":
                 reply |= {"key": request["vm"], "name": "?", "data_b64": ""}
             writer.write(json.dumps(reply).encode() + b"\n")

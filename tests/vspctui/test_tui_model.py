@@ -6,6 +6,7 @@ decodes them from the wire (docs/admin-protocol.md, "Events").
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from vspc.common.admin import (
     VMotionPhase,
     encode_bytes,
 )
-from vspc.vspctui.model import Model, SortOrder, describe, row_activity
+from vspc.vspctui.model import Model, SortOrder, describe
 
 KEY = "0123456789abcdeffedcba9800000000"
 UUID = "01234567-89ab-cdef-fedc-ba9800000000"
@@ -182,8 +183,8 @@ class Clock:
 def test_activity_from_output_events_and_daemon_rows() -> None:
     clock = Clock()
     m = Model(clock=clock)
-    # A daemon that says when a console was last active: Unix time, or an age.
-    m.load([DB01, WEB02], [{"key": KEY, "last_output": clock.now - 30}, {"key": WEB02.key}])
+    # A daemon that says when a console last printed (`last_output`, issue #8).
+    m.load([replace(DB01, last_output=clock.now - 30), WEB02])
     assert m.idle(KEY) == 30.0 and m.idle(WEB02.key) is None
     clock.now += 5
     m.start_following(WEB02.key)
@@ -200,21 +201,29 @@ def test_activity_from_output_events_and_daemon_rows() -> None:
     assert m.idle(WEB02.key) == 0.0
 
 
-@pytest.mark.parametrize(
-    ("row", "when"),
-    [
-        ({"last_output": 1_700_000_000.5}, 1_700_000_000.5),
-        ({"last_activity": 1_700_000_000}, 1_700_000_000.0),
-        ({"last_activity": 12345.0}, None),  # a monotonic reading: not comparable
-        ({"idle": 20}, 1_999_999_980.0),
-        ({"idle": -1}, None),
-        ({"last_output": True}, None),
-        ({"last_output": "yesterday"}, None),
-        ({}, None),
-    ],
-)
-def test_row_activity(row: dict[str, Any], when: float | None) -> None:
-    assert row_activity(row, 2_000_000_000.0) == when
+def test_activity_from_list_and_show_replies_never_goes_back() -> None:
+    clock = Clock()
+    m = Model(clock=clock)
+    m.load([DB01, WEB02])  # an older daemon: no `last_output`, nothing known yet
+    assert m.idle(KEY) is None
+    m.learn([replace(DB01, last_output=clock.now - 10)])
+    assert m.idle(KEY) == 10.0
+    # An older figure (a `list` answered before the output event we saw) never
+    # moves the activity back; consoles we do not know are ignored.
+    m.touch(KEY)
+    m.learn([replace(DB01, last_output=clock.now - 60), replace(DB01, key="x", last_output=1.0)])
+    assert m.idle(KEY) == 0.0 and "x" not in m.activity
+
+
+def test_log_lines_are_inert() -> None:
+    # A VM names itself and the daemon relays reasons: the log holds them escaped.
+    m = Model(clock=Clock())
+    m.apply(event("vmotion_abort", display="evil\x1b]0;x\x07", reason="a\nFAKE"))
+    m.note("lost vspcd: \x1b[2J")
+    assert [e.text for e in m.log] == [
+        "evil\\x1b]0;x\\x07: vMotion aborted: a\\nFAKE",
+        "lost vspcd: \\x1b[2J",
+    ]
 
 
 def test_sort_orders_and_the_cached_order() -> None:

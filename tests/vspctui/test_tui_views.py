@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import urwid
 
 from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, LockMode, VMotionPhase
+from vspc.common.display import safe
 from vspc.vspctui.keys import KEYS, Binding, Command, KeyContext, help_text, hints, lookup
 from vspc.vspctui.model import LogEntry
 from vspc.vspctui.views import (
@@ -22,7 +24,6 @@ from vspc.vspctui.views import (
     TailPane,
     console_row,
     detail_lines,
-    safe,
     screen_lines,
 )
 
@@ -99,8 +100,18 @@ def test_screen_lines_never_pass_control_characters(data: bytes, lines: list[str
 
 def test_screen_lines_limit_and_safe() -> None:
     assert screen_lines(b"1\n2\n3\n4", limit=2) == ["3", "4"]
-    assert safe("web\x1b[2J\x9b") == "web^[[2J<9b>"
+    # Names are rendered by the shared `vspc.common.display.safe`: a hostile console
+    # name reaches the screen as inert, visible text (no ESC, no CSI, one line).
+    assert safe("web\x1b[2J\x9b") == "web\\x1b[2J\\x9b"
     assert safe("plain") == "plain"
+    view = ConsoleList()
+    view.show([ConsoleInfo(key="k", name="web\x1b[2J\x9b", uuid="u")])
+    row = text(view, (60, 3))[1]
+    assert row.split()[0] == "web\\x1b[2J\\x9b"
+    assert "\x1b" not in row and "\x9b" not in row
+    plain = ConsoleList()
+    plain.show([ConsoleInfo(key="k", name="plain", uuid="u")])
+    assert text(plain, (60, 3))[1].split()[0] == "plain"
 
 
 def test_tail_pane_shows_the_last_lines_of_a_followed_console() -> None:
@@ -250,8 +261,9 @@ def test_detail_lines_from_show_and_optional_fields() -> None:
         lock=LockMode.WRITE, lock_holder=ALICE, attached=(ALICE, EVIL), vm_peer="10.0.0.21:4",
         service_uri="vSPC.py", counters={"bytes_from_vm": 48211, "bytes_to_vm": 312, "vmotions": 2},
     )  # fmt: skip
-    row = {"counters": dict(console.counters or {}), "attached": [{"id": 3, "bytes_in": 9}]}
-    lines = detail_lines(console, row, now=1060.0, idle=5.0)
+    # Per-client bytes are typed `ClientInfo` fields (issue #8), absent from older daemons.
+    console = replace(console, attached=(replace(ALICE, bytes_in=9), EVIL))
+    lines = detail_lines(console, now=1060.0, idle=5.0)
     body = "\n".join(lines)
     assert "up from 10.0.0.21:4" in body and "uri vSPC.py" in body
     assert "from VM 48211 B   to VM 312 B   vMotions 2" in body
@@ -263,7 +275,7 @@ def test_detail_lines_from_show_and_optional_fields() -> None:
         "(1m)  in 9 B out - B"
     )
     assert "ev\\x1b]0;x\\x07" in evil and "read-only" in evil and "\x1b" not in evil
-    bare = detail_lines(ConsoleInfo(key="k", name="n", uuid="u"), {}, now=0.0, idle=None)
+    bare = detail_lines(ConsoleInfo(key="k", name="n", uuid="u"), now=0.0, idle=None)
     assert "traffic  (no counters from vspcd)" in bare and "active   -" in bare
 
 
