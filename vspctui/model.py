@@ -383,8 +383,8 @@ class Model:
             mode = LockMode(lock) if isinstance(lock, str) else None
         except ValueError:  # a newer daemon's lock mode: show no lock rather than guess
             mode = None
-        who = next((c for c in console.attached if c.id == holder), None)
-        self._update(key, lock=mode, lock_holder=who if mode is not None else None)
+        client = next((c for c in console.attached if c.id == holder), None)
+        self._update(key, lock=mode, lock_holder=client if mode is not None else None)
 
     def _update(self, key: str, **changes: Any) -> None:
         self.consoles[key] = dataclasses.replace(self.consoles[key], **changes)

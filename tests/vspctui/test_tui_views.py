@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -275,11 +276,15 @@ def test_detail_lines_from_show_and_optional_fields() -> None:
         "(1m)  in 9 B out - B"
     )
     assert "ev\\x1b]0;x\\x07" in evil and "read-only" in evil and "\x1b" not in evil
+    assert f" since {time.strftime('%H:%M:%S', time.localtime(1000.0))} (1m)" in alice
     bare = detail_lines(ConsoleInfo(key="k", name="n", uuid="u"), now=0.0, idle=None)
     assert "traffic  (no counters from vspcd)" in bare and "active   -" in bare
 
 
 def test_client_picker_and_status_connection() -> None:
+    # Who a client is, as `vspc` says it: user name, else uid, else address.
+    rows = text(ClientPicker("db01", [replace(ALICE, user=None), replace(EVIL, user=None)]), (60,))
+    assert "uid 1000" in rows[3] and "10.0.0.9:5" in rows[4]
     picker = ClientPicker("db01", [ALICE, EVIL])
     assert picker.selected == ALICE
     picker.keypress((60,), "down")
