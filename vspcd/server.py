@@ -40,7 +40,6 @@ from vspc.vspcd.persist import Persister
 from vspc.vspcd.privileges import Identity, PrivilegeError, drop, hand_over, resolve
 from vspc.vspcd.reload import apply as apply_reload
 from vspc.vspcd.reload import describe as describe_reload
-from vspc.vspcd.render import fields_observer
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +175,8 @@ class Daemon:
             self._restore_scrollback(restored)
         if self.logs is not None:
             self.hub.add_output_listener(self.logs.output)
-            self.hub.subscribe(fields_observer(self.logs.observe))
-            # --log-events; the adapter is the one place that knows the event shape.
-            self.hub.subscribe(fields_observer(logevents.hub_observer(self.logs, time.time)))
+            self.hub.subscribe(self.logs.observe)
+            self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
             log.info("console logs in %s", config.log_dir)
         if config.http is not None:
             routes = httproutes.routes(
