@@ -245,6 +245,8 @@ class HookRunner:
         self._groups: set[int] = set()  # process groups (= pids) of running hooks
         self._dropped = 0
         self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.started = 0  # hooks started, for tests and the shutdown log line
 
     @property
@@ -254,6 +256,11 @@ class HookRunner:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    async def drained(self) -> None:
+        """Wait until no hook runs and none is queued (tests; nothing in the daemon
+        waits for hooks except `close`)."""
+        await self._idle.wait()
 
     def reconfigure(self, settings: HookSettings) -> None:
         """Apply reloaded settings (new events use them; queued jobs keep theirs)."""
@@ -287,6 +294,7 @@ class HookRunner:
 
     def _start(self, job: _Job) -> None:
         self.started += 1
+        self._idle.clear()
         task = asyncio.get_running_loop().create_task(self._run(job))
         self._running.add(task)
         task.add_done_callback(self._finished)
@@ -300,12 +308,16 @@ class HookRunner:
 
     def _start_waiting(self) -> None:
         if self._closing:
+            if not self._running:
+                self._idle.set()
             return
         while self._queue and len(self._running) < self.settings.concurrency:
             self._start(self._queue.popleft())
         if self._dropped and not self._queue:
             log.warning("hooks: %d event(s) dropped while the queue was full", self._dropped)
             self._dropped = 0
+        if not self._running and not self._queue:
+            self._idle.set()
 
     def _environment(self, job: _Job) -> dict[str, str]:
         env = {k: v for k, v in self._environ.items() if not k.startswith(PREFIX)}
