@@ -183,7 +183,7 @@ def _find(spelling: str) -> tuple[Any, str]:
             f"plugin: no {ENTRY_POINT_GROUP} entry point named {spelling!r} and no module "
             f"{name} on sys.path; module:Class names a class directly)"
         )
-    return _attribute(module, name, spelling, f"module {name}"), f"module {name}"
+    return _attribute(module, name, spelling, f"module {name}"), f"{name}.{name}"
 
 
 def resolve(spelling: str) -> tuple[Callable[[str], Any], str]:
@@ -238,7 +238,7 @@ class PluginHost:
         cls, where = resolve(spelling)
         try:
             self.plugin = cls(args)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: the plugin's argparse
             raise PluginError(
                 f"--backend {spelling}: {where}({args!r}) failed: {type(exc).__name__}: {exc}"
             ) from exc
