@@ -34,10 +34,11 @@ from tests.vspcd.harness import (
 )
 from vspc.common import vmware as vm
 from vspc.common.admin import ClientInfo, ClientKind, LockMode
+from vspc.vspcd.config import parse_args
 from vspc.vspcd.console import ConsoleKey
 from vspc.vspcd.events import ClientAttached, ConsoleCleared, VmRenamed
 from vspc.vspcd.hookenv import HOOK_EVENTS, VARIABLES, env_value, environment
-from vspc.vspcd.hooks import HookRunner
+from vspc.vspcd.hooks import HookRunner, HookSettings, hook_settings
 from vspc.vspcd.reload import apply as apply_reload
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -367,3 +368,44 @@ def test_reload_turns_hooks_on(tmp_path: Path) -> None:
             assert list(read_envs(out)) == ["vm_disconnected"]
 
     asyncio.run(main())
+
+
+# ----------------------------------------------------------------- configuration
+
+
+def test_hook_settings_from_a_configuration_file(tmp_path: Path) -> None:
+    toml = tmp_path / "vspcd.toml"
+    toml.write_text(
+        'hook_command = "/usr/local/bin/on-event --quiet"\n'
+        'hook_events = ["vm_connected", "client_attached"]\n'
+        "hook_timeout = 2.5\nhook_concurrency = 8\nhook_queue = 16\n"
+    )
+    config = parse_args(["--config", str(toml)], {}, default_config=Path("/nonexistent"))
+    assert hook_settings(config) == HookSettings(
+        argv=("/usr/local/bin/on-event", "--quiet"),
+        events=frozenset({"vm_connected", "client_attached"}),
+        timeout=2.5,
+        concurrency=8,
+        queue=16,
+    )
+    default = parse_args([], {}, default_config=toml.with_name("none"))
+    assert hook_settings(default).argv == ()  # off by default
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--hook-command", "'unterminated"], "No closing quotation"),
+        (["--hook-command", "  "], "empty command"),
+        (["--hook-events", "vm_connected,reboot"], "unknown hook event 'reboot'"),
+        (["--hook-timeout", "0"], "must be a finite number > 0"),
+        (["--hook-concurrency", "0"], "must be >= 1"),
+    ],
+)
+def test_bad_hook_flags_are_usage_errors(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv, {}, default_config=Path("/nonexistent"))
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
