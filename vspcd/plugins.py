@@ -26,7 +26,8 @@ never lets it reach the hub.
 
 Callbacks run on the event loop, synchronously, in the VM's data path for
 `console_output`: they must be quick.  A plugin with slow work (a database, HTTP)
-hands it to its own thread or asyncio task; docs/plugins.md shows the pattern.
+hands it to `Offload` (a bounded queue drained by a thread of its own) or to an
+asyncio task; docs/plugins.md shows both.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import queue
+import threading
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from vspc.common import vmware as vm
 from vspc.common.admin import ConsoleInfo
@@ -61,6 +64,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "HubView",
+    "Offload",
     "PluginError",
     "PluginHost",
     "REQUIRED",
@@ -332,3 +336,65 @@ def _is_power_of_ten(n: int) -> bool:
     while n >= 10 and n % 10 == 0:
         n //= 10
     return n == 1
+
+
+# ----------------------------------------------------------------- a helper for plugins
+
+T = TypeVar("T")
+_STOP = object()
+
+
+class Offload(Generic[T]):
+    """Run a plugin's slow `work(item)` on a thread of its own, never on the loop.
+
+    `put(item)` is O(1) and never blocks: with `limit` items already waiting it drops
+    the item and counts it in `dropped` (logged when dropping starts).  Exceptions
+    from `work` are logged once, then counted in `errors`.  `close(timeout)` lets the
+    thread finish what is queued, waiting at most `timeout` seconds.
+    """
+
+    def __init__(
+        self, work: Callable[[T], object], *, limit: int = 10_000, name: str = "vspc-offload"
+    ) -> None:
+        self._work = work
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=limit)
+        self.dropped = 0
+        self.errors = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, item: T) -> bool:
+        """Queue `item`; False if it was dropped (the queue is full)."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            if not self.dropped:
+                log.warning("%s: queue full; dropping work", self._thread.name)
+            self.dropped += 1
+            return False
+        return True
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not _STOP:
+            try:
+                self._work(item)  # type: ignore[arg-type]  # only put() adds items
+            except Exception:
+                self.errors += 1
+                if self.errors == 1:
+                    log.exception("%s: work failed (further failures counted)", self._thread.name)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish what is queued (at most `timeout` seconds), then stop the thread.
+
+        Called from the plugin's `close()`, at shutdown: the only place a plugin may
+        keep the loop waiting, and only this long."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:
+            log.warning("%s: still busy after %g s; abandoning it", self._thread.name, timeout)
+            return
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s: still busy after %g s; abandoning it", self._thread.name, timeout)

@@ -286,3 +286,33 @@ def test_docs_ship_the_sample_backend() -> None:
     code = SAMPLE.read_text()
     body = code[code.index("from __future__") :]
     assert body in DOCS.read_text()
+
+
+def test_a_slow_plugin_offloads_and_never_stalls_the_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    caplog.set_level(logging.WARNING, logger="vspc.vspcd.plugins")
+
+    async def main() -> None:
+        flags = ("--backend", "slow_backend:Slow", "--backend-args", "2")
+        async with running(tmp_path, *flags) as (daemon, events):
+            assert daemon.plugin is not None
+            plugin = daemon.plugin.plugin
+            esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            # The plugin's "database" is stuck; output still flows to operators.
+            for n in range(20):
+                esx.send(b"line %d\r\n" % n)
+                await op.output.expect(b"line %d\r\n" % n)
+            assert plugin.offload.dropped > 0  # bounded: the rest was dropped
+            await op.close()
+            await esx.close()
+        # close() unblocked it and waited for the queue to drain.
+        stored = b"".join(plugin.stored)
+        assert stored.startswith(b"line 0\r\n") and plugin.offload.errors == 0
+
+    asyncio.run(main())
+    assert "vspc-offload: queue full; dropping work" in caplog.text
