@@ -242,12 +242,11 @@ class HookRunner:
         self._environ = os.environ if environ is None else environ
         self._queue: deque[_Job] = deque()
         self._running: set[asyncio.Task[None]] = set()
-        self._groups: set[int] = set()  # process groups (= pids) of running hooks
         self._dropped = 0
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
-        self.started = 0  # hooks started, for tests and the shutdown log line
+        self.started = 0  # hooks started (tests)
 
     @property
     def running(self) -> int:
@@ -338,30 +337,26 @@ class HookRunner:
         except OSError as exc:  # not found, not executable, fork failed
             log.error("%s: cannot run: %s", what, safe(exc.strerror or exc))
             return
-        self._groups.add(proc.pid)
         out, err = _Tail(), _Tail()
         pumps = asyncio.gather(out.drain(proc.stdout), err.drain(proc.stderr))
         try:
-            try:
-                async with asyncio.timeout(job.timeout):
-                    await pumps
-                    status = await proc.wait()
-            except TimeoutError:
-                _kill_group(proc.pid)
-                await _reap(proc, pumps)
-                log.warning(
-                    "%s: timed out after %g s; killed its process group; stderr: %s",
-                    what,
-                    job.timeout,
-                    err.text(),
-                )
-                return
-            except asyncio.CancelledError:  # close() gave up waiting
-                _kill_group(proc.pid)
-                await _reap(proc, pumps)
-                raise
-        finally:
-            self._groups.discard(proc.pid)
+            async with asyncio.timeout(job.timeout):
+                await pumps
+                status = await proc.wait()
+        except TimeoutError:
+            _kill_group(proc.pid)
+            await _reap(proc, pumps)
+            log.warning(
+                "%s: timed out after %g s; killed its process group; stderr: %s",
+                what,
+                job.timeout,
+                err.text(),
+            )
+            return
+        except asyncio.CancelledError:  # close() gave up waiting
+            _kill_group(proc.pid)
+            await _reap(proc, pumps)
+            raise
         if status == 0:
             log.debug("%s: done; stdout: %s", what, out.text())
         elif status < 0:
