@@ -149,6 +149,7 @@ def _reloader(argv: Sequence[str] | None, config: Config) -> Callable[[], Config
 def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | None = None) -> int:
     # Imported here, not at the top: --help, usage errors and --daemon's fork come
     # first and need none of the daemon's machinery.
+    from vspc.vspcd.plugins import PluginError
     from vspc.vspcd.server import serve
 
     started = False
@@ -171,6 +172,9 @@ def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | N
     except KeyboardInterrupt:
         log.info("interrupted")
         return 0
+    except PluginError as exc:  # --backend: a usage error, as if argparse had found it
+        log.error("cannot start: %s", exc)
+        return 2
     except (OSError, PrivilegeError) as exc:  # typically: an address cannot be bound
         log.error("%s: %s", "vspcd failed" if started else "cannot start", exc)
         return 1

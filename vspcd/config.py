@@ -16,7 +16,9 @@ vSPC.py's backends are spelled either way: `--persist-file PATH` (or `-f PATH`) 
 `--backend File --backend-args '-f PATH'`, and `--log-dir DIR --log-prefix P
 --log-mode M --context N` is `--backend Logging --backend-args '-l DIR -p P -m M
 --context N'`.  `--backend-args` is split with `shlex` and parsed by a small parser
-per backend (`BACKENDS`); its errors are usage errors like any other.
+per backend (`BACKENDS`); its errors are usage errors like any other.  Any other
+`--backend` name is a plugin (vspcd/plugins.py, docs/plugins.md), resolved here so a
+broken one fails the start with status 2; it gets `--backend-args` as one string.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
-from vspc.vspcd import __version__, logconfig
+from vspc.vspcd import __version__, hooks, logconfig, plugins
 from vspc.vspcd.listeners import make_ssl_context
 
 PROXY_PORT = 13370
@@ -110,6 +112,16 @@ class Config:
     log_compress: bool = False
     http: tuple[str, int] | None = None
     http_console_log: bool = False
+    # A plugin backend (vspcd/plugins.py, issue #11 item 6): the --backend spelling
+    # and its --backend-args; None for the built-ins, which fold into the fields above.
+    backend: str | None = None
+    backend_args: str | None = None
+    # Hooks (vspcd/hooks.py, issue #11 item 5).
+    hook_command: str | None = None
+    hook_events: tuple[str, ...] | None = None
+    hook_timeout: float = hooks.HOOK_TIMEOUT
+    hook_concurrency: int = hooks.HOOK_CONCURRENCY
+    hook_queue: int = hooks.HOOK_QUEUE
     # Process.
     log_stdout: bool = False
     daemon: bool = False
@@ -447,16 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     backends.add_argument(
         "--backend",
         metavar="NAME",
-        help="vSPC.py spelling: Memory (default), File or Logging (any case)",
+        help="vSPC.py spelling: Memory (default), File or Logging (any case); or a plugin "
+        "(docs/plugins.md): module:Class, a vspc.backends entry point, or vSPC.py's "
+        "module vSPCBackendNAME on PYTHONPATH",
     )
     backends.add_argument(
         "--backend-args",
         metavar="ARGS",
         help="vSPC.py spelling, one shell-quoted string: File: '-f PATH'; "
-        "Logging: '[-l DIR] [-p PREFIX] [-m MODE] [--context N]'",
+        "Logging: '[-l DIR] [-p PREFIX] [-m MODE] [--context N]'; a plugin gets the "
+        "string as it is",
     )
 
     logconfig.add_arguments(parser)
+    hooks.add_arguments(parser)
 
     proc = parser.add_argument_group("process")
     proc.add_argument(
@@ -640,7 +656,7 @@ def _logging_backend_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# vSPC.py's built-in backends; its plugin loader (`vSPCBackendFoo` modules) is not kept.
+# vSPC.py's built-in backends; any other name is a plugin (vspcd/plugins.py).
 BACKENDS: dict[str, Callable[[], argparse.ArgumentParser] | None] = {
     "memory": None,  # takes no arguments
     "file": _file_backend_parser,
@@ -649,27 +665,37 @@ BACKENDS: dict[str, Callable[[], argparse.ArgumentParser] | None] = {
 
 
 def _backend_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
-    """Fold --backend/--backend-args into the native options of `ns` (in place)."""
+    """Fold --backend/--backend-args into the native options of `ns` (in place).
+
+    A name that is not a built-in is a plugin (vspcd/plugins.py): it is resolved now,
+    so a broken one is a usage error, and stays in `ns.backend` with its arguments.
+    """
     if ns.backend is None:
         if ns.backend_args is not None:
-            parser.error("--backend-args needs --backend File or --backend Logging")
+            parser.error("--backend-args needs --backend File or --backend Logging (or a plugin)")
         return
     name = ns.backend.strip().lower()
     if name not in BACKENDS:
-        parser.error(
-            f"--backend {ns.backend!r}: unknown backend (choose Memory, File or Logging; "
-            "vSPC.py's plugin backends are not supported)"
-        )
+        try:
+            plugins.resolve(ns.backend.strip())
+        except plugins.PluginError as exc:
+            parser.error(str(exc))
+        ns.backend = ns.backend.strip()
+        ns.backend_args = ns.backend_args or ""
+        return
     make = BACKENDS[name]
+    spelled, ns.backend = ns.backend, None  # a built-in: its meaning goes to native options
     if make is None:
         if ns.backend_args is not None and ns.backend_args.strip():
-            parser.error(f"--backend {ns.backend}: takes no --backend-args")
+            parser.error(f"--backend {spelled}: takes no --backend-args")
+        ns.backend_args = None
         return
     try:
         words = shlex.split(ns.backend_args or "")
         parsed = make().parse_args(words)
     except (ValueError, _BackendArgsError) as exc:  # shlex: "No closing quotation"
-        parser.error(f"--backend-args {ns.backend_args!r} for --backend {ns.backend}: {exc}")
+        parser.error(f"--backend-args {ns.backend_args!r} for --backend {spelled}: {exc}")
+    args, ns.backend_args = ns.backend_args, None
     flags = {
         "persist_file": "--persist-file",
         "log_dir": "--log-dir",
@@ -682,9 +708,7 @@ def _backend_settings(parser: argparse.ArgumentParser, ns: argparse.Namespace) -
             continue
         given = getattr(ns, field)
         if given is not None and given != value:
-            parser.error(
-                f"{flags[field]} {given} conflicts with --backend-args {ns.backend_args!r}"
-            )
+            parser.error(f"{flags[field]} {given} conflicts with --backend-args {args!r}")
         setattr(ns, field, value)
 
 

@@ -42,12 +42,13 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vspc.common import vmware as vm
 from vspc.vspcd.console import Cancellable, Console
+from vspc.vspcd.events import ConsoleExpired, HubEvent, VmDisconnected, VmRenamed
 from vspc.vspcd.logformat import (
     STAMP_WIDTH,
     format_stamp,
@@ -215,23 +216,21 @@ class ConsoleLogs:
             if self._timer is None:
                 self._timer = self._call_later(self._settings.flush_interval, self._on_timer)
 
-    def observe(self, event: str, fields: Mapping[str, object]) -> None:
+    def observe(self, event: HubEvent) -> None:
         """Hub observer: follow renames; close a console's file once its VM is gone."""
-        key = fields.get("key")
-        if not isinstance(key, str):
-            return
-        if event in ("vm_disconnected", "vm_expired"):
-            if event == "vm_expired":
-                self._event_files.pop(key, None)
-            entry = self._files.pop(key, None)
-            if entry is not None:
-                self._write(entry)
-                self._close(entry)
-        elif event == "vm_renamed":
-            # Rename the file now, not at the next write: the VM may stay silent.
-            entry = self._files.get(key)
-            if entry is not None and entry.fd is not None:
-                self._follow_name(entry)
+        match event:
+            case VmDisconnected(key=key) | ConsoleExpired(key=key):
+                if isinstance(event, ConsoleExpired):
+                    self._event_files.pop(str(key), None)
+                entry = self._files.pop(str(key), None)
+                if entry is not None:
+                    self._write(entry)
+                    self._close(entry)
+            case VmRenamed(key=key):
+                # Rename the file now, not at the next write: the VM may stay silent.
+                entry = self._files.get(str(key))
+                if entry is not None and entry.fd is not None:
+                    self._follow_name(entry)
 
     def write_event(self, key: str, display_name: str, line: bytes) -> None:
         """Append one event line to console `key`'s `.events` file (`--log-events`).

@@ -1,9 +1,9 @@
 """Console event lines for `--log-events` (issue #11 item 1).
 
-Boundary: formats hub events as lines and hands them to `ConsoleLogs.write_event`;
-holds no state.  `hub_observer` is the one adapter from the hub's current
-`subscribe(observer)` interface, `observer(event_name, fields)`; when the hub's events
-become typed dataclasses only that function changes.
+Boundary: formats typed hub events (vspcd/events.py) as lines and hands them to
+`ConsoleLogs.write_event`; holds no state.  `hub_observer` matches on the event types
+and picks each line's fields from the typed values; `event` is the admin event name
+(docs/admin-protocol.md "Events"), so the two vocabularies never drift apart.
 
 Why a separate file.  A VM can print anything, including text that looks like any
 in-band marker, so event lines never go into the console log itself: they go to
@@ -27,43 +27,71 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from vspc.common.admin import ClientInfo
 from vspc.vspcd.consolelog import ConsoleLogs
+from vspc.vspcd.events import (
+    ClientAttached,
+    ClientDetached,
+    ConsoleExpired,
+    HubEvent,
+    LockChanged,
+    Observer,
+    VmConnected,
+    VmDisconnected,
+    VMotionAborted,
+    VMotionBegun,
+    VMotionCompleted,
+    VMotionPeered,
+    VMotionRefused,
+    VmRenamed,
+)
 from vspc.vspcd.logformat import format_stamp
 
-__all__ = ["event_line", "hub_observer"]
-
-_CLIENT_FIELDS = ("id", "kind", "peer", "user", "uid", "mode")
+__all__ = ["event_details", "event_line", "hub_observer"]
 
 
-def _pick(*names: str) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    def pick(fields: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: fields[name] for name in names if name in fields}
-
-    return pick
-
-
-def _client(fields: Mapping[str, Any]) -> dict[str, Any]:
-    row = fields.get("client")
-    if not isinstance(row, Mapping):
-        return {}
-    return {"client": {name: row[name] for name in _CLIENT_FIELDS if name in row}}
+def _client(client: ClientInfo) -> dict[str, Any]:
+    """Who attached (no byte counters or times: the line has its own `time`)."""
+    return {
+        "id": client.id,
+        "kind": client.kind.value,
+        "peer": client.peer,
+        "user": client.user,
+        "uid": client.uid,
+        "mode": client.mode.value,
+    }
 
 
-# Which hub events become lines, and which of their fields each line carries.
-_DETAILS: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
-    "vm_connected": _pick("peer"),
-    "vm_disconnected": _pick("peer"),
-    "vm_expired": _pick(),
-    "vm_renamed": _pick("vm_name"),
-    "vmotion_begin": _pick("peer"),
-    "vmotion_peer": _pick("peer"),
-    "vmotion_complete": _pick("peer"),
-    "vmotion_abort": _pick("reason"),
-    "vmotion_notnow": _pick("reason"),
-    "client_attached": _client,
-    "client_detached": _pick("client", "reason"),
-    "lock_changed": _pick("lock", "holder"),
-}
+def event_details(event: HubEvent) -> dict[str, Any] | None:
+    """The fields an event's line carries after `time`, `event`, `console`, `name`;
+    None for the events that get no line."""
+    match event:
+        case (
+            VmConnected(peer=peer)
+            | VmDisconnected(peer=peer)
+            | VMotionBegun(peer=peer)
+            | VMotionPeered(peer=peer)
+            | VMotionCompleted(peer=peer)
+        ):
+            return {"peer": peer}
+        case ConsoleExpired():
+            return {}
+        case VmRenamed(vm_name=vm_name):
+            return {"vm_name": vm_name}
+        case VMotionAborted(reason=reason):
+            return {"reason": reason.value}
+        case VMotionRefused() as refused:
+            return {"reason": refused.text}
+        case ClientAttached(client=client):
+            return {"client": _client(client)}
+        case ClientDetached(client=client, reason=reason):
+            details: dict[str, Any] = {"client": client.id}
+            if reason is not None:
+                details["reason"] = reason
+            return details
+        case LockChanged(lock=lock, holder=holder):
+            return {"lock": None if lock is None else lock.value, "holder": holder}
+    return None
 
 
 def event_line(now: float, event: str, key: str, name: str, details: Mapping[str, Any]) -> bytes:
@@ -78,16 +106,18 @@ def event_line(now: float, event: str, key: str, name: str, details: Mapping[str
     return json.dumps(record, default=str).encode("ascii") + b"\n"
 
 
-def hub_observer(
-    logs: ConsoleLogs, wall_clock: Callable[[], float]
-) -> Callable[[str, dict[str, Any]], None]:
+def hub_observer(logs: ConsoleLogs, wall_clock: Callable[[], float]) -> Observer:
     """A hub observer writing each console event to `logs`' `.events` files."""
 
-    def observe(event: str, fields: dict[str, Any]) -> None:
-        details = _DETAILS.get(event)
-        key, name = fields.get("key"), fields.get("name")
-        if details is None or not isinstance(key, str) or not isinstance(name, str):
+    def observe(event: HubEvent) -> None:
+        admin_name = event.admin_name
+        if admin_name is None:
             return
-        logs.write_event(key, name, event_line(wall_clock(), event, key, name, details(fields)))
+        details = event_details(event)
+        if details is None:
+            return
+        key = str(event.key)
+        line = event_line(wall_clock(), admin_name.value, key, event.name, details)
+        logs.write_event(key, event.name, line)
 
     return observe

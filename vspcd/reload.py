@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vspc.vspcd.config import Config
+from vspc.vspcd.hooks import hook_settings
 
 if TYPE_CHECKING:
     from vspc.vspcd.server import Daemon
@@ -50,6 +51,12 @@ def _hub_setting(hub_field: str, config_field: str | None = None) -> Apply:
 
 def _log_level(daemon: Daemon, new: Config) -> None:
     logging.getLogger().setLevel(logging.DEBUG if new.debug else logging.INFO)
+
+
+def _hooks(daemon: Daemon, new: Config) -> None:
+    """Every hook option (vspcd/hooks.py); new events use them, queued ones keep theirs."""
+    if daemon.hooks is not None:
+        daemon.hooks.reconfigure(hook_settings(new))
 
 
 def _console_logs(daemon: Daemon, new: Config) -> None:
@@ -85,6 +92,11 @@ LIVE: dict[str, Apply] = {
             "log_compress",
         ),
         _console_logs,
+    ),
+    # Hooks (vspcd/hooks.py): the command, its events and bounds.
+    **dict.fromkeys(
+        ("hook_command", "hook_events", "hook_timeout", "hook_concurrency", "hook_queue"),
+        _hooks,
     ),
 }
 

@@ -142,8 +142,8 @@ def fields_observer(observer: Callable[[str, dict[str, Any]], None]) -> Observer
     """Adapt an observer of `(admin event name, fields)` pairs, the shape of the admin
     event lines (hub clock), to typed events; internal events are not passed on.
 
-    For observers written before the hub's events were typed (vspcd/consolelog.py's
-    `observe`); new observers match on the event types instead.
+    Kept for tests that compare event lines as the admin protocol shows them
+    (tests/vspcd/test_hub.py); the daemon's own observers match on the event types.
     """
 
     def observe(event: HubEvent) -> None:

@@ -30,6 +30,7 @@ from vspc.vspcd.config import Config, ConfigError
 from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
 from vspc.vspcd.gzipper import GzipQueue
+from vspc.vspcd.hooks import HookRunner, hook_settings
 from vspc.vspcd.http import HttpServer, Router
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.links import TelnetClientLink, VmLink
@@ -37,10 +38,10 @@ from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_liste
 from vspc.vspcd.logconfig import log_settings
 from vspc.vspcd.notify import Notifier, watchdog_interval
 from vspc.vspcd.persist import Persister
+from vspc.vspcd.plugins import PluginHost
 from vspc.vspcd.privileges import Identity, PrivilegeError, drop, hand_over, resolve
 from vspc.vspcd.reload import apply as apply_reload
 from vspc.vspcd.reload import describe as describe_reload
-from vspc.vspcd.render import fields_observer
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Daemon:
         self.logs: ConsoleLogs | None = None
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
+        self.hooks: HookRunner | None = None
+        self.plugin: PluginHost | None = None
         self.proxy_port: int | None = None
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -176,10 +179,23 @@ class Daemon:
             self._restore_scrollback(restored)
         if self.logs is not None:
             self.hub.add_output_listener(self.logs.output)
-            self.hub.subscribe(fields_observer(self.logs.observe))
-            # --log-events; the adapter is the one place that knows the event shape.
-            self.hub.subscribe(fields_observer(logevents.hub_observer(self.logs, time.time)))
+            self.hub.subscribe(self.logs.observe)
+            self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
             log.info("console logs in %s", config.log_dir)
+        # Hooks and plugin backends are hub observers like the ones above (issue #11
+        # items 5 and 6; docs/architecture.md "Hub events").  The runner is always
+        # subscribed, so a reload can turn --hook-command on.
+        hub = self.hub
+        self.hooks = HookRunner(
+            hook_settings(config),
+            port_of=lambda key: None if (c := hub.console(key)) is None else c.port,
+        )
+        hub.subscribe(self.hooks)
+        if config.backend is not None:
+            # PluginError (a usage error, exit status 2) if it cannot be built or started.
+            self.plugin = PluginHost(
+                config.backend, config.backend_args or "", hub, self._bind_restored
+            )
         if config.http is not None:
             routes = httproutes.routes(
                 logs=self.logs, hub=self.hub, console_log=config.http_console_log
@@ -345,7 +361,11 @@ class Daemon:
                     await idle.wait()
             except TimeoutError:
                 log.warning("connections still open after %.0f s; exiting anyway", grace)
-        # Last: the goodbyes above still log output and update rows.
+        # Last: the goodbyes above still log output, update rows and run hooks.
+        if self.hooks is not None:
+            await self.hooks.close(grace=min(grace, 2.0))
+        if self.plugin is not None:
+            self.plugin.close()
         if self.logs is not None:
             self.logs.close()
         if self.gzip is not None:

@@ -50,9 +50,9 @@ from vspc.common.session import ProxyRequested, VmData, VmIdentified, VmNamed
 from vspc.vspcd import store
 from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs, LogSettings, log_file_name
+from vspc.vspcd.events import HubEvent
 from vspc.vspcd.hub import Hub, HubSettings
 from vspc.vspcd.persist import Persister
-from vspc.vspcd.render import fields_observer
 from vspc.vspcd.server import Daemon
 
 DEADLINE = 10.0
@@ -263,7 +263,12 @@ class HubRig:
 def test_restore_makes_a_disconnected_console_with_expiry_armed() -> None:
     rig = HubRig(vm_expire_time=60.0)
     events: list[str] = []
-    rig.hub.subscribe(fields_observer(lambda name, fields: events.append(name)))
+
+    def admin_events(event: HubEvent) -> None:  # what operators would see
+        if event.admin_name is not None:
+            events.append(event.admin_name.value)
+
+    rig.hub.subscribe(admin_events)
     key = ConsoleKey(UUID_A)
     console = rig.hub.restore(key, "db01", 7100, "vSPC.py")
     assert rig.hub.restore(key, "other", 7200, None) is console  # known key: unchanged
@@ -332,7 +337,7 @@ class LogRig(HubRig):
             LogSettings(directory, **settings), call_later=self.sched.call_later
         )
         self.hub.add_output_listener(self.logs.output)
-        self.hub.subscribe(fields_observer(self.logs.observe))
+        self.hub.subscribe(self.logs.observe)
 
 
 def test_output_is_buffered_and_flushed_by_one_timer(tmp_path: Path) -> None:

@@ -52,7 +52,6 @@ from vspc.vspcd.logformat import (
     strip_timestamps,
 )
 from vspc.vspcd.lognames import OWNERS_FILE, LogNaming, OwnerIndex, stem, wanted_name
-from vspc.vspcd.render import fields_observer
 
 DEADLINE = 10.0
 STAMP_RE = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
@@ -75,8 +74,8 @@ class Rig:
             remember_owners=remember,
         )
         self.hub.add_output_listener(self.logs.output)
-        self.hub.subscribe(fields_observer(self.logs.observe))
-        self.hub.subscribe(fields_observer(logevents.hub_observer(self.logs, self.clock)))
+        self.hub.subscribe(self.logs.observe)
+        self.hub.subscribe(logevents.hub_observer(self.logs, self.clock))
 
     def connect(self, uuid: str, name: str | None, uri: str = "vSPC.py") -> Any:
         conn = self.hub.vm_connected(FakeVm())
