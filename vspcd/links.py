@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from vspc.common import vmware as vm
+from vspc.common.display import safe
 from vspc.common.session import ProxySession, accept_server_direction
 from vspc.common.telnet import (
     Command,
@@ -34,14 +36,33 @@ from vspc.common.telnet import (
     TelnetProtocolError,
     escape,
 )
-from vspc.vspcd.console import Client, VmConn
+from vspc.vspcd.console import Client, Role, VmConn
+from vspc.vspcd.gate import Slot, Throttled
 from vspc.vspcd.hub import Hub, HubError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TelnetClientLink", "VmLink", "peer_name"]
+__all__ = ["PreIdentification", "TelnetClientLink", "VmLink", "peer_name"]
 
 VM_HIGH_WATER = 64 * 1024
+IDENT_TIMEOUT = 20.0  # seconds from accept to identification (issue #7: <= 30 s)
+PREIDENT_BYTES = 16 * 1024  # bytes a connection may send before it is identified
+
+
+@dataclass(frozen=True, slots=True)
+class PreIdentification:
+    """What an unidentified VM connection may cost (issue #7, docs/security.md).
+
+    ESXi identifies a connection within its first few hundred bytes (WILL/DO
+    negotiation, DO-PROXY, VC-UUID, PROTOCOL.md §3), so a connection still unidentified
+    after `timeout` seconds or `max_bytes` bytes is not a working ESXi host and is
+    dropped (aborted: its buffers are freed at once).  `refused` aggregates the log
+    lines so a flood costs one line per period.
+    """
+
+    refused: Throttled
+    timeout: float = IDENT_TIMEOUT
+    max_bytes: int = PREIDENT_BYTES
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
@@ -61,11 +82,19 @@ class VmLink(asyncio.Protocol):
         hub: Hub,
         *,
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
+        preident: PreIdentification | None = None,
     ) -> None:
         self._hub = hub  # shared
+        self._preident = preident  # shared; None: no pre-identification bounds
         self._session = ProxySession(accept_proxy=accept_proxy)  # per connection
         self._transport: asyncio.Transport | None = None
         self._conn: VmConn | None = None
+        # Pre-identification state, all dropped once the hub binds the connection.
+        self._slot: Slot | None = None  # the listener's unidentified-connection slot
+        self._ident_timer: asyncio.TimerHandle | None = None
+        self._unidentified_bytes = 0
+        self._identified = False
+        self._lost = False
         # True while handling one read: replies the hub asks for meanwhile are queued
         # and leave in a single write at the end (one send(2), not one per reply).
         self._receiving = False
@@ -84,14 +113,50 @@ class VmLink(asyncio.Protocol):
         self._session.initiate()
         self._flush()
         self._conn = self._hub.vm_connected(self)
+        if self._preident is not None:
+            loop = asyncio.get_running_loop()
+            deadline = (
+                self._slot.deadline
+                if self._slot is not None
+                else loop.time() + self._preident.timeout
+            )
+            self._ident_timer = loop.call_at(deadline, self._ident_timed_out)
+
+    def adopt_slot(self, slot: Slot) -> None:
+        """Take over the listener's unidentified slot (listeners.SlotHolder)."""
+        if self._identified or self._lost:
+            slot.release()
+        else:
+            self._slot = slot
+
+    def _ident_timed_out(self) -> None:
+        self._ident_timer = None
+        if self._identified or self._preident is None:
+            return
+        self._preident.refused.warn(
+            "VM %s: not identified within %g s; closing", self.peer, self._preident.timeout
+        )
+        self.abort()
+
+    def _done_identifying(self) -> None:
+        self._identified = True
+        self._unidentified_bytes = 0
+        if self._ident_timer is not None:
+            self._ident_timer.cancel()
+            self._ident_timer = None
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     def data_received(self, data: bytes) -> None:
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
+        if not self._identified:
+            self._unidentified_bytes += len(data)
         try:
             events = self._session.receive_data(data)
         except TelnetProtocolError as exc:
-            log.warning("VM %s: telnet protocol error (%s); closing", self.peer, exc)
+            log.warning("VM %s: telnet protocol error (%s); closing", self.peer, safe(exc))
             self.close()
             return
         self._receiving = True
@@ -103,14 +168,34 @@ class VmLink(asyncio.Protocol):
             self.close()
         finally:
             self._receiving = False
+        if not self._identified:
+            if self._conn.role is not Role.UNBOUND:
+                self._done_identifying()  # the hub bound it: ACTIVE or vMotion DESTINATION
+            elif self._preident is not None and self._unidentified_bytes > self._preident.max_bytes:
+                # Checked after parsing, so a read that identifies is never refused;
+                # what the codec and the hub's `early` buffer held goes with the abort.
+                self._preident.refused.warn(
+                    "VM %s: %d bytes without identifying; closing",
+                    self.peer,
+                    self._unidentified_bytes,
+                )
+                self.abort()
+                return
         self._flush()
 
     def eof_received(self) -> bool:
         return False  # ESXi half-closes; close our side too (the capture proxy did)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._ident_timer is not None:
+            self._ident_timer.cancel()
+            self._ident_timer = None
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
         if exc is not None:
-            log.info("VM %s: connection lost: %s", self.peer, exc)
+            log.info("VM %s: connection lost: %s", self.peer, safe(exc))
         if self._conn is not None:
             self._hub.vm_closed(self._conn)
 
@@ -156,6 +241,11 @@ class VmLink(asyncio.Protocol):
         self._flush()
         if self._transport is not None:
             self._transport.close()  # flushes what is buffered, then closes
+
+    def abort(self) -> None:
+        """Drop the connection now, buffers and all (a hostile peer gets no flush)."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 # Telnet operators: we echo and suppress go-ahead (character mode), and run binary
@@ -221,7 +311,7 @@ class TelnetClientLink(asyncio.Protocol):
         try:
             events = self._codec.receive_data(data)
         except TelnetProtocolError as exc:
-            log.warning("client %s: telnet protocol error (%s); closing", self.peer, exc)
+            log.warning("client %s: telnet protocol error (%s); closing", self.peer, safe(exc))
             self._transport.close()
             return
         reply = self._codec.data_to_send()

@@ -33,10 +33,15 @@ import socket
 import ssl
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol, cast
+
+from vspc.common.display import safe
+from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +147,33 @@ class _Kind(Enum):
     GONE = "gone"  # closed or reset before saying anything
 
 
+class SlotHolder(Protocol):
+    """A protocol that takes over its connection's pre-identification slot.
+
+    `Listener` hands the slot over when it builds the protocol; from then on the
+    protocol releases it (on identification or close) and enforces its deadline.
+    """
+
+    def adopt_slot(self, slot: Slot) -> None: ...
+
+
 class Listener:
     """Accepts on one listening socket and hands each connection to asyncio.
 
-    Created by `start_proxy_listener` and `PortBinder.bind`.  `close()` stops
-    accepting and drops connections still being sniffed or handshaking; connections
-    already handed to a protocol are not touched (like `asyncio.Server.close`).
+    Created by `start_proxy_listener`, `PortBinder.bind` and the admin server.
+    `close()` stops accepting and drops connections still being sniffed or
+    handshaking; connections already handed to a protocol are not touched (like
+    `asyncio.Server.close`).
+
+    Admission (issue #7, docs/security.md), checked in this order at accept, each
+    refusal closing the socket at once with a rate-limited warning:
+
+    1. `allow`: the peer's address must be inside the allow list (if one is set;
+       `set_allow_list` swaps it on the running listener, e.g. on reload);
+    2. `unidentified`: a slot for the peer's address, held until the protocol says
+       who it is (handed to it via `SlotHolder.adopt_slot`) or it closes;
+    3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
+       timeout is also cut to what is left of the unidentified slot's deadline.
     """
 
     def __init__(
@@ -161,6 +187,9 @@ class Listener:
         handshake_timeout: float = 60.0,
         backoff: float = 0.5,
         keepalive: bool = True,
+        allow: AllowList | None = None,
+        unidentified: Slots | None = None,
+        handshakes: Slots | None = None,
     ) -> None:
         # shared / configuration
         self._loop = loop
@@ -170,17 +199,28 @@ class Listener:
         self._handshake_timeout = handshake_timeout
         self._backoff = backoff
         self._keepalive = keepalive
+        self._allow = allow
+        self._unidentified = unidentified
+        self._handshakes = handshakes
         # the listening socket; `_accept` is an attribute so tests can inject errors
         self._sock = sock
         self._fd = sock.fileno()
         self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
-        self.port: int = sock.getsockname()[1]
+        name = sock.getsockname()
+        self.port: int = name[1] if isinstance(name, tuple) else 0
+        self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
         # lifetime state
         self._reading = False
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         self._exhausted_logged = False
         self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
+        self.refused = Throttled(
+            log,
+            f"{self.label}: connections refused",
+            clock=loop.time,
+            call_later=loop.call_later,
+        )
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -191,6 +231,19 @@ class Listener:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def allow_list(self) -> AllowList | None:
+        return self._allow
+
+    def set_allow_list(self, allow: AllowList | None) -> None:
+        """Replace the allow list (None: everyone); applies from the next accept.
+
+        Connections already accepted are not re-checked: a reload that narrows the
+        list leaves established consoles alone.
+        """
+        self._allow = allow
+        log.info("%s: allow list %s", self.label, allow if allow is not None else "(everyone)")
 
     def start(self) -> None:
         """Begin accepting (idempotent; no-op once closed)."""
@@ -228,30 +281,31 @@ class Listener:
                 return
             except OSError as exc:
                 if exc.errno in _TRANSIENT:
-                    log.debug("port %d: accept: %s (retrying)", self.port, exc)
+                    log.debug("%s: accept: %s (retrying)", self.label, exc)
                     continue
                 self._back_off(exc)
                 return
             if self._exhausted_logged:
-                log.info("port %d: accepting again", self.port)
+                log.info("%s: accepting again", self.label)
                 self._exhausted_logged = False
             self._handover(conn, address)
 
     def _back_off(self, exc: OSError) -> None:
         # Leave the connection in the kernel backlog and look again shortly; a
         # readable listening socket would otherwise wake the loop continuously.
+        # One line per episode: the flag is cleared only once an accept succeeds.
         if not self._exhausted_logged:
             if exc.errno in _EXHAUSTED:
                 log.warning(
-                    "port %d: accept failed (%s); pausing accepts for %.1f s",
-                    self.port,
+                    "%s: accept failed (%s); pausing accepts for %.1f s",
+                    self.label,
                     exc,
                     self._backoff,
                 )
             else:
                 log.error(
-                    "port %d: unexpected accept error (%s); pausing accepts for %.1f s",
-                    self.port,
+                    "%s: unexpected accept error (%s); pausing accepts for %.1f s",
+                    self.label,
                     exc,
                     self._backoff,
                 )
@@ -265,44 +319,86 @@ class Listener:
         self._resume = None
         self.start()
 
+    def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
+        conn.close()
+        self.refused.warn("%s: refused %s: %s", self.label, peer, why)
+
     def _handover(self, conn: socket.socket, address: object) -> None:
+        host = host_of(address)
+        peer = _peer_name(address)
+        if self._allow is not None and not self._allow.allows(host):
+            self._refuse(conn, peer, "not in the allow list")
+            return
+        slot = None
+        if self._unidentified is not None:
+            slot = self._unidentified.acquire(host)
+            if slot is None:
+                why = self._unidentified.full_reason(host)
+                self._refuse(conn, peer, f"too many unidentified connections ({why})")
+                return
         try:
             conn.setblocking(False)
             if self._keepalive:
                 set_keepalive(conn)
         except OSError as exc:  # the peer may already have reset it
-            log.debug("port %d: %s: setup failed: %s", self.port, address, exc)
+            log.debug("%s: %s: setup failed: %s", self.label, peer, exc)
             conn.close()
+            if slot is not None:
+                slot.release()
             return
-        task = self._loop.create_task(self._serve(conn, _peer_name(address)))
+        task = self._loop.create_task(self._serve(conn, peer, host, slot))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _serve(self, conn: socket.socket, peer: str) -> None:
+    def _build(self, slot: Slot | None) -> asyncio.BaseProtocol:
+        protocol = self._factory()
+        if slot is not None:
+            adopt = getattr(protocol, "adopt_slot", None)
+            if adopt is not None:
+                cast(SlotHolder, protocol).adopt_slot(slot)
+        return protocol
+
+    async def _serve(self, conn: socket.socket, peer: str, host: str, slot: Slot | None) -> None:
         handed_over = False
+        handshake: Slot | None = None
         try:
             kind = _Kind.PLAIN if self._ssl is None else await self._sniff(conn)
             if kind is _Kind.GONE:
-                log.debug("port %d: %s left before sending anything", self.port, peer)
+                log.debug("%s: %s left before sending anything", self.label, peer)
                 return
             if kind is _Kind.TLS:
+                if self._handshakes is not None:
+                    handshake = self._handshakes.acquire(host)
+                    if handshake is None:
+                        why = self._handshakes.full_reason(host)
+                        self.refused.warn(
+                            "%s: refused %s: too many TLS handshakes (%s)", self.label, peer, why
+                        )
+                        return
+                timeout = self._handshake_timeout
+                if slot is not None:
+                    timeout = max(0.1, min(timeout, slot.deadline - self._loop.time()))
                 await self._loop.connect_accepted_socket(
-                    self._factory,
+                    lambda: self._build(slot),
                     conn,
                     ssl=self._ssl,
-                    ssl_handshake_timeout=self._handshake_timeout,
+                    ssl_handshake_timeout=timeout,
                 )
             else:
-                await self._loop.connect_accepted_socket(self._factory, conn)
+                await self._loop.connect_accepted_socket(lambda: self._build(slot), conn)
             handed_over = True
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.info("port %d: %s: connection setup failed: %s", self.port, peer, exc)
+            log.info("%s: %s: connection setup failed: %s", self.label, peer, safe(exc))
         except Exception:
             # A bug in a protocol factory must not stop this listener.
-            log.exception("port %d: %s: connection setup crashed; dropping it", self.port, peer)
+            log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
         finally:
+            if handshake is not None:
+                handshake.release()
             if not handed_over:
                 conn.close()  # idempotent if asyncio's transport closed it already
+                if slot is not None:
+                    slot.release()  # the protocol never started: it cannot release it
 
     async def _sniff(self, conn: socket.socket) -> _Kind:
         # A client that waits for the server to speak first (a bare telnet) sends
@@ -356,6 +452,9 @@ async def start_proxy_listener(
     peek_timeout: float = 1.0,
     handshake_timeout: float = 60.0,
     backoff: float = 0.5,
+    allow: AllowList | None = None,
+    unidentified: Slots | None = None,
+    handshakes: Slots | None = None,
 ) -> Listener:
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
@@ -372,6 +471,9 @@ async def start_proxy_listener(
         peek_timeout: seconds to wait for a first byte before assuming plain.
         handshake_timeout: seconds a TLS handshake may take.
         backoff: seconds accepting pauses after EMFILE/ENFILE and similar errors.
+        allow: peers allowed to connect (None: everyone); see `Listener`.
+        unidentified: slots for connections not yet identified (None: no cap).
+        handshakes: slots for TLS handshakes in progress (None: no cap).
 
     Raises:
         OSError: the address cannot be bound.
@@ -384,15 +486,38 @@ async def start_proxy_listener(
         peek_timeout=peek_timeout,
         handshake_timeout=handshake_timeout,
         backoff=backoff,
+        allow=allow,
+        unidentified=unidentified,
+        handshakes=handshakes,
     )
     listener.start()
     log.info(
-        "listening for ESXi on %s:%d (%s)",
+        "listening for ESXi on %s:%d (%s), from %s",
         host,
         listener.port,
         "telnet + telnets" if ssl_context is not None else "telnet",
+        allow if allow is not None else "any address",
     )
     return listener
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(
+    range_start: int, path: Path = EPHEMERAL_RANGE_FILE
+) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range if `range_start..65535` overlaps it, else None.
+
+    Outgoing connections take their local port from that range, so consoles bound
+    there compete with every client on the host (issue #7, finding 8).  Unknown
+    (no /proc, unreadable) counts as no overlap.
+    """
+    try:
+        low, high = (int(part) for part in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return (low, high) if high >= range_start else None
 
 
 class PortBinder:
@@ -414,6 +539,8 @@ class PortBinder:
         *,
         backoff: float = 0.5,
         keepalive: bool = True,
+        retry: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= range_start <= 65535:
             raise ValueError(f"range_start must be 1..65535, got {range_start}")
@@ -423,11 +550,19 @@ class PortBinder:
         self._backoff = backoff
         self._keepalive = keepalive
         self._held: dict[int, Listener] = {}
-        # Every port in [range_start, _scan_from) is held by us, so a scan for the
-        # lowest free port starts here: without it each bind walked all held ports,
-        # making N consoles O(N^2) (bench/daemon_bench.py connect_ports).  Ports held
-        # by others stay above it and are retried on every bind, as before.
+        # Every port in [range_start, _scan_from) is held by us or was found held by
+        # another process, so a scan for the lowest free port starts here: without it
+        # each bind walked all held ports, making N consoles O(N^2)
+        # (bench/daemon_bench.py connect_ports).  Ports others hold are remembered in
+        # `_foreign` and not retried on every bind: with -r inside the ephemeral range
+        # and 9,000 outgoing connections, retrying them cost ~35 ms per console
+        # (issue #7, finding 8).  They are forgotten every `retry` seconds, when
+        # one scan from the start finds the ones freed meanwhile.
         self._scan_from = range_start
+        self._foreign: set[int] = set()
+        self._retry = retry
+        self._clock = clock
+        self._next_retry = clock() + retry
 
     @property
     def ports(self) -> frozenset[int]:
@@ -448,20 +583,42 @@ class PortBinder:
         Returns:
             (port, listener), or None when no port up to 65535 can be bound (logged).
         """
-        for port in range(self._scan_from, 65536):
-            if port in self._held:
-                continue
-            try:
-                sock = bind_tcp(self._host, port)
-            except OSError as exc:
-                if exc.errno in _PORT_TAKEN:
-                    log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+        now = self._clock()
+        if self._foreign and now >= self._next_retry:
+            self._forget_foreign()
+        for _attempt in range(2):  # the second pass retries ports others held
+            for port in range(self._scan_from, 65536):
+                if port in self._held or port in self._foreign:
+                    self._advance(port)
                     continue
-                log.error("cannot bind telnet ports on %s: %s", self._host, exc)
-                return None
-            return port, self._hold(port, sock, protocol_factory)
+                try:
+                    sock = bind_tcp(self._host, port)
+                except OSError as exc:
+                    if exc.errno in _PORT_TAKEN:
+                        log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+                        self._foreign.add(port)
+                        self._advance(port)
+                        continue
+                    log.error("cannot bind telnet ports on %s: %s", self._host, exc)
+                    return None
+                return port, self._hold(port, sock, protocol_factory)
+            if not self._foreign:
+                break
+            self._forget_foreign()
         log.warning("no free telnet port in %d..65535 on %s", self._start, self._host)
         return None
+
+    def _advance(self, port: int) -> None:
+        # Ports below _scan_from are all taken (by us or, as far as we know, others).
+        if port == self._scan_from:
+            self._scan_from += 1
+
+    def _forget_foreign(self) -> None:
+        self._foreign.clear()
+        self._next_retry = self._clock() + self._retry
+        self._scan_from = self._start
+        while self._scan_from in self._held:
+            self._scan_from += 1
 
     def bind_port(
         self, port: int, protocol_factory: ProtocolFactory
@@ -480,6 +637,8 @@ class PortBinder:
             sock = bind_tcp(self._host, port)
         except OSError as exc:
             log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+            if exc.errno in _PORT_TAKEN:
+                self._foreign.add(port)
             return self.bind(protocol_factory)
         return port, self._hold(port, sock, protocol_factory)
 
@@ -493,8 +652,9 @@ class PortBinder:
         )
         listener.start()
         self._held[port] = listener
+        self._foreign.discard(port)
         if port == self._scan_from:
-            while self._scan_from in self._held:
+            while self._scan_from in self._held or self._scan_from in self._foreign:
                 self._scan_from += 1
         log.debug("telnet port %s:%d bound", self._host, port)
         return listener
