@@ -762,16 +762,16 @@ def _remove_stale_socket(path: Path) -> None:
 
 
 class AdminSocket:
-    """The admin Unix socket server; `close()` also removes the socket file."""
+    """The admin Unix socket's listener; `close()` also removes the socket file."""
 
-    def __init__(self, server: asyncio.Server, path: Path, inode: int) -> None:
-        self.server = server
+    def __init__(self, listener: Listener, path: Path, inode: int) -> None:
+        self.listener = listener
         self.path = path
         self._inode = inode
 
     def close(self) -> None:
         """Stop accepting and unlink the socket file if it is still ours (idempotent)."""
-        self.server.close()
+        self.listener.close()
         try:
             if self.path.lstat().st_ino == self._inode:
                 self.path.unlink()
@@ -779,7 +779,7 @@ class AdminSocket:
             pass
 
     async def wait_closed(self) -> None:
-        await self.server.wait_closed()
+        await self.listener.wait_closed()
 
 
 async def start_admin_socket(
@@ -788,12 +788,15 @@ async def start_admin_socket(
     *,
     mode: int = 0o660,
     group: str | None = None,
+    backoff: float = 0.5,
 ) -> AdminSocket:
     """Serve the admin protocol on a Unix socket at `path`.
 
     Creates the parent directory if needed, removes a stale socket left by a dead
     daemon, and applies `mode` and `group` before listening, so there is no moment
-    when the socket is reachable with looser permissions.
+    when the socket is reachable with looser permissions.  Accepting uses the same
+    `Listener` as the proxy port, so running out of descriptors backs off with one
+    log line instead of asyncio's log line per attempt (issue #7, finding 4).
 
     Raises:
         AdminSocketError: unsafe directory, non-socket in the way, or a live daemon.
@@ -803,13 +806,20 @@ async def start_admin_socket(
     gid = resolve_group(group) if group is not None else -1
     sock, inode = _bind_unix(path, mode, gid)
     try:
-        server = await asyncio.get_running_loop().create_unix_server(protocol_factory, sock=sock)
+        listener = Listener(
+            sock,
+            protocol_factory,
+            asyncio.get_running_loop(),
+            backoff=backoff,
+            keepalive=False,  # not a TCP socket
+        )
+        listener.start()
     except BaseException:
         sock.close()
         path.unlink(missing_ok=True)  # noqa: ASYNC240  (startup, error path)
         raise
     log.info("admin socket %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
-    return AdminSocket(server, path, inode)
+    return AdminSocket(listener, path, inode)
 
 
 def _bind_unix(path: Path, mode: int, gid: int) -> tuple[socket.socket, int]:
