@@ -148,6 +148,7 @@ class FakeEsxi:
         tls: bool = False,
         direction: str = "S",
         host: str = "127.0.0.1",
+        local: str | None = None,
     ) -> FakeEsxi:
         vm = cls(esxi.EsxiSession(uuid, name, uri, direction))
         context = None
@@ -155,7 +156,9 @@ class FakeEsxi:
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        vm._reader, vm._writer = await asyncio.open_connection(host, port, ssl=context)
+        vm._reader, vm._writer = await asyncio.open_connection(
+            host, port, ssl=context, local_addr=None if local is None else (local, 0)
+        )
         if cookie is None:
             vm.session.connect_source()
         else:
