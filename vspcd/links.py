@@ -151,14 +151,38 @@ class VmLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._conn is None or self._transport is None or self._transport.is_closing():
             return
-        if not self._identified:
-            self._unidentified_bytes += len(data)
+        if not self._identified and self._preident is not None:
+            # Parse at most the pre-identification allowance: the codec and the hub's
+            # `early` buffer never hold more for a peer that has not said who it is.
+            allowed = max(0, self._preident.max_bytes - self._unidentified_bytes)
+            if len(data) > allowed:
+                head, data = data[:allowed], data[allowed:]
+                self._unidentified_bytes += len(head)
+                if head and not self._receive(head):
+                    return
+                if not self._identified:
+                    self._preident.refused.warn(
+                        "VM %s: over %d bytes without identifying; closing",
+                        self.peer,
+                        self._preident.max_bytes,
+                    )
+                    self.abort()
+                    return
+                # The allowance identified it: the rest of the read is ordinary input.
+            else:
+                self._unidentified_bytes += len(data)
+        if data and self._receive(data):
+            self._flush()
+
+    def _receive(self, data: bytes) -> bool:
+        """Parse and hand events to the hub; False if the connection was closed."""
+        assert self._conn is not None
         try:
             events = self._session.receive_data(data)
         except TelnetProtocolError as exc:
             log.warning("VM %s: telnet protocol error (%s); closing", self.peer, safe(exc))
             self.close()
-            return
+            return False
         self._receiving = True
         try:
             for event in events:
@@ -166,22 +190,12 @@ class VmLink(asyncio.Protocol):
         except Exception:  # a hub bug must cost one connection, never the daemon
             log.exception("VM %s: internal error handling its input; closing", self.peer)
             self.close()
+            return False
         finally:
             self._receiving = False
-        if not self._identified:
-            if self._conn.role is not Role.UNBOUND:
-                self._done_identifying()  # the hub bound it: ACTIVE or vMotion DESTINATION
-            elif self._preident is not None and self._unidentified_bytes > self._preident.max_bytes:
-                # Checked after parsing, so a read that identifies is never refused;
-                # what the codec and the hub's `early` buffer held goes with the abort.
-                self._preident.refused.warn(
-                    "VM %s: %d bytes without identifying; closing",
-                    self.peer,
-                    self._unidentified_bytes,
-                )
-                self.abort()
-                return
-        self._flush()
+        if not self._identified and self._conn.role is not Role.UNBOUND:
+            self._done_identifying()  # the hub bound it: ACTIVE or a vMotion DESTINATION
+        return True
 
     def eof_received(self) -> bool:
         return False  # ESXi half-closes; close our side too (the capture proxy did)
