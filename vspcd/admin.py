@@ -75,6 +75,7 @@ from vspc.common.display import safe
 from vspc.vspcd import __version__
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import Client, Console, LockMode
+from vspc.vspcd.flow import ClientOutput
 from vspc.vspcd.gate import Throttled
 from vspc.vspcd.hub import Hub, HubError
 from vspc.vspcd.links import peer_name
@@ -415,7 +416,7 @@ class AdminLink(asyncio.Protocol):
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._client: Client | None = None
         self._replay = b""
-        self._dropped = 0  # attach output lost to a slow reader since the last marker
+        self._output = ClientOutput("admin ?")  # the attach channel (vspcd/flow.py)
         self.subscribed = False
         self.identity = Identity("?")
         self.peer = "?"  # ClientChannel: "unix" or host:port
@@ -431,7 +432,9 @@ class AdminLink(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
         self._reading.bind(self._transport)
+        self._output.bind(self._transport)
         self.identity = self._identify(self._transport)
+        self._output.who = f"admin {self.identity}"
         self.peer = self.identity.address
         self.peer_key = self._peer_key(self._transport)
         refusal = self.server.admit(self)
@@ -483,6 +486,7 @@ class AdminLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._output.pause_writing()
         if self._mode is Mode.JSON:
             # Replies are unread: stop taking requests (TCP backpressure does the rest).
             self._reading.pause("replies")
@@ -490,6 +494,7 @@ class AdminLink(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._output.resume_writing()  # attached: reports dropped output, once
         match self._mode:
             case Mode.JSON:
                 self._reading.resume("replies")
@@ -498,14 +503,6 @@ class AdminLink(asyncio.Protocol):
                 except Exception:
                     log.exception("admin %s: internal error; closing", self.identity)
                     self.abort()
-            case Mode.ATTACHED if self._dropped:
-                log.warning(
-                    "admin %s: dropped %d bytes of console output (slow reader)",
-                    self.identity,
-                    self._dropped,
-                )
-                self.notify(f"{self._dropped} bytes of output dropped: client too slow")
-                self._dropped = 0
             case _:
                 pass
 
@@ -762,16 +759,12 @@ class AdminLink(asyncio.Protocol):
     # -- ClientChannel (called by the hub while attached) -------------------------------
 
     def console_output(self, raw: bytes, escaped: bytes) -> None:
-        if self._mode is not Mode.ATTACHED or self._transport is None:
-            return
-        if self._write_paused:
-            self._dropped += len(raw)  # the slow-client policy: never stall the VM
-            return
-        self._transport.write(raw)
+        if self._mode is Mode.ATTACHED:
+            self._output.write(raw)  # the slow-client policy: never stall the VM
 
     def notify(self, text: str) -> None:
-        if self._mode is Mode.ATTACHED and self._transport is not None:
-            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+        if self._mode is Mode.ATTACHED:
+            self._output.notice(text)
 
     def pause_reading(self) -> None:
         self._reading.pause("vm")

@@ -37,6 +37,7 @@ from vspc.common.telnet import (
     escape,
 )
 from vspc.vspcd.console import Client, Role, VmConn
+from vspc.vspcd.flow import ClientOutput
 from vspc.vspcd.gate import Slot, Throttled
 from vspc.vspcd.hub import Hub, HubError
 
@@ -287,13 +288,14 @@ class TelnetClientLink(asyncio.Protocol):
         self._client: Client | None = None
         self._negotiated = False  # the peer speaks telnet (sent any IAC command)
         self._after_cr = False
-        self._paused = False
-        self._dropped = 0
+        self._output = ClientOutput("client ?")  # slow-reader policy (vspcd/flow.py)
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_name(transport)
+        self._output.who = f"client {self.peer}"
+        self._output.bind(self._transport)
         self._transport.set_write_buffer_limits(high=self._queue_limit)
         if self._port is None:
             sockname = transport.get_extra_info("sockname")
@@ -354,28 +356,18 @@ class TelnetClientLink(asyncio.Protocol):
             self._hub.detach(self._client)
 
     def pause_writing(self) -> None:
-        self._paused = True  # over the client's limit: drop its output from now on
+        self._output.pause_writing()  # over the client's limit: drop its output from now on
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self._dropped:
-            self._line(f"{self._dropped} bytes of output dropped: client too slow")
-            log.warning("client %s: dropped %d bytes (slow reader)", self.peer, self._dropped)
-            self._dropped = 0
+        self._output.resume_writing()
 
     # -- ClientChannel -------------------------------------------------------------------
 
     def console_output(self, raw: bytes, escaped: bytes) -> None:
-        if self._transport is None:
-            return
-        if self._paused:
-            self._dropped += len(raw)
-            return
-        self._transport.write(escaped)
+        self._output.write(escaped, len(raw))
 
     def _line(self, text: str) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+        self._output.notice(text)
 
     def notify(self, text: str) -> None:
         self._line(text)
