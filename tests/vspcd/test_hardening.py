@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -504,3 +507,68 @@ def test_start_warns_when_the_telnet_range_overlaps_the_ephemeral_range(
 
     asyncio.run(main())
     assert messages(caplog, "ip_local_reserved_ports")
+
+
+def _hold_as_nobody(path: str, count: int, report: int, release: int) -> None:
+    """Forked child: become uid 65534, open `count` admin connections, report, wait."""
+    try:
+        os.setgid(65534)
+        os.setuid(65534)
+        held = []
+        lines = []
+        for _ in range(count):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.settimeout(WAIT)
+            conn.connect(path)
+            conn.sendall(b'{"cmd":"hello"}\n')
+            lines.append(conn.recv(65536).split(b"\n")[0])
+            held.append(conn)
+        os.write(report, b"\n".join(lines) + b"\n\n")
+        os.read(release, 1)
+    except BaseException as exc:  # tell the parent instead of leaving it waiting
+        os.write(report, f"child failed: {exc!r}".encode() + b"\n\n")
+    finally:
+        os._exit(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a peer as another uid")
+def test_one_unix_uid_cannot_lock_out_root(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="vspc-peruid-"))
+    base.chmod(0o755)  # uid 65534 must reach the socket
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        args = ("--admin-socket", str(base / "a.sock"), "--admin-socket-mode", "0666")
+        async with running(tmp_path, *args, "--admin-per-peer", "3") as (daemon, _events):
+            report_r, report_w = os.pipe()
+            release_r, release_w = os.pipe()
+            path = str(daemon.admin_path)
+
+            def spawn() -> int:
+                pid = os.fork()
+                if pid == 0:  # the child never returns from here
+                    _hold_as_nobody(path, 4, report_w, release_r)
+                return pid
+
+            pid = await loop.run_in_executor(None, spawn)
+            try:
+                data = b""
+                while not data.endswith(b"\n\n"):
+                    data += await loop.run_in_executor(None, os.read, report_r, 65536)
+                replies = data.strip().split(b"\n")
+                assert all(b'"ok":true' in line for line in replies[:3]), replies
+                assert b'"busy"' in replies[3] and b"from this peer" in replies[3]
+                # root (this process) still gets in while uid 65534 holds its share
+                reader, writer = await asyncio.open_unix_connection(str(daemon.admin_path))
+                assert b'"ok":true' in await ask(reader, writer, b'{"cmd":"hello"}\n')
+                writer.close()
+            finally:
+                os.write(release_w, b"x")
+                await loop.run_in_executor(None, os.waitpid, pid, 0)
+                for fd in (report_r, report_w, release_r, release_w):
+                    os.close(fd)
+
+    try:
+        asyncio.run(main())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
