@@ -18,8 +18,10 @@ discipline"); the threat model is docs/security.md.  Three small pieces, no I/O:
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -133,6 +135,8 @@ class Slots:
         self._clock = clock
         self._count = 0
         self._by_key: dict[Hashable, int] = {}
+        # `wait_acquire` callers, per key, oldest first (TLS handshakes queue here).
+        self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return self._count
@@ -149,6 +153,41 @@ class Slots:
         self._by_key[key] = held + 1
         return Slot(self, key, self._clock() + self.lifetime)
 
+    async def wait_acquire(self, key: Hashable, patience: float) -> Slot | None:
+        """A slot for `key`, waiting up to `patience` seconds for one to come free.
+
+        For work that may be deferred rather than refused: a TLS handshake waits here
+        with only its socket (no TLS state) until a handshake slot is free, so a
+        host reconnecting hundreds of VMs at once is slowed, never turned away.
+        Waiters are served oldest first per key.  None when the time is up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            if not self._waiters.get(key):
+                slot = self.acquire(key)
+                if slot is not None:
+                    return slot
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            waiter: asyncio.Future[None] = loop.create_future()
+            queue = self._waiters.setdefault(key, deque())
+            queue.append(waiter)
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                if waiter in queue:
+                    queue.remove(waiter)
+                if not queue and self._waiters.get(key) is queue:
+                    del self._waiters[key]
+            slot = self.acquire(key)  # woken for us: take it before anyone else
+            if slot is not None:
+                return slot
+
     def full_reason(self, key: Hashable) -> str:
         """Which cap refused `key` (for the log line)."""
         if self.total and self._count >= self.total:
@@ -162,6 +201,21 @@ class Slots:
             self._by_key[key] = left
         else:
             del self._by_key[key]  # memory comes back: no entry per address ever seen
+        if self._waiters:
+            self._wake(key)
+
+    def _wake(self, freed: Hashable) -> None:
+        # One slot came free: it satisfies a waiter of the same key for certain,
+        # otherwise the oldest-queued key that is below its own cap.
+        candidates = [freed] if self._waiters.get(freed) else []
+        candidates += [k for k in self._waiters if k != freed]
+        for key in candidates:
+            if self.per_key and self._by_key.get(key, 0) >= self.per_key:
+                continue
+            for waiter in self._waiters[key]:
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
 
 
 class Throttled:

@@ -367,17 +367,25 @@ class Listener:
                 log.debug("%s: %s left before sending anything", self.label, peer)
                 return
             if kind is _Kind.TLS:
+                timeout = self._handshake_timeout
+                if slot is not None:
+                    timeout = min(timeout, slot.deadline - self._loop.time())
                 if self._handshakes is not None:
-                    handshake = self._handshakes.acquire(host)
+                    # Over the cap a handshake waits (its socket unread, no TLS state
+                    # yet) for a slot, within the identification deadline.
+                    began = self._loop.time()
+                    handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
                     if handshake is None:
                         why = self._handshakes.full_reason(host)
                         self.refused.warn(
-                            "%s: refused %s: too many TLS handshakes (%s)", self.label, peer, why
+                            "%s: dropped %s: no TLS handshake slot in time (%s)",
+                            self.label,
+                            peer,
+                            why,
                         )
                         return
-                timeout = self._handshake_timeout
-                if slot is not None:
-                    timeout = max(0.1, min(timeout, slot.deadline - self._loop.time()))
+                    timeout -= self._loop.time() - began
+                timeout = max(0.1, timeout)
                 await self._loop.connect_accepted_socket(
                     lambda: self._build(slot),
                     conn,

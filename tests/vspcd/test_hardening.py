@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -37,6 +38,7 @@ __all__ = ["cert_pair", "server_tls"]  # fixtures shared with test_listeners
 
 WAIT = 5.0
 OTHER_HOST = "127.0.0.2"
+Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 async def connect(
@@ -216,46 +218,86 @@ def test_unidentified_connections_per_address_are_capped_newest_refused(
     assert messages(caplog, "too many unidentified connections (3 from this address, limit 3)")
 
 
-def test_tls_handshakes_in_progress_are_capped_per_address(
-    server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+def test_tls_handshakes_over_the_cap_wait_for_a_slot_within_the_deadline(
+    server_tls: ssl.SSLContext, cert_pair: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="vspc")
 
-    async def main() -> None:
+    async def stall(port: int) -> Pair:
+        reader, writer = await connect(port)
+        writer.write(b"\x16\x03\x01")  # a TLS record header, then nothing
+        return reader, writer
+
+    async def listen() -> tuple[Any, Any, Slots, Slots]:
         loop = asyncio.get_running_loop()
         seen, factory = recorder_factory()
+        handshakes = Slots(0, 2, lifetime=WAIT, clock=loop.time)
+        unidentified = Slots(0, 0, lifetime=WAIT, clock=loop.time)
         listener = await start_proxy_listener(
             "127.0.0.1",
             0,
             server_tls,
             factory,
             handshake_timeout=WAIT,
-            handshakes=Slots(0, 2, lifetime=WAIT, clock=loop.time),
+            # the identification deadline also bounds the wait for a handshake slot
+            unidentified=unidentified,
+            handshakes=handshakes,
         )
+        return listener, seen, handshakes, unidentified
+
+    async def until_held(handshakes: Slots, count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while len(handshakes) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # no event to wait on inside the listener
+
+    async def until_released(handshakes: Slots) -> None:
+        # Let the server see the stalled clients go before its listener closes.
+        async with asyncio.timeout(WAIT):
+            while len(handshakes):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        # A handshake over the cap waits without TLS state, then goes at its deadline.
+        listener, _seen, handshakes, unidentified = await listen()
         try:
-            # Stalled handshakes: a TLS record header, then nothing.
-            stalled = [await connect(listener.port) for _ in range(2)]
-            for _reader, writer in stalled:
-                writer.write(b"\x16\x03\x01")
-            async with asyncio.timeout(WAIT):
-                while len(listener._handshakes or ()) < 2:  # noqa: SLF001, ASYNC110
-                    await asyncio.sleep(0.01)  # no event to wait on inside the listener
-            reader, writer = await connect(listener.port)
-            writer.write(b"\x16\x03\x01")
+            stalled = [await stall(listener.port) for _ in range(2)]
+            await until_held(handshakes, 2)
+            unidentified.lifetime = 0.3  # the next connection's deadline: 0.3 s
+            reader, writer = await stall(listener.port)
             assert await closed_by_peer(reader) == b""
             writer.close()
             for _reader, stalled_writer in stalled:
                 stalled_writer.close()
-            async with asyncio.timeout(WAIT):  # the slots come back
-                while len(listener._handshakes or ()):  # noqa: SLF001, ASYNC110
-                    await asyncio.sleep(0.01)
+            await until_released(handshakes)
         finally:
             listener.close()
             await listener.wait_closed()
-        assert seen.empty()
+        # A real client queued behind two stalled ones gets the first freed slot.
+        listener, seen, handshakes, _unidentified = await listen()
+        try:
+            stalled = [await stall(listener.port) for _ in range(2)]
+            await until_held(handshakes, 2)
+            client_tls = ssl.create_default_context(cafile=str(cert_pair[0]))
+            opening = asyncio.ensure_future(
+                asyncio.open_connection(
+                    "127.0.0.1", listener.port, ssl=client_tls, server_hostname="localhost"
+                )
+            )
+            await asyncio.sleep(0.1)  # let it queue (its outcome is checked either way)
+            assert not opening.done()
+            stalled[0][1].close()
+            async with asyncio.timeout(WAIT):
+                _good_reader, good_writer = await opening
+                await seen.get()  # handed to the protocol after its handshake
+            good_writer.close()
+            stalled[1][1].close()
+            await until_released(handshakes)
+        finally:
+            listener.close()
+            await listener.wait_closed()
 
     asyncio.run(main())
-    assert messages(caplog, "too many TLS handshakes (2 from this address, limit 2)")
+    assert messages(caplog, "no TLS handshake slot in time (2 from this address, limit 2)")
 
 
 # -- log noise (finding 6) -----------------------------------------------------------------
