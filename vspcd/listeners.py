@@ -40,7 +40,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, cast
 
-from vspc.common.display import safe
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
@@ -221,6 +220,13 @@ class Listener:
             clock=loop.time,
             call_later=loop.call_later,
         )
+        self.setup_failed = Throttled(
+            log,
+            f"{self.label}: connection setups failed",
+            clock=loop.time,
+            call_later=loop.call_later,
+            level=logging.INFO,
+        )
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -396,7 +402,8 @@ class Listener:
                 await self._loop.connect_accepted_socket(lambda: self._build(slot), conn)
             handed_over = True
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.info("%s: %s: connection setup failed: %s", self.label, peer, safe(exc))
+            # Aggregated: a flood of broken handshakes must not mean a line each.
+            self.setup_failed.warn("%s: %s: connection setup failed: %s", self.label, peer, exc)
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
