@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -242,7 +243,7 @@ class Throttled:
         self._call_later = call_later
         self.period = period
         self._level = level
-        self._window_end = float("-inf")
+        self._window_end = -math.inf
         self._suppressed = 0
         self._timer_armed = False
         self.total = 0  # events ever reported (for tests and metrics)

@@ -214,19 +214,34 @@ class Listener:
         self._resume: asyncio.TimerHandle | None = None
         self._exhausted_logged = False
         self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
-        self.refused = Throttled(
-            log,
-            f"{self.label}: connections refused",
-            clock=loop.time,
-            call_later=loop.call_later,
-        )
-        self.setup_failed = Throttled(
-            log,
-            f"{self.label}: connection setups failed",
-            clock=loop.time,
-            call_later=loop.call_later,
-            level=logging.INFO,
-        )
+        # Aggregated warnings, built on first use: most per-VM ports never need them.
+        self._refused: Throttled | None = None
+        self._setup_failed: Throttled | None = None
+
+    @property
+    def refused(self) -> Throttled:
+        """Refused connections, logged at most once per 10 s plus a count."""
+        if self._refused is None:
+            self._refused = Throttled(
+                log,
+                f"{self.label}: connections refused",
+                clock=self._loop.time,
+                call_later=self._loop.call_later,
+            )
+        return self._refused
+
+    @property
+    def setup_failed(self) -> Throttled:
+        """Failed connection setups (TLS handshakes), logged like `refused`, at INFO."""
+        if self._setup_failed is None:
+            self._setup_failed = Throttled(
+                log,
+                f"{self.label}: connection setups failed",
+                clock=self._loop.time,
+                call_later=self._loop.call_later,
+                level=logging.INFO,
+            )
+        return self._setup_failed
 
     @property
     def sockname(self) -> tuple[str, int]:

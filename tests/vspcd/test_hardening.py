@@ -614,3 +614,34 @@ def test_one_unix_uid_cannot_lock_out_root(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# -- safe text in the daemon log (issue #7, "Safe output everywhere") ---------------------
+
+
+def test_peer_controlled_text_in_the_daemon_log_is_inert(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="vspc.vspcd.admin")
+    evil = "evil\x1b]0;pwned\x07\nFAKE-ROW"
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            assert daemon.proxy_port is not None
+            vm_end = await FakeEsxi.connect(daemon.proxy_port, uuid=UUID_A, name=evil)
+            await events.wait("vm_renamed")
+            reader, writer = await asyncio.open_unix_connection(str(daemon.admin_path))
+            hello = b'{"cmd":"hello","client":"x\\u001b[2Jy"}\n'
+            assert b'"ok":true' in await ask(reader, writer, hello)
+            clear = b'{"cmd":"clear","vm":"%s","reason":"a\\nb"}\n' % UUID_A.encode()
+            assert b'"ok":true' in await ask(reader, writer, clear)
+            writer.close()
+            await vm_end.close()
+
+    asyncio.run(main())
+    admin_lines = [r.getMessage() for r in caplog.records if r.name == "vspc.vspcd.admin"]
+    assert any("x\\x1b[2Jy" in line for line in admin_lines), admin_lines
+    cleared = [line for line in admin_lines if "cleared" in line]
+    assert cleared and "evil\\x1b]0;pwned\\x07\\nFAKE-ROW" in cleared[0] and "a\\nb" in cleared[0]
+    for line in admin_lines:
+        assert "\x1b" not in line and "\n" not in line and "\x07" not in line
