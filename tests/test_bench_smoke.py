@@ -7,10 +7,13 @@ measured by the benchmark itself, never asserted here; docs/benchmarks.md).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "daemon_bench.py"
 STORM = BENCH.with_name("storm_bench.py")
@@ -102,3 +105,35 @@ def test_quick_micro_benchmarks_print_their_figures() -> None:
     assert len(micro) == 1 and micro[0]["vmotions"] == 200
     assert isinstance(micro[0]["us_per_vmotion"], NUMBER)
     assert isinstance(micro[0]["calibration_ms"], NUMBER)
+
+
+def _quick_json(script: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH.parent / script), "--quick"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
+def test_hostile_bench_quick_prints_its_rounds() -> None:
+    line = _quick_json("hostile_bench.py")
+    assert line["scenario"] == "hostile_rounds"
+    assert len(line["results"]) == line["rounds"]
+    for result in line["results"]:
+        assert isinstance(result["rss_kib_after"], int)
+        assert isinstance(result["fresh_vm_identify_ms"], NUMBER)
+        assert result["opened"] + result["connect_failed"] == line["per_round"]
+    assert isinstance(line["rss_max_over_first"], NUMBER)
+
+
+def test_port_bind_bench_quick_prints_both_binders() -> None:
+    line = _quick_json("port_bind_bench.py")
+    assert line["scenario"] == "port_bind_crowded"
+    for name in ("remembered", "retry_every_bind"):
+        assert line[name]["consoles"] > 0
+        assert isinstance(line[name]["binds_per_s"], NUMBER)

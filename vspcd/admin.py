@@ -48,7 +48,7 @@ import pwd
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, cast
 
@@ -77,10 +77,13 @@ from vspc.vspcd import __version__, render
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import Client, Console, LockMode
 from vspc.vspcd.events import ConsoleExpired, HubEvent
+from vspc.vspcd.flow import ClientOutput
+from vspc.vspcd.gate import Throttled
 from vspc.vspcd.hub import Hub, HubError
 from vspc.vspcd.links import peer_name
 from vspc.vspcd.listeners import (
     AdminSocket,
+    Listener,
     bind_tcp,
     peer_credentials,
     start_admin_socket,
@@ -118,6 +121,12 @@ class Limits:
     event_backlog: int = 4 << 20  # unread bytes above which an event means `overrun`
     connections: int = 64  # open admin connections (Unix and TCP together)
     close_grace: float = 5.0  # seconds a closing peer has to read its last line
+    # Fairness (issue #7, "Admin lockout"): one uid (Unix) or address (TCP) may hold
+    # `per_peer` connections, and everyone but root and the daemon's own uid stops at
+    # `connections - reserved`, so those two can always get in.
+    per_peer: int = 16
+    reserved: int = 8
+    idle_timeout: float = 300.0  # JSON-mode peers not subscribed/tailing (0 = never)
 
 
 # Read at construction time, not import time, so tests can shorten the limits of the
@@ -278,7 +287,7 @@ def handles(cmd: str) -> Callable[[Handler], Handler]:
 def _hello(link: AdminLink, request: Request) -> Reply:
     client = request.fields["client"]
     if client:
-        log.info("admin %s: client %r", link.identity, client)
+        log.info("admin %s: client %s", link.identity, safe(client))
     me = link.identity
     return Hello(
         PROTOCOL_VERSION, __version__, tuple(sorted(HANDLERS)), me.access, me.uid, me.user
@@ -324,7 +333,7 @@ def _clear(link: AdminLink, request: Request) -> Reply:
         link.identity,
         safe(console.display_name),
         cleared,
-        safe(reason or "no reason given"),
+        safe(reason) if reason else "no reason given",
         console.key.uuid[:8],
     )
     return {"key": str(console.key), "name": console.display_name, "cleared": cleared}
@@ -342,7 +351,7 @@ def _kick(link: AdminLink, request: Request) -> Reply:
         client.kind,
         client.channel.peer,
         console.tag,
-        safe(reason or "no reason given"),
+        safe(reason) if reason else "no reason given",
     )
     return {"key": str(console.key), "name": console.display_name, "client": client.ident}
 
@@ -396,12 +405,15 @@ class AdminLink(asyncio.Protocol):
         self._write_paused = False  # transport above its high-water mark
         self._line_timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._last_active = 0.0  # loop time of the last bytes read
+        self.peer_key: object = "?"  # what per-peer limits count: uid or host
         self._tails: dict[str, _Tail] = {}
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._client: Client | None = None
         self._replay = b""
         self._greeting: list[str] = []  # notices from the hub during attach
-        self._dropped = 0  # attach output lost to a slow reader since the last marker
+        self._output = ClientOutput("admin ?")  # the attach channel (vspcd/flow.py)
         self.subscribed = False
         self.identity = Identity("?")
         self.peer = "?"  # ClientChannel: "unix" or host:port
@@ -417,18 +429,25 @@ class AdminLink(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
         self._reading.bind(self._transport)
+        self._output.bind(self._transport)
         self.identity = self._identify(self._transport)
+        self._output.who = f"admin {self.identity}"
         self.peer = self.identity.address
-        if not self.server.admit(self):
-            log.warning(
-                "admin %s refused: %d connections open", self.identity, self._limits.connections
-            )
-            self._close_with(ErrorCode.BUSY, "too many admin connections; try again later")
+        self.peer_key = self._peer_key(self._transport)
+        refusal = self.server.admit(self)
+        if refusal is not None:
+            self.server.refused.warn("admin %s refused: %s", self.identity, refusal)
+            self._close_with(ErrorCode.BUSY, f"{refusal}; try again later")
             return
         self._transport.set_write_buffer_limits(high=self._limits.reply_backlog)
+        self._last_active = self._loop.time()
+        if self._limits.idle_timeout > 0:
+            self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._on_idle)
         log.debug("admin connection from %s (%s access)", self.identity, self.identity.access)
 
     def data_received(self, data: bytes) -> None:
+        if self._loop is not None:
+            self._last_active = self._loop.time()
         try:
             match self._mode:
                 case Mode.JSON:
@@ -450,6 +469,7 @@ class AdminLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._mode = Mode.CLOSING
         self._cancel_line_timer()
+        self._cancel_idle_timer()
         if self._abort_timer is not None:
             self._abort_timer.cancel()
             self._abort_timer = None
@@ -463,6 +483,7 @@ class AdminLink(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._output.pause_writing()
         if self._mode is Mode.JSON:
             # Replies are unread: stop taking requests (TCP backpressure does the rest).
             self._reading.pause("replies")
@@ -470,6 +491,7 @@ class AdminLink(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._output.resume_writing()  # attached: reports dropped output, once
         match self._mode:
             case Mode.JSON:
                 self._reading.resume("replies")
@@ -478,14 +500,6 @@ class AdminLink(asyncio.Protocol):
                 except Exception:
                     log.exception("admin %s: internal error; closing", self.identity)
                     self.abort()
-            case Mode.ATTACHED if self._dropped:
-                log.warning(
-                    "admin %s: dropped %d bytes of console output (slow reader)",
-                    self.identity,
-                    self._dropped,
-                )
-                self.notify(f"{self._dropped} bytes of output dropped: client too slow")
-                self._dropped = 0
             case _:
                 pass
 
@@ -527,7 +541,7 @@ class AdminLink(asyncio.Protocol):
         except HubError as exc:
             reply = failed(exc.code, str(exc), rid)
         except Exception:
-            log.exception("admin %s: request %r failed", self.identity, obj.get("cmd"))
+            log.exception("admin %s: request %s failed", self.identity, safe(obj.get("cmd")))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
         self._send(reply)
 
@@ -573,6 +587,30 @@ class AdminLink(asyncio.Protocol):
             self._line_timer = self._loop.call_later(
                 self._limits.line_timeout, self._on_line_timeout
             )
+
+    def _on_idle(self) -> None:
+        """Close a JSON-mode peer that sent nothing for `idle_timeout` seconds.
+
+        Subscribers and tail followers wait for events by design and attached peers
+        are operators at a console, so they never time out; a connection that only
+        holds a slot does (issue #7, "One listener discipline").
+        """
+        self._idle_timer = None
+        if self._mode is not Mode.JSON or self._loop is None:
+            return
+        timeout = self._limits.idle_timeout
+        idle = self._loop.time() - self._last_active
+        if self.subscribed or self._tails or idle < timeout:
+            wait = timeout if (self.subscribed or self._tails) else timeout - idle
+            self._idle_timer = self._loop.call_later(wait, self._on_idle)
+            return
+        log.info("admin %s: idle for %g s; closing", self.identity, timeout)
+        self._close_with(ErrorCode.TIMEOUT, f"idle for {timeout:g} s")
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     def _cancel_line_timer(self) -> None:
         if self._line_timer is not None:
@@ -681,7 +719,7 @@ class AdminLink(asyncio.Protocol):
             log.info("admin %s took the %s lock on %s", me, lock.value, console.tag)
         return AttachGrant(
             str(console.key),
-            console.display_name,
+            safe(console.display_name),
             client.ident,
             fields["lock"],
             not self._hub.may_write(client),
@@ -723,20 +761,16 @@ class AdminLink(asyncio.Protocol):
     # -- ClientChannel (called by the hub while attached) -------------------------------
 
     def console_output(self, raw: bytes, escaped: bytes) -> None:
-        if self._mode is not Mode.ATTACHED or self._transport is None:
-            return
-        if self._write_paused:
-            self._dropped += len(raw)  # the slow-client policy: never stall the VM
-            return
-        self._transport.write(raw)
+        if self._mode is Mode.ATTACHED:
+            self._output.write(raw)  # the slow-client policy: never stall the VM
 
     def notify(self, text: str) -> None:
         if self._attaching:
             # Said while joining ("VM not connected"): shown once the attach reply and
             # the replay are out, not inside the JSON reply stream.
             self._greeting.append(text)
-        elif self._mode is Mode.ATTACHED and self._transport is not None:
-            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+        elif self._mode is Mode.ATTACHED:
+            self._output.notice(text)
 
     def pause_reading(self) -> None:
         self._reading.pause("vm")
@@ -780,6 +814,7 @@ class AdminLink(asyncio.Protocol):
     def _close(self) -> None:
         self._mode = Mode.CLOSING
         self._cancel_line_timer()
+        self._cancel_idle_timer()
         self._stop_events()
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -789,6 +824,19 @@ class AdminLink(asyncio.Protocol):
             self._abort_timer = self._loop.call_later(self._limits.close_grace, self.abort)
 
     # -- identity -------------------------------------------------------------------------
+
+    def _peer_key(self, transport: asyncio.Transport) -> object:
+        """Per-peer limits count uids on the Unix socket and hosts on TCP."""
+        if self._unix:
+            return ("uid", self.identity.uid)
+        addr = transport.get_extra_info("peername")
+        return ("host", addr[0] if isinstance(addr, tuple) and addr else "?")
+
+    @property
+    def privileged(self) -> bool:
+        """Root or the daemon's own uid on the Unix socket: may use the reserved slots."""
+        uid = self.identity.uid
+        return self._unix and uid is not None and uid in (0, self.server.own_uid)
 
     def _identify(self, transport: asyncio.Transport) -> Identity:
         if not self._unix:
@@ -846,12 +894,21 @@ class AdminServer:
     def __init__(self, hub: Hub, config: Config, *, limits: Limits | None = None) -> None:
         self.hub = hub
         self.config = config
-        self.limits = limits or DEFAULT_LIMITS
+        self.limits = replace(
+            limits or DEFAULT_LIMITS,
+            idle_timeout=config.admin_idle_timeout,
+            per_peer=config.admin_per_peer,
+        )
         self.own_uid = os.geteuid()
         self.tcp_port: int | None = None
         self._links: set[AdminLink] = set()
+        self._per_peer: dict[object, int] = {}
         self._socket: AdminSocket | None = None
-        self._tcp: asyncio.Server | None = None
+        self._tcp: Listener | None = None
+        loop = asyncio.get_running_loop()
+        self.refused = Throttled(
+            log, "admin connections refused", clock=loop.time, call_later=loop.call_later
+        )
         self._unsubscribe: Callable[[], None] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
         self._stopping = False
@@ -881,9 +938,11 @@ class AdminServer:
             if config.admin_port is not None:
                 sock = bind_tcp(config.admin_iface, config.admin_port)
                 self.tcp_port = sock.getsockname()[1]
-                self._tcp = await asyncio.get_running_loop().create_server(
-                    lambda: AdminLink(self, unix=False), sock=sock
+                # The proxy port's accept loop (EMFILE back-off, one log line).
+                self._tcp = Listener(
+                    sock, lambda: AdminLink(self, unix=False), asyncio.get_running_loop()
                 )
+                self._tcp.start()
                 log.warning(
                     "admin TCP port %s:%d is open: its peers are unauthenticated, get full "
                     "access and bypass the admin socket's permissions",
@@ -924,15 +983,37 @@ class AdminServer:
 
     # -- connections ----------------------------------------------------------------------
 
-    def admit(self, link: AdminLink) -> bool:
-        """Count a new connection in, unless stopping or at the connection limit."""
-        if self._stopping or len(self._links) >= self.limits.connections:
-            return False
+    def admit(self, link: AdminLink) -> str | None:
+        """Count a new connection in; or say why not (stopping, or a limit reached).
+
+        Root and the daemon's own uid may fill every slot; other peers stop
+        `reserved` slots earlier and at `per_peer` connections each (docs/security.md).
+        """
+        limits = self.limits
+        if self._stopping:
+            return "vspcd is shutting down"
+        total = len(self._links)
+        if total >= limits.connections:
+            return f"too many admin connections ({total} open)"
+        if not link.privileged:
+            if total >= limits.connections - limits.reserved:
+                return f"too many admin connections ({total} open, the rest reserved)"
+            mine = self._per_peer.get(link.peer_key, 0)
+            if mine >= limits.per_peer:
+                return f"too many admin connections from this peer ({mine} open)"
         self._links.add(link)
-        return True
+        self._per_peer[link.peer_key] = self._per_peer.get(link.peer_key, 0) + 1
+        return None
 
     def forget(self, link: AdminLink) -> None:
+        if link not in self._links:
+            return
         self._links.discard(link)
+        left = self._per_peer[link.peer_key] - 1
+        if left:
+            self._per_peer[link.peer_key] = left
+        else:
+            del self._per_peer[link.peer_key]
 
     # -- rows and events ------------------------------------------------------------------
 

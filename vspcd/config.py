@@ -38,6 +38,7 @@ from typing import NoReturn
 
 from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd import __version__, hooks, logconfig, plugins
+from vspc.vspcd.gate import AllowList, parse_allow_list
 from vspc.vspcd.listeners import make_ssl_context
 
 PROXY_PORT = 13370
@@ -52,6 +53,15 @@ SCROLLBACK = 64 * 1024
 LOG_DIR = Path("/var/log/consoles")  # vSPC.py's Logging backend defaults
 LOG_PREFIX = "vmlog"
 LOG_MODE = 0o600
+# Pre-identification bounds and admin fairness (issue #7; docs/security.md says why).
+IDENT_TIMEOUT = 20.0
+PREIDENT_BYTES = 16 * 1024
+UNIDENTIFIED_LIMIT = 1024
+UNIDENTIFIED_PER_HOST = 256
+TLS_HANDSHAKE_LIMIT = 64
+TLS_HANDSHAKES_PER_HOST = 16
+ADMIN_IDLE_TIMEOUT = 300.0
+ADMIN_PER_PEER = 16
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -75,6 +85,13 @@ class Config:
     ssl: bool = False
     cert: Path | None = None
     key: Path | None = None
+    proxy_allow: AllowList | None = None  # None: any address may connect
+    ident_timeout: float = IDENT_TIMEOUT
+    preident_bytes: int = PREIDENT_BYTES
+    unidentified_limit: int = UNIDENTIFIED_LIMIT  # 0 = no cap
+    unidentified_per_host: int = UNIDENTIFIED_PER_HOST
+    tls_handshake_limit: int = TLS_HANDSHAKE_LIMIT
+    tls_handshakes_per_host: int = TLS_HANDSHAKES_PER_HOST
     # Per-console telnet ports for operators.
     vm_ports: bool = True
     vm_iface: str = "127.0.0.1"
@@ -87,6 +104,8 @@ class Config:
     admin_port: int | None = None
     admin_iface: str = "127.0.0.1"
     readonly_group: str | None = None
+    admin_idle_timeout: float = ADMIN_IDLE_TIMEOUT  # 0 = never
+    admin_per_peer: int = ADMIN_PER_PEER
     # Console policy.
     client_limit: int = 0  # 0 = unlimited
     multi_console: bool = False
@@ -205,6 +224,16 @@ _port = _ranged_int(0, 65535)
 _port.__name__ = "port"
 
 
+def _allow_list(text: str) -> AllowList:
+    try:
+        return parse_allow_list(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_allow_list.__name__ = "allow list"
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the file or flag, key and reason.
 
@@ -279,6 +308,57 @@ def build_parser() -> argparse.ArgumentParser:
     esxi.add_argument(
         "--key", type=Path, metavar="FILE", help="PEM private key, if not inside --cert"
     )
+    esxi.add_argument(
+        "--proxy-allow",
+        type=_allow_list,
+        metavar="CIDR,...",
+        help=(
+            "only these networks (IPv4/IPv6, e.g. 10.1.0.0/24,fd00::/64) may connect to "
+            "the proxy port; others are closed at accept (default: any address)"
+        ),
+    )
+    esxi.add_argument(
+        "--ident-timeout",
+        type=_seconds(positive=True),
+        default=IDENT_TIMEOUT,
+        metavar="SECONDS",
+        help="close a proxy-port connection not identified (VC-UUID) this long after accept",
+    )
+    esxi.add_argument(
+        "--preident-bytes",
+        type=_ranged_int(256),
+        default=PREIDENT_BYTES,
+        metavar="BYTES",
+        help="close a proxy-port connection that sends more than this before identifying",
+    )
+    esxi.add_argument(
+        "--unidentified-limit",
+        type=_ranged_int(0),
+        default=UNIDENTIFIED_LIMIT,
+        metavar="N",
+        help="unidentified proxy-port connections at once; newer ones are refused (0 = no cap)",
+    )
+    esxi.add_argument(
+        "--unidentified-per-host",
+        type=_ranged_int(0),
+        default=UNIDENTIFIED_PER_HOST,
+        metavar="N",
+        help="unidentified proxy-port connections at once from one address (0 = no cap)",
+    )
+    esxi.add_argument(
+        "--tls-handshake-limit",
+        type=_ranged_int(0),
+        default=TLS_HANDSHAKE_LIMIT,
+        metavar="N",
+        help="TLS handshakes in progress at once; newer ones are refused (0 = no cap)",
+    )
+    esxi.add_argument(
+        "--tls-handshakes-per-host",
+        type=_ranged_int(0),
+        default=TLS_HANDSHAKES_PER_HOST,
+        metavar="N",
+        help="TLS handshakes in progress at once from one address (0 = no cap)",
+    )
 
     ports = parser.add_argument_group("per-VM telnet ports")
     ports.add_argument(
@@ -352,6 +432,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--readonly-group",
         metavar="GROUP",
         help="admin-socket peers in this group may watch consoles but not type or change state",
+    )
+    admin.add_argument(
+        "--admin-idle-timeout",
+        type=_seconds(positive=False),
+        default=ADMIN_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "close admin connections idle this long that are not subscribed, tailing or "
+            "attached (0 = never)"
+        ),
+    )
+    admin.add_argument(
+        "--admin-per-peer",
+        type=_ranged_int(1),
+        default=ADMIN_PER_PEER,
+        metavar="N",
+        help=(
+            "admin connections one uid (Unix socket) or one address (TCP) may hold; root "
+            "and the daemon's own uid are exempt and keep reserved slots"
+        ),
     )
 
     policy = parser.add_argument_group("console policy")

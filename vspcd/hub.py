@@ -710,7 +710,8 @@ class Hub:
                 if len(mig.dest_output) > self.settings.hold_limit:
                     del mig.dest_output[: len(mig.dest_output) - self.settings.hold_limit]
         elif conn.role in (Role.UNBOUND, Role.CHALLENGER):
-            if conn.early.append(payload):
+            over = conn.early.append(payload)
+            if over and conn.early.dropped == over:  # once per connection (issue #7, 6)
                 log.warning(
                     "VM %s: output before identification overflowed; oldest dropped",
                     conn.channel.peer,

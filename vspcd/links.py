@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from vspc.common import vmware as vm
+from vspc.common.display import safe
 from vspc.common.session import ProxySession, accept_server_direction
 from vspc.common.telnet import (
     Command,
@@ -36,14 +38,34 @@ from vspc.common.telnet import (
     escape,
     negotiation,
 )
-from vspc.vspcd.console import Client, VmConn
+from vspc.vspcd.console import Client, Role, VmConn
+from vspc.vspcd.flow import ClientOutput
+from vspc.vspcd.gate import Slot, Throttled
 from vspc.vspcd.hub import Hub, HubError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TelnetClientLink", "VmLink", "peer_name"]
+__all__ = ["PreIdentification", "TelnetClientLink", "VmLink", "peer_name"]
 
 VM_HIGH_WATER = 64 * 1024
+IDENT_TIMEOUT = 20.0  # seconds from accept to identification (issue #7: <= 30 s)
+PREIDENT_BYTES = 16 * 1024  # bytes a connection may send before it is identified
+
+
+@dataclass(frozen=True, slots=True)
+class PreIdentification:
+    """What an unidentified VM connection may cost (issue #7, docs/security.md).
+
+    ESXi identifies a connection within its first few hundred bytes (WILL/DO
+    negotiation, DO-PROXY, VC-UUID, PROTOCOL.md §3), so a connection still unidentified
+    after `timeout` seconds or `max_bytes` bytes is not a working ESXi host and is
+    dropped (aborted: its buffers are freed at once).  `refused` aggregates the log
+    lines so a flood costs one line per period.
+    """
+
+    refused: Throttled
+    timeout: float = IDENT_TIMEOUT
+    max_bytes: int = PREIDENT_BYTES
 
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
@@ -63,11 +85,19 @@ class VmLink(asyncio.Protocol):
         hub: Hub,
         *,
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
+        preident: PreIdentification | None = None,
     ) -> None:
         self._hub = hub  # shared
+        self._preident = preident  # shared; None: no pre-identification bounds
         self._session = ProxySession(accept_proxy=accept_proxy)  # per connection
         self._transport: asyncio.Transport | None = None
         self._conn: VmConn | None = None
+        # Pre-identification state, all dropped once the hub binds the connection.
+        self._slot: Slot | None = None  # the listener's unidentified-connection slot
+        self._ident_timer: asyncio.TimerHandle | None = None
+        self._unidentified_bytes = 0
+        self._identified = False
+        self._lost = False
         # True while handling one read: replies the hub asks for meanwhile are queued
         # and leave in a single write at the end (one send(2), not one per reply).
         self._receiving = False
@@ -87,6 +117,40 @@ class VmLink(asyncio.Protocol):
         self._session.initiate()
         self._flush()
         self._conn = self._hub.vm_connected(self)
+        if self._preident is not None:
+            loop = asyncio.get_running_loop()
+            deadline = (
+                self._slot.deadline
+                if self._slot is not None
+                else loop.time() + self._preident.timeout
+            )
+            self._ident_timer = loop.call_at(deadline, self._ident_timed_out)
+
+    def adopt_slot(self, slot: Slot) -> None:
+        """Take over the listener's unidentified slot (listeners.SlotHolder)."""
+        if self._identified or self._lost:
+            slot.release()
+        else:
+            self._slot = slot
+
+    def _ident_timed_out(self) -> None:
+        self._ident_timer = None
+        if self._identified or self._preident is None:
+            return
+        self._preident.refused.warn(
+            "VM %s: not identified within %g s; closing", self.peer, self._preident.timeout
+        )
+        self.abort()
+
+    def _done_identifying(self) -> None:
+        self._identified = True
+        self._unidentified_bytes = 0
+        if self._ident_timer is not None:
+            self._ident_timer.cancel()
+            self._ident_timer = None
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     def data_received(self, data: bytes) -> None:
         if self._conn is None or self._transport is None or self._transport.is_closing():
@@ -94,12 +158,38 @@ class VmLink(asyncio.Protocol):
         if self._probing:
             self._probing = False
             self._hub.vm_heard(self._conn)
+        if not self._identified and self._preident is not None:
+            # Parse at most the pre-identification allowance: the codec and the hub's
+            # `early` buffer never hold more for a peer that has not said who it is.
+            allowed = max(0, self._preident.max_bytes - self._unidentified_bytes)
+            if len(data) > allowed:
+                head, data = data[:allowed], data[allowed:]
+                self._unidentified_bytes += len(head)
+                if head and not self._receive(head):
+                    return
+                if not self._identified:
+                    self._preident.refused.warn(
+                        "VM %s: over %d bytes without identifying; closing",
+                        self.peer,
+                        self._preident.max_bytes,
+                    )
+                    self.abort()
+                    return
+                # The allowance identified it: the rest of the read is ordinary input.
+            else:
+                self._unidentified_bytes += len(data)
+        if data and self._receive(data):
+            self._flush()
+
+    def _receive(self, data: bytes) -> bool:
+        """Parse and hand events to the hub; False if the connection was closed."""
+        assert self._conn is not None
         try:
             events = self._session.receive_data(data)
         except TelnetProtocolError as exc:
-            log.warning("VM %s: telnet protocol error (%s); closing", self.peer, exc)
+            log.warning("VM %s: telnet protocol error (%s); closing", self.peer, safe(exc))
             self.close()
-            return
+            return False
         self._receiving = True
         try:
             for event in events:
@@ -107,16 +197,26 @@ class VmLink(asyncio.Protocol):
         except Exception:  # a hub bug must cost one connection, never the daemon
             log.exception("VM %s: internal error handling its input; closing", self.peer)
             self.close()
+            return False
         finally:
             self._receiving = False
-        self._flush()
+        if not self._identified and self._conn.role is not Role.UNBOUND:
+            self._done_identifying()  # the hub bound it: ACTIVE or a vMotion DESTINATION
+        return True
 
     def eof_received(self) -> bool:
         return False  # ESXi half-closes; close our side too (the capture proxy did)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._ident_timer is not None:
+            self._ident_timer.cancel()
+            self._ident_timer = None
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
         if exc is not None:
-            log.info("VM %s: connection lost: %s", self.peer, exc)
+            log.info("VM %s: connection lost: %s", self.peer, safe(exc))
         if self._conn is not None:
             self._hub.vm_closed(self._conn)
 
@@ -173,6 +273,11 @@ class VmLink(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()  # flushes what is buffered, then closes
 
+    def abort(self) -> None:
+        """Drop the connection now, buffers and all (a hostile peer gets no flush)."""
+        if self._transport is not None:
+            self._transport.abort()
+
 
 # Telnet operators: we echo and suppress go-ahead (character mode), and run binary
 # both ways so NUL, 0x11, 0xff and CR LF pass unchanged (issue #3 behaviour 4).
@@ -202,13 +307,14 @@ class TelnetClientLink(asyncio.Protocol):
         self._client: Client | None = None
         self._negotiated = False  # the peer speaks telnet (sent any IAC command)
         self._after_cr = False
-        self._paused = False
-        self._dropped = 0
+        self._output = ClientOutput("client ?")  # slow-reader policy (vspcd/flow.py)
         self.peer = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self.peer = peer_name(transport)
+        self._output.who = f"client {self.peer}"
+        self._output.bind(self._transport)
         self._transport.set_write_buffer_limits(high=self._queue_limit)
         if self._port is None:
             sockname = transport.get_extra_info("sockname")
@@ -245,7 +351,7 @@ class TelnetClientLink(asyncio.Protocol):
         try:
             events = self._codec.receive_data(data)
         except TelnetProtocolError as exc:
-            log.warning("client %s: telnet protocol error (%s); closing", self.peer, exc)
+            log.warning("client %s: telnet protocol error (%s); closing", self.peer, safe(exc))
             self._transport.close()
             return
         reply = self._codec.data_to_send()
@@ -274,28 +380,18 @@ class TelnetClientLink(asyncio.Protocol):
             self._hub.detach(self._client)
 
     def pause_writing(self) -> None:
-        self._paused = True  # over the client's limit: drop its output from now on
+        self._output.pause_writing()  # over the client's limit: drop its output from now on
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self._dropped:
-            self._line(f"{self._dropped} bytes of output dropped: client too slow")
-            log.warning("client %s: dropped %d bytes (slow reader)", self.peer, self._dropped)
-            self._dropped = 0
+        self._output.resume_writing()
 
     # -- ClientChannel -------------------------------------------------------------------
 
     def console_output(self, raw: bytes, escaped: bytes) -> None:
-        if self._transport is None:
-            return
-        if self._paused:
-            self._dropped += len(raw)
-            return
-        self._transport.write(escaped)
+        self._output.write(escaped, len(raw))
 
     def _line(self, text: str) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(f"\r\n[vspcd: {text}]\r\n".encode())
+        self._output.notice(text)
 
     def notify(self, text: str) -> None:
         if self._greeting is not None:

@@ -33,10 +33,14 @@ import socket
 import ssl
 import stat
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol, cast
+
+from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +146,33 @@ class _Kind(Enum):
     GONE = "gone"  # closed or reset before saying anything
 
 
+class SlotHolder(Protocol):
+    """A protocol that takes over its connection's pre-identification slot.
+
+    `Listener` hands the slot over when it builds the protocol; from then on the
+    protocol releases it (on identification or close) and enforces its deadline.
+    """
+
+    def adopt_slot(self, slot: Slot) -> None: ...
+
+
 class Listener:
     """Accepts on one listening socket and hands each connection to asyncio.
 
-    Created by `start_proxy_listener` and `PortBinder.bind`.  `close()` stops
-    accepting and drops connections still being sniffed or handshaking; connections
-    already handed to a protocol are not touched (like `asyncio.Server.close`).
+    Created by `start_proxy_listener`, `PortBinder.bind` and the admin server.
+    `close()` stops accepting and drops connections still being sniffed or
+    handshaking; connections already handed to a protocol are not touched (like
+    `asyncio.Server.close`).
+
+    Admission (issue #7, docs/security.md), checked in this order at accept, each
+    refusal closing the socket at once with a rate-limited warning:
+
+    1. `allow`: the peer's address must be inside the allow list (if one is set;
+       `set_allow_list` swaps it on the running listener, e.g. on reload);
+    2. `unidentified`: a slot for the peer's address, held until the protocol says
+       who it is (handed to it via `SlotHolder.adopt_slot`) or it closes;
+    3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
+       timeout is also cut to what is left of the unidentified slot's deadline.
     """
 
     def __init__(
@@ -161,6 +186,9 @@ class Listener:
         handshake_timeout: float = 60.0,
         backoff: float = 0.5,
         keepalive: bool = True,
+        allow: AllowList | None = None,
+        unidentified: Slots | None = None,
+        handshakes: Slots | None = None,
     ) -> None:
         # shared / configuration
         self._loop = loop
@@ -170,17 +198,50 @@ class Listener:
         self._handshake_timeout = handshake_timeout
         self._backoff = backoff
         self._keepalive = keepalive
+        self._allow = allow
+        self._unidentified = unidentified
+        self._handshakes = handshakes
         # the listening socket; `_accept` is an attribute so tests can inject errors
         self._sock = sock
         self._fd = sock.fileno()
         self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
-        self.port: int = sock.getsockname()[1]
+        name = sock.getsockname()
+        self.port: int = name[1] if isinstance(name, tuple) else 0
+        self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
         # lifetime state
         self._reading = False
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         self._exhausted_logged = False
         self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
+        # Aggregated warnings, built on first use: most per-VM ports never need them.
+        self._refused: Throttled | None = None
+        self._setup_failed: Throttled | None = None
+
+    @property
+    def refused(self) -> Throttled:
+        """Refused connections, logged at most once per 10 s plus a count."""
+        if self._refused is None:
+            self._refused = Throttled(
+                log,
+                f"{self.label}: connections refused",
+                clock=self._loop.time,
+                call_later=self._loop.call_later,
+            )
+        return self._refused
+
+    @property
+    def setup_failed(self) -> Throttled:
+        """Failed connection setups (TLS handshakes), logged like `refused`, at INFO."""
+        if self._setup_failed is None:
+            self._setup_failed = Throttled(
+                log,
+                f"{self.label}: connection setups failed",
+                clock=self._loop.time,
+                call_later=self._loop.call_later,
+                level=logging.INFO,
+            )
+        return self._setup_failed
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -191,6 +252,19 @@ class Listener:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def allow_list(self) -> AllowList | None:
+        return self._allow
+
+    def set_allow_list(self, allow: AllowList | None) -> None:
+        """Replace the allow list (None: everyone); applies from the next accept.
+
+        Connections already accepted are not re-checked: a reload that narrows the
+        list leaves established consoles alone.
+        """
+        self._allow = allow
+        log.info("%s: allow list %s", self.label, allow if allow is not None else "(everyone)")
 
     def start(self) -> None:
         """Begin accepting (idempotent; no-op once closed)."""
@@ -228,30 +302,31 @@ class Listener:
                 return
             except OSError as exc:
                 if exc.errno in _TRANSIENT:
-                    log.debug("port %d: accept: %s (retrying)", self.port, exc)
+                    log.debug("%s: accept: %s (retrying)", self.label, exc)
                     continue
                 self._back_off(exc)
                 return
             if self._exhausted_logged:
-                log.info("port %d: accepting again", self.port)
+                log.info("%s: accepting again", self.label)
                 self._exhausted_logged = False
             self._handover(conn, address)
 
     def _back_off(self, exc: OSError) -> None:
         # Leave the connection in the kernel backlog and look again shortly; a
         # readable listening socket would otherwise wake the loop continuously.
+        # One line per episode: the flag is cleared only once an accept succeeds.
         if not self._exhausted_logged:
             if exc.errno in _EXHAUSTED:
                 log.warning(
-                    "port %d: accept failed (%s); pausing accepts for %.1f s",
-                    self.port,
+                    "%s: accept failed (%s); pausing accepts for %.1f s",
+                    self.label,
                     exc,
                     self._backoff,
                 )
             else:
                 log.error(
-                    "port %d: unexpected accept error (%s); pausing accepts for %.1f s",
-                    self.port,
+                    "%s: unexpected accept error (%s); pausing accepts for %.1f s",
+                    self.label,
                     exc,
                     self._backoff,
                 )
@@ -265,44 +340,95 @@ class Listener:
         self._resume = None
         self.start()
 
+    def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
+        conn.close()
+        self.refused.warn("%s: refused %s: %s", self.label, peer, why)
+
     def _handover(self, conn: socket.socket, address: object) -> None:
+        host = host_of(address)
+        peer = _peer_name(address)
+        if self._allow is not None and not self._allow.allows(host):
+            self._refuse(conn, peer, "not in the allow list")
+            return
+        slot = None
+        if self._unidentified is not None:
+            slot = self._unidentified.acquire(host)
+            if slot is None:
+                why = self._unidentified.full_reason(host)
+                self._refuse(conn, peer, f"too many unidentified connections ({why})")
+                return
         try:
             conn.setblocking(False)
             if self._keepalive:
                 set_keepalive(conn)
         except OSError as exc:  # the peer may already have reset it
-            log.debug("port %d: %s: setup failed: %s", self.port, address, exc)
+            log.debug("%s: %s: setup failed: %s", self.label, peer, exc)
             conn.close()
+            if slot is not None:
+                slot.release()
             return
-        task = self._loop.create_task(self._serve(conn, _peer_name(address)))
+        task = self._loop.create_task(self._serve(conn, peer, host, slot))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _serve(self, conn: socket.socket, peer: str) -> None:
+    def _build(self, slot: Slot | None) -> asyncio.BaseProtocol:
+        protocol = self._factory()
+        if slot is not None:
+            adopt = getattr(protocol, "adopt_slot", None)
+            if adopt is not None:
+                cast(SlotHolder, protocol).adopt_slot(slot)
+        return protocol
+
+    async def _serve(self, conn: socket.socket, peer: str, host: str, slot: Slot | None) -> None:
         handed_over = False
+        handshake: Slot | None = None
         try:
             kind = _Kind.PLAIN if self._ssl is None else await self._sniff(conn)
             if kind is _Kind.GONE:
-                log.debug("port %d: %s left before sending anything", self.port, peer)
+                log.debug("%s: %s left before sending anything", self.label, peer)
                 return
             if kind is _Kind.TLS:
+                timeout = self._handshake_timeout
+                if slot is not None:
+                    timeout = min(timeout, slot.deadline - self._loop.time())
+                if self._handshakes is not None:
+                    # Over the cap a handshake waits (its socket unread, no TLS state
+                    # yet) for a slot, within the identification deadline.
+                    began = self._loop.time()
+                    handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
+                    if handshake is None:
+                        why = self._handshakes.full_reason(host)
+                        self.refused.warn(
+                            "%s: dropped %s: no TLS handshake slot in time (%s)",
+                            self.label,
+                            peer,
+                            why,
+                        )
+                        return
+                    timeout -= self._loop.time() - began
+                timeout = max(0.1, timeout)
                 await self._loop.connect_accepted_socket(
-                    self._factory,
+                    lambda: self._build(slot),
                     conn,
                     ssl=self._ssl,
-                    ssl_handshake_timeout=self._handshake_timeout,
+                    ssl_handshake_timeout=timeout,
                 )
             else:
-                await self._loop.connect_accepted_socket(self._factory, conn)
+                await self._loop.connect_accepted_socket(lambda: self._build(slot), conn)
             handed_over = True
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            log.info("port %d: %s: connection setup failed: %s", self.port, peer, exc)
+            # Aggregated: a flood of broken handshakes must not mean a line each.
+            self.setup_failed.warn("%s: %s: connection setup failed: %s", self.label, peer, exc)
         except Exception:
             # A bug in a protocol factory must not stop this listener.
-            log.exception("port %d: %s: connection setup crashed; dropping it", self.port, peer)
+            log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
         finally:
+            if handshake is not None:
+                handshake.release()
             if not handed_over:
                 conn.close()  # idempotent if asyncio's transport closed it already
+                if slot is not None:
+                    slot.release()  # the protocol never started: it cannot release it
 
     async def _sniff(self, conn: socket.socket) -> _Kind:
         # A client that waits for the server to speak first (a bare telnet) sends
@@ -356,6 +482,9 @@ async def start_proxy_listener(
     peek_timeout: float = 1.0,
     handshake_timeout: float = 60.0,
     backoff: float = 0.5,
+    allow: AllowList | None = None,
+    unidentified: Slots | None = None,
+    handshakes: Slots | None = None,
 ) -> Listener:
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
@@ -372,6 +501,9 @@ async def start_proxy_listener(
         peek_timeout: seconds to wait for a first byte before assuming plain.
         handshake_timeout: seconds a TLS handshake may take.
         backoff: seconds accepting pauses after EMFILE/ENFILE and similar errors.
+        allow: peers allowed to connect (None: everyone); see `Listener`.
+        unidentified: slots for connections not yet identified (None: no cap).
+        handshakes: slots for TLS handshakes in progress (None: no cap).
 
     Raises:
         OSError: the address cannot be bound.
@@ -384,15 +516,38 @@ async def start_proxy_listener(
         peek_timeout=peek_timeout,
         handshake_timeout=handshake_timeout,
         backoff=backoff,
+        allow=allow,
+        unidentified=unidentified,
+        handshakes=handshakes,
     )
     listener.start()
     log.info(
-        "listening for ESXi on %s:%d (%s)",
+        "listening for ESXi on %s:%d (%s), from %s",
         host,
         listener.port,
         "telnet + telnets" if ssl_context is not None else "telnet",
+        allow if allow is not None else "any address",
     )
     return listener
+
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_overlap(
+    range_start: int, path: Path = EPHEMERAL_RANGE_FILE
+) -> tuple[int, int] | None:
+    """The kernel's ephemeral port range if `range_start..65535` overlaps it, else None.
+
+    Outgoing connections take their local port from that range, so consoles bound
+    there compete with every client on the host (issue #7, finding 8).  Unknown
+    (no /proc, unreadable) counts as no overlap.
+    """
+    try:
+        low, high = (int(part) for part in path.read_text().split()[:2])
+    except (OSError, ValueError):
+        return None
+    return (low, high) if high >= range_start else None
 
 
 class PortBinder:
@@ -414,6 +569,8 @@ class PortBinder:
         *,
         backoff: float = 0.5,
         keepalive: bool = True,
+        retry: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= range_start <= 65535:
             raise ValueError(f"range_start must be 1..65535, got {range_start}")
@@ -423,11 +580,19 @@ class PortBinder:
         self._backoff = backoff
         self._keepalive = keepalive
         self._held: dict[int, Listener] = {}
-        # Every port in [range_start, _scan_from) is held by us, so a scan for the
-        # lowest free port starts here: without it each bind walked all held ports,
-        # making N consoles O(N^2) (bench/daemon_bench.py connect_ports).  Ports held
-        # by others stay above it and are retried on every bind, as before.
+        # Every port in [range_start, _scan_from) is held by us or was found held by
+        # another process, so a scan for the lowest free port starts here: without it
+        # each bind walked all held ports, making N consoles O(N^2)
+        # (bench/daemon_bench.py connect_ports).  Ports others hold are remembered in
+        # `_foreign` and not retried on every bind: with -r inside the ephemeral range
+        # and 9,000 outgoing connections, retrying them cost ~35 ms per console
+        # (issue #7, finding 8).  They are forgotten every `retry` seconds, when
+        # one scan from the start finds the ones freed meanwhile.
         self._scan_from = range_start
+        self._foreign: set[int] = set()
+        self._retry = retry
+        self._clock = clock
+        self._next_retry = clock() + retry
 
     @property
     def ports(self) -> frozenset[int]:
@@ -448,20 +613,42 @@ class PortBinder:
         Returns:
             (port, listener), or None when no port up to 65535 can be bound (logged).
         """
-        for port in range(self._scan_from, 65536):
-            if port in self._held:
-                continue
-            try:
-                sock = bind_tcp(self._host, port)
-            except OSError as exc:
-                if exc.errno in _PORT_TAKEN:
-                    log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+        now = self._clock()
+        if self._foreign and now >= self._next_retry:
+            self._forget_foreign()
+        for _attempt in range(2):  # the second pass retries ports others held
+            for port in range(self._scan_from, 65536):
+                if port in self._held or port in self._foreign:
+                    self._advance(port)
                     continue
-                log.error("cannot bind telnet ports on %s: %s", self._host, exc)
-                return None
-            return port, self._hold(port, sock, protocol_factory)
+                try:
+                    sock = bind_tcp(self._host, port)
+                except OSError as exc:
+                    if exc.errno in _PORT_TAKEN:
+                        log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+                        self._foreign.add(port)
+                        self._advance(port)
+                        continue
+                    log.error("cannot bind telnet ports on %s: %s", self._host, exc)
+                    return None
+                return port, self._hold(port, sock, protocol_factory)
+            if not self._foreign:
+                break
+            self._forget_foreign()
         log.warning("no free telnet port in %d..65535 on %s", self._start, self._host)
         return None
+
+    def _advance(self, port: int) -> None:
+        # Ports below _scan_from are all taken (by us or, as far as we know, others).
+        if port == self._scan_from:
+            self._scan_from += 1
+
+    def _forget_foreign(self) -> None:
+        self._foreign.clear()
+        self._next_retry = self._clock() + self._retry
+        self._scan_from = self._start
+        while self._scan_from in self._held:
+            self._scan_from += 1
 
     def bind_port(
         self, port: int, protocol_factory: ProtocolFactory
@@ -480,6 +667,8 @@ class PortBinder:
             sock = bind_tcp(self._host, port)
         except OSError as exc:
             log.debug("port %d on %s unavailable: %s", port, self._host, exc)
+            if exc.errno in _PORT_TAKEN:
+                self._foreign.add(port)
             return self.bind(protocol_factory)
         return port, self._hold(port, sock, protocol_factory)
 
@@ -493,8 +682,9 @@ class PortBinder:
         )
         listener.start()
         self._held[port] = listener
+        self._foreign.discard(port)
         if port == self._scan_from:
-            while self._scan_from in self._held:
+            while self._scan_from in self._held or self._scan_from in self._foreign:
                 self._scan_from += 1
         log.debug("telnet port %s:%d bound", self._host, port)
         return listener
@@ -602,16 +792,16 @@ def _remove_stale_socket(path: Path) -> None:
 
 
 class AdminSocket:
-    """The admin Unix socket server; `close()` also removes the socket file."""
+    """The admin Unix socket's listener; `close()` also removes the socket file."""
 
-    def __init__(self, server: asyncio.Server, path: Path, inode: int) -> None:
-        self.server = server
+    def __init__(self, listener: Listener, path: Path, inode: int) -> None:
+        self.listener = listener
         self.path = path
         self._inode = inode
 
     def close(self) -> None:
         """Stop accepting and unlink the socket file if it is still ours (idempotent)."""
-        self.server.close()
+        self.listener.close()
         try:
             if self.path.lstat().st_ino == self._inode:
                 self.path.unlink()
@@ -619,7 +809,7 @@ class AdminSocket:
             pass
 
     async def wait_closed(self) -> None:
-        await self.server.wait_closed()
+        await self.listener.wait_closed()
 
 
 async def start_admin_socket(
@@ -628,12 +818,15 @@ async def start_admin_socket(
     *,
     mode: int = 0o660,
     group: str | None = None,
+    backoff: float = 0.5,
 ) -> AdminSocket:
     """Serve the admin protocol on a Unix socket at `path`.
 
     Creates the parent directory if needed, removes a stale socket left by a dead
     daemon, and applies `mode` and `group` before listening, so there is no moment
-    when the socket is reachable with looser permissions.
+    when the socket is reachable with looser permissions.  Accepting uses the same
+    `Listener` as the proxy port, so running out of descriptors backs off with one
+    log line instead of asyncio's log line per attempt (issue #7, finding 4).
 
     Raises:
         AdminSocketError: unsafe directory, non-socket in the way, or a live daemon.
@@ -643,13 +836,20 @@ async def start_admin_socket(
     gid = resolve_group(group) if group is not None else -1
     sock, inode = _bind_unix(path, mode, gid)
     try:
-        server = await asyncio.get_running_loop().create_unix_server(protocol_factory, sock=sock)
+        listener = Listener(
+            sock,
+            protocol_factory,
+            asyncio.get_running_loop(),
+            backoff=backoff,
+            keepalive=False,  # not a TCP socket
+        )
+        listener.start()
     except BaseException:
         sock.close()
         path.unlink(missing_ok=True)  # noqa: ASYNC240  (startup, error path)
         raise
     log.info("admin socket %s (mode %04o%s)", path, mode, f", group {group}" if group else "")
-    return AdminSocket(server, path, inode)
+    return AdminSocket(listener, path, inode)
 
 
 def _bind_unix(path: Path, mode: int, gid: int) -> tuple[socket.socket, int]:

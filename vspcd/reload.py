@@ -59,6 +59,14 @@ def _hooks(daemon: Daemon, new: Config) -> None:
         daemon.hooks.reconfigure(hook_settings(new))
 
 
+def _proxy_allow(daemon: Daemon, new: Config) -> None:
+    """New ESXi connections are checked against the new list at accept; connections
+    already accepted stay (docs/security.md)."""
+    listener = daemon.proxy_listener
+    if listener is not None:
+        listener.set_allow_list(new.proxy_allow)
+
+
 def _console_logs(daemon: Daemon, new: Config) -> None:
     """Every console-log option but --log-dir itself (idempotent: several changed
     keys re-apply the same settings)."""
@@ -73,6 +81,8 @@ LIVE: dict[str, Apply] = {
     "vmotion_abandon": _hub_setting("abandon_time", "vmotion_abandon"),
     # Allow lists: the admin server asks for the group at each new connection.
     "readonly_group": _through_config,
+    # The ESXi allow list (issue #7): swapped on the running listener.
+    "proxy_allow": _proxy_allow,
     # Per new telnet client.
     "client_queue": _through_config,
     "context": _through_config,

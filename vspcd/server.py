@@ -23,18 +23,25 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from vspc.vspcd import admin, httproutes, logevents, store
 from vspc.vspcd.config import Config, ConfigError
 from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
+from vspc.vspcd.gate import Slots, Throttled
 from vspc.vspcd.gzipper import GzipQueue
 from vspc.vspcd.hooks import HookRunner, hook_settings
 from vspc.vspcd.http import HttpServer, Router
 from vspc.vspcd.hub import Hub, HubSettings
-from vspc.vspcd.links import TelnetClientLink, VmLink
-from vspc.vspcd.listeners import PortBinder, make_ssl_context, start_proxy_listener
+from vspc.vspcd.links import PreIdentification, TelnetClientLink, VmLink
+from vspc.vspcd.listeners import (
+    Listener,
+    PortBinder,
+    ephemeral_overlap,
+    make_ssl_context,
+    start_proxy_listener,
+)
 from vspc.vspcd.logconfig import log_settings
 from vspc.vspcd.notify import Notifier, watchdog_interval
 from vspc.vspcd.persist import Persister
@@ -112,6 +119,7 @@ class Daemon:
         self.hooks: HookRunner | None = None
         self.plugin: PluginHost | None = None
         self.proxy_port: int | None = None
+        self._preident: PreIdentification | None = None
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
@@ -160,6 +168,16 @@ class Daemon:
             raise
         ports = None
         if config.vm_ports:
+            overlap = ephemeral_overlap(config.port_range_start)
+            if overlap is not None:
+                log.warning(
+                    "telnet ports from %d overlap the kernel's ephemeral port range %d-%d: "
+                    "outgoing connections may hold ports there (reserve them with "
+                    "net.ipv4.ip_local_reserved_ports, or choose -r outside; "
+                    "docs/operations.md)",
+                    config.port_range_start,
+                    *overlap,
+                )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
             ports = _VmPorts(self._binder, self._client_link)
         extra: dict[str, Any] = {}
@@ -206,8 +224,37 @@ class Daemon:
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
             ssl_context = make_ssl_context(config.cert, config.key)
+        # Bounded pre-identification state (issue #7, docs/security.md).
+        lifetime = config.ident_timeout
+        self._preident = PreIdentification(
+            Throttled(
+                log,
+                "VM connections dropped before identifying",
+                clock=loop.time,
+                call_later=loop.call_later,
+            ),
+            timeout=config.ident_timeout,
+            max_bytes=config.preident_bytes,
+        )
         self._proxy = await start_proxy_listener(
-            config.proxy_iface, config.proxy_port, ssl_context, self._vm_link
+            config.proxy_iface,
+            config.proxy_port,
+            ssl_context,
+            self._vm_link,
+            handshake_timeout=config.ident_timeout,
+            allow=config.proxy_allow,
+            unidentified=Slots(
+                config.unidentified_limit,
+                config.unidentified_per_host,
+                lifetime=lifetime,
+                clock=loop.time,
+            ),
+            handshakes=Slots(
+                config.tls_handshake_limit,
+                config.tls_handshakes_per_host,
+                lifetime=lifetime,
+                clock=loop.time,
+            ),
         )
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, config)
@@ -301,7 +348,7 @@ class Daemon:
     def _vm_link(self) -> asyncio.Protocol:
         assert self.hub is not None
         self._relieve_fd_pressure()
-        return VmLink(self.hub)
+        return VmLink(self.hub, preident=self._preident)
 
     def _relieve_fd_pressure(self) -> None:
         """Near the fd ceiling, expire idle consoles early to free their telnet ports.
@@ -331,6 +378,11 @@ class Daemon:
         return TelnetClientLink(
             self.hub, queue_limit=self.config.client_queue, replay=self.config.context
         )
+
+    @property
+    def proxy_listener(self) -> Listener | None:
+        """The ESXi listener (e.g. for a reload to `set_allow_list` on it)."""
+        return cast(Listener | None, self._proxy)
 
     @property
     def admin_path(self) -> Path:

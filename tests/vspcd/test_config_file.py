@@ -148,13 +148,25 @@ def test_every_long_option_is_a_key() -> None:
 def test_a_flag_added_elsewhere_gets_a_key_with_no_other_change(tmp_path: Path) -> None:
     # What another module's add_argument call does (e.g. an allow list): nothing else.
     parser = build_parser()
-    parser.add_argument("--proxy-allow", metavar="CIDRS", help="test-only")
-    assert "proxy_allow" in file_keys(parser)
+    parser.add_argument("--example-allow", metavar="CIDRS", help="test-only")
+    assert "example_allow" in file_keys(parser)
     path = tmp_path / "vspcd.toml"
-    path.write_text('proxy_allow = ["10.0.0.0/8", "192.0.2.0/24"]\n')
+    path.write_text('example_allow = ["10.0.0.0/8", "192.0.2.0/24"]\n')
     from vspc.vspcd.config import read_config_file
 
-    assert read_config_file(parser, path) == {"proxy_allow": "10.0.0.0/8,192.0.2.0/24"}
+    assert read_config_file(parser, path) == {"example_allow": "10.0.0.0/8,192.0.2.0/24"}
+
+
+def test_the_proxy_allow_list_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "vspcd.toml"
+    path.write_text('proxy_allow = ["10.0.0.0/8", "2001:db8::/32"]\n')
+    config = reload_config(["--config", str(path)], ENV, euid=1000)
+    assert config.proxy_allow is not None
+    assert config.proxy_allow.allows("10.1.2.3") and config.proxy_allow.allows("2001:db8::1")
+    assert not config.proxy_allow.allows("192.0.2.1")
+    path.write_text('proxy_allow = ["10.0.0.1/8"]\n')  # host bits set: refused
+    with pytest.raises(ConfigError, match="proxy_allow"):
+        reload_config(["--config", str(path)], ENV, euid=1000)
 
 
 def test_reload_raises_instead_of_exiting(tmp_path: Path) -> None:

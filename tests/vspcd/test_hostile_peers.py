@@ -10,11 +10,15 @@ intact, byte for byte, and the daemon still accepts new work.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.vspcd.harness import (
     UUID_A,
@@ -123,3 +127,91 @@ def test_hostile_peers_do_not_disturb_a_good_console(
         r.getMessage() for r in caplog.records if r.exc_info
     ]
     assert any("protocol error" in r.getMessage() for r in caplog.records)
+
+
+# -- hypothesis: hostile ESXi and admin peers against a streaming console (issue #7) ----
+
+_FRAGMENTS = st.sampled_from(
+    [
+        b"\xff\xfb\xe8",
+        b"\xff\xfd\xe8",
+        b"\xff\xfa\xe8",
+        b"\xff\xf0",
+        b"\xff\xff",
+        vm.encode(vm.DoProxy("S", "vSPC.py")),
+        # Another VM's identity.  Not UUID_A: the same host naming the good VM's UUID
+        # legitimately replaces its connection (issue #7, takeover policy).
+        vm.encode(vm.VmVcUuid(UUID_B)),
+        vm.encode(vm.VMotionBegin(b"\x01\x02\x03\x04")),
+        vm.encode(vm.VMotionPeer(b"x" * 12)),
+        vm.encode(vm.VMotionAbort()),
+    ]
+)
+_ESXI_CHUNK = st.one_of(
+    st.binary(max_size=512),
+    _FRAGMENTS,
+    st.builds(lambda body: subnegotiation(EXT, body), st.binary(max_size=2048)),
+)
+_ADMIN_LINE = st.one_of(
+    st.binary(max_size=300).map(lambda b: b + b"\n"),
+    st.fixed_dictionaries(
+        {"cmd": st.sampled_from(["hello", "list", "show", "tail", "attach", "kick", "nope"])},
+        optional={
+            "vm": st.one_of(st.text(max_size=40), st.integers(), st.none()),
+            "id": st.one_of(st.integers(), st.text(max_size=10)),
+            "bytes": st.integers(-5, 1 << 40),
+            "lock": st.text(max_size=12),
+        },
+    ).map(lambda d: json.dumps(d).encode() + b"\n"),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    esxi_peers=st.lists(st.lists(_ESXI_CHUNK, max_size=12), min_size=1, max_size=4),
+    admin_lines=st.lists(_ADMIN_LINE, max_size=20),
+)
+def test_generated_hostile_peers_never_disturb_a_streaming_console(
+    esxi_peers: list[list[bytes]], admin_lines: list[bytes]
+) -> None:
+    stream = bytes(range(256)) * 40
+
+    async def main(tmp_path: Path) -> None:
+        async with running(tmp_path, "--ident-timeout", "2") as (daemon, events):
+            assert daemon.proxy_port is not None
+            good = await FakeEsxi.connect(daemon.proxy_port, uuid=UUID_A, name="good")
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+
+            async def feed() -> None:
+                for start in range(0, len(stream), 1024):
+                    good.send(stream[start : start + 1024])
+                    await asyncio.sleep(0)
+
+            async def admin_peer() -> None:
+                reader, writer = await asyncio.open_unix_connection(str(daemon.admin_path))
+                try:
+                    for line in admin_lines:
+                        writer.write(line)
+                    await writer.drain()
+                    writer.write_eof()
+                    async with asyncio.timeout(2):
+                        while await reader.read(65536):
+                            pass
+                except (OSError, TimeoutError):
+                    pass
+                finally:
+                    writer.close()
+
+            attacks = [_spray(daemon.proxy_port, chunks) for chunks in esxi_peers]
+            await asyncio.gather(feed(), admin_peer(), *attacks)
+            await op.output.length(len(stream))
+            assert bytes(op.output.data) == stream
+            op.type(b"ok?")
+            await good.input.expect(b"ok?")
+            await op.close()
+            await good.close()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(main(Path(tmp)))

@@ -442,11 +442,11 @@ def test_port_binder_lowest_first_and_release_makes_a_port_reusable() -> None:
 
 def test_port_binder_retries_a_foreign_port_below_its_own_once_it_is_free() -> None:
     # Binding skips the ports it holds without trying them, but a port someone else
-    # held is tried again on every bind, so it is handed out once freed.
+    # held is tried again (with retry=0: on every bind), so it is handed out once freed.
     async def body() -> None:
         blocker = occupy()
         start = blocker.getsockname()[1]
-        binder = PortBinder(HOST, start, asyncio.get_running_loop())
+        binder = PortBinder(HOST, start, asyncio.get_running_loop(), retry=0.0)
         factory = recorder_factory()[1]
         try:
             first = binder.bind(factory)
