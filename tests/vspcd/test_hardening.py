@@ -10,6 +10,7 @@ second host on loopback is 127.0.0.2.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspcd.test_listeners import cert_pair, recorder_factory, server_tls
-from vspc.vspcd import admin, listeners
+from vspc.vspcd import admin, listeners, reload
 from vspc.vspcd.config import parse_args
 from vspc.vspcd.gate import Slots, Throttled, parse_allow_list
 from vspc.vspcd.listeners import PortBinder, ephemeral_overlap, start_proxy_listener
@@ -106,8 +107,12 @@ def test_a_peer_outside_the_allow_list_is_closed_and_a_reload_can_let_it_in(
             writer.close()
             good = await FakeEsxi.connect(daemon.proxy_port, uuid=UUID_A)
             await identified(events, UUID_A)
-            # The reload engineer's SIGHUP swaps the list on the running listener.
-            daemon.proxy_listener.set_allow_list(parse_allow_list(f"{OTHER_HOST}/32"))
+            # What SIGHUP does with an edited proxy_allow (vspcd/reload.py's LIVE table).
+            new = dataclasses.replace(
+                daemon.config, proxy_allow=parse_allow_list(f"{OTHER_HOST}/32")
+            )
+            outcome = reload.apply(daemon, new)
+            assert [key for key, _, _ in outcome.applied] == ["proxy_allow"]
             other = await FakeEsxi.connect(daemon.proxy_port, uuid=UUID_B, local=OTHER_HOST)
             await identified(events, UUID_B)
             await other.close()
