@@ -701,7 +701,14 @@ class AdminLink(asyncio.Protocol):
         self._attaching = True
         try:
             client = self._hub.attach(
-                console, self, kind="attach", lock=lock, readonly=readonly, uid=me.uid, user=me.user
+                console,
+                self,
+                kind="attach",
+                lock=lock,
+                readonly=readonly,
+                uid=me.uid,
+                user=me.user,
+                notices=not fields["quiet"],
             )
         finally:
             self._attaching = False

@@ -218,6 +218,9 @@ class Client:
     # The lock (its holder's id; 0: read-only attachment) this client was last told
     # drops its input, so it is told once per lock, not per keystroke (issue #9).
     told_dropped: int | None = None
+    # False: no status lines during the session (attach `quiet`, e.g. `vspc proxy`);
+    # the reason a session is ended (clear, kick) is still said.
+    notices: bool = True
 
 
 @dataclass(eq=False, slots=True)

@@ -931,7 +931,8 @@ class Hub:
         if not self.settings.notices:
             return
         for client in console.clients if only is None else (only,):
-            client.channel.notify(text)
+            if client.notices:
+                client.channel.notify(text)
 
     def _who(self, client: Client) -> str:
         return f"client {client.ident} ({safe(client.user or client.channel.peer)})"
@@ -953,8 +954,9 @@ class Hub:
         readonly: bool = False,
         uid: int | None = None,
         user: str | None = None,
+        notices: bool = True,
     ) -> Client:
-        """Attach an operator to a console.
+        """Attach an operator to a console (`notices=False`: no status lines for it).
 
         Raises:
             HubError: `client_limit` when the console is full, `lock_failed` when the
@@ -990,6 +992,7 @@ class Hub:
             uid=uid,
             user=user,
             ident=self._next_client,
+            notices=notices,
         )
         console.clients.append(client)
         self._client_count += 1

@@ -464,6 +464,7 @@ async def run_attach(
     lock: LockMode | None = None,
     readonly: bool = False,
     replay: int = 0,
+    quiet: bool = False,
     escape: int | None = DEFAULT_ESCAPE,
     prompt_factory: Callable[[], PromptSession[str]] | None = None,
 ) -> int:
@@ -473,7 +474,9 @@ async def run_attach(
         AdminError, ClientError: the attach was refused or the daemon is unreachable
             (before the terminal is touched).
     """
-    session = await open_attach(ctx.address, vm, lock=lock, readonly=readonly, replay=replay)
+    session = await open_attach(
+        ctx.address, vm, lock=lock, readonly=readonly, replay=replay, quiet=quiet
+    )
     grant = session.grant
     attacher = Attacher(
         session,

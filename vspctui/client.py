@@ -340,6 +340,7 @@ async def open_attach(
     lock: LockMode | None = None,
     readonly: bool = False,
     replay: int = 0,
+    quiet: bool = False,
 ) -> AttachSession:
     """Open a connection, send `attach`, and hand back the raw byte stream.
 
@@ -362,6 +363,8 @@ async def open_attach(
         request["readonly"] = True
     if replay:
         request["replay"] = replay
+    if quiet:
+        request["quiet"] = True
     try:
         try:
             writer.write(encode_message(request))

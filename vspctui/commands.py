@@ -102,6 +102,7 @@ async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
         *_ATTACH_ARGS,
         protocol_arg("attach", "replay", "--replay", default=REPLAY_DEFAULT, metavar="N",
                      help="bytes of scrollback to show first, 0 for none"),
+        protocol_arg("attach", "quiet", "--quiet"),
         Arg(("--escape", "-e"), "escape key, e.g. ^] (default) or 'none'", ArgKind.KEY,
             "^]", "KEY"),
     ],
@@ -113,7 +114,13 @@ async def attach_cmd(ctx: Context, ns: argparse.Namespace) -> int:
         raise UsageError(f"attach: {exc}") from None
     lock = None if ns.lock is None else LockMode(ns.lock)
     return await run_attach(
-        ctx, ns.vm, lock=lock, readonly=ns.readonly, replay=ns.replay, escape=escape
+        ctx,
+        ns.vm,
+        lock=lock,
+        readonly=ns.readonly,
+        replay=ns.replay,
+        quiet=ns.quiet,
+        escape=escape,
     )
 
 

@@ -114,7 +114,10 @@ async def run_proxy(
     Raises:
         AdminError, ClientError: the attach was refused or vspcd is unreachable.
     """
-    session = await open_attach(ctx.address, vm, lock=lock, readonly=readonly, replay=replay)
+    # quiet: no "[vspcd: ...]" status lines inside a byte stream gdb or a script parses.
+    session = await open_attach(
+        ctx.address, vm, lock=lock, readonly=readonly, replay=replay, quiet=True
+    )
     outcome = await Proxy(session, ctx.stdin_fd, ctx.stdout_fd).run()
     if outcome is Outcome.CLOSED:
         ctx.err.write(f"vspc: {safe(session.grant.name)}: connection closed by vspcd\n")

@@ -257,6 +257,13 @@ COMMANDS: Mapping[str, CommandSpec] = {
                     maximum=MAX_REPLAY,
                     metavar="N",
                 ),
+                FieldSpec(
+                    "quiet",
+                    FieldKind.BOOL,
+                    "only the console's bytes: no [vspcd: ...] status lines while attached "
+                    "(the reason for a clear or kick is still said)",
+                    default=False,
+                ),
             ),
             check=_check_attach,
         ),

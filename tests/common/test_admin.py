@@ -321,7 +321,13 @@ def test_validate_request_fills_defaults() -> None:
     assert request == Request(
         "attach",
         1,
-        {"vm": "db01", "lock": LockMode.FREE_FOR_ALL_OR_READONLY, "readonly": False, "replay": 0},
+        {
+            "vm": "db01",
+            "lock": LockMode.FREE_FOR_ALL_OR_READONLY,
+            "readonly": False,
+            "replay": 0,
+            "quiet": False,
+        },
     )
     assert validate_request({"cmd": "tail", "vm": "x"}).fields == {
         "vm": "x",

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.vspcd.harness import UUID_A, FakeEsxi, identified
 from tests.vspctui.gdbstub import EIP, RspStub
 from tests.vspctui.ptyclient import client_env
 from tests.vspctui.realdaemon import TIMEOUT, RealDaemon, attached_id
@@ -197,3 +198,30 @@ def test_raw_target_remote_to_a_telnet_port_cannot_pass_0xff(real: RealDaemon) -
             got += chunk
     assert got.startswith(b"\xff")  # IAC: telnet negotiation before any console byte
     assert b"bin\xff\xffary" in got
+
+
+def test_proxy_carries_no_status_lines_while_the_vm_comes_and_goes(
+    real: RealDaemon, piped: list[Piped]
+) -> None:
+    """`vspc proxy` attaches `quiet`: the VM leaving and coming back, which a telnet
+    operator is told about in `[vspcd: ...]` lines, puts nothing into gdb's stream."""
+    proxy = Piped(real, "db01")
+    piped.append(proxy)
+    attached_id(real, "attach")
+    watcher = real.telnet()  # a normal client of the same console, for contrast
+
+    async def vm_leaves_and_returns() -> None:
+        await real.vm.close()
+        await real.events.wait("vm_disconnected")
+        real.vm = await FakeEsxi.connect(real.daemon.proxy_port, UUID_A, "db01")
+        await identified(real.events, UUID_A, count=2)
+
+    real.call(vm_leaves_and_returns)
+    real.vm_prints(b"$OK#9a")
+    assert proxy.expect_length(len(b"$OK#9a")) == b"$OK#9a"
+    real.call(lambda: watcher.output.expect(b"$OK#9a"))
+    told = bytes(watcher.output.data)
+    assert b"[vspcd: VM db01 disconnected" in told and b"[vspcd: VM db01 connected" in told
+    real.call(watcher.close)
+    status, out, err = proxy.finish()
+    assert (status, out, err) == (ExitCode.OK, b"$OK#9a", b"")
