@@ -24,7 +24,6 @@ broken one fails the start with status 2; it gets `--backend-args` as one string
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import pwd
 import shlex
@@ -39,7 +38,7 @@ from typing import NoReturn
 from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd import __version__, hooks, logconfig, plugins
 from vspc.vspcd.gate import AllowList, parse_allow_list
-from vspc.vspcd.listeners import make_ssl_context
+from vspc.vspcd.listeners import make_ssl_context, resolve_group
 
 PROXY_PORT = 13370
 PORT_RANGE_START = 50000
@@ -871,14 +870,10 @@ def _check_group(parser: argparse.ArgumentParser, flag: str, name: str | None) -
     if name is None:
         return
     try:
-        grp.getgrnam(name)
+        resolve_group(name)  # the lookup the daemon makes when it uses the group
     except KeyError:
-        if not name.isdigit():
-            parser.error(f"{flag} {name}: no such group")
-        try:
-            grp.getgrgid(int(name))
-        except KeyError:
-            parser.error(f"{flag} {name}: no such group id")
+        kind = "group id" if name.isdigit() else "group"
+        parser.error(f"{flag} {name}: no such {kind}")
 
 
 def _check_user(parser: argparse.ArgumentParser, name: str | None) -> None:

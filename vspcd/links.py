@@ -42,6 +42,7 @@ from vspc.vspcd.console import Client, Role, VmConn
 from vspc.vspcd.flow import ClientOutput
 from vspc.vspcd.gate import Slot, Throttled
 from vspc.vspcd.hub import Hub, HubError
+from vspc.vspcd.listeners import address_text
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,7 @@ class PreIdentification:
 
 def peer_name(transport: asyncio.BaseTransport) -> str:
     """`host:port` (IPv6 bracketed) for log lines, or "?"."""
-    addr = transport.get_extra_info("peername")
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(addr) if addr else "?"
+    return address_text(transport.get_extra_info("peername"), "?")
 
 
 class VmLink(asyncio.Protocol):

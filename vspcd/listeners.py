@@ -346,7 +346,7 @@ class Listener:
 
     def _handover(self, conn: socket.socket, address: object) -> None:
         host = host_of(address)
-        peer = _peer_name(address)
+        peer = address_text(address)
         if self._allow is not None and not self._allow.allows(host):
             self._refuse(conn, peer, "not in the allow list")
             return
@@ -466,11 +466,13 @@ class Listener:
             self._loop.remove_reader(fd)
 
 
-def _peer_name(address: object) -> str:
+def address_text(address: object, default: str = "unix") -> str:
+    """A socket address for log lines: `host:port` (IPv6 bracketed), else its text, else
+    `default` (an unnamed Unix peer)."""
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) or "unix"
+    return str(address) if address else default
 
 
 async def start_proxy_listener(

@@ -64,7 +64,9 @@ def test_stale_pidfile_is_accepted(tmp_path: Path, content: str) -> None:
             path.write_text("not a pid")
         case "self":  # e.g. pid 1 again after a container restart
             path.write_text(f"{os.getpid()}\n")
-    check_pidfile(path)
+    check_pidfile(path)  # does not raise: the start goes on and takes the file over
+    write_pidfile(path)
+    assert read_pidfile(path) == os.getpid()
 
 
 def test_write_then_remove(tmp_path: Path) -> None:

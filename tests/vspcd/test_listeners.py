@@ -563,9 +563,19 @@ def test_admin_socket_replaces_a_stale_socket(tmp_path: Path) -> None:
     dead.close()  # the file stays, nobody listens: a daemon that died
 
     async def body() -> None:
-        admin = await start_admin_socket(path, recorder_factory()[1])
-        admin.close()
-        await admin.wait_closed()
+        seen, factory = recorder_factory()
+        admin = await start_admin_socket(path, factory)
+        try:
+            # The stale file was replaced by a listening socket: a client gets through.
+            assert stat.S_ISSOCK(path.stat().st_mode)
+            _, writer = await asyncio.open_unix_connection(str(path))
+            link = await asyncio.wait_for(seen.get(), WAIT)
+            assert link.transport is not None
+            await close_writer(writer)
+            await close_all(seen, link)
+        finally:
+            admin.close()
+            await admin.wait_closed()
 
     asyncio.run(body())
 
