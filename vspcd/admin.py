@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from vspc.common.admin import (
     COMMANDS,
@@ -103,6 +103,16 @@ __all__ = [
 
 Reply = dict[str, Any]
 Handler = Callable[["AdminLink", Request], Reply]
+
+
+class RemoteRequests(Protocol):
+    """Cluster mode (vspcd/cluster/forward.py): requests another node must answer.
+
+    `takes` returns True if it will answer `request` itself, later, through
+    `link.remote_done(reply)`; the link reads no further request until then, so
+    replies stay in request order."""
+
+    def takes(self, link: AdminLink, request: Request) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +408,7 @@ class AdminLink(asyncio.Protocol):
         self._abort_timer: asyncio.TimerHandle | None = None
         self._tails: dict[str, _Tail] = {}
         self._attaching = False  # inside hub.attach: our own events are not for us
+        self._waiting = False  # another cluster node is answering a request
         self._client: Client | None = None
         self._replay = b""
         self._greeting: list[str] = []  # notices from the hub during attach
@@ -493,7 +504,7 @@ class AdminLink(asyncio.Protocol):
 
     def _process(self) -> None:
         """Execute every complete line, in order, unless replies are piling up."""
-        while self._mode is Mode.JSON and not self._write_paused:
+        while self._mode is Mode.JSON and not self._write_paused and not self._waiting:
             try:
                 item = self._framer.next_request()
             except AdminError as exc:
@@ -518,6 +529,10 @@ class AdminLink(asyncio.Protocol):
                 raise AdminError(ErrorCode.BUSY, "rate limit reached; retry later", rid)
             if required_access(request) is Access.FULL and self.identity.access is not Access.FULL:
                 raise AdminError(ErrorCode.PERMISSION_DENIED, _denied(request), rid)
+            remote = self.server.remote
+            if remote is not None and remote.takes(self, request):
+                self._waiting = True
+                return
             handler = HANDLERS.get(request.cmd)
             if handler is None:  # validate_request knows it, so this is our bug
                 raise AdminError(ErrorCode.UNKNOWN_CMD, f"unknown command {request.cmd!r}", rid)
@@ -530,6 +545,18 @@ class AdminLink(asyncio.Protocol):
             log.exception("admin %s: request %r failed", self.identity, obj.get("cmd"))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
         self._send(reply)
+
+    def remote_done(self, reply: Reply) -> None:
+        """The answer to the request `RemoteRequests.takes` took; reading resumes."""
+        self._waiting = False
+        if self._mode is not Mode.JSON:
+            return
+        self._send(reply)
+        try:
+            self._process()
+        except Exception:
+            log.exception("admin %s: internal error; closing", self.identity)
+            self.abort()
 
     def _send(self, reply: Reply) -> None:
         """Write one reply and keep the error streak (docs: "errors in a row")."""
@@ -854,6 +881,7 @@ class AdminServer:
         self._tcp: asyncio.Server | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
+        self.remote: RemoteRequests | None = None  # cluster mode
         self._stopping = False
 
     @property

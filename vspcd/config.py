@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import grp
+import importlib.util
 import os
 import shlex
 import sys
@@ -47,6 +48,7 @@ SCROLLBACK = 64 * 1024
 LOG_DIR = Path("/var/log/consoles")  # vSPC.py's Logging backend defaults
 LOG_PREFIX = "vmlog"
 LOG_MODE = 0o600
+CLUSTER_LEASE = 5.0  # docs/cluster.md: a dead node's consoles move after about this
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -102,6 +104,13 @@ class Config:
     daemon: bool = False
     pidfile: Path | None = None
     debug: bool = False
+    # Cluster mode (docs/cluster.md, issue #13): None means a single node, stdlib only.
+    cluster: str | None = None
+    node_id: str | None = None
+    node_address: str | None = None
+    cluster_secret_file: Path | None = None
+    cluster_lease: float = CLUSTER_LEASE
+    reuse_port: bool = False
 
     @property
     def log_target(self) -> LogTarget:
@@ -422,6 +431,47 @@ def build_parser() -> argparse.ArgumentParser:
         "Logging: '[-l DIR] [-p PREFIX] [-m MODE] [--context N]'",
     )
 
+    cluster = parser.add_argument_group("cluster mode (docs/cluster.md; needs vspc[cluster])")
+    cluster.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join a cluster whose registry is this Redis, e.g. redis://10.0.0.5:6379/0 "
+        "(also rediss:// and unix://); without it vspcd is a single node",
+    )
+    cluster.add_argument(
+        "--node-id",
+        type=_node_id,
+        metavar="NAME",
+        help="this node's name in the cluster (letters, digits, . _ -); unique per node",
+    )
+    cluster.add_argument(
+        "--node-address",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="where the other nodes reach this node's inter-node link (listened on here)",
+    )
+    cluster.add_argument(
+        "--cluster-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="shared secret (at least 16 bytes) that authenticates inter-node links; "
+        "the same file on every node, readable only by vspcd",
+    )
+    cluster.add_argument(
+        "--cluster-lease",
+        type=_seconds(positive=True),
+        default=CLUSTER_LEASE,
+        metavar="SECONDS",
+        help="liveness lease of a node in the registry, renewed every third of it; a "
+        "dead node's consoles can be taken over once it has expired",
+    )
+    cluster.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="open the ESXi listener with SO_REUSEPORT, so several nodes on one host "
+        "share the proxy port (the kernel spreads connections over them)",
+    )
+
     proc = parser.add_argument_group("process")
     proc.add_argument(
         "--stdout",
@@ -448,6 +498,62 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proc.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
     return parser
+
+
+def _node_id(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isalnum() or c in "._-" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1-64 letters, digits, '.', '_' or '-' (it is part of Redis keys)"
+        )
+    return text
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port 1-65535")
+    return text
+
+
+_CLUSTER_SCHEMES = ("redis://", "rediss://", "unix://")
+MIN_SECRET = 16
+
+
+def _check_cluster(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """--cluster and its companions: all or nothing, and the extra installed."""
+    if ns.cluster is None:
+        for flag, value in (
+            ("--node-id", ns.node_id),
+            ("--node-address", ns.node_address),
+            ("--cluster-secret-file", ns.cluster_secret_file),
+        ):
+            if value is not None:
+                parser.error(f"{flag} needs --cluster")
+        return
+    if not ns.cluster.startswith(_CLUSTER_SCHEMES):
+        parser.error(
+            f"--cluster {ns.cluster}: expected redis://HOST:PORT/DB (or rediss://, unix://)"
+        )
+    for flag, value in (
+        ("--node-id", ns.node_id),
+        ("--node-address", ns.node_address),
+        ("--cluster-secret-file", ns.cluster_secret_file),
+    ):
+        if value is None:
+            parser.error(f"--cluster needs {flag}")
+    if ns.persist_file is not None:
+        parser.error("--persist-file cannot be used with --cluster: the registry replaces it")
+    try:
+        secret = ns.cluster_secret_file.read_bytes().strip()
+    except OSError as exc:
+        parser.error(f"--cluster-secret-file {ns.cluster_secret_file}: {exc.strerror}")
+    if len(secret) < MIN_SECRET:
+        parser.error(f"--cluster-secret-file: the secret must be at least {MIN_SECRET} bytes")
+    if importlib.util.find_spec("redis") is None:
+        parser.error(
+            "--cluster needs the redis client, which is not installed: "
+            "pip install 'vspc[cluster]' (redis>=5)"
+        )
 
 
 def _log_prefix(text: str) -> str:
@@ -642,6 +748,7 @@ def parse_args(
             f"--context {context} is more than the {ns.scrollback} bytes --scrollback keeps"
         )
     _check_group(parser, "--admin-socket-group", ns.admin_socket_group)
+    _check_cluster(parser, ns)
     _check_group(parser, "--readonly-group", ns.readonly_group)
 
     # An explicit flag wins outright: the variable is not even validated then, so a
@@ -690,4 +797,10 @@ def parse_args(
         daemon=ns.daemon,
         pidfile=ns.pidfile,
         debug=ns.debug,
+        cluster=ns.cluster,
+        node_id=ns.node_id,
+        node_address=ns.node_address,
+        cluster_secret_file=ns.cluster_secret_file,
+        cluster_lease=ns.cluster_lease,
+        reuse_port=ns.reuse_port,
     )

@@ -231,6 +231,21 @@ class Hub:
             raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
         return found[0]
 
+    def has_cookie(self, cookie: bytes) -> bool:
+        """A vMotion of this hub's waits for a PEER with exactly `cookie` (cluster mode:
+        a destination landing here needs no registry lookup)."""
+        return cookie in self._cookies
+
+    def cookie_of(self, key: ConsoleKey) -> bytes | None:
+        """The cookie of `key`'s vMotion in flight, if any (cluster mode publishes it)."""
+        console = self._consoles.get(key)
+        mig = None if console is None else console.migration
+        return None if mig is None else mig.cookie
+
+    def key_for(self, request: ProxyRequested, uuid: str) -> ConsoleKey:
+        """The console a source connection with this DO-PROXY and UUID will bind to."""
+        return ConsoleKey(uuid, self._label(request))
+
     def now(self) -> float:
         """The hub's clock (what `since` and expiry times are measured on)."""
         return self._clock()

@@ -36,7 +36,7 @@ from vspc.common.telnet import (
     escape,
     negotiation,
 )
-from vspc.vspcd.console import Client, VmConn
+from vspc.vspcd.console import Client, VmConn, VmSink
 from vspc.vspcd.hub import Hub, HubError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class VmLink(asyncio.Protocol):
 
     def __init__(
         self,
-        hub: Hub,
+        hub: VmSink,
         *,
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
     ) -> None:
