@@ -128,9 +128,7 @@ def test_cross_node_abort_and_notnow(tmp_path: Path) -> None:
         await src.input.expect(b"held\rx")
         assert not any(isinstance(e, esxi.PeerOk) for e in stale.events)
         await stale.close()
-        # NOTNOW: refused by the owner's operator hook through `show`'s node... here
-        # by a backlog-free refusal: the hub's test hook is not reachable over the
-        # wire, so refuse with a second BEGIN while the first is pending (F9).
+        # F9 across nodes: a second BEGIN replaces the first; its cookie dies.
         cookie2 = await src.begin(SEQ)
         cookie3 = await src.begin(SEQ)  # F9: the first is implicitly aborted
         assert cookie2 != cookie3
@@ -138,6 +136,10 @@ def test_cross_node_abort_and_notnow(tmp_path: Path) -> None:
         dst2 = await FakeEsxi.connect(b.proxy_port, cookie=cookie3)
         await dst2.wait_for(esxi.PeerOk)
         assert not any(isinstance(e, esxi.PeerOk) for e in old.events)
+        # NOTNOW through the relay: a BEGIN on the PEERed (not active) destination.
+        dst2.session.begin(b"\x01\x02\x03\x04")
+        dst2._flush()
+        await dst2.wait_for(esxi.NotNow)
         dst2.complete(SEQ)
         op.type(b"moved\r")
         await dst2.input.expect(b"moved\r")
