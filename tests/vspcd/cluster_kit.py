@@ -55,6 +55,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def start(self) -> None:
+        self.spawn()
+        await until(self._answers, "redis-server answers")
+
+    def spawn(self) -> None:
         assert REDIS_SERVER is not None
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -62,7 +66,6 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        await until(self._answers, "redis-server answers")
 
     async def _answers(self) -> bool:
         try:
@@ -181,12 +184,10 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
 
 
-async def until(
-    condition: Callable[[], Awaitable[bool]], what: str, timeout: float = TIMEOUT
-) -> None:
-    """Re-check `condition` until it holds; fail naming `what` after `timeout`."""
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Re-check `condition` until it holds; fail naming `what` after TIMEOUT."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + TIMEOUT
     while not await condition():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
@@ -196,10 +197,14 @@ async def until(
 class Cluster:
     """redis-server + named nodes, torn down in `close`."""
 
+    made = 0
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.redis = RedisServer(tmp)
-        self.range_start = 20000 + (os.getpid() * 37) % 30000
+        # A fresh telnet range per cluster: a stopped node's ports may linger a moment.
+        Cluster.made += 1
+        self.range_start = 20000 + (os.getpid() * 37 + Cluster.made * 200) % 12000
         self.nodes: dict[str, Node] = {}
 
     async def start(self, *names: str, extra: tuple[str, ...] = ()) -> None:
