@@ -28,6 +28,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, Coroutine
@@ -173,7 +174,10 @@ class ClusterNode:
             self._unsubscribe()
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: redis-py can sit on a cancelled command until its socket
+            # times out; shutdown does not wait for that.
+            await asyncio.wait(list(self._tasks), timeout=1.0)
         for link in [*self._links.values(), *self._inbound]:
             link.close()
         try:
@@ -181,7 +185,9 @@ class ClusterNode:
                 await self.registry.drop_lease()  # others may take over at once
         except (RegistryUnavailable, TimeoutError):
             pass
-        await self.registry.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await self.registry.close()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
