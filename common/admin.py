@@ -372,6 +372,16 @@ class LineFramer:
         """Bytes of an unfinished line are waiting (arm the daemon's line timer)."""
         return self._discarding or len(self._buf) > self._start
 
+    def take_pending(self) -> bytes:
+        """Bytes received but not yet returned as requests (an unfinished line or
+        lines not yet asked for); the framer is empty afterwards.  Used when the
+        connection stops being JSON lines (the daemon's cluster splice)."""
+        pending = b"" if self._discarding else bytes(self._buf[self._start :])
+        self._buf.clear()
+        self._start = self._scan = 0
+        self._discarding = False
+        return pending
+
     def receive_data(self, data: bytes) -> None:
         """Append bytes read from the peer."""
         if self._discarding:

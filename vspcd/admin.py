@@ -143,6 +143,7 @@ class Mode(Enum):
     JSON = "json"  # requests, replies and events
     ATTACHED = "attached"  # one console's raw bytes
     CLOSING = "closing"  # nothing more is read or written (but the last line drains)
+    SPLICED = "spliced"  # cluster mode: bytes relayed to the node serving the console
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +410,8 @@ class AdminLink(asyncio.Protocol):
         self._tails: dict[str, _Tail] = {}
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._waiting = False  # another cluster node is answering a request
+        self._splice_out: Callable[[bytes], None] | None = None
+        self._splice_closed: Callable[[], None] | None = None
         self._client: Client | None = None
         self._replay = b""
         self._greeting: list[str] = []  # notices from the hub during attach
@@ -447,6 +450,8 @@ class AdminLink(asyncio.Protocol):
                     self._process()
                 case Mode.ATTACHED if self._client is not None:
                     self._hub.client_input(self._client, data)
+                case Mode.SPLICED if self._splice_out is not None:
+                    self._splice_out(data)
                 case _:
                     pass  # closing: nothing more is read
         except Exception:  # a bug here must cost this connection only
@@ -459,6 +464,9 @@ class AdminLink(asyncio.Protocol):
         return False  # close our side once the replies are flushed
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._splice_closed is not None:
+            closed, self._splice_closed = self._splice_closed, None
+            closed()
         self._mode = Mode.CLOSING
         self._cancel_line_timer()
         if self._abort_timer is not None:
@@ -545,6 +553,28 @@ class AdminLink(asyncio.Protocol):
             log.exception("admin %s: request %r failed", self.identity, obj.get("cmd"))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
         self._send(reply)
+
+    def splice(self, out: Callable[[bytes], None], closed: Callable[[], None]) -> bytes:
+        """Cluster mode: from now on every byte from the peer goes to `out` (the node
+        serving the console runs this session) and `splice_write` carries its bytes
+        back; `closed` is called when the peer goes.  Returns the bytes already read
+        but not yet processed, which the caller sends first."""
+        self._mode = Mode.SPLICED
+        self._waiting = False
+        self._cancel_line_timer()
+        self._stop_events()
+        self._splice_out, self._splice_closed = out, closed
+        return self._framer.take_pending()
+
+    def splice_write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def splice_close(self) -> None:
+        """The far end of the splice closed: close this connection after its bytes."""
+        self._splice_closed = None
+        if self._transport is not None:
+            self._transport.close()
 
     def remote_done(self, reply: Reply) -> None:
         """The answer to the request `RemoteRequests.takes` took; reading resumes."""
@@ -785,6 +815,8 @@ class AdminLink(asyncio.Protocol):
                 self._close()
             case Mode.JSON:
                 self._close_with(ErrorCode.SHUTTING_DOWN, "vspcd is shutting down")
+            case Mode.SPLICED:
+                self._close()  # the serving node's session ends with it
             case Mode.CLOSING:
                 pass
 
@@ -882,6 +914,7 @@ class AdminServer:
         self._unsubscribe: Callable[[], None] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
         self.remote: RemoteRequests | None = None  # cluster mode
+        self.cluster_node_id = ""  # cluster mode: this node's --node-id
         self._stopping = False
 
     @property

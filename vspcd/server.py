@@ -192,6 +192,7 @@ class Daemon:
 
             self.cluster.rows_provider = self._admin.console_rows
             self._admin.remote = Forwarder(self.cluster, self._admin)
+            self._admin.cluster_node_id = self.cluster.node_id
         await self._admin.start()
 
     def _bind_restored(self, port: int | None) -> int | None:

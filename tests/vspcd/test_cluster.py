@@ -366,3 +366,61 @@ def test_chaos_node_kill_during_vmotion_loop(tmp_path: Path) -> None:
             await op.close()
 
     run(tmp_path, body, "a", "b", "c")
+
+
+class _Attached:
+    """A raw admin connection after its `attach` (or `tail` follow) reply."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.got = bytearray()
+
+    @classmethod
+    async def open(cls, node: Node, **request: Any) -> tuple[_Attached, dict[str, Any]]:
+        reader, writer = await asyncio.open_unix_connection(str(node.admin_socket))
+        writer.write(json.dumps({"id": 7, **request}).encode() + b"\n")
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        return cls(reader, writer), reply
+
+    async def expect(self, wanted: bytes) -> None:
+        async with asyncio.timeout(10):
+            while wanted not in self.got:
+                chunk = await self.reader.read(4096)
+                assert chunk, f"closed before {wanted!r}: {bytes(self.got)!r}"
+                self.got += chunk
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_attach_and_tail_follow_through_a_non_owner(tmp_path: Path) -> None:
+    """`attach` (locks included) and `tail` with follow on c for a console a serves:
+    the session is spliced to a, bytes both ways, the lock held on a."""
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        vm = await FakeEsxi.connect(a.proxy_port, name="db01")
+        await connected(c, UUID_A, "a")
+        session, reply = await _Attached.open(c, cmd="attach", vm="db01", lock="exclusive")
+        assert reply["ok"] is True, reply
+        await attached(a, UUID_A)
+        vm.send(b"login: ")
+        await session.expect(b"login: ")
+        session.writer.write(b"root\r")
+        await vm.input.expect(b"root\r")
+        # The exclusive lock lives on a: a second attach, from either node, is refused.
+        for node in (a, c):
+            other, refused = await _Attached.open(node, cmd="attach", vm="db01")
+            assert refused["ok"] is False and refused["error"]["code"] == "lock_failed", refused
+            other.close()
+        follower, tail = await _Attached.open(c, cmd="tail", vm="db01", follow=True)
+        assert tail["ok"] is True and tail["name"] == "db01", tail
+        vm.send(b"# ")
+        await session.expect(b"# ")
+        await follower.expect(b'"output"')  # followed output arrives as output events
+        session.close()
+        await attached(a, UUID_A, 0)  # the splice's end detaches the client on a
+        follower.close()
+        await vm.close()
+
+    run(tmp_path, body, "a", "c")

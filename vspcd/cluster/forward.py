@@ -13,6 +13,11 @@ admin server (vspcd/admin.py) offers every validated request to `Forwarder.takes
   not have are looked up in the registry and executed by the owner (`Call {"op":
   "admin"}`), with the asking operator's identity and access level; the owner's
   reply goes back unchanged.
+- `attach` and `tail` with follow naming such a console **splice** the connection to
+  the owner: the owner runs a full admin session (`AdminLink` over `_StreamTransport`)
+  whose first request is this one, and from then on the bytes of the connection flow
+  both ways over the inter-node link (`StreamOpen`/`StreamData`/`StreamClose`), so
+  locks, the attach channel and followed output behave exactly as on the owner.
 
 The request's id is kept, and the admin link reads no further request until the
 answer is in, so replies stay in request order.
@@ -20,6 +25,7 @@ answer is in, so replies stay in request order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from enum import Enum
 from typing import Any
@@ -29,12 +35,15 @@ from vspc.common.admin import (
     AdminError,
     ErrorCode,
     Request,
+    encode_message,
     failed,
     ok,
     validate_request,
 )
-from vspc.vspcd.admin import HANDLERS, AdminLink, AdminServer, Identity, Reply
-from vspc.vspcd.cluster.node import ClusterNode
+from vspc.common.peerlink import StreamClose, StreamData, StreamOpen
+from vspc.vspcd.admin import HANDLERS, AdminLink, AdminServer, Identity, Mode, Reply
+from vspc.vspcd.cluster.links import PeerLink
+from vspc.vspcd.cluster.node import ClusterNode, StreamSink
 from vspc.vspcd.cluster.registry import RegistryUnavailable
 from vspc.vspcd.hub import HubError
 
@@ -42,7 +51,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Forwarder"]
 
-_FORWARDED = frozenset({"show", "clear", "tail", "untail"})
+_CALLED = frozenset({"show", "clear", "tail", "untail"})  # one request, one reply
+_FORWARDED = _CALLED | {"attach"}
 
 
 def _wire(request: Request) -> dict[str, Any]:
@@ -56,6 +66,111 @@ def _wire(request: Request) -> dict[str, Any]:
     return obj
 
 
+def _identity(link: AdminLink) -> dict[str, Any]:
+    me = link.identity
+    return {
+        "address": f"{me.address} via {link.server.cluster_node_id}",
+        "uid": me.uid,
+        "gid": me.gid,
+        "user": me.user,
+        "access": me.access.value,
+    }
+
+
+def _parse_identity(who: dict[str, Any]) -> Identity:
+    """Raises ValueError on a bad access level."""
+    uid, gid, user = who.get("uid"), who.get("gid"), who.get("user")
+    return Identity(
+        str(who.get("address", "?")),
+        uid if isinstance(uid, int) else None,
+        gid if isinstance(gid, int) else None,
+        user if isinstance(user, str) else None,
+        Access(who.get("access", Access.READONLY.value)),
+    )
+
+
+class _BackToOperator(StreamSink):
+    """The asking node's end: the owner's bytes go to the operator's connection."""
+
+    def __init__(self, link: AdminLink) -> None:
+        self._link = link
+
+    def data(self, data: bytes) -> None:
+        self._link.splice_write(data)
+
+    def closed(self) -> None:
+        self._link.splice_close()
+
+
+class _StreamTransport(asyncio.Transport):
+    """The owner's transport for a spliced session: writes go back over the link."""
+
+    def __init__(
+        self, node: ClusterNode, peer: PeerLink, channel: int, link: AdminLink, address: str
+    ) -> None:
+        super().__init__()
+        self._node, self._peer, self._channel, self._link = node, peer, channel, link
+        self._address = address
+        self._closing = False
+        self.lost = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return (self._address, 0) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._closing:
+            self._peer.send(StreamData(self._channel, bytes(data)))
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._node.forget_stream(self._peer, self._channel)
+        self._peer.send(StreamClose(self._channel))
+        asyncio.get_running_loop().call_soon(self.connection_lost)
+
+    def abort(self) -> None:
+        self.close()
+
+    def connection_lost(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self._link.connection_lost(None)
+
+    def get_write_buffer_size(self) -> int:
+        return self._peer.write_backlog()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass  # the inter-node link has its own
+
+    def pause_reading(self) -> None:
+        pass  # the operator's own node reads; nothing to pause here
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return not self._closing
+
+
+class _FromOperator(StreamSink):
+    """The owner's end: the operator's bytes go into the admin session."""
+
+    def __init__(self, link: AdminLink, transport: _StreamTransport) -> None:
+        self._link = link
+        self._transport = transport
+
+    def data(self, data: bytes) -> None:
+        self._link.data_received(data)
+
+    def closed(self) -> None:
+        self._transport._closing = True
+        self._transport.connection_lost()
+
+
 class Forwarder:
     """The admin server's `RemoteRequests` in cluster mode."""
 
@@ -63,6 +178,7 @@ class Forwarder:
         self._node = node
         self._server = server
         node.admin_handler = self.answer
+        node.stream_handler = self.open_stream
 
     def takes(self, link: AdminLink, request: Request) -> bool:
         if request.cmd == "list":
@@ -83,9 +199,10 @@ class Forwarder:
                 return False
             except HubError:
                 pass
-        if request.cmd == "tail" and request.fields.get("follow"):
-            return False  # following another node's console is not forwarded (docs)
-        self._node.spawn(self._forward(link, request, str(spec)))
+        if request.cmd == "attach" or (request.cmd == "tail" and request.fields.get("follow")):
+            self._node.spawn(self._splice(link, request, str(spec)))
+        else:
+            self._node.spawn(self._forward(link, request, str(spec)))
         return True
 
     async def _list(self, link: AdminLink, request: Request) -> None:
@@ -109,18 +226,7 @@ class Forwarder:
         if owner is None:
             link.remote_done(self._run(link, request))  # the local answer: not found
             return
-        me = link.identity
-        call = {
-            "op": "admin",
-            "request": _wire(request),
-            "identity": {
-                "address": f"{me.address} via {self._node.node_id}",
-                "uid": me.uid,
-                "gid": me.gid,
-                "user": me.user,
-                "access": me.access.value,
-            },
-        }
+        call = {"op": "admin", "request": _wire(request), "identity": _identity(link)}
         try:
             result = await self._node.call(owner, call)
         except (ConnectionError, TimeoutError) as exc:
@@ -136,6 +242,56 @@ class Forwarder:
         if not isinstance(reply, dict):
             reply = failed(ErrorCode.INTERNAL, f"node {owner} gave no reply", request.id)
         link.remote_done(reply)
+
+    async def _splice(self, link: AdminLink, request: Request, spec: str) -> None:
+        node = self._node
+        try:
+            owner = await node.owner_of(spec)
+        except RegistryUnavailable as exc:
+            link.remote_done(
+                failed(ErrorCode.VM_NOT_FOUND, f"not on this node, and {exc}", request.id)
+            )
+            return
+        if owner is None:
+            link.remote_done(self._run(link, request))  # the local answer: not found
+            return
+        peer = await node.link_to(owner)
+        if peer is None:
+            link.remote_done(
+                failed(ErrorCode.VM_NOT_FOUND, f"served by node {owner}, unreachable", request.id)
+            )
+            return
+        if link.mode is not Mode.JSON:
+            return  # the operator left meanwhile
+        channel = peer.new_channel()
+        node.register_stream(peer, channel, _BackToOperator(link))
+        peer.send(StreamOpen(channel, {"identity": _identity(link), "request": _wire(request)}))
+
+        def closed() -> None:
+            node.forget_stream(peer, channel)
+            peer.send(StreamClose(channel))
+
+        pending = link.splice(lambda data: peer.send(StreamData(channel, data)), closed)
+        if pending:
+            peer.send(StreamData(channel, pending))
+        log.info("admin %s: %s %s spliced to node %s", link.identity, request.cmd, spec, owner)
+
+    def open_stream(self, peer: PeerLink, channel: int, head: dict[str, Any]) -> StreamSink | None:
+        """On the owner: a spliced admin session from another node."""
+        raw, who = head.get("request"), head.get("identity")
+        if not isinstance(raw, dict) or not isinstance(who, dict):
+            return None
+        try:
+            identity = _parse_identity(who)
+        except ValueError:
+            return None
+        link = AdminLink(self._server, unix=False)
+        transport = _StreamTransport(self._node, peer, channel, link, identity.address)
+        link.connection_made(transport)
+        link.identity = identity
+        link.peer = identity.address
+        link.data_received(encode_message(raw))
+        return _FromOperator(link, transport)
 
     def _run(self, link: AdminLink, request: Request) -> Reply:
         handler = HANDLERS[request.cmd]
@@ -153,15 +309,9 @@ class Forwarder:
             return {"reply": failed(ErrorCode.INTERNAL, "malformed forwarded request", None)}
         try:
             request = validate_request(raw)
-            if request.cmd not in _FORWARDED:
+            if request.cmd not in _CALLED:
                 raise AdminError(ErrorCode.PERMISSION_DENIED, "not forwardable", request.id)
-            identity = Identity(
-                str(who.get("address", "?")),
-                who.get("uid") if isinstance(who.get("uid"), int) else None,
-                who.get("gid") if isinstance(who.get("gid"), int) else None,
-                who.get("user") if isinstance(who.get("user"), str) else None,
-                Access(who.get("access", Access.READONLY.value)),
-            )
+            identity = _parse_identity(who)
         except (AdminError, ValueError) as exc:
             reply = exc.to_reply() if isinstance(exc, AdminError) else None
             return {"reply": reply or failed(ErrorCode.BAD_FIELD, str(exc), None)}
