@@ -179,7 +179,7 @@ def test_cross_node_abandon(tmp_path: Path) -> None:
     run(tmp_path, body, "a", "b", extra=("--vmotion-abandon", "0.5"))
 
 
-def test_any_node_answers_list_show_clear(tmp_path: Path) -> None:
+def test_any_node_answers_list_show_clear_kick(tmp_path: Path) -> None:
     async def body(cluster: Cluster) -> None:
         a, b, c = cluster["a"], cluster["b"], cluster["c"]
         vms = [
@@ -196,6 +196,14 @@ def test_any_node_answers_list_show_clear(tmp_path: Path) -> None:
         await attached(c, "11" * 16)
         cleared = await c.request("clear", vm="beta", reason="maintenance")
         assert cleared["ok"] and cleared["cleared"] == 1, cleared
+        await op.closed()
+        op = await Operator.connect(row["port"])
+        await attached(c, "11" * 16)
+        listed = await c.row("11" * 16)
+        assert listed is not None
+        ident = listed["attached"][0]["id"]
+        kicked = await c.request("kick", client=ident, reason="bye")
+        assert kicked["ok"] and kicked["client"] == ident, kicked
         await op.closed()
         missing = await c.request("show", vm="nosuchvm")
         assert missing["ok"] is False and missing["error"]["code"] == "vm_not_found"

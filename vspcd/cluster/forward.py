@@ -13,6 +13,9 @@ admin server (vspcd/admin.py) offers every validated request to `Forwarder.takes
   not have are looked up in the registry and executed by the owner (`Call {"op":
   "admin"}`), with the asking operator's identity and access level; the owner's
   reply goes back unchanged.
+- `kick` of a client id this node does not have goes to the one other node that
+  has it (ids are per node; if several nodes have it the reply says which, and the
+  operator kicks it there).
 - `attach` and `tail` with follow naming such a console **splice** the connection to
   the owner: the owner runs a full admin session (`AdminLink` over `_StreamTransport`)
   whose first request is this one, and from then on the bytes of the connection flow
@@ -51,7 +54,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Forwarder"]
 
-_CALLED = frozenset({"show", "clear", "tail", "untail"})  # one request, one reply
+_CALLED = frozenset({"show", "clear", "tail", "untail", "kick"})  # one request, one reply
 _FORWARDED = _CALLED | {"attach"}
 
 
@@ -179,10 +182,16 @@ class Forwarder:
         self._server = server
         node.admin_handler = self.answer
         node.stream_handler = self.open_stream
+        node.calls["has_client"] = self.answer_has_client
 
     def takes(self, link: AdminLink, request: Request) -> bool:
         if request.cmd == "list":
             self._node.spawn(self._list(link, request))
+            return True
+        if request.cmd == "kick":
+            if self._has_client(request.fields["client"]):
+                return False
+            self._node.spawn(self._kick(link, request))
             return True
         if request.cmd not in _FORWARDED:
             return False
@@ -292,6 +301,53 @@ class Forwarder:
         link.peer = identity.address
         link.data_received(encode_message(raw))
         return _FromOperator(link, transport)
+
+    def _has_client(self, ident: Any) -> bool:
+        return any(
+            client.ident == ident
+            for console in self._server.hub.consoles()
+            for client in console.clients
+        )
+
+    async def _kick(self, link: AdminLink, request: Request) -> None:
+        """Client ids are per node: kick where exactly one other node has the id."""
+        ident = request.fields["client"]
+        try:
+            nodes = await self._node.registry.live_nodes()
+        except RegistryUnavailable as exc:
+            link.remote_done(
+                failed(ErrorCode.NOT_ATTACHED, f"no client {ident} here, and {exc}", request.id)
+            )
+            return
+        others = sorted(n for n in nodes if n != self._node.node_id)
+        answers = await asyncio.gather(
+            *(self._node.call(n, {"op": "has_client", "client": ident}) for n in others),
+            return_exceptions=True,
+        )
+        holders = [
+            n for n, a in zip(others, answers, strict=True) if isinstance(a, dict) and a.get("has")
+        ]
+        if len(holders) != 1:
+            where = f"on nodes {', '.join(holders)}; run kick there" if holders else "anywhere"
+            link.remote_done(
+                failed(ErrorCode.NOT_ATTACHED, f"client id {ident}: {where}", request.id)
+            )
+            return
+        call = {"op": "admin", "request": _wire(request), "identity": _identity(link)}
+        try:
+            result = await self._node.call(holders[0], call)
+        except (ConnectionError, TimeoutError) as exc:
+            link.remote_done(
+                failed(ErrorCode.NOT_ATTACHED, f"node {holders[0]}: {exc}", request.id)
+            )
+            return
+        reply = result.get("reply")
+        link.remote_done(
+            reply if isinstance(reply, dict) else failed(ErrorCode.INTERNAL, "no reply", request.id)
+        )
+
+    def answer_has_client(self, call: dict[str, Any]) -> dict[str, Any]:
+        return {"has": self._has_client(call.get("client"))}
 
     def _run(self, link: AdminLink, request: Request) -> Reply:
         handler = HANDLERS[request.cmd]

@@ -147,6 +147,8 @@ class ClusterNode:
         self.stream_handler: StreamHandler | None = None
         # Runs an admin request forwarded by another node (vspcd/cluster/forward.py).
         self.admin_handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        # More `Call` ops answered here, by name (vspcd/cluster/forward.py adds some).
+        self.calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
         self.lease_acquired = asyncio.Event()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -502,6 +504,9 @@ class ClusterNode:
             return {"rows": self.local_rows()}
         if request.get("op") == "admin" and self.admin_handler is not None:
             return self.admin_handler(request)
+        handler = self.calls.get(str(request.get("op")))
+        if handler is not None:
+            return handler(request)
         return {"error": f"unknown call {request.get('op')!r}"}
 
     def local_rows(self) -> list[dict[str, Any]]:
