@@ -143,7 +143,9 @@ class Cluster:
                 await asyncio.sleep(0.05)
 
     async def list(self, name: str) -> list[dict[str, Any]]:
-        reader, writer = await asyncio.open_unix_connection(str(self.nodes[name]["sock"]))
+        reader, writer = await asyncio.open_unix_connection(
+            str(self.nodes[name]["sock"]), limit=1 << 26
+        )
         writer.write(b'{"cmd":"list","id":1}\n')
         reply = json.loads(await reader.readline())
         writer.close()
