@@ -411,6 +411,7 @@ class AdminLink(asyncio.Protocol):
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._waiting = False  # another cluster node is answering a request
         self._splice_out: Callable[[bytes], None] | None = None
+        self.relayed = False  # cluster mode: this session runs for another node's operator
         self._splice_closed: Callable[[], None] | None = None
         self._client: Client | None = None
         self._replay = b""
@@ -604,6 +605,11 @@ class AdminLink(asyncio.Protocol):
         if self._errors >= self._limits.error_streak:
             log.warning("admin %s: %d errors in a row; closing", self.identity, self._errors)
             self._close_with(ErrorCode.FLOOD, f"{self._errors} failed requests in a row")
+
+    def push_event(self, line: bytes) -> None:
+        """Cluster mode: an event line from another node for a subscribed link."""
+        if self.subscribed:
+            self._push(line)
 
     def _push(self, line: bytes) -> None:
         """Write one pushed event, or give up on a peer that does not read them."""

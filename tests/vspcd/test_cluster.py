@@ -432,3 +432,31 @@ def test_attach_and_tail_follow_through_a_non_owner(tmp_path: Path) -> None:
         await vm.close()
 
     run(tmp_path, body, "a", "c")
+
+
+def test_subscribe_on_any_node_sees_every_node(tmp_path: Path) -> None:
+    """`subscribe` on c: the snapshot lists a's console, then events from a (tagged
+    `node`) and from c itself arrive on the same connection."""
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        first = await FakeEsxi.connect(a.proxy_port, uuid=UUID_A, name="alpha")
+        await connected(c, UUID_A, "a")
+        reader, writer = await asyncio.open_unix_connection(str(c.admin_socket))
+        writer.write(b'{"cmd":"subscribe","id":1}\n')
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 10))
+        assert reply["ok"] is True, reply
+        assert [(r["vm_name"], r["node"]) for r in reply["vms"]] == [("alpha", "a")]
+        second = await FakeEsxi.connect(a.proxy_port, uuid="55" * 16, name="beta")
+        third = await FakeEsxi.connect(c.proxy_port, uuid="66" * 16, name="gamma")
+        seen: set[tuple[str, str | None]] = set()
+        async with asyncio.timeout(10):
+            while not {("55" * 16, "a"), ("66" * 16, None)} <= seen:
+                event = json.loads(await reader.readline())
+                if event.get("event") == "vm_connected":
+                    seen.add((event["key"], event.get("node")))
+        writer.close()
+        for vm in (first, second, third):
+            await vm.close()
+
+    run(tmp_path, body, "a", "c")

@@ -13,6 +13,11 @@ admin server (vspcd/admin.py) offers every validated request to `Forwarder.takes
   not have are looked up in the registry and executed by the owner (`Call {"op":
   "admin"}`), with the asking operator's identity and access level; the owner's
   reply goes back unchanged.
+- `subscribe` subscribes to every node: each other live node runs a relayed
+  `subscribe` session (a *feed*) whose snapshot joins this node's rows in the reply
+  and whose event lines follow, tagged with `node`.  Nodes that join later are not
+  followed (subscribe again); a feed ends at its next event once the operator
+  unsubscribed or left.
 - `kick` of a client id this node does not have goes to the one other node that
   has it (ids are per node; if several nodes have it the reply says which, and the
   operator kicks it there).
@@ -29,7 +34,10 @@ answer is in, so replies stay in request order.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -174,6 +182,78 @@ class _FromOperator(StreamSink):
         self._transport.connection_lost()
 
 
+def _end_feed(node: ClusterNode, peer: PeerLink, channel: int) -> None:
+    node.forget_stream(peer, channel)
+    peer.send(StreamClose(channel))
+
+
+class _Feed(StreamSink):
+    """One other node's events for a subscribed operator here: the first line is the
+    remote `subscribe` reply (its rows), the rest are event lines, tagged with
+    `node` and pushed to the operator.  Ends itself once the operator unsubscribes
+    or leaves (at the next event)."""
+
+    def __init__(self, link: AdminLink, node: str, end: Callable[[], None]) -> None:
+        self._link = link
+        self.node = node
+        self._end = end
+        self._buf = bytearray()
+        self._held: list[bytes] = []
+        self._live = False
+        self._stopped = False
+        self.snapshot: asyncio.Future[list[dict[str, Any]]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def data(self, data: bytes) -> None:
+        self._buf += data
+        while (newline := self._buf.find(b"\n")) >= 0:
+            line = bytes(self._buf[:newline])
+            del self._buf[: newline + 1]
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if not self.snapshot.done():
+            rows = message.get("vms") if message.get("ok") else None
+            rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+            for row in rows:
+                row["node"] = self.node
+            self.snapshot.set_result(rows)
+            return
+        if self._live and (not self._link.subscribed or self._link.mode is not Mode.JSON):
+            self.stop()
+            return
+        message["node"] = self.node
+        encoded = encode_message(message)
+        if self._live:
+            self._link.push_event(encoded)
+        else:
+            self._held.append(encoded)
+
+    def go_live(self) -> None:
+        self._live = True
+        held, self._held = self._held, []
+        for line in held:
+            self._link.push_event(line)
+
+    def stop(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self._end()
+
+    def closed(self) -> None:
+        self._stopped = True
+        if not self.snapshot.done():
+            self.snapshot.set_exception(ConnectionError(f"node {self.node} closed the feed"))
+            self.snapshot.exception()
+
+
 class Forwarder:
     """The admin server's `RemoteRequests` in cluster mode."""
 
@@ -185,6 +265,11 @@ class Forwarder:
         node.calls["has_client"] = self.answer_has_client
 
     def takes(self, link: AdminLink, request: Request) -> bool:
+        if link.relayed and request.cmd != "list":
+            return False  # one hop only: a relayed session is answered here
+        if request.cmd == "subscribe":
+            self._node.spawn(self._subscribe(link, request))
+            return True
         if request.cmd == "list":
             self._node.spawn(self._list(link, request))
             return True
@@ -295,12 +380,61 @@ class Forwarder:
         except ValueError:
             return None
         link = AdminLink(self._server, unix=False)
+        link.relayed = True
         transport = _StreamTransport(self._node, peer, channel, link, identity.address)
         link.connection_made(transport)
         link.identity = identity
         link.peer = identity.address
         link.data_received(encode_message(raw))
         return _FromOperator(link, transport)
+
+    async def _subscribe(self, link: AdminLink, request: Request) -> None:
+        """Events from every node: a feed (a relayed `subscribe` session) per other
+        node, whose snapshot joins this node's rows in the reply; the events each feed
+        sends before the reply wait and follow it."""
+        node = self._node
+        try:
+            nodes = await node.registry.live_nodes()
+        except RegistryUnavailable as exc:
+            link.subscribed = True
+            link.remote_done(ok(request.id, vms=node.local_rows(), cluster_error=str(exc)))
+            return
+        feeds: list[_Feed] = []
+        missing: list[str] = []
+        for name in sorted(n for n in nodes if n != node.node_id):
+            peer = await node.link_to(name)
+            if peer is None:
+                missing.append(f"{name}: unreachable")
+                continue
+            channel = peer.new_channel()
+            feed = _Feed(link, name, functools.partial(_end_feed, node, peer, channel))
+            node.register_stream(peer, channel, feed)
+            request_line = {"cmd": "subscribe", "id": 0}
+            peer.send(StreamOpen(channel, {"identity": _identity(link), "request": request_line}))
+            feeds.append(feed)
+        rows: list[dict[str, Any]] = []
+        for feed in feeds:
+            try:
+                async with asyncio.timeout(5.0):
+                    rows += await feed.snapshot
+            except (TimeoutError, ConnectionError) as exc:
+                missing.append(f"{feed.node}: {exc or 'no answer'}")
+                feed.stop()
+        if link.mode is not Mode.JSON:
+            for feed in feeds:
+                feed.stop()
+            return
+        # One step, no await: this node's snapshot and its subscription, then the
+        # reply, then what the feeds sent meanwhile.
+        link.subscribed = True
+        rows += node.local_rows()
+        rows.sort(key=lambda r: str(r.get("key", "")))
+        reply = ok(request.id, vms=rows)
+        if missing:
+            reply["cluster_missing"] = missing
+        link.remote_done(reply)
+        for feed in feeds:
+            feed.go_live()
 
     def _has_client(self, ident: Any) -> bool:
         return any(
