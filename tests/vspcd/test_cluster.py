@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from tests.vspcd.cluster_kit import Cluster, Node, needs_redis, until
 from tests.vspcd.harness import UUID_A, FakeEsxi, Operator
 from vspc.common import esxi
+from vspc.common.peerlink import NONCE, PeerLinkCodec, RemoteProtocolError, Side
 
 pytestmark = needs_redis
 
@@ -460,3 +462,48 @@ def test_subscribe_on_any_node_sees_every_node(tmp_path: Path) -> None:
             await vm.close()
 
     run(tmp_path, body, "a", "c")
+
+
+def test_vspc_cli_unchanged_against_a_non_owner(tmp_path: Path) -> None:
+    """`vspc list` and `vspc show` on c work for a's console (extra fields ignored)."""
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        vm = await FakeEsxi.connect(a.proxy_port, name="cli-vm")
+        await connected(c, UUID_A, "a")
+        for argv in (["list"], ["show", "cli-vm"]):
+            done = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "vspc.vspctui.cli", "--socket", str(c.admin_socket), *argv,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(done.communicate(), 30)
+            assert done.returncode == 0, err
+            assert b"cli-vm" in out, out
+        await vm.close()
+
+    run(tmp_path, body, "a", "c")
+
+
+def test_a_stranger_on_the_inter_node_port_is_refused(tmp_path: Path) -> None:
+    """Without the cluster secret the handshake fails and nothing is accepted."""
+
+    async def body(cluster: Cluster) -> None:
+        a = cluster["a"]
+        codec = PeerLinkCodec(Side.DIALER, "intruder", b"not the secret at all", b"\x05" * NONCE)
+        reader, writer = await asyncio.open_connection("127.0.0.1", a.link_port)
+        writer.write(codec.data_to_send())
+        with pytest.raises(RemoteProtocolError):
+            codec.receive_data(await asyncio.wait_for(reader.read(4096), 10))
+        # Whatever it sends next is refused too: the node closes the link.
+        writer.write(b"\x00\x00\x00\x05\x0a\x00\x00\x00\x01")
+        async with asyncio.timeout(10):
+            while await reader.read(4096):
+                pass
+        writer.close()
+
+        async def refused() -> bool:
+            return "inter-node link" in a.text() and "refused" in a.text()
+
+        await until(refused, "a logs the refusal")
+
+    run(tmp_path, body, "a")
