@@ -1154,6 +1154,29 @@ class Hub:
         log.info("%s: console expired", _tag(console))
         self._emit(ConsoleExpired(console.key, console.display_name, console.port))
 
+    def drop(self, console: Console, reason: str) -> None:
+        """Forget `console` now, whatever it holds (cluster mode: another node serves
+        it).  Its clients are told `reason` and disconnected, its VM connection and
+        any vMotion end, its telnet port is released; observers see ConsoleExpired."""
+        if self._consoles.get(console.key) is not console:
+            return
+        if console.migration is not None:
+            self._end_migration(console, AbortReason.REPLACED)
+        if console.challenge is not None:
+            console.challenge.timer.cancel()
+            console.challenge = None
+        for client in list(console.clients):
+            client.channel.notify(reason)
+            client.channel.close()
+            self.detach(client, reason)
+        vm_conn = console.vm
+        if vm_conn is not None:
+            console.vm = None
+            vm_conn.role = Role.RETIRED
+            vm_conn.channel.close()
+        self._cancel_expiry(console)
+        self._expire(console)
+
     def reclaim(self, count: int) -> int:
         """Expire up to `count` idle consoles now, soonest-to-expire first (fd pressure)."""
         idle = sorted(

@@ -507,3 +507,51 @@ def test_a_stranger_on_the_inter_node_port_is_refused(tmp_path: Path) -> None:
         await until(refused, "a logs the refusal")
 
     run(tmp_path, body, "a")
+
+
+def test_a_second_node_with_the_same_id_does_not_start(tmp_path: Path) -> None:
+    async def body(cluster: Cluster) -> None:
+        twin = Node("a", tmp_path / "twin", cluster.redis, cluster.range_start)
+        twin.tmp.mkdir()
+        twin.start()
+        assert twin.proc is not None
+        code = await asyncio.to_thread(twin.proc.wait, 30)
+        assert code == 1
+        assert "node id 'a' is held by a live node" in twin.text()
+
+    run(tmp_path, body, "a")
+
+
+def test_reconcile_lets_go_of_a_console_another_node_won(tmp_path: Path) -> None:
+    """Split brain, staged: the registry says b owns a's console and a's lease is
+    gone (as after a partition longer than the lease).  At its next renewal a
+    reconciles, lets the console go (closes the VM), and the VM, reconnecting to a,
+    is relayed to b, which serves it on the same port."""
+    import redis.asyncio as aioredis
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        vm = await FakeEsxi.connect(a.proxy_port, name="contested")
+        row = await connected(b, UUID_A, "a")
+        client = aioredis.from_url(cluster.redis.url)
+        await client.hset(f"vspc:console:{UUID_A}", "owner", "b")
+        await client.delete("vspc:node:a")
+        await client.aclose()
+        await vm.input.closed.wait()  # a let it go
+
+        async def gone() -> bool:
+            return "letting it go" in a.text()
+
+        await until(gone, "a logs that it lets the console go")
+        back = await FakeEsxi.connect(a.proxy_port, name="contested")
+        moved = await connected(a, UUID_A, "b")
+        assert moved["port"] == row["port"]
+        back.send(b"on b now")
+        op = await Operator.connect(moved["port"])
+        await attached(b, UUID_A)
+        back.send(b"!")
+        await op.output.expect(b"!")
+        await op.close()
+        await back.close()
+
+    run(tmp_path, body, "a", "b")

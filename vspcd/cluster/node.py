@@ -75,7 +75,7 @@ from vspc.vspcd.hub import Hub
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClusterNode", "StreamHandler"]
+__all__ = ["ClusterNode", "NodeIdInUse", "StreamHandler"]
 
 CONNECT_TIMEOUT = 2.0
 CALL_TIMEOUT = 3.0
@@ -92,6 +92,12 @@ class StreamSink:
 
     def closed(self) -> None:
         raise NotImplementedError
+
+
+class NodeIdInUse(OSError):
+    """Another live node holds our --node-id: two nodes must never share one (their
+    claims and leases would be indistinguishable).  An OSError, so the daemon exits
+    with "cannot start: ..." like for an address in use."""
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -154,7 +160,23 @@ class ClusterNode:
     # -- life cycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen for peers, take the lease (or keep trying in the background)."""
+        """Listen for peers, take the lease (or keep trying in the background).
+
+        Raises:
+            NodeIdInUse: a live node elsewhere has our --node-id.
+            OSError: --node-address cannot be bound.
+        """
+        try:
+            holder = await self.registry.node_address(self.node_id)
+        except RegistryUnavailable as exc:
+            log.warning("%s; starting anyway, the registry is retried", exc)
+            holder = None
+        if holder is not None and holder != self.address:
+            raise NodeIdInUse(
+                f"node id {self.node_id!r} is held by a live node at {holder}; give this "
+                f"node another --node-id (if that node is dead, its lease ends within "
+                f"{self.lease:g} s)"
+            )
         host, port = _host_port(self.address)
         self._server = await asyncio.get_running_loop().create_server(
             lambda: self._inbound_link(), host, port, reuse_address=True
@@ -254,8 +276,9 @@ class ClusterNode:
                     "%s: the registry gives it to %s now; letting it go", console.tag, owner
                 )
                 self._owned.discard(key)
-                if console.vm is not None:
-                    console.vm.channel.close()
+                # Its VM reconnects and is relayed to the winner, which needs the
+                # telnet port (same host) and must be the only one listing it.
+                self.hub.drop(console, f"console moved to node {owner}")
         cookies = list(self._cookies.values())
         for cookie in cookies:
             await self.registry.put_cookie(cookie, self._cookie_ttl())
