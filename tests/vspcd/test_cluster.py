@@ -232,6 +232,12 @@ def test_node_kill_takeover_keeps_name_and_port(tmp_path: Path) -> None:
         await doomed.input.closed.wait()
         loop = asyncio.get_running_loop()
         killed = loop.time()
+
+        async def shown_down() -> bool:  # once a's lease expired: listed from the registry
+            row = await b.row(UUID_A)
+            return row is not None and row.get("node_down") is True and row["node"] == "a"
+
+        await until(shown_down, "b lists a's console as on a dead node")
         back = await FakeEsxi.connect(b.proxy_port, uuid=UUID_A, name="doomed")
         moved = await connected(c, UUID_A, "b")
         print(f"take-over after {loop.time() - killed:.2f} s")

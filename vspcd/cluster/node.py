@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from vspc.common import vmware as vm
+from vspc.common.admin import ConsoleInfo
 from vspc.common.peerlink import (
     Call,
     Message,
@@ -78,6 +79,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ClusterNode", "NodeIdInUse", "StreamHandler"]
 
 CONNECT_TIMEOUT = 2.0
+ORPHAN_SWEEP = 30  # lease renewals between two sweeps for consoles of dead nodes
 CALL_TIMEOUT = 3.0
 
 # (link, channel, head) -> a sink for the stream's bytes from the peer, or None to refuse
@@ -103,6 +105,20 @@ class NodeIdInUse(OSError):
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _orphan_row(record: ConsoleRecord) -> dict[str, Any]:
+    """A `list` row for a console of a dead node, from what the registry knows."""
+    name = record.name or vm.display_uuid(record.uuid)
+    info = ConsoleInfo(
+        key=record.key,
+        name=f"{name}_{record.label}" if record.label else name,
+        uuid=vm.display_uuid(record.uuid),
+        vm_name=record.name,
+        label=record.label,
+        port=record.port,
+    )
+    return {**info.to_json(), "node": record.owner, "node_down": True}
 
 
 class ClusterNode:
@@ -228,6 +244,7 @@ class ClusterNode:
 
     async def _lease_loop(self) -> None:
         backoff = 0.1
+        renewals = 0
         while True:
             try:
                 fresh = await self.registry.renew_lease(self.address, self.lease, os.getpid())
@@ -237,6 +254,13 @@ class ClusterNode:
                 if not fresh or self._dirty:
                     await self.reconcile()
                 self.lease_acquired.set()
+                renewals += 1
+                if renewals % ORPHAN_SWEEP == 0:
+                    # Consoles of dead nodes whose VMs never came back expire like
+                    # idle consoles on one node (--vm-expire-time).
+                    gone = await self.registry.expire_orphans(self.config.vm_expire_time)
+                    if gone:
+                        log.info("registry: %d console(s) of dead nodes expired", gone)
                 backoff = 0.1
                 await asyncio.sleep(self.lease / 3)
             except RegistryUnavailable as exc:
@@ -575,6 +599,12 @@ class ClusterNode:
                 if isinstance(row, dict):
                     row["node"] = node
                     rows.append(row)
+        # Consoles whose node is dead and that nobody took over yet: their VM has not
+        # reconnected.  Listed from the registry, disconnected, with `node_down`.
+        listed = {str(r.get("key")) for r in rows}
+        for record in await self.registry.consoles():
+            if record.key not in listed and record.owner not in nodes:
+                rows.append(_orphan_row(record))
         rows.sort(key=lambda r: str(r.get("key", "")))
         return rows, missing
 

@@ -140,6 +140,30 @@ for i = 4, #ARGV, 2 do redis.call('HSET', c, ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# Forget consoles whose owner is dead and which nobody has seen since `cutoff`
+# (the cluster's counterpart of a single node's console expiry).
+# ARGV: prefix, cutoff
+_EXPIRE_ORPHANS = """
+local p, cutoff = ARGV[1], tonumber(ARGV[2])
+local gone = 0
+for _, key in ipairs(redis.call('SMEMBERS', p .. 'consoles')) do
+  local c = p .. 'console:' .. key
+  local owner = redis.call('HGET', c, 'owner')
+  local seen = tonumber(redis.call('HGET', c, 'last_seen') or '0') or 0
+  if (not owner or redis.call('EXISTS', p .. 'node:' .. owner) == 0) and seen < cutoff then
+    local port = redis.call('HGET', c, 'port')
+    if port and redis.call('GET', p .. 'port:' .. port) == key then
+      redis.call('DEL', p .. 'port:' .. port)
+      redis.call('ZADD', p .. 'free_ports', tonumber(port), port)
+    end
+    redis.call('DEL', c)
+    redis.call('SREM', p .. 'consoles', key)
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
 # ARGV: prefix, key, me
 _RELEASE = """
 local p, key, me = ARGV[1], ARGV[2], ARGV[3]
@@ -182,6 +206,7 @@ class Registry:
         self._assert = self._redis.register_script(_ASSERT)
         self._update = self._redis.register_script(_UPDATE)
         self._release = self._redis.register_script(_RELEASE)
+        self._expire_orphans = self._redis.register_script(_EXPIRE_ORPHANS)
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -266,8 +291,9 @@ class Registry:
         return str(await self._call("republish", self._assert(args=args)))
 
     async def update(self, key: str, **fields: str) -> bool:
-        """Set fields of a console we own; False if we do not own it any more."""
-        args: list[str] = [self.prefix, key, self.node]
+        """Set fields of a console we own (and its last_seen); False if we do not own
+        it any more."""
+        args: list[str] = [self.prefix, key, self.node, "last_seen", f"{time.time():.3f}"]
         for name, value in fields.items():
             args += [name, value]
         return bool(await self._call("update", self._update(args=args)))
@@ -275,6 +301,12 @@ class Registry:
     async def release(self, key: str) -> bool:
         """Forget a console we own (it expired); its port goes back to the pool."""
         return bool(await self._call("release", self._release(args=[self.prefix, key, self.node])))
+
+    async def expire_orphans(self, older_than: float) -> int:
+        """Forget consoles of dead nodes not seen for `older_than` seconds (their VMs
+        never came back); returns how many.  Any node may run it: it is idempotent."""
+        cutoff = f"{time.time() - older_than:.3f}"
+        return int(await self._call("expire", self._expire_orphans(args=[self.prefix, cutoff])))
 
     async def console(self, key: str) -> ConsoleRecord | None:
         fields = await self._call("read", self._redis.hgetall(f"{self.prefix}console:{key}"))
