@@ -9,6 +9,7 @@ take-over of its console (name and port kept); a Redis restart mid-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import sys
@@ -516,6 +517,16 @@ def test_a_stranger_on_the_inter_node_port_is_refused(tmp_path: Path) -> None:
             return "inter-node link" in a.text() and "refused" in a.text()
 
         await until(refused, "a logs the refusal")
+        # Silent strangers hold a socket each until the handshake timeout: past 64
+        # waiting at once, more are dropped on arrival.
+        silent = [await asyncio.open_connection("127.0.0.1", a.link_port) for _ in range(64)]
+        late_reader, late_writer = await asyncio.open_connection("127.0.0.1", a.link_port)
+        with contextlib.suppress(ConnectionError):
+            assert await asyncio.wait_for(late_reader.read(100), 10) == b""
+        late_writer.close()
+        assert "too many handshakes pending" in a.text()
+        for _, w in silent:
+            w.close()
 
     run(tmp_path, body, "a")
 

@@ -46,8 +46,11 @@ class LinkHandler(Protocol):
 class PeerLink(asyncio.Protocol):
     """One authenticated inter-node connection."""
 
-    def __init__(self, handler: LinkHandler, side: Side, node: str, secret: bytes) -> None:
+    def __init__(
+        self, handler: LinkHandler, side: Side, node: str, secret: bytes, *, refuse: bool = False
+    ) -> None:
         self._handler = handler
+        self._refuse = refuse  # too many handshakes pending: close at once
         self._codec = PeerLinkCodec(side, node, secret, secrets.token_bytes(NONCE))
         self._next_channel = 1 if side is Side.DIALER else 2
         self._transport: asyncio.Transport | None = None
@@ -65,6 +68,10 @@ class PeerLink(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=HIGH_WATER)
         address = transport.get_extra_info("peername")
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
+        if self._refuse:
+            log.warning("inter-node link %s refused: too many handshakes pending", self.peer)
+            self._transport.abort()
+            return
         self._write(self._codec.data_to_send())
         self._timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, self._auth_timeout)
 

@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ClusterNode", "NodeIdInUse", "StreamHandler"]
 
 CONNECT_TIMEOUT = 2.0
+MAX_HANDSHAKES = 64  # inbound inter-node connections not yet authenticated
 ORPHAN_SWEEP = 30  # lease renewals between two sweeps for consoles of dead nodes
 CALL_TIMEOUT = 3.0
 
@@ -365,7 +366,8 @@ class ClusterNode:
             return
         k = str(key)
         match event:
-            case VmConnected(name=name):
+            case VmConnected(info=info):
+                name = info.vm_name  # the VM's own name; the label is stored apart
                 self._write(lambda: self.registry.update(k, state="connected", name=name))
             case VmRenamed(vm_name=vm_name):
                 self._write(lambda: self.registry.update(k, name=vm_name))
@@ -406,7 +408,12 @@ class ClusterNode:
     # -- links ------------------------------------------------------------------------------
 
     def _inbound_link(self) -> PeerLink:
-        link = PeerLink(self, Side.LISTENER, self.node_id, self._secret)
+        # Strangers cannot get past the handshake, but each holds a socket for up to
+        # AUTH_TIMEOUT: cap how many may wait at once.
+        pending = sum(1 for link in self._inbound if not link.ready.done())
+        link = PeerLink(
+            self, Side.LISTENER, self.node_id, self._secret, refuse=pending >= MAX_HANDSHAKES
+        )
         self._inbound.add(link)
         return link
 
