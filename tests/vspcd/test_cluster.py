@@ -220,12 +220,14 @@ def test_node_kill_takeover_keeps_name_and_port(tmp_path: Path) -> None:
     """kill -9 of a node: the VM reconnects to another node, which takes the console
     over once the dead node's lease expired; a console on a surviving node sees
     nothing."""
+    uri = "vSPC.py?port=com1"
+    key = f"{UUID_A}_com1"  # a labelled console: name and label kept apart
 
     async def body(cluster: Cluster) -> None:
         a, b, c = cluster["a"], cluster["b"], cluster["c"]
-        doomed = await FakeEsxi.connect(a.proxy_port, uuid=UUID_A, name="doomed")
+        doomed = await FakeEsxi.connect(a.proxy_port, uuid=UUID_A, name="doomed", uri=uri)
         safe = await FakeEsxi.connect(c.proxy_port, uuid="22" * 16, name="safe")
-        row = await connected(b, UUID_A, "a")
+        row = await connected(b, key, "a")
         safe_row = await connected(b, "22" * 16, "c")
         watcher = await Operator.connect(safe_row["port"])
         await attached(c, "22" * 16)
@@ -235,16 +237,17 @@ def test_node_kill_takeover_keeps_name_and_port(tmp_path: Path) -> None:
         killed = loop.time()
 
         async def shown_down() -> bool:  # once a's lease expired: listed from the registry
-            row = await b.row(UUID_A)
+            row = await b.row(key)
             return row is not None and row.get("node_down") is True and row["node"] == "a"
 
         await until(shown_down, "b lists a's console as on a dead node")
-        back = await FakeEsxi.connect(b.proxy_port, uuid=UUID_A, name="doomed")
-        moved = await connected(c, UUID_A, "b")
+        back = await FakeEsxi.connect(b.proxy_port, uuid=UUID_A, name="doomed", uri=uri)
+        moved = await connected(c, key, "b")
         print(f"take-over after {loop.time() - killed:.2f} s")
         assert moved["port"] == row["port"] and moved["vm_name"] == "doomed"
+        assert moved["name"] == "doomed_com1"  # the label is not folded into the name
         op = await Operator.connect(moved["port"])
-        await attached(b, UUID_A)
+        await attached(b, key)
         back.send(b"alive")
         await op.output.expect(b"alive")
         safe.send(b"undisturbed")
