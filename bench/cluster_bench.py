@@ -275,7 +275,7 @@ async def scenario_vmotion(consoles: int, rounds: int) -> dict[str, Any]:
 
 
 async def scenario_reuse_port(nodes: int, vms: int, concurrency: int) -> dict[str, Any]:
-    result: dict[str, Any] = {"scenario": "reuse_port", "nodes": nodes, "vms": vms}
+    result: dict[str, Any] = {"nodes": nodes}
     with tempfile.TemporaryDirectory() as tmp:
         cluster = Cluster(Path(tmp))
         cluster.start_redis()
@@ -331,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         line = asyncio.run(scenario_vmotion(*sizes))
         print(json.dumps({**line, "calibration_ms": calibration}), flush=True)
     if "reuse_port" in wanted:
-        sizes3 = (2, 20, 10) if args.quick else (3, 1500, 50)
-        line = asyncio.run(scenario_reuse_port(*sizes3))
+        # One node, then several sharing the port: what each extra node adds.
+        counts, vms, concurrency = ((1, 2), 20, 10) if args.quick else ((1, 3), 1500, 50)
+        runs = [asyncio.run(scenario_reuse_port(n, vms, concurrency)) for n in counts]
+        line = {"scenario": "reuse_port", "vms": vms, "runs": runs}
         print(json.dumps({**line, "calibration_ms": calibration}), flush=True)
     return 0
 

@@ -25,5 +25,7 @@ def test_quick_run_prints_one_json_line_per_scenario() -> None:
     for mode in ("same_node", "cross_node"):
         assert set(vmotion[mode]) == {"vmotions_per_s", "begin_to_goahead", "peer_to_peer_ok"}
         assert set(vmotion[mode]["peer_to_peer_ok"]) == {"p50_ms", "p90_ms", "p99_ms", "max_ms"}
-    assert reuse["listed"] == reuse["vms"]
-    assert sum(reuse["spread"].values()) == reuse["vms"]
+    assert [run["nodes"] for run in reuse["runs"]] == [1, 2]
+    for run in reuse["runs"]:
+        assert run["listed"] == reuse["vms"]
+        assert sum(run["spread"].values()) == reuse["vms"]

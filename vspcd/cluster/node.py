@@ -155,6 +155,7 @@ class ClusterNode:
         self._dirty = True  # registry writes were lost: reconcile at the next chance
         self._owned: set[ConsoleKey] = set()
         self._cookies: dict[ConsoleKey, bytes] = {}
+        self._cookie_puts: dict[ConsoleKey, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._writes: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
         self._links: dict[str, PeerLink] = {}  # dialed, by peer node id
@@ -376,14 +377,15 @@ class ClusterNode:
             case VMotionBegun():
                 cookie = self.hub.cookie_of(key)
                 if cookie is not None:
+                    # Not behind the queued state updates: a destination on another
+                    # node looks this up (ESXi connects it 1 s after GOAHEAD).
                     self._cookies[key] = cookie
-                    ttl = self._cookie_ttl()
-                    self._write(lambda: self.registry.put_cookie(cookie, ttl))
+                    self._cookie_puts[key] = self.spawn(self._put_cookie(cookie))
                 self._write(lambda: self.registry.update(k, state="vmotion"))
             case VMotionCompleted() | VMotionAborted():
                 old = self._cookies.pop(key, None)
                 if old is not None:
-                    self._write(lambda: self.registry.drop_cookie(old))
+                    self.spawn(self._drop_cookie(old, self._cookie_puts.pop(key, None)))
                 console = self.hub.console(key)
                 state = "connected" if console is not None and console.connected else "disconnected"
                 self._write(lambda: self.registry.update(k, state=state))
@@ -392,6 +394,25 @@ class ClusterNode:
                 self._write(lambda: self.registry.release(k))
             case _:
                 pass
+
+    async def _put_cookie(self, cookie: bytes) -> None:
+        try:
+            await self.registry.put_cookie(cookie, self._cookie_ttl())
+        except RegistryUnavailable as exc:
+            log.warning(
+                "vMotion cookie not published (%s): a destination reaching "
+                "another node gets no PEER-OK",
+                exc,
+            )
+            self._dirty = True
+
+    async def _drop_cookie(self, cookie: bytes, put: asyncio.Task[Any] | None) -> None:
+        if put is not None:
+            await asyncio.wait([put])  # never delete before the write landed
+        try:
+            await self.registry.drop_cookie(cookie)
+        except RegistryUnavailable:
+            self._dirty = True  # it expires with its TTL anyway
 
     def _write(self, op: Callable[[], Awaitable[Any]]) -> None:
         self._writes.put_nowait(op)

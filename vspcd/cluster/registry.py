@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 
+POOL_SIZE = 8  # Redis connections per node
+
+
 class RegistryUnavailable(Exception):
     """Redis could not be reached or answered with an error; the reason is the text."""
 
@@ -195,13 +198,18 @@ class Registry:
     def __init__(self, url: str, node: str, *, prefix: str = "vspc:", timeout: float = 1.0):
         self.node = node
         self.prefix = prefix
-        self._redis: Any = aioredis.from_url(
+        # A bounded pool: a burst of claims (hundreds of VMs reconnecting after a
+        # node died) queues for a few connections instead of opening one each.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=timeout * 5,
             decode_responses=True,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
         )
+        self._redis: Any = aioredis.Redis(connection_pool=pool)
         self._claim = self._redis.register_script(_CLAIM)
         self._assert = self._redis.register_script(_ASSERT)
         self._update = self._redis.register_script(_UPDATE)
@@ -210,7 +218,7 @@ class Registry:
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
+            await self._redis.aclose(close_connection_pool=True)
 
     async def _call(self, what: str, coro: Any) -> Any:
         try:
