@@ -580,3 +580,80 @@ def test_reconcile_lets_go_of_a_console_another_node_won(tmp_path: Path) -> None
         await back.close()
 
     run(tmp_path, body, "a", "b")
+
+
+def test_relaying_node_dies_mid_vmotion(tmp_path: Path) -> None:
+    """The destination's node dies after PEER-OK: the owner unbinds it (F6), keeps
+    the cookie and the held input; the source ABORTs (F4) and gets the input, once."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        src = await FakeEsxi.connect(a.proxy_port)
+        row = await connected(a, UUID_A, "a")
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        cookie = await src.begin(SEQ)
+        op.type(b"held once\r")
+        dst = await FakeEsxi.connect(b.proxy_port, cookie=cookie)
+        await dst.wait_for(esxi.PeerOk)
+        b.kill()
+        await dst.input.closed.wait()
+        src.abort()
+        await src.input.expect(b"held once\r")
+        op.type(b"more\r")
+        await src.input.expect(b"held once\rmore\r")
+        assert bytes(src.input.data) == b"held once\rmore\r"
+        await src.close()
+        await op.close()
+
+    run(tmp_path, body, "a", "b")
+
+
+def test_owner_dies_mid_vmotion(tmp_path: Path) -> None:
+    """The owner dies after PEER-OK: the relayed destination is closed (the vMotion
+    fails, the VM stays on its source host), the VM reconnects to a survivor, which
+    takes the console over once the lease expired; the other console, served by the
+    survivor, never notices."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b, c = cluster["a"], cluster["b"], cluster["c"]
+        src = await FakeEsxi.connect(a.proxy_port, name="moving")
+        other = await FakeEsxi.connect(c.proxy_port, uuid="77" * 16, name="bystander")
+        row = await connected(b, UUID_A, "a")
+        other_row = await connected(b, "77" * 16, "c")
+        watcher = await Operator.connect(other_row["port"])
+        await attached(c, "77" * 16)
+        cookie = await src.begin(SEQ)
+        dst = await FakeEsxi.connect(b.proxy_port, cookie=cookie)
+        await dst.wait_for(esxi.PeerOk)
+        a.kill()
+        await dst.input.closed.wait()
+        await src.input.closed.wait()
+        back = await FakeEsxi.connect(c.proxy_port, name="moving")
+        moved = await connected(b, UUID_A, "c")
+        assert moved["port"] == row["port"] and moved["vm_name"] == "moving"
+        other.send(b"still fine")
+        await watcher.output.expect(b"still fine")
+        await back.close()
+        await other.close()
+        await watcher.close()
+
+    run(tmp_path, body, "a", "b", "c")
+
+
+def test_a_node_started_while_redis_is_down_serves_once_it_is_up(tmp_path: Path) -> None:
+    async def body(cluster: Cluster) -> None:
+        cluster.redis.stop()
+        late = Node("late", tmp_path, cluster.redis, cluster.range_start)
+        cluster.nodes["late"] = late
+        late.start()
+        await late.ready()  # it started; `list` answers with this node's rows
+        reply = await late.request("list")
+        assert reply["ok"] and "cluster_error" in reply, reply
+        await cluster.redis.start()
+        vm = await FakeEsxi.connect(late.proxy_port, name="patient")
+        await connected(late, UUID_A, "late")
+        await vm.close()
+        assert late.proc is not None and late.proc.poll() is None
+
+    run(tmp_path, body, "a")
