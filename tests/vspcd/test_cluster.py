@@ -210,6 +210,20 @@ def test_any_node_answers_list_show_clear_kick(tmp_path: Path) -> None:
         await op.closed()
         missing = await c.request("show", vm="nosuchvm")
         assert missing["ok"] is False and missing["error"]["code"] == "vm_not_found"
+        # One VM name on two nodes: ambiguous, naming both.
+        vms.append(await FakeEsxi.connect(a.proxy_port, uuid="88" * 16, name="twin"))
+        vms.append(await FakeEsxi.connect(b.proxy_port, uuid="99" * 16, name="twin"))
+        await connected(c, "88" * 16, "a")
+        await connected(c, "99" * 16, "b")
+
+        async def named() -> bool:
+            rows = await c.list()
+            return sum(r["vm_name"] == "twin" for r in rows) == 2
+
+        await until(named, "both twins are named")
+        twin = await c.request("show", vm="twin")
+        assert twin["ok"] is False and twin["error"]["code"] == "ambiguous_vm", twin
+        assert "node a" in twin["error"]["message"] and "node b" in twin["error"]["message"]
         for vm in vms:
             await vm.close()
 

@@ -291,8 +291,9 @@ class Forwarder:
             try:
                 hub.find(str(spec))
                 return False
-            except HubError:
-                pass
+            except HubError as exc:
+                if exc.code is not ErrorCode.VM_NOT_FOUND:
+                    return False  # ambiguous here: the local answer says so
         if request.cmd == "attach" or (request.cmd == "tail" and request.fields.get("follow")):
             self._node.spawn(self._splice(link, request, str(spec)))
         else:
@@ -309,16 +310,34 @@ class Forwarder:
             reply = ok(request.id, vms=self._node.local_rows(), cluster_error=str(exc))
         link.remote_done(reply)
 
-    async def _forward(self, link: AdminLink, request: Request, spec: str) -> None:
+    async def _locate(self, link: AdminLink, request: Request, spec: str) -> str | None:
+        """The node serving the console `spec` names; None once it has replied
+        itself (not found, ambiguous, registry unreachable)."""
         try:
-            owner = await self._node.owner_of(spec)
+            owners = await self._node.owners_of(spec)
         except RegistryUnavailable as exc:
             link.remote_done(
                 failed(ErrorCode.VM_NOT_FOUND, f"not on this node, and {exc}", request.id)
             )
-            return
-        if owner is None:
+            return None
+        if not owners:
             link.remote_done(self._run(link, request))  # the local answer: not found
+            return None
+        if len(owners) > 1:
+            names = ", ".join(sorted(f"{name} (node {node})" for node, name in owners))
+            link.remote_done(
+                failed(
+                    ErrorCode.AMBIGUOUS_VM,
+                    f"{spec!r} matches several consoles: {names}",
+                    request.id,
+                )
+            )
+            return None
+        return owners[0][0]
+
+    async def _forward(self, link: AdminLink, request: Request, spec: str) -> None:
+        owner = await self._locate(link, request, spec)
+        if owner is None:
             return
         call = {"op": "admin", "request": _wire(request), "identity": _identity(link)}
         try:
@@ -339,15 +358,8 @@ class Forwarder:
 
     async def _splice(self, link: AdminLink, request: Request, spec: str) -> None:
         node = self._node
-        try:
-            owner = await node.owner_of(spec)
-        except RegistryUnavailable as exc:
-            link.remote_done(
-                failed(ErrorCode.VM_NOT_FOUND, f"not on this node, and {exc}", request.id)
-            )
-            return
+        owner = await self._locate(link, request, spec)
         if owner is None:
-            link.remote_done(self._run(link, request))  # the local answer: not found
             return
         peer = await node.link_to(owner)
         if peer is None:

@@ -636,22 +636,25 @@ class ClusterNode:
         rows.sort(key=lambda r: str(r.get("key", "")))
         return rows, missing
 
-    async def owner_of(self, spec: str) -> str | None:
-        """The node serving the console an operator named `spec` (as `Hub.find`
-        accepts it), from the registry; None if no other node has one by that name."""
-        spec_uuid: str | None
+    async def owners_of(self, spec: str) -> list[tuple[str, str]]:
+        """(node, display name) of every console on another node that an operator's
+        `spec` names, by the rules of `Hub.find` in its order: display name or key,
+        then UUID (the unlabelled console first), then VM name, then telnet port."""
+        records = [r for r in await self.registry.consoles() if r.owner != self.node_id]
+
+        def display(record: ConsoleRecord) -> str:
+            return f"{record.name}_{record.label}" if record.label else record.name
+
         try:
-            spec_uuid = vm.canonical_uuid(spec)
+            spec_uuid: str | None = vm.canonical_uuid(spec)
         except ValueError:
             spec_uuid = None
-        for record in await self.registry.consoles():
-            if record.owner == self.node_id:
-                continue
-            display = f"{record.name}_{record.label}" if record.label else record.name
-            if (
-                spec in (record.key, record.name, display)
-                or (spec_uuid is not None and record.uuid == spec_uuid)
-                or (spec.isdigit() and record.port == int(spec))
-            ):
-                return record.owner
-        return None
+        found = [r for r in records if spec in (r.key, display(r))]
+        if not found and spec_uuid is not None:
+            found = [r for r in records if r.uuid == spec_uuid]
+            found = [r for r in found if not r.label] or found
+        if not found:
+            found = [r for r in records if r.name == spec]
+        if not found and spec.isdigit():
+            found = [r for r in records if r.port == int(spec)]
+        return [(r.owner, display(r)) for r in found]
