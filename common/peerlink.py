@@ -332,7 +332,7 @@ def _decode_event(body: bytes) -> SessionEvent:
 def _json(body: bytes) -> dict[str, Any]:
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise RemoteProtocolError(f"bad JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise RemoteProtocolError("JSON body is not an object")

@@ -154,3 +154,29 @@ def test_oversized_frame_is_refused() -> None:
     handshake(dialer, listener)
     with pytest.raises(RemoteProtocolError, match="frame length"):
         listener.receive_data(b"\xff\xff\xff\xff")
+
+
+@given(st.sampled_from(range(256)), st.binary(max_size=200))
+def test_any_frame_type_with_any_body_decodes_or_is_refused(kind: int, body: bytes) -> None:
+    """Every frame type, every body: a typed message or RemoteProtocolError, nothing
+    else (a trusted peer with a bug must cost its link, never the node)."""
+    import struct
+
+    dialer, listener = pair()
+    handshake(dialer, listener)
+    frame = struct.pack(">IBI", len(body) + 5, kind, 1) + body
+    try:
+        messages = listener.receive_data(frame)
+    except RemoteProtocolError:
+        return
+    assert len(messages) == 1 and getattr(messages[0], "channel", 1) == 1
+
+
+def test_deeply_nested_json_is_refused_not_raised() -> None:
+    dialer, listener = pair()
+    handshake(dialer, listener)
+    import struct
+
+    body = b"[" * 200_000
+    with pytest.raises(RemoteProtocolError, match="JSON"):
+        listener.receive_data(struct.pack(">IBI", len(body) + 5, 40, 1) + body)
