@@ -60,6 +60,7 @@ from vspc.common.session import ProxyRequested
 from vspc.vspcd.cluster.gate import Gate
 from vspc.vspcd.cluster.links import PeerLink, RemoteVm
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
+from vspc.vspcd.cluster.streams import StreamSink
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import ConsoleKey, VmChannel, VmConn
 from vspc.vspcd.events import (
@@ -84,17 +85,7 @@ ORPHAN_SWEEP = 30  # lease renewals between two sweeps for consoles of dead node
 CALL_TIMEOUT = 3.0
 
 # (link, channel, head) -> a sink for the stream's bytes from the peer, or None to refuse
-StreamHandler = Callable[[PeerLink, int, dict[str, Any]], "StreamSink | None"]
-
-
-class StreamSink:
-    """One spliced admin stream's receiving end (vspcd/cluster/forward.py)."""
-
-    def data(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def closed(self) -> None:
-        raise NotImplementedError
+StreamHandler = Callable[[PeerLink, int, dict[str, Any]], StreamSink | None]
 
 
 class NodeIdInUse(OSError):
