@@ -191,8 +191,8 @@ def test_any_node_answers_list_show_clear_kick(tmp_path: Path) -> None:
         ]
         await connected(c, UUID_A, "a")
         row = await connected(c, "11" * 16, "b")
-        names = {(r["vm_name"], r["node"]) for r in await c.list()}
-        assert names == {("alpha", "a"), ("beta", "b")}
+        names = {(r["vm_name"], r["node"], r["telnet_host"]) for r in await c.list()}
+        assert names == {("alpha", "a", "127.0.0.1"), ("beta", "b", "127.0.0.1")}
         shown = await c.request("show", vm="beta")
         assert shown["ok"] and shown["console"]["vm_name"] == "beta", shown
         op = await Operator.connect(row["port"])

@@ -576,10 +576,22 @@ class ClusterNode:
         return {"error": f"unknown call {request.get('op')!r}"}
 
     def local_rows(self) -> list[dict[str, Any]]:
+        """This hub's `list` rows, each with `node` and `telnet_host` (where an
+        operator telnets to the row's `port`)."""
         rows = self.rows_provider()
+        host = self.telnet_host
         for row in rows:
             row["node"] = self.node_id
+            row["telnet_host"] = host
         return rows
+
+    @property
+    def telnet_host(self) -> str:
+        """-i/--vm-iface, or for a wildcard the host part of --node-address."""
+        iface = self.config.vm_iface
+        if iface in ("", "0.0.0.0", "::"):
+            return _host_port(self.address)[0]
+        return iface
 
     async def call(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to another node, one answer (raises ConnectionError/TimeoutError)."""
