@@ -97,8 +97,10 @@ class Node:
         self.admin_socket = tmp / f"{name}.sock"
         self.log = tmp / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: tuple[str, ...] = ()
 
     def start(self, *extra: str) -> None:
+        self.extra = extra
         secret = self.tmp / "secret"
         if not secret.exists():
             secret.write_bytes(b"correct horse battery staple\n")
@@ -115,7 +117,17 @@ class Node:
             )  # fmt: skip
 
     async def ready(self) -> None:
+        retries = 3
+
         async def up() -> bool:
+            nonlocal retries
+            if self.proc is not None and self.proc.poll() is not None and retries:
+                # A port picked as free was taken meanwhile (a busy machine): new ones.
+                assert "Address already in use" in self.text(), self.text()
+                retries -= 1
+                self.proxy_port, self.link_port = free_port(), free_port()
+                self.start(*self.extra)
+                return False
             if not self.admin_socket.exists():
                 return False
             try:

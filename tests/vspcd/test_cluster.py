@@ -671,3 +671,21 @@ def test_a_node_started_while_redis_is_down_serves_once_it_is_up(tmp_path: Path)
         assert late.proc is not None and late.proc.poll() is None
 
     run(tmp_path, body, "a")
+
+
+def test_clean_stop_hands_consoles_over_at_once(tmp_path: Path) -> None:
+    """SIGTERM drops the node's lease: with a 60 s lease, the console is still taken
+    over as soon as its VM reconnects (well within the test's 15 s patience)."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        vm = await FakeEsxi.connect(a.proxy_port, name="handed")
+        row = await connected(b, UUID_A, "a")
+        a.stop()
+        await vm.input.closed.wait()
+        back = await FakeEsxi.connect(b.proxy_port, name="handed")
+        moved = await connected(b, UUID_A, "b")
+        assert moved["port"] == row["port"]
+        await back.close()
+
+    run(tmp_path, body, "a", "b", extra=("--cluster-lease", "60"))
