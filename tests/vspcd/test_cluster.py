@@ -689,3 +689,36 @@ def test_clean_stop_hands_consoles_over_at_once(tmp_path: Path) -> None:
         await back.close()
 
     run(tmp_path, body, "a", "b", extra=("--cluster-lease", "60"))
+
+
+def test_takeover_probe_crosses_nodes(tmp_path: Path) -> None:
+    """The console's live VM connection is relayed (it landed on b by vMotion); a
+    claim from another host arrives at c, relayed too.  The owner probes the live
+    connection through b, it answers, and the claim is refused: a stranger never
+    disturbs a live console, whichever nodes the connections reach."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b, c = cluster["a"], cluster["b"], cluster["c"]
+        src = await FakeEsxi.connect(a.proxy_port, name="guarded")
+        row = await connected(a, UUID_A, "a")
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        cookie = await src.begin(SEQ)
+        live = await FakeEsxi.connect(b.proxy_port, cookie=cookie, name="guarded")
+        await live.wait_for(esxi.PeerOk)
+        live.complete(SEQ)
+        await src.close()
+        stranger = await FakeEsxi.connect(c.proxy_port, name="guarded", local="127.0.0.2")
+        await stranger.input.closed.wait()  # refused once the live VM answered
+        op.type(b"still mine\r")
+        await live.input.expect(b"still mine\r")
+        assert b"still mine" not in stranger.input.data
+
+        async def logged() -> bool:
+            return "answered the probe" in a.text()
+
+        await until(logged, "a logs the refused claim")
+        await live.close()
+        await op.close()
+
+    run(tmp_path, body, "a", "b", "c")
