@@ -8,15 +8,16 @@ Theory of operation
 -------------------
 - **Lease.** `node:<id>` in Redis with a TTL of `--cluster-lease`, renewed every third
   of it.  A renewal that finds the key gone (first start, Redis restarted, or we were
-  cut off longer than the lease) takes it again and *reconciles*: every console this
-  hub serves is republished by compare-and-set; one that another live node won
-  meanwhile is let go (its VM connection is closed, so ESXi reconnects to the owner).
+  cut off longer than the lease) takes it again and *reconciles*
+  (vspcd/cluster/mirror.py): every console this hub serves is republished by
+  compare-and-set; one that another live node won meanwhile is dropped here (its VM
+  connection is closed, so ESXi reconnects and is relayed to the winner).
 - **Claims.** The gate (vspcd/cluster/gate.py) asks `claim(key)` before a source
   connection is bound: ours (the console is restored onto its cluster-wide sticky
   telnet port if this hub does not have it yet) or another live node's (relay).
-- **Registry writes** follow hub events through one observer and one ordered writer
-  task, so a slow Redis never stalls the data path; a write that fails marks the node
-  dirty and the next successful lease renewal reconciles.
+- **Registry writes** follow hub events (vspcd/cluster/mirror.py), so a slow Redis
+  never stalls the data path; a write that fails marks the mirror dirty and the next
+  successful lease renewal reconciles.
 - **Links.** One dialed link per peer node, reused; inbound links are served the same
   way.  Relayed VM connections, `Call`s (cluster-wide `list`) and spliced admin
   streams share them.
@@ -31,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from vspc.common import vmware as vm
@@ -59,20 +60,11 @@ from vspc.common.peerlink import (
 from vspc.common.session import ProxyRequested
 from vspc.vspcd.cluster.gate import Gate
 from vspc.vspcd.cluster.links import PeerLink, RemoteVm
+from vspc.vspcd.cluster.mirror import Mirror
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
 from vspc.vspcd.cluster.streams import StreamSink
 from vspc.vspcd.config import Config
 from vspc.vspcd.console import ConsoleKey, VmChannel, VmConn
-from vspc.vspcd.events import (
-    ConsoleExpired,
-    HubEvent,
-    VmConnected,
-    VmDisconnected,
-    VMotionAborted,
-    VMotionBegun,
-    VMotionCompleted,
-    VmRenamed,
-)
 from vspc.vspcd.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -143,12 +135,10 @@ class ClusterNode:
         self.registry = Registry(config.cluster, self.node_id, prefix=prefix)
         self.gate = Gate(self, hub)
         self.available = False  # the registry answered the last call
-        self._dirty = True  # registry writes were lost: reconcile at the next chance
-        self._owned: set[ConsoleKey] = set()
-        self._cookies: dict[ConsoleKey, bytes] = {}
-        self._cookie_puts: dict[ConsoleKey, asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._writes: asyncio.Queue[Callable[[], Awaitable[Any]]] = asyncio.Queue()
+        self.mirror = Mirror(
+            self.node_id, hub, self.registry, self.spawn, config.vmotion_abandon + self.lease
+        )
         self._links: dict[str, PeerLink] = {}  # dialed, by peer node id
         self._dialing: dict[str, asyncio.Task[PeerLink | None]] = {}
         self._inbound: set[PeerLink] = set()
@@ -190,9 +180,9 @@ class ClusterNode:
         self._server = await asyncio.get_running_loop().create_server(
             lambda: self._inbound_link(), host, port, reuse_address=True
         )
-        self._unsubscribe = self.hub.subscribe(self._observe)
+        self._unsubscribe = self.hub.subscribe(self.mirror.observe)
         self.spawn(self._lease_loop())
-        self.spawn(self._writer())
+        self.mirror.start()
         log.info(
             "cluster node %s: registry %s, links on %s",
             self.node_id,
@@ -244,8 +234,8 @@ class ClusterNode:
                 if not self.available:
                     log.info("cluster node %s: registry reachable", self.node_id)
                     self.available = True
-                if not fresh or self._dirty:
-                    await self.reconcile()
+                if not fresh or self.mirror.dirty:
+                    await self.mirror.reconcile()
                 self.lease_acquired.set()
                 renewals += 1
                 if renewals % ORPHAN_SWEEP == 0:
@@ -260,52 +250,13 @@ class ClusterNode:
                 if self.available:
                     log.error("%s; serving the consoles this node has, retrying", exc)
                 self.available = False
-                self._dirty = True
+                self.mirror.dirty = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.lease)
 
-    async def reconcile(self) -> None:
-        """Republish every console this node serves; let go of any another node won."""
-        self._dirty = False
-        for console in list(self.hub.consoles()):
-            key = console.key
-            if key not in self._owned:
-                continue
-            state = (
-                "vmotion"
-                if console.migration is not None
-                else ("connected" if console.connected else "disconnected")
-            )
-            record = ConsoleRecord(
-                key=str(key),
-                uuid=key.uuid,
-                label=key.label,
-                name=console.name,
-                port=console.port,
-                owner=self.node_id,
-                state=state,
-                last_seen=0.0,
-                uri=console.service_uri or "",
-            )
-            owner = await self.registry.republish(record)
-            if owner != self.node_id:
-                log.warning(
-                    "%s: the registry gives it to %s now; letting it go", console.tag, owner
-                )
-                self._owned.discard(key)
-                # Its VM reconnects and is relayed to the winner, which needs the
-                # telnet port (same host) and must be the only one listing it.
-                self.hub.drop(console, f"console moved to node {owner}")
-        cookies = list(self._cookies.values())
-        for cookie in cookies:
-            await self.registry.put_cookie(cookie, self._cookie_ttl())
-        log.info(
-            "cluster node %s: registry reconciled (%d consoles)", self.node_id, len(self._owned)
-        )
-
     def serves(self, key: ConsoleKey) -> bool:
         """This node owns `key` and its hub has the console."""
-        return key in self._owned and self.hub.console(key) is not None
+        return key in self.mirror.owned and self.hub.console(key) is not None
 
     async def claim(self, key: ConsoleKey, request: ProxyRequested, name: str | None) -> str | None:
         """Make `key` ours (None) unless another live node owns it (its id).
@@ -339,83 +290,11 @@ class ClusterNode:
                 self.hub.restore(
                     key, name or remembered or vm.display_uuid(key.uuid), port, request.service_uri
                 )
-            self._owned.add(key)
+            self.mirror.owned.add(key)
             if claim.previous:
                 log.warning("%s: taken over from node %s, whose lease expired", key, claim.previous)
             return None
         raise RegistryUnavailable(f"no telnet port for {key} could be bound on this node")
-
-    # -- registry writes that follow hub events ------------------------------------------
-
-    def _cookie_ttl(self) -> float:
-        # The cookie lives until COMPLETE/ABORT or the abandon timer (PROTOCOL.md §4.3
-        # F8); the registry copy outlives it by a lease so no PEER misses it.
-        return self.config.vmotion_abandon + self.lease
-
-    def _observe(self, event: HubEvent) -> None:
-        key = event.key
-        if key not in self._owned:
-            return
-        k = str(key)
-        match event:
-            case VmConnected(info=info):
-                name = info.vm_name  # the VM's own name; the label is stored apart
-                self._write(lambda: self.registry.update(k, state="connected", name=name))
-            case VmRenamed(vm_name=vm_name):
-                self._write(lambda: self.registry.update(k, name=vm_name))
-            case VmDisconnected():
-                self._write(lambda: self.registry.update(k, state="disconnected"))
-            case VMotionBegun():
-                cookie = self.hub.cookie_of(key)
-                if cookie is not None:
-                    # Not behind the queued state updates: a destination on another
-                    # node looks this up (ESXi connects it 1 s after GOAHEAD).
-                    self._cookies[key] = cookie
-                    self._cookie_puts[key] = self.spawn(self._put_cookie(cookie))
-                self._write(lambda: self.registry.update(k, state="vmotion"))
-            case VMotionCompleted() | VMotionAborted():
-                old = self._cookies.pop(key, None)
-                if old is not None:
-                    self.spawn(self._drop_cookie(old, self._cookie_puts.pop(key, None)))
-                console = self.hub.console(key)
-                state = "connected" if console is not None and console.connected else "disconnected"
-                self._write(lambda: self.registry.update(k, state=state))
-            case ConsoleExpired():
-                self._owned.discard(key)
-                self._write(lambda: self.registry.release(k))
-            case _:
-                pass
-
-    async def _put_cookie(self, cookie: bytes) -> None:
-        try:
-            await self.registry.put_cookie(cookie, self._cookie_ttl())
-        except RegistryUnavailable as exc:
-            log.warning(
-                "vMotion cookie not published (%s): a destination reaching "
-                "another node gets no PEER-OK",
-                exc,
-            )
-            self._dirty = True
-
-    async def _drop_cookie(self, cookie: bytes, put: asyncio.Task[Any] | None) -> None:
-        if put is not None:
-            await asyncio.wait([put])  # never delete before the write landed
-        try:
-            await self.registry.drop_cookie(cookie)
-        except RegistryUnavailable:
-            self._dirty = True  # it expires with its TTL anyway
-
-    def _write(self, op: Callable[[], Awaitable[Any]]) -> None:
-        self._writes.put_nowait(op)
-
-    async def _writer(self) -> None:
-        while True:
-            op = await self._writes.get()
-            try:
-                await op()
-            except RegistryUnavailable as exc:
-                log.debug("registry write lost (%s); reconciling later", exc)
-                self._dirty = True
 
     # -- links ------------------------------------------------------------------------------
 
