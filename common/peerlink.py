@@ -78,7 +78,9 @@ __all__ = [
     "VmSend",
 ]
 
-MAX_FRAME = 4 << 20  # a hold (1 MiB default) and a `list` of many consoles fit
+# A hold (1 MiB default) fits, and so does a node's `list` answer for ~100,000
+# consoles (about 500 bytes a row); only authenticated peers can send one this big.
+MAX_FRAME = 64 << 20
 _HEAD = struct.Struct(">IBI")
 NONCE = 32
 _DOMAIN = b"vspc-peerlink-v1"

@@ -39,6 +39,7 @@ from vspc.common import vmware as vm
 from vspc.common.admin import ConsoleInfo
 from vspc.common.peerlink import (
     Call,
+    LocalProtocolError,
     Message,
     Result,
     Side,
@@ -396,7 +397,11 @@ class ClusterNode:
                     channel.close()
             # -- calls and admin streams
             case Call(ch, request):
-                link.send(Result(ch, self._answer(request)))
+                try:
+                    link.send(Result(ch, self._answer(request)))
+                except LocalProtocolError as exc:  # an answer over MAX_FRAME
+                    log.error("inter-node call %r: %s", request.get("op"), exc)
+                    link.send(Result(ch, {"error": str(exc)}))
             case Result(ch, result):
                 future = self._calls.pop((link, ch), None)
                 if future is not None and not future.done():
@@ -502,8 +507,10 @@ class ClusterNode:
         )
         missing: list[str] = []
         for node, result in zip(others, results, strict=True):
-            if isinstance(result, BaseException):
-                missing.append(f"{node}: {result}")
+            if isinstance(result, BaseException) or "error" in result:
+                missing.append(
+                    f"{node}: {result if isinstance(result, BaseException) else result['error']}"
+                )
                 continue
             for row in result.get("rows", []):
                 if isinstance(row, dict):
