@@ -23,6 +23,7 @@ import pytest
 from tests.vspcd.cluster_kit import Cluster, Node, needs_redis, until
 from tests.vspcd.harness import UUID_A, FakeEsxi, Operator
 from vspc.common import esxi
+from vspc.common.admin import ConsoleInfo
 from vspc.common.peerlink import NONCE, PeerLinkCodec, RemoteProtocolError, Side
 
 pytestmark = needs_redis
@@ -192,6 +193,8 @@ def test_any_node_answers_list_show_clear_kick(tmp_path: Path) -> None:
         ]
         await connected(c, UUID_A, "a")
         row = await connected(c, "11" * 16, "b")
+        for r in await c.list():  # what vspc and vspc-tui parse rows with
+            assert ConsoleInfo.from_json(r).key == r["key"]
         names = {(r["vm_name"], r["node"], r["telnet_host"]) for r in await c.list()}
         assert names == {("alpha", "a", "127.0.0.1"), ("beta", "b", "127.0.0.1")}
         shown = await c.request("show", vm="beta")
@@ -243,6 +246,7 @@ def test_node_kill_takeover_keeps_name_and_port(tmp_path: Path) -> None:
         doomed = await FakeEsxi.connect(a.proxy_port, uuid=UUID_A, name="doomed", uri=uri)
         safe = await FakeEsxi.connect(c.proxy_port, uuid="22" * 16, name="safe")
         row = await connected(b, key, "a")
+        port_before = row["port"]
         safe_row = await connected(b, "22" * 16, "c")
         watcher = await Operator.connect(safe_row["port"])
         await attached(c, "22" * 16)
@@ -253,7 +257,10 @@ def test_node_kill_takeover_keeps_name_and_port(tmp_path: Path) -> None:
 
         async def shown_down() -> bool:  # once a's lease expired: listed from the registry
             row = await b.row(key)
-            return row is not None and row.get("node_down") is True and row["node"] == "a"
+            if row is None or row.get("node_down") is not True or row["node"] != "a":
+                return False
+            info = ConsoleInfo.from_json(row)  # clients parse it like any row
+            return not info.connected and info.port == port_before
 
         await until(shown_down, "b lists a's console as on a dead node")
         back = await FakeEsxi.connect(b.proxy_port, uuid=UUID_A, name="doomed", uri=uri)
