@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Coroutine
 from enum import Enum
 from typing import Any
 
@@ -120,15 +121,15 @@ class Forwarder:
         if link.relayed and request.cmd != "list":
             return False  # one hop only: a relayed session is answered here
         if request.cmd == "subscribe":
-            self._node.spawn(self._subscribe(link, request))
+            self._run_async(link, request, self._subscribe(link, request))
             return True
         if request.cmd == "list":
-            self._node.spawn(self._list(link, request))
+            self._run_async(link, request, self._list(link, request))
             return True
         if request.cmd == "kick":
             if self._has_client(request.fields["client"]):
                 return False
-            self._node.spawn(self._kick(link, request))
+            self._run_async(link, request, self._kick(link, request))
             return True
         if request.cmd not in _FORWARDED:
             return False
@@ -147,10 +148,30 @@ class Forwarder:
                 if exc.code is not ErrorCode.VM_NOT_FOUND:
                     return False  # ambiguous here: the local answer says so
         if request.cmd == "attach" or (request.cmd == "tail" and request.fields.get("follow")):
-            self._node.spawn(self._splice(link, request, str(spec)))
+            self._run_async(link, request, self._splice(link, request, str(spec)))
         else:
-            self._node.spawn(self._forward(link, request, str(spec)))
+            self._run_async(link, request, self._forward(link, request, str(spec)))
         return True
+
+    def _run_async(
+        self, link: AdminLink, request: Request, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run `work`, which answers through `link.remote_done`; if it fails instead,
+        answer `internal`, so the link never waits forever."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("admin %s: forwarding %s failed", link.identity, request.cmd)
+                if link.mode is Mode.JSON:
+                    link.remote_done(
+                        failed(ErrorCode.INTERNAL, "internal error; vspcd logged it", request.id)
+                    )
+
+        self._node.spawn(guarded())
 
     async def _list(self, link: AdminLink, request: Request) -> None:
         try:
