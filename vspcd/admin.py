@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from vspc.common.admin import (
     COMMANDS,
@@ -108,6 +108,16 @@ Reply = dict[str, Any]
 Handler = Callable[["AdminLink", Request], Reply]
 
 
+class RemoteRequests(Protocol):
+    """Cluster mode (vspcd/cluster/forward.py): requests another node must answer.
+
+    `takes` returns True if it will answer `request` itself, later, through
+    `link.remote_done(reply)`; the link reads no further request until then, so
+    replies stay in request order."""
+
+    def takes(self, link: AdminLink, request: Request) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-connection limits (docs/admin-protocol.md, "Limits and bad input")."""
@@ -142,6 +152,7 @@ class Mode(Enum):
     JSON = "json"  # requests, replies and events
     ATTACHED = "attached"  # one console's raw bytes
     CLOSING = "closing"  # nothing more is read or written (but the last line drains)
+    SPLICED = "spliced"  # cluster mode: bytes relayed to the node serving the console
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +421,10 @@ class AdminLink(asyncio.Protocol):
         self.peer_key: object = "?"  # what per-peer limits count: uid or host
         self._tails: dict[str, _Tail] = {}
         self._attaching = False  # inside hub.attach: our own events are not for us
+        self._waiting = False  # another cluster node is answering a request
+        self._splice_out: Callable[[bytes], None] | None = None
+        self.relayed = False  # cluster mode: this session runs for another node's operator
+        self._splice_closed: Callable[[], None] | None = None
         self._client: Client | None = None
         self._replay = b""
         self._greeting: list[str] = []  # notices from the hub during attach
@@ -455,6 +470,8 @@ class AdminLink(asyncio.Protocol):
                     self._process()
                 case Mode.ATTACHED if self._client is not None:
                     self._hub.client_input(self._client, data)
+                case Mode.SPLICED if self._splice_out is not None:
+                    self._splice_out(data)
                 case _:
                     pass  # closing: nothing more is read
         except Exception:  # a bug here must cost this connection only
@@ -467,6 +484,9 @@ class AdminLink(asyncio.Protocol):
         return False  # close our side once the replies are flushed
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._splice_closed is not None:
+            closed, self._splice_closed = self._splice_closed, None
+            closed()
         self._mode = Mode.CLOSING
         self._cancel_line_timer()
         self._cancel_idle_timer()
@@ -507,7 +527,7 @@ class AdminLink(asyncio.Protocol):
 
     def _process(self) -> None:
         """Execute every complete line, in order, unless replies are piling up."""
-        while self._mode is Mode.JSON and not self._write_paused:
+        while self._mode is Mode.JSON and not self._write_paused and not self._waiting:
             try:
                 item = self._framer.next_request()
             except AdminError as exc:
@@ -532,6 +552,10 @@ class AdminLink(asyncio.Protocol):
                 raise AdminError(ErrorCode.BUSY, "rate limit reached; retry later", rid)
             if required_access(request) is Access.FULL and self.identity.access is not Access.FULL:
                 raise AdminError(ErrorCode.PERMISSION_DENIED, _denied(request), rid)
+            remote = self.server.remote
+            if remote is not None and remote.takes(self, request):
+                self._waiting = True
+                return
             handler = HANDLERS.get(request.cmd)
             if handler is None:  # validate_request knows it, so this is our bug
                 raise AdminError(ErrorCode.UNKNOWN_CMD, f"unknown command {request.cmd!r}", rid)
@@ -544,6 +568,40 @@ class AdminLink(asyncio.Protocol):
             log.exception("admin %s: request %s failed", self.identity, safe(obj.get("cmd")))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
         self._send(reply)
+
+    def splice(self, out: Callable[[bytes], None], closed: Callable[[], None]) -> bytes:
+        """Cluster mode: from now on every byte from the peer goes to `out` (the node
+        serving the console runs this session) and `splice_write` carries its bytes
+        back; `closed` is called when the peer goes.  Returns the bytes already read
+        but not yet processed, which the caller sends first."""
+        self._mode = Mode.SPLICED
+        self._waiting = False
+        self._cancel_line_timer()
+        self._stop_events()
+        self._splice_out, self._splice_closed = out, closed
+        return self._framer.take_remaining()
+
+    def splice_write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def splice_close(self) -> None:
+        """The far end of the splice closed: close this connection after its bytes."""
+        self._splice_closed = None
+        if self._transport is not None:
+            self._transport.close()
+
+    def remote_done(self, reply: Reply) -> None:
+        """The answer to the request `RemoteRequests.takes` took; reading resumes."""
+        self._waiting = False
+        if self._mode is not Mode.JSON:
+            return
+        self._send(reply)
+        try:
+            self._process()
+        except Exception:
+            log.exception("admin %s: internal error; closing", self.identity)
+            self.abort()
 
     def _send(self, reply: Reply) -> None:
         """Write one reply and keep the error streak (docs: "errors in a row")."""
@@ -561,6 +619,11 @@ class AdminLink(asyncio.Protocol):
         if self._errors >= self._limits.error_streak:
             log.warning("admin %s: %d errors in a row; closing", self.identity, self._errors)
             self._close_with(ErrorCode.FLOOD, f"{self._errors} failed requests in a row")
+
+    def push_event(self, line: bytes) -> None:
+        """Cluster mode: an event line from another node for a subscribed link."""
+        if self.subscribed:
+            self._push(line)
 
     def _push(self, line: bytes) -> None:
         """Write one pushed event, or give up on a peer that does not read them."""
@@ -799,6 +862,8 @@ class AdminLink(asyncio.Protocol):
                 self._close()
             case Mode.JSON:
                 self._close_with(ErrorCode.SHUTTING_DOWN, "vspcd is shutting down")
+            case Mode.SPLICED:
+                self._close()  # the serving node's session ends with it
             case Mode.CLOSING:
                 pass
 
@@ -918,6 +983,8 @@ class AdminServer:
         )
         self._unsubscribe: Callable[[], None] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
+        self.remote: RemoteRequests | None = None  # cluster mode
+        self.cluster_node_id = ""  # cluster mode: this node's --node-id
         self._stopping = False
 
     @property

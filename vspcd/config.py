@@ -24,6 +24,7 @@ broken one fails the start with status 2; it gets `--backend-args` as one string
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import pwd
 import shlex
@@ -61,6 +62,7 @@ TLS_HANDSHAKE_LIMIT = 64
 TLS_HANDSHAKES_PER_HOST = 16
 ADMIN_IDLE_TIMEOUT = 300.0
 ADMIN_PER_PEER = 16
+CLUSTER_LEASE = 5.0  # docs/cluster.md: a dead node's consoles move after about this
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
@@ -151,6 +153,13 @@ class Config:
     user: str | None = None
     group: str | None = None
     allow_root: bool = False
+    # Cluster mode (docs/cluster.md, issue #13): None means a single node, stdlib only.
+    cluster: str | None = None
+    node_id: str | None = None
+    node_address: str | None = None
+    cluster_secret_file: Path | None = None
+    cluster_lease: float = CLUSTER_LEASE
+    reuse_port: bool = False
 
     @property
     def log_target(self) -> LogTarget:
@@ -572,6 +581,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     logconfig.add_arguments(parser)
     hooks.add_arguments(parser)
+    cluster = parser.add_argument_group("cluster mode (docs/cluster.md; needs vspc[cluster])")
+    cluster.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="join a cluster whose registry is this Redis, e.g. redis://10.0.0.5:6379/0 "
+        "(also rediss:// and unix://); without it vspcd is a single node",
+    )
+    cluster.add_argument(
+        "--node-id",
+        type=_node_id,
+        metavar="NAME",
+        help="this node's name in the cluster (letters, digits, . _ -); unique per node",
+    )
+    cluster.add_argument(
+        "--node-address",
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="where the other nodes reach this node's inter-node link (listened on here)",
+    )
+    cluster.add_argument(
+        "--cluster-secret-file",
+        type=Path,
+        metavar="FILE",
+        help="shared secret (at least 16 bytes) that authenticates inter-node links; "
+        "the same file on every node, readable only by vspcd",
+    )
+    cluster.add_argument(
+        "--cluster-lease",
+        type=_seconds(positive=True),
+        default=CLUSTER_LEASE,
+        metavar="SECONDS",
+        help="liveness lease of a node in the registry, renewed every third of it; a "
+        "dead node's consoles can be taken over once it has expired",
+    )
+    cluster.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="open the ESXi listener with SO_REUSEPORT, so several nodes on one host "
+        "share the proxy port (the kernel spreads connections over them)",
+    )
 
     proc = parser.add_argument_group("process")
     proc.add_argument(
@@ -722,6 +771,62 @@ def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, o
         except ValueError as exc:
             parser.error(f"{path}: key {key!r}: {exc}")
     return values
+
+
+def _node_id(text: str) -> str:
+    if not text or len(text) > 64 or not all(c.isalnum() or c in "._-" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: 1-64 letters, digits, '.', '_' or '-' (it is part of Redis keys)"
+        )
+    return text
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port 1-65535")
+    return text
+
+
+_CLUSTER_SCHEMES = ("redis://", "rediss://", "unix://")
+MIN_SECRET = 16
+
+
+def _check_cluster(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
+    """--cluster and its companions: all or nothing, and the extra installed."""
+    if ns.cluster is None:
+        for flag, value in (
+            ("--node-id", ns.node_id),
+            ("--node-address", ns.node_address),
+            ("--cluster-secret-file", ns.cluster_secret_file),
+        ):
+            if value is not None:
+                parser.error(f"{flag} needs --cluster")
+        return
+    if not ns.cluster.startswith(_CLUSTER_SCHEMES):
+        parser.error(
+            f"--cluster {ns.cluster}: expected redis://HOST:PORT/DB (or rediss://, unix://)"
+        )
+    for flag, value in (
+        ("--node-id", ns.node_id),
+        ("--node-address", ns.node_address),
+        ("--cluster-secret-file", ns.cluster_secret_file),
+    ):
+        if value is None:
+            parser.error(f"--cluster needs {flag}")
+    if ns.persist_file is not None:
+        parser.error("--persist-file cannot be used with --cluster: the registry replaces it")
+    try:
+        secret = ns.cluster_secret_file.read_bytes().strip()
+    except OSError as exc:
+        parser.error(f"--cluster-secret-file {ns.cluster_secret_file}: {exc.strerror}")
+    if len(secret) < MIN_SECRET:
+        parser.error(f"--cluster-secret-file: the secret must be at least {MIN_SECRET} bytes")
+    if importlib.util.find_spec("redis") is None:
+        parser.error(
+            "--cluster needs the redis client, which is not installed: "
+            "pip install 'vspc[cluster]' (redis>=5)"
+        )
 
 
 def _log_prefix(text: str) -> str:
@@ -980,6 +1085,7 @@ def _load(
             f"--context {context} is more than the {ns.scrollback} bytes --scrollback keeps"
         )
     _check_group(parser, "--admin-socket-group", ns.admin_socket_group)
+    _check_cluster(parser, ns)
     _check_group(parser, "--readonly-group", ns.readonly_group)
     _check_user(parser, ns.user)
     _check_group(parser, "--group", ns.group)

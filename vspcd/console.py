@@ -14,6 +14,7 @@ from typing import Protocol
 
 from vspc.common.admin import ClientKind, LockMode, VMotionPhase
 from vspc.common.display import safe
+from vspc.common.session import SessionEvent
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ __all__ = [
     "Scrollback",
     "VmChannel",
     "VmConn",
+    "VmSink",
 ]
 
 
@@ -56,6 +58,18 @@ class VmChannel(Protocol):
     def probe(self) -> None:
         """Send a liveness probe the peer must answer (IAC DO TIMING-MARK); the link
         calls `Hub.vm_heard` when it next reads anything from the peer."""
+
+
+class VmSink(Protocol):
+    """Where a VM link reports: the hub itself, or in cluster mode the gate that
+    decides whether this node's hub or another node's serves the connection
+    (vspcd/cluster/gate.py)."""
+
+    def vm_connected(self, channel: VmChannel) -> VmConn: ...
+    def vm_event(self, conn: VmConn, event: SessionEvent) -> None: ...
+    def vm_heard(self, conn: VmConn) -> None: ...
+    def vm_congested(self, conn: VmConn, congested: bool) -> None: ...
+    def vm_closed(self, conn: VmConn) -> None: ...
 
 
 class ClientChannel(Protocol):

@@ -231,6 +231,21 @@ class Hub:
             raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
         return found[0]
 
+    def has_cookie(self, cookie: bytes) -> bool:
+        """A vMotion of this hub's waits for a PEER with exactly `cookie` (cluster mode:
+        a destination landing here needs no registry lookup)."""
+        return cookie in self._cookies
+
+    def cookie_of(self, key: ConsoleKey) -> bytes | None:
+        """The cookie of `key`'s vMotion in flight, if any (cluster mode publishes it)."""
+        console = self._consoles.get(key)
+        mig = None if console is None else console.migration
+        return None if mig is None else mig.cookie
+
+    def key_for(self, request: ProxyRequested, uuid: str) -> ConsoleKey:
+        """The console a source connection with this DO-PROXY and UUID will bind to."""
+        return ConsoleKey(uuid, self._label(request))
+
     def now(self) -> float:
         """The hub's clock (what `since` and expiry times are measured on)."""
         return self._clock()
@@ -1142,6 +1157,29 @@ class Hub:
         self._taps.pop(console.key, None)
         log.info("%s: console expired", _tag(console))
         self._emit(ConsoleExpired(console.key, console.display_name, console.port))
+
+    def drop(self, console: Console, reason: str) -> None:
+        """Forget `console` now, whatever it holds (cluster mode: another node serves
+        it).  Its clients are told `reason` and disconnected, its VM connection and
+        any vMotion end, its telnet port is released; observers see ConsoleExpired."""
+        if self._consoles.get(console.key) is not console:
+            return
+        if console.migration is not None:
+            self._end_migration(console, AbortReason.REPLACED)
+        if console.challenge is not None:
+            console.challenge.timer.cancel()
+            console.challenge = None
+        for client in list(console.clients):
+            client.channel.notify(reason)
+            client.channel.close()
+            self.detach(client, reason)
+        vm_conn = console.vm
+        if vm_conn is not None:
+            console.vm = None
+            vm_conn.role = Role.RETIRED
+            vm_conn.channel.close()
+        self._cancel_expiry(console)
+        self._expire(console)
 
     def reclaim(self, count: int) -> int:
         """Expire up to `count` idle consoles now, soonest-to-expire first (fd pressure)."""

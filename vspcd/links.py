@@ -38,7 +38,7 @@ from vspc.common.telnet import (
     escape,
     negotiation,
 )
-from vspc.vspcd.console import Client, Role, VmConn
+from vspc.vspcd.console import Client, Role, VmConn, VmSink
 from vspc.vspcd.flow import ClientOutput
 from vspc.vspcd.gate import Slot, Throttled
 from vspc.vspcd.hub import Hub, HubError
@@ -79,7 +79,7 @@ class VmLink(asyncio.Protocol):
 
     def __init__(
         self,
-        hub: Hub,
+        hub: VmSink,
         *,
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
         preident: PreIdentification | None = None,

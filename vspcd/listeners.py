@@ -115,12 +115,15 @@ def set_keepalive(sock: socket.socket) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
-def bind_tcp(host: str, port: int, *, backlog: int = socket.SOMAXCONN) -> socket.socket:
+def bind_tcp(
+    host: str, port: int, *, backlog: int = socket.SOMAXCONN, reuse_port: bool = False
+) -> socket.socket:
     """A non-blocking listening TCP socket on (host, port); port 0 picks a free one.
 
     Binds the first address `getaddrinfo` returns for `host`.  SO_REUSEADDR lets a
     restarted daemon take its ports back from TIME_WAIT; on Linux it never lets two
-    sockets listen on one port.
+    sockets listen on one port.  `reuse_port` (SO_REUSEPORT) does: several cluster
+    nodes on one host share the proxy port and the kernel spreads connections.
 
     Raises:
         OSError: resolution, bind or listen failed.
@@ -131,6 +134,8 @@ def bind_tcp(host: str, port: int, *, backlog: int = socket.SOMAXCONN) -> socket
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -487,6 +492,7 @@ async def start_proxy_listener(
     allow: AllowList | None = None,
     unidentified: Slots | None = None,
     handshakes: Slots | None = None,
+    reuse_port: bool = False,
 ) -> Listener:
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
@@ -506,12 +512,13 @@ async def start_proxy_listener(
         allow: peers allowed to connect (None: everyone); see `Listener`.
         unidentified: slots for connections not yet identified (None: no cap).
         handshakes: slots for TLS handshakes in progress (None: no cap).
+        reuse_port: SO_REUSEPORT, for several nodes on one host (docs/cluster.md).
 
     Raises:
         OSError: the address cannot be bound.
     """
     listener = Listener(
-        bind_tcp(host, port),
+        bind_tcp(host, port, reuse_port=reuse_port),
         protocol_factory,
         asyncio.get_running_loop(),
         ssl_context=ssl_context,

@@ -33,7 +33,7 @@ from vspc.vspcd.gate import Slots, Throttled
 from vspc.vspcd.gzipper import GzipQueue
 from vspc.vspcd.hooks import HookRunner, hook_settings
 from vspc.vspcd.http import HttpServer, Router
-from vspc.vspcd.hub import Hub, HubSettings
+from vspc.vspcd.hub import Hub, HubSettings, PortAllocator
 from vspc.vspcd.links import PreIdentification, TelnetClientLink, VmLink
 from vspc.vspcd.listeners import (
     Listener,
@@ -96,6 +96,22 @@ class _VmPorts:
         self._binder.release(port)
 
 
+class _ClusterPorts:
+    """Cluster mode's PortAllocator: a console's telnet port comes from the registry
+    and is bound before the console exists (vspcd/cluster/node.py `claim`), so the
+    hub never picks one itself; it still releases them on expiry."""
+
+    def __init__(self, binder: PortBinder) -> None:
+        self._binder = binder
+
+    def bind(self, key: ConsoleKey) -> int | None:
+        log.warning("%s: console created outside the registry; it has no telnet port", key)
+        return None
+
+    def release(self, port: int) -> None:
+        self._binder.release(port)
+
+
 class Daemon:
     """One vspcd instance: hub + proxy listener + per-VM ports + admin socket."""
 
@@ -120,6 +136,7 @@ class Daemon:
         self.plugin: PluginHost | None = None
         self.proxy_port: int | None = None
         self._preident: PreIdentification | None = None
+        self.cluster: Any = None  # vspcd.cluster.node.ClusterNode with --cluster
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
@@ -166,7 +183,7 @@ class Daemon:
             if db is not None:
                 db.close()
             raise
-        ports = None
+        ports: PortAllocator | None = None
         if config.vm_ports:
             overlap = ephemeral_overlap(config.port_range_start)
             if overlap is not None:
@@ -180,6 +197,9 @@ class Daemon:
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
             ports = _VmPorts(self._binder, self._client_link)
+            if config.cluster:
+                # Ports are handed out cluster-wide by the registry (docs/cluster.md).
+                ports = _ClusterPorts(self._binder)
         extra: dict[str, Any] = {}
         if self._secret_factory is not None:
             extra["secret_factory"] = self._secret_factory
@@ -220,6 +240,14 @@ class Daemon:
             )
             self.http = HttpServer(Router(routes))
             await self.http.start(*config.http)
+        if config.cluster:
+            # Imported only here: cluster mode needs the optional redis client.
+            from vspc.vspcd.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(
+                config, self.hub, lambda port: self._bind_restored(port) is not None
+            )
+            await self.cluster.start()
         ssl_context = None
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
@@ -255,9 +283,16 @@ class Daemon:
                 lifetime=lifetime,
                 clock=loop.time,
             ),
+            reuse_port=config.reuse_port,
         )
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, config)
+        if self.cluster is not None:
+            from vspc.vspcd.cluster.forward import Forwarder
+
+            self.cluster.rows_provider = self._admin.console_rows
+            self._admin.remote = Forwarder(self.cluster, self._admin)
+            self._admin.cluster_node_id = self.cluster.node_id
         await self._admin.start()
 
     def _bind_restored(self, port: int | None) -> int | None:
@@ -348,7 +383,9 @@ class Daemon:
     def _vm_link(self) -> asyncio.Protocol:
         assert self.hub is not None
         self._relieve_fd_pressure()
-        return VmLink(self.hub, preident=self._preident)
+        return VmLink(
+            self.hub if self.cluster is None else self.cluster.gate, preident=self._preident
+        )
 
     def _relieve_fd_pressure(self) -> None:
         """Near the fd ceiling, expire idle consoles early to free their telnet ports.
@@ -404,6 +441,8 @@ class Daemon:
             self.hub.close_all()
         if self._binder is not None:
             self._binder.close_all()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.hub is not None:
             # Let transports flush their goodbyes and run connection_lost.
             idle = asyncio.Event()

@@ -131,9 +131,11 @@ class LineFramer:
         """Everything received after the last returned line, then forget it.
 
         After `attach` succeeds the connection carries raw console bytes; whatever
-        the client sent after its attach line is already console input.
+        the client sent after its attach line is already console input (the same
+        for a cluster splice, vspcd/cluster).  The tail of an overlong line being
+        discarded is not a request's and is dropped.
         """
-        rest = bytes(self._buf[self._start :])
+        rest = b"" if self._discarding else bytes(self._buf[self._start :])
         self._buf.clear()
         self._start = self._scan = 0
         self._discarding = False

@@ -1389,3 +1389,33 @@ def test_vm_name_after_binding_is_announced_once() -> None:
     )
     rig.hub.vm_event(conn, VmNamed("db01"))  # unchanged: no event
     assert rig.names().count("vm_renamed") == 1
+
+
+# ------------------------------------------------------------- drop (cluster mode)
+
+
+def test_drop_forgets_a_console_mid_vmotion_and_frees_its_port() -> None:
+    """Cluster reconciliation: another node won this console; it goes at once."""
+    rig = make_rig()
+    conn, fake = connect(rig)
+    console = console_of(conn)
+    port = console.port
+    _, client = attach(rig, console)
+    rig.hub.vm_event(conn, vm.VMotionBegin(SEQ))
+    cookie = SEQ + SECRET
+    assert rig.hub.has_cookie(cookie) and rig.hub.cookie_of(console.key) == cookie
+    rig.hub.drop(console, "console moved to node b")
+    assert rig.hub.console(console.key) is None
+    assert not rig.hub.has_cookie(cookie)
+    assert fake.closed and client.closed
+    assert "console moved to node b" in client.notes
+    assert port is not None and port in rig.ports.released
+    assert rig.names()[-1] == "vm_expired"  # ConsoleExpired, as admin names it
+    rig.hub.vm_closed(conn)  # its link reports the close later: nothing happens
+    assert rig.hub.console(console.key) is None
+
+
+def test_key_for_uses_the_label_rules() -> None:
+    rig = make_rig(multi_console=True)
+    assert str(rig.hub.key_for(proxy("vSPC.py?port=a"), U1)) == f"{U1}_a"
+    assert str(rig.hub.key_for(proxy("telnet://x"), U1)) == f"{U1}_telnet://x"

@@ -1,0 +1,239 @@
+"""Cluster test kit: a real redis-server and real vspcd processes on loopback.
+
+Each test starts its own `redis-server` (a free loopback port, a temporary directory,
+no persistence) and up to three `python -m vspc.vspcd --cluster ...` nodes, so a
+node can be killed with SIGKILL like a crashed machine.  Waits are on conditions read
+through the admin socket (`until`), with timeouts; nothing sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.vspcd.harness import free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+LEASE = 1.0  # seconds: a dead node's consoles move after about this
+TIMEOUT = 15.0
+
+try:
+    import redis  # noqa: F401
+
+    HAVE_CLIENT = True
+except ImportError:
+    HAVE_CLIENT = False
+
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None or not HAVE_CLIENT,
+    reason="cluster tests need redis-server (apt-get install redis-server) and the redis "
+    "client (pip install 'vspc[cluster]'); .ci/run installs both",
+)
+
+
+class RedisServer:
+    """One throw-away redis-server on 127.0.0.1."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "redis"
+        self.dir.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self.spawn()
+        await until(self._answers, "redis-server answers")
+
+    def spawn(self) -> None:
+        assert REDIS_SERVER is not None
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    async def _answers(self) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            return False
+        writer.write(b"PING\r\n")
+        line = await reader.readline()
+        writer.close()
+        return line.startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Node:
+    """One vspcd process of the cluster."""
+
+    def __init__(self, name: str, tmp: Path, redis: RedisServer, range_start: int) -> None:
+        self.name = name
+        self.tmp = tmp
+        self.redis = redis
+        self.proxy_port = free_port()
+        self.link_port = free_port()
+        self.range_start = range_start
+        self.admin_socket = tmp / f"{name}.sock"
+        self.log = tmp / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: tuple[str, ...] = ()
+
+    def start(self, *extra: str) -> None:
+        self.extra = extra
+        secret = self.tmp / "secret"
+        if not secret.exists():
+            secret.write_bytes(b"correct horse battery staple\n")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vspc.vspcd",
+                 "--cluster", self.redis.url, "--node-id", self.name,
+                 "--node-address", f"127.0.0.1:{self.link_port}",
+                 "--cluster-secret-file", str(secret), "--cluster-lease", str(LEASE),
+                 "--proxy-iface", "127.0.0.1", "--proxy-port", str(self.proxy_port),
+                 "-i", "127.0.0.1", "-r", str(self.range_start),
+                 "--admin-socket", str(self.admin_socket), "--no-notices", "-d", *extra],
+                stderr=log,
+            )  # fmt: skip
+
+    async def ready(self) -> None:
+        retries = 3
+
+        async def up() -> bool:
+            nonlocal retries
+            if self.proc is not None and self.proc.poll() is not None and retries:
+                # A port picked as free was taken meanwhile (a busy machine): new ones.
+                assert "Address already in use" in self.text(), self.text()
+                retries -= 1
+                self.proxy_port, self.link_port = free_port(), free_port()
+                self.start(*self.extra)
+                return False
+            if not self.admin_socket.exists():
+                return False
+            try:
+                rows = await self.list()
+            except OSError:
+                return False
+            return isinstance(rows, list) and f"cluster node {self.name}: registry" in self.text()
+
+        await until(up, f"node {self.name} is up")
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """kill -9: the machine is gone, no goodbye to anyone."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+            with _suppress():
+                os.unlink(self.admin_socket)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    async def request(self, cmd: str, **fields: Any) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(self.admin_socket))
+        try:
+            writer.write(json.dumps({"cmd": cmd, "id": 1, **fields}).encode() + b"\n")
+            async with asyncio.timeout(TIMEOUT):
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        raise OSError("admin connection closed")
+                    message: dict[str, Any] = json.loads(line)
+                    if "ok" in message:
+                        return message
+        finally:
+            writer.close()
+
+    async def list(self) -> list[dict[str, Any]]:
+        reply = await self.request("list")
+        assert reply["ok"], reply
+        rows: list[dict[str, Any]] = reply["vms"]
+        return rows
+
+    async def row(self, key: str) -> dict[str, Any] | None:
+        for row in await self.list():
+            if row["key"] == key:
+                return row
+        return None
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Re-check `condition` until it holds; fail naming `what` after TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.05)
+
+
+class Cluster:
+    """redis-server + named nodes, torn down in `close`."""
+
+    made = 0
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.redis = RedisServer(tmp)
+        # A fresh telnet range per cluster: a stopped node's ports may linger a moment.
+        Cluster.made += 1
+        self.range_start = 20000 + (os.getpid() * 37 + Cluster.made * 200) % 12000
+        self.nodes: dict[str, Node] = {}
+
+    async def start(self, *names: str, extra: tuple[str, ...] = ()) -> None:
+        await self.redis.start()
+        for name in names:
+            node = Node(name, self.tmp, self.redis, self.range_start)
+            self.nodes[name] = node
+            node.start(*extra)
+        await asyncio.gather(*(node.ready() for node in self.nodes.values()))
+
+    def __getitem__(self, name: str) -> Node:
+        return self.nodes[name]
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+        self.redis.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"== {n.name}\n{n.text()[-4000:]}" for n in self.nodes.values())
