@@ -14,7 +14,7 @@ reference implementation without shipping it.
 What the writer guarantees (tests/vspcd/test_exposition.py checks each with
 hypothesis): metric and label names match the format's grammar (else ValueError, a
 bug in the caller, never peer data); HELP text escapes backslash and newline; label
-values escape backslash, double quote and newline; counters are named `*_total`;
+values escape backslash, double quote and newline; counters are named `*_total` (on their HELP and TYPE lines too, as 0.0.4 has it);
 a histogram has cumulative `_bucket{le="..."}` samples ending with `le="+Inf"` equal
 to `_count`, plus `_sum`; integers print exactly, floats in Go's shortest form with
 `+Inf`, `-Inf`, `NaN`.
@@ -64,8 +64,10 @@ class Family:
     def counter(
         cls, name: str, help: str, values: Mapping[tuple[tuple[str, str], ...], int] | int
     ) -> Family:
-        """A counter; `name` without `_total` (the format's convention adds it)."""
-        return cls(name, help, Kind.COUNTER, _samples("_total", values))
+        """A counter; `name` without `_total`.  In format 0.0.4 the suffix is part of
+        the metric's name, so HELP and TYPE name `name_total` too (OpenMetrics-aware
+        parsers strip it back to the family name)."""
+        return cls(f"{name}_total", help, Kind.COUNTER, _samples("", values))
 
     @classmethod
     def gauge(
