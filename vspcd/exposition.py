@@ -14,10 +14,11 @@ reference implementation without shipping it.
 What the writer guarantees (tests/vspcd/test_exposition.py checks each with
 hypothesis): metric and label names match the format's grammar (else ValueError, a
 bug in the caller, never peer data); HELP text escapes backslash and newline; label
-values escape backslash, double quote and newline; counters are named `*_total` (on their HELP and TYPE lines too, as 0.0.4 has it);
-a histogram has cumulative `_bucket{le="..."}` samples ending with `le="+Inf"` equal
-to `_count`, plus `_sum`; integers print exactly, floats in Go's shortest form with
-`+Inf`, `-Inf`, `NaN`.
+values escape backslash, double quote and newline; counters are named `*_total`, on
+their HELP and TYPE lines too, as 0.0.4 has it; a histogram has cumulative
+`_bucket{le="..."}` samples ending with `le="+Inf"` equal to `_count`, plus `_sum`;
+integers print exactly, floats as the shortest text that reads back to the same
+float, and `+Inf`, `-Inf`, `NaN` by name.
 """
 
 from __future__ import annotations

@@ -361,7 +361,7 @@ def test_shell_reconnects_after_a_daemon_restart(real: RealDaemon) -> None:
 def test_stats_human_and_json(real: RealDaemon, capsys: Any) -> None:
     """`vspc stats` (issue #10 item 5): labelled lines, and `--json` the reply exactly
     (bar the numbers that move by themselves: uptime, descriptors, loop lag)."""
-    real.telnet()
+    _op = real.telnet()  # held: a dropped Operator closes its connection
     assert real.cli("stats") == ExitCode.OK
     lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
     assert lines["consoles"].strip() == "connected 1"
