@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +226,51 @@ def test_metrics_true_in_the_config_file(tmp_path: Path) -> None:
     path.write_text('http = "127.0.0.1:9180"\nmetrics = true\n')
     config = parse_args(["--admin-socket", str(tmp_path / "a.sock"), "--config", str(path)], {})
     assert config.metrics and config.http == ("127.0.0.1", 9180)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (on the loop, bounded) until `condition()` holds: some counters move just
+    after the peer sees its connection closed."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+def test_tls_handshakes_and_refusals_are_counted(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    async def main() -> None:
+        args = ("--ssl", "--cert", str(cert), "--key", str(key), "--proxy-allow", "127.0.0.1")
+        async with running(tmp_path, *args, "--metrics", str(free_port())) as (daemon, events):
+            assert daemon.metrics is not None
+            stats = daemon.metrics.snapshot
+            secure = await FakeEsxi.connect(daemon.proxy_port, tls=True)
+            await identified(events, UUID_A)
+            # A TLS record header, then nonsense: the handshake fails.
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.proxy_port)
+            writer.write(b"\x16\x03\x01\x00\x05hello" + b"\x00" * 64)
+            assert await reader.read() == b""
+            writer.close()
+            # Not in the allow list: closed at accept.
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", daemon.proxy_port, local_addr=("127.0.0.2", 0)
+            )
+            assert await reader.read() == b""
+            writer.close()
+            await until(lambda: stats().tls_handshakes["failed"] == 1)
+            now = stats()
+            assert now.tls_handshakes["started"] == 2
+            assert now.tls_handshakes["completed"] == 1
+            assert now.connections_refused == {"allow_list": 1, "unidentified_limit": 0}
+            samples = await scrape(daemon)
+            assert value(samples, "vspcd_tls_handshakes_total", result="failed") == 1
+            assert value(samples, "vspcd_connections_refused_total", reason="allow_list") == 1
+            await secure.close()
+
+    asyncio.run(main())
