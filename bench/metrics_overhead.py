@@ -1,10 +1,10 @@
 """Micro-benchmark: what the metrics observer adds to a vMotion (issue #10 item 5).
 
 Runs bench/vmotion_micro.py's loop (one console migrating back and forth through the
-real `VmLink` + `ProxySession` + `Hub`, in-memory transports) twice per round: with
+real `VmLink` + `ProxySession` + `Hub`, in-memory transports) three ways per round:
 the hub as it is, with one observer that does nothing, and with
-`vspcd.metrics.Metrics.observe` subscribed as the daemon subscribes it.  Rounds alternate so the VM's speed drift hits both alike; the best
-round of each is reported.
+`vspcd.metrics.Metrics.observe` subscribed as the daemon subscribes it.  Rounds
+alternate so the VM's speed drift hits all alike; the best round of each counts.
 
     .venv/bin/python bench/metrics_overhead.py          # one JSON line
     .venv/bin/python bench/metrics_overhead.py --quick  # toy size
