@@ -11,7 +11,7 @@ alternate so the VM's speed drift hits all alike; the best round of each counts.
 
 Every vMotion emits VMotionBegun, VMotionPeered, VMotionCompleted and VmDisconnected
 (the source closing), so this is the observer's whole per-vMotion cost, including the
-GOAHEAD latency check (run at once here: there is no loop to defer it to).
+GOAHEAD latency check.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class MeteredHub(Hub):
             Sources(fds_in_use=lambda: 0, fd_limit=lambda: 0),
             clock=time.monotonic,
             call_later=lambda delay, callback: _Never(),
-            call_soon=lambda callback, *args: callback(*args),
         )
         self.subscribe(self.metrics.observe)
 

@@ -17,16 +17,20 @@ Boundary: a face (docs/architecture.md).  Nothing here runs on the data path:
 So a scrape costs O(consoles + clients), and nothing costs anything between scrapes.
 
 BEGIN -> GOAHEAD latency.  The hub answers BEGIN synchronously, inside the read that
-carried it, and the VM link writes GOAHEAD to the transport when that read has been
-processed (vspcd/links.py: the codec's output is flushed after `data_received`).  The
-histogram measures from the hub accepting BEGIN (`Migration.since`, taken in that same
-read, after the held input was flushed ahead of GOAHEAD as PROTOCOL.md §4.4 duty 1
-asks) to GOAHEAD leaving the daemon's transport buffer for the kernel: checked right
-after the read (`call_soon`: the common case, an empty buffer, so a few microseconds),
-then every `DRAIN_POLL` seconds while older VM-bound bytes queue ahead of it.  That
-queueing is what ESXi's 5 s GOAHEAD deadline is about, so it is measured rather than
-estimated.  A vMotion that ends before its GOAHEAD drained (ABORT, the source gone)
-is not observed; neither is time in the kernel's socket buffer or on the wire.
+carried it, and the VM link writes GOAHEAD to the transport as that read's processing
+ends (vspcd/links.py flushes the codec's output after `data_received`).  The histogram
+measures from the hub accepting BEGIN (`Migration.since`, taken in that read, after
+the held input was flushed ahead of GOAHEAD as PROTOCOL.md §4.4 duty 1 asks) to
+GOAHEAD leaving the daemon's transport buffer for the kernel.  `VMotionBegun` is
+observed in the same read: when the VM connection's write buffer is empty then,
+GOAHEAD goes straight to the kernel as the read ends and the observation is taken at
+once (it leaves out the rest of that read's processing, microseconds; no allocation,
+no callback).  When older VM-bound bytes are still queued, GOAHEAD queues behind them:
+the buffer is looked at every `DRAIN_POLL` seconds until it is empty, and that wait is
+the observation.  That queueing is what ESXi's 5 s GOAHEAD deadline is about, so it is
+measured rather than estimated.  A vMotion that ends before its GOAHEAD drained
+(ABORT, the source gone) is not observed; neither is time in the kernel's socket
+buffer or on the wire.
 """
 
 from __future__ import annotations
@@ -165,7 +169,6 @@ class Metrics:
         sources: the daemon's other pull-time numbers.
         clock / call_later: the hub's (loop) clock and scheduler, for the GOAHEAD
             latency and the loop monitor.
-        call_soon: runs a callback once the current read has been processed.
     """
 
     def __init__(
@@ -175,13 +178,11 @@ class Metrics:
         *,
         clock: Callable[[], float],
         call_later: Callable[[float, Callable[[], None]], Cancellable],
-        call_soon: Callable[..., object],
     ) -> None:
         self._hub = hub
         self._sources = sources
         self._clock = clock
         self._call_later = call_later
-        self._call_soon = call_soon
         self._started = clock()
         self.loop = LoopMonitor(clock, call_later)
         # Counters from hub events.
@@ -279,7 +280,7 @@ class Metrics:
     def _begun(self, event: VMotionBegun) -> None:
         console = self._hub.console(event.key)
         if console is not None and console.migration is not None:
-            self._call_soon(self._goahead_sent, console, console.migration)
+            self._goahead_sent(console, console.migration)
 
     def _goahead_sent(self, console: Console, mig: Migration) -> None:
         if console.migration is not mig:

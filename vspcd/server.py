@@ -234,7 +234,6 @@ class Daemon:
             ),
             clock=loop.time,
             call_later=loop.call_later,
-            call_soon=loop.call_soon,
         )
         hub.subscribe(self.metrics.observe)
         self.metrics.loop.start()

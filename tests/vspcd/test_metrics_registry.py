@@ -5,7 +5,6 @@ refusing malformed objects (issue #10 item 5)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,42 +18,24 @@ from vspc.vspcd import counters
 from vspc.vspcd.metrics import GOAHEAD_BUCKETS, Histogram, Metrics, Sources
 
 
-class Soon:
-    """`loop.call_soon` stand-in: callbacks run when the test says the read is over."""
-
-    def __init__(self) -> None:
-        self.queue: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
-
-    def __call__(self, callback: Callable[..., object], *args: Any) -> None:
-        self.queue.append((callback, args))
-
-    def run(self) -> None:
-        queue, self.queue = self.queue, []
-        for callback, args in queue:
-            callback(*args)
-
-
-def metered(s: Scene) -> tuple[Metrics, Soon]:
-    soon = Soon()
+def metered(s: Scene) -> tuple[Metrics, Scene]:
     rig = s.rig
     metrics = Metrics(
         rig.hub,
         Sources(fds_in_use=lambda: 10, fd_limit=lambda: 1024),
         clock=rig.clock,
         call_later=rig.sched.call_later,
-        call_soon=soon,
     )
     rig.hub.subscribe(metrics.observe)
     metrics._remember(s.console.key)  # subscribed after the scene's console appeared
-    return metrics, soon
+    return metrics, s
 
 
 def test_goahead_latency_counts_the_time_it_queued_behind_older_bytes() -> None:
     s = scene()
-    metrics, soon = metered(s)
+    metrics, _ = metered(s)
     s.src_vm.backlog = 4096  # VM-bound bytes still in the transport's buffer
-    begin(s.rig, s.src, s.src_vm)
-    soon.run()  # the read is processed: GOAHEAD is in the buffer, behind 4 KiB
+    begin(s.rig, s.src, s.src_vm)  # GOAHEAD queues behind those 4 KiB
     assert metrics.goahead.count == 0
     sched: FakeScheduler = s.rig.sched
     sched.advance(0.02)
@@ -65,20 +46,18 @@ def test_goahead_latency_counts_the_time_it_queued_behind_older_bytes() -> None:
     assert metrics.goahead.sum == pytest.approx(0.025, abs=0.0051)
 
 
-def test_goahead_with_an_empty_buffer_is_observed_once_the_read_is_done() -> None:
+def test_goahead_into_an_empty_buffer_is_observed_at_once() -> None:
     s = scene()
-    metrics, soon = metered(s)
+    metrics, _ = metered(s)
     begin(s.rig, s.src, s.src_vm)
-    soon.run()
     assert metrics.goahead.count == 1 and metrics.goahead.sum == 0.0
 
 
 def test_a_vmotion_that_ends_before_goahead_drained_is_not_observed() -> None:
     s = scene()
-    metrics, soon = metered(s)
+    metrics, _ = metered(s)
     s.src_vm.backlog = 100
     begin(s.rig, s.src, s.src_vm)
-    soon.run()
     s.rig.hub.vm_event(s.src, vm.VMotionAbort())
     s.src_vm.backlog = 0
     s.rig.sched.advance(1.0)
@@ -88,7 +67,7 @@ def test_a_vmotion_that_ends_before_goahead_drained_is_not_observed() -> None:
 
 def test_outcomes_abandoned_and_notnow_by_reason() -> None:
     s = scene(abandon_time=1.0)
-    metrics, soon = metered(s)
+    metrics, _ = metered(s)
     s.rig.hub.refuse_next_vmotion(s.console)
     s.rig.hub.vm_event(s.src, vm.VMotionBegin(SEQ))
     begin(s.rig, s.src, s.src_vm)
@@ -102,7 +81,7 @@ def test_outcomes_abandoned_and_notnow_by_reason() -> None:
 
 def test_a_completed_vmotion_and_the_consoles_by_state() -> None:
     s = scene()
-    metrics, soon = metered(s)
+    metrics, _ = metered(s)
     cookie = begin(s.rig, s.src, s.src_vm)
     assert metrics.snapshot().consoles["pending"] == 1
     dst, _dst_vm = peer(s.rig, cookie)
@@ -121,7 +100,6 @@ def test_bytes_of_an_expired_console_stay_counted() -> None:
         Sources(fds_in_use=lambda: 0, fd_limit=lambda: 0),
         clock=rig.clock,
         call_later=rig.sched.call_later,
-        call_soon=lambda callback, *args: callback(*args),
     )
     rig.hub.subscribe(metrics.observe)
     conn, _fake = connect(rig, U1)
@@ -137,7 +115,7 @@ def test_bytes_of_an_expired_console_stay_counted() -> None:
 
 def test_input_dropped_and_held_by_reason() -> None:
     s = scene()
-    metrics, _soon = metered(s)
+    metrics, _ = metered(s)
     reader = FakeClient("127.0.0.1:50002")
     watcher = s.rig.hub.attach(
         s.console, reader, kind="attach", lock=LockMode.FREE_FOR_ALL_OR_READONLY, readonly=True
