@@ -137,3 +137,10 @@ def test_port_bind_bench_quick_prints_both_binders() -> None:
     for name in ("remembered", "retry_every_bind"):
         assert line[name]["consoles"] > 0
         assert isinstance(line[name]["binds_per_s"], NUMBER)
+
+
+def test_metrics_overhead_quick_prints_all_three_variants() -> None:
+    line = _quick_json("metrics_overhead.py")
+    assert line["benchmark"] == "metrics_overhead" and line["vmotions"] == 200
+    for key in ("us_per_vmotion_plain", "us_per_vmotion_noop_observer", "us_per_vmotion_metrics"):
+        assert isinstance(line[key], NUMBER) and line[key] > 0

@@ -64,6 +64,7 @@ from vspc.common.admin import (
     Hello,
     LineFramer,
     Request,
+    Stats,
     TailChunk,
     encode_bytes,
     encode_message,
@@ -315,6 +316,14 @@ def _show(link: AdminLink, request: Request) -> Reply:
     console = link.server.hub.find(request.fields["vm"])
     info = link.server.hub.console_info(console, detail=True)
     return {"console": render.show_row(info, link.server.epoch)}
+
+
+@handles("stats")
+def _stats(link: AdminLink, request: Request) -> Reply:
+    stats = link.server.stats
+    if stats is None:
+        raise AdminError(ErrorCode.INTERNAL, "no metrics registry in this daemon")
+    return stats().to_json()
 
 
 @handles("attach")
@@ -982,6 +991,8 @@ class AdminServer:
             log, "admin connections refused", clock=loop.time, call_later=loop.call_later
         )
         self._unsubscribe: Callable[[], None] | None = None
+        # The metrics registry's snapshot (vspcd/metrics.py), set by the daemon.
+        self.stats: Callable[[], Stats] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
         self.remote: RemoteRequests | None = None  # cluster mode
         self.cluster_node_id = ""  # cluster mode: this node's --node-id

@@ -132,6 +132,7 @@ class Config:
     log_compress: bool = False
     http: tuple[str, int] | None = None
     http_console_log: bool = False
+    metrics: bool = False  # /metrics and /healthz on the HTTP listener (live)
     # A plugin backend (vspcd/plugins.py, issue #11 item 6): the --backend spelling
     # and its --backend-args; None for the built-ins, which fold into the fields above.
     backend: str | None = None
@@ -712,6 +713,9 @@ def _convert_file_value(action: argparse.Action, value: object) -> object:
         if isinstance(action, argparse.BooleanOptionalAction):
             return value
         return action.const if value else action.default
+    if action.nargs == "?" and isinstance(value, bool):
+        # An option whose value is optional (--metrics): true is the bare flag.
+        return action.const if value else action.default
     if isinstance(value, list):
         # Lists such as allow lists may be TOML arrays; the option takes them
         # comma-separated, as on the command line.
@@ -1122,6 +1126,7 @@ def _load(
         "log_keep": logconfig.LOG_KEEP if ns.log_keep is None else ns.log_keep,
         "log_compress": bool(ns.log_compress),
         "http_console_log": bool(ns.http_console_log),
+        "metrics": ns.metrics is not None,
     }
     options = vars(ns)
     values = {

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from vspc.vspcd import counters
+
 __all__ = ["ClientOutput", "notice_line"]
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class ClientOutput:
             lost = len(data) if size is None else size
             self.dropped += lost
             self.total_dropped += lost
+            counters.OUTPUT.dropped += lost  # metrics: one increment, only while paused
             return
         assert self._transport is not None
         self._transport.write(data)

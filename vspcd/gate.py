@@ -142,6 +142,11 @@ class Slots:
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def waiting(self) -> int:
+        """Callers queued in `wait_acquire` (metrics, at scrape time: O(keys))."""
+        return sum(len(queue) for queue in self._waiters.values())
+
     def count(self, key: Hashable) -> int:
         return self._by_key.get(key, 0)
 

@@ -1,6 +1,6 @@
 """The daemon's HTTP routes (vspcd/http.py serves them; issue #11 item 3).
 
-One table, `routes()`: adding `/metrics` or `/healthz` is one more `Route` here.
+One table, `routes()`, plus `metrics_routes()` (`--metrics`, issue #10 item 5).
 
 `GET /console_log/{uuid}` is what OpenStack Nova's VMware driver fetches when
 `[vmware] serial_log_uri` is set (`nova/virt/vmwareapi/driver.py`,
@@ -15,15 +15,17 @@ unknown UUID is 404 (Nova logs it and falls back to `serial_log_dir`, if set).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from vspc.common import vmware as vm
 from vspc.vspcd.consolelog import ConsoleLogs
+from vspc.vspcd.exposition import CONTENT_TYPE
 from vspc.vspcd.http import Response, Route, error_response
 from vspc.vspcd.httpparse import Request
 from vspc.vspcd.hub import Hub
+from vspc.vspcd.metrics import Metrics, exposition
 
-__all__ = ["CONSOLE_LOG_BYTES", "routes"]
+__all__ = ["CONSOLE_LOG_BYTES", "metrics_routes", "routes"]
 
 CONSOLE_LOG_BYTES = 100 * 1024
 
@@ -53,3 +55,34 @@ def routes(*, logs: ConsoleLogs | None, hub: Hub, console_log: bool) -> list[Rou
     if console_log and logs is not None:
         table.append(_console_log(logs, hub))
     return table
+
+
+def metrics_routes(
+    metrics: Metrics | None,
+    *,
+    enabled: Callable[[], bool],
+    health: Callable[[], list[str]],
+) -> list[Route]:
+    """`GET /metrics` (Prometheus text format 0.0.4) and `GET /healthz`.
+
+    Always in the table when the HTTP listener runs; `enabled()` (the live `--metrics`
+    setting, so a reload turns them on or off) decides per request, 404 while off.
+    /healthz: 200 "ok" when `health()` finds nothing wrong, else 503 with one reason a
+    line (docs/operations.md, "Metrics").
+    """
+
+    def scrape(request: Request, params: Mapping[str, str]) -> Response:
+        if not enabled() or metrics is None:
+            return error_response(404, "metrics are off (--metrics)")
+        body = exposition(metrics.snapshot()).encode()
+        return Response(200, body, CONTENT_TYPE)
+
+    def healthz(request: Request, params: Mapping[str, str]) -> Response:
+        if not enabled():
+            return error_response(404, "metrics are off (--metrics)")
+        problems = health()
+        if problems:
+            return Response(503, "".join(f"{p}\n" for p in problems).encode())
+        return Response(200, b"ok\n")
+
+    return [Route("/metrics", scrape), Route("/healthz", healthz)]

@@ -40,6 +40,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, cast
 
+from vspc.vspcd import counters
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
@@ -320,6 +321,7 @@ class Listener:
         # Leave the connection in the kernel backlog and look again shortly; a
         # readable listening socket would otherwise wake the loop continuously.
         # One line per episode: the flag is cleared only once an accept succeeds.
+        counters.LISTENERS.backoffs += 1
         if not self._exhausted_logged:
             if exc.errno in _EXHAUSTED:
                 log.warning(
@@ -353,6 +355,7 @@ class Listener:
         host = host_of(address)
         peer = address_text(address)
         if self._allow is not None and not self._allow.allows(host):
+            counters.LISTENERS.refused_allow += 1
             self._refuse(conn, peer, "not in the allow list")
             return
         slot = None
@@ -360,6 +363,7 @@ class Listener:
             slot = self._unidentified.acquire(host)
             if slot is None:
                 why = self._unidentified.full_reason(host)
+                counters.LISTENERS.refused_unidentified += 1
                 self._refuse(conn, peer, f"too many unidentified connections ({why})")
                 return
         try:
@@ -387,6 +391,7 @@ class Listener:
     async def _serve(self, conn: socket.socket, peer: str, host: str, slot: Slot | None) -> None:
         handed_over = False
         handshake: Slot | None = None
+        kind = _Kind.GONE  # for the failure count below
         try:
             kind = _Kind.PLAIN if self._ssl is None else await self._sniff(conn)
             if kind is _Kind.GONE:
@@ -402,6 +407,7 @@ class Listener:
                     began = self._loop.time()
                     handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
                     if handshake is None:
+                        counters.LISTENERS.tls_slot_timeouts += 1
                         why = self._handshakes.full_reason(host)
                         self.refused.warn(
                             "%s: dropped %s: no TLS handshake slot in time (%s)",
@@ -412,17 +418,21 @@ class Listener:
                         return
                     timeout -= self._loop.time() - began
                 timeout = max(0.1, timeout)
+                counters.LISTENERS.tls_started += 1
                 await self._loop.connect_accepted_socket(
                     lambda: self._build(slot),
                     conn,
                     ssl=self._ssl,
                     ssl_handshake_timeout=timeout,
                 )
+                counters.LISTENERS.tls_completed += 1
             else:
                 await self._loop.connect_accepted_socket(lambda: self._build(slot), conn)
             handed_over = True
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             # Aggregated: a flood of broken handshakes must not mean a line each.
+            counters.LISTENERS.setup_failed += 1
+            counters.LISTENERS.tls_failed += kind is _Kind.TLS
             self.setup_failed.warn("%s: %s: connection setup failed: %s", self.label, peer, exc)
         except Exception:
             # A bug in a protocol factory must not stop this listener.

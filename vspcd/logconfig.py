@@ -19,7 +19,14 @@ from vspc.vspcd.lognames import LogNaming
 if TYPE_CHECKING:
     from vspc.vspcd.config import Config
 
-__all__ = ["add_arguments", "check", "log_settings", "parse_http", "parse_size"]
+__all__ = [
+    "add_arguments",
+    "check",
+    "log_settings",
+    "parse_http",
+    "parse_metrics",
+    "parse_size",
+]
 
 LOG_FLUSH = 1.0
 LOG_KEEP = 5
@@ -41,6 +48,22 @@ def parse_size(text: str) -> int:
 
 
 parse_size.__name__ = "size"
+
+
+def parse_metrics(text: str) -> tuple[str, int] | str:
+    """`--metrics` with an address (as `--http`), or "" (bare `--metrics`, or
+    `metrics = true` in the config file: the routes on the `--http` listener)."""
+    if text == "" or text.lower() == "true":
+        return ""
+    return parse_http(text)
+
+
+parse_metrics.__name__ = "address"
+
+
+def _show(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_http(text: str) -> tuple[str, int]:
@@ -151,6 +174,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve HTTP GET here; a bare PORT binds 127.0.0.1",
     )
     http.add_argument(
+        "--metrics",
+        nargs="?",
+        const="",
+        type=parse_metrics,
+        metavar="[ADDR:]PORT",
+        help="serve GET /metrics (Prometheus) and GET /healthz on the HTTP listener; "
+        "with [ADDR:]PORT the HTTP listener is started there (same as --http; a bare "
+        "PORT binds 127.0.0.1); a config file may say metrics = true",
+    )
+    http.add_argument(
         "--http-console-log",
         action="store_true",
         default=None,
@@ -179,6 +212,20 @@ def check(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
             parser.error(f"{', '.join(given)}: only with --log-dir (or --backend Logging)")
     if ns.log_compress and not ns.log_max_size:
         parser.error("--log-compress needs --log-max-size (it compresses rotated files)")
+    if ns.metrics is not None:
+        # One HTTP listener: --metrics ADDR:PORT is --http ADDR:PORT.
+        if ns.metrics == "":
+            if ns.http is None:
+                parser.error(
+                    "--metrics needs an HTTP listener: --http [ADDR:]PORT or --metrics [ADDR:]PORT"
+                )
+        elif ns.http is None:
+            ns.http = ns.metrics
+        elif ns.http != ns.metrics:
+            parser.error(
+                f"--metrics {_show(ns.metrics)} and --http {_show(ns.http)} differ: vspcd "
+                "has one HTTP listener; give the address once"
+            )
     if ns.http_console_log and (ns.http is None or ns.log_dir is None):
         parser.error("--http-console-log needs --http and --log-dir")
 

@@ -86,6 +86,9 @@ LIVE: dict[str, Apply] = {
     # Per new telnet client.
     "client_queue": _through_config,
     "context": _through_config,
+    # /metrics and /healthz: the routes read daemon.config.metrics per request (a
+    # listener that is not running needs a restart: `http` is not live).
+    "metrics": _through_config,
     # The daemon's own log.
     "debug": _log_level,
     # Console logs (vspcd/consolelog.py): files are reopened with the new settings.

@@ -10,7 +10,9 @@ bookkeeping (vspcd/server.py), never by listing /proc/self/fd on the accept path
 from __future__ import annotations
 
 import logging
+import os
 import resource
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +50,18 @@ def raise_nofile_limit() -> tuple[int, int]:
     else:
         log.info("open-file limit %d (hard %d)", soft, hard)
     return soft, hard
+
+
+def fd_limit() -> int:
+    """The soft RLIMIT_NOFILE now (metrics; a huge number when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft if soft != resource.RLIM_INFINITY else _nr_open()
+
+
+def fds_in_use(estimate: Callable[[], int]) -> int:
+    """Descriptors open now, counted in /proc/self/fd (at scrape time only, never on
+    the accept path); `estimate()` where /proc is not mounted."""
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        return estimate()

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from vspc.vspcd import admin, httproutes, logevents, store
+from vspc.vspcd import admin, httproutes, logevents, resources, store
 from vspc.vspcd.config import Config, ConfigError
 from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
@@ -43,6 +43,7 @@ from vspc.vspcd.listeners import (
     start_proxy_listener,
 )
 from vspc.vspcd.logconfig import log_settings
+from vspc.vspcd.metrics import Metrics, Sources
 from vspc.vspcd.notify import Notifier, watchdog_interval
 from vspc.vspcd.persist import Persister
 from vspc.vspcd.plugins import PluginHost
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Daemon", "serve"]
 
 _FD_RESERVE = 64
+# /healthz fails while the event loop's heartbeat runs later than this (seconds).
+LOOP_LAG_LIMIT = 2.0
 
 
 # HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
@@ -137,6 +140,8 @@ class Daemon:
         self.proxy_port: int | None = None
         self._preident: PreIdentification | None = None
         self.cluster: Any = None  # vspcd.cluster.node.ClusterNode with --cluster
+        self.metrics: Metrics | None = None
+        self._handshakes: Slots | None = None
         if fd_limit is None:
             soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
@@ -229,6 +234,29 @@ class Daemon:
             port_of=lambda key: None if (c := hub.console(key)) is None else c.port,
         )
         hub.subscribe(self.hooks)
+        # Metrics (issue #10 item 5) are one more observer, always subscribed: the
+        # admin `stats` command answers whether or not /metrics is served.
+        self.metrics = Metrics(
+            hub,
+            Sources(
+                fds_in_use=lambda: resources.fds_in_use(self._fd_estimate),
+                fd_limit=resources.fd_limit,
+                admin_refused=lambda: 0 if self._admin is None else self._admin.refused.total,
+                unidentified_dropped=lambda: (
+                    0 if self._preident is None else self._preident.refused.total
+                ),
+                handshakes_in_progress=lambda: (
+                    0 if self._handshakes is None else len(self._handshakes)
+                ),
+                handshakes_waiting=lambda: (
+                    0 if self._handshakes is None else self._handshakes.waiting
+                ),
+            ),
+            clock=loop.time,
+            call_later=loop.call_later,
+        )
+        hub.subscribe(self.metrics.observe)
+        self.metrics.loop.start()
         if config.backend is not None:
             # PluginError (a usage error, exit status 2) if it cannot be built or started.
             self.plugin = PluginHost(
@@ -237,6 +265,9 @@ class Daemon:
         if config.http is not None:
             routes = httproutes.routes(
                 logs=self.logs, hub=self.hub, console_log=config.http_console_log
+            )
+            routes += httproutes.metrics_routes(
+                self.metrics, enabled=lambda: self.config.metrics, health=self.health_problems
             )
             self.http = HttpServer(Router(routes))
             await self.http.start(*config.http)
@@ -254,6 +285,12 @@ class Daemon:
             ssl_context = make_ssl_context(config.cert, config.key)
         # Bounded pre-identification state (issue #7, docs/security.md).
         lifetime = config.ident_timeout
+        self._handshakes = Slots(
+            config.tls_handshake_limit,
+            config.tls_handshakes_per_host,
+            lifetime=lifetime,
+            clock=loop.time,
+        )
         self._preident = PreIdentification(
             Throttled(
                 log,
@@ -277,16 +314,12 @@ class Daemon:
                 lifetime=lifetime,
                 clock=loop.time,
             ),
-            handshakes=Slots(
-                config.tls_handshake_limit,
-                config.tls_handshakes_per_host,
-                lifetime=lifetime,
-                clock=loop.time,
-            ),
+            handshakes=self._handshakes,
             reuse_port=config.reuse_port,
         )
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, config)
+        self._admin.stats = self.metrics.snapshot
         if self.cluster is not None:
             from vspc.vspcd.cluster.forward import Forwarder
 
@@ -387,6 +420,24 @@ class Daemon:
             self.hub if self.cluster is None else self.cluster.gate, preident=self._preident
         )
 
+    def health_problems(self) -> list[str]:
+        """Why /healthz says 503: a listener down or a stalled event loop ([]: healthy)."""
+        problems = []
+        if self._proxy is None or self.proxy_listener is None or self.proxy_listener.closed:
+            problems.append("the ESXi listener is not accepting")
+        if self._admin is None or not self.config.admin_socket.exists():
+            problems.append(f"the admin socket {self.config.admin_socket} is gone")
+        if self.metrics is not None and self.metrics.loop.lag > LOOP_LAG_LIMIT:
+            problems.append(f"the event loop ran {self.metrics.loop.lag:.1f} s late")
+        return problems
+
+    def _fd_estimate(self) -> int:
+        """Descriptors in use by our own bookkeeping (where /proc is not mounted)."""
+        assert self.hub is not None
+        ports = self._binder.held_count if self._binder is not None else 0
+        used = self.hub.connection_count() + ports + _FD_RESERVE
+        return used + (self.logs.open_count if self.logs is not None else 0)
+
     def _relieve_fd_pressure(self) -> None:
         """Near the fd ceiling, expire idle consoles early to free their telnet ports.
 
@@ -453,6 +504,8 @@ class Daemon:
             except TimeoutError:
                 log.warning("connections still open after %.0f s; exiting anyway", grace)
         # Last: the goodbyes above still log output, update rows and run hooks.
+        if self.metrics is not None:
+            self.metrics.loop.stop()
         if self.hooks is not None:
             await self.hooks.close(grace=min(grace, 2.0))
         if self.plugin is not None:

@@ -17,7 +17,7 @@ import argparse
 import time
 from typing import Any
 
-from vspc.common.admin import ConsoleInfo, LockMode, encode_message
+from vspc.common.admin import ConsoleInfo, LockMode, Stats, encode_message
 from vspc.common.display import safe
 from vspc.vspctui.attach import parse_escape, run_attach
 from vspc.vspctui.client import consoles_of, parse_reply
@@ -35,6 +35,7 @@ from vspc.vspctui.formatting import (
     LIST_HEADERS,
     event_line,
     format_console,
+    format_stats,
     format_table,
     list_rows,
 )
@@ -220,6 +221,18 @@ async def events_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     finally:
         if ctx.in_shell and not client.lost:
             await client.request("unsubscribe")
+    return ExitCode.OK
+
+
+@commands.register("stats", help="the daemon's counters: consoles, clients, bytes, vMotions",
+                   args=[_JSON])  # fmt: skip
+async def stats_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("stats")
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
     return ExitCode.OK
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from vspc.common.admin import ClientInfo, ConsoleInfo, Event
+from vspc.common.admin import ClientInfo, ConsoleInfo, Event, Stats
 from vspc.common.display import safe
 
 __all__ = [
+    "format_stats",
     "CLIENT_HEADERS",
     "LIST_HEADERS",
     "client_rows",
@@ -179,3 +180,41 @@ def event_line(event: Event, stamp: str) -> str:
     detail = " ".join(f"{safe(k)}={_field_value(v)}" for k, v in extra.items())
     console = safe(event.name or event.key or "-")
     return f"{stamp} {safe(event.event)} {console} {detail}".rstrip()
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    """`telnet 3, attach 1` (zero entries left out; "0" when all are)."""
+    shown = [f"{safe(key)} {n}" for key, n in counts.items() if n]
+    return ", ".join(shown) if shown else "0"
+
+
+def format_stats(stats: Stats) -> str:
+    """`vspc stats`: the daemon's counters, one labelled line each (docs/vspc.md)."""
+    latency = stats.goahead_latency
+    mean = f", mean {latency.sum / latency.count * 1000:.2f} ms" if latency.count else ""
+    rows = [
+        ("uptime", duration(stats.uptime)),
+        ("consoles", _counts(stats.consoles)),
+        ("clients", _counts(stats.clients)),
+        ("bytes VM -> clients", str(stats.bytes_vm_to_clients)),
+        ("bytes clients -> VM", str(stats.bytes_clients_to_vm)),
+        ("vMotions completed", str(stats.vmotions_completed)),
+        ("vMotions aborted", _counts(stats.vmotions_aborted)),
+        ("vMotions refused (NOTNOW)", _counts(stats.vmotions_notnow)),
+        ("vMotions abandoned", str(stats.vmotions_abandoned)),
+        ("BEGIN -> GOAHEAD", f"{latency.count} measured{mean}"),
+        ("output dropped (slow readers)", f"{stats.client_bytes_dropped} bytes"),
+        ("input dropped", _counts(stats.input_bytes_dropped)),
+        ("input held", f"{stats.held_input_bytes} bytes"),
+        ("file descriptors", f"{stats.fds_in_use} of {stats.fd_limit}"),
+        ("admin refusals", str(stats.admin_refused)),
+        ("TLS handshakes", _counts(stats.tls_handshakes)),
+        ("listener back-offs", str(stats.listener_backoffs)),
+        ("connections refused", _counts(stats.connections_refused)),
+        ("unidentified dropped", str(stats.unidentified_dropped)),
+        ("takeovers refused", str(stats.takeovers_refused)),
+        ("VM connections", f"{stats.vm_connections} up, {stats.vm_disconnections} down"),
+        ("event loop lag", f"{stats.loop_lag * 1000:.1f} ms"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label + ':':<{width + 1}} {value}" for label, value in rows)

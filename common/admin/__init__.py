@@ -46,7 +46,16 @@ from vspc.common.admin.commands import (
 from vspc.common.admin.enums import Access, ClientKind, EventName, LockMode, VMotionPhase
 from vspc.common.admin.errors import AdminError, ErrorCode, RequestId, failed
 from vspc.common.admin.framing import MAX_LINE, LineFramer, parse_request
-from vspc.common.admin.infos import AttachGrant, ClientInfo, ConsoleInfo, Event, Hello, TailChunk
+from vspc.common.admin.infos import (
+    AttachGrant,
+    ClientInfo,
+    ConsoleInfo,
+    Event,
+    Hello,
+    LatencyHistogram,
+    Stats,
+    TailChunk,
+)
 from vspc.common.admin.messages import (
     MAX_ID_LENGTH,
     PROTOCOL_VERSION,
@@ -91,6 +100,8 @@ __all__ = [
     "FieldKind",
     "FieldSpec",
     "Hello",
+    "LatencyHistogram",
+    "Stats",
     "LineFramer",
     "LockMode",
     "Request",

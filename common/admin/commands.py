@@ -323,6 +323,10 @@ COMMANDS: Mapping[str, CommandSpec] = {
             ),
         ),
         CommandSpec("untail", "stop following a console", (_VM,)),
+        CommandSpec(
+            "stats",
+            "the daemon's counters and gauges (the numbers GET /metrics exposes)",
+        ),
     )
 }
 

@@ -26,7 +26,16 @@ from vspc.common.admin.validate import (
     require_str,
 )
 
-__all__ = ["AttachGrant", "ClientInfo", "ConsoleInfo", "Event", "Hello", "TailChunk"]
+__all__ = [
+    "AttachGrant",
+    "ClientInfo",
+    "ConsoleInfo",
+    "Event",
+    "Hello",
+    "LatencyHistogram",
+    "Stats",
+    "TailChunk",
+]
 
 
 def _str(obj: Mapping[str, Any], name: str) -> str:
@@ -338,3 +347,132 @@ class Event:
         """The console row of `vm_connected` (None for other events)."""
         value = self.fields.get("console")
         return ConsoleInfo.from_json(value) if isinstance(value, dict) else None
+
+
+def _counts(obj: Mapping[str, Any], name: str) -> dict[str, int]:
+    """An object of non-negative integer counts keyed by label (`{"telnet": 3}`)."""
+    value = _object(obj, name) or {}
+    for key, count in value.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise bad_field(obj, f"field {name!r}: {key!r} must be a non-negative integer")
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyHistogram:
+    """A histogram as in Prometheus: cumulative counts at each upper bound (seconds).
+
+    `buckets` holds `(le, count)` pairs in increasing `le` order, each count the
+    observations <= le (so non-decreasing); the implicit `+Inf` bucket is `count`.
+    """
+
+    buckets: tuple[tuple[float, int], ...]
+    sum: float
+    count: int
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> LatencyHistogram:
+        raw = obj.get("buckets", [])
+        if not isinstance(raw, list):
+            raise bad_field(obj, "field 'buckets' must be a list")
+        buckets: list[tuple[float, int]] = []
+        for pair in raw:
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or isinstance(pair[0], bool)
+                or not isinstance(pair[0], int | float)
+                or isinstance(pair[1], bool)
+                or not isinstance(pair[1], int)
+            ):
+                raise bad_field(obj, "field 'buckets' must hold [upper bound, count] pairs")
+            buckets.append((float(pair[0]), pair[1]))
+        return cls(tuple(buckets), _float(obj, "sum", 0.0) or 0.0, require_int(obj, "count"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "buckets": [[le, count] for le, count in self.buckets],
+            "sum": self.sum,
+            "count": self.count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """The `stats` reply: the daemon's counters and gauges (issue #10 item 5).
+
+    The same numbers `GET /metrics` exposes (docs/operations.md, "Metrics" maps each
+    field to its Prometheus series).  Counters count since the daemon started
+    (`uptime` seconds ago); the `*_by_*` style objects are keyed by the label value
+    (`consoles` by state, `clients` by kind, vMotion outcomes by reason).
+    """
+
+    uptime: float
+    consoles: dict[str, int]  # connected, disconnected, pending, peered
+    clients: dict[str, int]  # telnet, attach
+    bytes_vm_to_clients: int
+    bytes_clients_to_vm: int
+    vmotions_completed: int
+    vmotions_abandoned: int
+    vmotions_aborted: dict[str, int]  # by AbortReason name
+    vmotions_notnow: dict[str, int]  # by RefusalReason name
+    goahead_latency: LatencyHistogram
+    client_bytes_dropped: int  # console output lost to slow readers
+    input_bytes_dropped: dict[str, int]  # typed bytes that never reached the VM, by reason
+    held_input_bytes: int
+    fds_in_use: int
+    fd_limit: int
+    admin_refused: int
+    tls_handshakes: dict[str, int]  # started, completed, failed, slot_timeouts, ...
+    listener_backoffs: int
+    connections_refused: dict[str, int]  # allow_list, unidentified_limit
+    unidentified_dropped: int  # not identified within --ident-timeout / bytes
+    takeovers_refused: int
+    vms_replaced: int
+    vm_connections: int
+    vm_disconnections: int
+    loop_lag: float  # seconds the event loop's last heartbeat came late
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Stats:
+        latency = _object(obj, "goahead_latency")
+        if latency is None:
+            raise bad_field(obj, "field 'goahead_latency' is required")
+
+        def count(name: str) -> int:
+            return require_int(obj, name, minimum=0)
+
+        return cls(
+            uptime=_float(obj, "uptime", 0.0) or 0.0,
+            consoles=_counts(obj, "consoles"),
+            clients=_counts(obj, "clients"),
+            bytes_vm_to_clients=count("bytes_vm_to_clients"),
+            bytes_clients_to_vm=count("bytes_clients_to_vm"),
+            vmotions_completed=count("vmotions_completed"),
+            vmotions_abandoned=count("vmotions_abandoned"),
+            vmotions_aborted=_counts(obj, "vmotions_aborted"),
+            vmotions_notnow=_counts(obj, "vmotions_notnow"),
+            goahead_latency=LatencyHistogram.from_json(latency),
+            client_bytes_dropped=count("client_bytes_dropped"),
+            input_bytes_dropped=_counts(obj, "input_bytes_dropped"),
+            held_input_bytes=count("held_input_bytes"),
+            fds_in_use=count("fds_in_use"),
+            fd_limit=count("fd_limit"),
+            admin_refused=count("admin_refused"),
+            tls_handshakes=_counts(obj, "tls_handshakes"),
+            listener_backoffs=count("listener_backoffs"),
+            connections_refused=_counts(obj, "connections_refused"),
+            unidentified_dropped=count("unidentified_dropped"),
+            takeovers_refused=count("takeovers_refused"),
+            vms_replaced=count("vms_replaced"),
+            vm_connections=count("vm_connections"),
+            vm_disconnections=count("vm_disconnections"),
+            loop_lag=_float(obj, "loop_lag", 0.0) or 0.0,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            obj[name] = value.to_json() if isinstance(value, LatencyHistogram) else value
+        return obj

@@ -358,6 +358,26 @@ def test_shell_reconnects_after_a_daemon_restart(real: RealDaemon) -> None:
 # ===================================================================== options, history
 
 
+def test_stats_human_and_json(real: RealDaemon, capsys: Any) -> None:
+    """`vspc stats` (issue #10 item 5): labelled lines, and `--json` the reply exactly
+    (bar the numbers that move by themselves: uptime, descriptors, loop lag)."""
+    _op = real.telnet()  # held: a dropped Operator closes its connection
+    assert real.cli("stats") == ExitCode.OK
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["consoles"].strip() == "connected 1"
+    assert lines["clients"].strip() == "telnet 1"
+    assert lines["vMotions completed"].strip() == "0"
+    assert real.cli("stats", "--json") == ExitCode.OK
+    printed = json.loads(capsys.readouterr().out)
+    reply = protocol(real.path, {"cmd": "stats", "id": 9})
+    assert reply.pop("id") == 9
+    moving = ("uptime", "fds_in_use", "loop_lag")
+    assert {k: v for k, v in printed.items() if k not in moving} == {
+        k: v for k, v in reply.items() if k not in moving
+    }
+    assert printed["clients"] == {"telnet": 1, "attach": 0}
+
+
 def test_socket_option_after_the_command(real: RealDaemon, capsys: Any) -> None:
     assert main(["list", "--socket", real.path]) == ExitCode.OK
     assert capsys.readouterr().out.splitlines()[1].startswith("db01")
