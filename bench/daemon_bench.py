@@ -607,7 +607,11 @@ async def scenario_vmotion(*, consoles: int, per_console: int) -> dict[str, Any]
     keys = [vm_key(tag, i) for i in range(consoles)]
     tails = [ident_tail(k, f"bench-{tag}-{i}") for i, k in enumerate(keys)]
     greetings = [WILL_EXT + KS1 + DO_PROXY + t for t in tails]
-    with running_daemon(vm_ports=False) as daemon:
+    # Every fake host is 127.0.0.1 here, so the per-address cap on unidentified
+    # connections (256 by default, issue #7) would refuse the destinations of a
+    # 500-console storm that real hosts spread over many addresses.
+    extra = ["--unidentified-per-host", "0"]
+    with running_daemon(vm_ports=False, extra_args=extra) as daemon:
         protos, _, _ = await connect_vms(daemon.proxy_port, greetings, 64)
         for proto in protos:
             proto.keep = True  # buffer again: GOAHEAD is expected next
