@@ -91,6 +91,10 @@ DO_PROXY = vm.encode(vm.DoProxy("S", "vSPC.py"))
 LINE = b"the quick brown fox jumps over the lazy dog 0123456789\r\n"  # no 0xe8/0xf0/0xff
 
 
+# Extra vspcd arguments for every scenario (`--daemon-arg`, e.g. --event-loop=uvloop).
+DAEMON_ARGS: list[str] = []
+
+
 def vm_key(tag: int, index: int) -> str:
     """A unique canonical UUID (32 hex digits) per scenario `tag` and VM `index`."""
     return f"{tag:08x}{index:024x}"
@@ -273,6 +277,7 @@ class Daemon:
         else:
             self.args += ["--no-vm-ports"]
         self.args += [arg.replace("{workdir}", str(workdir)) for arg in extra_args]
+        self.args += DAEMON_ARGS
         self.proc: subprocess.Popen[bytes] | None = None
         self.wrapped = bool(wrap)
 
@@ -1066,7 +1071,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SCENARIO.PARAM=JSON",
         help="override one parameter, e.g. connect.vms=2000 or stream.sizes_mib=[16]",
     )
+    parser.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to every vspcd started, e.g. --daemon-arg=--event-loop=uvloop",
+    )
     args = parser.parse_args(argv)
+    DAEMON_ARGS[:] = args.daemon_arg
     table = {name: dict(params) for name, params in (QUICK if args.quick else FULL).items()}
     for item in args.set:
         target, _, value = item.partition("=")
