@@ -28,13 +28,15 @@ or a waiter future: on the stdlib selector loop through `_make_socket_transport`
 `fast_transport_maker`, which falls back to the public `connect_accepted_socket` on
 any loop without it (uvloop, a future CPython).  Only a TLS connection, or one whose
 first byte has not arrived yet on a TLS-enabled port, takes the Task path.  TCP
-keepalive is set once on the listening socket, which Linux copies to every accepted
-socket; a listener checks that on its first accept and otherwise sets it per socket.
+keepalive is set once on the proxy's listening socket, which Linux copies to every
+accepted socket; a listener checks that on its first accept and otherwise sets it
+per socket (as it does on the per-console ports, which see few connections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import grp
 import logging
@@ -249,17 +251,14 @@ class Listener:
         self._sock = sock
         self._fd = sock.fileno()
         self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
-        # The synchronous hand-over (module docstring); None: the public Task path.
-        # `fast=False` forces the public path (tests run both).
-        self._make_transport = fast_transport_maker(loop) if fast else None
-        # Keepalive set once on the listening socket is inherited on Linux: None until
-        # the first accepted socket shows whether it was (then True or False).
+        # The synchronous hand-over (module docstring) where the loop has it; False
+        # forces the public Task path (tests run both).  A flag, not the bound method:
+        # one is kept per listener, and there is a listener per console.
+        self._fast = fast and fast_transport_maker(loop) is not None
+        # Linux copies a listening socket's keepalive settings to the sockets it
+        # accepts (start_proxy_listener sets them there): None until the first
+        # accepted socket shows whether this listener's do, then True or False.
         self._keepalive_inherited: bool | None = None
-        if keepalive and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                set_keepalive(sock)
-            except OSError:
-                self._keepalive_inherited = False
         name = sock.getsockname()
         self.port: int = name[1] if isinstance(name, tuple) else 0
         self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
@@ -429,7 +428,7 @@ class Listener:
             if slot is not None:
                 slot.release()
             return
-        if kind is _Kind.PLAIN and self._make_transport is not None:
+        if kind is _Kind.PLAIN and self._fast:
             self._hand_over_now(conn, address, peer, slot)
             return
         # TLS, a first byte not there yet, or a loop without the synchronous path.
@@ -438,23 +437,23 @@ class Listener:
         task.add_done_callback(self._pending.discard)
 
     def _ensure_keepalive(self, conn: socket.socket) -> None:
-        if self._keepalive_inherited is None:
+        if self._keepalive_inherited is None:  # the first accept: one check
             self._keepalive_inherited = has_keepalive(conn)
             if self._keepalive_inherited:
                 return
-            log.debug("%s: keepalive is not inherited here; setting it per socket", self.label)
         set_keepalive(conn)
 
     def _hand_over_now(
         self, conn: socket.socket, address: object, peer: str, slot: Slot | None
     ) -> None:
         """A plain connection to its protocol at once (the synchronous path)."""
-        assert self._make_transport is not None
+        make_transport = fast_transport_maker(self._loop)
+        assert make_transport is not None  # self._fast
         try:
             protocol = self._build(slot)
             # `peername` from accept(), as asyncio's own Server passes it: saves a
             # getpeername(2).  connection_made runs on the loop's next iteration.
-            self._make_transport(conn, protocol, extra={"peername": address})
+            make_transport(conn, protocol, extra={"peername": address})
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
@@ -618,8 +617,13 @@ async def start_proxy_listener(
     Raises:
         OSError: the address cannot be bound.
     """
+    sock = bind_tcp(host, port)
+    # Once here rather than per accepted socket, which inherits it (Linux); the
+    # Listener checks that on its first accept, and sets it per socket otherwise.
+    with contextlib.suppress(OSError):
+        set_keepalive(sock)
     listener = Listener(
-        bind_tcp(host, port),
+        sock,
         protocol_factory,
         asyncio.get_running_loop(),
         ssl_context=ssl_context,

@@ -803,3 +803,26 @@ def test_fast_transport_maker_only_on_the_stdlib_selector_loop() -> None:
         assert fast_transport_maker(loop) is not None
     finally:
         loop.close()
+
+
+def test_proxy_sockets_inherit_keepalive_from_the_listening_socket() -> None:
+    async def body() -> None:
+        seen, factory = recorder_factory()
+        listener = await start_proxy_listener(HOST, 0, None, factory)
+        try:
+            links, writers = [], []
+            for _ in range(3):  # the first accept checks, the others rely on it
+                _, writer = await roundtrip(listener.port, b"x")
+                writers.append(writer)
+                links.append(await asyncio.wait_for(seen.get(), WAIT))
+            for link in links:
+                assert link.transport is not None
+                assert has_keepalive(link.transport.get_extra_info("socket")._sock)
+            for writer in writers:
+                await close_writer(writer)
+            await close_all(seen, *links)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    asyncio.run(body())
