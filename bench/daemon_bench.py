@@ -19,7 +19,10 @@ Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows)
 - `scale`: 16,000 identified VMs in one daemon (--no-vm-ports).
 - `vmotion`: M consoles each run K vMotions back to back (BEGIN -> GOAHEAD cookie ->
   new connection with KS-1 + PEER(cookie) -> PEER-OK -> VM-VC-UUID, VM-NAME,
-  COMPLETE; the source closes), all M at once; vMotions/s.
+  COMPLETE; the source closes), all M at once, from W generator processes;
+  vMotions/s, daemon and generator CPU per vMotion.  With `type_rate` > 0 a telnet
+  client on every console types numbered markers meanwhile, each checked to reach
+  the VM exactly once and in order (issue #12 item 3).
 - `stream`: one VM sends S MiB of console text to one raw telnet client on the
   console's port, for several S; MB/s (linear cost means flat MB/s).  With
   `--set stream.log_flush=SECONDS` the daemon also writes console logs (`--log-dir`

@@ -2,8 +2,8 @@
 
 vspcd is stdlib-only and the stdlib loop (a `SelectorEventLoop` on epoll) is the
 first-class path: CI runs every test on it.  uvloop is an optional extra
-(`pip install 'vspc[uvloop]'`) for sites that want the last 20-30 % of vMotion and
-connect throughput (docs/benchmarks.md has both figures).  `auto`, the default, uses
+(`pip install 'vspc[uvloop]'`) for sites that want another 10-20 % off the daemon's
+CPU per vMotion and per connection (docs/benchmarks.md has both figures).  `auto`, the default, uses
 uvloop when it is importable and the stdlib loop otherwise, so installing the
 extra is the whole opt-in; `asyncio` pins the stdlib loop, `uvloop` insists on it.
 
