@@ -603,9 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument(
         "--event-loop",
         choices=eventloop.EVENT_LOOPS,
+        default="auto",
         help="asyncio: the stdlib loop (epoll); uvloop: the optional extra "
         f"({eventloop.UVLOOP_HINT}), faster on vMotion and connect storms; "
-        "auto: uvloop if installed, else asyncio (default: env VSPCD_EVENT_LOOP, else auto)",
+        "auto: uvloop if installed, else asyncio (default: auto; "
+        "env VSPCD_EVENT_LOOP chooses for auto)",
     )
 
     setup = parser.add_argument_group("configuration file and privileges")
@@ -996,15 +998,7 @@ def _load(
     _check_group(parser, "--readonly-group", ns.readonly_group)
     _check_user(parser, ns.user)
     _check_group(parser, "--group", ns.group)
-    event_loop = ns.event_loop  # the flag or the file wins outright, as for the others
-    if event_loop is None:
-        event_loop = environ.get("VSPCD_EVENT_LOOP", "auto").strip().lower() or "auto"
-        if event_loop not in eventloop.EVENT_LOOPS:
-            parser.error(
-                f"environment variable VSPCD_EVENT_LOOP={environ['VSPCD_EVENT_LOOP']!r}: "
-                f"expected one of {', '.join(eventloop.EVENT_LOOPS)}"
-            )
-    if event_loop == "uvloop" and not eventloop.uvloop_available():
+    if ns.event_loop == "uvloop" and not eventloop.uvloop_available():
         parser.error(f"--event-loop uvloop: uvloop is not installed ({eventloop.UVLOOP_HINT})")
     if ns.group is not None and ns.user is None:
         parser.error("--group needs --user (the group alone would leave the daemon root)")
@@ -1039,7 +1033,6 @@ def _load(
         "log_keep": logconfig.LOG_KEEP if ns.log_keep is None else ns.log_keep,
         "log_compress": bool(ns.log_compress),
         "http_console_log": bool(ns.http_console_log),
-        "event_loop": event_loop,
     }
     options = vars(ns)
     values = {

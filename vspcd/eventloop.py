@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import os
 import selectors
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 __all__ = ["EVENT_LOOPS", "LoopChoice", "choose", "stdlib_loop", "uvloop_available"]
 
@@ -49,15 +50,26 @@ class LoopChoice:
         self.description = description  # e.g. "uvloop 0.21.0"
 
 
-def choose(choice: str) -> LoopChoice:
+def choose(choice: str, environ: Mapping[str, str] = os.environ) -> LoopChoice:
     """The loop `choice` (one of `EVENT_LOOPS`) means on this installation.
 
+    For "auto", `VSPCD_EVENT_LOOP` in `environ` may name the loop instead: a test rig
+    or a unit file can pin one without touching the configuration (the test suite
+    pins the stdlib loop this way, tests/conftest.py).  An explicit choice wins.
+
     Raises:
-        ValueError: `choice` is unknown, or "uvloop" and uvloop is not installed
-            (the message says how to install it).
+        ValueError: `choice` (or the variable) is unknown, or "uvloop" and uvloop is
+            not installed (the message says how to install it).
     """
     if choice not in EVENT_LOOPS:
         raise ValueError(f"unknown event loop {choice!r} (one of {', '.join(EVENT_LOOPS)})")
+    pinned = environ.get("VSPCD_EVENT_LOOP", "").strip().lower()
+    if choice == "auto" and pinned:
+        if pinned not in EVENT_LOOPS:
+            raise ValueError(
+                f"VSPCD_EVENT_LOOP={pinned!r}: expected one of {', '.join(EVENT_LOOPS)}"
+            )
+        choice = pinned
     if choice == "asyncio" or (choice == "auto" and not uvloop_available()):
         return LoopChoice("asyncio", stdlib_loop, "asyncio (stdlib, epoll)")
     try:
