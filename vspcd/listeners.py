@@ -562,9 +562,10 @@ class Listener:
 def _peek_now(conn: socket.socket) -> _Kind | None:
     """Plain, TLS or gone from a first byte already received; None: not there yet.
 
-    On a TLS-enabled port this decides most connections without a Task: ESXi speaks
-    first, and by the time a batch of accepts runs, its first segment has often
-    arrived.  Raises OSError (e.g. a reset) as `recv` does.
+    On a TLS-enabled port this sorts a connection without a Task when its first
+    segment arrived before the accept ran (ESXi speaks first; accepts run in
+    batches); the others wait in `_sniff`.  Raises OSError (e.g. a reset) as `recv`
+    does.
     """
     try:
         first = conn.recv(1, socket.MSG_PEEK)
