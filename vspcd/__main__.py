@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import logging.handlers
 import os
-import selectors
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -38,6 +37,7 @@ from vspc.vspcd.daemon import (
     remove_pidfile,
     write_pidfile,
 )
+from vspc.vspcd.eventloop import choose, stdlib_loop
 from vspc.vspcd.notify import Notifier
 from vspc.vspcd.privileges import PrivilegeError, root_refusal
 from vspc.vspcd.resources import raise_nofile_limit
@@ -52,9 +52,8 @@ _SYSLOG_FORMAT = "vspcd[%(process)d]: %(levelname)s %(name)s: %(message)s"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A selector loop on epoll (the loop factory for `asyncio.Runner`)."""
-    selector_class = getattr(selectors, "EpollSelector", selectors.DefaultSelector)
-    return asyncio.SelectorEventLoop(selector_class())
+    """A selector loop on epoll (`--event-loop asyncio`; vspcd/eventloop.py)."""
+    return stdlib_loop()
 
 
 def configure_logging(config: Config, logger: logging.Logger | None = None) -> logging.Handler:
@@ -160,7 +159,13 @@ def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | N
         ready_pipe.ready()
 
     try:
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        choice = choose(config.event_loop)
+    except ValueError as exc:  # uvloop asked for and gone since the flags were checked
+        log.error("cannot start: %s", exc)
+        return 2
+    log.info("event loop: %s", choice.description)
+    try:
+        with asyncio.Runner(loop_factory=choice.factory) as runner:
             runner.run(
                 serve(
                     config,

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
-from vspc.vspcd import __version__, hooks, logconfig, plugins
+from vspc.vspcd import __version__, eventloop, hooks, logconfig, plugins
 from vspc.vspcd.gate import AllowList, parse_allow_list
 from vspc.vspcd.listeners import make_ssl_context, resolve_group
 
@@ -144,6 +144,7 @@ class Config:
     hook_concurrency: int = hooks.HOOK_CONCURRENCY
     hook_queue: int = hooks.HOOK_QUEUE
     # Process.
+    event_loop: str = "auto"  # vspcd/eventloop.py (issue #12 item 3)
     log_stdout: bool = False
     daemon: bool = False
     pidfile: Path | None = None
@@ -648,6 +649,15 @@ def build_parser() -> argparse.ArgumentParser:
         "a live process",
     )
     proc.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
+    proc.add_argument(
+        "--event-loop",
+        choices=eventloop.EVENT_LOOPS,
+        default="auto",
+        help="asyncio: the stdlib loop (epoll); uvloop: the optional extra "
+        f"({eventloop.UVLOOP_HINT}), faster on vMotion and connect storms; "
+        "auto: uvloop if installed, else asyncio (default: auto; "
+        "env VSPCD_EVENT_LOOP chooses for auto)",
+    )
 
     setup = parser.add_argument_group("configuration file and privileges")
     setup.add_argument(
@@ -1093,6 +1103,8 @@ def _load(
     _check_group(parser, "--readonly-group", ns.readonly_group)
     _check_user(parser, ns.user)
     _check_group(parser, "--group", ns.group)
+    if ns.event_loop == "uvloop" and not eventloop.uvloop_available():
+        parser.error(f"--event-loop uvloop: uvloop is not installed ({eventloop.UVLOOP_HINT})")
     if ns.group is not None and ns.user is None:
         parser.error("--group needs --user (the group alone would leave the daemon root)")
 

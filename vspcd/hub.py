@@ -101,6 +101,7 @@ from vspc.vspcd.events import (
     VmRenamed,
     VmReplaced,
 )
+from vspc.vspcd.ratelog import BurstLog
 from vspc.vspcd.vmotion import Action, Trigger, next_action
 
 log = logging.getLogger(__name__)
@@ -188,6 +189,8 @@ class Hub:
         # accepting N VMs O(N^2) (bench/daemon_bench.py, 5,000 VMs: 40% of CPU).
         self._client_count = 0
         self._idle_waiters: list[Callable[[], None]] = []
+        # One INFO line per vMotion up to a burst, then a count (issue #12 item 3).
+        self._vmotion_log = BurstLog(log, "vMotions completed", clock=clock, call_later=call_later)
 
     # ================================================================== queries
 
@@ -869,7 +872,7 @@ class Hub:
         if conn.name:
             console.name = conn.name
         console.counters.vmotions += 1
-        log.info(
+        self._vmotion_log.log(  # INFO, aggregated in a storm (vspcd/ratelog.py)
             "%s: vMotion complete, %s -> %s", _tag(console), source.channel.peer, conn.channel.peer
         )
         self._emit(

@@ -19,11 +19,24 @@ owns it.  No policy: which console a port belongs to is the hub's business.
 Accepting runs on `loop.add_reader` rather than `asyncio.Server` so that running out
 of file descriptors backs off for a moment instead of spinning on a listening socket
 that stays readable (the predecessor's epoll loop did spin; STYLE.md Part 3, #2).
+
+The accept path is the largest single cost of a vMotion, which is a whole new
+connection (issue #12 item 3, docs/benchmarks.md).  So a plain connection is handed
+to asyncio synchronously, inside the readiness callback, without a Task, a coroutine
+or a waiter future: on the stdlib selector loop through `_make_socket_transport`
+(what asyncio's own `Server` uses for each accepted socket), guarded by
+`fast_transport_maker`, which falls back to the public `connect_accepted_socket` on
+any loop without it (uvloop, a future CPython).  Only a TLS connection, or one whose
+first byte has not arrived yet on a TLS-enabled port, takes the Task path.  TCP
+keepalive is set once on the proxy's listening socket, which Linux copies to every
+accepted socket; a listener checks that on its first accept and otherwise sets it
+per socket (as it does on the per-console ports, which see few connections).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import grp
 import logging
@@ -81,6 +94,26 @@ _PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
 
 _ACCEPT_BATCH = 64  # accepts per readiness callback, so one busy port cannot hog the loop
 
+# `loop._make_socket_transport(sock, protocol, waiter=None, *, extra=None, server=None)`
+# builds the transport and schedules `connection_made`; see `fast_transport_maker`.
+TransportMaker = Callable[..., asyncio.BaseTransport]
+
+
+def fast_transport_maker(loop: asyncio.AbstractEventLoop) -> TransportMaker | None:
+    """The stdlib selector loop's synchronous transport constructor, or None.
+
+    `_make_socket_transport` is private API, so it is used only where its shape is
+    known: on CPython's `BaseSelectorEventLoop` (what `asyncio.run` makes on Linux)
+    and when it is present.  Everywhere else (uvloop, a proactor, a future CPython
+    that renames it) the caller uses the public `connect_accepted_socket`, which
+    costs a Task and a waiter future per connection but works on every loop.
+    tests/vspcd/test_listeners.py runs both paths.
+    """
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        return None
+    maker = getattr(loop, "_make_socket_transport", None)
+    return cast(TransportMaker, maker) if callable(maker) else None
+
 
 def make_ssl_context(
     cert: str | os.PathLike[str], key: str | os.PathLike[str] | None = None
@@ -103,17 +136,29 @@ def make_ssl_context(
     return context
 
 
+_KEEPALIVE_TCP: tuple[tuple[int, int], ...] = tuple(
+    (option, value)
+    for option, value in (
+        (getattr(socket, "TCP_KEEPIDLE", None), KEEPALIVE_IDLE),
+        (getattr(socket, "TCP_KEEPINTVL", None), KEEPALIVE_INTERVAL),
+        (getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_COUNT),
+    )
+    if option is not None
+)
+
+
 def set_keepalive(sock: socket.socket) -> None:
     """Turn on TCP keepalive with our probe timing (Linux options where present)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (
-        ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", KEEPALIVE_COUNT),
-    ):
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    for option, value in _KEEPALIVE_TCP:
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def has_keepalive(sock: socket.socket) -> bool:
+    """True if `sock` has keepalive on with exactly our probe timing."""
+    if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
+        return False
+    return all(sock.getsockopt(socket.IPPROTO_TCP, o) == v for o, v in _KEEPALIVE_TCP)
 
 
 def bind_tcp(
@@ -195,6 +240,7 @@ class Listener:
         allow: AllowList | None = None,
         unidentified: Slots | None = None,
         handshakes: Slots | None = None,
+        fast: bool = True,
     ) -> None:
         # shared / configuration
         self._loop = loop
@@ -211,6 +257,14 @@ class Listener:
         self._sock = sock
         self._fd = sock.fileno()
         self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
+        # The synchronous hand-over (module docstring) where the loop has it; False
+        # forces the public Task path (tests run both).  A flag, not the bound method:
+        # one is kept per listener, and there is a listener per console.
+        self._fast = fast and fast_transport_maker(loop) is not None
+        # Linux copies a listening socket's keepalive settings to the sockets it
+        # accepts (start_proxy_listener sets them there): None until the first
+        # accepted socket shows whether this listener's do, then True or False.
+        self._keepalive_inherited: bool | None = None
         name = sock.getsockname()
         self.port: int = name[1] if isinstance(name, tuple) else 0
         self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
@@ -368,17 +422,53 @@ class Listener:
                 return
         try:
             conn.setblocking(False)
-            if self._keepalive:
-                set_keepalive(conn)
+            if self._keepalive and not self._keepalive_inherited:
+                self._ensure_keepalive(conn)
+            kind = _Kind.PLAIN if self._ssl is None else _peek_now(conn)
         except OSError as exc:  # the peer may already have reset it
             log.debug("%s: %s: setup failed: %s", self.label, peer, exc)
             conn.close()
             if slot is not None:
                 slot.release()
             return
-        task = self._loop.create_task(self._serve(conn, peer, host, slot))
+        if kind is _Kind.GONE:
+            log.debug("%s: %s left before sending anything", self.label, peer)
+            conn.close()
+            if slot is not None:
+                slot.release()
+            return
+        if kind is _Kind.PLAIN and self._fast:
+            self._hand_over_now(conn, address, peer, slot)
+            return
+        # TLS, a first byte not there yet, or a loop without the synchronous path.
+        task = self._loop.create_task(self._serve(conn, peer, host, slot, kind))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def _ensure_keepalive(self, conn: socket.socket) -> None:
+        if self._keepalive_inherited is None:  # the first accept: one check
+            self._keepalive_inherited = has_keepalive(conn)
+            if self._keepalive_inherited:
+                return
+        set_keepalive(conn)
+
+    def _hand_over_now(
+        self, conn: socket.socket, address: object, peer: str, slot: Slot | None
+    ) -> None:
+        """A plain connection to its protocol at once (the synchronous path)."""
+        make_transport = fast_transport_maker(self._loop)
+        assert make_transport is not None  # self._fast
+        try:
+            protocol = self._build(slot)
+            # `peername` from accept(), as asyncio's own Server passes it: saves a
+            # getpeername(2).  connection_made runs on the loop's next iteration.
+            make_transport(conn, protocol, extra={"peername": address})
+        except Exception:
+            # A bug in a protocol factory must not stop this listener.
+            log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
+            conn.close()
+            if slot is not None:
+                slot.release()  # idempotent if the protocol had adopted it
 
     def _build(self, slot: Slot | None) -> asyncio.BaseProtocol:
         protocol = self._factory()
@@ -388,12 +478,14 @@ class Listener:
                 cast(SlotHolder, protocol).adopt_slot(slot)
         return protocol
 
-    async def _serve(self, conn: socket.socket, peer: str, host: str, slot: Slot | None) -> None:
+    async def _serve(
+        self, conn: socket.socket, peer: str, host: str, slot: Slot | None, kind: _Kind | None
+    ) -> None:
         handed_over = False
         handshake: Slot | None = None
-        kind = _Kind.GONE  # for the failure count below
         try:
-            kind = _Kind.PLAIN if self._ssl is None else await self._sniff(conn)
+            if kind is None:  # a TLS-enabled port, first byte not there yet: wait for it
+                kind = await self._sniff(conn)
             if kind is _Kind.GONE:
                 log.debug("%s: %s left before sending anything", self.label, peer)
                 return
@@ -481,6 +573,23 @@ class Listener:
             self._loop.remove_reader(fd)
 
 
+def _peek_now(conn: socket.socket) -> _Kind | None:
+    """Plain, TLS or gone from a first byte already received; None: not there yet.
+
+    On a TLS-enabled port this sorts a connection without a Task when its first
+    segment arrived before the accept ran (ESXi speaks first; accepts run in
+    batches); the others wait in `_sniff`.  Raises OSError (e.g. a reset) as `recv`
+    does.
+    """
+    try:
+        first = conn.recv(1, socket.MSG_PEEK)
+    except (BlockingIOError, InterruptedError):
+        return None
+    if not first:
+        return _Kind.GONE
+    return _Kind.TLS if first[0] == TLS_HANDSHAKE_RECORD else _Kind.PLAIN
+
+
 def address_text(address: object, default: str = "unix") -> str:
     """A socket address for log lines: `host:port` (IPv6 bracketed), else its text, else
     `default` (an unnamed Unix peer)."""
@@ -527,8 +636,13 @@ async def start_proxy_listener(
     Raises:
         OSError: the address cannot be bound.
     """
+    sock = bind_tcp(host, port, reuse_port=reuse_port)
+    # Once here rather than per accepted socket, which inherits it (Linux); the
+    # Listener checks that on its first accept, and sets it per socket otherwise.
+    with contextlib.suppress(OSError):
+        set_keepalive(sock)
     listener = Listener(
-        bind_tcp(host, port, reuse_port=reuse_port),
+        sock,
         protocol_factory,
         asyncio.get_running_loop(),
         ssl_context=ssl_context,

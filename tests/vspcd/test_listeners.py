@@ -21,13 +21,18 @@ import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
+from vspc.vspcd.gate import Slots
 from vspc.vspcd.listeners import (
     AdminSocketError,
+    Listener,
     PortBinder,
+    bind_tcp,
+    fast_transport_maker,
+    has_keepalive,
     make_ssl_context,
     peer_credentials,
     start_admin_socket,
@@ -672,5 +677,162 @@ def test_port_binder_bind_port_falls_back_when_taken_held_or_out_of_range() -> N
         finally:
             binder.close_all()
             blocker.close()
+
+    asyncio.run(body())
+
+
+# -- the synchronous hand-over and its public fallback (issue #12 item 3) -------------
+
+
+def _count_serve_tasks(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """Record the Listener._serve Tasks the loop creates (the public path's cost)."""
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        name = getattr(coro, "__qualname__", "")
+        if name == "Listener._serve":
+            made.append(name)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    loop.set_task_factory(factory)
+    return made
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["synchronous", "public"])
+def test_both_hand_over_paths_serve_plain_connections(fast: bool) -> None:
+    """The private `_make_socket_transport` path and `connect_accepted_socket` give the
+    protocol the same thing: the peer's address, keepalive with our timing, data both
+    ways, and the unidentified slot handed over and released on close."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        assert fast_transport_maker(loop) is not None  # asyncio.run: the selector loop
+        made = _count_serve_tasks(loop)
+        seen, factory = recorder_factory()
+        slots = Slots(0, 0, lifetime=WAIT, clock=loop.time)
+        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots, fast=fast)
+        listener.start()
+        try:
+            reader, writer = await roundtrip(listener.port, b"\xff\xfb\x25")
+            link = await asyncio.wait_for(seen.get(), WAIT)
+            assert link.transport is not None
+            assert link.transport.get_extra_info("peername") == writer.get_extra_info("sockname")
+            assert has_keepalive(link.transport.get_extra_info("socket")._sock)
+            assert len(slots) == 1  # Recorder adopts no slot: held until it closes
+            # The public path runs one Task per connection, the synchronous one none.
+            assert len(made) == (0 if fast else 1)
+            await close_writer(writer)
+            await close_all(seen, link)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    asyncio.run(body())
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["synchronous", "public"])
+def test_a_crashing_protocol_factory_costs_one_connection_on_both_paths(
+    fast: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        seen, good = recorder_factory()
+        calls = 0
+
+        def factory() -> Recorder:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("factory bug")
+            return good()
+
+        slots = Slots(0, 0, lifetime=WAIT, clock=loop.time)
+        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots, fast=fast)
+        listener.start()
+        try:
+            reader, writer = await asyncio.open_connection(HOST, listener.port)
+            # The crashed connection is closed: EOF, and its slot is back.
+            assert await asyncio.wait_for(reader.read(), WAIT) == b""
+            assert len(slots) == 0
+            await close_writer(writer)
+            _, writer = await roundtrip(listener.port, b"still accepting")
+            link = await asyncio.wait_for(seen.get(), WAIT)
+            await close_writer(writer)
+            await close_all(seen, link)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.listeners"):
+        asyncio.run(body())
+    assert any("connection setup crashed" in r.getMessage() for r in caplog.records)
+
+
+def test_plain_byte_already_there_skips_the_task_on_a_tls_port(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    """On a TLS-enabled port a connection whose first byte has arrived by accept time
+    is sorted at once: plain is handed over synchronously, TLS still handshakes."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        made = _count_serve_tasks(loop)
+        seen, factory = recorder_factory()
+        sock = bind_tcp(HOST, 0)
+        listener = Listener(sock, factory, loop, ssl_context=server_tls, peek_timeout=WAIT)
+        # Not accepting yet: connect and send first, so the byte waits in the kernel.
+        plain = socket.create_connection(listener.sockname, timeout=WAIT)
+        plain.sendall(b"\xff\xfb\x25")
+        await asyncio.sleep(0.05)  # loopback delivery; a late byte only means a Task
+        listener.start()
+        try:
+            link = await asyncio.wait_for(seen.get(), WAIT)
+            assert not link.tls
+            await asyncio.wait_for(link.got_data, WAIT)
+            assert bytes(link.received) == b"\xff\xfb\x25"
+            assert made == []
+            _, tls_writer = await roundtrip(listener.port, b"secure", client_tls)
+            tls_link = await asyncio.wait_for(seen.get(), WAIT)
+            assert tls_link.tls and tls_link.keepalive
+            await close_writer(tls_writer)
+            await close_all(seen, link, tls_link)
+        finally:
+            plain.close()
+            listener.close()
+            await listener.wait_closed()
+
+    asyncio.run(body())
+
+
+def test_fast_transport_maker_only_on_the_stdlib_selector_loop() -> None:
+    # Anything that is not CPython's selector loop (uvloop, a proactor) gets None and
+    # the listener uses the public path.
+    assert fast_transport_maker(cast(asyncio.AbstractEventLoop, object())) is None
+    loop = asyncio.new_event_loop()
+    try:
+        assert fast_transport_maker(loop) is not None
+    finally:
+        loop.close()
+
+
+def test_proxy_sockets_inherit_keepalive_from_the_listening_socket() -> None:
+    async def body() -> None:
+        seen, factory = recorder_factory()
+        listener = await start_proxy_listener(HOST, 0, None, factory)
+        try:
+            links, writers = [], []
+            for _ in range(3):  # the first accept checks, the others rely on it
+                _, writer = await roundtrip(listener.port, b"x")
+                writers.append(writer)
+                links.append(await asyncio.wait_for(seen.get(), WAIT))
+            for link in links:
+                assert link.transport is not None
+                assert has_keepalive(link.transport.get_extra_info("socket")._sock)
+            for writer in writers:
+                await close_writer(writer)
+            await close_all(seen, *links)
+        finally:
+            listener.close()
+            await listener.wait_closed()
 
     asyncio.run(body())
