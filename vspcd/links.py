@@ -80,6 +80,24 @@ def peer_name(transport: asyncio.BaseTransport) -> str:
 class VmLink(asyncio.Protocol):
     """One ESXi serial-port connection (the hub's `VmChannel`)."""
 
+    # One per VM connection: no `__dict__` (issue #12 item 3, docs/benchmarks.md
+    # "Memory").  A new attribute must be added here.
+    __slots__ = (
+        "_hub",
+        "_preident",
+        "_session",
+        "_transport",
+        "_conn",
+        "_slot",
+        "_ident_timer",
+        "_unidentified_bytes",
+        "_identified",
+        "_lost",
+        "_receiving",
+        "_probing",
+        "peer",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -291,6 +309,22 @@ class TelnetClientLink(asyncio.Protocol):
     Data flows at once: offers go out on connect but nothing waits for the answers,
     so raw clients (nc, gdb) that never negotiate work too.
     """
+
+    # One per operator connection: no `__dict__` (issue #12 item 3).
+    __slots__ = (
+        "_hub",
+        "_port",
+        "_queue_limit",
+        "_replay",
+        "_greeting",
+        "_codec",
+        "_transport",
+        "_client",
+        "_negotiated",
+        "_after_cr",
+        "_output",
+        "peer",
+    )
 
     def __init__(
         self, hub: Hub, port: int | None = None, *, queue_limit: int = 1 << 20, replay: int = 0

@@ -173,7 +173,36 @@ class Listener:
        who it is (handed to it via `SlotHolder.adopt_slot`) or it closes;
     3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
        timeout is also cut to what is left of the unidentified slot's deadline.
+
+    Memory (issue #12 item 3): there is one per console's telnet port, so the class
+    has `__slots__` (a new attribute must be added there) and builds its pending-task
+    set, its log label and its aggregated loggers only when first needed.
     """
+
+    __slots__ = (
+        "_loop",
+        "_factory",
+        "_ssl",
+        "_peek_timeout",
+        "_handshake_timeout",
+        "_backoff",
+        "_keepalive",
+        "_allow",
+        "_unidentified",
+        "_handshakes",
+        "_sock",
+        "_fd",
+        "_accept_override",
+        "_unix_name",
+        "port",
+        "_reading",
+        "_closed",
+        "_resume",
+        "_exhausted_logged",
+        "_pending",
+        "_refused",
+        "_setup_failed",
+    )
 
     def __init__(
         self,
@@ -201,22 +230,37 @@ class Listener:
         self._allow = allow
         self._unidentified = unidentified
         self._handshakes = handshakes
-        # the listening socket; `_accept` is an attribute so tests can inject errors
+        # the listening socket; `_accept` can be replaced so tests can inject errors
         self._sock = sock
         self._fd = sock.fileno()
-        self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
+        self._accept_override: Callable[[], tuple[socket.socket, object]] | None = None
         name = sock.getsockname()
         self.port: int = name[1] if isinstance(name, tuple) else 0
-        self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
+        self._unix_name: object = None if isinstance(name, tuple) else name
         # lifetime state
         self._reading = False
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         self._exhausted_logged = False
-        self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
+        # sniffing or handshaking; built on the first accept (most ports never get one)
+        self._pending: set[asyncio.Task[None]] | None = None
         # Aggregated warnings, built on first use: most per-VM ports never need them.
         self._refused: Throttled | None = None
         self._setup_failed: Throttled | None = None
+
+    @property
+    def label(self) -> str:
+        """How log lines name this listener ("port N" or "socket PATH")."""
+        return f"port {self.port}" if self._unix_name is None else f"socket {self._unix_name}"
+
+    @property
+    def _accept(self) -> Callable[[], tuple[socket.socket, object]]:
+        # A bound method per listener would be 64 bytes per console's port.
+        return self._accept_override or self._sock.accept
+
+    @_accept.setter
+    def _accept(self, accept: Callable[[], tuple[socket.socket, object]]) -> None:
+        self._accept_override = accept
 
     @property
     def refused(self) -> Throttled:
@@ -284,7 +328,7 @@ class Listener:
             self._loop.remove_reader(self._fd)
         self._reading = False
         self._sock.close()
-        for task in self._pending:
+        for task in self._pending or ():
             task.cancel()
 
     async def wait_closed(self) -> None:
@@ -368,6 +412,8 @@ class Listener:
                 slot.release()
             return
         task = self._loop.create_task(self._serve(conn, peer, host, slot))
+        if self._pending is None:
+            self._pending = set()
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
