@@ -221,6 +221,9 @@ _WILL, _WONT, _DO, _DONT = Verb.WILL, Verb.WONT, Verb.DO, Verb.DONT
 _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__call__
 
 
+_HIM = 256  # offset of the peer's options in `TelnetCodec._q` (option codes are < 256)
+
+
 class TelnetCodec:
     """Telnet framing plus RFC 1143 negotiation for one connection.
 
@@ -240,8 +243,7 @@ class TelnetCodec:
         "_local_ok",
         "_remote_ok",
         "_sb_limit",
-        "_us",
-        "_him",
+        "_q",
         "_out",
         "_state",
         "_verb",
@@ -260,8 +262,9 @@ class TelnetCodec:
         self._local_ok = frozenset(local_ok)
         self._remote_ok = frozenset(remote_ok)
         self._sb_limit = sb_limit
-        self._us: dict[int, _Q] = {}
-        self._him: dict[int, _Q] = {}
+        # RFC 1143 states of both sides in one table (ours at `option`, the peer's at
+        # `option + _HIM`): one small dict per connection instead of two.
+        self._q: dict[int, _Q] = {}
         self._out: bytearray | None = None  # queued replies, allocated on demand
         self._state = _DATA
         self._verb = _WILL
@@ -285,55 +288,56 @@ class TelnetCodec:
 
     def local_enabled(self, option: int) -> bool:
         """True once we perform `option` (both sides agreed on WILL)."""
-        return self._us.get(option, _NO) is _YES
+        return self._q.get(option, _NO) is _YES
 
     def remote_enabled(self, option: int) -> bool:
         """True once the peer performs `option` (both sides agreed on DO)."""
-        return self._him.get(option, _NO) is _YES
+        return self._q.get(option + _HIM, _NO) is _YES
 
     def offer_local(self, option: int) -> None:
         """Ask to perform `option` (send WILL) unless it is on or already asked for."""
-        if self._us.get(option, _NO) is _NO:
-            self._us[option] = _WANTYES
+        if self._q.get(option, _NO) is _NO:
+            self._q[option] = _WANTYES
             self._queue(negotiation(_WILL, option))
 
     def request_remote(self, option: int) -> None:
         """Ask the peer to perform `option` (send DO) unless on or already asked for."""
-        if self._him.get(option, _NO) is _NO:
-            self._him[option] = _WANTYES
+        if self._q.get(option + _HIM, _NO) is _NO:
+            self._q[option + _HIM] = _WANTYES
             self._queue(negotiation(_DO, option))
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
         local = verb in (_DO, _DONT)
-        table = self._us if local else self._him
+        table = self._q
+        key = option if local else option + _HIM
         wanted = self._local_ok if local else self._remote_ok
         positive = verb in (_DO, _WILL)
         agree, refuse = (_WILL, _WONT) if local else (_DO, _DONT)
-        state = table.get(option, _NO)
+        state = table.get(key, _NO)
         events: list[Event] = [Negotiation(verb, option)]
         if positive:
             if state is _NO:
                 if option in wanted:
-                    table[option] = _YES
+                    table[key] = _YES
                     self._queue(negotiation(agree, option))
                     events.append(OptionChanged(option, local, True))
                 else:
                     self._queue(negotiation(refuse, option))
             elif state is _WANTYES:
-                table[option] = _YES
+                table[key] = _YES
                 events.append(OptionChanged(option, local, True))
             elif state is _WANTNO:
                 # RFC 1143: "DONT answered by WILL" - an error by the peer; settle on NO.
-                table[option] = _NO
+                table[key] = _NO
             # YES: already in effect, never acknowledge again.
         else:
             if state is _YES:
-                table[option] = _NO
+                table[key] = _NO
                 self._queue(negotiation(refuse, option))
                 events.append(OptionChanged(option, local, False))
             elif state in (_WANTNO, _WANTYES):
-                table[option] = _NO
+                table[key] = _NO
             # NO: already off, no reply.
         return events
 
