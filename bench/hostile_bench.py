@@ -185,7 +185,7 @@ async def attack_round(
     return {"opened": len(peers), "connect_failed": failed, "closed_by_daemon": closed}, peers
 
 
-async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
+async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vspc-hostile-"))
     cert, key = make_cert(workdir)
     daemon = Daemon(workdir, vm_ports=True, port_count=100)
@@ -217,6 +217,10 @@ async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
                     peer.transport.abort()
             fresh.close()
             settle(daemon)
+            # The daemon trims its heap once the flood is gone (vspcd/heap.py): at
+            # most once per 5 s, so give it that long before reading RSS.
+            await asyncio.sleep(trim_wait)
+            settle(daemon)
             results.append(
                 {
                     **stats,
@@ -239,6 +243,7 @@ async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
             "rounds": rounds,
             "per_round": per_round,
             "hold_s": hold,
+            "trim_wait_s": trim_wait,
             "rss_kib_before": rss_before,
             "results": results,
             "rss_max_over_first": round(max(r["rss_kib_after"] for r in results) / first, 3),
@@ -257,11 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=1500)
     parser.add_argument("--hold", type=float, default=3.0, help="seconds each round is held")
+    parser.add_argument(
+        "--trim-wait",
+        type=float,
+        default=5.5,
+        help="seconds to wait after a round before reading RSS (the daemon's heap trim)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.per_round, args.hold = 2, 60, 0.3
-    result = asyncio.run(run(args.rounds, args.per_round, args.hold))
+        args.rounds, args.per_round, args.hold, args.trim_wait = 2, 60, 0.3, 0.0
+    result = asyncio.run(run(args.rounds, args.per_round, args.hold, args.trim_wait))
     print(json.dumps(result))
     return 0
 

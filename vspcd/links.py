@@ -235,8 +235,11 @@ class VmLink(asyncio.Protocol):
             self._slot = None
         if exc is not None:
             log.info("VM %s: connection lost: %s", self.peer, safe(exc))
-        if self._conn is not None:
-            self._hub.vm_closed(self._conn)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Dropped first: link and record refer to each other, and a cycle waits
+            # for the cyclic GC with the codec's and `early`'s buffers (issue #7).
+            self._hub.vm_closed(conn)
 
     def pause_writing(self) -> None:
         if self._conn is not None:
@@ -410,8 +413,9 @@ class TelnetClientLink(asyncio.Protocol):
         return payload.replace(b"\r\0", b"\r")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._client is not None:
-            self._hub.detach(self._client)
+        client, self._client = self._client, None  # no link <-> Client cycle left
+        if client is not None:
+            self._hub.detach(client)
 
     def pause_writing(self) -> None:
         self._output.pause_writing()  # over the client's limit: drop its output from now on

@@ -465,6 +465,11 @@ class Listener:
         except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
             # Aggregated: a flood of broken handshakes must not mean a line each.
             self.setup_failed.warn("%s: %s: connection setup failed: %s", self.label, peer, exc)
+            # A failed handshake's exception is in a reference cycle (its traceback
+            # holds asyncio's frame, whose `waiter` future holds the exception), and
+            # the cycle holds the whole TLS state: SSLObject, BIOs, read buffer.  Left
+            # to the cyclic GC it stayed for minutes (docs/reliability.md, issue #7).
+            exc.__traceback__ = None
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
