@@ -10,7 +10,9 @@ otherwise) via bench/daemon_bench.py's `Daemon`, then:
    of each kind: idle (send nothing), data (64 KiB of data, then a subnegotiation left
    open at 60 KiB) and stalled TLS (a ClientHello record header, then nothing).  They
    are held `hold` seconds (meanwhile a fresh VM from 127.0.0.3 must identify), then
-   closed by us; the daemon's RSS is read once its CPU is quiet.
+   closed by us; the daemon's RSS is read once its CPU is quiet and `--trim-wait`
+   seconds have passed (the daemon trims its heap when a flood ends, at most once
+   per 5 s: vspcd/heap.py).
 
 Prints ONE JSON line: per round the RSS after it, the fresh VM's identification
 time, the echo round trips during it, how many hostile connections the daemon
@@ -234,6 +236,13 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
         for result, (began, ended) in zip(results, spans, strict=True):
             during = [rtt for at, rtt in samples if began <= at <= ended]
             result["echo_ms"] = percentiles(during) if during else None
+        # Between rounds: the attacker's connections are torn down and the heap is
+        # trimmed (vspcd/heap.py); the operator's echo is measured there too.
+        between = [
+            rtt
+            for at, rtt in samples
+            if at >= spans[0][0] and not any(b <= at <= e for b, e in spans)
+        ]
         quiet = [rtt for at, rtt in samples if at < spans[0][0]]
         baseline = percentiles(quiet) if quiet else None
         rtts = [rtt for _at, rtt in samples]
@@ -248,6 +257,7 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
             "results": results,
             "rss_max_over_first": round(max(r["rss_kib_after"] for r in results) / first, 3),
             "echo_idle_ms": baseline,
+            "echo_between_rounds_ms": percentiles(between) if between else None,
             "echo_max_ms": round(max(rtts) * 1e3, 2),
             "log_lines": len(daemon.log_path.read_text(errors="replace").splitlines()),
             "calibration_ms": calibration_ms(),

@@ -191,7 +191,9 @@ class HeapTrimmer:
         self._timer = None
         if self._trim is None:
             return
-        usage = self._usage() if self._usage is not None and log.isEnabledFor(logging.DEBUG) else None
+        usage = None
+        if self._usage is not None and log.isEnabledFor(logging.DEBUG):
+            usage = self._usage()
         began = self._clock()
         released = self._trim()
         self._last = self._clock()
