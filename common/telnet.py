@@ -221,7 +221,10 @@ _WILL, _WONT, _DO, _DONT = Verb.WILL, Verb.WONT, Verb.DO, Verb.DONT
 _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__call__
 
 
-_HIM = 256  # offset of the peer's options in `TelnetCodec._q` (option codes are < 256)
+# The peer's options sit at `option + 256` in `TelnetCodec._q`.  The keys are built
+# once and shared: `option + 256` computed per connection is a new int object (above
+# CPython's small-int cache) held by every codec's table.
+_HIM_KEYS = tuple(range(256, 512))
 
 
 class TelnetCodec:
@@ -263,7 +266,7 @@ class TelnetCodec:
         self._remote_ok = frozenset(remote_ok)
         self._sb_limit = sb_limit
         # RFC 1143 states of both sides in one table (ours at `option`, the peer's at
-        # `option + _HIM`): one small dict per connection instead of two.
+        # `_HIM_KEYS[option]`): one small dict per connection instead of two.
         self._q: dict[int, _Q] = {}
         self._out: bytearray | None = None  # queued replies, allocated on demand
         self._state = _DATA
@@ -292,7 +295,7 @@ class TelnetCodec:
 
     def remote_enabled(self, option: int) -> bool:
         """True once the peer performs `option` (both sides agreed on DO)."""
-        return self._q.get(option + _HIM, _NO) is _YES
+        return self._q.get(_HIM_KEYS[option], _NO) is _YES
 
     def offer_local(self, option: int) -> None:
         """Ask to perform `option` (send WILL) unless it is on or already asked for."""
@@ -302,15 +305,15 @@ class TelnetCodec:
 
     def request_remote(self, option: int) -> None:
         """Ask the peer to perform `option` (send DO) unless on or already asked for."""
-        if self._q.get(option + _HIM, _NO) is _NO:
-            self._q[option + _HIM] = _WANTYES
+        if self._q.get(_HIM_KEYS[option], _NO) is _NO:
+            self._q[_HIM_KEYS[option]] = _WANTYES
             self._queue(negotiation(_DO, option))
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
         local = verb in (_DO, _DONT)
         table = self._q
-        key = option if local else option + _HIM
+        key = option if local else _HIM_KEYS[option]
         wanted = self._local_ok if local else self._remote_ok
         positive = verb in (_DO, _WILL)
         agree, refuse = (_WILL, _WONT) if local else (_DO, _DONT)
