@@ -9,13 +9,15 @@ them, and the heap trim is plumbed to the end of a flood and feature-detected.
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.vspcd.harness import UUID_A, FakeEsxi, Operator, console_port, identified, running
+from tests.vspcd.test_listeners import cert_pair
 from vspc.common.session import ProxySession
 from vspc.common.telnet import Opt, TelnetCodec
 from vspc.vspcd import heap
@@ -246,5 +248,86 @@ def test_a_flood_ending_triggers_a_trim(tmp_path: Path) -> None:
                 if real_trim is not None:
                     assert await trimmed in (0, 1)
             assert reported[-1] >= 4
+
+    asyncio.run(main())
+
+
+__all__ = ["cert_pair"]  # a fixture shared with test_listeners
+
+
+def _alive(kind: type) -> int:
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
+
+
+async def _until_none_alive(kind: type) -> int:
+    """Wait (bounded) until no `kind` object is alive; return how many still are.
+
+    With the cyclic GC off, an object in a reference cycle stays forever: only
+    reference counting can free it, which is what these tests are about.
+    """
+    try:
+        async with asyncio.timeout(3):
+            while _alive(kind):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # teardown runs in later loop callbacks
+    except TimeoutError:
+        pass
+    return _alive(kind)
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("no_cyclic_gc")
+def test_a_failed_tls_handshake_leaves_no_cycle_holding_its_tls_state(
+    tmp_path: Path, cert_pair: tuple[Path, Path]
+) -> None:
+    """Issue #7: each failed handshake's exception kept asyncio's frame, and with it the
+    SSLObject, BIOs and read buffer, until a full collection."""
+    cert, key = cert_pair
+
+    async def main() -> None:
+        async with running(tmp_path, "--ssl", "--cert", str(cert), "--key", str(key)) as (
+            daemon,
+            _events,
+        ):
+            proxy = daemon._proxy
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", daemon.proxy_port)
+                writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # stalls
+                async with asyncio.timeout(5):
+                    while not len(proxy._handshakes):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)  # the handshake has started
+                writer.transport.abort()  # the handshake fails: connection reset
+                async with asyncio.timeout(5):
+                    while len(proxy._handshakes):  # noqa: ASYNC110
+                        await asyncio.sleep(0.01)
+            assert proxy.setup_failed.total == 3
+            assert await _until_none_alive(asyncio.sslproto.SSLProtocol) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.usefixtures("no_cyclic_gc")
+def test_a_closed_vm_connection_is_freed_without_the_cyclic_gc(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            vm = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            op = await Operator.connect(console_port(daemon, UUID_A))
+            await events.wait("client_attached")
+            assert _alive(VmLink) == 1 and _alive(TelnetClientLink) == 1
+            await op.close()
+            await events.wait("client_detached")
+            await vm.close()
+            await events.wait("vm_disconnected")
+            assert await _until_none_alive(VmLink) == 0
+            assert await _until_none_alive(TelnetClientLink) == 0
 
     asyncio.run(main())
