@@ -19,6 +19,8 @@ owns it.  No policy: which console a port belongs to is the hub's business.
 Accepting runs on `loop.add_reader` rather than `asyncio.Server` so that running out
 of file descriptors backs off for a moment instead of spinning on a listening socket
 that stays readable (the predecessor's epoll loop did spin; STYLE.md Part 3, #2).
+The per-console ports share one loop registration (vspcd/acceptpoll.py) where the
+platform has epoll; the discipline is the same.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, cast
 
+from vspc.vspcd import acceptpoll
+from vspc.vspcd.acceptpoll import AcceptPoller
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
@@ -202,6 +206,7 @@ class Listener:
         "_pending",
         "_refused",
         "_setup_failed",
+        "_poller",
     )
 
     def __init__(
@@ -218,9 +223,11 @@ class Listener:
         allow: AllowList | None = None,
         unidentified: Slots | None = None,
         handshakes: Slots | None = None,
+        poller: AcceptPoller | None = None,
     ) -> None:
         # shared / configuration
         self._loop = loop
+        self._poller = poller  # shared registration (console ports), else add_reader
         self._factory = protocol_factory
         self._ssl = ssl_context
         self._peek_timeout = peek_timeout
@@ -313,8 +320,22 @@ class Listener:
     def start(self) -> None:
         """Begin accepting (idempotent; no-op once closed)."""
         if not self._closed and not self._reading:
-            self._loop.add_reader(self._fd, self._on_readable)
+            if self._poller is not None:
+                self._poller.add(self._fd, self)
+            else:
+                self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
+
+    def accept_ready(self) -> None:
+        """The shared poller saw connections waiting (acceptpoll.AcceptTarget)."""
+        self._on_readable()
+
+    def _stop_reading(self) -> None:
+        if self._poller is not None:
+            self._poller.remove(self._fd)
+        elif not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._reading = False
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (idempotent)."""
@@ -324,8 +345,8 @@ class Listener:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        if self._reading and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
+        if self._reading:
+            self._stop_reading()
         self._reading = False
         self._sock.close()
         for task in self._pending or ():
@@ -376,8 +397,7 @@ class Listener:
                 )
             self._exhausted_logged = True
         if self._reading:
-            self._loop.remove_reader(self._fd)
-            self._reading = False
+            self._stop_reading()
         self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
@@ -631,6 +651,9 @@ class PortBinder:
         self._backoff = backoff
         self._keepalive = keepalive
         self._held: dict[int, Listener] = {}
+        # One loop registration for all held ports (vspcd/acceptpoll.py), built with
+        # the first; None where there is no epoll (each listener then adds a reader).
+        self._poller: AcceptPoller | None = None
         # Every port in [range_start, _scan_from) is held by us or was found held by
         # another process, so a scan for the lowest free port starts here: without it
         # each bind walked all held ports, making N consoles O(N^2)
@@ -724,12 +747,15 @@ class PortBinder:
         return port, self._hold(port, sock, protocol_factory)
 
     def _hold(self, port: int, sock: socket.socket, protocol_factory: ProtocolFactory) -> Listener:
+        if self._poller is None and acceptpoll.available():
+            self._poller = AcceptPoller(self._loop)
         listener = Listener(
             sock,
             protocol_factory,
             self._loop,
             backoff=self._backoff,
             keepalive=self._keepalive,
+            poller=self._poller,
         )
         listener.start()
         self._held[port] = listener
@@ -752,6 +778,9 @@ class PortBinder:
         """Release every port (at shutdown)."""
         for port in list(self._held):
             self.release(port)
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
 
 # -- admin Unix socket ---------------------------------------------------------
