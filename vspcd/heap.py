@@ -120,9 +120,9 @@ class HeapTrimmer:
     `quiet(admitted)` says the daemon has no connection left in the state a flood
     fills (unidentified connections back to zero), `admitted` being how many it has
     admitted to that state so far.  If at least `burst` came since the last trim, a
-    trim runs
-    `delay` seconds later, and never sooner than `interval` seconds after the last
-    one: a steady trickle costs nothing, a flood costs one trim when it ends.
+    trim runs `delay` seconds later, and never sooner than `interval` seconds after
+    the last one: a steady trickle costs nothing, a flood costs one trim when it
+    ends.  The trim runs from a loop timer, never inside a connection's callback.
 
     Args:
         trim: the trimming call (`find_malloc_trim()`); None makes this a no-op.
