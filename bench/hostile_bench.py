@@ -10,7 +10,9 @@ otherwise) via bench/daemon_bench.py's `Daemon`, then:
    of each kind: idle (send nothing), data (64 KiB of data, then a subnegotiation left
    open at 60 KiB) and stalled TLS (a ClientHello record header, then nothing).  They
    are held `hold` seconds (meanwhile a fresh VM from 127.0.0.3 must identify), then
-   closed by us; the daemon's RSS is read once its CPU is quiet.
+   closed by us; the daemon's RSS is read once its CPU is quiet and `--trim-wait`
+   seconds have passed (the daemon trims its heap when a flood ends, at most once
+   per 5 s: vspcd/heap.py).
 
 Prints ONE JSON line: per round the RSS after it, the fresh VM's identification
 time, the echo round trips during it, how many hostile connections the daemon
@@ -185,7 +187,7 @@ async def attack_round(
     return {"opened": len(peers), "connect_failed": failed, "closed_by_daemon": closed}, peers
 
 
-async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
+async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vspc-hostile-"))
     cert, key = make_cert(workdir)
     daemon = Daemon(workdir, vm_ports=True, port_count=100)
@@ -217,6 +219,10 @@ async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
                     peer.transport.abort()
             fresh.close()
             settle(daemon)
+            # The daemon trims its heap once the flood is gone (vspcd/heap.py): at
+            # most once per 5 s, so give it that long before reading RSS.
+            await asyncio.sleep(trim_wait)
+            settle(daemon)
             results.append(
                 {
                     **stats,
@@ -230,6 +236,13 @@ async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
         for result, (began, ended) in zip(results, spans, strict=True):
             during = [rtt for at, rtt in samples if began <= at <= ended]
             result["echo_ms"] = percentiles(during) if during else None
+        # Between rounds: the attacker's connections are torn down and the heap is
+        # trimmed (vspcd/heap.py); the operator's echo is measured there too.
+        between = [
+            rtt
+            for at, rtt in samples
+            if at >= spans[0][0] and not any(b <= at <= e for b, e in spans)
+        ]
         quiet = [rtt for at, rtt in samples if at < spans[0][0]]
         baseline = percentiles(quiet) if quiet else None
         rtts = [rtt for _at, rtt in samples]
@@ -239,10 +252,12 @@ async def run(rounds: int, per_round: int, hold: float) -> dict[str, Any]:
             "rounds": rounds,
             "per_round": per_round,
             "hold_s": hold,
+            "trim_wait_s": trim_wait,
             "rss_kib_before": rss_before,
             "results": results,
             "rss_max_over_first": round(max(r["rss_kib_after"] for r in results) / first, 3),
             "echo_idle_ms": baseline,
+            "echo_between_rounds_ms": percentiles(between) if between else None,
             "echo_max_ms": round(max(rtts) * 1e3, 2),
             "log_lines": len(daemon.log_path.read_text(errors="replace").splitlines()),
             "calibration_ms": calibration_ms(),
@@ -257,11 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--per-round", type=int, default=1500)
     parser.add_argument("--hold", type=float, default=3.0, help="seconds each round is held")
+    parser.add_argument(
+        "--trim-wait",
+        type=float,
+        default=5.5,
+        help="seconds to wait after a round before reading RSS (the daemon's heap trim)",
+    )
     parser.add_argument("--quick", action="store_true", help="toy sizes (smoke run)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.per_round, args.hold = 2, 60, 0.3
-    result = asyncio.run(run(args.rounds, args.per_round, args.hold))
+        args.rounds, args.per_round, args.hold, args.trim_wait = 2, 60, 0.3, 0.0
+    result = asyncio.run(run(args.rounds, args.per_round, args.hold, args.trim_wait))
     print(json.dumps(result))
     return 0
 

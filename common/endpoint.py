@@ -40,24 +40,39 @@ class TelnetEndpoint:
         telnet: the connection's codec, built by the subclass with its option policy.
     """
 
+    # One endpoint per connection: no `__dict__` (issue #12 item 3).  Subclasses
+    # that declare no `__slots__` of their own (EsxiSession) still get one.
+    __slots__ = ("_telnet", "_out")
+
     def __init__(self, telnet: TelnetCodec) -> None:
         self._telnet = telnet
-        self._out = bytearray()
+        # Built on demand and dropped when drained: an idle connection holds none.
+        self._out: bytearray | None = None
 
     def send_data(self, payload: bytes) -> None:
         """Queue console bytes for the peer (0xff doubled)."""
-        self._out += escape(payload)
+        self._append(escape(payload))
 
     def data_to_send(self) -> bytes:
         """Drain everything queued for the peer, in order."""
-        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        replies = self._telnet.data_to_send()  # `_sync()`, inline: once per read
+        out, self._out = self._out, None
+        if out is None:
+            return replies
+        out += replies
+        return bytes(out)
+
+    def _append(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._out is None:
+            self._out = bytearray(data)
+        else:
+            self._out += data
 
     def _sync(self) -> None:
         """Move the codec's queued negotiation replies into the output buffer."""
-        self._out += self._telnet.data_to_send()
+        self._append(self._telnet.data_to_send())
 
     def _queue(self, frame: bytes) -> None:
         """Queue one frame of ours after the negotiation replies queued before it.
@@ -66,5 +81,5 @@ class TelnetEndpoint:
         now answers requests that came before the one we answer, so it goes first.
         The peer then hears every reply in request order whatever TCP's segmentation.
         """
-        self._out += self._telnet.data_to_send()
-        self._out += frame
+        self._append(self._telnet.data_to_send())
+        self._append(frame)

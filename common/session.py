@@ -216,6 +216,10 @@ class ProxySession(TelnetEndpoint):
         sb_limit: largest subnegotiation accepted before `TelnetProtocolError`.
     """
 
+    # One session per VM connection (issue #12 item 3): slots, and the two rarely
+    # used sets are built on first use (an empty set costs 216 bytes).
+    __slots__ = ("_accept_proxy", "_opening", "_disabled", "_owed", "uuid", "name", "proxy")
+
     def __init__(
         self,
         *,
@@ -225,8 +229,8 @@ class ProxySession(TelnetEndpoint):
         super().__init__(TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
         self._accept_proxy = accept_proxy
         self._opening = _OPENED
-        self._disabled: set[int] = set()  # our codes the VM said it does not know
-        self._owed: set[tuple[_Owed, bytes]] = set()  # replies the hub may still send
+        self._disabled: set[int] | None = None  # our codes the VM said it does not know
+        self._owed: set[tuple[_Owed, bytes]] | None = None  # replies the hub may still send
         self.uuid: str | None = None
         self.name: str | None = None
         self.proxy: ProxyRequested | None = None  # DO-PROXY's answer, once given
@@ -248,7 +252,7 @@ class ProxySession(TelnetEndpoint):
 
     def _send(self, event: vm.VmwareEvent) -> None:
         payload = vm.payload_of(event)  # once: encode() would build it again
-        if payload[0] not in self._disabled:
+        if self._disabled is None or payload[0] not in self._disabled:
             self._queue(subnegotiation(Opt.VMWARE_EXT, payload))
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
@@ -275,17 +279,29 @@ class ProxySession(TelnetEndpoint):
         Raises:
             LocalProtocolError: this connection sent no PEER for `sequence`.
         """
-        owed = next((o for o in self._owed if o[0] is _PEER_OK and o[1].startswith(sequence)), None)
+        pending = self._owed or ()
+        owed = next((o for o in pending if o[0] is _PEER_OK and o[1].startswith(sequence)), None)
         if owed is None:
             raise LocalProtocolError("PEER-OK without a PEER for that sequence")
-        self._owed.discard(owed)
+        self._settle(owed)
         self._send(vm.VMotionPeerOk(sequence))
 
     def _take_begin(self, sequence: bytes) -> None:
         owed = (_BEGIN_ANSWER, sequence)
-        if owed not in self._owed:
+        if self._owed is None or owed not in self._owed:
             raise LocalProtocolError("reply to a BEGIN that is not pending")
+        self._settle(owed)
+
+    def _settle(self, owed: tuple[_Owed, bytes]) -> None:
+        assert self._owed is not None
         self._owed.discard(owed)
+        if not self._owed:
+            self._owed = None  # back to no set: most connections never owe anything
+
+    def _owe(self, owed: tuple[_Owed, bytes]) -> None:
+        if self._owed is None:
+            self._owed = set()
+        self._owed.add(owed)
 
     # -- input -----------------------------------------------------------------------
 
@@ -310,7 +326,7 @@ class ProxySession(TelnetEndpoint):
                     self._advance(_WILL_EXT, b"")
                 case _:
                     pass  # other negotiation was answered by the codec
-        self._out += self._telnet.data_to_send()  # `_sync()`, inline: once per read
+        self._sync()
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
@@ -320,6 +336,8 @@ class ProxySession(TelnetEndpoint):
             case vm.KnownSuboptions1(codes):
                 self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):
+                if self._disabled is None:
+                    self._disabled = set()
                 self._disabled.add(code)
                 events.append(Notice(f"VM does not know our code {code:#04x}"))
             case vm.DoProxy() as request:
@@ -335,11 +353,11 @@ class ProxySession(TelnetEndpoint):
                 self.name = name
                 events.append(VmNamed(name))
             case vm.VMotionBegin(sequence):
-                self._owed.add((_BEGIN_ANSWER, sequence))
+                self._owe((_BEGIN_ANSWER, sequence))
                 events.append(event)
             case vm.VMotionPeer(cookie):
                 # The sequence is a prefix of the cookie; only the hub knows how long.
-                self._owed.add((_PEER_OK, cookie))
+                self._owe((_PEER_OK, cookie))
                 events.append(event)
             case vm.VMotionComplete() | vm.VMotionAbort():
                 events.append(event)

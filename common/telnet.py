@@ -221,6 +221,12 @@ _WILL, _WONT, _DO, _DONT = Verb.WILL, Verb.WONT, Verb.DO, Verb.DONT
 _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__call__
 
 
+# The peer's options sit at `option + 256` in `TelnetCodec._q`.  The keys are built
+# once and shared: `option + 256` computed per connection is a new int object (above
+# CPython's small-int cache) held by every codec's table.
+_HIM_KEYS = tuple(range(256, 512))
+
+
 class TelnetCodec:
     """Telnet framing plus RFC 1143 negotiation for one connection.
 
@@ -231,7 +237,23 @@ class TelnetCodec:
 
     Attributes:
         error: the `TelnetProtocolError` that ended input, or None (see `failed`).
+
+    Memory (issue #12 item 3): one codec per connection, so no `__dict__`, and the
+    reply queue and the subnegotiation buffer exist only while they hold bytes.
     """
+
+    __slots__ = (
+        "_local_ok",
+        "_remote_ok",
+        "_sb_limit",
+        "_q",
+        "_out",
+        "_state",
+        "_verb",
+        "_sb_option",
+        "_sb",
+        "error",
+    )
 
     def __init__(
         self,
@@ -243,13 +265,14 @@ class TelnetCodec:
         self._local_ok = frozenset(local_ok)
         self._remote_ok = frozenset(remote_ok)
         self._sb_limit = sb_limit
-        self._us: dict[int, _Q] = {}
-        self._him: dict[int, _Q] = {}
-        self._out = bytearray()
+        # RFC 1143 states of both sides in one table (ours at `option`, the peer's at
+        # `_HIM_KEYS[option]`): one small dict per connection instead of two.
+        self._q: dict[int, _Q] = {}
+        self._out: bytearray | None = None  # queued replies, allocated on demand
         self._state = _DATA
         self._verb = _WILL
         self._sb_option: int | None = None
-        self._sb = bytearray()
+        self._sb: bytearray | None = None  # an open subnegotiation's payload
         self.error: TelnetProtocolError | None = None  # the fault that ended input
 
     @property
@@ -260,7 +283,7 @@ class TelnetCodec:
     def _fail(self, message: str) -> TelnetProtocolError:
         """Enter ERROR for good and return the error to raise."""
         self._state = _ERROR
-        self._sb.clear()
+        self._sb = None
         self.error = TelnetProtocolError(message)
         return self.error
 
@@ -268,55 +291,56 @@ class TelnetCodec:
 
     def local_enabled(self, option: int) -> bool:
         """True once we perform `option` (both sides agreed on WILL)."""
-        return self._us.get(option, _NO) is _YES
+        return self._q.get(option, _NO) is _YES
 
     def remote_enabled(self, option: int) -> bool:
         """True once the peer performs `option` (both sides agreed on DO)."""
-        return self._him.get(option, _NO) is _YES
+        return self._q.get(_HIM_KEYS[option], _NO) is _YES
 
     def offer_local(self, option: int) -> None:
         """Ask to perform `option` (send WILL) unless it is on or already asked for."""
-        if self._us.get(option, _NO) is _NO:
-            self._us[option] = _WANTYES
-            self._out += negotiation(_WILL, option)
+        if self._q.get(option, _NO) is _NO:
+            self._q[option] = _WANTYES
+            self._queue(negotiation(_WILL, option))
 
     def request_remote(self, option: int) -> None:
         """Ask the peer to perform `option` (send DO) unless on or already asked for."""
-        if self._him.get(option, _NO) is _NO:
-            self._him[option] = _WANTYES
-            self._out += negotiation(_DO, option)
+        if self._q.get(_HIM_KEYS[option], _NO) is _NO:
+            self._q[_HIM_KEYS[option]] = _WANTYES
+            self._queue(negotiation(_DO, option))
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
         local = verb in (_DO, _DONT)
-        table = self._us if local else self._him
+        table = self._q
+        key = option if local else _HIM_KEYS[option]
         wanted = self._local_ok if local else self._remote_ok
         positive = verb in (_DO, _WILL)
         agree, refuse = (_WILL, _WONT) if local else (_DO, _DONT)
-        state = table.get(option, _NO)
+        state = table.get(key, _NO)
         events: list[Event] = [Negotiation(verb, option)]
         if positive:
             if state is _NO:
                 if option in wanted:
-                    table[option] = _YES
-                    self._out += negotiation(agree, option)
+                    table[key] = _YES
+                    self._queue(negotiation(agree, option))
                     events.append(OptionChanged(option, local, True))
                 else:
-                    self._out += negotiation(refuse, option)
+                    self._queue(negotiation(refuse, option))
             elif state is _WANTYES:
-                table[option] = _YES
+                table[key] = _YES
                 events.append(OptionChanged(option, local, True))
             elif state is _WANTNO:
                 # RFC 1143: "DONT answered by WILL" - an error by the peer; settle on NO.
-                table[option] = _NO
+                table[key] = _NO
             # YES: already in effect, never acknowledge again.
         else:
             if state is _YES:
-                table[option] = _NO
-                self._out += negotiation(refuse, option)
+                table[key] = _NO
+                self._queue(negotiation(refuse, option))
                 events.append(OptionChanged(option, local, False))
             elif state in (_WANTNO, _WANTYES):
-                table[option] = _NO
+                table[key] = _NO
             # NO: already off, no reply.
         return events
 
@@ -328,11 +352,14 @@ class TelnetCodec:
 
     def data_to_send(self) -> bytes:
         """Drain and return the queued negotiation bytes."""
-        if not self._out:
-            return b""
-        out = bytes(self._out)
-        self._out.clear()
-        return out
+        out, self._out = self._out, None
+        return b"" if out is None else bytes(out)
+
+    def _queue(self, reply: bytes) -> None:
+        if self._out is None:
+            self._out = bytearray(reply)
+        else:
+            self._out += reply
 
     # -- input -----------------------------------------------------------------------
 
@@ -409,7 +436,7 @@ class TelnetCodec:
             elif state is _SB_OPTION:
                 code = data[pos]
                 pos += 1
-                self._sb.clear()
+                self._sb = None
                 if code == IAC:
                     # `IAC SB IAC ...`: no option byte; treat as empty and resync at SE.
                     self._sb_option = None
@@ -433,7 +460,10 @@ class TelnetCodec:
             elif state is _SB_DATA:
                 nxt = data.find(IAC, pos)
                 stop = end if nxt < 0 else nxt
-                self._sb += data[pos:stop]
+                if self._sb is None:
+                    self._sb = bytearray(data[pos:stop])
+                else:
+                    self._sb += data[pos:stop]
                 if len(self._sb) > self._sb_limit:
                     raise self._fail(f"subnegotiation longer than {self._sb_limit} bytes")
                 pos = stop
@@ -444,12 +474,14 @@ class TelnetCodec:
                 code = data[pos]
                 pos += 1
                 if code == IAC:
+                    if self._sb is None:
+                        self._sb = bytearray()
                     self._sb.append(IAC)
                     self._state = _SB_DATA
                 elif code == SE:
                     if self._sb_option is not None:
-                        yield Subnegotiation(self._sb_option, bytes(self._sb))
-                    self._sb.clear()
+                        yield Subnegotiation(self._sb_option, bytes(self._sb or b""))
+                    self._sb = None
                     self._state = _DATA
                 elif code == SB:
                     raise self._fail("IAC SB inside a subnegotiation")

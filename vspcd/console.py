@@ -109,10 +109,12 @@ class ConsoleKey:
 Phase = VMotionPhase
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=1024)
 def _tag(display_name: str, uuid: str) -> str:
     # Cached: rendering a name safe is per character, and INFO lines name a console
-    # on every vMotion (bench/vmotion_micro.py).
+    # on every vMotion (bench/vmotion_micro.py).  1,024 entries: each costs ~210
+    # bytes, and with 4,096 the cache was ~100 bytes of every idle console's share
+    # in a 9,000-console daemon (issue #12 item 3).
     return f"{safe(display_name)} ({uuid[:8]})"
 
 
@@ -132,21 +134,34 @@ class Role(Enum):
 
 
 class Bounded:
-    """A byte FIFO with a ceiling; overflow drops the oldest bytes and counts them."""
+    """A byte FIFO with a ceiling; overflow drops the oldest bytes and counts them.
+
+    The buffer exists only while it holds bytes (issue #12 item 3): a console's hold
+    queue and a connection's `early` buffer are empty nearly always, and an empty
+    bytearray still costs 56 bytes per console.
+    """
 
     __slots__ = ("_buf", "limit", "dropped")
 
     def __init__(self, limit: int) -> None:
-        self._buf = bytearray()
+        self._buf: bytearray | None = None  # allocated on the first append
         self.limit = limit
         self.dropped = 0
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return 0 if self._buf is None else len(self._buf)
+
+    @property
+    def allocated(self) -> bool:
+        """True while a buffer is held (tests of the lazy allocation)."""
+        return self._buf is not None
 
     def append(self, data: bytes) -> int:
         """Append; return how many old bytes were dropped to stay within `limit`."""
-        self._buf += data
+        if self._buf is None:
+            self._buf = bytearray(data)
+        else:
+            self._buf += data
         over = len(self._buf) - self.limit
         if over > 0:
             del self._buf[:over]
@@ -155,10 +170,9 @@ class Bounded:
         return 0
 
     def take(self) -> bytes:
-        """Remove and return everything."""
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
+        """Remove and return everything; the buffer goes with it."""
+        buf, self._buf = self._buf, None
+        return b"" if buf is None else bytes(buf)
 
 
 class Scrollback:
@@ -171,14 +185,23 @@ class Scrollback:
     __slots__ = ("_buf", "limit", "total")
 
     def __init__(self, limit: int) -> None:
-        self._buf = bytearray()
+        # Allocated on the first output (issue #12 item 3): a console that never
+        # printed costs no buffer.
+        self._buf: bytearray | None = None
         self.limit = limit
         self.total = 0  # bytes ever written (a position for tail cursors)
 
+    @property
+    def allocated(self) -> bool:
+        """True once output has been kept (tests of the lazy allocation)."""
+        return self._buf is not None
+
     def append(self, data: bytes) -> None:
         self.total += len(data)
-        if self.limit <= 0:
+        if self.limit <= 0 or not data:
             return
+        if self._buf is None:
+            self._buf = bytearray()
         if len(data) >= self.limit:
             # The chunk alone fills the scrollback: keep its tail, copied once.  Adding
             # all of it and then cutting the front resized the buffer twice per chunk
@@ -192,6 +215,8 @@ class Scrollback:
 
     def last(self, n: int) -> bytes:
         """The last `n` bytes kept (fewer if not that many were kept)."""
+        if self._buf is None:
+            return b""
         n = min(n, self.limit, len(self._buf))
         return bytes(self._buf[len(self._buf) - n :]) if n > 0 else b""
 

@@ -125,16 +125,26 @@ class Slots:
         lifetime: seconds a slot holder has before its deadline (informational:
             the holder enforces it with its own timer).
         clock: the loop's clock.
+        on_empty: called with `admitted` whenever the last slot is released (the
+            daemon trims its heap after a flood: vspcd/heap.py).
     """
 
     def __init__(
-        self, total: int, per_key: int, *, lifetime: float, clock: Callable[[], float]
+        self,
+        total: int,
+        per_key: int,
+        *,
+        lifetime: float,
+        clock: Callable[[], float],
+        on_empty: Callable[[int], None] | None = None,
     ) -> None:
         self.total = total
         self.per_key = per_key
         self.lifetime = lifetime
         self._clock = clock
         self._count = 0
+        self.admitted = 0  # slots ever granted
+        self._on_empty = on_empty
         self._by_key: dict[Hashable, int] = {}
         # `wait_acquire` callers, per key, oldest first (TLS handshakes queue here).
         self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
@@ -156,6 +166,7 @@ class Slots:
         if (self.total and self._count >= self.total) or (self.per_key and held >= self.per_key):
             return None
         self._count += 1
+        self.admitted += 1
         self._by_key[key] = held + 1
         return Slot(self, key, self._clock() + self.lifetime)
 
@@ -209,6 +220,8 @@ class Slots:
             del self._by_key[key]  # memory comes back: no entry per address ever seen
         if self._waiters:
             self._wake(key)
+        elif not self._count and self._on_empty is not None:
+            self._on_empty(self.admitted)
 
     def _wake(self, freed: Hashable) -> None:
         # One slot came free: it satisfies a waiter of the same key for certain,

@@ -77,6 +77,24 @@ def peer_name(transport: asyncio.BaseTransport) -> str:
 class VmLink(asyncio.Protocol):
     """One ESXi serial-port connection (the hub's `VmChannel`)."""
 
+    # One per VM connection: no `__dict__` (issue #12 item 3, docs/benchmarks.md
+    # "Memory").  A new attribute must be added here.
+    __slots__ = (
+        "_hub",
+        "_preident",
+        "_session",
+        "_transport",
+        "_conn",
+        "_slot",
+        "_ident_timer",
+        "_unidentified_bytes",
+        "_identified",
+        "_lost",
+        "_receiving",
+        "_probing",
+        "peer",
+    )
+
     def __init__(
         self,
         hub: VmSink,
@@ -214,8 +232,11 @@ class VmLink(asyncio.Protocol):
             self._slot = None
         if exc is not None:
             log.info("VM %s: connection lost: %s", self.peer, safe(exc))
-        if self._conn is not None:
-            self._hub.vm_closed(self._conn)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # Dropped first: link and record refer to each other, and a cycle waits
+            # for the cyclic GC with the codec's and `early`'s buffers (issue #7).
+            self._hub.vm_closed(conn)
 
     def pause_writing(self) -> None:
         if self._conn is not None:
@@ -288,6 +309,22 @@ class TelnetClientLink(asyncio.Protocol):
     Data flows at once: offers go out on connect but nothing waits for the answers,
     so raw clients (nc, gdb) that never negotiate work too.
     """
+
+    # One per operator connection: no `__dict__` (issue #12 item 3).
+    __slots__ = (
+        "_hub",
+        "_port",
+        "_queue_limit",
+        "_replay",
+        "_greeting",
+        "_codec",
+        "_transport",
+        "_client",
+        "_negotiated",
+        "_after_cr",
+        "_output",
+        "peer",
+    )
 
     def __init__(
         self, hub: Hub, port: int | None = None, *, queue_limit: int = 1 << 20, replay: int = 0
@@ -373,8 +410,9 @@ class TelnetClientLink(asyncio.Protocol):
         return payload.replace(b"\r\0", b"\r")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._client is not None:
-            self._hub.detach(self._client)
+        client, self._client = self._client, None  # no link <-> Client cycle left
+        if client is not None:
+            self._hub.detach(client)
 
     def pause_writing(self) -> None:
         self._output.pause_writing()  # over the client's limit: drop its output from now on

@@ -31,6 +31,9 @@ first byte has not arrived yet on a TLS-enabled port, takes the Task path.  TCP
 keepalive is set once on the proxy's listening socket, which Linux copies to every
 accepted socket; a listener checks that on its first accept and otherwise sets it
 per socket (as it does on the per-console ports, which see few connections).
+
+The per-console ports share one loop registration (vspcd/acceptpoll.py) where the
+platform has epoll; the discipline is the same.
 """
 
 from __future__ import annotations
@@ -53,7 +56,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, cast
 
-from vspc.vspcd import counters
+from vspc.vspcd import acceptpoll, counters
+from vspc.vspcd.acceptpoll import AcceptPoller
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
 
 log = logging.getLogger(__name__)
@@ -224,7 +228,39 @@ class Listener:
        who it is (handed to it via `SlotHolder.adopt_slot`) or it closes;
     3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
        timeout is also cut to what is left of the unidentified slot's deadline.
+
+    Memory (issue #12 item 3): there is one per console's telnet port, so the class
+    has `__slots__` (a new attribute must be added there) and builds its pending-task
+    set, its log label and its aggregated loggers only when first needed.
     """
+
+    __slots__ = (
+        "_loop",
+        "_factory",
+        "_ssl",
+        "_peek_timeout",
+        "_handshake_timeout",
+        "_backoff",
+        "_keepalive",
+        "_allow",
+        "_unidentified",
+        "_handshakes",
+        "_sock",
+        "_fd",
+        "_accept_override",
+        "_unix_name",
+        "port",
+        "_reading",
+        "_closed",
+        "_resume",
+        "_exhausted_logged",
+        "_pending",
+        "_refused",
+        "_setup_failed",
+        "_poller",
+        "_fast",
+        "_keepalive_inherited",
+    )
 
     def __init__(
         self,
@@ -241,9 +277,11 @@ class Listener:
         unidentified: Slots | None = None,
         handshakes: Slots | None = None,
         fast: bool = True,
+        poller: AcceptPoller | None = None,
     ) -> None:
         # shared / configuration
         self._loop = loop
+        self._poller = poller  # shared registration (console ports), else add_reader
         self._factory = protocol_factory
         self._ssl = ssl_context
         self._peek_timeout = peek_timeout
@@ -253,10 +291,10 @@ class Listener:
         self._allow = allow
         self._unidentified = unidentified
         self._handshakes = handshakes
-        # the listening socket; `_accept` is an attribute so tests can inject errors
+        # the listening socket; `_accept` can be replaced so tests can inject errors
         self._sock = sock
         self._fd = sock.fileno()
-        self._accept: Callable[[], tuple[socket.socket, object]] = sock.accept
+        self._accept_override: Callable[[], tuple[socket.socket, object]] | None = None
         # The synchronous hand-over (module docstring) where the loop has it; False
         # forces the public Task path (tests run both).  A flag, not the bound method:
         # one is kept per listener, and there is a listener per console.
@@ -267,16 +305,31 @@ class Listener:
         self._keepalive_inherited: bool | None = None
         name = sock.getsockname()
         self.port: int = name[1] if isinstance(name, tuple) else 0
-        self.label = f"port {self.port}" if isinstance(name, tuple) else f"socket {name}"
+        self._unix_name: object = None if isinstance(name, tuple) else name
         # lifetime state
         self._reading = False
         self._closed = False
         self._resume: asyncio.TimerHandle | None = None
         self._exhausted_logged = False
-        self._pending: set[asyncio.Task[None]] = set()  # sniffing or handshaking
+        # sniffing or handshaking; built on the first accept (most ports never get one)
+        self._pending: set[asyncio.Task[None]] | None = None
         # Aggregated warnings, built on first use: most per-VM ports never need them.
         self._refused: Throttled | None = None
         self._setup_failed: Throttled | None = None
+
+    @property
+    def label(self) -> str:
+        """How log lines name this listener ("port N" or "socket PATH")."""
+        return f"port {self.port}" if self._unix_name is None else f"socket {self._unix_name}"
+
+    @property
+    def _accept(self) -> Callable[[], tuple[socket.socket, object]]:
+        # A bound method per listener would be 64 bytes per console's port.
+        return self._accept_override or self._sock.accept
+
+    @_accept.setter
+    def _accept(self, accept: Callable[[], tuple[socket.socket, object]]) -> None:
+        self._accept_override = accept
 
     @property
     def refused(self) -> Throttled:
@@ -329,8 +382,22 @@ class Listener:
     def start(self) -> None:
         """Begin accepting (idempotent; no-op once closed)."""
         if not self._closed and not self._reading:
-            self._loop.add_reader(self._fd, self._on_readable)
+            if self._poller is not None:
+                self._poller.add(self._fd, self)
+            else:
+                self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
+
+    def accept_ready(self) -> None:
+        """The shared poller saw connections waiting (acceptpoll.AcceptTarget)."""
+        self._on_readable()
+
+    def _stop_reading(self) -> None:
+        if self._poller is not None:
+            self._poller.remove(self._fd)
+        elif not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._reading = False
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (idempotent)."""
@@ -340,11 +407,11 @@ class Listener:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
-        if self._reading and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
+        if self._reading:
+            self._stop_reading()
         self._reading = False
         self._sock.close()
-        for task in self._pending:
+        for task in self._pending or ():
             task.cancel()
 
     async def wait_closed(self) -> None:
@@ -393,8 +460,7 @@ class Listener:
                 )
             self._exhausted_logged = True
         if self._reading:
-            self._loop.remove_reader(self._fd)
-            self._reading = False
+            self._stop_reading()
         self._resume = self._loop.call_later(self._backoff, self._resume_accepting)
 
     def _resume_accepting(self) -> None:
@@ -442,6 +508,8 @@ class Listener:
             return
         # TLS, a first byte not there yet, or a loop without the synchronous path.
         task = self._loop.create_task(self._serve(conn, peer, host, slot, kind))
+        if self._pending is None:
+            self._pending = set()
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -526,6 +594,11 @@ class Listener:
             counters.LISTENERS.setup_failed += 1
             counters.LISTENERS.tls_failed += kind is _Kind.TLS
             self.setup_failed.warn("%s: %s: connection setup failed: %s", self.label, peer, exc)
+            # A failed handshake's exception is in a reference cycle (its traceback
+            # holds asyncio's frame, whose `waiter` future holds the exception), and
+            # the cycle holds the whole TLS state: SSLObject, BIOs, read buffer.  Left
+            # to the cyclic GC it stayed for minutes (docs/reliability.md, issue #7).
+            exc.__traceback__ = None
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
@@ -713,6 +786,9 @@ class PortBinder:
         self._backoff = backoff
         self._keepalive = keepalive
         self._held: dict[int, Listener] = {}
+        # One loop registration for all held ports (vspcd/acceptpoll.py), built with
+        # the first; None where there is no epoll (each listener then adds a reader).
+        self._poller: AcceptPoller | None = None
         # Every port in [range_start, _scan_from) is held by us or was found held by
         # another process, so a scan for the lowest free port starts here: without it
         # each bind walked all held ports, making N consoles O(N^2)
@@ -806,12 +882,15 @@ class PortBinder:
         return port, self._hold(port, sock, protocol_factory)
 
     def _hold(self, port: int, sock: socket.socket, protocol_factory: ProtocolFactory) -> Listener:
+        if self._poller is None and acceptpoll.available():
+            self._poller = AcceptPoller(self._loop)
         listener = Listener(
             sock,
             protocol_factory,
             self._loop,
             backoff=self._backoff,
             keepalive=self._keepalive,
+            poller=self._poller,
         )
         listener.start()
         self._held[port] = listener
@@ -834,6 +913,9 @@ class PortBinder:
         """Release every port (at shutdown)."""
         for port in list(self._held):
             self.release(port)
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
 
 
 # -- admin Unix socket ---------------------------------------------------------

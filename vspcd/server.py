@@ -31,6 +31,7 @@ from vspc.vspcd.console import Console, ConsoleKey
 from vspc.vspcd.consolelog import ConsoleLogs
 from vspc.vspcd.gate import Slots, Throttled
 from vspc.vspcd.gzipper import GzipQueue
+from vspc.vspcd.heap import HeapTrimmer, find_malloc_trim, shrink_tls_read_buffer
 from vspc.vspcd.hooks import HookRunner, hook_settings
 from vspc.vspcd.http import HttpServer, Router
 from vspc.vspcd.hub import Hub, HubSettings, PortAllocator
@@ -137,6 +138,8 @@ class Daemon:
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
         self.plugin: PluginHost | None = None
+        # Memory that comes back after a flood (issue #7, vspcd/heap.py).
+        self.trimmer: HeapTrimmer | None = None
         self.proxy_port: int | None = None
         self._preident: PreIdentification | None = None
         self.cluster: Any = None  # vspcd.cluster.node.ClusterNode with --cluster
@@ -283,6 +286,7 @@ class Daemon:
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
             ssl_context = make_ssl_context(config.cert, config.key)
+            shrink_tls_read_buffer()  # 64 KiB, not 256, per TLS connection
         # Bounded pre-identification state (issue #7, docs/security.md).
         lifetime = config.ident_timeout
         self._handshakes = Slots(
@@ -291,6 +295,7 @@ class Daemon:
             lifetime=lifetime,
             clock=loop.time,
         )
+        self.trimmer = HeapTrimmer(find_malloc_trim(), call_later=loop.call_later, clock=loop.time)
         self._preident = PreIdentification(
             Throttled(
                 log,
@@ -313,6 +318,7 @@ class Daemon:
                 config.unidentified_per_host,
                 lifetime=lifetime,
                 clock=loop.time,
+                on_empty=self.trimmer.quiet,
             ),
             handshakes=self._handshakes,
             reuse_port=config.reuse_port,
@@ -480,6 +486,8 @@ class Daemon:
         """Close listeners, then connections; wait up to `grace` seconds for them to go."""
         if self._proxy is not None:
             self._proxy.close()
+        if self.trimmer is not None:
+            self.trimmer.close()
         if self.http is not None:
             await self.http.close()
             self.http = None
