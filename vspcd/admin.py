@@ -900,8 +900,16 @@ class AdminLink(asyncio.Protocol):
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.close()  # flushes the last line first ...
-        if self._loop is not None:  # ... unless the peer never reads it
+        if transport.can_write_eof():
+            # A lingering close: our FIN follows the last line, and what the peer
+            # still sends is read and dropped until its own EOF closes the connection.
+            # Closing at once with its request unread would make the kernel answer
+            # with a reset, and a client that wrote before reading (a refused
+            # `busy` peer, a request racing an idle timeout) would lose our reason.
+            transport.write_eof()
+        else:
+            transport.close()  # flushes the last line first
+        if self._loop is not None:  # ... unless the peer never reads it or never leaves
             self._abort_timer = self._loop.call_later(self._limits.close_grace, self.abort)
 
     # -- identity -------------------------------------------------------------------------
