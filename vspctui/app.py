@@ -389,6 +389,13 @@ class App:
                     continue
                 if name in (EventName.TAIL_END, EventName.VM_EXPIRED):
                     self._tailing.discard(event.key or "")
+                elif name == EventName.VM_CONNECTED:
+                    # A console that was refused a tail (not there yet) may be tailed now.
+                    self._tail_refused.discard(event.key or "")
+                if set(self._wanted()) != self._tailing:
+                    # A console appeared under the focus (e.g. right after a reconnect,
+                    # before its VM did) or went away: the tails follow the list.
+                    self._tail_wake.set()
                 focused = self.console_list.focused
                 if self.mode is Mode.DETAIL and focused is not None and event.key == focused.key:
                     detail.set()

@@ -297,3 +297,35 @@ def test_default_socket_is_the_shared_rule_and_reconnect_max_is_checked(
     for bad in ("0", "-1", "soon", "3601"):
         assert main(["--reconnect-max", bad]) == ExitCode.USAGE
         assert "--reconnect-max" in capsys.readouterr().err
+
+
+def test_a_console_that_comes_back_after_a_reconnect_goes_live(short_dir: Path) -> None:
+    """The dashboard reconnects to a new vspcd before the VM does: when db01 comes
+    back under the focus, its preview is live again without a key press."""
+
+    async def run() -> None:
+        screen = HeadlessScreen()
+        address = AdminAddress(path=str(short_dir / "admin.sock"))
+        app = App(address, screen=screen, backoff=(0.05, 0.2))
+        async with running(short_dir) as (daemon, events):
+            assert daemon.proxy_port is not None
+            db01 = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            await identified(events, UUID_A)
+            task = asyncio.create_task(app.run())
+            await until(app, lambda: DB01_KEY in app.model.tails, "db01 tailed")
+        await db01.close()
+        await until(app, lambda: not app.model.connected, "the lost connection")
+        app.reconnected.clear()
+        async with running(short_dir) as (daemon, events):
+            assert daemon.proxy_port is not None
+            await asyncio.wait_for(app.reconnected.wait(), TIMEOUT)  # no console yet
+            db01 = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            await identified(events, UUID_A)
+            await until(app, lambda: DB01_KEY in app.model.tails, "db01 tailed again")
+            db01.send(b"back again\r\n")
+            await until(app, lambda: "back again" in screen.text, "db01 live again")
+            app.press("q")
+            await asyncio.wait_for(task, TIMEOUT)
+            await db01.close()
+
+    asyncio.run(run())
