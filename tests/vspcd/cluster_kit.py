@@ -236,4 +236,13 @@ class Cluster:
         self.redis.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"== {n.name}\n{n.text()[-4000:]}" for n in self.nodes.values())
+        """Every node's whole log (printed when a test fails: pytest shows it, and CI
+        keeps it).  Set VSPC_CLUSTER_LOGS=DIR to also copy the logs there."""
+        keep = os.environ.get("VSPC_CLUSTER_LOGS")
+        if keep:
+            target = Path(keep) / self.tmp.name
+            target.mkdir(parents=True, exist_ok=True)
+            for n in self.nodes.values():
+                with _suppress():
+                    shutil.copy(n.log, target / n.log.name)
+        return "\n".join(f"== {n.name}\n{n.text()}" for n in self.nodes.values())

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,10 +32,18 @@ pytestmark = needs_redis
 SEQ = bytes.fromhex("7619ffe9")  # contains 0xff: escaping on both links
 
 
-def run(tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], *nodes: str, **kw: Any) -> None:
+def run(
+    tmp_path: Path,
+    body: Callable[[Cluster], Awaitable[None]],
+    *nodes: str,
+    prepare: Callable[[Cluster], None] | None = None,
+    **kw: Any,
+) -> None:
     async def main() -> None:
         cluster = Cluster(tmp_path)
         try:
+            if prepare is not None:
+                prepare(cluster)
             await cluster.start(*nodes, **kw)
             await body(cluster)
         except BaseException:
@@ -603,6 +612,47 @@ def test_reconcile_lets_go_of_a_console_another_node_won(tmp_path: Path) -> None
         await back.close()
 
     run(tmp_path, body, "a", "b")
+
+
+def test_a_busy_telnet_port_is_never_advertised(tmp_path: Path) -> None:
+    """Another process on the host holds the ports the registry hands out first (a
+    benchmark, another daemon): the owner must not list a port it does not listen on
+    (it used to bind the next free port and list the registry's, so an operator's
+    telnet reached the other process).  It offers a port it bound; every node lists
+    that one and an operator there is attached to the console."""
+    blockers: list[socket.socket] = []
+
+    def block(cluster: Cluster) -> None:
+        for port in range(cluster.range_start, cluster.range_start + 8):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            blockers.append(sock)
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        busy = {s.getsockname()[1] for s in blockers}
+        src = await FakeEsxi.connect(a.proxy_port)
+        row = await connected(c, UUID_A, "a")
+        assert row["port"] not in busy, row
+        assert (await connected(a, UUID_A, "a"))["port"] == row["port"]
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        src.send(b"reached")
+        await op.output.expect(b"reached")
+        # The next console is not sent through the busy block again.
+        other = await FakeEsxi.connect(c.proxy_port, uuid="33" * 16)
+        second = await connected(a, "33" * 16, "c")
+        assert second["port"] not in busy and second["port"] != row["port"]
+        await other.close()
+        await op.close()
+        await src.close()
+
+    try:
+        run(tmp_path, body, "a", "c", prepare=block)
+    finally:
+        for sock in blockers:
+            sock.close()
 
 
 def test_relaying_node_dies_mid_vmotion(tmp_path: Path) -> None:
