@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -653,6 +654,48 @@ def test_a_busy_telnet_port_is_never_advertised(tmp_path: Path) -> None:
     finally:
         for sock in blockers:
             sock.close()
+
+
+def test_a_stalled_node_keeps_its_consoles(tmp_path: Path) -> None:
+    """A node that stops running for longer than its lease (SIGSTOP: a GC pause, a
+    swapped-out process, an overloaded host) while no VM of its reconnects elsewhere
+    loses nothing: the others list its console as on a dead node meanwhile, and when
+    it runs again it re-takes its lease, reconciles and keeps console, port and
+    operator; it logs that the lease had expired."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        vm = await FakeEsxi.connect(a.proxy_port)
+        row = await connected(b, UUID_A, "a")
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+
+            async def down() -> bool:
+                found = await b.row(UUID_A)
+                return found is not None and found.get("node_down") is True
+
+            await until(down, "b lists a's console on a dead node")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        back = await connected(b, UUID_A, "a")
+        assert back["port"] == row["port"]
+        await until(
+            lambda: asyncio.sleep(0, "its lease had expired" in a.text()),
+            "a logs that its lease had expired",
+        )
+        vm.send(b"still here")
+        await op.output.expect(b"still here")
+        op.type(b"typed\r")
+        await vm.input.expect(b"typed\r")
+        await attached(a, UUID_A)
+        assert "letting it go" not in a.text()
+        await op.close()
+        await vm.close()
+
+    run(tmp_path, body, "a", "b")
 
 
 def test_relaying_node_dies_mid_vmotion(tmp_path: Path) -> None:

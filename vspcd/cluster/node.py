@@ -169,7 +169,8 @@ class ClusterNode:
         self.admin_handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         # More `Call` ops answered here, by name (vspcd/cluster/forward.py adds some).
         self.calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-        self.lease_acquired = asyncio.Event()
+        self.lease_acquired = asyncio.Event()  # set after the first reconciliation
+        self._reconcile_task: asyncio.Task[None] | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -241,33 +242,88 @@ class ClusterNode:
     # -- lease and reconciliation -----------------------------------------------------------
 
     async def _lease_loop(self) -> None:
+        """Renew the lease every third of it, on the monotonic clock.
+
+        Only Redis's TTL decides whether this node is alive for the others; the node
+        never concludes anything about itself from its own clock.  The schedule is
+        measured from when a renewal was *sent*, so a slow answer or a late wake-up
+        does not push the next one later; a failed renewal is retried soon enough to
+        save a lease that may still be running (back-off only once it surely ran out);
+        and reconciliation runs beside the renewals, never between two of them, so a
+        node with many consoles does not let its own lease lapse while republishing
+        them.  Late renewals are logged (docs/cluster.md "Reliability").
+        """
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         renewals = 0
+        held_until = 0.0  # monotonic: our key in Redis lives at least until then
         while True:
+            sent = loop.time()
             try:
                 fresh = await self.registry.renew_lease(self.address, self.lease, os.getpid())
-                if not self.available:
-                    log.info("cluster node %s: registry reachable", self.node_id)
-                    self.available = True
-                if not fresh or self.mirror.dirty:
-                    await self.mirror.reconcile()
-                self.lease_acquired.set()
-                renewals += 1
-                if renewals % ORPHAN_SWEEP == 0:
-                    # Consoles of dead nodes whose VMs never came back expire like
-                    # idle consoles on one node (--vm-expire-time).
-                    gone = await self.registry.expire_orphans(self.config.vm_expire_time)
-                    if gone:
-                        log.info("registry: %d console(s) of dead nodes expired", gone)
-                backoff = 0.1
-                await asyncio.sleep(self.lease / 3)
             except RegistryUnavailable as exc:
                 if self.available:
                     log.error("%s; serving the consoles this node has, retrying", exc)
                 self.available = False
                 self.mirror.dirty = True
-                await asyncio.sleep(backoff)
+                left = held_until - loop.time()
+                # While the lease may still run, retry within a fraction of what is
+                # left; afterwards back off (Redis is down, not just slow).
+                pause = min(backoff, left / 3) if left > 0 else backoff
+                await asyncio.sleep(max(pause, 0.02))
                 backoff = min(backoff * 2, self.lease)
+                continue
+            if not self.available:
+                log.info("cluster node %s: registry reachable", self.node_id)
+                self.available = True
+            if not fresh and held_until > 0:
+                log.warning(
+                    "cluster node %s: its lease had expired (renewal %.2f s after the "
+                    "last confirmed one, lease %g s: the node was stalled or cut off); "
+                    "taken again, reconciling",
+                    self.node_id,
+                    sent - (held_until - self.lease),
+                    self.lease,
+                )
+            elif held_until and sent > held_until - self.lease / 3:
+                log.warning(
+                    "cluster node %s: lease renewed late (%.2f s after the last, "
+                    "lease %g s): is the host overloaded?",
+                    self.node_id,
+                    sent - (held_until - self.lease),
+                    self.lease,
+                )
+            held_until = sent + self.lease
+            if (not fresh or self.mirror.dirty) and not self._reconciling():
+                self._reconcile_task = self.spawn(self._reconcile())
+            renewals += 1
+            if renewals % ORPHAN_SWEEP == 0:
+                self.spawn(self._expire_orphans())
+            backoff = 0.1
+            await asyncio.sleep(max(0.0, sent + self.lease / 3 - loop.time()))
+
+    def _reconciling(self) -> bool:
+        return self._reconcile_task is not None and not self._reconcile_task.done()
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.mirror.reconcile()
+        except RegistryUnavailable as exc:
+            log.warning("reconciliation interrupted (%s); retried at the next renewal", exc)
+            self.mirror.dirty = True
+            return
+        self.lease_acquired.set()
+
+    async def _expire_orphans(self) -> None:
+        # Consoles of dead nodes whose VMs never came back expire like idle consoles
+        # on one node (--vm-expire-time).
+        try:
+            gone = await self.registry.expire_orphans(self.config.vm_expire_time)
+        except RegistryUnavailable as exc:
+            log.debug("orphan sweep skipped: %s", exc)
+            return
+        if gone:
+            log.info("registry: %d console(s) of dead nodes expired", gone)
 
     def serves(self, key: ConsoleKey) -> bool:
         """This node owns `key` and its hub has the console."""
