@@ -277,13 +277,16 @@ class ClusterNode:
                 log.info("cluster node %s: registry reachable", self.node_id)
                 self.available = True
             if not fresh and held_until > 0:
+                since = sent - (held_until - self.lease)
                 log.warning(
-                    "cluster node %s: its lease had expired (renewal %.2f s after the "
-                    "last confirmed one, lease %g s: the node was stalled or cut off); "
-                    "taken again, reconciling",
+                    "cluster node %s: its lease was gone (renewal %.2f s after the last "
+                    "confirmed one, lease %g s: %s); taken again, reconciling",
                     self.node_id,
-                    sent - (held_until - self.lease),
+                    since,
                     self.lease,
+                    "the node was stalled or cut off"
+                    if since >= self.lease
+                    else "the registry lost it, e.g. Redis restarted",
                 )
             elif held_until and sent > held_until - self.lease / 3:
                 log.warning(
