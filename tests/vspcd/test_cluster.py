@@ -637,6 +637,16 @@ def test_a_busy_telnet_port_is_never_advertised(tmp_path: Path) -> None:
         row = await connected(c, UUID_A, "a")
         assert row["port"] not in busy, row
         assert (await connected(a, UUID_A, "a"))["port"] == row["port"]
+        # The registry reserves the offered port for this console (no other gets it,
+        # and it returns to the pool when the console expires).
+        import redis.asyncio as aioredis  # the optional extra: imported only when present
+
+        client = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+        try:
+            assert await client.get(f"vspc:port:{row['port']}") == UUID_A
+            assert await client.hget(f"vspc:console:{UUID_A}", "port") == str(row["port"])
+        finally:
+            await client.aclose()
         op = await Operator.connect(row["port"])
         await attached(a, UUID_A)
         src.send(b"reached")

@@ -95,6 +95,7 @@ if not port and ARGV[11] ~= '' then
   local holder = redis.call('GET', p .. 'port:' .. ARGV[11])
   if not holder or holder == key then
     port = ARGV[11]
+    redis.call('SET', p .. 'port:' .. port, key)
     redis.call('ZREM', p .. 'free_ports', port)
     local top = tonumber(redis.call('GET', p .. 'next_port') or '0')
     if tonumber(port) > top then redis.call('SET', p .. 'next_port', port) end
