@@ -102,15 +102,37 @@ class _VmPorts:
 
 class _ClusterPorts:
     """Cluster mode's PortAllocator: a console's telnet port comes from the registry
-    and is bound before the console exists (vspcd/cluster/node.py `claim`), so the
-    hub never picks one itself; it still releases them on expiry."""
+    and is bound before the console exists (vspcd/cluster/node.py `claim`, through
+    `bind_exact`/`bind_any`), so the hub never picks one itself; it still releases
+    them on expiry."""
 
-    def __init__(self, binder: PortBinder) -> None:
+    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
         self._binder = binder
+        self._factory = factory
 
     def bind(self, key: ConsoleKey) -> int | None:
         log.warning("%s: console created outside the registry; it has no telnet port", key)
         return None
+
+    def bind_exact(self, port: int) -> bool:
+        """Bind exactly `port` (the one the registry advertises for a console), or
+        nothing: `PortBinder.bind_port` falls back to another free port, right for a
+        console restored from the persist file, but here it would list a port this
+        node does not listen on and an operator's telnet would reach whatever other
+        process holds it (docs/cluster.md "Reliability")."""
+        bound = self._binder.bind_port(port, self._factory)
+        if bound is None:
+            return False
+        if bound[0] != port:
+            self._binder.release(bound[0])
+            return False
+        return True
+
+    def bind_any(self) -> int | None:
+        """The lowest free port of the range, bound (offered to the registry when the
+        port it handed out is busy on this host)."""
+        bound = self._binder.bind(self._factory)
+        return None if bound is None else bound[0]
 
     def release(self, port: int) -> None:
         self._binder.release(port)
@@ -131,6 +153,7 @@ class Daemon:
         self.hub: Hub | None = None
         self._proxy: Any = None
         self._binder: PortBinder | None = None
+        self._cluster_ports: _ClusterPorts | None = None  # with --cluster and VM ports
         self._admin: admin.AdminServer | None = None
         self.persister: Persister | None = None
         self.logs: ConsoleLogs | None = None
@@ -207,7 +230,7 @@ class Daemon:
             ports = _VmPorts(self._binder, self._client_link)
             if config.cluster:
                 # Ports are handed out cluster-wide by the registry (docs/cluster.md).
-                ports = _ClusterPorts(self._binder)
+                ports = self._cluster_ports = _ClusterPorts(self._binder, self._client_link)
         extra: dict[str, Any] = {}
         if self._secret_factory is not None:
             extra["secret_factory"] = self._secret_factory
@@ -278,9 +301,7 @@ class Daemon:
             # Imported only here: cluster mode needs the optional redis client.
             from vspc.vspcd.cluster.node import ClusterNode
 
-            self.cluster = ClusterNode(
-                config, self.hub, lambda port: self._bind_restored(port) is not None
-            )
+            self.cluster = ClusterNode(config, self.hub, self._cluster_ports)
             await self.cluster.start()
         ssl_context = None
         if config.ssl:

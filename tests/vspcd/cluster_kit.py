@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ import pytest
 from tests.vspcd.harness import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
-LEASE = 1.0  # seconds: a dead node's consoles move after about this
+LEASE = 2.0  # seconds: a dead node's consoles move after about this
 TIMEOUT = 15.0
 
 try:
@@ -206,6 +207,38 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+RANGE_LOW, RANGE_HIGH = 61000, 65400  # above Linux's default ephemeral range
+RANGE_SPAN = 32  # ports one test may use
+
+
+def telnet_range(seed: int) -> int:
+    """The first of RANGE_SPAN free telnet ports for one cluster.
+
+    Above the kernel's ephemeral range (32768-60999 by default), where no outgoing
+    connection holds a port, and away from where benchmarks put their thousands of
+    consoles (bench/daemon_bench.py: just below the ephemeral range): such a
+    benchmark running beside the tests once held the ports a cluster test was handed
+    out.  Each candidate block is checked free by binding it; the product copes
+    with a busy port (it offers another), but the tests assert that a console keeps
+    its port across a take-over, which needs a port nobody else takes meanwhile.
+    """
+    slots = (RANGE_HIGH - RANGE_LOW) // RANGE_SPAN
+    for step in range(slots):
+        start = RANGE_LOW + ((seed + step) % slots) * RANGE_SPAN
+        if all(_bindable(port) for port in range(start, start + RANGE_SPAN)):
+            return start
+    raise AssertionError(f"no {RANGE_SPAN} free ports in {RANGE_LOW}..{RANGE_HIGH}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 class Cluster:
     """redis-server + named nodes, torn down in `close`."""
 
@@ -216,7 +249,7 @@ class Cluster:
         self.redis = RedisServer(tmp)
         # A fresh telnet range per cluster: a stopped node's ports may linger a moment.
         Cluster.made += 1
-        self.range_start = 20000 + (os.getpid() * 37 + Cluster.made * 200) % 12000
+        self.range_start = telnet_range(os.getpid() * 37 + Cluster.made * 64)
         self.nodes: dict[str, Node] = {}
 
     async def start(self, *names: str, extra: tuple[str, ...] = ()) -> None:
@@ -236,4 +269,13 @@ class Cluster:
         self.redis.stop()
 
     def logs(self) -> str:
-        return "\n".join(f"== {n.name}\n{n.text()[-4000:]}" for n in self.nodes.values())
+        """Every node's whole log (printed when a test fails: pytest shows it, and CI
+        keeps it).  Set VSPC_CLUSTER_LOGS=DIR to also copy the logs there."""
+        keep = os.environ.get("VSPC_CLUSTER_LOGS")
+        if keep:
+            target = Path(keep) / self.tmp.name
+            target.mkdir(parents=True, exist_ok=True)
+            for n in self.nodes.values():
+                with _suppress():
+                    shutil.copy(n.log, target / n.log.name)
+        return "\n".join(f"== {n.name}\n{n.text()}" for n in self.nodes.values())

@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import random
+import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,10 +33,18 @@ pytestmark = needs_redis
 SEQ = bytes.fromhex("7619ffe9")  # contains 0xff: escaping on both links
 
 
-def run(tmp_path: Path, body: Callable[[Cluster], Awaitable[None]], *nodes: str, **kw: Any) -> None:
+def run(
+    tmp_path: Path,
+    body: Callable[[Cluster], Awaitable[None]],
+    *nodes: str,
+    prepare: Callable[[Cluster], None] | None = None,
+    **kw: Any,
+) -> None:
     async def main() -> None:
         cluster = Cluster(tmp_path)
         try:
+            if prepare is not None:
+                prepare(cluster)
             await cluster.start(*nodes, **kw)
             await body(cluster)
         except BaseException:
@@ -601,6 +611,99 @@ def test_reconcile_lets_go_of_a_console_another_node_won(tmp_path: Path) -> None
         await op.output.expect(b"!")
         await op.close()
         await back.close()
+
+    run(tmp_path, body, "a", "b")
+
+
+def test_a_busy_telnet_port_is_never_advertised(tmp_path: Path) -> None:
+    """Another process on the host holds the ports the registry hands out first (a
+    benchmark, another daemon): the owner must not list a port it does not listen on
+    (it used to bind the next free port and list the registry's, so an operator's
+    telnet reached the other process).  It offers a port it bound; every node lists
+    that one and an operator there is attached to the console."""
+    blockers: list[socket.socket] = []
+
+    def block(cluster: Cluster) -> None:
+        for port in range(cluster.range_start, cluster.range_start + 8):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            blockers.append(sock)
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        busy = {s.getsockname()[1] for s in blockers}
+        src = await FakeEsxi.connect(a.proxy_port)
+        row = await connected(c, UUID_A, "a")
+        assert row["port"] not in busy, row
+        assert (await connected(a, UUID_A, "a"))["port"] == row["port"]
+        # The registry reserves the offered port for this console (no other gets it,
+        # and it returns to the pool when the console expires).
+        import redis.asyncio as aioredis  # the optional extra: imported only when present
+
+        client = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+        try:
+            assert await client.get(f"vspc:port:{row['port']}") == UUID_A
+            assert await client.hget(f"vspc:console:{UUID_A}", "port") == str(row["port"])
+        finally:
+            await client.aclose()
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        src.send(b"reached")
+        await op.output.expect(b"reached")
+        # The next console is not sent through the busy block again.
+        other = await FakeEsxi.connect(c.proxy_port, uuid="33" * 16)
+        second = await connected(a, "33" * 16, "c")
+        assert second["port"] not in busy and second["port"] != row["port"]
+        await other.close()
+        await op.close()
+        await src.close()
+
+    try:
+        run(tmp_path, body, "a", "c", prepare=block)
+    finally:
+        for sock in blockers:
+            sock.close()
+
+
+def test_a_stalled_node_keeps_its_consoles(tmp_path: Path) -> None:
+    """A node that stops running for longer than its lease (SIGSTOP: a GC pause, a
+    swapped-out process, an overloaded host) while no VM of its reconnects elsewhere
+    loses nothing: the others list its console as on a dead node meanwhile, and when
+    it runs again it re-takes its lease, reconciles and keeps console, port and
+    operator; it logs that the lease had expired."""
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        vm = await FakeEsxi.connect(a.proxy_port)
+        row = await connected(b, UUID_A, "a")
+        op = await Operator.connect(row["port"])
+        await attached(a, UUID_A)
+        assert a.proc is not None
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+
+            async def down() -> bool:
+                found = await b.row(UUID_A)
+                return found is not None and found.get("node_down") is True
+
+            await until(down, "b lists a's console on a dead node")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        back = await connected(b, UUID_A, "a")
+        assert back["port"] == row["port"]
+        await until(
+            lambda: asyncio.sleep(0, "the node was stalled or cut off" in a.text()),
+            "a logs that its lease ran out while it was stalled",
+        )
+        vm.send(b"still here")
+        await op.output.expect(b"still here")
+        op.type(b"typed\r")
+        await vm.input.expect(b"typed\r")
+        await attached(a, UUID_A)
+        assert "letting it go" not in a.text()
+        await op.close()
+        await vm.close()
 
     run(tmp_path, body, "a", "b")
 

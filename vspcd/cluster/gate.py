@@ -44,7 +44,11 @@ log = logging.getLogger(__name__)
 __all__ = ["Gate"]
 
 HELD_LIMIT = 1 << 20  # bytes of VM output held while deciding; more closes the connection
-COOKIE_WAIT = 1.0  # seconds a PEER waits for its cookie to appear (the owner writes it)
+# Seconds a PEER waits for its cookie to appear (the owner writes it just after
+# GOAHEAD).  Generous: on a loaded host the owner's write can land well after the
+# destination arrived, and giving up early fails the vMotion (F5: no PEER-OK), while
+# waiting longer for a cookie that never comes is the same silence a little later.
+COOKIE_WAIT = 5.0
 
 
 class Mode(Enum):
@@ -197,7 +201,7 @@ class Gate:
             # The owner publishes the cookie just after GOAHEAD (ESXi's destination
             # comes 1 s later; a test or a benchmark may be quicker).
             await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            pause = min(pause * 2, 0.1)
         if state.mode is not Mode.DECIDING:
             return
         if owner is None or owner == self._node.node_id or isinstance(state.channel, RemoteVm):

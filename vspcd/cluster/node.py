@@ -33,7 +33,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from vspc.common import vmware as vm
 from vspc.common.admin import ConsoleInfo
@@ -70,7 +70,7 @@ from vspc.vspcd.hub import Hub
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ClusterNode", "NodeIdInUse", "StreamHandler"]
+__all__ = ["ClusterNode", "NodeIdInUse", "StreamHandler", "TelnetPorts"]
 
 CONNECT_TIMEOUT = 2.0
 MAX_HANDSHAKES = 64  # inbound inter-node connections not yet authenticated
@@ -79,6 +79,20 @@ CALL_TIMEOUT = 3.0
 
 # (link, channel, head) -> a sink for the stream's bytes from the peer, or None to refuse
 StreamHandler = Callable[[PeerLink, int, dict[str, Any]], StreamSink | None]
+
+
+class TelnetPorts(Protocol):
+    """How the node binds the telnet ports of the consoles it takes (vspcd/server.py)."""
+
+    def bind_exact(self, port: int) -> bool:
+        """Bind exactly `port`; False if it is busy on this host."""
+        ...
+
+    def bind_any(self) -> int | None:
+        """Bind the lowest free port of the range; None if none is free."""
+        ...
+
+    def release(self, port: int) -> None: ...
 
 
 class NodeIdInUse(OSError):
@@ -112,7 +126,7 @@ class ClusterNode:
     Args:
         config: --cluster, --node-id, --node-address, --cluster-secret-file, ...
         hub: this daemon's hub.
-        bind_port: binds a telnet port for a console this node takes; False if taken.
+        ports: binds the telnet ports of consoles this node takes (None: --no-vm-ports).
         prefix: Redis key prefix (tests run one cluster per prefix or per server).
     """
 
@@ -120,7 +134,7 @@ class ClusterNode:
         self,
         config: Config,
         hub: Hub,
-        bind_port: Callable[[int], bool],
+        ports: TelnetPorts | None,
         *,
         prefix: str = "vspc:",
     ) -> None:
@@ -132,7 +146,7 @@ class ClusterNode:
         self.lease = config.cluster_lease
         self._secret = config.cluster_secret_file.read_bytes().strip()
         self.hub = hub
-        self._bind_port = bind_port
+        self._ports = ports
         self.registry = Registry(config.cluster, self.node_id, prefix=prefix)
         self.gate = Gate(self, hub)
         self.available = False  # the registry answered the last call
@@ -155,7 +169,8 @@ class ClusterNode:
         self.admin_handler: Callable[[dict[str, Any]], dict[str, Any]] | None = None
         # More `Call` ops answered here, by name (vspcd/cluster/forward.py adds some).
         self.calls: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-        self.lease_acquired = asyncio.Event()
+        self.lease_acquired = asyncio.Event()  # set after the first reconciliation
+        self._reconcile_task: asyncio.Task[None] | None = None
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -227,33 +242,91 @@ class ClusterNode:
     # -- lease and reconciliation -----------------------------------------------------------
 
     async def _lease_loop(self) -> None:
+        """Renew the lease every third of it, on the monotonic clock.
+
+        Only Redis's TTL decides whether this node is alive for the others; the node
+        never concludes anything about itself from its own clock.  The schedule is
+        measured from when a renewal was *sent*, so a slow answer or a late wake-up
+        does not push the next one later; a failed renewal is retried soon enough to
+        save a lease that may still be running (back-off only once it surely ran out);
+        and reconciliation runs beside the renewals, never between two of them, so a
+        node with many consoles does not let its own lease lapse while republishing
+        them.  Late renewals are logged (docs/cluster.md "Reliability").
+        """
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         renewals = 0
+        held_until = 0.0  # monotonic: our key in Redis lives at least until then
         while True:
+            sent = loop.time()
             try:
                 fresh = await self.registry.renew_lease(self.address, self.lease, os.getpid())
-                if not self.available:
-                    log.info("cluster node %s: registry reachable", self.node_id)
-                    self.available = True
-                if not fresh or self.mirror.dirty:
-                    await self.mirror.reconcile()
-                self.lease_acquired.set()
-                renewals += 1
-                if renewals % ORPHAN_SWEEP == 0:
-                    # Consoles of dead nodes whose VMs never came back expire like
-                    # idle consoles on one node (--vm-expire-time).
-                    gone = await self.registry.expire_orphans(self.config.vm_expire_time)
-                    if gone:
-                        log.info("registry: %d console(s) of dead nodes expired", gone)
-                backoff = 0.1
-                await asyncio.sleep(self.lease / 3)
             except RegistryUnavailable as exc:
                 if self.available:
                     log.error("%s; serving the consoles this node has, retrying", exc)
                 self.available = False
                 self.mirror.dirty = True
-                await asyncio.sleep(backoff)
+                left = held_until - loop.time()
+                # While the lease may still run, retry within a fraction of what is
+                # left; afterwards back off (Redis is down, not just slow).
+                pause = min(backoff, left / 3) if left > 0 else backoff
+                await asyncio.sleep(max(pause, 0.02))
                 backoff = min(backoff * 2, self.lease)
+                continue
+            if not self.available:
+                log.info("cluster node %s: registry reachable", self.node_id)
+                self.available = True
+            if not fresh and held_until > 0:
+                since = sent - (held_until - self.lease)
+                log.warning(
+                    "cluster node %s: its lease was gone (renewal %.2f s after the last "
+                    "confirmed one, lease %g s: %s); taken again, reconciling",
+                    self.node_id,
+                    since,
+                    self.lease,
+                    "the node was stalled or cut off"
+                    if since >= self.lease
+                    else "the registry lost it, e.g. Redis restarted",
+                )
+            elif held_until and sent > held_until - self.lease / 3:
+                log.warning(
+                    "cluster node %s: lease renewed late (%.2f s after the last, "
+                    "lease %g s): is the host overloaded?",
+                    self.node_id,
+                    sent - (held_until - self.lease),
+                    self.lease,
+                )
+            held_until = sent + self.lease
+            if (not fresh or self.mirror.dirty) and not self._reconciling():
+                self._reconcile_task = self.spawn(self._reconcile())
+            renewals += 1
+            if renewals % ORPHAN_SWEEP == 0:
+                self.spawn(self._expire_orphans())
+            backoff = 0.1
+            await asyncio.sleep(max(0.0, sent + self.lease / 3 - loop.time()))
+
+    def _reconciling(self) -> bool:
+        return self._reconcile_task is not None and not self._reconcile_task.done()
+
+    async def _reconcile(self) -> None:
+        try:
+            await self.mirror.reconcile()
+        except RegistryUnavailable as exc:
+            log.warning("reconciliation interrupted (%s); retried at the next renewal", exc)
+            self.mirror.dirty = True
+            return
+        self.lease_acquired.set()
+
+    async def _expire_orphans(self) -> None:
+        # Consoles of dead nodes whose VMs never came back expire like idle consoles
+        # on one node (--vm-expire-time).
+        try:
+            gone = await self.registry.expire_orphans(self.config.vm_expire_time)
+        except RegistryUnavailable as exc:
+            log.debug("orphan sweep skipped: %s", exc)
+            return
+        if gone:
+            log.info("registry: %d console(s) of dead nodes expired", gone)
 
     def serves(self, key: ConsoleKey) -> bool:
         """This node owns `key` and its hub has the console."""
@@ -262,40 +335,76 @@ class ClusterNode:
     async def claim(self, key: ConsoleKey, request: ProxyRequested, name: str | None) -> str | None:
         """Make `key` ours (None) unless another live node owns it (its id).
 
+        The console's telnet port is the registry's (the same on whichever node serves
+        it) and is bound here *exactly*: a node must never list a port it does not
+        listen on.  When that port is busy on this host (another process holds it),
+        the node binds a free port of its own and offers it; the registry takes the
+        offer unless another console has it, so a block of busy ports costs one more
+        round trip, not one per port.
+
         Raises:
             RegistryUnavailable: Redis cannot be reached, or no telnet port binds.
         """
         bad: int | None = None
-        for _ in range(16):
-            if self.serves(key):
-                return None
-            claim = await self.registry.claim(
-                str(key),
-                uuid=key.uuid,
-                label=key.label,
-                name=name or "",
-                uri=request.service_uri,
-                first_port=self.config.port_range_start,
-                bad_port=bad,
-            )
-            if not claim.claimed:
-                return claim.owner
-            if self.hub.console(key) is None:
-                port = claim.port if self.config.vm_ports else None
-                if port is not None and not self._bind_port(port):
-                    log.warning("%s: telnet port %d is busy here; asking for another", key, port)
-                    bad = port
-                    continue
-                record = await self.registry.console(str(key))
-                remembered = record.name if record is not None else ""
-                self.hub.restore(
-                    key, name or remembered or vm.display_uuid(key.uuid), port, request.service_uri
+        offer: int | None = None
+        held: list[int] = []  # ports bound here to offer; those not taken are released
+        try:
+            for _ in range(16):
+                if self.serves(key):
+                    return None
+                claim = await self.registry.claim(
+                    str(key),
+                    uuid=key.uuid,
+                    label=key.label,
+                    name=name or "",
+                    uri=request.service_uri,
+                    first_port=self.config.port_range_start,
+                    bad_port=bad,
+                    offer_port=offer,
                 )
-            self.mirror.owned.add(key)
-            if claim.previous:
-                log.warning("%s: taken over from node %s, whose lease expired", key, claim.previous)
-            return None
-        raise RegistryUnavailable(f"no telnet port for {key} could be bound on this node")
+                if not claim.claimed:
+                    return claim.owner
+                if self.hub.console(key) is None:
+                    port = claim.port if self._ports is not None else None
+                    # An offer not taken (another console has that port elsewhere)
+                    # stays bound until the end, so the next offer is another port.
+                    offer = None
+                    if port is not None and port not in held and not self._bind_exact(port):
+                        log.warning(
+                            "%s: telnet port %d is busy on this host; offering another", key, port
+                        )
+                        bad = port
+                        offer = self._bind_any()
+                        if offer is not None:
+                            held.append(offer)
+                        continue
+                    if port in held:
+                        held.remove(port)  # the console's now
+                    record = await self.registry.console(str(key))
+                    remembered = record.name if record is not None else ""
+                    self.hub.restore(
+                        key,
+                        name or remembered or vm.display_uuid(key.uuid),
+                        port,
+                        request.service_uri,
+                    )
+                self.mirror.owned.add(key)
+                if claim.previous:
+                    log.warning(
+                        "%s: taken over from node %s, whose lease expired", key, claim.previous
+                    )
+                return None
+            raise RegistryUnavailable(f"no telnet port for {key} could be bound on this node")
+        finally:
+            if self._ports is not None:
+                for port in held:
+                    self._ports.release(port)
+
+    def _bind_exact(self, port: int) -> bool:
+        return self._ports is not None and self._ports.bind_exact(port)
+
+    def _bind_any(self) -> int | None:
+        return None if self._ports is None else self._ports.bind_any()
 
     # -- links ------------------------------------------------------------------------------
 

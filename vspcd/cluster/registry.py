@@ -75,7 +75,7 @@ class ConsoleRecord:
 
 
 # KEYS: none (standalone Redis: the scripts build key names from the prefix).
-# ARGV: prefix, key, me, now, first_port, uuid, label, name, uri, bad_port
+# ARGV: prefix, key, me, now, first_port, uuid, label, name, uri, bad_port, offer_port
 _CLAIM = """
 local p, key, me = ARGV[1], ARGV[2], ARGV[3]
 local c = p .. 'console:' .. key
@@ -88,6 +88,18 @@ if port and port == ARGV[10] then
   -- this node could not bind it: leave that port out of circulation
   redis.call('HDEL', c, 'port')
   port = false
+end
+if not port and ARGV[11] ~= '' then
+  -- a port the claiming node has bound itself (the one handed out is busy there):
+  -- taken unless another console holds it
+  local holder = redis.call('GET', p .. 'port:' .. ARGV[11])
+  if not holder or holder == key then
+    port = ARGV[11]
+    redis.call('SET', p .. 'port:' .. port, key)
+    redis.call('ZREM', p .. 'free_ports', port)
+    local top = tonumber(redis.call('GET', p .. 'next_port') or '0')
+    if tonumber(port) > top then redis.call('SET', p .. 'next_port', port) end
+  end
 end
 if not port then
   local free = redis.call('ZPOPMIN', p .. 'free_ports')
@@ -279,12 +291,15 @@ class Registry:
         uri: str,
         first_port: int,
         bad_port: int | None = None,
+        offer_port: int | None = None,
     ) -> Claim:
         """Take `key` for this node unless another live node owns it; a console new to
         the cluster gets a telnet port no other console has (`bad_port`: the one this
-        node just failed to bind, to be replaced)."""
+        node just failed to bind, to be replaced, by `offer_port` if no other console
+        holds that one: a port this node has bound)."""
         args: list[str | int] = [self.prefix, key, self.node, f"{time.time():.3f}", first_port]
         args += [uuid, label, name, uri, "" if bad_port is None else str(bad_port)]
+        args += ["" if offer_port is None else str(offer_port)]
         claimed, owner, port, previous = await self._call("claim", self._claim(args=args))
         return Claim(bool(claimed), owner, int(port) if port else None, previous)
 
