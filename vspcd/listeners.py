@@ -59,6 +59,7 @@ from typing import Protocol, cast
 from vspc.vspcd import acceptpoll, counters
 from vspc.vspcd.acceptpoll import AcceptPoller
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
+from vspc.vspcd.leantransport import LeanTransport
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,10 @@ _TRANSIENT = frozenset(
 # bind(2) errors that are about this one port; anything else (EADDRNOTAVAIL,
 # EMFILE, ...) would fail for every port, so PortBinder stops scanning.
 _PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+# Listener._fast: how a plain connection is handed over (0: the public Task path).
+_ASYNCIO = 1  # asyncio's transport, built synchronously
+_LEAN = 2  # vspcd/leantransport.py
 
 _ACCEPT_BATCH = 64  # accepts per readiness callback, so one busy port cannot hog the loop
 
@@ -277,6 +282,7 @@ class Listener:
         unidentified: Slots | None = None,
         handshakes: Slots | None = None,
         fast: bool = True,
+        lean: bool = False,
         poller: AcceptPoller | None = None,
     ) -> None:
         # shared / configuration
@@ -297,8 +303,10 @@ class Listener:
         self._accept_override: Callable[[], tuple[socket.socket, object]] | None = None
         # The synchronous hand-over (module docstring) where the loop has it; False
         # forces the public Task path (tests run both).  A flag, not the bound method:
-        # one is kept per listener, and there is a listener per console.
-        self._fast = fast and fast_transport_maker(loop) is not None
+        # one is kept per listener, and there is a listener per console.  `lean` (the
+        # proxy port) hands plain connections to a LeanTransport instead of asyncio's
+        # (vspcd/leantransport.py); one int rather than another slot per console port.
+        self._fast = (_LEAN if lean else _ASYNCIO) if fast and fast_transport_maker(loop) else 0
         # Linux copies a listening socket's keepalive settings to the sockets it
         # accepts (start_proxy_listener sets them there): None until the first
         # accepted socket shows whether this listener's do, then True or False.
@@ -530,7 +538,10 @@ class Listener:
             protocol = self._build(slot)
             # `peername` from accept(), as asyncio's own Server passes it: saves a
             # getpeername(2).  connection_made runs on the loop's next iteration.
-            make_transport(conn, protocol, extra={"peername": address})
+            if self._fast == _LEAN:
+                LeanTransport(self._loop, conn, protocol, address)
+            else:
+                make_transport(conn, protocol, extra={"peername": address})
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
@@ -685,6 +696,7 @@ async def start_proxy_listener(
     unidentified: Slots | None = None,
     handshakes: Slots | None = None,
     reuse_port: bool = False,
+    lean: bool = True,
 ) -> Listener:
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
@@ -705,6 +717,8 @@ async def start_proxy_listener(
         unidentified: slots for connections not yet identified (None: no cap).
         handshakes: slots for TLS handshakes in progress (None: no cap).
         reuse_port: SO_REUSEPORT, for several nodes on one host (docs/cluster.md).
+        lean: plain connections get a `LeanTransport` (a third of an idle console's
+            memory less; vspcd/leantransport.py) where the loop allows it.
 
     Raises:
         OSError: the address cannot be bound.
@@ -725,6 +739,7 @@ async def start_proxy_listener(
         allow=allow,
         unidentified=unidentified,
         handshakes=handshakes,
+        lean=lean,
     )
     listener.start()
     log.info(
