@@ -197,7 +197,9 @@ class LeanTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
         if self._state & self._EOF:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
@@ -341,7 +343,7 @@ class LeanTransport(asyncio.Transport):
             return
         self._state |= self._PAUSED
         try:
-            self._protocol.pause_writing()  # type: ignore[attr-defined]
+            self._protocol.pause_writing()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -352,7 +354,7 @@ class LeanTransport(asyncio.Transport):
             return
         self._state &= ~self._PAUSED
         try:
-            self._protocol.resume_writing()  # type: ignore[attr-defined]
+            self._protocol.resume_writing()
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
