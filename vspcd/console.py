@@ -46,7 +46,9 @@ class Cancellable(Protocol):
 class VmChannel(Protocol):
     """The hub's view of one ESXi connection (vspcd/links.py VmLink)."""
 
-    peer: str
+    @property
+    def peer(self) -> str:
+        """`host:port` of the VM's host (for log lines and events)."""
 
     def send_console(self, data: bytes) -> None: ...
     def goahead(self, sequence: bytes, secret: bytes) -> None: ...

@@ -49,6 +49,7 @@ import socket
 import ssl
 import stat
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -539,6 +540,10 @@ class Listener:
             # `peername` from accept(), as asyncio's own Server passes it: saves a
             # getpeername(2).  connection_made runs on the loop's next iteration.
             if self._fast == _LEAN:
+                # The host's address string is interned: a host runs many VMs, so
+                # their connections share one string (issue #12 item 3).
+                if isinstance(address, tuple) and isinstance(address[0], str):
+                    address = (sys.intern(address[0]), *address[1:])
                 LeanTransport(self._loop, conn, protocol, address)
             else:
                 make_transport(conn, protocol, extra={"peername": address})
