@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 MAX_READ = 256 * 1024  # bytes per recv, asyncio's `max_size`
 DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's default write-buffer limits
-_LOG_LOST_WRITES = 5  # writes after the connection is lost before one warning
+_DEFAULT_LIMITS = (DEFAULT_HIGH_WATER // 4, DEFAULT_HIGH_WATER)
+_LIMITS: dict[tuple[int, int], tuple[int, int]] = {_DEFAULT_LIMITS: _DEFAULT_LIMITS}
 
 _GONE = asyncio.Protocol()  # the protocol slot after connection_lost: no-op callbacks
 
@@ -85,15 +86,12 @@ class LeanTransport(asyncio.Transport):
     __slots__ = (
         "_loop",
         "_sock",
-        "_fd",
         "_protocol",
         "_peername",
         "_poller",
         "_buffer",
-        "_high",
-        "_low",
+        "_limits",
         "_state",
-        "_lost_writes",
     )
 
     # `_state` bits (one int instead of six bool slots).
@@ -104,6 +102,7 @@ class LeanTransport(asyncio.Transport):
     _PAUSED = 16  # the protocol was told pause_writing
     _WRITING = 32  # registered with add_writer
     _CONNECTED = 64  # connection_made has run
+    _WARNED = 128  # a write after the loss was logged
 
     def __init__(
         self,
@@ -115,19 +114,22 @@ class LeanTransport(asyncio.Transport):
         # No super().__init__(): that would build the `_extra` dict this class avoids.
         self._loop = loop
         self._sock: socket.socket | None = sock
-        self._fd = sock.fileno()
         self._protocol = protocol
         self._peername = peername
         self._poller = readiness_poller(loop)
         self._buffer: bytearray | None = None  # only while something waits to be sent
-        self._high = DEFAULT_HIGH_WATER
-        self._low = DEFAULT_HIGH_WATER // 4
+        self._limits = _DEFAULT_LIMITS  # (low, high) write-buffer marks
         self._state = 0
-        self._lost_writes = 0
         loop.call_soon(self._connection_made)
 
     def __repr__(self) -> str:
         return f"<LeanTransport fd={self._fd} state={self._state:#x}>"
+
+    @property
+    def _fd(self) -> int:
+        # Not a slot: a descriptor above 256 is a 32-byte int object per connection.
+        # Every use (un)registers while the socket is still open.
+        return -1 if self._sock is None else self._sock.fileno()
 
     # -- BaseTransport ------------------------------------------------------------------
 
@@ -186,11 +188,13 @@ class LeanTransport(asyncio.Transport):
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
+        limits = (low, high)
+        # Every VM link sets the same marks: one shared tuple, not one per connection.
+        self._limits = _LIMITS.setdefault(limits, limits) if len(_LIMITS) < 16 else limits
         self._maybe_pause()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low, self._high)
+        return self._limits
 
     def get_write_buffer_size(self) -> int:
         return len(self._buffer) if self._buffer else 0
@@ -205,9 +209,9 @@ class LeanTransport(asyncio.Transport):
         if not data:
             return
         if self._state & self._LOST or self._sock is None:
-            if self._lost_writes >= _LOG_LOST_WRITES:
-                log.warning("socket.send() raised exception.")
-            self._lost_writes += 1
+            if not self._state & self._WARNED:  # once, where asyncio repeats it
+                self._state |= self._WARNED
+                log.warning("%r: write after the connection was lost; dropped", self)
             return
         if not self._buffer:
             try:
@@ -339,7 +343,7 @@ class LeanTransport(asyncio.Transport):
     # -- flow control -------------------------------------------------------------------
 
     def _maybe_pause(self) -> None:
-        if self._state & self._PAUSED or self.get_write_buffer_size() <= self._high:
+        if self._state & self._PAUSED or self.get_write_buffer_size() <= self._limits[1]:
             return
         self._state |= self._PAUSED
         try:
@@ -350,7 +354,7 @@ class LeanTransport(asyncio.Transport):
             self._report("protocol.pause_writing() failed", exc)
 
     def _maybe_resume(self) -> None:
-        if not self._state & self._PAUSED or self.get_write_buffer_size() > self._low:
+        if not self._state & self._PAUSED or self.get_write_buffer_size() > self._limits[0]:
             return
         self._state &= ~self._PAUSED
         try:

@@ -252,7 +252,7 @@ def test_without_epoll_each_transport_uses_add_reader(monkeypatch: pytest.Monkey
         loop = asyncio.get_running_loop()
         async with pair() as (transport, proto, peer):
             assert transport._poller is None
-            assert loop._selector.get_key(transport._fd) is not None  # type: ignore[attr-defined]
+            assert loop._selector.get_key(transport.get_extra_info("socket").fileno()) is not None  # type: ignore[attr-defined]
             peer.sendall(b"ok")
             await asyncio.wait_for(proto.arrived.wait(), WAIT)
             transport.write(b"back")
