@@ -230,7 +230,8 @@ _HIM_KEYS = tuple(range(256, 512))
 # table in place but swaps in a copy, and equal tables are one object, so the many
 # connections that negotiated the same options (every VM on a vspcd) hold one dict
 # between them instead of ~220 bytes each.  Bounded, so a peer cycling through
-# options cannot grow it: past the limit new tables are simply private.
+# options cannot grow it: at the limit the index starts over (tables in use stay
+# with their codecs; the common ones are shared again from their next use).
 _SHARED_TABLES: dict[frozenset[tuple[int, _Q]], dict[int, _Q]] = {}
 _SHARED_TABLES_MAX = 256
 _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new table
@@ -247,8 +248,9 @@ def _with_state(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     shared = _SHARED_TABLES.get(items)
     if shared is not None:
         return shared
-    if len(_SHARED_TABLES) < _SHARED_TABLES_MAX:
-        _SHARED_TABLES[items] = new
+    if len(_SHARED_TABLES) >= _SHARED_TABLES_MAX:
+        _SHARED_TABLES.clear()  # codecs keep their tables; only the index starts over
+    _SHARED_TABLES[items] = new
     return new
 
 
