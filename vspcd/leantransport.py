@@ -24,7 +24,10 @@ semantics as the stdlib selector transport:
 
 Readiness: on Linux every lean transport's socket sits in one shared epoll set
 (vspcd/acceptpoll.py), registered once with the loop, so an idle connection holds
-no loop registration at all; elsewhere each uses `loop.add_reader`.  Writers use
+no loop registration at all; elsewhere each uses `loop.add_reader`.  The set is
+level-triggered and read 64 ready sockets per wake-up (the kernel rotates its ready
+list), so a busy VM delays the others by at most a batch, as a loop iteration of
+asyncio's own readers would.  Writers use
 `loop.add_writer` only while something is buffered.  It is built only where
 listeners.py's synchronous hand-over runs (the stdlib selector loop, plain TCP):
 TLS connections and other loops (uvloop) keep asyncio's transports.
