@@ -226,6 +226,33 @@ _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__ca
 # CPython's small-int cache) held by every codec's table.
 _HIM_KEYS = tuple(range(256, 512))
 
+# The tables themselves are shared too (issue #12 item 3): a codec never changes its
+# table in place but swaps in a copy, and equal tables are one object, so the many
+# connections that negotiated the same options (every VM on a vspcd) hold one dict
+# between them instead of ~220 bytes each.  Bounded, so a peer cycling through
+# options cannot grow it: at the limit the index starts over (tables in use stay
+# with their codecs; the common ones are shared again from their next use).
+_SHARED_TABLES: dict[frozenset[tuple[int, _Q]], dict[int, _Q]] = {}
+_SHARED_TABLES_MAX = 256
+_EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new table
+
+
+def _with_state(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
+    """`table` with `key` set to `state`, as a shared table where possible."""
+    new = dict(table)
+    if state is _NO:
+        new.pop(key, None)  # NO is the default: equal tables, one representation
+    else:
+        new[key] = state
+    items = frozenset(new.items())
+    shared = _SHARED_TABLES.get(items)
+    if shared is not None:
+        return shared
+    if len(_SHARED_TABLES) >= _SHARED_TABLES_MAX:
+        _SHARED_TABLES.clear()  # codecs keep their tables; only the index starts over
+    _SHARED_TABLES[items] = new
+    return new
+
 
 class TelnetCodec:
     """Telnet framing plus RFC 1143 negotiation for one connection.
@@ -266,8 +293,8 @@ class TelnetCodec:
         self._remote_ok = frozenset(remote_ok)
         self._sb_limit = sb_limit
         # RFC 1143 states of both sides in one table (ours at `option`, the peer's at
-        # `_HIM_KEYS[option]`): one small dict per connection instead of two.
-        self._q: dict[int, _Q] = {}
+        # `_HIM_KEYS[option]`), copied on write and shared (`_with_state`).
+        self._q: dict[int, _Q] = _EMPTY_TABLE
         self._out: bytearray | None = None  # queued replies, allocated on demand
         self._state = _DATA
         self._verb = _WILL
@@ -300,47 +327,46 @@ class TelnetCodec:
     def offer_local(self, option: int) -> None:
         """Ask to perform `option` (send WILL) unless it is on or already asked for."""
         if self._q.get(option, _NO) is _NO:
-            self._q[option] = _WANTYES
+            self._q = _with_state(self._q, option, _WANTYES)
             self._queue(negotiation(_WILL, option))
 
     def request_remote(self, option: int) -> None:
         """Ask the peer to perform `option` (send DO) unless on or already asked for."""
         if self._q.get(_HIM_KEYS[option], _NO) is _NO:
-            self._q[_HIM_KEYS[option]] = _WANTYES
+            self._q = _with_state(self._q, _HIM_KEYS[option], _WANTYES)
             self._queue(negotiation(_DO, option))
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
         local = verb in (_DO, _DONT)
-        table = self._q
         key = option if local else _HIM_KEYS[option]
         wanted = self._local_ok if local else self._remote_ok
         positive = verb in (_DO, _WILL)
         agree, refuse = (_WILL, _WONT) if local else (_DO, _DONT)
-        state = table.get(key, _NO)
+        state = self._q.get(key, _NO)
         events: list[Event] = [Negotiation(verb, option)]
         if positive:
             if state is _NO:
                 if option in wanted:
-                    table[key] = _YES
+                    self._q = _with_state(self._q, key, _YES)
                     self._queue(negotiation(agree, option))
                     events.append(OptionChanged(option, local, True))
                 else:
                     self._queue(negotiation(refuse, option))
             elif state is _WANTYES:
-                table[key] = _YES
+                self._q = _with_state(self._q, key, _YES)
                 events.append(OptionChanged(option, local, True))
             elif state is _WANTNO:
                 # RFC 1143: "DONT answered by WILL" - an error by the peer; settle on NO.
-                table[key] = _NO
+                self._q = _with_state(self._q, key, _NO)
             # YES: already in effect, never acknowledge again.
         else:
             if state is _YES:
-                table[key] = _NO
+                self._q = _with_state(self._q, key, _NO)
                 self._queue(negotiation(refuse, option))
                 events.append(OptionChanged(option, local, False))
             elif state in (_WANTNO, _WANTYES):
-                table[key] = _NO
+                self._q = _with_state(self._q, key, _NO)
             # NO: already off, no reply.
         return events
 

@@ -46,12 +46,16 @@ class AcceptPoller:
 
     Args:
         loop: the event loop the listeners run on.
+        close_when_empty: give the epoll descriptor and the loop registration back
+            whenever the last socket leaves (the lean VM transports' shared set,
+            vspcd/leantransport.py, which has no owner to close it).
     """
 
-    __slots__ = ("_loop", "_epoll", "_ready", "_watching")
+    __slots__ = ("_loop", "_epoll", "_ready", "_watching", "_close_when_empty")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, close_when_empty: bool = False) -> None:
         self._loop = loop
+        self._close_when_empty = close_when_empty
         self._epoll: select.epoll | None = None  # built with the first socket
         self._ready: dict[int, AcceptTarget] = {}
         self._watching = False
@@ -74,6 +78,8 @@ class AcceptPoller:
         if self._ready.pop(fd, None) is not None and self._epoll is not None:
             with contextlib.suppress(OSError):  # already closed: epoll forgot it
                 self._epoll.unregister(fd)
+            if self._close_when_empty and not self._ready:
+                self.close()
 
     def close(self) -> None:
         """Drop every registration and the epoll descriptor (idempotent)."""

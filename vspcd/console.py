@@ -46,7 +46,9 @@ class Cancellable(Protocol):
 class VmChannel(Protocol):
     """The hub's view of one ESXi connection (vspcd/links.py VmLink)."""
 
-    peer: str
+    @property
+    def peer(self) -> str:
+        """`host:port` of the VM's host (for log lines and events)."""
 
     def send_console(self, data: bytes) -> None: ...
     def goahead(self, sequence: bytes, secret: bytes) -> None: ...
@@ -221,6 +223,9 @@ class Scrollback:
         return bytes(self._buf[len(self._buf) - n :]) if n > 0 else b""
 
 
+EARLY_LIMIT = 64 * 1024  # bytes of pre-identification output kept per connection
+
+
 @dataclass(eq=False, slots=True)
 class VmConn:
     """Hub-side record of one ESXi connection."""
@@ -234,9 +239,22 @@ class VmConn:
     label: str | None = None
     proxy_accepted: bool | None = None  # None: no DO-PROXY (yet), e.g. a destination
     console: Console | None = None
-    early: Bounded = field(default_factory=lambda: Bounded(64 * 1024))  # pre-identification
+    # Output before identification (`early`), built on the first such byte: nearly
+    # every connection has none, and an empty `Bounded` is 56 bytes (issue #12 item 3).
+    _early: Bounded | None = None
     congested: bool = False
     unannounced: bool = False  # bound, "connected" line waiting for VM-NAME
+
+    @property
+    def early(self) -> Bounded:
+        """The pre-identification output buffer (built on first use)."""
+        if self._early is None:
+            self._early = Bounded(EARLY_LIMIT)
+        return self._early
+
+    def take_early(self) -> bytes:
+        """Remove and return the pre-identification output (b"" if there was none)."""
+        return b"" if self._early is None else self._early.take()
 
 
 @dataclass(eq=False, slots=True)
@@ -310,7 +328,7 @@ class Console:
     key: ConsoleKey
     name: str
     scrollback: Scrollback
-    hold: Bounded  # client -> VM bytes held (vMotion, congestion, or no VM)
+    hold_limit: int  # ceiling of `hold`
     created: float  # hub clock
     port: int | None = None
     vm: VmConn | None = None
@@ -323,6 +341,27 @@ class Console:
     refuse_next_vmotion: bool = False
     last_output: float | None = None  # hub clock of the VM's latest output
     counters: Counters = field(default_factory=Counters)
+    # Client -> VM bytes held (vMotion, congestion, or no VM): see `hold`.
+    _hold: Bounded | None = None
+
+    @property
+    def hold(self) -> Bounded:
+        """The held keystrokes' queue, built on first use: most consoles never hold
+        anything, and an empty `Bounded` is 56 bytes each (issue #12 item 3).  Use
+        `held` and `hold_dropped` to read without building it."""
+        if self._hold is None:
+            self._hold = Bounded(self.hold_limit)
+        return self._hold
+
+    @property
+    def held(self) -> int:
+        """Bytes in the hold queue."""
+        return 0 if self._hold is None else len(self._hold)
+
+    @property
+    def hold_dropped(self) -> int:
+        """Held bytes dropped at the ceiling so far."""
+        return 0 if self._hold is None else self._hold.dropped
 
     @property
     def display_name(self) -> str:

@@ -62,7 +62,6 @@ from vspc.common.session import (
 )
 from vspc.common.telnet import escape
 from vspc.vspcd.console import (
-    Bounded,
     Cancellable,
     Challenge,
     Client,
@@ -294,7 +293,7 @@ class Hub:
             last_output=console.last_output,
             service_uri=console.service_uri if detail else None,
             vm_peer=(None if console.vm is None else console.vm.channel.peer) if detail else None,
-            counters={**asdict(counters), "hold_dropped": console.hold.dropped} if detail else None,
+            counters={**asdict(counters), "hold_dropped": console.hold_dropped} if detail else None,
         )
 
     # ================================================================== observers
@@ -562,8 +561,9 @@ class Hub:
             info = self.console_info(console)
             first = existing is None
             self._emit(VmConnected(key, console.display_name, conn.channel.peer, info, first))
-        if len(conn.early):
-            self._output(console, conn.early.take())
+        early = conn.take_early()
+        if early:
+            self._output(console, early)
         self._flush_hold(console)
 
     def _announce(self, console: Console, conn: VmConn) -> None:
@@ -688,7 +688,7 @@ class Hub:
             key=key,
             name=name,
             scrollback=Scrollback(self.settings.scrollback),
-            hold=Bounded(self.settings.hold_limit),
+            hold_limit=self.settings.hold_limit,
             created=now,
         )
         self._consoles[key] = console
@@ -762,7 +762,7 @@ class Hub:
         vm_conn = console.vm
         if vm_conn is None or console.migration is not None or vm_conn.congested:
             return
-        if len(console.hold):
+        if console.held:
             data = console.hold.take()
             console.counters.bytes_to_vm += len(data)
             vm_conn.channel.send_console(data)
@@ -785,7 +785,7 @@ class Hub:
             # F9: a second BEGIN implicitly aborts the first; then answer this one.
             self._abort(console, AbortReason.NEW_BEGIN)
         refusal = None
-        backlog = conn.channel.write_backlog() + len(console.hold)
+        backlog = conn.channel.write_backlog() + console.held
         if console.refuse_next_vmotion:
             console.refuse_next_vmotion = False
             refusal = VMotionRefused(console.key, console.display_name, RefusalReason.OPERATOR)
@@ -800,7 +800,7 @@ class Hub:
             self._emit(refusal)
             return
         # Duty 1: every byte queued for the source precedes GOAHEAD on the wire.
-        if len(console.hold):
+        if console.held:
             data = console.hold.take()
             console.counters.bytes_to_vm += len(data)
             conn.channel.send_console(data)
@@ -838,8 +838,7 @@ class Hub:
             return
         mig.dest = conn
         conn.role, conn.console = Role.DESTINATION, console
-        if len(conn.early):
-            mig.dest_output += conn.early.take()
+        mig.dest_output += conn.take_early()
         if conn.uuid is not None and conn.uuid != console.key.uuid:
             log.warning(
                 "%s: destination %s reports UUID %s", _tag(console), conn.channel.peer, conn.uuid
@@ -1067,7 +1066,7 @@ class Hub:
             vm_conn is not None
             and console.migration is None
             and not vm_conn.congested
-            and not len(console.hold)
+            and not console.held
         ):
             console.counters.bytes_to_vm += len(data)
             vm_conn.channel.send_console(data)  # the common case: straight through

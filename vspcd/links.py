@@ -92,7 +92,6 @@ class VmLink(asyncio.Protocol):
         "_lost",
         "_receiving",
         "_probing",
-        "peer",
     )
 
     def __init__(
@@ -117,13 +116,11 @@ class VmLink(asyncio.Protocol):
         # and leave in a single write at the end (one send(2), not one per reply).
         self._receiving = False
         self._probing = False  # a liveness probe is out: the next read answers it
-        self.peer = "?"
 
     # -- asyncio callbacks ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self.peer = peer_name(transport)
         # TCP keepalive (PROTOCOL.md §4.6) is already on: the proxy Listener sets it,
         # with the same timing, on every socket it accepts (listeners.set_keepalive).
         # Setting it again here cost four setsockopt calls per VM connection.
@@ -140,6 +137,15 @@ class VmLink(asyncio.Protocol):
                 else loop.time() + self._preident.timeout
             )
             self._ident_timer = loop.call_at(deadline, self._ident_timed_out)
+
+    @property
+    def peer(self) -> str:
+        """`host:port` of the VM's host, for log lines and events, or "?".
+
+        Formatted when asked (log lines, events) from the address the transport
+        keeps anyway: a string per idle console was ~64 bytes (issue #12 item 3).
+        """
+        return "?" if self._transport is None else peer_name(self._transport)
 
     def adopt_slot(self, slot: Slot) -> None:
         """Take over the listener's unidentified slot (listeners.SlotHolder)."""

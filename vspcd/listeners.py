@@ -26,7 +26,9 @@ to asyncio synchronously, inside the readiness callback, without a Task, a corou
 or a waiter future: on the stdlib selector loop through `_make_socket_transport`
 (what asyncio's own `Server` uses for each accepted socket), guarded by
 `fast_transport_maker`, which falls back to the public `connect_accepted_socket` on
-any loop without it (uvloop, a future CPython).  Only a TLS connection, or one whose
+any loop without it (uvloop, a future CPython).  On the proxy port that transport is
+vspcd/leantransport.py's `LeanTransport` (a third of an idle console's memory less
+than asyncio's).  Only a TLS connection, or one whose
 first byte has not arrived yet on a TLS-enabled port, takes the Task path.  TCP
 keepalive is set once on the proxy's listening socket, which Linux copies to every
 accepted socket; a listener checks that on its first accept and otherwise sets it
@@ -49,6 +51,7 @@ import socket
 import ssl
 import stat
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ from typing import Protocol, cast
 from vspc.vspcd import acceptpoll, counters
 from vspc.vspcd.acceptpoll import AcceptPoller
 from vspc.vspcd.gate import AllowList, Slot, Slots, Throttled, host_of
+from vspc.vspcd.leantransport import LeanTransport
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +99,10 @@ _TRANSIENT = frozenset(
 # bind(2) errors that are about this one port; anything else (EADDRNOTAVAIL,
 # EMFILE, ...) would fail for every port, so PortBinder stops scanning.
 _PORT_TAKEN = frozenset({errno.EADDRINUSE, errno.EACCES})
+
+# Listener._fast: how a plain connection is handed over (0: the public Task path).
+_ASYNCIO = 1  # asyncio's transport, built synchronously
+_LEAN = 2  # vspcd/leantransport.py
 
 _ACCEPT_BATCH = 64  # accepts per readiness callback, so one busy port cannot hog the loop
 
@@ -277,6 +285,7 @@ class Listener:
         unidentified: Slots | None = None,
         handshakes: Slots | None = None,
         fast: bool = True,
+        lean: bool = False,
         poller: AcceptPoller | None = None,
     ) -> None:
         # shared / configuration
@@ -297,8 +306,10 @@ class Listener:
         self._accept_override: Callable[[], tuple[socket.socket, object]] | None = None
         # The synchronous hand-over (module docstring) where the loop has it; False
         # forces the public Task path (tests run both).  A flag, not the bound method:
-        # one is kept per listener, and there is a listener per console.
-        self._fast = fast and fast_transport_maker(loop) is not None
+        # one is kept per listener, and there is a listener per console.  `lean` (the
+        # proxy port) hands plain connections to a LeanTransport instead of asyncio's
+        # (vspcd/leantransport.py); one int rather than another slot per console port.
+        self._fast = (_LEAN if lean else _ASYNCIO) if fast and fast_transport_maker(loop) else 0
         # Linux copies a listening socket's keepalive settings to the sockets it
         # accepts (start_proxy_listener sets them there): None until the first
         # accepted socket shows whether this listener's do, then True or False.
@@ -530,7 +541,14 @@ class Listener:
             protocol = self._build(slot)
             # `peername` from accept(), as asyncio's own Server passes it: saves a
             # getpeername(2).  connection_made runs on the loop's next iteration.
-            make_transport(conn, protocol, extra={"peername": address})
+            if self._fast == _LEAN:
+                # The host's address string is interned: a host runs many VMs, so
+                # their connections share one string (issue #12 item 3).
+                if isinstance(address, tuple) and isinstance(address[0], str):
+                    address = (sys.intern(address[0]), *address[1:])
+                LeanTransport(self._loop, conn, protocol, address)
+            else:
+                make_transport(conn, protocol, extra={"peername": address})
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
@@ -685,6 +703,7 @@ async def start_proxy_listener(
     unidentified: Slots | None = None,
     handshakes: Slots | None = None,
     reuse_port: bool = False,
+    lean: bool = True,
 ) -> Listener:
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
@@ -705,6 +724,8 @@ async def start_proxy_listener(
         unidentified: slots for connections not yet identified (None: no cap).
         handshakes: slots for TLS handshakes in progress (None: no cap).
         reuse_port: SO_REUSEPORT, for several nodes on one host (docs/cluster.md).
+        lean: plain connections get a `LeanTransport` (a third of an idle console's
+            memory less; vspcd/leantransport.py) where the loop allows it.
 
     Raises:
         OSError: the address cannot be bound.
@@ -725,6 +746,7 @@ async def start_proxy_listener(
         allow=allow,
         unidentified=unidentified,
         handshakes=handshakes,
+        lean=lean,
     )
     listener.start()
     log.info(

@@ -306,7 +306,7 @@ class Metrics:
                 consoles["connected" if console.connected else "disconnected"] += 1
             for client in console.clients:
                 clients[client.kind.value] += 1
-            held += len(console.hold)
+            held += console.held
             if console.key not in self._live:
                 self._live[console.key] = console.counters  # e.g. created by a plugin
             from_vm += console.counters.bytes_from_vm

@@ -513,3 +513,49 @@ def test_after_any_error_any_input_raises(data: bytes, cuts: list[int], later: b
             assert first is None, "input accepted after a protocol error"
     assert codec.failed is (first is not None)
     assert codec.error is first
+
+
+def _negotiated(*chunks: bytes) -> TelnetCodec:
+    codec = TelnetCodec(local_ok={Opt.BINARY, Opt.SGA}, remote_ok={Opt.BINARY})
+    codec.offer_local(Opt.SGA)
+    for chunk in chunks:
+        codec.receive_data(chunk)
+    return codec
+
+
+def test_codecs_in_the_same_state_share_one_option_table() -> None:
+    # Issue #12 item 3: the RFC 1143 table is copied on write and shared.
+    first = _negotiated(bytes([255, 253, 3, 255, 251, 0]))  # DO SGA, WILL BINARY
+    second = _negotiated(bytes([255, 253, 3, 255, 251, 0]))
+    assert first._q is second._q
+    assert first.local_enabled(Opt.SGA) and first.remote_enabled(Opt.BINARY)
+    # A change to one codec leaves the other (and the shared table) alone.
+    first.receive_data(bytes([255, 252, 0]))  # WONT BINARY
+    assert not first.remote_enabled(Opt.BINARY)
+    assert second.remote_enabled(Opt.BINARY) and first._q is not second._q
+    assert TelnetCodec()._q == {}
+
+
+@FAST
+@given(st.lists(st.tuples(st.sampled_from([251, 252, 253, 254]), st.integers(0, 255)), max_size=40))
+def test_shared_option_tables_stay_bounded_and_agree_with_a_private_table(
+    verbs: list[tuple[int, int]],
+) -> None:
+    from vspc.common import telnet
+
+    codec = TelnetCodec(local_ok=range(256), remote_ok=range(0, 256, 2))
+    wire = b"".join(bytes([255, verb, option]) for verb, option in verbs)
+    codec.receive_data(wire)
+    assert len(telnet._SHARED_TABLES) <= telnet._SHARED_TABLES_MAX
+    # Replay on a reference: the last verb per (side, option) decides the state.
+    expected_local: dict[int, bool] = {}
+    expected_remote: dict[int, bool] = {}
+    for verb, option in verbs:
+        if verb in (253, 254):
+            expected_local[option] = verb == 253
+        else:
+            expected_remote[option] = verb == 251 and option % 2 == 0
+    for option, on in expected_local.items():
+        assert codec.local_enabled(option) is on
+    for option, on in expected_remote.items():
+        assert codec.remote_enabled(option) is on

@@ -16,11 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.vspcd.harness import UUID_A, FakeEsxi, Operator, console_port, identified, running
+from tests.vspcd.harness import (
+    UUID_A,
+    UUID_B,
+    FakeEsxi,
+    Operator,
+    console_port,
+    identified,
+    running,
+)
 from tests.vspcd.test_listeners import cert_pair
 from vspc.common.session import ProxySession
 from vspc.common.telnet import Opt, TelnetCodec
-from vspc.vspcd import heap
+from vspc.vspcd import acceptpoll, heap
 from vspc.vspcd.console import Bounded, Scrollback
 from vspc.vspcd.flow import ClientOutput
 from vspc.vspcd.gate import Slots
@@ -329,5 +337,47 @@ def test_a_closed_vm_connection_is_freed_without_the_cyclic_gc(tmp_path: Path) -
             await events.wait("vm_disconnected")
             assert await _until_none_alive(VmLink) == 0
             assert await _until_none_alive(TelnetClientLink) == 0
+
+    asyncio.run(main())
+
+
+def test_idle_vm_connections_hold_no_loop_registration_or_unused_records(
+    tmp_path: Path,
+) -> None:
+    """Issue #12 item 3, second round: a plain VM connection gets the lean transport
+    (vspcd/leantransport.py), whose socket waits in the shared epoll set rather than
+    in the loop's selector, and an idle console builds no hold queue and no early
+    buffer."""
+    from vspc.vspcd.leantransport import LeanTransport
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with running(tmp_path) as (daemon, events):
+            assert daemon.hub is not None
+            selector = loop._selector  # type: ignore[attr-defined]
+            first = await FakeEsxi.connect(daemon.proxy_port)
+            await identified(events, UUID_A)
+            registered = len(selector.get_map())
+            second = await FakeEsxi.connect(daemon.proxy_port, UUID_B, "vm-00001")
+            await identified(events, UUID_B)
+            vms = [
+                await FakeEsxi.connect(daemon.proxy_port, f"{n:032x}", f"vm-{n}") for n in range(3)
+            ]
+            for n in range(3):
+                await identified(events, f"{n:032x}")
+            # The test's own client sockets are in the same loop: one each, nothing
+            # more, so the daemon side of each connection added no registration.
+            if acceptpoll.available():
+                assert len(selector.get_map()) == registered + 4
+            for console in daemon.hub.consoles():
+                assert console.vm is not None
+                transport = console.vm.channel._transport  # type: ignore[attr-defined]
+                assert isinstance(transport, LeanTransport)
+                assert not hasattr(transport, "__dict__")
+                assert console._hold is None and console.held == 0
+                assert console.hold_dropped == 0
+                assert console.vm._early is None and console.vm.take_early() == b""
+            for vm in (first, second, *vms):
+                await vm.close()
 
     asyncio.run(main())
