@@ -24,9 +24,13 @@ import pytest
 
 from tests.vspcd.cluster_kit import Cluster, Node, needs_redis, until
 from tests.vspcd.harness import UUID_A, FakeEsxi, Operator
+from tests.vspctui.test_tui_app import HeadlessScreen
+from tests.vspctui.test_tui_app import until as tui_until
 from vspc.common import esxi
 from vspc.common.admin import ConsoleInfo
 from vspc.common.peerlink import NONCE, PeerLinkCodec, RemoteProtocolError, Side
+from vspc.vspctui.app import App
+from vspc.vspctui.client import AdminAddress
 
 pytestmark = needs_redis
 
@@ -527,6 +531,27 @@ def test_vspc_cli_unchanged_against_a_non_owner(tmp_path: Path) -> None:
             out, err = await asyncio.wait_for(done.communicate(), 30)
             assert done.returncode == 0, err
             assert b"cli-vm" in out, out
+        await vm.close()
+
+    run(tmp_path, body, "a", "c")
+
+
+def test_vspc_tui_unchanged_against_a_non_owner(tmp_path: Path) -> None:
+    """The dashboard on c lists a's console and its preview is live (tail relayed)."""
+
+    async def body(cluster: Cluster) -> None:
+        a, c = cluster["a"], cluster["c"]
+        vm = await FakeEsxi.connect(a.proxy_port, name="tui-vm")
+        await connected(c, UUID_A, "a")
+        screen = HeadlessScreen()
+        app = App(AdminAddress(path=str(c.admin_socket)), screen=screen)
+        task = asyncio.create_task(app.run())
+        await tui_until(app, lambda: "tui-vm" in screen.text, "a's console listed on c")
+        await tui_until(app, lambda: bool(app.model.tails), "the preview tailing through c")
+        vm.send(b"relayed to the dashboard\r\n")
+        await tui_until(app, lambda: "relayed to the dashboard" in screen.text, "live output")
+        app.press("q")
+        await asyncio.wait_for(task, 30)
         await vm.close()
 
     run(tmp_path, body, "a", "c")
