@@ -456,7 +456,7 @@ class ConsoleLogs:
         entry.by_uuid = console.name == vm.display_uuid(console.key.uuid)
         path = self._settings.directory / self._assign(entry.key, entry.name)
         if path != entry.path:
-            log.info("%s: console log %s", entry.key, path)
+            log.info("%s: console log %s", console.tag, path)
             entry.rotated = None
         entry.path = path
         try:

@@ -184,7 +184,7 @@ def test_a_vm_naming_itself_like_another_never_writes_into_its_log(
     assert (logs / "vmlog-db01").read_bytes() == f"{UUID_A} speaking\n".encode()
     impostor = logs / "vmlog-db01~89abcdef"
     assert impostor.read_bytes() == f"{UUID_B} speaking\nsync\n".encode()
-    assert f"{UUID_B}: console log {impostor}" in caplog.text  # the log says which file
+    assert f"db01 ({UUID_B[:8]}): console log {impostor}" in caplog.text  # says which file
     # After a restart the impostor connects first: A's file is still A's alone.
     asyncio.run(main(UUID_B, UUID_A))
     a_said, b_said = f"{UUID_A} speaking\n".encode(), f"{UUID_B} speaking\n".encode()
