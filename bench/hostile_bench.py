@@ -12,7 +12,7 @@ otherwise) via bench/daemon_bench.py's `Daemon`, then:
    are held `hold` seconds (meanwhile a fresh VM from 127.0.0.3 must identify), then
    closed by us; the daemon's RSS is read once its CPU is quiet and `--trim-wait`
    seconds have passed (the daemon trims its heap when a flood ends, at most once
-   per 5 s: vspcd/heap.py).
+   per 5 s: vspcd/service/heap.py).
 
 Prints ONE JSON line: per round the RSS after it, the fresh VM's identification
 time, the echo round trips during it, how many hostile connections the daemon
@@ -219,7 +219,7 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
                     peer.transport.abort()
             fresh.close()
             settle(daemon)
-            # The daemon trims its heap once the flood is gone (vspcd/heap.py): at
+            # The daemon trims its heap once the flood is gone (vspcd/service/heap.py): at
             # most once per 5 s, so give it that long before reading RSS.
             await asyncio.sleep(trim_wait)
             settle(daemon)
@@ -237,7 +237,7 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
             during = [rtt for at, rtt in samples if began <= at <= ended]
             result["echo_ms"] = percentiles(during) if during else None
         # Between rounds: the attacker's connections are torn down and the heap is
-        # trimmed (vspcd/heap.py); the operator's echo is measured there too.
+        # trimmed (vspcd/service/heap.py); the operator's echo is measured there too.
         between = [
             rtt
             for at, rtt in samples

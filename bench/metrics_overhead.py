@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import vmotion_micro  # noqa: E402  (the sibling script, not a package)
 
-from vspc.vspcd.hub import Hub  # noqa: E402
-from vspc.vspcd.metrics import Metrics, Sources  # noqa: E402
+from vspc.vspcd.faces.metrics import Metrics, Sources  # noqa: E402
+from vspc.vspcd.hub.hub import Hub  # noqa: E402
 
 
 class _Never:
@@ -48,7 +48,7 @@ class ObservedHub(Hub):
 
 
 class MeteredHub(Hub):
-    """The hub with the metrics observer subscribed, as vspcd/server.py does."""
+    """The hub with the metrics observer subscribed, as vspcd/service/server.py does."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from vspc.vspcd.listeners import PortBinder
+from vspc.vspcd.net.listeners import PortBinder
 
 HOST = "127.0.0.1"
 

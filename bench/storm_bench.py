@@ -61,7 +61,7 @@ FULL = {"vms": 10_000, "migrating": 2_000, "typing": 200, "workers": 4, "type_ra
 QUICK = {"vms": 120, "migrating": 40, "typing": 8, "workers": 2, "type_rate": 20.0}
 SPARE_FDS = 200  # the daemon's own: admin socket, log, listeners, stdio
 # vspcd starts expiring idle consoles on every accept above 90% of its descriptor
-# limit (vspcd/server.py `_relieve_fd_pressure`): a run must stay below that, or it
+# limit (vspcd/service/server.py `_relieve_fd_pressure`): a run must stay below that, or it
 # measures the reclaim path.
 FD_PRESSURE = 0.9
 

@@ -8,7 +8,7 @@ Two processes, so that the CPU figure is the dashboard's alone:
   reconnecting (`vm_disconnected` then `vm_connected` with its row, for random
   consoles: what the issue measured) plus, for every tenth event, an `output` event
   of the console being tailed.
-- the **dashboard**: the real `App` (vspctui/app.py) on a headless urwid screen of
+- the **dashboard**: the real `App` (vspctui/dashboard/app.py) on a headless urwid screen of
   the size asked for, connected to the feeder through the real `AdminClient`.  Every
   `--key-every` seconds a key (`j`/`k`, and now and then `end`/`home`) is queued on
   the event loop, as the terminal's input callback would be, and the time from
@@ -45,8 +45,8 @@ from typing import Any
 
 import urwid
 
-from vspc.vspctui.app import App
 from vspc.vspctui.client import AdminAddress
+from vspc.vspctui.dashboard.app import App
 
 
 def row(i: int, connected: bool = True) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from typing import Any
 from vspc.common import vmware as vm
 from vspc.common.esxi import ESXI_KNOWN_CODES
 from vspc.common.telnet import IAC, Opt, TelnetCodec
-from vspc.vspcd.hub import Hub, HubSettings
-from vspc.vspcd.links import VmLink
+from vspc.vspcd.hub.hub import Hub, HubSettings
+from vspc.vspcd.net.links import VmLink
 
 UUID = "0123456789abcdeffedcba9800000000"
 KS1 = vm.encode(vm.KnownSuboptions1(ESXI_KNOWN_CODES))

@@ -54,7 +54,7 @@ def test_daemon_never_imports_the_tools(path: Path) -> None:
 
 @pytest.mark.parametrize("module", HUB)
 def test_hub_is_pure(module: str) -> None:
-    path = ROOT / "vspcd" / module
+    path = ROOT / "vspcd" / "hub" / module
     for name in _imports(path):
         assert name.split(".")[0] not in HUB_FORBIDDEN, (module, name)
         own = name.removeprefix("vspc.vspcd.")

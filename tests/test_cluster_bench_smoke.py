@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.vspcd.cluster_kit import needs_redis
+from tests.vspcd.cluster.cluster_kit import needs_redis
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "cluster_bench.py"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from vspc.common.admin import COMMANDS
-from vspc.vspcd.config import build_parser
-from vspc.vspctui.commands import commands
+from vspc.vspcd.service.config import build_parser
+from vspc.vspctui.shell.commands import commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"

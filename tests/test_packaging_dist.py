@@ -73,7 +73,7 @@ def test_wheel_has_every_console_script_and_the_service_files(dists: tuple[Path,
     assert scripts == SCRIPTS
     data = {Path(n).name for n in names if "/data/share/vspc/packaging/" in n}
     assert data == SHIPPED
-    assert "vspc/vspcd/notify.py" in names and "vspc/vspcd/py.typed" in names
+    assert "vspc/vspcd/service/notify.py" in names and "vspc/vspcd/py.typed" in names
 
 
 def test_sdist_has_what_rpmbuild_needs(dists: tuple[Path, Path]) -> None:

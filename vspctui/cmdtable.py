@@ -3,7 +3,7 @@ completion (STYLE.md "Shell: a command table"; issue #4, split out by issue #8 i
 
 Boundary: a command is an async handler registered with `CommandTable.register(...)`
 together with its arguments (`Arg`).  The table builds the argparse subcommands of
-`vspc` (vspctui/cli.py), parses shell lines with the very same parsers (never exiting
+`vspc` (vspctui/shell/cli.py), parses shell lines with the very same parsers (never exiting
 the process: errors raise `UsageError`), renders `help`, and tells the shell's completer
 which argument wants a console name, a lock mode or a client id.  Handlers talk to
 vspcd through `Context.client()` (vspctui/client.py) and print to `Context.out`.
@@ -12,7 +12,7 @@ Arguments that are fields of an admin request are derived from the protocol's ow
 (`vspc.common.admin.COMMANDS`) with `protocol_arg`, so their help, default and bounds
 are written once (issue #8 item 4).
 
-The handlers themselves are in vspctui/commands.py; this module imports none of them,
+The handlers themselves are in vspctui/shell/commands.py; this module imports none of them,
 so attach.py and shell.py can use the framework without an import cycle.
 
 Exit codes (`ExitCode`) are documented in docs/vspc.md.

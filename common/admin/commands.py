@@ -2,7 +2,7 @@
 
 Boundary: `COMMANDS` is the one schema of the admin requests (issue #8 item 4).  The
 daemon validates requests against it (`validate_request`, `required_access`), its
-handler table must name the same commands (vspcd/admin.py checks at import), and
+handler table must name the same commands (vspcd/faces/admin.py checks at import), and
 command-line clients derive their arguments from it: each `FieldSpec` carries its
 type, default, bounds, choices, help text and a placeholder, and `FieldSpec.convert`
 turns a command-line word into the value the daemon would accept, with the daemon's

@@ -1,7 +1,7 @@
 """Test doubles for the hub: a fake clock and scheduler, recording VM and client
 channels, and a port allocator.  No sockets, no event loop (STYLE.md "Tests").
 
-The channels satisfy `vspc.vspcd.console.VmChannel` / `ClientChannel` structurally and
+The channels satisfy `vspc.vspcd.hub.console.VmChannel` / `ClientChannel` structurally and
 log every call in order in `calls`, so a test can check what was sent and in what order
 (e.g. the held queue before GOAHEAD, PROTOCOL.md §4.4 duty 1).
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vspc.vspcd.console import ConsoleKey
+from vspc.vspcd.hub.console import ConsoleKey
 
 Call = tuple[Any, ...]
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from vspc.common import esxi
 from vspc.common.telnet import Data, Opt, TelnetCodec, escape
-from vspc.vspcd.config import Config, parse_args
-from vspc.vspcd.events import HubEvent
-from vspc.vspcd.render import event_fields
-from vspc.vspcd.server import Daemon
+from vspc.vspcd.faces.render import event_fields
+from vspc.vspcd.hub.events import HubEvent
+from vspc.vspcd.service.config import Config, parse_args
+from vspc.vspcd.service.server import Daemon
 
 TIMEOUT = 5.0
 UUID_A = "0123456789abcdeffedcba9800000000"

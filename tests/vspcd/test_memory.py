@@ -25,16 +25,17 @@ from tests.vspcd.harness import (
     identified,
     running,
 )
-from tests.vspcd.test_listeners import cert_pair
+from tests.vspcd.net.test_listeners import cert_pair
 from vspc.common.session import ProxySession
 from vspc.common.telnet import Opt, TelnetCodec
-from vspc.vspcd import acceptpoll, heap
-from vspc.vspcd.console import Bounded, Scrollback
-from vspc.vspcd.flow import ClientOutput
-from vspc.vspcd.gate import Slots
-from vspc.vspcd.heap import HeapTrimmer, find_malloc_trim, shrink_tls_read_buffer
-from vspc.vspcd.links import TelnetClientLink, VmLink
-from vspc.vspcd.listeners import Listener
+from vspc.vspcd.hub.console import Bounded, Scrollback
+from vspc.vspcd.net import acceptpoll
+from vspc.vspcd.net.admission import Slots
+from vspc.vspcd.net.flow import ClientOutput
+from vspc.vspcd.net.links import TelnetClientLink, VmLink
+from vspc.vspcd.net.listeners import Listener
+from vspc.vspcd.service import heap
+from vspc.vspcd.service.heap import HeapTrimmer, find_malloc_trim, shrink_tls_read_buffer
 
 
 def test_per_connection_objects_have_no_instance_dict(tmp_path: Path) -> None:
@@ -345,10 +346,10 @@ def test_idle_vm_connections_hold_no_loop_registration_or_unused_records(
     tmp_path: Path,
 ) -> None:
     """Issue #12 item 3, second round: a plain VM connection gets the lean transport
-    (vspcd/leantransport.py), whose socket waits in the shared epoll set rather than
+    (vspcd/net/leantransport.py), whose socket waits in the shared epoll set rather than
     in the loop's selector, and an idle console builds no hold queue and no early
     buffer."""
-    from vspc.vspcd.leantransport import LeanTransport
+    from vspc.vspcd.net.leantransport import LeanTransport
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -34,7 +34,7 @@ class PtyClient:
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.before = termios.tcgetattr(self.slave)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspctui.cli", "--socket", socket, *args],
+            [sys.executable, "-m", "vspc.vspctui.shell.cli", "--socket", socket, *args],
             stdin=self.slave,
             stdout=self.slave,
             stderr=self.slave,

@@ -1,8 +1,8 @@
 """A real vspcd with one fake ESXi VM (db01) for the `vspc` end-to-end tests.
 
-The daemon (`vspc.vspcd.server.Daemon`, through tests/vspcd/harness.py) and the fake
+The daemon (`vspc.vspcd.service.server.Daemon`, through tests/vspcd/harness.py) and the fake
 ESXi host run on their own event loop in a background thread, so the test thread is
-free to spawn `python -m vspc.vspctui.cli` on a pty, to call `main()` (which runs
+free to spawn `python -m vspc.vspctui.shell.cli` on a pty, to call `main()` (which runs
 `asyncio.run`) or to drive the shell.  Fixtures `real` and `spawn` (registered in
 conftest.py).  Synchronisation is on bytes arriving and on hub events, never sleeps.
 """
@@ -34,7 +34,7 @@ from tests.vspcd.harness import (
     running,
 )
 from tests.vspctui.ptyclient import PtyClient
-from vspc.vspctui.cli import main
+from vspc.vspctui.shell.cli import main
 
 __all__ = ["ME", "TIMEOUT", "RealDaemon", "attached_id", "protocol", "real", "spawn"]
 

@@ -1,8 +1,8 @@
 """`vspc` against a real vspcd (issue #4): the CLI, attach in a pty, the shell.
 
-The daemon (`vspc.vspcd.server.Daemon`, through tests/vspcd/harness.py) and a fake ESXi
+The daemon (`vspc.vspcd.service.server.Daemon`, through tests/vspcd/harness.py) and a fake ESXi
 host run on their own event loop in a background thread, so the test thread is free to
-spawn `python -m vspc.vspctui.cli` on a pty, to call `main()` (which runs
+spawn `python -m vspc.vspctui.shell.cli` on a pty, to call `main()` (which runs
 `asyncio.run`) or to drive the shell with prompt_toolkit pipe input.  Everything is on
 loopback; the admin socket is in a fresh short directory and the telnet ports start at
 a free port.  Synchronisation is on bytes arriving (on the pty, at the fake VM, in the
@@ -32,12 +32,12 @@ from prompt_toolkit.output import DummyOutput
 from tests.vspctui.ptyclient import PtyClient, client_env
 from tests.vspctui.realdaemon import ME, TIMEOUT, RealDaemon, attached_id, protocol
 from vspc.common.admin import AdminError
-from vspc.vspctui.cli import main
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.cmdtable import Context, ExitCode
-from vspc.vspctui.commands import commands
 from vspc.vspctui.formatting import LIST_HEADERS
-from vspc.vspctui.shell import Shell, ShellCompleter, repl
+from vspc.vspctui.shell.cli import main
+from vspc.vspctui.shell.commands import commands
+from vspc.vspctui.shell.shell import Shell, ShellCompleter, repl
 
 # ===================================================================== list
 
@@ -63,7 +63,7 @@ def test_list_table_json_and_no_arguments(real: RealDaemon, capsys: Any) -> None
 
     # `vspc` alone, the real entry point, socket from the environment.
     done = subprocess.run(
-        [sys.executable, "-m", "vspc.vspctui.cli"],
+        [sys.executable, "-m", "vspc.vspctui.shell.cli"],
         env=client_env() | {"VSPC_SOCKET": real.path},
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -132,7 +132,7 @@ def test_exclusive_lock_refuses_a_second_attach(
     holder = spawn("attach", "--lock", "exclusive", "db01")
     holder.expect(b"(exclusive); escape key is ^]\r\n")
     second = subprocess.run(
-        [sys.executable, "-m", "vspc.vspctui.cli", "--socket", real.path, "attach", "db01"],
+        [sys.executable, "-m", "vspc.vspctui.shell.cli", "--socket", real.path, "attach", "db01"],
         env=client_env(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -393,7 +393,7 @@ def test_socket_found_through_the_config_file(real: RealDaemon, tmp_path: Path) 
     config = tmp_path / "vspcd.toml"
     config.write_text(f"admin_socket = {json.dumps(real.path)}\n")
     done = subprocess.run(
-        [sys.executable, "-m", "vspc.vspctui.cli", "list"],
+        [sys.executable, "-m", "vspc.vspctui.shell.cli", "list"],
         env=client_env() | {"VSPC_CONFIG": str(config)},
         stdin=subprocess.DEVNULL,
         capture_output=True,

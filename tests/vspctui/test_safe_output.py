@@ -21,9 +21,9 @@ from tests.vspctui.realdaemon import TIMEOUT, RealDaemon
 from vspc.common.display import safe
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.cmdtable import Context, ExitCode, run_command
-from vspc.vspctui.commands import commands
 from vspc.vspctui.formatting import LIST_HEADERS
-from vspc.vspctui.shell import Shell, ShellCompleter
+from vspc.vspctui.shell.commands import commands
+from vspc.vspctui.shell.shell import Shell, ShellCompleter
 
 FORGER = "evil\nFAKE-ROW 1 up 0 - normal - x"
 FORGER_UUID = "00000000000000000000000000000bad"

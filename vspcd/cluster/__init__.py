@@ -1,4 +1,4 @@
-"""Cluster mode (issue #13, docs/cluster.md): several vspcd nodes, one console namespace.
+"""Cluster mode (docs/cluster.md): several vspcd nodes, one console namespace.
 
 Only imported when `--cluster` is given: the registry needs the optional `redis`
 client (`pip install 'vspc[cluster]'`); a plain vspcd stays stdlib-only.

@@ -1,7 +1,7 @@
 """Any node answers: admin requests about consoles another node serves.
 
 Spec: issue #13 ("Any node answers"), docs/cluster.md, docs/admin-protocol.md.  The
-admin server (vspcd/admin.py) offers every validated request to `Forwarder.takes`:
+admin server (vspcd/faces/admin.py) offers every validated request to `Forwarder.takes`:
 
 - `list` / `subscribe`'s snapshot stay local; `list` is answered here with every
   console of the cluster: this node's rows plus each live node's, asked over the
@@ -51,7 +51,6 @@ from vspc.common.admin import (
     validate_request,
 )
 from vspc.common.peerlink import StreamClose, StreamData, StreamOpen
-from vspc.vspcd.admin import HANDLERS, AdminLink, AdminServer, Identity, Mode, Reply
 from vspc.vspcd.cluster.links import PeerLink
 from vspc.vspcd.cluster.node import ClusterNode
 from vspc.vspcd.cluster.registry import RegistryUnavailable
@@ -63,7 +62,8 @@ from vspc.vspcd.cluster.streams import (
     StreamTransport,
     end_feed,
 )
-from vspc.vspcd.hub import HubError
+from vspc.vspcd.faces.admin import HANDLERS, AdminLink, AdminServer, Identity, Mode, Reply
+from vspc.vspcd.hub.hub import HubError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ updates go through one ordered writer task, so a slow Redis never stalls the dat
 path; vMotion cookies are published at once (a destination reaching another node
 looks them up).  A write that fails marks the mirror `dirty`; the next successful
 lease renewal (vspcd/cluster/node.py) calls `reconcile`, which republishes every
-owned console by compare-and-set and drops (vspcd/hub.py `drop`) any that another
+owned console by compare-and-set and drops (vspcd/hub/hub.py `drop`) any that another
 live node won meanwhile.
 """
 
@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
-from vspc.vspcd.console import ConsoleKey
-from vspc.vspcd.events import (
+from vspc.vspcd.hub.console import ConsoleKey
+from vspc.vspcd.hub.events import (
     ConsoleExpired,
     HubEvent,
     VmConnected,
@@ -29,7 +29,7 @@ from vspc.vspcd.events import (
     VMotionCompleted,
     VmRenamed,
 )
-from vspc.vspcd.hub import Hub
+from vspc.vspcd.hub.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class Mirror:
         return self._cookie_life
 
     def observe(self, event: HubEvent) -> None:
-        """The hub observer (vspcd/events.py); only consoles this node owns."""
+        """The hub observer (vspcd/hub/events.py); only consoles this node owns."""
         key = event.key
         if key not in self.owned:
             return

@@ -12,7 +12,7 @@ Theory of operation
   (vspcd/cluster/mirror.py): every console this hub serves is republished by
   compare-and-set; one that another live node won meanwhile is dropped here (its VM
   connection is closed, so ESXi reconnects and is relayed to the winner).
-- **Claims.** The gate (vspcd/cluster/gate.py) asks `claim(key)` before a source
+- **Claims.** The gate (vspcd/cluster/placement.py) asks `claim(key)` before a source
   connection is bound: ours (the console is restored onto its cluster-wide sticky
   telnet port if this hub does not have it yet) or another live node's (relay).
 - **Registry writes** follow hub events (vspcd/cluster/mirror.py), so a slow Redis
@@ -59,14 +59,14 @@ from vspc.common.peerlink import (
     VmSend,
 )
 from vspc.common.session import ProxyRequested
-from vspc.vspcd.cluster.gate import Gate
 from vspc.vspcd.cluster.links import PeerLink, RemoteVm
 from vspc.vspcd.cluster.mirror import Mirror
+from vspc.vspcd.cluster.placement import Gate
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
 from vspc.vspcd.cluster.streams import StreamSink
-from vspc.vspcd.config import Config
-from vspc.vspcd.console import ConsoleKey, VmChannel, VmConn
-from vspc.vspcd.hub import Hub
+from vspc.vspcd.hub.console import ConsoleKey, VmChannel, VmConn
+from vspc.vspcd.hub.hub import Hub
+from vspc.vspcd.service.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ StreamHandler = Callable[[PeerLink, int, dict[str, Any]], StreamSink | None]
 
 
 class TelnetPorts(Protocol):
-    """How the node binds the telnet ports of the consoles it takes (vspcd/server.py)."""
+    """How the node binds the telnet ports of the consoles it takes (vspcd/service/server.py)."""
 
     def bind_exact(self, port: int) -> bool:
         """Bind exactly `port`; False if it is busy on this host."""

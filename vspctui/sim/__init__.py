@@ -1,4 +1,4 @@
-"""vspc-sim: fake ESXi hosts for testing any vSPC over the protocol alone (issue #12).
+"""vspc-sim: fake ESXi hosts for testing any vSPC over the protocol alone.
 
 The VM side of each connection is `vspc.common.esxi.EsxiSession` (sans-IO); this
 package adds the asyncio plumbing and what a test rig needs around it:

@@ -1,0 +1,154 @@
+"""Hub state and hub events -> admin protocol JSON, through one schema (issue #8 item 1).
+
+The hub describes consoles and clients as the typed infos of `vspc.common.admin`
+(`ConsoleInfo`, `ClientInfo`, with times on its monotonic clock) and reports changes
+as typed events (vspcd/hub/events.py).  This module is the only place they become the
+JSON of docs/admin-protocol.md: `list` rows, the `show` object and event lines.
+`epoch` is what turns a hub-clock time into Unix time (`time.time() - hub.now()`,
+fixed when the admin server starts); None leaves times on the hub's clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from vspc.common.admin import ClientInfo, ConsoleInfo, EventName
+from vspc.vspcd.hub.events import (
+    ClientAttached,
+    ClientDetached,
+    ConsoleExpired,
+    HubEvent,
+    LockChanged,
+    Observer,
+    VmConnected,
+    VmDisconnected,
+    VMotionAborted,
+    VMotionBegun,
+    VMotionCompleted,
+    VMotionPeered,
+    VMotionRefused,
+    VmRenamed,
+)
+
+__all__ = [
+    "client_row",
+    "console_row",
+    "event_fields",
+    "event_message",
+    "fields_observer",
+    "show_row",
+    "summary_row",
+]
+
+
+def _client(info: ClientInfo, epoch: float | None) -> ClientInfo:
+    if epoch is None:
+        return info
+    return replace(info, since=round(info.since + epoch, 3))
+
+
+def _unix(when: float | None, epoch: float) -> float | None:
+    return None if when is None else round(when + epoch, 3)
+
+
+def _console(info: ConsoleInfo, epoch: float | None) -> ConsoleInfo:
+    if epoch is None:
+        return info
+    return replace(
+        info,
+        lock_holder=None if info.lock_holder is None else _client(info.lock_holder, epoch),
+        attached=tuple(_client(c, epoch) for c in info.attached),
+        created=_unix(info.created, epoch),
+        last_output=_unix(info.last_output, epoch),
+    )
+
+
+def client_row(info: ClientInfo, epoch: float | None = None) -> dict[str, Any]:
+    """A client object (in `attached`, `lock_holder` and `client_attached`)."""
+    return _client(info, epoch).to_json()
+
+
+def console_row(info: ConsoleInfo, epoch: float | None = None) -> dict[str, Any]:
+    """A `list` row (and the `console` of `vm_connected`)."""
+    return _console(info, epoch).to_json()
+
+
+def summary_row(info: ConsoleInfo) -> dict[str, Any]:
+    """A list row without `attached` (what a console is, not who is on it)."""
+    row = info.to_json()
+    del row["attached"]
+    return row
+
+
+def show_row(info: ConsoleInfo, epoch: float | None = None) -> dict[str, Any]:
+    """The `show` reply's console: a list row plus the show-only fields.
+
+    `service_uri` and `vm_peer` stay present as null (docs/admin-protocol.md: "string
+    | null"), where `ConsoleInfo.to_json` leaves absent fields out of list rows.
+    """
+    row = console_row(info, epoch)
+    row.setdefault("service_uri", None)
+    row.setdefault("vm_peer", None)
+    return row
+
+
+def event_fields(
+    event: HubEvent, epoch: float | None = None
+) -> tuple[EventName, dict[str, Any]] | None:
+    """An event's admin name and fields (`name`, `key`, then its own), or None for an
+    internal event that has no admin event line."""
+    name = event.admin_name
+    if name is None:
+        return None
+    fields: dict[str, Any] = {"name": event.name, "key": str(event.key)}
+    match event:
+        case VmConnected(peer=peer, info=info):
+            fields.update(peer=peer, console=console_row(info, epoch))
+        case VmDisconnected(peer=peer) | VMotionBegun(peer=peer) | VMotionPeered(peer=peer):
+            fields["peer"] = peer
+        case VMotionCompleted(peer=peer):
+            fields["peer"] = peer
+        case VmRenamed(vm_name=vm_name):
+            fields["vm_name"] = vm_name
+        case ConsoleExpired(port=port):
+            fields["port"] = port
+        case VMotionAborted(reason=reason):
+            fields["reason"] = reason.value
+        case VMotionRefused() as refused:
+            fields["reason"] = refused.text
+        case ClientAttached(client=client):
+            fields["client"] = client_row(client, epoch)
+        case ClientDetached(client=client, reason=reason):
+            fields["client"] = client.id
+            if reason is not None:
+                fields["reason"] = reason
+        case LockChanged(lock=lock, holder=holder):
+            fields.update(lock=None if lock is None else lock.value, holder=holder)
+    return name, fields
+
+
+def event_message(event: HubEvent, epoch: float | None = None) -> dict[str, Any] | None:
+    """The pushed `{"event": ..., "name", "key", ...}` object, or None (internal)."""
+    found = event_fields(event, epoch)
+    if found is None:
+        return None
+    name, fields = found
+    return {"event": name.value, **fields}
+
+
+def fields_observer(observer: Callable[[str, dict[str, Any]], None]) -> Observer:
+    """Adapt an observer of `(admin event name, fields)` pairs, the shape of the admin
+    event lines (hub clock), to typed events; internal events are not passed on.
+
+    Kept for tests that compare event lines as the admin protocol shows them
+    (tests/vspcd/hub/test_hub.py); the daemon's own observers match on the event types.
+    """
+
+    def observe(event: HubEvent) -> None:
+        found = event_fields(event)
+        if found is not None:
+            observer(found[0].value, found[1])
+
+    return observe

@@ -1,0 +1,179 @@
+"""Applying a re-read configuration to a running daemon (SIGHUP, `systemctl reload`).
+
+Issue #10 item 3.  `vspcd/service/config.py`'s `reload_config` produces the new `Config`; this
+module compares it with the running one field by field (`dataclasses.fields`, so a
+field added to `Config` is compared without anyone listing it) and applies what can
+change live through `LIVE`, a table of ``key -> apply function``.  Everything else that
+changed is reported as needing a restart and keeps its running value, so the next
+reload reports it again until the daemon is restarted.
+
+Adding a live setting is one entry: ``LIVE["proxy_allow"] = _through_config`` if its
+consumer reads ``daemon.config`` when it needs the value, or a function that pushes
+the new value into the component that holds it (notices, metrics, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vspc.vspcd.ext.hooks import hook_settings
+from vspc.vspcd.service.config import Config
+
+if TYPE_CHECKING:
+    from vspc.vspcd.service.server import Daemon
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LIVE", "Outcome", "apply", "describe"]
+
+Apply = Callable[["Daemon", Config], None]
+
+# Fields that describe this run rather than the service; never "changed".
+_IGNORED = frozenset({"check_config"})
+
+
+def _through_config(daemon: Daemon, new: Config) -> None:
+    """The consumer reads `daemon.config` each time (new clients, admin peers)."""
+
+
+def _hub_setting(hub_field: str, config_field: str | None = None) -> Apply:
+    def apply(daemon: Daemon, new: Config) -> None:
+        if daemon.hub is not None:
+            value = getattr(new, config_field or hub_field)
+            daemon.hub.settings = dataclasses.replace(daemon.hub.settings, **{hub_field: value})
+
+    return apply
+
+
+def _log_level(daemon: Daemon, new: Config) -> None:
+    logging.getLogger().setLevel(logging.DEBUG if new.debug else logging.INFO)
+
+
+def _hooks(daemon: Daemon, new: Config) -> None:
+    """Every hook option (vspcd/ext/hooks.py); new events use them, queued ones keep theirs."""
+    if daemon.hooks is not None:
+        daemon.hooks.reconfigure(hook_settings(new))
+
+
+def _proxy_allow(daemon: Daemon, new: Config) -> None:
+    """New ESXi connections are checked against the new list at accept; connections
+    already accepted stay (docs/security.md)."""
+    listener = daemon.proxy_listener
+    if listener is not None:
+        listener.set_allow_list(new.proxy_allow)
+
+
+def _console_logs(daemon: Daemon, new: Config) -> None:
+    """Every console-log option but --log-dir itself (idempotent: several changed
+    keys re-apply the same settings)."""
+    daemon.reconfigure_logs(new)
+
+
+LIVE: dict[str, Apply] = {
+    # Checked at each attach; consoles already over the new limit keep their clients.
+    "client_limit": _hub_setting("client_limit"),
+    # Timers started after the reload use the new values.
+    "vm_expire_time": _hub_setting("vm_expire_time"),
+    "vmotion_abandon": _hub_setting("abandon_time", "vmotion_abandon"),
+    # Allow lists: the admin server asks for the group at each new connection.
+    "readonly_group": _through_config,
+    # The ESXi allow list (issue #7): swapped on the running listener.
+    "proxy_allow": _proxy_allow,
+    # Per new telnet client.
+    "client_queue": _through_config,
+    "context": _through_config,
+    # /metrics and /healthz: the routes read daemon.config.metrics per request (a
+    # listener that is not running needs a restart: `http` is not live).
+    "metrics": _through_config,
+    # The daemon's own log.
+    "debug": _log_level,
+    # Console logs (vspcd/history/consolelog.py): files are reopened with the new settings.
+    **dict.fromkeys(
+        (
+            "log_prefix",
+            "log_mode",
+            "log_name",
+            "log_timestamps",
+            "log_events",
+            "log_flush",
+            "log_max_size",
+            "log_keep",
+            "log_compress",
+        ),
+        _console_logs,
+    ),
+    # Hooks (vspcd/ext/hooks.py): the command, its events and bounds.
+    **dict.fromkeys(
+        ("hook_command", "hook_events", "hook_timeout", "hook_concurrency", "hook_queue"),
+        _hooks,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a reload did: the config now running, and which keys changed how."""
+
+    config: Config
+    applied: tuple[tuple[str, object, object], ...]  # (key, old, new)
+    restart: tuple[tuple[str, object, object], ...]
+    failed: tuple[tuple[str, str], ...]  # (key, reason)
+
+
+def apply(daemon: Daemon, new: Config) -> Outcome:
+    """Apply `new` to `daemon` where `LIVE` allows; returns the outcome.
+
+    `daemon.config` becomes the old configuration with only the applied keys changed.
+    """
+    old = daemon.config
+    applied: list[tuple[str, object, object]] = []
+    restart: list[tuple[str, object, object]] = []
+    failed: list[tuple[str, str]] = []
+    live_values: dict[str, object] = {}
+    for field in dataclasses.fields(Config):
+        key = field.name
+        before, after = getattr(old, key), getattr(new, key)
+        if key in _IGNORED or before == after:
+            continue
+        action = LIVE.get(key)
+        if action is None:
+            restart.append((key, before, after))
+            continue
+        try:
+            action(daemon, new)
+        except Exception as exc:  # one bad setter must not stop the others
+            log.exception("reload: applying %s failed", key)
+            failed.append((key, str(exc)))
+            continue
+        applied.append((key, before, after))
+        live_values[key] = after
+    daemon.config = dataclasses.replace(old, **live_values)  # type: ignore[arg-type]
+    return Outcome(daemon.config, tuple(applied), tuple(restart), tuple(failed))
+
+
+def describe(outcome: Outcome, source: str) -> str:
+    """The one log line a reload writes."""
+
+    def show(changes: tuple[tuple[str, object, object], ...]) -> str:
+        return ", ".join(f"{key} {_value(old)} -> {_value(new)}" for key, old, new in changes)
+
+    parts = []
+    if outcome.applied:
+        parts.append(f"applied {show(outcome.applied)}")
+    if outcome.restart:
+        parts.append(f"needs a restart (still running the old value): {show(outcome.restart)}")
+    if outcome.failed:
+        parts.append("failed: " + ", ".join(f"{key} ({why})" for key, why in outcome.failed))
+    return f"reloaded {source}: " + ("; ".join(parts) if parts else "nothing changed")
+
+
+def _value(value: object) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value).lower() if isinstance(value, bool) else "unset"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,652 @@
+"""Daemon orchestration: build the hub, open the listeners, shut down in order.
+
+Boundary: this module owns every listener and the hub instance; it holds no policy.
+`Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
+`serve()` is what `python -m vspc.vspcd` runs.
+
+Start-up order: persist file (vspcd/history/store.py, a bad file fails the start), console
+log directory, hub, remembered consoles restored onto their old telnet ports
+(vspcd/history/persist.py), then the listeners, so a VM connecting at once finds its console.
+
+Shutdown (STYLE.md, "Orderly shutdown"): close the listeners, ask every connection to
+close (the hub tells operators why), wait a bounded time for them to go, then return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from vspc.vspcd.ext.hooks import HookRunner, hook_settings
+from vspc.vspcd.ext.plugins import PluginHost
+from vspc.vspcd.faces import admin
+from vspc.vspcd.faces.http import routes as httproutes
+from vspc.vspcd.faces.http.server import HttpServer, Router
+from vspc.vspcd.faces.metrics import Metrics, Sources
+from vspc.vspcd.history import eventlog as logevents
+from vspc.vspcd.history import store
+from vspc.vspcd.history.consolelog import ConsoleLogs
+from vspc.vspcd.history.gzipper import GzipQueue
+from vspc.vspcd.history.persist import Persister
+from vspc.vspcd.history.settings import log_settings
+from vspc.vspcd.hub.console import Console, ConsoleKey
+from vspc.vspcd.hub.hub import Hub, HubSettings, PortAllocator
+from vspc.vspcd.net.admission import Slots, Throttled
+from vspc.vspcd.net.links import PreIdentification, TelnetClientLink, VmLink
+from vspc.vspcd.net.listeners import (
+    Listener,
+    PortBinder,
+    ephemeral_overlap,
+    make_ssl_context,
+    start_proxy_listener,
+)
+from vspc.vspcd.service import resources
+from vspc.vspcd.service.config import Config, ConfigError
+from vspc.vspcd.service.heap import HeapTrimmer, find_malloc_trim, shrink_tls_read_buffer
+from vspc.vspcd.service.notify import Notifier, watchdog_interval
+from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over, resolve
+from vspc.vspcd.service.reload import apply as apply_reload
+from vspc.vspcd.service.reload import describe as describe_reload
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Daemon", "serve"]
+
+_FD_RESERVE = 64
+# /healthz fails while the event loop's heartbeat runs later than this (seconds).
+LOOP_LAG_LIMIT = 2.0
+
+
+# HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
+_HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
+
+
+def hub_settings(config: Config) -> HubSettings:
+    """The hub's share of the configuration: every HubSettings field Config also has.
+
+    Derived from `dataclasses.fields` (issue #8 item 6), so a setting added to both
+    is passed on without a line here; hub-only fields keep their defaults.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(HubSettings):
+        source = _HUB_RENAMED.get(field.name, field.name)
+        if hasattr(config, source):
+            values[field.name] = getattr(config, source)
+    # The one setting whose flag is its negation (--no-notices).
+    values["notices"] = not config.no_notices
+    return HubSettings(**values)
+
+
+class _VmPorts:
+    """The hub's PortAllocator: one telnet listener per console, sticky by key."""
+
+    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._binder = binder
+        self._factory = factory
+
+    def bind(self, key: ConsoleKey) -> int | None:
+        bound = self._binder.bind(self._factory)
+        if bound is None:
+            return None
+        port, _handle = bound
+        log.debug("%s: telnet port %d", key, port)  # the hub's "connected" line names it
+        return port
+
+    def release(self, port: int) -> None:
+        self._binder.release(port)
+
+
+class _ClusterPorts:
+    """Cluster mode's PortAllocator: a console's telnet port comes from the registry
+    and is bound before the console exists (vspcd/cluster/node.py `claim`, through
+    `bind_exact`/`bind_any`), so the hub never picks one itself; it still releases
+    them on expiry."""
+
+    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
+        self._binder = binder
+        self._factory = factory
+
+    def bind(self, key: ConsoleKey) -> int | None:
+        log.warning("%s: console created outside the registry; it has no telnet port", key)
+        return None
+
+    def bind_exact(self, port: int) -> bool:
+        """Bind exactly `port` (the one the registry advertises for a console), or
+        nothing: `PortBinder.bind_port` falls back to another free port, right for a
+        console restored from the persist file, but here it would list a port this
+        node does not listen on and an operator's telnet would reach whatever other
+        process holds it (docs/cluster.md "Reliability")."""
+        bound = self._binder.bind_port(port, self._factory)
+        if bound is None:
+            return False
+        if bound[0] != port:
+            self._binder.release(bound[0])
+            return False
+        return True
+
+    def bind_any(self) -> int | None:
+        """The lowest free port of the range, bound (offered to the registry when the
+        port it handed out is busy on this host)."""
+        bound = self._binder.bind(self._factory)
+        return None if bound is None else bound[0]
+
+    def release(self, port: int) -> None:
+        self._binder.release(port)
+
+
+class Daemon:
+    """One vspcd instance: hub + proxy listener + per-VM ports + admin socket."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        secret_factory: Callable[[], bytes] | None = None,
+        fd_limit: int | None = None,
+    ) -> None:
+        self._config = config
+        self._secret_factory = secret_factory
+        self.hub: Hub | None = None
+        self._proxy: Any = None
+        self._binder: PortBinder | None = None
+        self._cluster_ports: _ClusterPorts | None = None  # with --cluster and VM ports
+        self._admin: admin.AdminServer | None = None
+        self.persister: Persister | None = None
+        self.logs: ConsoleLogs | None = None
+        self.gzip: GzipQueue | None = None
+        self.http: HttpServer | None = None
+        self.hooks: HookRunner | None = None
+        self.plugin: PluginHost | None = None
+        # Memory that comes back after a flood (issue #7, vspcd/service/heap.py).
+        self.trimmer: HeapTrimmer | None = None
+        self.proxy_port: int | None = None
+        self._preident: PreIdentification | None = None
+        self.cluster: Any = None  # vspcd.cluster.node.ClusterNode with --cluster
+        self.metrics: Metrics | None = None
+        self._handshakes: Slots | None = None
+        if fd_limit is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            fd_limit = soft if soft != resource.RLIM_INFINITY else 1 << 30
+        self._fd_limit = fd_limit
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """A reload's new configuration; the admin server reads the same one."""
+        self._config = config
+        if self._admin is not None:
+            self._admin.config = config
+
+    async def start(self) -> None:
+        """Open every listener; raises OSError if a fixed address cannot be bound.
+
+        On failure whatever was already opened is closed again before the error
+        propagates, so a failed start leaves no listener or socket file behind.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0.5)
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        db = None if config.persist_file is None else store.open_store(config.persist_file)
+        try:
+            if config.log_dir is not None:
+                self.gzip = GzipQueue()
+                self.logs = ConsoleLogs(
+                    log_settings(config),
+                    call_later=loop.call_later,
+                    compress=self.gzip.submit,
+                    remember_owners=True,
+                )
+                self.logs.check_directory()
+        except BaseException:
+            if db is not None:
+                db.close()
+            raise
+        ports: PortAllocator | None = None
+        if config.vm_ports:
+            overlap = ephemeral_overlap(config.port_range_start)
+            if overlap is not None:
+                log.warning(
+                    "telnet ports from %d overlap the kernel's ephemeral port range %d-%d: "
+                    "outgoing connections may hold ports there (reserve them with "
+                    "net.ipv4.ip_local_reserved_ports, or choose -r outside; "
+                    "docs/operations.md)",
+                    config.port_range_start,
+                    *overlap,
+                )
+            self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
+            ports = _VmPorts(self._binder, self._client_link)
+            if config.cluster:
+                # Ports are handed out cluster-wide by the registry (docs/cluster.md).
+                ports = self._cluster_ports = _ClusterPorts(self._binder, self._client_link)
+        extra: dict[str, Any] = {}
+        if self._secret_factory is not None:
+            extra["secret_factory"] = self._secret_factory
+        self.hub = Hub(
+            hub_settings(config),
+            clock=loop.time,
+            call_later=loop.call_later,
+            ports=ports,
+            **extra,
+        )
+        if db is not None:
+            self.persister = Persister(db, self.hub)
+            restored = self.persister.restore(self._bind_restored)
+            log.info("persist file %s", config.persist_file)
+            self._restore_scrollback(restored)
+        if self.logs is not None:
+            self.hub.add_output_listener(self.logs.output)
+            self.hub.subscribe(self.logs.observe)
+            self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
+            log.info("console logs in %s", config.log_dir)
+        # Hooks and plugin backends are hub observers like the ones above (issue #11
+        # items 5 and 6; docs/architecture.md "Hub events").  The runner is always
+        # subscribed, so a reload can turn --hook-command on.
+        hub = self.hub
+        self.hooks = HookRunner(
+            hook_settings(config),
+            port_of=lambda key: None if (c := hub.console(key)) is None else c.port,
+        )
+        hub.subscribe(self.hooks)
+        # Metrics (issue #10 item 5) are one more observer, always subscribed: the
+        # admin `stats` command answers whether or not /metrics is served.
+        self.metrics = Metrics(
+            hub,
+            Sources(
+                fds_in_use=lambda: resources.fds_in_use(self._fd_estimate),
+                fd_limit=resources.fd_limit,
+                admin_refused=lambda: 0 if self._admin is None else self._admin.refused.total,
+                unidentified_dropped=lambda: (
+                    0 if self._preident is None else self._preident.refused.total
+                ),
+                handshakes_in_progress=lambda: (
+                    0 if self._handshakes is None else len(self._handshakes)
+                ),
+                handshakes_waiting=lambda: (
+                    0 if self._handshakes is None else self._handshakes.waiting
+                ),
+            ),
+            clock=loop.time,
+            call_later=loop.call_later,
+        )
+        hub.subscribe(self.metrics.observe)
+        self.metrics.loop.start()
+        if config.backend is not None:
+            # PluginError (a usage error, exit status 2) if it cannot be built or started.
+            self.plugin = PluginHost(
+                config.backend, config.backend_args or "", hub, self._bind_restored
+            )
+        if config.http is not None:
+            routes = httproutes.routes(
+                logs=self.logs, hub=self.hub, console_log=config.http_console_log
+            )
+            routes += httproutes.metrics_routes(
+                self.metrics, enabled=lambda: self.config.metrics, health=self.health_problems
+            )
+            self.http = HttpServer(Router(routes))
+            await self.http.start(*config.http)
+        if config.cluster:
+            # Imported only here: cluster mode needs the optional redis client.
+            from vspc.vspcd.cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(config, self.hub, self._cluster_ports)
+            await self.cluster.start()
+        ssl_context = None
+        if config.ssl:
+            assert config.cert is not None  # parse_args refuses --ssl without --cert
+            ssl_context = make_ssl_context(config.cert, config.key)
+            shrink_tls_read_buffer()  # 64 KiB, not 256, per TLS connection
+        # Bounded pre-identification state (issue #7, docs/security.md).
+        lifetime = config.ident_timeout
+        self._handshakes = Slots(
+            config.tls_handshake_limit,
+            config.tls_handshakes_per_host,
+            lifetime=lifetime,
+            clock=loop.time,
+        )
+        self.trimmer = HeapTrimmer(find_malloc_trim(), call_later=loop.call_later, clock=loop.time)
+        self._preident = PreIdentification(
+            Throttled(
+                log,
+                "VM connections dropped before identifying",
+                clock=loop.time,
+                call_later=loop.call_later,
+            ),
+            timeout=config.ident_timeout,
+            max_bytes=config.preident_bytes,
+        )
+        self._proxy = await start_proxy_listener(
+            config.proxy_iface,
+            config.proxy_port,
+            ssl_context,
+            self._vm_link,
+            handshake_timeout=config.ident_timeout,
+            allow=config.proxy_allow,
+            unidentified=Slots(
+                config.unidentified_limit,
+                config.unidentified_per_host,
+                lifetime=lifetime,
+                clock=loop.time,
+                on_empty=self.trimmer.quiet,
+            ),
+            handshakes=self._handshakes,
+            reuse_port=config.reuse_port,
+        )
+        self.proxy_port = self._proxy.port
+        self._admin = admin.AdminServer(self.hub, config)
+        self._admin.stats = self.metrics.snapshot
+        if self.cluster is not None:
+            from vspc.vspcd.cluster.forward import Forwarder
+
+            self.cluster.rows_provider = self._admin.console_rows
+            self._admin.remote = Forwarder(self.cluster, self._admin)
+            self._admin.cluster_node_id = self.cluster.node_id
+        await self._admin.start()
+
+    def _bind_restored(self, port: int | None) -> int | None:
+        """A telnet port for a restored console: its old one if still free."""
+        if self._binder is None:
+            return None
+        if port is None:
+            bound = self._binder.bind(self._client_link)
+        else:
+            bound = self._binder.bind_port(port, self._client_link)
+        return None if bound is None else bound[0]
+
+    def _restore_scrollback(self, consoles: list[Console]) -> None:
+        """Issue #9 item 3: a console restored from the persist file gets its
+        scrollback back from the tail of its log (across a rotation), so `--context`
+        replay and `tail` show what it printed before the restart."""
+        if self.logs is None:
+            return
+        filled = 0
+        for console in consoles:
+            if console.scrollback.total == 0 and console.scrollback.limit > 0:
+                data = self.logs.tail(str(console.key), console.scrollback.limit)
+                if data:
+                    console.scrollback.append(data)
+                    filled += 1
+        if filled:
+            log.info("scrollback of %d restored console(s) read back from their logs", filled)
+
+    def reconfigure_logs(self, config: Config) -> None:
+        """Re-apply the console log options of a reloaded configuration (--log-dir
+        itself must stay set: turning logging on or off needs a restart)."""
+        if self.logs is None or config.log_dir is None:
+            return
+        settings = log_settings(config)
+        if settings.directory != self.logs.settings.directory:
+            self.logs.check_directory(settings.directory)
+        self.logs.reconfigure(settings)
+
+    def drop_privileges(self, identity: Identity, *, fresh_socket_dir: bool) -> None:
+        """Become `identity` once everything is bound (`--user`, issue #10 item 4).
+
+        Files this process keeps writing are handed over first: the persist file (with
+        SQLite's -wal/-shm), the admin socket, and its directory when this start created
+        it (so the socket can be removed at exit).  Console logs are opened later, so
+        `--log-dir` must be writable by `identity`; that is checked here, not at the
+        first console.
+
+        Raises:
+            PrivilegeError: a hand-over or the switch failed, or the log directory is
+                not writable afterwards.
+        """
+        owned: list[Path] = [self.config.admin_socket]
+        if fresh_socket_dir:
+            owned.append(self.config.admin_socket.parent)
+        if self.config.persist_file is not None:
+            persist = self.config.persist_file
+            owned += [persist, Path(f"{persist}-wal"), Path(f"{persist}-shm")]
+        hand_over(identity, owned)
+        drop(identity)
+        socket_dir = self.config.admin_socket.parent
+        if not os.access(socket_dir, os.W_OK | os.X_OK):
+            log.warning(
+                "%s is not writable by %s: the admin socket stays behind at exit (the next "
+                "start replaces it); give the directory to that user, e.g. RuntimeDirectory=",
+                socket_dir,
+                identity.name,
+            )
+        log_dir = self.config.log_dir
+        if log_dir is not None and not os.access(log_dir, os.W_OK | os.X_OK):
+            raise PrivilegeError(
+                f"--log-dir {log_dir} is not writable by {identity.name}; "
+                "console logs could not be created"
+            )
+        log.info(
+            "running as user %s (uid %d, gid %d) after binding",
+            identity.name,
+            identity.uid,
+            identity.gid,
+        )
+
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen every console log file (after logrotate moved it)."""
+        if self.logs is None:
+            log.info("SIGHUP: no console logs to reopen (--log-dir not given)")
+            return
+        self.logs.reopen()
+
+    def _vm_link(self) -> asyncio.Protocol:
+        assert self.hub is not None
+        self._relieve_fd_pressure()
+        return VmLink(
+            self.hub if self.cluster is None else self.cluster.gate, preident=self._preident
+        )
+
+    def health_problems(self) -> list[str]:
+        """Why /healthz says 503: a listener down or a stalled event loop ([]: healthy)."""
+        problems = []
+        if self._proxy is None or self.proxy_listener is None or self.proxy_listener.closed:
+            problems.append("the ESXi listener is not accepting")
+        if self._admin is None or not self.config.admin_socket.exists():
+            problems.append(f"the admin socket {self.config.admin_socket} is gone")
+        if self.metrics is not None and self.metrics.loop.lag > LOOP_LAG_LIMIT:
+            problems.append(f"the event loop ran {self.metrics.loop.lag:.1f} s late")
+        return problems
+
+    def _fd_estimate(self) -> int:
+        """Descriptors in use by our own bookkeeping (where /proc is not mounted)."""
+        assert self.hub is not None
+        ports = self._binder.held_count if self._binder is not None else 0
+        used = self.hub.connection_count() + ports + _FD_RESERVE
+        return used + (self.logs.open_count if self.logs is not None else 0)
+
+    def _relieve_fd_pressure(self) -> None:
+        """Near the fd ceiling, expire idle consoles early to free their telnet ports.
+
+        vSPC.py did the same.  The count is an estimate from our own bookkeeping
+        (connections + bound ports + a reserve for logs, listeners and admin peers), so
+        the accept path never lists /proc/self/fd.
+        """
+        assert self.hub is not None
+        ports = self._binder.held_count if self._binder is not None else 0  # O(1): per accept
+        used = self.hub.connection_count() + ports + _FD_RESERVE
+        if self.logs is not None:
+            used += self.logs.open_count
+        if used < self._fd_limit * 0.9:
+            return
+        freed = self.hub.reclaim(max(16, ports // 10))
+        if freed:
+            log.warning(
+                "near the fd limit (%d of %d): expired %d idle console(s) early",
+                used,
+                self._fd_limit,
+                freed,
+            )
+
+    def _client_link(self) -> asyncio.Protocol:
+        assert self.hub is not None
+        return TelnetClientLink(
+            self.hub, queue_limit=self.config.client_queue, replay=self.config.context
+        )
+
+    @property
+    def proxy_listener(self) -> Listener | None:
+        """The ESXi listener (e.g. for a reload to `set_allow_list` on it)."""
+        return cast(Listener | None, self._proxy)
+
+    @property
+    def admin_path(self) -> Path:
+        return self.config.admin_socket
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Close listeners, then connections; wait up to `grace` seconds for them to go."""
+        if self._proxy is not None:
+            self._proxy.close()
+        if self.trimmer is not None:
+            self.trimmer.close()
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+        if self._admin is not None:
+            try:
+                await self._admin.stop()
+            except PermissionError as exc:  # after --user, in a directory root kept
+                log.warning("cannot remove the admin socket: %s", exc)
+        if self.hub is not None:
+            self.hub.close_all()
+        if self._binder is not None:
+            self._binder.close_all()
+        if self.cluster is not None:
+            await self.cluster.stop()
+        if self.hub is not None:
+            # Let transports flush their goodbyes and run connection_lost.
+            idle = asyncio.Event()
+            self.hub.when_idle(idle.set)
+            try:
+                async with asyncio.timeout(grace):
+                    await idle.wait()
+            except TimeoutError:
+                log.warning("connections still open after %.0f s; exiting anyway", grace)
+        # Last: the goodbyes above still log output, update rows and run hooks.
+        if self.metrics is not None:
+            self.metrics.loop.stop()
+        if self.hooks is not None:
+            await self.hooks.close(grace=min(grace, 2.0))
+        if self.plugin is not None:
+            self.plugin.close()
+        if self.logs is not None:
+            self.logs.close()
+        if self.gzip is not None:
+            self.gzip.close()
+        if self.persister is not None:
+            self.persister.close()
+            self.persister = None
+
+
+def _status_line(daemon: Daemon) -> str:
+    """What `systemctl status` shows once vspcd serves."""
+    config = daemon.config
+    proxy = f"{config.proxy_iface}:{daemon.proxy_port}"
+    consoles = 0 if daemon.hub is None else len(list(daemon.hub.consoles()))
+    return f"serving: ESXi proxy {proxy}, admin {config.admin_socket}, {consoles} console(s)"
+
+
+async def _watchdog(notifier: Notifier, interval: float) -> None:
+    # On the event loop on purpose: a loop stuck for WatchdogSec stops the pings and
+    # systemd restarts the service, which is what the watchdog is for.
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[Daemon], None] | None = None,
+    reload: Callable[[], Config] | None = None,
+    notifier: Notifier | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly.
+
+    SIGHUP reopens the console logs and, given `reload` (a function that re-reads the
+    configuration, raising ConfigError if it is invalid), applies what can change live
+    (vspcd/service/reload.py).  `notifier` gets systemd's READY=1 once every listener is bound
+    and privileges are dropped, STATUS= lines, RELOADING=1, STOPPING=1, and WATCHDOG=1
+    every half `$WATCHDOG_USEC` when set (vspcd/service/notify.py; `environ` defaults to
+    os.environ).
+
+    The handlers go in before anything is opened: a signal during start-up then just
+    means "stop once started", and every socket and file is cleaned up either way.
+
+    Raises:
+        OSError: a listener could not be bound (PrivilegeError: the drop failed).
+    """
+    environ = os.environ if environ is None else environ
+    notifier = Notifier(None) if notifier is None else notifier
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    daemon = Daemon(config)
+    identity = None if config.user is None else resolve(config.user, config.group)
+    if identity is not None and os.geteuid() != 0:
+        if identity.uid != os.geteuid() or identity.gid != os.getegid():
+            raise PrivilegeError(f"--user {config.user}: switching user needs root")
+        identity = None  # already that user: nothing to drop
+    fresh_socket_dir = not config.admin_socket.parent.exists()
+
+    def on_hup() -> None:
+        daemon.reopen_logs()
+        if reload is not None:
+            _reload(daemon, reload, notifier)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    watchdog: asyncio.Task[None] | None = None
+    try:
+        notifier.status("starting: binding listeners")
+        await daemon.start()
+        try:
+            if identity is not None:
+                daemon.drop_privileges(identity, fresh_socket_dir=fresh_socket_dir)
+            log.info("vspcd %d ready", os.getpid())
+            notifier.ready(_status_line(daemon))
+            interval = watchdog_interval(environ)
+            if interval is not None and notifier.enabled:
+                watchdog = asyncio.create_task(_watchdog(notifier, interval))
+            if ready is not None:
+                ready(daemon)
+            await stop.wait()
+            log.info("shutting down")
+            notifier.stopping()
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            await daemon.stop()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+def _reload(daemon: Daemon, reload: Callable[[], Config], notifier: Notifier) -> None:
+    """SIGHUP: re-read the configuration and apply it; a bad file changes nothing."""
+    notifier.reloading()
+    source = str(daemon.config.config or "the command line (no configuration file)")
+    try:
+        new = reload()
+    except ConfigError as exc:
+        log.error("reload failed, configuration unchanged: %s", exc)
+        notifier.ready(f"reload failed: {exc}"[:200])
+        return
+    outcome = apply_reload(daemon, new)
+    log.info("%s", describe_reload(outcome, source))
+    notifier.ready(_status_line(daemon))

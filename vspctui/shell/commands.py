@@ -1,0 +1,274 @@
+"""The `vspc` commands: one handler each, registered in the table `commands`.
+
+Boundary: handlers parse nothing themselves (the table's argparse parsers do, see
+vspctui/cmdtable.py), talk to vspcd through `Context.client()` and print through
+vspctui/formatting.py, where every peer-controlled string is made safe (issue #7).
+`--json` prints the protocol's reply exactly.  `attach`, `proxy` and `shell` hand over
+to their own modules, which depend on the framework only, never on this table.
+
+Arguments that are admin request fields are derived from `vspc.common.admin.COMMANDS`
+(`protocol_arg`), so help, defaults and bounds are the protocol's (issue #8 item 4).
+Exit codes: docs/vspc.md.  Issues #4, #8, #9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from vspc.common.admin import ConsoleInfo, LockMode, Stats, encode_message
+from vspc.common.display import safe
+from vspc.vspctui.attach import parse_escape, run_attach
+from vspc.vspctui.client import consoles_of, parse_reply
+from vspc.vspctui.cmdtable import (
+    Arg,
+    ArgKind,
+    CommandTable,
+    Context,
+    ExitCode,
+    UsageError,
+    client_version,
+    protocol_arg,
+)
+from vspc.vspctui.formatting import (
+    LIST_HEADERS,
+    event_line,
+    format_console,
+    format_stats,
+    format_table,
+    list_rows,
+)
+from vspc.vspctui.shell.proxy import run_proxy
+from vspc.vspctui.shell.shell import run_shell
+
+__all__ = ["REPLAY_DEFAULT", "commands"]
+
+# `vspc attach` shows this much scrollback first, as Enter in vspc-tui does (issue #9
+# item 3); the protocol's own default stays 0 for scripts.
+REPLAY_DEFAULT = 4096
+
+
+def _print_json(ctx: Context, reply: dict[str, Any]) -> None:
+    # The reply exactly as the protocol has it, minus our request id.
+    ctx.out.write(encode_message({k: v for k, v in reply.items() if k != "id"}).decode())
+    ctx.out.flush()
+
+
+# ===================================================================== the commands
+
+commands = CommandTable()
+
+_VM_ARG = protocol_arg("show", "vm")
+_JSON = Arg(("--json",), "print the protocol's JSON reply", ArgKind.FLAG)
+_ATTACH_ARGS = (
+    protocol_arg("attach", "vm"),
+    protocol_arg("attach", "lock", metavar="MODE"),
+    protocol_arg("attach", "readonly", "--readonly", "-r"),
+)
+
+
+@commands.register("list", help="list consoles (the default command)", args=[_JSON],
+                   aliases=["ls"])  # fmt: skip
+async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("list")
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    consoles = consoles_of(reply)
+    if not consoles:
+        ctx.print("no consoles")
+    else:
+        ctx.print(format_table(LIST_HEADERS, list_rows(consoles)))
+    return ExitCode.OK
+
+
+@commands.register("show", help="one console in detail: clients, lock, counters",
+                   args=[_VM_ARG, _JSON])  # fmt: skip
+async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("show", vm=ns.vm)
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    ctx.print(format_console(parse_reply(ConsoleInfo.from_json, reply.get("console"))))
+    return ExitCode.OK
+
+
+@commands.register(
+    "attach",
+    help="connect this terminal to a console (escape key opens a menu)",
+    args=[
+        *_ATTACH_ARGS,
+        protocol_arg("attach", "replay", "--replay", default=REPLAY_DEFAULT, metavar="N",
+                     help="bytes of scrollback to show first, 0 for none"),
+        protocol_arg("attach", "quiet", "--quiet"),
+        Arg(("--escape", "-e"), "escape key, e.g. ^] (default) or 'none'", ArgKind.KEY,
+            "^]", "KEY"),
+    ],
+)  # fmt: skip
+async def attach_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    try:
+        escape = parse_escape(ns.escape)
+    except ValueError as exc:
+        raise UsageError(f"attach: {exc}") from None
+    lock = None if ns.lock is None else LockMode(ns.lock)
+    return await run_attach(
+        ctx,
+        ns.vm,
+        lock=lock,
+        readonly=ns.readonly,
+        replay=ns.replay,
+        quiet=ns.quiet,
+        escape=escape,
+    )
+
+
+@commands.register(
+    "proxy",
+    help="pipe stdin/stdout to a console, binary clean (gdb: target remote | vspc proxy VM)",
+    args=[
+        *_ATTACH_ARGS,
+        protocol_arg("attach", "replay", "--replay", metavar="N"),
+    ],
+    shell=False,  # it owns stdin and stdout
+)
+async def proxy_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    lock = None if ns.lock is None else LockMode(ns.lock)
+    return await run_proxy(ctx, ns.vm, lock=lock, readonly=ns.readonly, replay=ns.replay)
+
+
+@commands.register(
+    "clear",
+    help="disconnect every client of a console (telnet and attach)",
+    args=[
+        Arg(("target",), "console, or its telnet port number", ArgKind.TARGET, metavar="vm|port"),
+        protocol_arg("clear", "reason", metavar="TEXT"),
+    ],
+)
+async def clear_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    target: dict[str, Any] = {"port": int(ns.target)} if ns.target.isdigit() else {"vm": ns.target}
+    reply = await client.request("clear", reason=ns.reason, **target)
+    name = safe(reply.get("name", ns.target))
+    ctx.print(f"cleared {safe(reply.get('cleared', 0))} client(s) of {name}")
+    return ExitCode.OK
+
+
+@commands.register(
+    "kick",
+    help="disconnect one client (ids from show)",
+    args=[
+        protocol_arg("kick", "client", kind=ArgKind.CLIENT, metavar="client_id"),
+        protocol_arg("kick", "reason", metavar="TEXT", help="shown to the client"),
+    ],
+)
+async def kick_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("kick", client=ns.client, reason=ns.reason)
+    ctx.print(f"kicked client {ns.client} from {safe(reply.get('name', '?'))}")
+    return ExitCode.OK
+
+
+@commands.register(
+    "tail",
+    help="print a console's recent output; -f keeps following it",
+    args=[
+        _VM_ARG,
+        protocol_arg("tail", "bytes", "-n", "--bytes", metavar="N"),
+        protocol_arg(
+            "tail", "follow", "-f", "--follow", help="keep printing new output until interrupted"
+        ),
+    ],
+)
+async def tail_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    chunk = await client.tail(ns.vm, ns.bytes, follow=ns.follow)
+    ctx.write_bytes(chunk.data)
+    if not ns.follow:
+        return ExitCode.OK
+    try:
+        async for event in client.events():
+            if event.key != chunk.key:
+                continue
+            if event.event == "output":
+                ctx.write_bytes(event.data)
+            elif event.event == "tail_end":
+                reason = safe(event.fields.get("reason", "gone"))
+                ctx.err.write(f"vspc: {safe(chunk.name)}: {reason}\n")
+                return ExitCode.OK
+    finally:
+        if ctx.in_shell and not client.lost:
+            await client.request("untail", vm=chunk.key)
+    return ExitCode.OK
+
+
+@commands.register("events", help="print state-change events as they happen (subscribe)",
+                   args=[_JSON])  # fmt: skip
+async def events_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    await client.subscribe()
+    try:
+        async for event in client.events():
+            if event.event in ("output", "tail_end"):
+                continue
+            if ns.json:
+                ctx.out.write(encode_message(event.to_json()).decode())
+                ctx.out.flush()
+                continue
+            ctx.print(event_line(event, time.strftime("%H:%M:%S")))
+    finally:
+        if ctx.in_shell and not client.lost:
+            await client.request("unsubscribe")
+    return ExitCode.OK
+
+
+@commands.register("stats", help="the daemon's counters: consoles, clients, bytes, vMotions",
+                   args=[_JSON])  # fmt: skip
+async def stats_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("stats")
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
+    return ExitCode.OK
+
+
+@commands.register("version", help="client and daemon versions, protocol, your access")
+async def version_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    version = client_version()
+    client = await ctx.client()
+    hello = await client.hello(f"vspc/{version}")
+    who = safe(hello.user) if hello.user else ("-" if hello.uid is None else f"uid {hello.uid}")
+    ctx.print(f"vspc {version}; vspcd {safe(hello.version)}, protocol {safe(hello.protocol)}")
+    ctx.print(f"access: {safe(hello.access.value)} (as {who})")
+    return ExitCode.OK
+
+
+@commands.register("help", help="list commands, or describe one", args=[
+    # Not "command": the top-level parser keeps the subcommand's name under that dest.
+    Arg(("topic",), "command to describe", ArgKind.COMMAND, metavar="command", optional=True),
+])  # fmt: skip
+async def help_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    name = ns.topic
+    if name:
+        command = commands.get(name)
+        if command is None or (ctx.in_shell and not command.shell):
+            raise UsageError(f"unknown command: {name} (try 'help')")
+        ctx.print(command.parser().format_help().rstrip())
+        return ExitCode.OK
+    ctx.print("commands:")
+    ctx.print(commands.help_text(shell=ctx.in_shell))
+    return ExitCode.OK
+
+
+@commands.register("shell", help="interactive shell over the same commands", shell=False)
+async def shell_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    return await run_shell(ctx, commands)
+
+
+@commands.register("quit", help="leave the shell", aliases=["exit"], cli=False)
+async def quit_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    raise EOFError  # the REPL's way out, as Ctrl-D
