@@ -13,7 +13,7 @@ Scenarios (`--only a,b`; each prints ONE JSON line):
   all of them (each node claims its consoles in the registry), and how the kernel
   spread them (from the `node` field of `list`).
 
-Fake VMs use `vspc.common.esxi.EsxiSession` (the VM side of PROTOCOL.md §3/§4).
+Fake VMs use `vspc.common.esxi.EsxiSession` (the VM side of docs/protocol.md §3/§4).
 `--quick` runs toy sizes.  Not a test: figures depend on the machine; each line
 carries `calibration_ms` (a fixed pure-Python loop) to compare machines.
 """

@@ -5,7 +5,7 @@ proxy port found by binding port 0, the per-VM range below the ephemeral range;
 ready once the proxy port and the admin socket answer) and drives it from this
 process with asyncio.  Where one loop would disturb the measurement, a helper process
 does part of the work: the 1,000 chattering VMs of `keystroke`, the telnet readers of
-`stream` and `fanout`.  Fake VMs speak just enough of PROTOCOL.md §3/§4:
+`stream` and `fanout`.  Fake VMs speak just enough of docs/protocol.md §3/§4:
 identification is one precomputed write (`IAC WILL 232` + KNOWN-SUBOPTIONS-1 +
 DO-PROXY + VM-VC-UUID + VM-NAME, built with `vspc.common.vmware.encode`, a unique UUID
 per VM) and is done when WILL-PROXY (`ff fa e8 47 ff f0`) comes back; counts are then
@@ -87,7 +87,7 @@ GOALS = {
     "scale_vms": 16000,
 }
 
-# -- wire bytes (PROTOCOL.md §2, §3) -------------------------------------------------
+# -- wire bytes (docs/protocol.md §2, §3) -------------------------------------------------
 
 IAC, SB, SE, EXT = 0xFF, 0xFA, 0xF0, 0xE8
 WILL_EXT = bytes((IAC, 0xFB, EXT))

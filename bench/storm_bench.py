@@ -6,7 +6,7 @@ enters maintenance mode.  Reported, as ONE JSON line:
 
 - `drain_s`: from "go" until the last of the 2,000 vMotions has COMPLETEd;
 - `begin_goahead_ms`: BEGIN -> GOAHEAD percentiles against VMware's 5,000 ms budget
-  (`serialN.vmotionLimit`, PROTOCOL.md §4.6), as each source VM measures it;
+  (`serialN.vmotionLimit`, docs/protocol.md §4.6), as each source VM measures it;
 - `vmotions_failed`: timeouts, lost connections, NOTNOW;
 - `bytes_lost` / `bytes_repeated` (must be 0): the clients type sequence-numbered
   markers throughout; every VM checks each arrives exactly once, in order;
@@ -55,7 +55,7 @@ from vspc.vspctui.sim.identity import generate
 from vspc.vspctui.sim.report import merge, percentiles
 from vspc.vspctui.sim.vm import Kind, Target
 
-BUDGET_MS = 5000.0  # VMware's default serialN.vmotionLimit (PROTOCOL.md §4.6)
+BUDGET_MS = 5000.0  # VMware's default serialN.vmotionLimit (docs/protocol.md §4.6)
 TAG = 0x570F  # generated UUIDs of this benchmark: 5eed0000570f...
 FULL = {"vms": 10_000, "migrating": 2_000, "typing": 200, "workers": 4, "type_rate": 20.0}
 QUICK = {"vms": 120, "migrating": 40, "typing": 8, "workers": 2, "type_rate": 20.0}

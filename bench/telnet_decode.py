@@ -7,7 +7,7 @@ Feeds pre-built wire chunks to one codec and prints one JSON object with MB/s
   state `find()`s the next IAC, so such a chunk costs one search and one event.
   Target: >= 200 MB/s.
 - `iac_1pct`: about 1% of the data bytes are 0xff, each doubled on the wire
-  (PROTOCOL.md §1 rule 5), so the tokenizer leaves the fast path at every one.
+  (docs/protocol.md §1 rule 5), so the tokenizer leaves the fast path at every one.
 - `session_iac_1pct`: the same wire through ProxySession, which walks the codec's
   `iter_events()` so its own replies keep the request order (common/session.py).
 

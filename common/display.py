@@ -1,6 +1,6 @@
 """Render peer-controlled text safely for humans (issue #7, "Safe output everywhere").
 
-A VM chooses its own name (PROTOCOL.md §3.4, VM-NAME), its port label (§3.3,
+A VM chooses its own name (docs/protocol.md §3.4, VM-NAME), its port label (§3.3,
 `?port=label`) and, through the daemon, reasons and addresses that end up in
 `vspc list`, the shell, the TUI and the daemon log.  Printed raw, a name such as
 ``"evil\\nFAKE-ROW"`` forges a table row and ``"\\x1b]0;pwned\\x07"`` retitles the

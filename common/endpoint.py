@@ -5,7 +5,7 @@ Boundary: the common base of `common.session.ProxySession` (the proxy's side) an
 sockets, no clock, no logging.  Issue #8 item 6: both sessions used to define their
 own `Notice` and their own output buffer and send helpers.
 
-Spec: PROTOCOL.md §1 rule 4 and §4.4 duty 1.  Each side keeps one ordered output
+Spec: docs/protocol.md §1 rule 4 and §4.4 duty 1.  Each side keeps one ordered output
 buffer.  Everything it must send goes into that buffer in the order the protocol
 needs: negotiation replies the telnet codec queued, option-232 commands the session
 writes itself, and escaped console data.  A GOAHEAD therefore follows every client

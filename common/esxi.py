@@ -5,7 +5,7 @@ in, `EsxiEvent`s come out, and the caller drives the VM's decisions (`begin()`,
 `complete()`, `abort()`, `send_data()`).  No sockets, no clock, no logging.  It exists
 for the tests and the ESXi simulator; vspcd never imports it.
 
-Spec: PROTOCOL.md §3.1 (option negotiation as ESXi performs it), §3.2 (ESXi's
+Spec: docs/protocol.md §3.1 (option negotiation as ESXi performs it), §3.2 (ESXi's
 KNOWN-SUBOPTIONS list), §3.3 (DO-PROXY), §3.4 (identification and the UUID wire form),
 §3.5 (destination connections), §4 (vMotion from the source host's side).
 
@@ -268,7 +268,7 @@ class EsxiSession(TelnetEndpoint):
     def _on_command(self, event: vm.VmwareEvent | None, events: list[EsxiEvent]) -> None:
         match event:
             case None:
-                pass  # `IAC SB 232 IAC SE`: no code (PROTOCOL.md §1 rule 6)
+                pass  # `IAC SB 232 IAC SE`: no code (docs/protocol.md §1 rule 6)
             case vm.KnownSuboptions2() | vm.UnknownSuboptionRcvd2():
                 events.append(event)
             case vm.GetVmVcUuid():
@@ -278,7 +278,7 @@ class EsxiSession(TelnetEndpoint):
                 if self.role is Role.SOURCE:
                     self._offer_comport()  # §3.1 step 4: after VM-NAME on a source
             case vm.GetVmBiosUuid():
-                # Never observed; presumably shaped like VM-VC-UUID (PROTOCOL.md §7).
+                # Never observed; presumably shaped like VM-VC-UUID (docs/protocol.md §7).
                 self._send(vm.VmBiosUuid(vm.wire_uuid(self.uuid)))
             case vm.GetVmLocationUuid():
                 self._send(vm.VmLocationUuid(vm.wire_uuid(self.uuid)))

@@ -4,10 +4,10 @@ Boundary: bytes from one ESXi connection in, `SessionEvent`s out; the daemon's h
 decides policy (which BEGIN gets GOAHEAD, which PEER is valid) and calls back
 `goahead()`, `notnow()` or `peer_ok()`.  Everything the VM must hear goes into one
 ordered output buffer drained by `data_to_send()`, so a GOAHEAD always follows every
-client byte queued before it (PROTOCOL.md §4.4, duty 1).  No sockets, no clock, no
+client byte queued before it (docs/protocol.md §4.4, duty 1).  No sockets, no clock, no
 logging: loggable oddities come out as `Notice` events.
 
-Spec: PROTOCOL.md §3 (session progression as ESXi performs it).
+Spec: docs/protocol.md §3 (session progression as ESXi performs it).
 
 Theory of operation
 -------------------
@@ -332,7 +332,7 @@ class ProxySession(TelnetEndpoint):
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
         match event:
             case None:
-                pass  # `IAC SB 232 IAC SE`: no code to report (PROTOCOL.md §1 rule 6)
+                pass  # `IAC SB 232 IAC SE`: no code to report (docs/protocol.md §1 rule 6)
             case vm.KnownSuboptions1(codes):
                 self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):

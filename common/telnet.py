@@ -7,7 +7,7 @@ tests' fake ESXi hosts.
 Theory of operation
 -------------------
 The tokenizer is a small state machine (`_State`) whose state survives any chunk
-boundary, including one that falls right after an IAC (PROTOCOL.md §1 rule 4).  Plain
+boundary, including one that falls right after an IAC (docs/protocol.md §1 rule 4).  Plain
 data is never walked byte by byte: in the DATA state the codec `find()`s the next IAC
 and emits everything before it as one `Data` event, so a chunk without IAC costs one
 `find` and one slice.  `IAC IAC` is a data byte 0xff and is merged into the surrounding
@@ -19,7 +19,7 @@ keeps the fault in `error`, and every later `receive_data()` / `iter_events()` r
 a `TelnetProtocolError` that names it.  Resynchronising after a framing error would
 mean guessing where the peer's next command starts, and a guess turns its bytes into
 console data or commands nobody sent; the caller closes the connection instead
-(STYLE.md: "a failed connection refuses further use").  Output stays usable, so
+(docs/development.md: "a failed connection refuses further use").  Output stays usable, so
 replies queued before the fault can still be drained.
 
     DATA --IAC--> IAC --WILL..DONT--> VERB --option--> DATA
@@ -32,7 +32,7 @@ replies queued before the fault can still be drained.
 Option negotiation follows RFC 1143 without the queue bits: for each option the codec
 keeps `us` (may *we* perform it: WILL/WONT) and `him` (may the peer: DO/DONT), each
 NO / YES / WANTNO / WANTYES.  It never acknowledges a mode already in effect, and it
-refuses an unwanted request exactly once, so negotiation cannot loop (STYLE.md,
+refuses an unwanted request exactly once, so negotiation cannot loop (docs/development.md,
 anti-pattern 17).  Replies are queued and drained with `data_to_send()`.
 """
 
@@ -100,7 +100,7 @@ class Verb(IntEnum):
 
 
 class Opt(IntEnum):
-    """Telnet options this project names (RFC 856, 857, 858, 2941, 2217, PROTOCOL.md)."""
+    """Telnet options this project names (RFC 856, 857, 858, 2941, 2217, docs/protocol.md)."""
 
     BINARY = 0
     ECHO = 1
@@ -409,7 +409,7 @@ class TelnetCodec:
         A negotiation reply is queued just before its `Negotiation` event is yielded
         and nothing later is parsed until the caller asks for the next event, so a
         caller that drains `data_to_send()` before queuing its own reply to an event
-        keeps every reply in request order however TCP cut the input (PROTOCOL.md §1
+        keeps every reply in request order however TCP cut the input (docs/protocol.md §1
         rule 4).  The iterator must be exhausted: state advances as it runs.
 
         Raises:

@@ -5,10 +5,10 @@ Boundary: pure functions over one subnegotiation payload (already unescaped by
 into a complete wire frame (`IAC SB 232 ... IAC SE`, every 0xff doubled).  The proxy
 side (vspcd) and the VM side (tests, the ESXi simulator) use the same table.
 
-Spec: PROTOCOL.md §1 (framing), §2 (command table), §3.3 (DO-PROXY and `?port=`),
+Spec: docs/protocol.md §1 (framing), §2 (command table), §3.3 (DO-PROXY and `?port=`),
 §3.4 (UUID wire form and canonical key), §4.1 (sequence, secret, cookie: opaque, no
 fixed length).  Codes 80-87 are not in VMware's guide; their layout follows
-Wireshark's `dissect_vmware_subopt` and what ESXi sends (PROTOCOL.md §0).
+Wireshark's `dissect_vmware_subopt` and what ESXi sends (docs/protocol.md §0).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ __all__ = [
 
 
 class Code(IntEnum):
-    """Option-232 command codes (PROTOCOL.md §2)."""
+    """Option-232 command codes (docs/protocol.md §2)."""
 
     KNOWN_SUBOPTIONS_1 = 0
     KNOWN_SUBOPTIONS_2 = 1
@@ -88,12 +88,12 @@ class Code(IntEnum):
 
 
 # The proxy's KNOWN-SUBOPTIONS-2 list, byte for byte as the capture proxy sent it
-# (PROTOCOL.md §3.2).  84-87 stay out: vspcd neither asks for nor uses them.
+# (docs/protocol.md §3.2).  84-87 stay out: vspcd neither asks for nor uses them.
 PROXY_KNOWN_CODES: bytes = bytes.fromhex("00 01 02 03 28 29 2b 2c 2d 2e 30 46 47 49 50 51 52 53")
 
 
 class Direction(StrEnum):
-    """DO-PROXY direction byte (PROTOCOL.md §3.3)."""
+    """DO-PROXY direction byte (docs/protocol.md §3.3)."""
 
     SERVER = "S"  # the VM listens; operators reach it through the proxy
     CLIENT = "C"  # the VM wants the proxy to connect out to serviceURI
@@ -227,7 +227,7 @@ class GetVmName:
 
 @dataclass(frozen=True, slots=True)
 class VmBiosUuid:
-    """VM -> P: BIOS UUID text (never observed; PROTOCOL.md §7)."""
+    """VM -> P: BIOS UUID text (never observed; docs/protocol.md §7)."""
 
     text: str
 
@@ -239,7 +239,7 @@ class GetVmBiosUuid:
 
 @dataclass(frozen=True, slots=True)
 class VmLocationUuid:
-    """VM -> P: location UUID text (never observed; PROTOCOL.md §7)."""
+    """VM -> P: location UUID text (never observed; docs/protocol.md §7)."""
 
     text: str
 
@@ -341,7 +341,7 @@ def decode(payload: bytes) -> VmwareEvent | None:
     """Decode one option-232 subnegotiation payload (code byte first, unescaped).
 
     Returns None for the empty command `IAC SB 232 IAC SE`, which has no code to
-    report (PROTOCOL.md §1 rule 6).  Never raises: a malformed body of a known code
+    report (docs/protocol.md §1 rule 6).  Never raises: a malformed body of a known code
     (e.g. a two-byte UNKNOWN-SUBOPTION-RCVD) decodes as `Unsupported`.
     """
     if not payload:
@@ -441,7 +441,7 @@ _HEX = frozenset("0123456789abcdef")
 
 
 def canonical_uuid(text: str) -> str:
-    """Normalise a VM-VC-UUID to the 32 lower-case hex digit key (PROTOCOL.md §3.4).
+    """Normalise a VM-VC-UUID to the 32 lower-case hex digit key (docs/protocol.md §3.4).
 
     Accepts any case, with spaces or dashes anywhere (ESXi's wire form
     `01 23 ... ef-fe ... 00`, 8-4-4-4-12, or bare hex).
@@ -477,7 +477,7 @@ def parse_service_uri(service_uri: str) -> tuple[str, str | None]:
     `vSPC.py?port=console2` -> ("vSPC.py", "console2").  The query is parsed leniently
     (`parse_qsl(..., keep_blank_values=True)`, non-strict) and the first `port` value
     wins; a malformed query such as `vSPC.py?port` gives a label of "" rather than an
-    error (PROTOCOL.md §3.3, TV-31).  No query -> label None.
+    error (docs/protocol.md §3.3, TV-31).  No query -> label None.
     """
     base, sep, query = service_uri.partition("?")
     if not sep:

@@ -1,5 +1,5 @@
 """The command framework of `vspc`: one table drives argparse, the shell, help and
-completion (STYLE.md "Shell: a command table"; issue #4, split out by issue #8 item 5).
+completion (docs/development.md "Shell: a command table"; issue #4, split out by issue #8 item 5).
 
 Boundary: a command is an async handler registered with `CommandTable.register(...)`
 together with its arguments (`Arg`).  The table builds the argparse subcommands of
@@ -101,7 +101,7 @@ class UsageError(Exception):
 
 
 class NoExitParser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of calling sys.exit (STYLE.md: library
+    """An ArgumentParser that raises instead of calling sys.exit (docs/development.md: library
     code never exits; the shell must survive a typo)."""
 
     def error(self, message: str) -> NoReturn:

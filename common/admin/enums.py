@@ -36,7 +36,7 @@ class Access(StrEnum):
 
 
 class VMotionPhase(StrEnum):
-    """A console's vMotion phase (PROTOCOL.md §4.5)."""
+    """A console's vMotion phase (docs/protocol.md §4.5)."""
 
     NORMAL = "normal"
     PENDING = "pending"  # GOAHEAD sent, no destination yet

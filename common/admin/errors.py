@@ -2,7 +2,7 @@
 
 Boundary: part of the sans-IO admin codec (`vspc.common.admin`, which re-exports it);
 no sockets, no asyncio, no logging.  Spec: docs/admin-protocol.md, "Error codes".
-Every failure that reaches the wire carries an `ErrorCode` (STYLE.md, "Errors").
+Every failure that reaches the wire carries an `ErrorCode` (docs/development.md, "Errors").
 """
 
 from __future__ import annotations

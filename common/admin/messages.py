@@ -70,7 +70,7 @@ def is_reply(message: Mapping[str, Any]) -> bool:
 
 
 def is_event(message: Mapping[str, Any]) -> bool:
-    """A pushed message: "event" and no "ok" (STYLE.md: they cannot be mistaken)."""
+    """A pushed message: "event" and no "ok" (docs/development.md: they cannot be mistaken)."""
     return "ok" not in message and isinstance(message.get("event"), str)
 
 

@@ -1,4 +1,4 @@
-"""Replay the VM side of the real ESXi capture through ProxySession (PROTOCOL.md §6).
+"""Replay the VM side of the real ESXi capture through ProxySession (docs/protocol.md §6).
 
 The capture (§6.1) lives in `shared/data/` beside the repository and is never copied in.
 Its V>P records are replayed in one global order (§6.2 step 1), one record per
@@ -178,7 +178,7 @@ class Transcript:
 
 
 class ReplayHub:
-    """Just enough of vspcd's hub (PROTOCOL.md §4.5) to drive the capture."""
+    """Just enough of vspcd's hub (docs/protocol.md §4.5) to drive the capture."""
 
     def __init__(self, secret_for: Callable[[bytes], bytes]) -> None:
         self.secret_for = secret_for

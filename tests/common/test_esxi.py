@@ -1,8 +1,8 @@
 """EsxiSession (the VM side) on its own, and in conversation with ProxySession.
 
-The byte strings are the ESXi side of the capture as PROTOCOL.md §3 quotes it.  The
+The byte strings are the ESXi side of the capture as docs/protocol.md §3 quotes it.  The
 conversation tests connect the two sans-IO halves through an in-memory "network" and
-play the hub, as in PROTOCOL.md §4.2: identify, data both ways, then BEGIN, GOAHEAD,
+play the hub, as in docs/protocol.md §4.2: identify, data both ways, then BEGIN, GOAHEAD,
 PEER, PEER-OK and COMPLETE to a second EsxiSession.
 """
 
@@ -54,7 +54,7 @@ VM_VC_UUID = h(
     " 66 65 20 64 63 20 62 61 20 39 38 20 30 30 20 30 30 20 30 30 20 30 30 ff f0"
 )
 VM_NAME = h("ff fa e8 52 76 6d 2d 30 30 30 30 30 ff f0")
-# The capture proxy's opening on connection A (PROTOCOL.md §3.1).
+# The capture proxy's opening on connection A (docs/protocol.md §3.1).
 CAPTURE_PROXY_OPENING = h("ff fb 00 ff fb 03 ff fb 01 ff fd 00 ff fd 03 ff fd e8")
 SEQ = h("76 19 ff e9")
 SECRET = h("ff 00 ff 10")
@@ -123,7 +123,7 @@ def test_do_proxy_carries_direction_and_service_uri() -> None:
 
 
 def test_destination_announces_ks1_peer_and_com_port_in_one_write() -> None:
-    # PROTOCOL.md §3.5 step 2, connection D of the capture: the sequence's ff doubled.
+    # docs/protocol.md §3.5 step 2, connection D of the capture: the sequence's ff doubled.
     cookie = h("76 19 ff e9 55 21 99 8c")
     vm_side = esxi()
     vm_side.connect_destination(cookie)

@@ -1,6 +1,6 @@
 """ProxySession: the proxy side of one VM connection, driven without sockets.
 
-Synthetic vectors TV-20 ... TV-25 and TV-31 of PROTOCOL.md §6.5, plus the §3.2 rules for
+Synthetic vectors TV-20 ... TV-25 and TV-31 of docs/protocol.md §6.5, plus the §3.2 rules for
 KNOWN-SUBOPTIONS-2, the caller-misuse errors, and arbitrary input.  The test plays the
 hub: it calls `goahead()`, `notnow()` and `peer_ok()` itself.
 """
@@ -42,7 +42,7 @@ VM_VC_UUID = h(
     " 66 65 20 64 63 20 62 61 20 39 38 20 30 30 20 30 30 20 30 30 20 30 30 ff f0"
 )
 VM_NAME = h("ff fa e8 52 76 6d 2d 30 30 30 30 30 ff f0")
-# What ESXi sends before KS-1 (connection A of the capture, PROTOCOL.md §3.1).
+# What ESXi sends before KS-1 (connection A of the capture, docs/protocol.md §3.1).
 OPTIONS = h("ff fb 25 ff fd 00 ff fd 03 ff fd 01 ff fb 00 ff fb 03 ff fb e8")
 OPENING_REPLIES = h("ff fe 25 ff fc 01") + KS2
 
@@ -296,7 +296,7 @@ def test_tv25_segment_ending_in_iac() -> None:
 
 
 def test_replies_keep_the_order_of_the_requests_in_one_segment() -> None:
-    # The destination's segment `<KS-1> <PEER> IAC WILL 2c` (PROTOCOL.md §3.5): the GETs
+    # The destination's segment `<KS-1> <PEER> IAC WILL 2c` (docs/protocol.md §3.5): the GETs
     # answer KS-1, which comes first, so they precede `IAC DONT 2c`, whatever the
     # segmentation.  (Fed whole, the segment used to put DONT 2c first: see `_pieces`.)
     segment = KS1 + h("ff fa e8 2c 01 02 03 04 05 06 07 08 ff f0 ff fb 2c")
@@ -405,7 +405,7 @@ def test_goahead_escapes_sequence_and_secret() -> None:
 
 
 def test_goahead_follows_client_data_queued_before_it() -> None:
-    # PROTOCOL.md §4.4 duty 1: one ordered buffer.
+    # docs/protocol.md §4.4 duty 1: one ordered buffer.
     proxy = opened()
     proxy.send_data(b"ab\xff")
     proxy.receive_data(h("ff fa e8 28 44 da 87 f1 ff f0"))

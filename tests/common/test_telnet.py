@@ -1,6 +1,6 @@
 """TelnetCodec: framing (RFC 854/855), RFC 1143 negotiation, chunk-boundary invariance.
 
-PROTOCOL.md §1 (framing rules 2, 4, 5, 6) and §3.1 (negotiation without loops).  The
+docs/protocol.md §1 (framing rules 2, 4, 5, 6) and §3.1 (negotiation without loops).  The
 chunk tests follow h11's `test_chunk_boundaries`: whatever the segmentation, the events,
 once adjacent `Data` pieces are merged, and the queued replies are the same.
 """
@@ -53,7 +53,7 @@ def split_at(data: bytes, cuts: Sequence[int]) -> list[bytes]:
 
 
 def vm_codec(sb_limit: int = 64 * 1024) -> TelnetCodec:
-    """A codec configured like vspcd's VM side (PROTOCOL.md §3.1)."""
+    """A codec configured like vspcd's VM side (docs/protocol.md §3.1)."""
     return TelnetCodec(
         local_ok=(Opt.BINARY, Opt.SGA),
         remote_ok=(Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT),
@@ -89,7 +89,7 @@ def test_escape_then_receive_round_trips(payload: bytes) -> None:
 
 
 def test_binary_data_passes_untouched() -> None:
-    # PROTOCOL.md §1 rule 5 / TV-20: NUL, XON and CR LF are data, never rewritten.
+    # docs/protocol.md §1 rule 5 / TV-20: NUL, XON and CR LF are data, never rewritten.
     wire = bytes.fromhex("00 11 ff ff 0d 0a 0d 00 41")
     assert TelnetCodec().receive_data(wire) == [Data(bytes.fromhex("00 11 ff 0d 0a 0d 00 41"))]
 

@@ -1,6 +1,6 @@
 """Option-232 commands <-> events, UUID forms and serviceURI parsing.
 
-PROTOCOL.md §1 (framing, 0xff doubling, opaque fields), §2 (command table), §3.3
+docs/protocol.md §1 (framing, 0xff doubling, opaque fields), §2 (command table), §3.3
 (DO-PROXY, `?port=`), §3.4 (UUID wire form and canonical key).
 """
 
@@ -115,7 +115,7 @@ def test_encode_matches_the_capture(event: vm.VmwareEvent, wire: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "event"),
     [
-        ("", None),  # `ff fa e8 ff f0`: no code (PROTOCOL.md §1 rule 6)
+        ("", None),  # `ff fa e8 ff f0`: no code (docs/protocol.md §1 rule 6)
         ("30", vm.VMotionAbort()),
         ("02 51", vm.UnknownSuboptionRcvd1(0x51)),
         ("02 51 52", vm.Unsupported(2, b"\x51\x52")),

@@ -1,9 +1,9 @@
 """Test doubles for the hub: a fake clock and scheduler, recording VM and client
-channels, and a port allocator.  No sockets, no event loop (STYLE.md "Tests").
+channels, and a port allocator.  No sockets, no event loop (docs/development.md "Tests").
 
 The channels satisfy `vspc.vspcd.hub.console.VmChannel` / `ClientChannel` structurally and
 log every call in order in `calls`, so a test can check what was sent and in what order
-(e.g. the held queue before GOAHEAD, PROTOCOL.md §4.4 duty 1).
+(e.g. the held queue before GOAHEAD, docs/protocol.md §4.4 duty 1).
 """
 
 from __future__ import annotations

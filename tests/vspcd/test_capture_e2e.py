@@ -1,6 +1,6 @@
 """The real ESXi capture replayed over loopback through the real daemon.
 
-PROTOCOL.md §6.2 recipe (one global order, SYN/FIN markers, cookie substitution, waits
+docs/protocol.md §6.2 recipe (one global order, SYN/FIN markers, cookie substitution, waits
 on causes) and §6.4 handover assertions: an operator attached before TV-07 receives
 exactly TV-18's stream across two vMotions, one NOTNOW and one ABORT; a marker typed
 after every GOAHEAD reaches the destination once on success, the source once on

@@ -3,7 +3,7 @@
 Many rounds of vMotions (success, ABORT, NOTNOW, abandoned), reconnects, stray
 messages and clients coming and going, through the real daemon over loopback.  Then:
 no cookie, VM connection record or client left over; every console expires once
-idle; its port is released; the daemon still serves.  (PROTOCOL.md §4.1: cookies are
+idle; its port is released; the daemon still serves.  (docs/protocol.md §4.1: cookies are
 single-use; §4.3 F8: never wedge.)
 """
 

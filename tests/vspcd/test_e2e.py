@@ -1,7 +1,7 @@
 """End to end over loopback: fake ESXi hosts -> real vspcd -> telnet operators.
 
 Issue #3's test list: lifecycle, binary transparency, every vMotion path with typing
-during the switch (PROTOCOL.md §4, §6.4), TV-26..TV-28, sticky ports and expiry,
+during the switch (docs/protocol.md §4, §6.4), TV-26..TV-28, sticky ports and expiry,
 bind-failure skipping, client limit, raw clients, TLS, a stalled client.
 """
 
@@ -81,7 +81,7 @@ def test_binary_transparency_both_ways(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fin_first", [True, False], ids=["source-fin-first", "complete-first"])
 def test_vmotion_with_typing_during_the_switch(tmp_path: Path, fin_first: bool) -> None:
-    """PROTOCOL.md §6.4: typed after GOAHEAD, delivered once to the destination."""
+    """docs/protocol.md §6.4: typed after GOAHEAD, delivered once to the destination."""
 
     async def main() -> None:
         # The operator must see exactly the VM's bytes: no status notices.
@@ -111,7 +111,7 @@ def test_vmotion_with_typing_during_the_switch(tmp_path: Path, fin_first: bool) 
                 await src.close()
             # Delivered at once, with no further typing, exactly once, in order.
             await dst.input.expect(b"<1>\r<2>\r")
-            assert loop.time() - completed < 0.5  # PROTOCOL.md §6.4 item 2
+            assert loop.time() - completed < 0.5  # docs/protocol.md §6.4 item 2
             dst.send(b"after")
             await op.output.expect(b"after")
             assert bytes(op.output.data).endswith(b"before after")

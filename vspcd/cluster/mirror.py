@@ -44,7 +44,7 @@ class Mirror:
         hub: this node's hub.
         registry: the registry client.
         spawn: starts a task the node owns (cancelled at stop).
-        cookie_life: seconds a published cookie lives: the abandon grace (PROTOCOL.md
+        cookie_life: seconds a published cookie lives: the abandon grace (docs/protocol.md
             §4.3 F8) plus a lease, so no PEER misses it.
     """
 

@@ -13,7 +13,7 @@ Then the held events are replayed, in order, into this node's hub (LOCAL) or sen
 over the inter-node link to the owner (RELAY), and so is everything after.  Relaying
 keeps the owner's single-node vMotion machine (vspcd/hub/hub.py, vspcd/hub/vmotion.py)
 authoritative: one hub holds the cookie, the hold and both connections, so every
-guarantee of PROTOCOL.md §4 holds as on one node.
+guarantee of docs/protocol.md §4 holds as on one node.
 
 The gate never raises into a link: registry or link failures end in a local decision
 (the hub then applies its own rules, e.g. F5 for an unknown cookie) or in closing the

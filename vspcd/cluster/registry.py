@@ -17,7 +17,7 @@ Schema (every key under `prefix`, default "vspc:"; standalone Redis or Valkey):
 Every change of ownership is one Lua script, so it is atomic against every other
 node: a console is claimed only if it has no owner, is already ours, or its owner's
 lease key has expired (the owner is dead).  Nothing is ever wiped at start (the bug
-PROTOCOL.md §5 blames node-vspc for); a node that finds the registry empty, after a
+docs/protocol.md §5 blames node-vspc for); a node that finds the registry empty, after a
 Redis restart, republishes what it serves (`Node.reconcile`).
 
 Every method raises `RegistryUnavailable` when Redis cannot be reached, so callers

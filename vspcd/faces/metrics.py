@@ -20,7 +20,7 @@ BEGIN -> GOAHEAD latency.  The hub answers BEGIN synchronously, inside the read 
 carried it, and the VM link writes GOAHEAD to the transport as that read's processing
 ends (vspcd/net/links.py flushes the codec's output after `data_received`).  The histogram
 measures from the hub accepting BEGIN (`Migration.since`, taken in that read, after
-the held input was flushed ahead of GOAHEAD as PROTOCOL.md §4.4 duty 1 asks) to
+the held input was flushed ahead of GOAHEAD as docs/protocol.md §4.4 duty 1 asks) to
 GOAHEAD leaving the daemon's transport buffer for the kernel.  `VMotionBegun` is
 observed in the same read: when the VM connection's write buffer is empty then,
 GOAHEAD goes straight to the kernel as the read ends and the observation is taken at
@@ -74,7 +74,7 @@ __all__ = [
     "families",
 ]
 
-# Seconds.  ESXi gives up on a BEGIN after 5 s (PROTOCOL.md §4.4 duty 2), so the
+# Seconds.  ESXi gives up on a BEGIN after 5 s (docs/protocol.md §4.4 duty 2), so the
 # buckets resolve the sub-millisecond common case and the approach to that deadline.
 GOAHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 DRAIN_POLL = 0.005

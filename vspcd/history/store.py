@@ -5,7 +5,7 @@ vspcd/history/persist.py turns hub events into the small typed queries below, an
 restored rows back into consoles.  Everything here is synchronous and tiny (one row
 per call), run on the event loop outside the per-byte data path.
 
-Schema (STYLE.md Part 1 §5, "Persistence"): `MIGRATIONS` is append-only; `migrate()`
+Schema (docs/development.md Part 1 §5, "Persistence"): `MIGRATIONS` is append-only; `migrate()`
 applies the steps past `PRAGMA user_version`, each in its own explicit transaction
 (the connection runs with `isolation_level=None`, so sqlite3 never opens or commits
 one behind our back, and a failed DDL step rolls back).
@@ -42,7 +42,7 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: one row per console, keyed like the hub (PROTOCOL.md §3.5): canonical UUID +
+    # 1: one row per console, keyed like the hub (docs/protocol.md §3.5): canonical UUID +
     # label ("" for a VM's only port).  `port` NULL: no telnet port (--no-vm-ports).
     # `last_seen` is wall-clock time (Unix seconds) of the last VM connect/disconnect.
     """

@@ -1,7 +1,7 @@
 """Per-console records owned by the hub: identity, buffers, vMotion state, clients.
 
 Pure data plus small bounded-buffer helpers; no I/O, no clock.  The hub (vspcd/hub/hub.py)
-is the only writer.  Spec: PROTOCOL.md §3.5 (port key), §4.1 (cookie), §4.4 (holds).
+is the only writer.  Spec: docs/protocol.md §3.5 (port key), §4.1 (cookie), §4.4 (holds).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class ClientChannel(Protocol):
 
 @dataclass(frozen=True, slots=True, order=True)
 class ConsoleKey:
-    """A console's identity: canonical VC UUID + discriminator (PROTOCOL.md §3.5).
+    """A console's identity: canonical VC UUID + discriminator (docs/protocol.md §3.5).
 
     `label` is the `?port=` label, or the whole serviceURI in multi-console mode, or ""
     for a VM's only console.  Never the VM name.
@@ -106,7 +106,7 @@ class ConsoleKey:
         return f"{self.uuid}_{self.label}" if self.label else self.uuid
 
 
-# A console's vMotion phase (PROTOCOL.md §4.5) is the admin protocol's own enum:
+# A console's vMotion phase (docs/protocol.md §4.5) is the admin protocol's own enum:
 # one type from the state machine to the wire (issue #8 item 2).
 Phase = VMotionPhase
 
@@ -282,7 +282,7 @@ class Client:
 
 @dataclass(eq=False, slots=True)
 class Migration:
-    """One vMotion in flight on a console (PROTOCOL.md §4.1, §4.5)."""
+    """One vMotion in flight on a console (docs/protocol.md §4.1, §4.5)."""
 
     source: VmConn
     sequence: bytes

@@ -58,7 +58,7 @@ __all__ = [
 
 
 class AbortReason(StrEnum):
-    """Why a vMotion ended without COMPLETE (PROTOCOL.md §4.3); the value is the
+    """Why a vMotion ended without COMPLETE (docs/protocol.md §4.3); the value is the
     `reason` text of the `vmotion_abort` admin event."""
 
     SOURCE_ABORTED = "aborted by the source"  # ABORT on the BEGIN connection

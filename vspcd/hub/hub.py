@@ -5,7 +5,7 @@ Pure policy.  Connections reach the hub through the small `VmChannel` and
 scheduler are injected, so every path here is unit-tested without sockets or a loop.
 The asyncio adapters in vspcd/net/links.py only translate bytes <-> calls.
 
-Spec: PROTOCOL.md §3.5 (port key), §4 (vMotion: §4.3 failure paths F1-F11, §4.4
+Spec: docs/protocol.md §3.5 (port key), §4 (vMotion: §4.3 failure paths F1-F11, §4.4
 buffering duties, §4.5 per-port state machine), §6.5 (TV-19, TV-24, TV-26..TV-30,
 TV-32); vSPC.py's lock modes (docs/admin-protocol.md).
 
@@ -16,7 +16,7 @@ once it has both an accepted DO-PROXY and a VM-VC-UUID it becomes the console's 
 connection (replacing an older one from the same host: TV-27, F11).  VM output before
 that is held in the connection's bounded `early` buffer and released on binding.
 
-vMotion per console (PROTOCOL.md §4.5) is the table in vspcd/hub/vmotion.py: each
+vMotion per console (docs/protocol.md §4.5) is the table in vspcd/hub/vmotion.py: each
 vMotion entry point here (`_begin`, `_peer`, `_complete`, `_abort_received`, data
 and close of a VM connection, the F8 timer, a fresh DO-PROXY) looks up
 `(console.phase, trigger, conn.role)` and carries out the action; a missing entry is
@@ -137,7 +137,7 @@ class HubSettings:
     hold_limit: int = 1 << 20
     scrollback: int = 64 * 1024
     # VM-bound bytes still queued above which a BEGIN gets NOTNOW: GOAHEAD must reach
-    # the VM within 5000 ms and queues behind them (PROTOCOL.md §4.4 duty 2, TV-32).
+    # the VM within 5000 ms and queues behind them (docs/protocol.md §4.4 duty 2, TV-32).
     vmotion_backlog_limit: int = 256 * 1024
     # How long a VM connection has to answer the liveness probe when a connection from
     # another host claims its console (docs/security.md, "Console takeover"): a VM
@@ -207,7 +207,7 @@ class Hub:
         """Resolve an operator's name for a console.
 
         Accepts the display name (NAME or NAME_LABEL), the VM name, the key string,
-        the UUID in any accepted form (PROTOCOL.md §3.4), or the telnet port number.
+        the UUID in any accepted form (docs/protocol.md §3.4), or the telnet port number.
 
         Raises:
             HubError: `vm_not_found` or `ambiguous_vm`.
@@ -401,7 +401,7 @@ class Hub:
         Bug fix: clients paused for a congested connection stayed paused after it was
         replaced (TV-27, F11), closed, or superseded by COMPLETE, since a transport that
         goes away never calls resume_writing; the console then never read its clients
-        again ("never wedge", PROTOCOL.md §4.3 F8, §4.4 duty 2).
+        again ("never wedge", docs/protocol.md §4.3 F8, §4.4 duty 2).
         """
         was = old is not None and old.congested
         now = console.vm is not None and console.vm.congested
@@ -495,7 +495,7 @@ class Hub:
         conn.uuid = uuid
         if conn.role is Role.DESTINATION and conn.console is not None:
             if conn.console.key.uuid != uuid:
-                # The cookie stays authoritative (PROTOCOL.md §3.5).
+                # The cookie stays authoritative (docs/protocol.md §3.5).
                 log.warning(
                     "%s: destination %s reports UUID %s",
                     _tag(conn.console),

@@ -1,4 +1,4 @@
-"""The per-console vMotion state machine as data (PROTOCOL.md §4.5, F1-F11; issue #8 item 2).
+"""The per-console vMotion state machine as data (docs/protocol.md §4.5, F1-F11; issue #8 item 2).
 
 As in h11's `_state.py`, the machine is a table: `(phase, trigger, role) -> Action`,
 where `phase` is the console's vMotion phase (`VMotionPhase`, the admin protocol's
@@ -49,7 +49,7 @@ class Trigger(Enum):
 
 
 class Action(Enum):
-    """What the hub does (PROTOCOL.md §4.3 names in the comments)."""
+    """What the hub does (docs/protocol.md §4.3 names in the comments)."""
 
     BEGIN = "begin"  # GOAHEAD, or NOTNOW on an F1 ground
     REBEGIN = "rebegin"  # F9: implicit abort, then BEGIN

@@ -1,6 +1,6 @@
 """One client output channel: the slow-reader policy, drop accounting and the notice line.
 
-Issue #8 item 3.  A console's output must never wait for a client (PROTOCOL.md §4.4
+Issue #8 item 3.  A console's output must never wait for a client (docs/protocol.md §4.4
 duty 2, issue #3 "Backpressure"), so a client whose transport buffer passes its limit
 loses output instead: the bytes are counted, and once the transport drains the
 client gets one line ``\\r\\n[vspcd: N bytes of output dropped: client too slow]\\r\\n``

@@ -1,13 +1,13 @@
 """asyncio Protocol adapters: bytes <-> codec events <-> hub calls.  No policy here.
 
-- `VmLink`: one ESXi connection on the proxy port (PROTOCOL.md §3, §4).
+- `VmLink`: one ESXi connection on the proxy port (docs/protocol.md §3, §4).
 - `TelnetClientLink`: one operator on a console's per-VM telnet port.
 
 Each link owns its codec (built in `__init__`, before any I/O), catches the peer's
 protocol errors, logs them once with the peer address and closes only that
 connection: a bad peer never stops the loop or touches another console.
 
-Flow control (PROTOCOL.md §4.4 duty 2, issue #3 "Backpressure"):
+Flow control (docs/protocol.md §4.4 duty 2, issue #3 "Backpressure"):
 - A VM link keeps its transport buffer small (`VM_HIGH_WATER`) and reports
   pause/resume to the hub, which then holds client input in its own bounded queue and
   stops reading clients.  So a GOAHEAD or NOTNOW never queues behind much data.
@@ -58,7 +58,7 @@ class PreIdentification:
     """What an unidentified VM connection may cost (issue #7, docs/security.md).
 
     ESXi identifies a connection within its first few hundred bytes (WILL/DO
-    negotiation, DO-PROXY, VC-UUID, PROTOCOL.md §3), so a connection still unidentified
+    negotiation, DO-PROXY, VC-UUID, docs/protocol.md §3), so a connection still unidentified
     after `timeout` seconds or `max_bytes` bytes is not a working ESXi host and is
     dropped (aborted: its buffers are freed at once).  `refused` aggregates the log
     lines so a flood costs one line per period.
@@ -121,7 +121,7 @@ class VmLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        # TCP keepalive (PROTOCOL.md §4.6) is already on: the proxy Listener sets it,
+        # TCP keepalive (docs/protocol.md §4.6) is already on: the proxy Listener sets it,
         # with the same timing, on every socket it accepts (listeners.set_keepalive).
         # Setting it again here cost four setsockopt calls per VM connection.
         self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
@@ -285,7 +285,7 @@ class VmLink(asyncio.Protocol):
     def probe(self) -> None:
         # RFC 860: DO TIMING-MARK must be answered (WILL or WONT) by any telnet peer,
         # after everything sent before it; ESXi answers every option request
-        # (PROTOCOL.md §3.1).  Raw bytes, outside the codec's option table: the
+        # (docs/protocol.md §3.1).  Raw bytes, outside the codec's option table: the
         # answer is only evidence of life, and the codec refuses a WILL with one DONT.
         self._flush()
         if self._transport is not None and not self._transport.is_closing():

@@ -7,9 +7,9 @@ owns it.  No policy: which console a port belongs to is the hub's business.
 * `start_proxy_listener` serves plain telnet and TLS on one port.  ESXi opens a
   `telnets://` connection with a TLS ClientHello, whose first byte is the handshake
   record type 0x16, and a `telnet://` one with `IAC WILL AUTHENTICATION` (0xff,
-  PROTOCOL.md §3.1), so one peeked byte tells them apart.  TCP keepalive is enabled on
+  docs/protocol.md §3.1), so one peeked byte tells them apart.  TCP keepalive is enabled on
   every accepted socket so a crashed host's half-open connection is noticed
-  (PROTOCOL.md §4.6, "Enable TCP keepalive on VM sockets").
+  (docs/protocol.md §4.6, "Enable TCP keepalive on VM sockets").
 * `PortBinder` hands out per-console telnet ports synchronously, lowest free first,
   skipping ports somebody else holds (the default range 50000+ overlaps Linux's
   ephemeral ports).
@@ -18,7 +18,7 @@ owns it.  No policy: which console a port belongs to is the hub's business.
 
 Accepting runs on `loop.add_reader` rather than `asyncio.Server` so that running out
 of file descriptors backs off for a moment instead of spinning on a listening socket
-that stays readable (the predecessor's epoll loop did spin; STYLE.md Part 3, #2).
+that stays readable (the predecessor's epoll loop did spin; docs/development.md Part 3, #2).
 
 The accept path is the largest single cost of a vMotion, which is a whole new
 connection (issue #12 item 3, docs/benchmarks.md).  So a plain connection is handed
@@ -72,7 +72,7 @@ TLS_HANDSHAKE_RECORD = 0x16  # RFC 8446 §5.1 ContentType handshake(22)
 
 # Keepalive on accepted sockets: first probe after a minute idle, then 5 probes 10 s
 # apart, so a dead peer is dropped within about 110 s.  ESXi's own side uses 300 s +
-# 5 probes (PROTOCOL.md §4.6, D-KA); ours only has to be no slower.
+# 5 probes (docs/protocol.md §4.6, D-KA); ours only has to be no slower.
 KEEPALIVE_IDLE = 60
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 5

@@ -1,4 +1,4 @@
-"""Command line + environment -> one frozen `Config` (STYLE.md "Config").
+"""Command line + environment -> one frozen `Config` (docs/development.md "Config").
 
 Boundary: `parse_args(argv, environ)` is the only place that reads options or
 environment variables; everything downstream receives the `Config`.  Nothing here
@@ -10,7 +10,7 @@ init scripts keep working; the environment variables `SUPPORT_MULTI_CONSOLE` and
 Bad values end the process with a one-line message and exit status 2 through
 `argparse.ArgumentParser.error`, as for any other usage error.
 
-Timing defaults cite PROTOCOL.md §4.5 (F8 abandon grace) and §4.4 (bounded hold).
+Timing defaults cite docs/protocol.md §4.5 (F8 abandon grace) and §4.4 (bounded hold).
 
 vSPC.py's backends are spelled either way: `--persist-file PATH` (or `-f PATH`) is
 `--backend File --backend-args '-f PATH'`, and `--log-dir DIR --log-prefix P
@@ -48,10 +48,10 @@ PROXY_PORT = 13370
 PORT_RANGE_START = 50000
 VM_EXPIRE_TIME = 86400.0
 ADMIN_SOCKET_MODE = 0o660
-VMOTION_ABANDON = 60.0  # PROTOCOL.md §4.6: 30-120 s is reasonable
+VMOTION_ABANDON = 60.0  # docs/protocol.md §4.6: 30-120 s is reasonable
 TAKEOVER_TIMEOUT = 5.0  # docs/security.md "Console takeover": HA restarts win within 10 s
 CLIENT_QUEUE = 1024 * 1024
-HOLD_LIMIT = 1024 * 1024  # PROTOCOL.md §4.4 duty 5: "e.g. 1 MiB"
+HOLD_LIMIT = 1024 * 1024  # docs/protocol.md §4.4 duty 5: "e.g. 1 MiB"
 SCROLLBACK = 64 * 1024
 LOG_DIR = Path("/var/log/consoles")  # vSPC.py's Logging backend defaults
 LOG_PREFIX = "vmlog"
@@ -83,7 +83,7 @@ class LogTarget(Enum):
 class Config:
     """Everything the daemon was told at startup.  Durations are seconds, sizes bytes."""
 
-    # ESXi-facing listener (PROTOCOL.md §0 role VM); plain and TLS share the port.
+    # ESXi-facing listener (docs/protocol.md §0 role VM); plain and TLS share the port.
     proxy_iface: str = "0.0.0.0"
     proxy_port: int = PROXY_PORT
     ssl: bool = False
@@ -217,7 +217,7 @@ def _seconds(*, positive: bool) -> Callable[[str], float]:
 
 def _octal_mode(text: str) -> int:
     # vSPC.py-era configs wrote modes like "0660"; int("0660") would be decimal 660
-    # (STYLE.md Part 3, #8), so the base is fixed at 8.
+    # (docs/development.md Part 3, #8), so the base is fixed at 8.
     try:
         value = int(text, 8)
     except ValueError:

@@ -2,8 +2,8 @@
 
 Boundary: process-level helpers used only by `__main__`; no asyncio (detaching
 must happen before any event loop exists).  Under systemd none of this is needed:
-run in the foreground (STYLE.md "Logging"; docs/operations.md).  It exists for
-vSPC.py-era init scripts, but fixes the predecessor's faults (STYLE.md Part 3, #15):
+run in the foreground (docs/development.md "Logging"; docs/operations.md).  It exists for
+vSPC.py-era init scripts, but fixes the predecessor's faults (docs/development.md Part 3, #15):
 
 * the pidfile is checked before starting, so a second daemon refuses to run while a
   live process is named there, and a stale pidfile (dead pid, garbage, or our own

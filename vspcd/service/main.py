@@ -1,7 +1,7 @@
 """`python -m vspc.vspcd` / `vspcd`: argparse -> Config -> logging -> serve(config).
 
 Boundary: the only module that configures logging handlers, touches process state
-(rlimits, pidfile, detaching) or picks the event loop (STYLE.md Part 2, layout).
+(rlimits, pidfile, detaching) or picks the event loop (docs/development.md Part 2, layout).
 The orchestration itself is `vspcd/service/server.py`'s `serve()`, which runs until SIGTERM
 or SIGINT and then shuts down in order; `main()` turns the outcome into an exit
 status: 0 after a requested shutdown, 1 if the daemon could not start or crashed,

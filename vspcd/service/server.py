@@ -8,7 +8,7 @@ Start-up order: persist file (vspcd/history/store.py, a bad file fails the start
 log directory, hub, remembered consoles restored onto their old telnet ports
 (vspcd/history/persist.py), then the listeners, so a VM connecting at once finds its console.
 
-Shutdown (STYLE.md, "Orderly shutdown"): close the listeners, ask every connection to
+Shutdown (docs/development.md, "Orderly shutdown"): close the listeners, ask every connection to
 close (the hub tells operators why), wait a bounded time for them to go, then return.
 """
 

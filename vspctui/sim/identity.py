@@ -10,7 +10,7 @@ A VM file has one VM per line, `#` starts a comment, fields split on whitespace:
     NAME [UUID|-] [LABEL]
 
 `-` or a missing UUID means "generate one"; a LABEL makes the serviceURI
-`vSPC.py?port=LABEL` (PROTOCOL.md §3.3), the way one VM's second serial port names
+`vSPC.py?port=LABEL` (docs/protocol.md §3.3), the way one VM's second serial port names
 itself.  Two lines may share a UUID when their labels differ (two ports of one VM).
 """
 

@@ -1,6 +1,6 @@
 """One connection from a fake VM to the proxy: an asyncio Protocol around EsxiSession.
 
-Plumbing only (STYLE.md §2): `data_received` feeds `vspc.common.esxi.EsxiSession`,
+Plumbing only (docs/development.md §2): `data_received` feeds `vspc.common.esxi.EsxiSession`,
 hands `ConsoleInput` to the owner's `on_input`, resolves the one waiter for a
 vMotion answer (`Goahead`/`NotNow`/`PeerOk`) or for `ProxyAnswer`, and writes what
 the session queued.  A peer that breaks telnet framing closes the link; nothing it

@@ -1,6 +1,6 @@
 """vspcd/history/store.py: migrations, typed queries, the persist file's mode and bad files.
 
-No daemon, no loop: an sqlite3 file in tmp_path (STYLE.md "Persistence").
+No daemon, no loop: an sqlite3 file in tmp_path (docs/development.md "Persistence").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hub without sockets or a loop: PROTOCOL.md §3.5, §4.3-§4.5, §6.4-§6.5.
+"""The hub without sockets or a loop: docs/protocol.md §3.5, §4.3-§4.5, §6.4-§6.5.
 
 One test per transition of the §4.5 state machine and per failure path F1-F11, then
 identification, labels, fan-out, expiry, locks, congestion, lookup and observers.
@@ -22,7 +22,7 @@ from vspc.vspcd.faces.render import client_row, fields_observer, summary_row
 from vspc.vspcd.hub.console import Client, Console, ConsoleKey, LockMode, Phase, Role, VmConn
 from vspc.vspcd.hub.hub import Hub, HubError, HubSettings
 
-U1 = "0123456789abcdeffedcba9800000000"  # the capture's VM (PROTOCOL.md §3.4)
+U1 = "0123456789abcdeffedcba9800000000"  # the capture's VM (docs/protocol.md §3.4)
 U2 = "00112233445566778899aabbccddeeff"
 SEQ = bytes.fromhex("44da87f1")  # vMotion 1 of the capture
 SEQ2 = bytes.fromhex("61ed26a2")

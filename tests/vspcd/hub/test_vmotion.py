@@ -1,4 +1,4 @@
-"""The vMotion transition table (vspcd/hub/vmotion.py; PROTOCOL.md §4.5, issue #8 item 2).
+"""The vMotion transition table (vspcd/hub/vmotion.py; docs/protocol.md §4.5, issue #8 item 2).
 
 The behaviour of every transition is tested through the hub in test_hub.py; here, the
 properties of the table itself.
@@ -18,7 +18,7 @@ def test_phase_is_the_admin_protocols_enum() -> None:
 
 
 def test_every_begin_is_answered() -> None:
-    # PROTOCOL.md §4.6: GOAHEAD or NOTNOW within 5000 ms, whatever the state, so a
+    # docs/protocol.md §4.6: GOAHEAD or NOTNOW within 5000 ms, whatever the state, so a
     # BEGIN is never F10.
     for phase, role in itertools.product(Phase, Role):
         assert next_action(phase, Trigger.BEGIN, role) is not Action.IGNORE

@@ -1,4 +1,4 @@
-"""vspcd/net/listeners.py end to end on 127.0.0.1 port 0 (STYLE.md "Tests").
+"""vspcd/net/listeners.py end to end on 127.0.0.1 port 0 (docs/development.md "Tests").
 
 Proxy port: plain and TLS on one port, silence counts as plain, keepalive, EMFILE
 back-off; PortBinder: lowest free port, skipping occupied ones; admin Unix socket:
@@ -149,7 +149,7 @@ def test_plain_client_gets_plain_protocol_on_a_tls_port(server_tls: ssl.SSLConte
         seen, factory = recorder_factory()
         listener = await start_proxy_listener(HOST, 0, server_tls, factory, peek_timeout=WAIT)
         try:
-            # ESXi's first bytes on telnet:// (PROTOCOL.md §3.1): IAC WILL AUTH
+            # ESXi's first bytes on telnet:// (docs/protocol.md §3.1): IAC WILL AUTH
             _, writer = await roundtrip(listener.port, b"\xff\xfb\x25")
             link = await asyncio.wait_for(seen.get(), WAIT)
             assert not link.tls

@@ -275,7 +275,7 @@ def test_protocol_arguments_come_from_the_protocol_table() -> None:
 )  # fmt: skip
 def test_any_command_line_parses_or_is_a_usage_error(words: list[str]) -> None:
     """argparse never exits the process and nothing but UsageError escapes (the shell
-    relies on it; STYLE.md: library code never exits)."""
+    relies on it; docs/development.md: library code never exits)."""
     normalized = normalize_argv(words)
     assert [w for w in normalized if w not in ("list", "attach")] == [
         w for w in words if w not in ("list", "attach")

@@ -1,6 +1,6 @@
 """vspcd's optional HTTP listener: GET routes from one table (issue #11 item 3).
 
-Boundary: a thin asyncio adapter (STYLE.md, uvicorn) around the sans-IO parser in
+Boundary: a thin asyncio adapter (docs/development.md, uvicorn) around the sans-IO parser in
 vspcd/faces/http/parse.py.  `data_received` feeds the parser; when a request head is
 complete the `Router` picks a handler from its route table, the response is written
 and the connection closed (`Connection: close`: one request per connection, no
@@ -125,7 +125,7 @@ class Router:
 
 class _HttpProtocol(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
-        # Shared state, then per-connection state (STYLE.md, uvicorn).
+        # Shared state, then per-connection state (docs/development.md, uvicorn).
         self._server = server
         self._parser = RequestParser()
         self._transport: asyncio.Transport | None = None
