@@ -1,6 +1,6 @@
 """The admin server (vspcd/faces/admin/) against a real in-process daemon.
 
-Spec: docs/admin-protocol.md; issue #4.  Every test starts `Daemon(config)` from
+Spec: docs/admin-protocol.md.  Every test starts `Daemon(config)` from
 vspcd/service/server.py inside `asyncio.run(...)`, on 127.0.0.1 with port 0 for ESXi and a
 Unix socket under tmp_path for the admin channel.  Consoles are created by fake ESXi
 hosts (`common/esxi.py` EsxiSession) connecting to the proxy port.  Nothing sleeps to
