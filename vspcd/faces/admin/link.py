@@ -9,7 +9,7 @@ A link moves through these modes:
 
     JSON --attach ok--> ATTACHED --EOF, clear, kick, shutdown--> CLOSING
     JSON --EOF, flood, timeout, overrun, shutdown--> CLOSING
-    JSON --forwarded attach or tail (cluster mode)--> SPLICED --> CLOSING
+    JSON --splice (cluster mode, vspcd/cluster/forward.py)--> SPLICED --> CLOSING
 
 In JSON mode bytes go through a `LineFramer`; each complete line is validated,
 checked against the token bucket and the peer's access level, and executed through
