@@ -1,7 +1,7 @@
 """Any node answers: admin requests about consoles another node serves.
 
 Spec: issue #13 ("Any node answers"), docs/cluster.md, docs/admin-protocol.md.  The
-admin server (vspcd/faces/admin.py) offers every validated request to `Forwarder.takes`:
+admin server (vspcd/faces/admin/) offers every validated request to `Forwarder.takes`:
 
 - `list` / `subscribe`'s snapshot stay local; `list` is answered here with every
   console of the cluster: this node's rows plus each live node's, asked over the
@@ -62,7 +62,10 @@ from vspc.vspcd.cluster.streams import (
     StreamTransport,
     end_feed,
 )
-from vspc.vspcd.faces.admin import HANDLERS, AdminLink, AdminServer, Identity, Mode, Reply
+from vspc.vspcd.faces.admin.access import Identity
+from vspc.vspcd.faces.admin.handlers import HANDLERS, Reply
+from vspc.vspcd.faces.admin.link import AdminLink, Mode
+from vspc.vspcd.faces.admin.server import AdminServer
 from vspc.vspcd.hub.hub import HubError
 
 log = logging.getLogger(__name__)

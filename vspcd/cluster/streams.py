@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from vspc.common.admin import encode_message
 from vspc.common.peerlink import StreamClose, StreamData
 from vspc.vspcd.cluster.links import PeerLink
-from vspc.vspcd.faces.admin import AdminLink, Mode
+from vspc.vspcd.faces.admin.link import AdminLink, Mode
 
 if TYPE_CHECKING:
     from vspc.vspcd.cluster.node import ClusterNode

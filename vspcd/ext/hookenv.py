@@ -1,7 +1,8 @@
-"""Hub events -> hook environments (issue #11 item 5): which events run `--hook-command`
-and the `VSPC_*` variables each one gets.
+"""Hub events -> hook environments: which events run `--hook-command` and the `VSPC_*`
+variables each one gets (docs/operations.md "Hooks").
 
-Boundary: pure functions of a typed hub event (vspcd/hub/events.py), the wall-clock time
+Boundary: pure functions of a typed hub event's fields (vspcd/hub/fields.py, the same
+fields the admin event lines and `--log-events` carry), the wall-clock time
 and the console's telnet port; no I/O, no process handling (that is vspcd/ext/hooks.py).
 docs/operations.md "Hooks" documents every variable; `VARIABLES` is that list, and a
 test checks the two agree.
@@ -16,42 +17,33 @@ reaches a terminal.
 
 from __future__ import annotations
 
+from typing import Any
+
 from vspc.common import vmware as vm
-from vspc.common.admin import ClientInfo
+from vspc.common.admin import ClientInfo, EventName
 from vspc.vspcd.history.lineformat import format_stamp
-from vspc.vspcd.hub.events import (
-    ClientAttached,
-    ClientDetached,
-    ConsoleCleared,
-    ConsoleExpired,
-    HubEvent,
-    TakeoverRefused,
-    VmConnected,
-    VmDisconnected,
-    VMotionAborted,
-    VMotionCompleted,
-    VmReplaced,
-)
+from vspc.vspcd.hub.events import HubEvent
+from vspc.vspcd.hub.fields import EventFields, HookOnly, event_fields
 
 __all__ = ["HOOK_EVENTS", "PREFIX", "VARIABLES", "environment", "env_value", "hook_event"]
 
 PREFIX = "VSPC_"
 
-# Hook event name (VSPC_EVENT, --hook-events) -> the hub event type it stands for.  The
-# names are the admin protocol's event names where one exists.
-HOOK_EVENTS: dict[str, type] = {
-    "vm_connected": VmConnected,
-    "vm_disconnected": VmDisconnected,
-    "vm_expired": ConsoleExpired,
-    "vm_replaced": VmReplaced,
-    "takeover_refused": TakeoverRefused,
-    "vmotion_complete": VMotionCompleted,
-    "vmotion_abort": VMotionAborted,
-    "client_attached": ClientAttached,
-    "client_detached": ClientDetached,
-    "console_cleared": ConsoleCleared,
-}
-_NAMES = {kind: name for name, kind in HOOK_EVENTS.items()}
+# The events that run hooks (VSPC_EVENT, --hook-events): admin protocol events, and
+# the ones only hooks hear of.  vmotion_begin/peer/notnow, vm_renamed and lock_changed
+# do not run hooks.
+HOOK_EVENTS: tuple[str, ...] = (
+    EventName.VM_CONNECTED,
+    EventName.VM_DISCONNECTED,
+    EventName.VM_EXPIRED,
+    HookOnly.VM_REPLACED,
+    HookOnly.TAKEOVER_REFUSED,
+    EventName.VMOTION_COMPLETE,
+    EventName.VMOTION_ABORT,
+    EventName.CLIENT_ATTACHED,
+    EventName.CLIENT_DETACHED,
+    HookOnly.CONSOLE_CLEARED,
+)
 
 # Every variable a hook may see (docs/operations.md "Hooks" lists the same).
 VARIABLES = (
@@ -80,9 +72,15 @@ VARIABLES = (
 )
 
 
+def _hook_fields(event: HubEvent) -> EventFields | None:
+    found = event_fields(event)
+    return found if found is not None and found.name in HOOK_EVENTS else None
+
+
 def hook_event(event: HubEvent) -> str | None:
     """The hook event name of `event`, or None if no hook runs for it."""
-    return _NAMES.get(type(event))
+    found = _hook_fields(event)
+    return None if found is None else found.name.value
 
 
 def env_value(text: str) -> str:
@@ -99,32 +97,40 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-def _client(client: ClientInfo) -> dict[str, str]:
-    return {
-        "VSPC_CLIENT_ID": str(client.id),
-        "VSPC_CLIENT_KIND": client.kind.value,
-        "VSPC_CLIENT_PEER": client.peer,
-        "VSPC_CLIENT_USER": client.user or "",
-        "VSPC_CLIENT_UID": "" if client.uid is None else str(client.uid),
-        "VSPC_CLIENT_MODE": client.mode.value,
-        "VSPC_CLIENT_READONLY": _flag(client.readonly),
-    }
+def _variables(name: str, value: Any) -> dict[str, str]:
+    """The variables of one event field: `VSPC_` and its name in capitals (the client
+    object: one `VSPC_CLIENT_*` each); none for a field hooks do not show."""
+    if isinstance(value, ClientInfo):
+        return {
+            "VSPC_CLIENT_ID": str(value.id),
+            "VSPC_CLIENT_KIND": value.kind.value,
+            "VSPC_CLIENT_PEER": value.peer,
+            "VSPC_CLIENT_USER": value.user or "",
+            "VSPC_CLIENT_UID": "" if value.uid is None else str(value.uid),
+            "VSPC_CLIENT_MODE": value.mode.value,
+            "VSPC_CLIENT_READONLY": _flag(value.readonly),
+        }
+    variable = PREFIX + name.upper()
+    if variable not in VARIABLES:
+        return {}  # the admin event's `console` list row, for one
+    if isinstance(value, bool):
+        return {variable: _flag(value)}
+    return {variable: "" if value is None else str(value)}
 
 
 def environment(event: HubEvent, now: float, port: int | None) -> dict[str, str] | None:
     """The `VSPC_*` variables for `event` at Unix time `now` (None: no hook event).
 
     `port` is the console's telnet port (for `vm_expired` the event's own, the port
-    just freed).  Only the variables that apply to the event are present.
+    just freed).  Only the variables that apply to the event are present; they come
+    from the event's fields (vspcd/hub/fields.py).
     """
-    name = hook_event(event)
-    if name is None:
+    found = _hook_fields(event)
+    if found is None:
         return None
     key = event.key
-    if isinstance(event, ConsoleExpired):
-        port = event.port
     env = {
-        "VSPC_EVENT": name,
+        "VSPC_EVENT": found.name.value,
         "VSPC_TIME": format_stamp(now)[:-1].decode("ascii"),
         "VSPC_CONSOLE_KEY": str(key),
         "VSPC_VM_NAME": event.name,
@@ -132,24 +138,6 @@ def environment(event: HubEvent, now: float, port: int | None) -> dict[str, str]
         "VSPC_VM_LABEL": key.label,
         "VSPC_PORT": "" if port is None else str(port),
     }
-    match event:
-        case VmConnected(peer=peer, first=first):
-            env.update(VSPC_PEER=peer, VSPC_FIRST=_flag(first))
-        case VmDisconnected(peer=peer):
-            env["VSPC_PEER"] = peer
-        case VmReplaced(old_peer=old, new_peer=new, probed=probed):
-            env.update(VSPC_PEER=new, VSPC_OLD_PEER=old, VSPC_PROBED=_flag(probed))
-        case TakeoverRefused(peer=peer, active_peer=active):
-            env.update(VSPC_PEER=peer, VSPC_ACTIVE_PEER=active)
-        case VMotionCompleted(peer=peer, source=source):
-            env.update(VSPC_PEER=peer, VSPC_SOURCE_PEER=source)
-        case VMotionAborted(reason=reason):
-            env["VSPC_REASON"] = reason.value
-        case ClientAttached(client=client):
-            env.update(_client(client))
-        case ClientDetached(client=client, reason=reason):
-            env.update(_client(client))
-            env["VSPC_REASON"] = reason or ""
-        case ConsoleCleared(clients=clients, reason=reason):
-            env.update(VSPC_CLIENTS=str(clients), VSPC_REASON=reason)
+    for name, value in {**found.fields, **found.details}.items():
+        env.update(_variables(name, value))
     return {name: env_value(value) for name, value in env.items()}

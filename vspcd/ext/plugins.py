@@ -1,4 +1,4 @@
-"""Custom backends, as vSPC.py had them (issue #11 item 6): loading and isolation.
+"""Custom backends, as vSPC.py had them: loading and isolation.
 
 Boundary: finds a plugin class (`resolve`), builds it with `--backend-args`, and
 connects it to the hub as one more hub observer and output listener (`PluginHost`);

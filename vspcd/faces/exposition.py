@@ -1,4 +1,4 @@
-"""Prometheus text exposition format 0.0.4, written by hand (issue #10 item 5).
+"""Prometheus text exposition format 0.0.4, written by hand.
 
 Boundary: sans-IO: families in, text out; no sockets, no clock, no hub.  Spec: the
 Prometheus "Exposition formats" document, text format version 0.0.4 (what

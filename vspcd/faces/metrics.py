@@ -1,4 +1,5 @@
-"""The metrics registry: a hub observer plus gauges read at scrape time (issue #10 item 5).
+"""The metrics registry: a hub observer plus gauges read at scrape time
+(docs/operations.md "Metrics").
 
 Boundary: a face (docs/architecture.md).  Nothing here runs on the data path:
 

@@ -1,9 +1,10 @@
-"""Hub state and hub events -> admin protocol JSON, through one schema (issue #8 item 1).
+"""Hub state and hub events -> admin protocol JSON, through one schema.
 
 The hub describes consoles and clients as the typed infos of `vspc.common.admin`
 (`ConsoleInfo`, `ClientInfo`, with times on its monotonic clock) and reports changes
-as typed events (vspcd/hub/events.py).  This module is the only place they become the
-JSON of docs/admin-protocol.md: `list` rows, the `show` object and event lines.
+as typed events (vspcd/hub/events.py), whose fields vspcd/hub/fields.py names.  This
+module is the only place they become the JSON of docs/admin-protocol.md: `list` rows,
+the `show` object and event lines.
 `epoch` is what turns a hub-clock time into Unix time (`time.time() - hub.now()`,
 fixed when the admin server starts); None leaves times on the hub's clock.
 """
@@ -15,22 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, EventName
-from vspc.vspcd.hub.events import (
-    ClientAttached,
-    ClientDetached,
-    ConsoleExpired,
-    HubEvent,
-    LockChanged,
-    Observer,
-    VmConnected,
-    VmDisconnected,
-    VMotionAborted,
-    VMotionBegun,
-    VMotionCompleted,
-    VMotionPeered,
-    VMotionRefused,
-    VmRenamed,
-)
+from vspc.vspcd.hub import fields as hub_fields
+from vspc.vspcd.hub.events import HubEvent, Observer
 
 __all__ = [
     "client_row",
@@ -97,36 +84,19 @@ def show_row(info: ConsoleInfo, epoch: float | None = None) -> dict[str, Any]:
 def event_fields(
     event: HubEvent, epoch: float | None = None
 ) -> tuple[EventName, dict[str, Any]] | None:
-    """An event's admin name and fields (`name`, `key`, then its own), or None for an
-    internal event that has no admin event line."""
-    name = event.admin_name
-    if name is None:
+    """An event's admin name and fields (`name`, `key`, then its own, from
+    vspcd/hub/fields.py), or None for an event that has no admin event line."""
+    found = hub_fields.event_fields(event)
+    if found is None or found.admin is None:
         return None
     fields: dict[str, Any] = {"name": event.name, "key": str(event.key)}
-    match event:
-        case VmConnected(peer=peer, info=info):
-            fields.update(peer=peer, console=console_row(info, epoch))
-        case VmDisconnected(peer=peer) | VMotionBegun(peer=peer) | VMotionPeered(peer=peer):
-            fields["peer"] = peer
-        case VMotionCompleted(peer=peer):
-            fields["peer"] = peer
-        case VmRenamed(vm_name=vm_name):
-            fields["vm_name"] = vm_name
-        case ConsoleExpired(port=port):
-            fields["port"] = port
-        case VMotionAborted(reason=reason):
-            fields["reason"] = reason.value
-        case VMotionRefused() as refused:
-            fields["reason"] = refused.text
-        case ClientAttached(client=client):
-            fields["client"] = client_row(client, epoch)
-        case ClientDetached(client=client, reason=reason):
-            fields["client"] = client.id
-            if reason is not None:
-                fields["reason"] = reason
-        case LockChanged(lock=lock, holder=holder):
-            fields.update(lock=None if lock is None else lock.value, holder=holder)
-    return name, fields
+    for name, value in found.fields.items():
+        if isinstance(value, ConsoleInfo):
+            value = console_row(value, epoch)
+        elif isinstance(value, ClientInfo):
+            value = client_row(value, epoch)
+        fields[name] = value
+    return found.admin, fields
 
 
 def event_message(event: HubEvent, epoch: float | None = None) -> dict[str, Any] | None:

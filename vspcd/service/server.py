@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from vspc.vspcd.ext.hooks import HookRunner, hook_settings
 from vspc.vspcd.ext.plugins import PluginHost
-from vspc.vspcd.faces import admin
+from vspc.vspcd.faces.admin import server as admin
 from vspc.vspcd.faces.http import routes as httproutes
 from vspc.vspcd.faces.http.server import HttpServer, Router
 from vspc.vspcd.faces.metrics import Metrics, Sources
@@ -83,6 +83,21 @@ def hub_settings(config: Config) -> HubSettings:
     # The one setting whose flag is its negation (--no-notices).
     values["notices"] = not config.no_notices
     return HubSettings(**values)
+
+
+def admin_settings(config: Config) -> admin.AdminSettings:
+    """The admin server's share of the configuration."""
+    return admin.AdminSettings(
+        socket=config.admin_socket,
+        socket_mode=config.admin_socket_mode,
+        socket_group=config.admin_socket_group,
+        port=config.admin_port,
+        iface=config.admin_iface,
+        readonly_group=config.readonly_group,
+        client_queue=config.client_queue,
+        idle_timeout=config.admin_idle_timeout,
+        per_peer=config.admin_per_peer,
+    )
 
 
 class _VmPorts:
@@ -183,10 +198,10 @@ class Daemon:
 
     @config.setter
     def config(self, config: Config) -> None:
-        """A reload's new configuration; the admin server reads the same one."""
+        """A reload's new configuration; the admin server reads its share of it."""
         self._config = config
         if self._admin is not None:
-            self._admin.config = config
+            self._admin.settings = admin_settings(config)
 
     async def start(self) -> None:
         """Open every listener; raises OSError if a fixed address cannot be bound.
@@ -349,7 +364,7 @@ class Daemon:
             reuse_port=config.reuse_port,
         )
         self.proxy_port = self._proxy.port
-        self._admin = admin.AdminServer(self.hub, config)
+        self._admin = admin.AdminServer(self.hub, admin_settings(config))
         self._admin.stats = self.metrics.snapshot
         if self.cluster is not None:
             from vspc.vspcd.cluster.forward import Forwarder

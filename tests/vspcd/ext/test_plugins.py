@@ -1,4 +1,4 @@
-"""Plugin backends (issue #11 item 6): the sample plugin by each of the three
+"""Plugin backends: the sample plugin by each of the three
 spellings in a real vspcd process, pre-seeded ports, a plugin that raises, and the
 broken plugins that must fail the start with status 2.
 

@@ -1,6 +1,6 @@
-"""The admin server (vspcd/faces/admin.py) against a real in-process daemon.
+"""The admin server (vspcd/faces/admin/) against a real in-process daemon.
 
-Spec: docs/admin-protocol.md; issue #4.  Every test starts `Daemon(config)` from
+Spec: docs/admin-protocol.md.  Every test starts `Daemon(config)` from
 vspcd/service/server.py inside `asyncio.run(...)`, on 127.0.0.1 with port 0 for ESXi and a
 Unix socket under tmp_path for the admin channel.  Consoles are created by fake ESXi
 hosts (`common/esxi.py` EsxiSession) connecting to the proxy port.  Nothing sleeps to
@@ -28,7 +28,9 @@ import pytest
 from vspc.common.admin import COMMANDS, Access, ClientInfo, ConsoleInfo, encode_message
 from vspc.common.esxi import ConsoleInput, EsxiEvent, EsxiSession, Goahead, PeerOk
 from vspc.common.vmware import parse_service_uri
-from vspc.vspcd.faces import admin
+from vspc.vspcd.faces.admin import access, handlers, limits
+from vspc.vspcd.faces.admin.link import AdminLink
+from vspc.vspcd.faces.admin.server import AdminServer
 from vspc.vspcd.service.config import Config, parse_args
 from vspc.vspcd.service.server import Daemon
 
@@ -231,7 +233,7 @@ class Harness:
         self._vms: list[FakeVm] = []
 
     @property
-    def server(self) -> admin.AdminServer:
+    def server(self) -> AdminServer:
         server = self.daemon._admin  # the Daemon's own AdminServer, for its state
         assert server is not None
         return server
@@ -820,7 +822,7 @@ def test_line_over_1_mib_is_refused_before_its_newline(tmp_path: Path) -> None:
 def test_unfinished_line_times_out_idle_connection_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(admin, "DEFAULT_LIMITS", replace(admin.DEFAULT_LIMITS, line_timeout=0.3))
+    monkeypatch.setattr(limits, "DEFAULT_LIMITS", replace(limits.DEFAULT_LIMITS, line_timeout=0.3))
 
     async def main() -> None:
         async with bad_peer_setup(tmp_path) as (h, bystanders):
@@ -912,8 +914,8 @@ def test_unread_replies_stop_reading_until_they_are_read(tmp_path: Path) -> None
 
 
 def test_unread_events_overrun_and_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    limits = replace(admin.DEFAULT_LIMITS, event_backlog=256 * 1024)
-    monkeypatch.setattr(admin, "DEFAULT_LIMITS", limits)
+    small = replace(limits.DEFAULT_LIMITS, event_backlog=256 * 1024)
+    monkeypatch.setattr(limits, "DEFAULT_LIMITS", small)
 
     async def main() -> None:
         async with bad_peer_setup(tmp_path) as (h, bystanders):
@@ -961,10 +963,10 @@ def test_connection_limit_is_64(tmp_path: Path) -> None:
 def test_internal_errors_are_replied_and_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(link: admin.AdminLink, request: Any) -> dict[str, Any]:
+    def broken(link: AdminLink, request: Any) -> dict[str, Any]:
         raise RuntimeError("bug")
 
-    monkeypatch.setitem(admin.HANDLERS, "list", broken)
+    monkeypatch.setitem(handlers.HANDLERS, "list", broken)
 
     async def main() -> None:
         async with bad_peer_setup(tmp_path) as (h, bystanders):
@@ -1007,8 +1009,8 @@ def test_access_level(
         seen.append((uid, gid, group))
         return member
 
-    monkeypatch.setattr(admin, "uid_in_group", in_group)
-    assert admin.access_level(uid, gid, group, own_uid=4242) is expected
+    monkeypatch.setattr(access, "uid_in_group", in_group)
+    assert access.access_level(uid, gid, group, own_uid=4242) is expected
     assert seen == ([(uid, gid, group)] if expected is Access.READONLY or not member else [])
 
 
@@ -1021,7 +1023,7 @@ def test_readonly_group_peers_watch_but_do_not_touch(
         assert uid == os.geteuid() and group == "root"
         return Access.READONLY if readonly["next"] else Access.FULL
 
-    monkeypatch.setattr(admin, "access_level", resolver)
+    monkeypatch.setattr(access, "access_level", resolver)
 
     async def main() -> None:
         async with daemon_with(tmp_path, "--readonly-group", "root") as h:

@@ -1,6 +1,5 @@
 """The HTTP listener: sans-IO request parsing (fuzzed), routing, limits and errors over
-real loopback sockets, and OpenStack Nova's two ways of reading a console log
-(issue #11 item 3).
+real loopback sockets, and OpenStack Nova's two ways of reading a console log.
 """
 
 from __future__ import annotations

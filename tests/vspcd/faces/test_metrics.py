@@ -1,4 +1,4 @@
-"""Metrics end to end (issue #10 item 5): `/metrics` scraped over a real socket and parsed
+"""Metrics end to end: `/metrics` scraped over a real socket and parsed
 with prometheus-client's text parser during a vMotion loop with a typing client, the
 counters matching what the test did; `/healthz`; the admin `stats` command; the
 `--metrics` flag.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,10 +26,13 @@ from tests.vspcd.harness import (
     make_config,
     running,
 )
+from tests.vspcd.net.test_listeners import cert_pair
 from vspc.common import esxi
 from vspc.common.admin import Stats
 from vspc.vspcd.service.config import ConfigError, parse_args
 from vspc.vspcd.service.server import Daemon
+
+__all__ = ["cert_pair"]  # a fixture shared with test_listeners
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -227,14 +228,10 @@ def test_metrics_true_in_the_config_file(tmp_path: Path) -> None:
     assert config.metrics and config.http == ("127.0.0.1", 9180)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
-def test_tls_handshakes_and_refusals_are_counted(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+def test_tls_handshakes_and_refusals_are_counted(
+    tmp_path: Path, cert_pair: tuple[Path, Path]
+) -> None:
+    cert, key = cert_pair
 
     async def main() -> None:
         args = ("--ssl", "--cert", str(cert), "--key", str(key), "--proxy-allow", "127.0.0.1")

@@ -1,7 +1,7 @@
 """The metrics registry against a hub with fake clock, scheduler and channels: the
 GOAHEAD latency including write-buffer queueing, vMotion outcomes by reason, bytes of
 expired consoles, process-wide counters as differences, and the `Stats` reply codec
-refusing malformed objects (issue #10 item 5)."""
+refusing malformed objects."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
-from vspc.vspcd.faces import admin
+from vspc.vspcd.faces.admin import limits as admin_limits
 from vspc.vspcd.net import listeners
 from vspc.vspcd.net.admission import Slots, Throttled, parse_allow_list
 from vspc.vspcd.net.listeners import PortBinder, ephemeral_overlap, start_proxy_listener
@@ -387,7 +387,9 @@ def test_one_admin_peer_cannot_lock_out_the_others(
 def test_the_daemon_uid_keeps_reserved_admin_slots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(admin, "DEFAULT_LIMITS", admin.Limits(connections=6, reserved=2))
+    monkeypatch.setattr(
+        admin_limits, "DEFAULT_LIMITS", admin_limits.Limits(connections=6, reserved=2)
+    )
 
     async def main() -> None:
         args = ("--admin-port", "0", "--admin-per-peer", "10")

@@ -1,6 +1,6 @@
-"""The daemon's HTTP routes (vspcd/faces/http/server.py serves them; issue #11 item 3).
+"""The daemon's HTTP routes (vspcd/faces/http/server.py serves them).
 
-One table, `routes()`, plus `metrics_routes()` (`--metrics`, issue #10 item 5).
+One table, `routes()`, plus `metrics_routes()` (`--metrics`).
 
 `GET /console_log/{uuid}` is what OpenStack Nova's VMware driver fetches when
 `[vmware] serial_log_uri` is set (`nova/virt/vmwareapi/driver.py`,

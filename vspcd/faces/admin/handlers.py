@@ -1,0 +1,169 @@
+"""The admin command handlers: one function per command of the protocol's table.
+
+Boundary: each handler gets the connection (vspcd/faces/admin/link.py) and the
+validated, authorized request, and returns the reply's fields (without "ok" and
+"id") or raises AdminError / HubError.  Console state and policy come from the hub;
+the JSON shapes from vspcd/faces/render.py.  Spec: docs/admin-protocol.md "Commands".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from vspc.common.admin import (
+    COMMANDS,
+    PROTOCOL_VERSION,
+    AdminError,
+    ErrorCode,
+    Hello,
+    Request,
+    TailChunk,
+)
+from vspc.common.display import safe
+from vspc.vspcd import __version__
+from vspc.vspcd.faces import render
+from vspc.vspcd.faces.admin.access import Identity
+from vspc.vspcd.hub.hub import HubError
+
+if TYPE_CHECKING:
+    from vspc.vspcd.faces.admin.link import AdminLink
+
+log = logging.getLogger(__package__)  # one logger for the admin server
+
+__all__ = ["HANDLERS", "Handler", "Reply", "handles"]
+
+Reply = dict[str, Any]
+Handler = Callable[["AdminLink", Request], Reply]
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(cmd: str) -> Callable[[Handler], Handler]:
+    """Register the handler of one command of `COMMANDS`.
+
+    A handler gets the connection and the validated request and returns the reply's
+    fields (without "ok" and "id"), or raises AdminError / HubError.
+    """
+
+    def register(handler: Handler) -> Handler:
+        if cmd not in COMMANDS:
+            raise ValueError(f"{cmd!r} is not in the protocol's command table")
+        HANDLERS[cmd] = handler
+        return handler
+
+    return register
+
+
+@handles("hello")
+def _hello(link: AdminLink, request: Request) -> Reply:
+    client = request.fields["client"]
+    if client:
+        log.info("admin %s: client %s", link.identity, safe(client))
+    me = link.identity
+    return Hello(
+        PROTOCOL_VERSION, __version__, tuple(sorted(HANDLERS)), me.access, me.uid, me.user
+    ).to_json()
+
+
+@handles("list")
+def _list(link: AdminLink, request: Request) -> Reply:
+    return {"vms": link.server.console_rows()}
+
+
+@handles("show")
+def _show(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    info = link.server.hub.console_info(console, detail=True)
+    return {"console": render.show_row(info, link.server.epoch)}
+
+
+@handles("stats")
+def _stats(link: AdminLink, request: Request) -> Reply:
+    stats = link.server.stats
+    if stats is None:
+        raise AdminError(ErrorCode.INTERNAL, "no metrics registry in this daemon")
+    return stats().to_json()
+
+
+@handles("attach")
+def _attach(link: AdminLink, request: Request) -> Reply:
+    return link.attach(request)
+
+
+def _disconnect_text(identity: Identity, reason: str | None) -> str:
+    # What the disconnected clients see inside "\r\n[vspcd: ...]\r\n".
+    return f"disconnected by {identity.who}" + (f": {reason}" if reason else "")
+
+
+@handles("clear")
+def _clear(link: AdminLink, request: Request) -> Reply:
+    hub = link.server.hub
+    port, reason = request.fields["port"], request.fields["reason"]
+    if port is not None:
+        found = hub.console_by_port(port)
+        if found is None:
+            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console has port {port}")
+        console = found
+    else:
+        console = hub.find(request.fields["vm"])
+    cleared = hub.clear(console, _disconnect_text(link.identity, reason))
+    log.info(
+        "admin %s cleared %s: %d client(s) disconnected (%s), key %s",
+        link.identity,
+        safe(console.display_name),
+        cleared,
+        safe(reason) if reason else "no reason given",
+        console.key.uuid[:8],
+    )
+    return {"key": str(console.key), "name": console.display_name, "cleared": cleared}
+
+
+@handles("kick")
+def _kick(link: AdminLink, request: Request) -> Reply:
+    reason = request.fields["reason"]
+    client = link.server.hub.kick(request.fields["client"], _disconnect_text(link.identity, reason))
+    console = client.console
+    log.info(
+        "admin %s kicked client %d (%s %s) from %s (%s)",
+        link.identity,
+        client.ident,
+        client.kind,
+        client.channel.peer,
+        console.tag,
+        safe(reason) if reason else "no reason given",
+    )
+    return {"key": str(console.key), "name": console.display_name, "client": client.ident}
+
+
+@handles("subscribe")
+def _subscribe(link: AdminLink, request: Request) -> Reply:
+    link.subscribed = True
+    return {"vms": link.server.console_rows()}  # same moment: nothing falls between
+
+
+@handles("unsubscribe")
+def _unsubscribe(link: AdminLink, request: Request) -> Reply:
+    link.subscribed = False
+    return {}
+
+
+@handles("tail")
+def _tail(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    data = console.scrollback.last(request.fields["bytes"])
+    if request.fields["follow"]:
+        link.tails.follow(console)  # in the same turn as the read: no byte lost or repeated
+    return TailChunk(str(console.key), console.display_name, data).to_json()
+
+
+@handles("untail")
+def _untail(link: AdminLink, request: Request) -> Reply:
+    console = link.server.hub.find(request.fields["vm"])
+    link.tails.unfollow(str(console.key))
+    return {"key": str(console.key), "name": console.display_name}
+
+
+# Every command of the protocol has a handler, and nothing else does.
+assert set(HANDLERS) == set(COMMANDS), sorted(set(COMMANDS) ^ set(HANDLERS))

@@ -1,0 +1,234 @@
+"""The admin server: its listeners, its connections, and the hub-event fan-out.
+
+One `AdminServer` per daemon owns the admin socket (and the optional TCP port), the
+set of open `AdminLink`s (vspcd/faces/admin/link.py) with the connection limits that
+keep root and the daemon's own user able to get in (docs/security.md), and one hub
+observer that turns hub events into event lines (vspcd/faces/render.py), encoded once
+and handed to every link.  Spec: docs/admin-protocol.md.
+
+Boundary: what it needs of the daemon's configuration comes as `AdminSettings`,
+which vspcd/service builds from its `Config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from vspc.common.admin import Request, Stats, encode_message
+from vspc.vspcd.faces import render
+from vspc.vspcd.faces.admin import limits as limits_module
+from vspc.vspcd.faces.admin.limits import Limits
+from vspc.vspcd.faces.admin.link import AdminLink
+from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
+from vspc.vspcd.hub.hub import Hub
+from vspc.vspcd.net.admission import Throttled
+from vspc.vspcd.net.listeners import AdminSocket, Listener, bind_tcp, start_admin_socket
+
+log = logging.getLogger(__package__)  # one logger for the admin server
+
+__all__ = ["SHUTDOWN_GRACE", "AdminServer", "AdminSettings", "RemoteRequests"]
+
+SHUTDOWN_GRACE = 2.0  # seconds stop() waits for closing connections before aborting
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """What the admin server takes from the daemon's configuration
+    (docs/operations.md: --admin-socket*, --admin-port, --readonly-group, ...)."""
+
+    socket: Path  # --admin-socket
+    socket_mode: int  # --admin-socket-mode
+    socket_group: str | None  # --admin-socket-group
+    port: int | None  # --admin-port (None: no TCP listener)
+    iface: str  # --admin-iface
+    readonly_group: str | None  # --readonly-group
+    client_queue: int  # the attach channel's slow-reader limit (--client-queue)
+    idle_timeout: float  # --admin-idle-timeout (0 = never)
+    per_peer: int  # --admin-per-peer
+
+
+class RemoteRequests(Protocol):
+    """Cluster mode (vspcd/cluster/forward.py): requests another node must answer.
+
+    `takes` returns True if it will answer `request` itself, later, through
+    `link.remote_done(reply)`; the link reads no further request until then, so
+    replies stay in request order."""
+
+    def takes(self, link: AdminLink, request: Request) -> bool: ...
+
+
+class AdminServer:
+    """The admin listeners, their connections, and the hub-event fan-out.
+
+    Args:
+        hub: the daemon's hub.
+        settings: the listeners, the read-only group, the attach channel's queue and
+            the two configurable limits.  `settings` may be replaced later (a reload):
+            the read-only group and the queue apply to new connections then.
+        limits: per-connection limits (default `limits.DEFAULT_LIMITS`).
+    """
+
+    def __init__(self, hub: Hub, settings: AdminSettings, *, limits: Limits | None = None) -> None:
+        self.hub = hub
+        self.settings = settings
+        self.limits = replace(
+            limits or limits_module.DEFAULT_LIMITS,
+            idle_timeout=settings.idle_timeout,
+            per_peer=settings.per_peer,
+        )
+        self.own_uid = os.geteuid()
+        self.tcp_port: int | None = None
+        self._links: set[AdminLink] = set()
+        self._per_peer: dict[object, int] = {}
+        self._socket: AdminSocket | None = None
+        self._tcp: Listener | None = None
+        loop = asyncio.get_running_loop()
+        self.refused = Throttled(
+            log, "admin connections refused", clock=loop.time, call_later=loop.call_later
+        )
+        self._unsubscribe: Callable[[], None] | None = None
+        # The metrics registry's snapshot (vspcd/faces/metrics.py), set by the daemon.
+        self.stats: Callable[[], Stats] | None = None
+        self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
+        self.remote: RemoteRequests | None = None  # cluster mode
+        self.cluster_node_id = ""  # cluster mode: this node's --node-id
+        self._stopping = False
+
+    @property
+    def connections(self) -> frozenset[AdminLink]:
+        """The admin connections currently open."""
+        return frozenset(self._links)
+
+    async def start(self) -> None:
+        """Open the admin socket (and the TCP port if configured).
+
+        Raises:
+            OSError: a listener cannot be created (AdminSocketError included).
+            KeyError: --admin-socket-group names no group.
+        """
+        settings = self.settings
+        self.epoch = time.time() - self.hub.now()
+        self._unsubscribe = self.hub.subscribe(self._on_hub_event)
+        try:
+            self._socket = await start_admin_socket(
+                settings.socket,
+                lambda: AdminLink(self, unix=True),
+                mode=settings.socket_mode,
+                group=settings.socket_group,
+            )
+            if settings.port is not None:
+                sock = bind_tcp(settings.iface, settings.port)
+                self.tcp_port = sock.getsockname()[1]
+                # The proxy port's accept loop (EMFILE back-off, one log line).
+                self._tcp = Listener(
+                    sock, lambda: AdminLink(self, unix=False), asyncio.get_running_loop()
+                )
+                self._tcp.start()
+                log.warning(
+                    "admin TCP port %s:%d is open: its peers are unauthenticated, get full "
+                    "access and bypass the admin socket's permissions",
+                    settings.iface,
+                    self.tcp_port,
+                )
+        except BaseException:
+            self._close_listeners()
+            self._hub_unsubscribe()
+            raise
+
+    async def stop(self) -> None:
+        """Close the listeners, tell every connection we are stopping, close them."""
+        self._stopping = True
+        self._close_listeners()
+        for link in list(self._links):
+            link.shutdown()
+        waiting = [link.closed for link in self._links if link.closed is not None]
+        if waiting:
+            await asyncio.wait(waiting, timeout=SHUTDOWN_GRACE)
+        for link in list(self._links):
+            log.info("admin %s: still open at shutdown; dropping it", link.identity)
+            link.abort()
+        self._hub_unsubscribe()
+
+    def _hub_unsubscribe(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _close_listeners(self) -> None:
+        # Not awaiting wait_closed(): from Python 3.12 on it also waits for every open
+        # connection, which stop() bounds itself.
+        if self._socket is not None:
+            self._socket.close()
+        if self._tcp is not None:
+            self._tcp.close()
+
+    # -- connections ----------------------------------------------------------------------
+
+    def admit(self, link: AdminLink) -> str | None:
+        """Count a new connection in; or say why not (stopping, or a limit reached).
+
+        Root and the daemon's own uid may fill every slot; other peers stop
+        `reserved` slots earlier and at `per_peer` connections each (docs/security.md).
+        """
+        limits = self.limits
+        if self._stopping:
+            return "vspcd is shutting down"
+        total = len(self._links)
+        if total >= limits.connections:
+            return f"too many admin connections ({total} open)"
+        if not link.privileged:
+            if total >= limits.connections - limits.reserved:
+                return f"too many admin connections ({total} open, the rest reserved)"
+            mine = self._per_peer.get(link.peer_key, 0)
+            if mine >= limits.per_peer:
+                return f"too many admin connections from this peer ({mine} open)"
+        self._links.add(link)
+        self._per_peer[link.peer_key] = self._per_peer.get(link.peer_key, 0) + 1
+        return None
+
+    def forget(self, link: AdminLink) -> None:
+        if link not in self._links:
+            return
+        self._links.discard(link)
+        left = self._per_peer[link.peer_key] - 1
+        if left:
+            self._per_peer[link.peer_key] = left
+        else:
+            del self._per_peer[link.peer_key]
+
+    # -- rows and events ------------------------------------------------------------------
+
+    def console_rows(self) -> list[dict[str, Any]]:
+        """Every console's `list` row, sorted by key."""
+        hub, epoch = self.hub, self.epoch
+        return [render.console_row(hub.console_info(c), epoch) for c in hub.consoles()]
+
+    def _on_hub_event(self, event: HubEvent) -> None:
+        # Must not raise: the hub drops an observer that does (and with it every
+        # subscriber).  One broken link is closed; the others still get the event.
+        expired = isinstance(event, ConsoleExpired)
+        if not expired and not any(link.subscribed for link in self._links):
+            return  # nobody listens (an expiry may still end someone's tail)
+        try:
+            message = render.event_message(event, self.epoch)
+            line = None if message is None else encode_message(message)
+        except Exception:
+            log.exception("admin: cannot encode hub event %s", type(event).__name__)
+            return
+        if line is None and not expired:
+            return
+        for link in list(self._links):
+            try:
+                link.hub_event(event, line)
+            except Exception:
+                log.exception(
+                    "admin %s: event %s failed; closing it", link.identity, type(event).__name__
+                )
+                link.abort()
