@@ -48,7 +48,6 @@ KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
     {
         ("vspcd/history/settings.py", "vspc.vspcd.service.config"),
         ("vspcd/ext/hooks.py", "vspc.vspcd.service.config"),
-        ("vspcd/faces/admin.py", "vspc.vspcd.service.config"),
         ("vspcd/cluster/node.py", "vspc.vspcd.service.config"),
     }
 )
