@@ -607,7 +607,8 @@ def markdown_table() -> str:
     """The option table of docs/operations.md §3, one row per flag, table order."""
     lines = ["| Option | Default | Meaning |", "|---|---|---|"]
     for flag in FLAGS:
-        lines.append(f"| {_cell(flag.spelling())} | {_cell(flag.doc_default)} | {flag.doc} |")
+        row = f"| {_cell(flag.spelling())} | {_cell(flag.doc_default)} | {flag.doc} |"
+        lines.append(row.replace("|  |", "| |"))  # an empty cell
     return "\n".join(lines) + "\n"
 
 
