@@ -1,4 +1,4 @@
-"""Hooks (issue #11 item 5): `--hook-command` through a real in-process vspcd.
+"""Hooks (docs/operations.md §6): `--hook-command` through a real in-process vspcd.
 
 VMs and operators connect over loopback; hooks are real subprocesses (this Python
 running small scripts written into tmp_path).  Tests wait on `HookRunner.drained()`
