@@ -1,4 +1,4 @@
-"""Hooks: run `--hook-command` on console events (issue #11 item 5).
+"""Hooks: run `--hook-command` on console events (docs/operations.md §6, hooks).
 
 Boundary: a hub observer (`hub.subscribe(runner)`, docs/architecture.md "Hub events")
 that turns selected typed events into `VSPC_*` environments (vspcd/ext/hookenv.py) and runs
@@ -7,7 +7,8 @@ never changes hub state; the hub only sees an observer that returns at once.
 
 Theory of operation:
 
-- The command is split with `shlex` once, at configuration time, and run with
+- The command is split with `shlex` once, at configuration time (by the service,
+  vspcd/service/settings.py), and run with
   `create_subprocess_exec`: no shell unless the operator writes ``sh -c '...'``.  The
   daemon's environment is passed on (PATH, ...) with any inherited `VSPC_*` removed
   and the event's variables added.  stdin is /dev/null.
@@ -30,26 +31,21 @@ Theory of operation:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import signal
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vspc.common.display import safe, safe_bytes
-from vspc.vspcd.ext.hookenv import HOOK_EVENTS, PREFIX, environment, hook_event
+from vspc.vspcd.ext.hookenv import PREFIX, environment, hook_event
 from vspc.vspcd.hub.console import ConsoleKey
 from vspc.vspcd.hub.events import HubEvent
-
-if TYPE_CHECKING:
-    from vspc.vspcd.service.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +55,6 @@ __all__ = [
     "HOOK_TIMEOUT",
     "HookRunner",
     "HookSettings",
-    "add_arguments",
-    "hook_settings",
 ]
 
 HOOK_TIMEOUT = 30.0
@@ -79,114 +73,6 @@ class HookSettings:
     timeout: float = HOOK_TIMEOUT
     concurrency: int = HOOK_CONCURRENCY
     queue: int = HOOK_QUEUE
-
-
-def hook_settings(config: Config) -> HookSettings:
-    """The hooks' share of the configuration."""
-    return HookSettings(
-        argv=tuple(shlex.split(config.hook_command)) if config.hook_command else (),
-        events=None if config.hook_events is None else frozenset(config.hook_events),
-        timeout=config.hook_timeout,
-        concurrency=config.hook_concurrency,
-        queue=config.hook_queue,
-    )
-
-
-# ----------------------------------------------------------------- flags
-
-
-def _command(text: str) -> str:
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:  # "No closing quotation"
-        raise argparse.ArgumentTypeError(f"{exc}: {text!r}") from None
-    if not words:
-        raise argparse.ArgumentTypeError("empty command")
-    if "\0" in text:
-        raise argparse.ArgumentTypeError("must not contain NUL")
-    return text
-
-
-_command.__name__ = "command"
-
-
-def _event_list(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(word.strip() for word in text.split(",") if word.strip()))
-    unknown = [name for name in names if name not in HOOK_EVENTS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown hook event {', '.join(map(repr, unknown)) or repr(text)} "
-            f"(choose from {', '.join(HOOK_EVENTS)})"
-        )
-    return names
-
-
-_event_list.__name__ = "event list"
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
-
-
-_positive_seconds.__name__ = "seconds"
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-_at_least_one.__name__ = "integer"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The hook flags, as one argument group (keys in the config file for free)."""
-    hooks = parser.add_argument_group("hooks (docs/operations.md, 'Hooks')")
-    hooks.add_argument(
-        "--hook-command",
-        type=_command,
-        metavar="CMD",
-        help="run CMD (split like a shell would, but no shell: write sh -c '...' for one) "
-        "on console events, with the details in VSPC_* environment variables",
-    )
-    hooks.add_argument(
-        "--hook-events",
-        type=_event_list,
-        metavar="LIST",
-        help=f"comma-separated events that run the hook (default all: {', '.join(HOOK_EVENTS)})",
-    )
-    hooks.add_argument(
-        "--hook-timeout",
-        type=_positive_seconds,
-        default=HOOK_TIMEOUT,
-        metavar="SECONDS",
-        help="kill a hook's process group after this long",
-    )
-    hooks.add_argument(
-        "--hook-concurrency",
-        type=_at_least_one,
-        default=HOOK_CONCURRENCY,
-        metavar="N",
-        help="hooks running at once; more events wait in the queue",
-    )
-    hooks.add_argument(
-        "--hook-queue",
-        type=_at_least_one,
-        default=HOOK_QUEUE,
-        metavar="N",
-        help="events waiting for a free slot; beyond this they are dropped (with a warning)",
-    )
 
 
 # ----------------------------------------------------------------- running

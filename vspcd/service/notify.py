@@ -1,6 +1,6 @@
 """systemd's readiness protocol (sd_notify) with the stdlib: one datagram per message.
 
-Issue #10 item 2.  With ``Type=notify`` systemd passes ``$NOTIFY_SOCKET`` (a path, or
+With ``Type=notify`` systemd passes ``$NOTIFY_SOCKET`` (a path, or
 ``@name`` for the abstract namespace) and waits for ``READY=1`` before it calls the
 service started; ``STATUS=`` is what ``systemctl status`` shows, ``STOPPING=1`` marks a
 requested shutdown, ``RELOADING=1`` + ``MONOTONIC_USEC=`` a reload (``Type=notify-reload``

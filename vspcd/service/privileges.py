@@ -1,4 +1,4 @@
-"""Dropping root: bind everything as root, then become `--user`/`--group` (issue #10 item 4).
+"""Dropping root: bind everything as root, then become `--user`/`--group` (docs/operations.md §2a).
 
 Boundary: process-level identity only; `vspcd/service/server.py` decides when (after every
 listener is bound and the persist file is open, before READY) and which files to hand

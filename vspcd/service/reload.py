@@ -1,15 +1,16 @@
 """Applying a re-read configuration to a running daemon (SIGHUP, `systemctl reload`).
 
-Issue #10 item 3.  `vspcd/service/config.py`'s `reload_config` produces the new `Config`; this
-module compares it with the running one field by field (`dataclasses.fields`, so a
-field added to `Config` is compared without anyone listing it) and applies what can
-change live through `LIVE`, a table of ``key -> apply function``.  Everything else that
-changed is reported as needing a restart and keeps its running value, so the next
-reload reports it again until the daemon is restarted.
+vspcd/service/cli.py's `reload_config` produces the new `Config`; this module compares
+it with the running one field by field (`dataclasses.fields`, so a field added to
+`Config` is compared without anyone listing it) and applies what can change live
+through `LIVE`, a table of ``key -> apply function``.  Everything else that changed is
+reported as needing a restart and keeps its running value, so the next reload reports
+it again until the daemon is restarted (docs/operations.md §3a).
 
-Adding a live setting is one entry: ``LIVE["proxy_allow"] = _through_config`` if its
-consumer reads ``daemon.config`` when it needs the value, or a function that pushes
-the new value into the component that holds it (notices, metrics, ...).
+Which keys are live is data of the flag table (`Flag.live` in vspcd/service/flags.py,
+which also says how the change takes effect); this module only says how each is
+applied: `_through_config` if its consumer reads ``daemon.config`` when it needs the
+value, or a function that pushes the new value into the component that holds it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vspc.vspcd.ext.hooks import hook_settings
-from vspc.vspcd.service.config import Config
+from vspc.vspcd.service.configdata import Config
+from vspc.vspcd.service.flags import FLAGS
+from vspc.vspcd.service.settings import hook_settings
 
 if TYPE_CHECKING:
     from vspc.vspcd.service.server import Daemon
@@ -73,7 +75,7 @@ def _console_logs(daemon: Daemon, new: Config) -> None:
     daemon.reconfigure_logs(new)
 
 
-LIVE: dict[str, Apply] = {
+_APPLY: dict[str, Apply] = {
     # Checked at each attach; consoles already over the new limit keep their clients.
     "client_limit": _hub_setting("client_limit"),
     # Timers started after the reload use the new values.
@@ -81,7 +83,7 @@ LIVE: dict[str, Apply] = {
     "vmotion_abandon": _hub_setting("abandon_time", "vmotion_abandon"),
     # Allow lists: the admin server asks for the group at each new connection.
     "readonly_group": _through_config,
-    # The ESXi allow list (issue #7): swapped on the running listener.
+    # The ESXi allow list: swapped on the running listener.
     "proxy_allow": _proxy_allow,
     # Per new telnet client.
     "client_queue": _through_config,
@@ -112,6 +114,11 @@ LIVE: dict[str, Apply] = {
         _hooks,
     ),
 }
+
+
+# The live keys, in table order; a flag marked live without a way to apply it here
+# fails at import (and in tests/vspcd/service/test_flags.py).
+LIVE: dict[str, Apply] = {flag.dest: _APPLY[flag.dest] for flag in FLAGS if flag.live}
 
 
 @dataclass(frozen=True, slots=True)

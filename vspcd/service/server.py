@@ -15,7 +15,6 @@ close (the hub tells operators why), wait a bounded time for them to go, then re
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import resource
@@ -25,7 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from vspc.vspcd.ext.hooks import HookRunner, hook_settings
+from vspc.vspcd.ext.hooks import HookRunner
 from vspc.vspcd.ext.plugins import PluginHost
 from vspc.vspcd.faces.admin import server as admin
 from vspc.vspcd.faces.http import routes as httproutes
@@ -36,9 +35,8 @@ from vspc.vspcd.history import store
 from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
-from vspc.vspcd.history.settings import log_settings
 from vspc.vspcd.hub.console import Console, ConsoleKey
-from vspc.vspcd.hub.hub import Hub, HubSettings, PortAllocator
+from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.net.admission import Slots, Throttled
 from vspc.vspcd.net.links import PreIdentification, TelnetClientLink, VmLink
 from vspc.vspcd.net.listeners import (
@@ -55,6 +53,12 @@ from vspc.vspcd.service.notify import Notifier, watchdog_interval
 from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over, resolve
 from vspc.vspcd.service.reload import apply as apply_reload
 from vspc.vspcd.service.reload import describe as describe_reload
+from vspc.vspcd.service.settings import (
+    admin_settings,
+    hook_settings,
+    hub_settings,
+    log_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,41 +67,6 @@ __all__ = ["Daemon", "serve"]
 _FD_RESERVE = 64
 # /healthz fails while the event loop's heartbeat runs later than this (seconds).
 LOOP_LAG_LIMIT = 2.0
-
-
-# HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
-_HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
-
-
-def hub_settings(config: Config) -> HubSettings:
-    """The hub's share of the configuration: every HubSettings field Config also has.
-
-    Derived from `dataclasses.fields` (issue #8 item 6), so a setting added to both
-    is passed on without a line here; hub-only fields keep their defaults.
-    """
-    values: dict[str, Any] = {}
-    for field in dataclasses.fields(HubSettings):
-        source = _HUB_RENAMED.get(field.name, field.name)
-        if hasattr(config, source):
-            values[field.name] = getattr(config, source)
-    # The one setting whose flag is its negation (--no-notices).
-    values["notices"] = not config.no_notices
-    return HubSettings(**values)
-
-
-def admin_settings(config: Config) -> admin.AdminSettings:
-    """The admin server's share of the configuration."""
-    return admin.AdminSettings(
-        socket=config.admin_socket,
-        socket_mode=config.admin_socket_mode,
-        socket_group=config.admin_socket_group,
-        port=config.admin_port,
-        iface=config.admin_iface,
-        readonly_group=config.readonly_group,
-        client_queue=config.client_queue,
-        idle_timeout=config.admin_idle_timeout,
-        per_peer=config.admin_per_peer,
-    )
 
 
 class _VmPorts:
@@ -270,8 +239,8 @@ class Daemon:
             self.hub.subscribe(self.logs.observe)
             self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
             log.info("console logs in %s", config.log_dir)
-        # Hooks and plugin backends are hub observers like the ones above (issue #11
-        # items 5 and 6; docs/architecture.md "Hub events").  The runner is always
+        # Hooks and plugin backends are hub observers like the ones above (docs/architecture.md
+        # "Hub events").  The runner is always
         # subscribed, so a reload can turn --hook-command on.
         hub = self.hub
         self.hooks = HookRunner(
@@ -279,7 +248,7 @@ class Daemon:
             port_of=lambda key: None if (c := hub.console(key)) is None else c.port,
         )
         hub.subscribe(self.hooks)
-        # Metrics (issue #10 item 5) are one more observer, always subscribed: the
+        # Metrics are one more observer, always subscribed: the
         # admin `stats` command answers whether or not /metrics is served.
         self.metrics = Metrics(
             hub,
@@ -327,7 +296,7 @@ class Daemon:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
             ssl_context = make_ssl_context(config.cert, config.key)
             shrink_tls_read_buffer()  # 64 KiB, not 256, per TLS connection
-        # Bounded pre-identification state (issue #7, docs/security.md).
+        # Bounded pre-identification state (docs/security.md).
         lifetime = config.ident_timeout
         self._handshakes = Slots(
             config.tls_handshake_limit,
@@ -385,7 +354,7 @@ class Daemon:
         return None if bound is None else bound[0]
 
     def _restore_scrollback(self, consoles: list[Console]) -> None:
-        """Issue #9 item 3: a console restored from the persist file gets its
+        """A console restored from the persist file gets its
         scrollback back from the tail of its log (across a rotation), so `--context`
         replay and `tail` show what it printed before the restart."""
         if self.logs is None:
@@ -411,7 +380,7 @@ class Daemon:
         self.logs.reconfigure(settings)
 
     def drop_privileges(self, identity: Identity, *, fresh_socket_dir: bool) -> None:
-        """Become `identity` once everything is bound (`--user`, issue #10 item 4).
+        """Become `identity` once everything is bound (`--user`, docs/operations.md §2a).
 
         Files this process keeps writing are handed over first: the persist file (with
         SQLite's -wal/-shm), the admin socket, and its directory when this start created

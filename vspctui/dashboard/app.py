@@ -55,6 +55,7 @@ from vspc.common.admin import (
     EventName,
     LockMode,
 )
+from vspc.common.convert import seconds
 from vspc.common.display import safe
 from vspc.vspctui.attach import run_attach
 from vspc.vspctui.client import (
@@ -958,14 +959,7 @@ class App:
 # ===================================================================== command line
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 3600: {text}")
-    return value
+_positive = seconds(positive=True, maximum=3600)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Hooks (issue #11 item 5): `--hook-command` through a real in-process vspcd.
+"""Hooks (docs/operations.md §6): `--hook-command` through a real in-process vspcd.
 
 VMs and operators connect over loopback; hooks are real subprocesses (this Python
 running small scripts written into tmp_path).  Tests wait on `HookRunner.drained()`
@@ -35,11 +35,12 @@ from tests.vspcd.harness import (
 from vspc.common import vmware as vm
 from vspc.common.admin import ClientInfo, ClientKind, LockMode
 from vspc.vspcd.ext.hookenv import HOOK_EVENTS, VARIABLES, env_value, environment
-from vspc.vspcd.ext.hooks import HookRunner, HookSettings, hook_settings
+from vspc.vspcd.ext.hooks import HookRunner, HookSettings
 from vspc.vspcd.hub.console import ConsoleKey
 from vspc.vspcd.hub.events import ClientAttached, ConsoleCleared, VmRenamed
 from vspc.vspcd.service.config import parse_args
 from vspc.vspcd.service.reload import apply as apply_reload
+from vspc.vspcd.service.settings import hook_settings
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "operations.md"
 
@@ -392,7 +393,7 @@ def test_hook_settings_from_a_configuration_file(tmp_path: Path) -> None:
         (["--hook-command", "'unterminated"], "No closing quotation"),
         (["--hook-command", "  "], "empty command"),
         (["--hook-events", "vm_connected,reboot"], "unknown hook event 'reboot'"),
-        (["--hook-timeout", "0"], "must be a finite number > 0"),
+        (["--hook-timeout", "0"], "--hook-timeout: must be > 0"),
         (["--hook-concurrency", "0"], "must be >= 1"),
     ],
 )

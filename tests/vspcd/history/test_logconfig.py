@@ -1,5 +1,5 @@
-"""Flags of console log history and the HTTP listener (vspcd/history/settings.py, issue #11):
-values, defaults, and the usage errors of combinations that make no sense."""
+"""Flags of console log history and the HTTP listener (vspcd/service/flags.py, docs/operations.md
+§6): values, defaults, and the errors of combinations that make no sense."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from vspc.common.convert import address_port as parse_http
+from vspc.common.convert import size as parse_size
 from vspc.vspcd.history.consolelog import LogSettings
 from vspc.vspcd.history.naming import LogNaming
-from vspc.vspcd.history.settings import log_settings, parse_http, parse_size
 from vspc.vspcd.service.config import parse_args
+from vspc.vspcd.service.settings import log_settings
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""vspcd/service/config.py: every flag, environment precedence, and usage errors (exit 2).
+"""vspcd/service/cli.py: every flag, environment precedence, and errors (exit 2).
+
+A bad value or combination is one line, ``vspcd: REASON``; argparse's usage text comes
+only with a malformed command line (an unknown option, a missing value).
 
 No sockets; certificates for the --ssl checks come from the `openssl` CLI.
 """
@@ -28,12 +31,34 @@ def parse(*argv: str, environ: dict[str, str] | None = None, euid: int = 1000) -
 
 
 def usage_error(capsys: pytest.CaptureFixture[str], *argv: str, **kw: Any) -> str:
+    """The last line of a malformed command line's message (after the usage text)."""
     with pytest.raises(SystemExit) as exc:
         parse(*argv, **kw)
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("usage: vspcd")
-    return err.splitlines()[-1]
+    last = err.splitlines()[-1]
+    assert last.startswith("vspcd: error: ")
+    return last
+
+
+def config_error(capsys: pytest.CaptureFixture[str], *argv: str, **kw: Any) -> str:
+    """The one line a bad value or combination prints (no usage text)."""
+    with pytest.raises(SystemExit) as exc:
+        parse(*argv, **kw)
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("vspcd: ") and not lines[0].startswith("vspcd: error:")
+    return lines[0]
+
+
+def error_line(capsys: pytest.CaptureFixture[str], *argv: str, **kw: Any) -> str:
+    """Either kind: usage errors for "unrecognized"/"expected one argument"."""
+    malformed = ("--bogus", "extra")
+    if any(word in malformed for word in argv) or argv[-1:] == ("--backend-args",):
+        return usage_error(capsys, *argv, **kw)
+    return config_error(capsys, *argv, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +245,13 @@ def test_environment_is_read_only_from_the_argument(monkeypatch: pytest.MonkeyPa
 def test_bad_values_exit_2_with_a_message(
     capsys: pytest.CaptureFixture[str], argv: list[str], environ: dict[str, str], message: str
 ) -> None:
-    last = usage_error(capsys, *argv, environ=environ)
-    assert last.startswith("vspcd: error: ")
-    assert message in last
+    assert message in error_line(capsys, *argv, environ=environ)
 
 
-def test_pidfile_that_is_a_directory_is_a_usage_error(
+def test_pidfile_that_is_a_directory_is_an_error(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert "is a directory" in usage_error(capsys, "--pidfile", str(tmp_path))
+    assert "is a directory" in config_error(capsys, "--pidfile", str(tmp_path))
 
 
 def test_ssl_with_cert_and_key(cert_pair: tuple[Path, Path]) -> None:
@@ -246,21 +269,21 @@ def test_ssl_with_combined_pem(cert_pair: tuple[Path, Path], tmp_path: Path) -> 
 def test_ssl_with_missing_key_file(
     capsys: pytest.CaptureFixture[str], cert_pair: tuple[Path, Path]
 ) -> None:
-    last = usage_error(capsys, "--ssl", "--cert", str(cert_pair[0]), "--key", "/nonexistent/k")
+    last = config_error(capsys, "--ssl", "--cert", str(cert_pair[0]), "--key", "/nonexistent/k")
     assert "--key /nonexistent/k: cannot read" in last
 
 
 def test_ssl_with_cert_but_no_key_anywhere(
     capsys: pytest.CaptureFixture[str], cert_pair: tuple[Path, Path]
 ) -> None:
-    last = usage_error(capsys, "--ssl", "--cert", str(cert_pair[0]))
+    last = config_error(capsys, "--ssl", "--cert", str(cert_pair[0]))
     assert "cannot load certificate and key" in last
 
 
 def test_ssl_with_garbage_cert(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
-    assert "cannot load certificate and key" in usage_error(capsys, "--ssl", "--cert", str(junk))
+    assert "cannot load certificate and key" in config_error(capsys, "--ssl", "--cert", str(junk))
 
 
 def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
@@ -373,18 +396,16 @@ def test_vspc_py_backend_spellings_mean_the_native_flags(
 def test_bad_backend_settings_exit_2(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    last = usage_error(capsys, *argv)
-    assert last.startswith("vspcd: error: ")
-    assert message in last
+    assert message in error_line(capsys, *argv)
 
 
 def test_persist_file_or_log_dir_of_the_wrong_kind(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    assert "is a directory" in usage_error(capsys, "--persist-file", str(tmp_path))
+    assert "is a directory" in config_error(capsys, "--persist-file", str(tmp_path))
     plain = tmp_path / "plain"
     plain.write_text("")
-    assert "not a directory" in usage_error(capsys, "--log-dir", str(plain))
+    assert "not a directory" in config_error(capsys, "--log-dir", str(plain))
 
 
 def test_backend_paths_are_pinned_before_detaching(

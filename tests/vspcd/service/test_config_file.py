@@ -1,8 +1,8 @@
-"""The TOML configuration file, `--check-config` and the reload rules (issue #10 item 3).
+"""The TOML configuration file, `--check-config` and the reload rules (docs/operations.md §3a).
 
-Keys are derived from the argparse definitions, so these tests also add a flag to a
-parser the way another module would and check that it becomes a key with no other
-change.  Every rejected file names the file, the key and the reason, with exit 2.
+Keys come from the flag table (vspcd/service/flags.py), so every long option is a key
+with no other change.  Every rejected file names the file, the key and the reason, one
+line per problem, with exit 2.
 """
 
 from __future__ import annotations
@@ -94,9 +94,9 @@ def test_default_file_is_read_only_if_present(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
-        ("colour = 3", "unknown key 'colour'"),
-        ("client-limit = 3", "unknown key 'client-limit'"),
-        ("config = '/etc/other.toml'", "unknown key 'config'"),
+        ("colour = 3", "key 'colour': unknown key"),
+        ("client-limit = 3", "key 'client-limit': unknown key"),
+        ("config = '/etc/other.toml'", "key 'config': unknown key"),
         ("client_limit = -1", "key 'client_limit': must be >= 0, got -1"),
         ("client_limit = 'many'", "key 'client_limit': not an integer: 'many'"),
         ("client_limit = true", "key 'client_limit': expected a string or a number, got true"),
@@ -136,7 +136,7 @@ def test_missing_config_file_is_a_usage_error(
 
 
 def test_every_long_option_is_a_key() -> None:
-    keys = file_keys(build_parser())
+    keys = file_keys()
     for action in build_parser()._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]
         if not longs or longs[0] in ("--help", "--version", "--config", "--check-config"):
@@ -145,16 +145,25 @@ def test_every_long_option_is_a_key() -> None:
     assert keys["interface"].dest == "vm_iface"  # -i/--interface: the long name counts
 
 
-def test_a_flag_added_elsewhere_gets_a_key_with_no_other_change(tmp_path: Path) -> None:
-    # What another module's add_argument call does (e.g. an allow list): nothing else.
-    parser = build_parser()
-    parser.add_argument("--example-allow", metavar="CIDRS", help="test-only")
-    assert "example_allow" in file_keys(parser)
+def test_array_values_are_comma_separated_lists(tmp_path: Path) -> None:
     path = tmp_path / "vspcd.toml"
-    path.write_text('example_allow = ["10.0.0.0/8", "192.0.2.0/24"]\n')
+    path.write_text('hook_events = ["vm_connected", "vm_disconnected"]\n')
     from vspc.vspcd.service.config import read_config_file
 
-    assert read_config_file(parser, path) == {"example_allow": "10.0.0.0/8,192.0.2.0/24"}
+    assert read_config_file(path) == {"hook_events": ("vm_connected", "vm_disconnected")}
+
+
+def test_every_bad_key_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "vspcd.toml"
+    path.write_text("proxy_prot = 1\nclient_limit = -1\nproxy_port = 13371\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--config", str(path)], ENV, euid=1000)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"vspcd: {path}: key 'proxy_prot': unknown key (keys are the long options with '_' "
+        "for '-'; did you mean 'proxy_port'?)",
+        f"vspcd: {path}: key 'client_limit': must be >= 0, got -1",
+    ]
 
 
 def test_the_proxy_allow_list_from_the_file(tmp_path: Path) -> None:
@@ -196,7 +205,9 @@ def test_check_config_exits_2_for_a_bad_file(
     with pytest.raises(SystemExit) as exit_info:
         main(["--config", str(path), "--check-config"])
     assert exit_info.value.code == 2
-    assert "unknown key 'client_limt'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "key 'client_limt': unknown key" in err and "did you mean 'client_limit'" in err
+    assert len(err.splitlines()) == 1 and "usage" not in err
 
 
 def test_group_without_user_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
@@ -225,14 +236,13 @@ def test_reload_log_line_says_what_changed_and_what_needs_a_restart() -> None:
     assert describe(nothing, "x") == "reloaded x: nothing changed"
 
 
-def test_parser_is_plain_argparse_for_other_modules() -> None:
-    # Other modules add flags with the ordinary API; the parser stays an ArgumentParser.
+def test_parser_is_plain_argparse() -> None:
     assert isinstance(build_parser(), argparse.ArgumentParser)
 
 
 def test_hub_settings_follow_config_fields() -> None:
     from vspc.vspcd.hub.hub import HubSettings
-    from vspc.vspcd.service.server import hub_settings
+    from vspc.vspcd.service.settings import hub_settings
 
     config = Config(client_limit=3, vmotion_abandon=5.0, vm_expire_time=7.0, scrollback=99)
     settings = hub_settings(config)
@@ -262,7 +272,7 @@ def test_daemon_reload_pins_relative_paths_to_the_start_directory(
     assert again.config == tmp_path / "vspcd.toml"
 
 
-_KEYS = sorted(file_keys(build_parser()))
+_KEYS = sorted(file_keys())
 _VALUES = st.one_of(
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
@@ -278,16 +288,13 @@ _VALUES = st.one_of(
 def test_any_table_is_accepted_or_rejected_cleanly(table: dict[str, object]) -> None:
     # Whatever the file holds, the outcome is values or a ConfigError naming the file:
     # never another exception (a reload must not take the daemon down).
-    from vspc.vspcd.service.config import _Parser, read_config_file
+    from vspc.vspcd.service.config import read_config_file
 
-    parser = build_parser()
-    assert isinstance(parser, _Parser)
-    parser.raise_errors = True
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "vspcd.toml"
         path.write_text(_toml(table))
         try:
-            read_config_file(parser, path)
+            read_config_file(path)
         except ConfigError as exc:
             assert str(path) in str(exc)
 

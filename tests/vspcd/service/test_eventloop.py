@@ -1,4 +1,4 @@
-"""`--event-loop auto|asyncio|uvloop` (vspcd/service/eventloop.py, issue #12 item 3).
+"""`--event-loop auto|asyncio|uvloop` (vspcd/service/eventloop.py).
 
 The choice itself in process; then the real daemon (`python -m vspc.vspcd`) on each
 loop through its real entry point: a VM identifies, an operator attaches, a vMotion

@@ -36,7 +36,7 @@ FAKE_SERVER = """
 import asyncio, os, signal, sys, types
 from pathlib import Path
 
-async def serve(config, *, ready=None, **_later):  # reload=, notifier= (issue #10)
+async def serve(config, *, ready=None, **_later):  # reload=, notifier=
     from vspc.vspcd.net.listeners import start_proxy_listener
     if os.environ.get("FAKE_FAIL"):
         raise OSError(98, "Address already in use")
@@ -122,7 +122,43 @@ def test_unknown_flag_exits_2_with_message() -> None:
 def test_bad_value_exits_2_with_message() -> None:
     result = vspcd("--proxy-port", "-1")
     assert result.returncode == 2
-    assert "--proxy-port: must be between 0 and 65535" in result.stderr
+    assert result.stderr == "vspcd: --proxy-port: must be between 0 and 65535, got -1\n"
+
+
+def test_bad_value_is_one_line_without_usage() -> None:
+    result = vspcd("--log-dir", "/tmp", "--log-max-size", "12Q")
+    assert result.returncode == 2
+    assert result.stderr == "vspcd: --log-max-size: not a size: '12Q' (e.g. 4096, 64K, 10M)\n"
+
+
+def test_bad_file_is_one_line_per_key(tmp_path: Path) -> None:
+    path = tmp_path / "vspcd.toml"
+    path.write_text("porrt = 1\nscrollback = 'lots'\n")
+    result = vspcd("--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"vspcd: {path}: key 'porrt': unknown key (keys are the long options with '_' for "
+        "'-'; see vspcd --help)",
+        f"vspcd: {path}: key 'scrollback': not an integer: 'lots'",
+    ]
+
+
+def test_check_config_prints_each_error_as_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "vspcd.toml"
+    path.write_text("client_limt = 2\nlog_keep = -1\n")
+    result = vspcd("--check-config", "--config", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "usage" not in result.stderr
+    assert lines[0].startswith(f"vspcd: {path}: key 'client_limt': unknown key")
+    assert lines[1] == f"vspcd: {path}: key 'log_keep': must be between 0 and 1000, got -1"
+    # Even a malformed command line is one line under --check-config (ExecStartPre).
+    result = vspcd("--check-config", "--bogus")
+    assert (result.returncode, result.stderr) == (2, "vspcd: unrecognized arguments: --bogus\n")
+    path.write_text("client_limit = 2\n")
+    result = vspcd("--check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout == f"vspcd: {path}: configuration OK\n"
 
 
 def test_bad_environment_exits_2(tmp_path: Path) -> None:

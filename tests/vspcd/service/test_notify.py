@@ -1,4 +1,4 @@
-"""vspcd/service/notify.py: sd_notify datagrams and the watchdog interval (issue #10 item 2).
+"""vspcd/service/notify.py: sd_notify datagrams and the watchdog interval.
 
 The daemon's messages in order are tested end to end in tests/vspcd/service/test_service.py;
 these cover the sender's edges: abstract sockets, no socket, a vanished manager, and

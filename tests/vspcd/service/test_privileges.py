@@ -1,5 +1,6 @@
-"""vspcd/service/privileges.py: who may run vspcd as root, and resolving --user/--group (issue #10
-item 4).  The drop itself, as root, is tested end to end in tests/vspcd/service/test_service.py.
+"""vspcd/service/privileges.py: who may run vspcd as root, and resolving --user/--group.
+
+The drop itself, as root, is tested end to end in tests/vspcd/service/test_service.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""vspcd as a service, through its real entry point (`python -m vspc.vspcd`), issue #10.
+"""vspcd as a service, through its real entry point (`python -m vspc.vspcd`).
 
 * sd_notify: the messages arrive on a datagram socket standing in for systemd's
   `$NOTIFY_SOCKET`, in order: STATUS while starting, READY=1 only once the proxy port

@@ -1,0 +1,83 @@
+"""Each part's own settings, made from the `Config` (docs/architecture.md, import direction).
+
+The lower parts never import the service: the hub takes `HubSettings`, console logs
+`LogSettings`, hooks `HookSettings`.  These functions are where the service turns its
+`Config` into them, at start and again after a SIGHUP reload (vspcd/service/reload.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from typing import Any
+
+from vspc.vspcd.ext.hooks import HookSettings
+from vspc.vspcd.faces.admin import server as admin
+from vspc.vspcd.history.consolelog import LogSettings
+from vspc.vspcd.history.naming import LogNaming
+from vspc.vspcd.hub.hub import HubSettings
+from vspc.vspcd.service.configdata import Config
+
+__all__ = ["admin_settings", "hook_settings", "hub_settings", "log_settings"]
+
+# HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
+_HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
+
+
+def hub_settings(config: Config) -> HubSettings:
+    """The hub's share of the configuration: every HubSettings field Config also has.
+
+    Derived from `dataclasses.fields`, so a setting added to both is passed on without
+    a line here; hub-only fields keep their defaults.
+    """
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(HubSettings):
+        source = _HUB_RENAMED.get(field.name, field.name)
+        if hasattr(config, source):
+            values[field.name] = getattr(config, source)
+    # The one setting whose flag is its negation (--no-notices).
+    values["notices"] = not config.no_notices
+    return HubSettings(**values)
+
+
+def log_settings(config: Config) -> LogSettings:
+    """The `ConsoleLogs` settings of a configuration (requires `config.log_dir`)."""
+    assert config.log_dir is not None
+    return LogSettings(
+        directory=config.log_dir,
+        prefix=config.log_prefix,
+        mode=config.log_mode,
+        flush_interval=config.log_flush,
+        naming=LogNaming(config.log_name),
+        timestamps=config.log_timestamps,
+        events=config.log_events,
+        max_size=config.log_max_size,
+        keep=config.log_keep,
+        compress=config.log_compress,
+    )
+
+
+def hook_settings(config: Config) -> HookSettings:
+    """The hooks' share of the configuration (the command split once, here)."""
+    return HookSettings(
+        argv=tuple(shlex.split(config.hook_command)) if config.hook_command else (),
+        events=None if config.hook_events is None else frozenset(config.hook_events),
+        timeout=config.hook_timeout,
+        concurrency=config.hook_concurrency,
+        queue=config.hook_queue,
+    )
+
+
+def admin_settings(config: Config) -> admin.AdminSettings:
+    """The admin server's share of the configuration."""
+    return admin.AdminSettings(
+        socket=config.admin_socket,
+        socket_mode=config.admin_socket_mode,
+        socket_group=config.admin_socket_group,
+        port=config.admin_port,
+        iface=config.admin_iface,
+        readonly_group=config.readonly_group,
+        client_queue=config.client_queue,
+        idle_timeout=config.admin_idle_timeout,
+        per_peer=config.admin_per_peer,
+    )
