@@ -13,14 +13,11 @@ from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, LockMode, VMo
 from vspc.common.display import safe
 from vspc.vspctui.dashboard.keys import KEYS, Binding, Command, KeyContext, help_text, hints, lookup
 from vspc.vspctui.dashboard.model import LogEntry
+from vspc.vspctui.dashboard.overlays import ClientPicker, HelpView, LockPicker, PromptDialog
 from vspc.vspctui.dashboard.views import (
-    ClientPicker,
     ConsoleList,
     EventLog,
     GridView,
-    HelpView,
-    LockPicker,
-    PromptDialog,
     StatusBar,
     TailPane,
     console_row,
