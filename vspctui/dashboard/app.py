@@ -20,9 +20,9 @@ goes away"), and where it happens:
   widgets only for the rows on screen (vspctui/dashboard/views.py, `ConsoleList`).  Keys
   redraw at once.
 - When vspcd goes away the rows turn stale ("?", never "up"), the status line says
-  so on every redraw (an attach's messages cannot hide it), and `_reconnect` tries
-  again with exponential back-off; on success the list is rebuilt from a fresh
-  `subscribe` snapshot and the tails are started again.
+  so on every redraw (an attach's messages cannot hide it), and `Feed`
+  (vspctui/dashboard/feed.py) tries again with exponential back-off; on success the
+  list is rebuilt from a fresh `subscribe` snapshot and the tails are started again.
 
 Attaching suspends the dashboard: the urwid screen is stopped (the terminal goes back
 to its normal mode and urwid stops reading it), `vspc attach`'s own session
@@ -46,14 +46,13 @@ from typing import Any, Protocol
 
 import urwid
 
-from vspc.common.admin import AdminError, ConsoleInfo, EventName, LockMode
+from vspc.common.admin import AdminError, ConsoleInfo, LockMode
 from vspc.vspctui.attach import run_attach
 from vspc.vspctui.client import (
     AdminAddress,
     AdminClient,
     ClientError,
     ConnectError,
-    consoles_of,
 )
 from vspc.vspctui.cmdtable import (
     Context,
@@ -64,6 +63,7 @@ from vspc.vspctui.cmdtable import (
     exit_code_for,
 )
 from vspc.vspctui.dashboard.dialogs import Dialogs
+from vspc.vspctui.dashboard.feed import Feed
 from vspc.vspctui.dashboard.keys import Command, KeyContext, lookup
 from vspc.vspctui.dashboard.layout import Layout, Mode
 from vspc.vspctui.dashboard.model import Model
@@ -164,9 +164,6 @@ class App:
         activity_poll: float = ACTIVITY_POLL,
     ) -> None:
         self.address = address
-        self._backoff = backoff
-        self._activity_poll = activity_poll
-        self._daemon_activity = False  # it sends `last_output` (docs/vspc-tui.md, "Activity")
         self.model = model or Model()
         self._screen = screen
         self._attach_runner = attach
@@ -178,8 +175,20 @@ class App:
         urwid.connect_signal(console_list, "focus", self._on_focus)
         urwid.connect_signal(self.layout.grid, "resized", self._pick_grid)
         self.dialogs = Dialogs(self)
-        self.tails = TailSync(self.model, self.layout, self._connected, self.say, self.refresh)
-        self.details = DetailSync(self.model, self.layout, self._connected, self.say, self.refresh)
+        connected = self._connected
+        self.tails = TailSync(self.model, self.layout, connected, self.say, self.refresh)
+        self.details = DetailSync(self.model, self.layout, connected, self.say, self.refresh)
+        self.feed = Feed(
+            address,
+            self.model,
+            self.layout,
+            self.tails,
+            self.details,
+            self.say,
+            self.refresh,
+            backoff=backoff,
+            activity_poll=activity_poll,
+        )
 
         dialogs = self.dialogs
         self._commands: dict[Command, Callable[[], None]] = {
@@ -207,14 +216,25 @@ class App:
 
         # set by run()
         self.loop: urwid.MainLoop | None = None
-        self.client: AdminClient | None = None
         self.changed = asyncio.Event()  # set after every redraw (tests wait on it)
         self.attaching = False
         self._done: asyncio.Future[int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._redraw_pending = False
         self._consoles_changed = False
-        self.reconnected = asyncio.Event()  # set on each reconnection (tests wait on it)
+
+    @property
+    def client(self) -> AdminClient | None:
+        """The admin connection (None before `run()`)."""
+        return self.feed.client
+
+    @property
+    def reconnected(self) -> asyncio.Event:
+        """Set on each reconnection to vspcd (tests wait on it)."""
+        return self.feed.reconnected
+
+    def _connected(self) -> AdminClient | None:
+        return self.feed.connected()
 
     @property
     def mode(self) -> Mode:
@@ -237,9 +257,11 @@ class App:
             AdminError, ClientError: the subscription failed.
         """
         aio = asyncio.get_running_loop()
-        self.client = await AdminClient.connect(self.address)
+        feed = self.feed
+        await feed.connect()
         try:
-            await self._subscribe(self.client)
+            assert feed.client is not None
+            await feed.subscribe(feed.client)
             screen = self._screen
             if screen is None:
                 if not (os.isatty(self._stdin_fd) and os.isatty(self._stdout_fd)):
@@ -258,11 +280,11 @@ class App:
             self.say(f"connected to vspcd at {self.address}; ? for help")
             self.model.note(f"connected to vspcd: {len(self.model.consoles)} console(s)")
             self.layout.show_all()
-            self.spawn(self._session())
+            self.spawn(feed.run())
             self.spawn(self.tails.run())
             self.spawn(self.details.run())
             self.spawn(self._ticker())
-            self.spawn(self._activity_poller())
+            self.spawn(feed.poll_activity())
             self._catch_signals()
             with self.loop.start():
                 self.refresh()
@@ -272,8 +294,7 @@ class App:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self.client is not None:
-                await self.client.close()
+            await feed.close()
 
     def finish(self, code: int) -> None:
         """End `run()` with exit code `code`."""
@@ -307,116 +328,6 @@ class App:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._fail(exc)  # a bug: the handlers catch what the daemon can cause
-
-    def _connected(self) -> AdminClient | None:
-        """The admin connection while it is up, else None."""
-        return self.client if self.model.connected else None
-
-    # -- vspcd -> model ----------------------------------------------------------------
-
-    async def _subscribe(self, client: AdminClient) -> None:
-        """Subscribe on `client` and rebuild the model from the snapshot."""
-        reply = await client.request("subscribe")
-        consoles = consoles_of(reply)
-        self.model.load(consoles)
-        # A daemon that knows when consoles were created also sends `last_output`,
-        # even if no console has printed anything yet.
-        self._daemon_activity = any(
-            c.created is not None or c.last_output is not None for c in consoles
-        )
-        self.tails.reset()
-        self.layout.shown_detail = None
-
-    async def _session(self) -> None:
-        """Pump events; when the connection goes, reconnect, and pump again."""
-        while True:
-            why = await self._pump()
-            self._connection_lost(why)
-            await self._reconnect(why)
-
-    async def _pump(self) -> str:
-        """Fold events into the model until the connection ends; returns why it did."""
-        client = self.client
-        assert client is not None
-        layout = self.layout
-        try:
-            async for event in client.events():
-                self.model.apply(event)
-                if event.event == EventName.OUTPUT:
-                    # Output only changes the tails; the list need not be redrawn.
-                    self.refresh(consoles=False)
-                    continue
-                self.tails.on_event(event.event, event.key or "")
-                focused = layout.console_list.focused
-                if layout.mode is Mode.DETAIL and focused is not None and event.key == focused.key:
-                    self.details.wake()
-                self.refresh()
-        except (AdminError, ClientError) as exc:
-            return str(exc)
-        return "connection closed by vspcd"
-
-    def _connection_lost(self, why: str) -> None:
-        self.model.note(f"lost the connection to vspcd: {why}")
-        self.model.disconnected()
-        self.tails.tailing.clear()
-        self.layout.shown_detail = None
-        self.layout.connection = "not connected to vspcd"
-        self.say(f"lost the connection to vspcd ({why}); reconnecting, q quits", error=True)
-        self.refresh()
-
-    async def _reconnect(self, why: str) -> None:
-        """Try again until vspcd answers, waiting longer each time (up to the
-        back-off's maximum), then resubscribe: the list is rebuilt from the fresh
-        snapshot, never patched from what was shown before."""
-        old = self.client
-        if old is not None:
-            await old.close()
-        delay, longest = self._backoff
-        attempt, last_why = 0, why
-        while True:
-            attempt += 1
-            self.layout.connection = f"not connected to vspcd: retry {attempt} in {delay:g}s"
-            if why != last_why:  # the event log says why, once per different reason
-                self.model.note(f"cannot reach vspcd: {why}")
-                last_why = why
-            self.refresh()
-            await asyncio.sleep(delay)  # the back-off itself: nothing to wait on
-            try:
-                client = await AdminClient.connect(self.address)
-            except ClientError as exc:
-                why, delay = str(exc), min(delay * 2, longest)
-                continue
-            try:
-                await self._subscribe(client)
-            except (AdminError, ClientError) as exc:
-                await client.close()
-                why, delay = str(exc), min(delay * 2, longest)
-                continue
-            break
-        self.client = client
-        self.layout.connection = ""
-        self.model.note(f"reconnected to vspcd at {self.address}")
-        self.say(f"reconnected to vspcd at {self.address}")
-        self.tails.wake()
-        self.details.wake()
-        self.reconnected.set()
-        self.refresh()
-
-    async def _activity_poller(self) -> None:
-        """Events only tell about changes, and output only comes for tailed consoles;
-        a daemon that sends `last_output` is asked for it again now and then, so the
-        column and the activity order cover every console."""
-        while True:
-            await asyncio.sleep(self._activity_poll)
-            client = self._connected()
-            if not self._daemon_activity or client is None:
-                continue
-            try:
-                consoles = consoles_of(await client.request("list"))
-            except (AdminError, ClientError):
-                continue  # the session notices a lost connection on its own
-            self.model.learn(consoles)
-            self.refresh()
 
     async def _ticker(self) -> None:
         """Once a `TICK`: ages in the activity column move on, the grid picks the

@@ -31,8 +31,10 @@ class Host(Protocol):
 
     model: Model
     layout: Layout
-    client: AdminClient | None
     loop: urwid.MainLoop | None
+
+    @property
+    def client(self) -> AdminClient | None: ...
 
     def say(self, message: str, error: bool = False) -> None: ...
 
