@@ -25,10 +25,10 @@ import contextlib
 import importlib.metadata
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import IO, Any, NoReturn, TextIO
+from typing import IO, Any, NoReturn, TextIO, TypeVar
 
 from vspc.common.admin import COMMANDS, AdminError, ErrorCode, FieldKind, LockMode
 from vspc.common.display import safe
@@ -45,10 +45,27 @@ __all__ = [
     "NoExitParser",
     "UsageError",
     "client_version",
+    "by_prefix",
     "exit_code_for",
     "protocol_arg",
     "run_command",
 ]
+
+_T = TypeVar("_T")
+
+
+def by_prefix(word: str, entries: Mapping[str, _T]) -> list[_T]:
+    """What `word` names in `entries`: the entry it spells exactly, else every entry
+    with a name it begins (an entry under several names counts once).  One entry
+    found means `word` is unambiguous; the shell and the escape menu of `vspc attach`
+    both accept such abbreviations ("any unique prefix works", docs/vspc.md)."""
+    if word in entries:
+        return [entries[word]]
+    found: list[_T] = []
+    for name, entry in entries.items():
+        if name.startswith(word) and not any(entry is seen for seen in found):
+            found.append(entry)
+    return found
 
 
 class ExitCode(IntEnum):
@@ -285,6 +302,11 @@ class CommandTable:
     def get(self, name: str) -> Command | None:
         return self._commands.get(self._aliases.get(name, name))
 
+    def matching(self, word: str) -> list[Command]:
+        """The shell commands `word` names, exactly or as a prefix of a name or alias."""
+        names = {name: self.get(name) for name in self.names(shell=True)}
+        return by_prefix(word, {name: c for name, c in names.items() if c is not None})
+
     def names(self, *, shell: bool = False) -> list[str]:
         """Command names and aliases usable on the CLI (or in the shell)."""
         out: list[str] = []
@@ -309,10 +331,11 @@ class CommandTable:
             add_address_options(child, suppress=True)
 
     def parse_line(self, line: str) -> tuple[Command, argparse.Namespace] | None:
-        """Parse one shell line; None for a blank line.
+        """Parse one shell line; None for a blank line.  The command may be abbreviated
+        to any unique prefix of its name or an alias (`sh` for `show`).
 
         Raises:
-            UsageError: bad quoting, unknown command, or bad arguments (`status` 0
+            UsageError: bad quoting, unknown or ambiguous command, or bad arguments (`status` 0
                 after `-h`, which also puts the help text in the message).
         """
         try:
@@ -321,9 +344,13 @@ class CommandTable:
             raise UsageError(f"cannot parse line: {exc}") from None
         if not words:
             return None
-        command = self.get(words[0])
-        if command is None or not command.shell:
+        found = self.matching(words[0])
+        if len(found) > 1:
+            could = ", ".join(c.name for c in found)
+            raise UsageError(f"ambiguous command: {words[0]} (could be {could})")
+        if not found:
             raise UsageError(f"unknown command: {words[0]} (try 'help')")
+        command = found[0]
         parser = command.parser()
         try:
             namespace = parser.parse_args(words[1:])

@@ -125,3 +125,24 @@ def test_completion_from_the_table_and_the_daemon(
         assert "attach" in got and "quit" in got and "shell" not in got
     else:
         assert got == expected
+
+
+def test_unique_prefixes_name_commands_like_the_escape_menu(daemon: Any) -> None:
+    """`sh db01` is `show db01`; `l` is `list` (and its alias `ls`); an ambiguous
+    prefix names the candidates and runs nothing."""
+    shell, out, err = make_shell(daemon.path)
+    drive(shell, "sh db01\nl\ns db01\nver\n")
+    assert [r.get("vm") for r in daemon.requests if r["cmd"] == "show"] == ["db01"]
+    lines = out.getvalue().splitlines()
+    assert any(line.split()[:3] == ["NAME", "PORT", "VM"] for line in lines)  # `l` listed
+    assert lines[-1].startswith("access: ")  # `ver` ran version last
+    assert err.getvalue().splitlines() == ["ambiguous command: s (could be show, stats)"]
+    assert shell.status == ExitCode.OK
+
+
+def test_completion_after_an_abbreviated_command(daemon: Any) -> None:
+    shell, _, _ = make_shell(daemon.path)
+    asyncio.run(shell.refresh())
+    completer = ShellCompleter(shell)
+    done = completer.get_completions(Document("sh db"), CompleteEvent())
+    assert [c.text for c in done] == ["db01"]
