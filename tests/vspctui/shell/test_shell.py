@@ -110,6 +110,8 @@ def refreshed(daemon: Any) -> Shell:
         ("attach db01 --lock ", ["exclusive", "write", "free_for_all", "free_for_all_or_readonly"]),
         ("attach db01 --lock free", ["free_for_all", "free_for_all_or_readonly"]),
         ("attach --lock write d", ["db01"]),
+        ("att --lock write d", ["db01"]),  # after a unique prefix of the command
+        ("s d", []),  # after an ambiguous one (show, stats)
         ("clear ", ["db01", "web02_console2", "50000", "50001"]),
         ("kick ", ["11"]),
         ("tail db01 -", ["-n", "--bytes", "-f", "--follow"]),
@@ -138,11 +140,3 @@ def test_unique_prefixes_name_commands_like_the_escape_menu(daemon: Any) -> None
     assert lines[-1].startswith("access: ")  # `ver` ran version last
     assert err.getvalue().splitlines() == ["ambiguous command: s (could be show, stats)"]
     assert shell.status == ExitCode.OK
-
-
-def test_completion_after_an_abbreviated_command(daemon: Any) -> None:
-    shell, _, _ = make_shell(daemon.path)
-    asyncio.run(shell.refresh())
-    completer = ShellCompleter(shell)
-    done = completer.get_completions(Document("sh db"), CompleteEvent())
-    assert [c.text for c in done] == ["db01"]
