@@ -1,5 +1,5 @@
 """The command framework of `vspc`: one table drives argparse, the shell, help and
-completion (docs/development.md "Shell: a command table"; issue #4, split out by issue #8 item 5).
+completion (docs/development.md "Shell: a command table"; docs/vspc.md).
 
 Boundary: a command is an async handler registered with `CommandTable.register(...)`
 together with its arguments (`Arg`).  The table builds the argparse subcommands of
@@ -10,7 +10,7 @@ vspcd through `Context.client()` (vspctui/client.py) and print to `Context.out`.
 
 Arguments that are fields of an admin request are derived from the protocol's own table
 (`vspc.common.admin.COMMANDS`) with `protocol_arg`, so their help, default and bounds
-are written once (issue #8 item 4).
+are written once (docs/admin-protocol.md).
 
 The handlers themselves are in vspctui/shell/commands.py; this module imports none of them,
 so attach.py and shell.py can use the framework without an import cycle.
@@ -327,7 +327,7 @@ class CommandTable:
             )  # fmt: skip
             for arg in command.args:
                 arg.add_to(child)
-            # --socket/--tcp after the command, too (issue #9 item 4).
+            # --socket/--tcp after the command, too (docs/vspc.md, "Which daemon").
             add_address_options(child, suppress=True)
 
     def parse_line(self, line: str) -> tuple[Command, argparse.Namespace] | None:
@@ -417,7 +417,7 @@ class Context:
         if self._client is not None and self.in_shell and not self._client.lost:
             # The shell's connection may have sat idle at the prompt while vspcd
             # restarted, and its end may not have been read yet: one cheap round trip
-            # finds out before a command is risked on it (issue #9).
+            # finds out before a command is risked on it (docs/vspc.md, "The shell").
             with contextlib.suppress(AdminError, ClientError):
                 await self._client.request("hello")
         if self._client is not None and self._client.lost:

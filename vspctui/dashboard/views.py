@@ -173,8 +173,8 @@ def _vm_state(console: ConsoleInfo) -> str:
 
 
 _COLUMNS = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  LOCK"
-# With room for it (issue #9), the activity column: time since the console last did
-# something.  Narrower lists keep the five columns they always had.
+# With room for it, the activity column (docs/vspc-tui.md, "Activity"): time since
+# the console last did something.  Narrower lists keep the five columns they always had.
 _COLUMNS_WIDE = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  {'ACT':>4}  LOCK"
 WIDE = 72  # list width from which the activity column is shown
 STALE = "?"  # the VM column while the dashboard is not connected to vspcd
@@ -218,10 +218,10 @@ def console_row(
 class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
     """A list walker over positions 0..size-1 whose widgets are made on demand.
 
-    urwid's `SimpleFocusListWalker` holds one widget per row: with 10,000 consoles,
-    rebuilding them on every change is what kept the dashboard at 100 % of a core
-    (issue #9).  The ListBox only asks for the rows it draws, so only those are built
-    (and cached while their text does not change).
+    urwid's `SimpleFocusListWalker` holds one widget per row: with many consoles,
+    rebuilding them all on every change would keep the dashboard busy
+    (docs/vspc-tui.md, "Staying responsive").  The ListBox only asks for the rows it
+    draws, so only those are built (and cached while their text does not change).
     """
 
     def __init__(self, make: Callable[[int], urwid.Widget]) -> None:
@@ -415,7 +415,7 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
     ) -> None:
         """`data` is the buffered output of console `name` (None: no console);
         `following`: pinned (kept live when the focus moves on), `live`: followed
-        because it has the focus (issue #9: the preview follows the focus);
+        because it has the focus (the preview follows the focus);
         `message`: why there is no output to show instead."""
         box = self._box
         if message is not None and name is not None:
@@ -435,8 +435,8 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
 
 
 class GridView(urwid.WidgetWrap[urwid.Widget]):
-    """Several live tails at once, in a grid of boxes (issue #9): the pinned consoles,
-    or the most recently active ones.  Cells beyond the consoles shown stay empty.
+    """Several live tails at once, in a grid of boxes (docs/vspc-tui.md, "Grid"): the
+    pinned consoles, or the most recently active ones.  Cells beyond the consoles shown stay empty.
 
     The grid has as many cells as fit: 2x2 on an 80x24 terminal, up to 3x3 on a large
     one (`layout`).  When a render finds the cell count changed it emits "resized", so
@@ -515,7 +515,7 @@ _TRAFFIC = (
 
 def _client_line(client: ClientInfo, now: float) -> str:
     # One line per client, short enough for 80 columns in the usual case; the byte
-    # counts only from a daemon that sends them (issue #8).
+    # counts only from a daemon that sends them (older ones do not).
     ro = " read-only" if client.readonly else ""
     age = duration(now - client.since, coarse=True)
     line = f"  #{client.id} {client.kind.value} {who(client)} {client.mode.value}{ro}"
@@ -527,7 +527,7 @@ def _client_line(client: ClientInfo, now: float) -> str:
 
 
 def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[str]:
-    """The detail pane's text: what `show` says about one console (issue #9).
+    """The detail pane's text: what `show` says about one console (docs/vspc-tui.md, "Detail").
 
     Args:
         console: the typed `show` reply (or the list row until it arrives); fields an

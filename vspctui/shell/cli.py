@@ -5,7 +5,7 @@ Boundary: argv -> one command from the table in vspctui/shell/commands.py -> an 
 word names a subcommand.  Errors go to stderr; nothing here calls `sys.exit()`
 (`main` returns the code and `python -m vspc.vspctui.shell.cli` passes it on).
 
-Exit codes and usage: docs/vspc.md.  Protocol: docs/admin-protocol.md (issue #4).
+Exit codes and usage: docs/vspc.md.  Protocol: docs/admin-protocol.md.
 """
 
 from __future__ import annotations

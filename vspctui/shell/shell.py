@@ -8,7 +8,7 @@ client ids, refreshed before each prompt).  Ctrl-C at the prompt clears the line
 Ctrl-C while a command runs (`tail -f`, `events`) stops that command; Ctrl-D or
 `quit` leaves.
 
-Spec: docs/development.md "Shell: a command table"; issue #4.
+Spec: docs/vspc.md, "The shell"; docs/development.md "Shell: a command table".
 """
 
 from __future__ import annotations
