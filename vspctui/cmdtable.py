@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import os
 import shlex
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -33,7 +34,7 @@ from typing import IO, Any, NoReturn, TextIO, TypeVar
 from vspc.common.admin import COMMANDS, AdminError, ErrorCode, FieldKind, LockMode
 from vspc.common.display import safe
 from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
-from vspc.vspctui.options import add_address_options
+from vspc.vspctui.options import add_address_options, address_from
 
 __all__ = [
     "Arg",
@@ -47,6 +48,7 @@ __all__ = [
     "client_version",
     "by_prefix",
     "exit_code_for",
+    "parse_command_line",
     "protocol_arg",
     "run_command",
 ]
@@ -115,6 +117,29 @@ class UsageError(Exception):
     def __init__(self, message: str, status: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.status = status
+
+
+def parse_command_line(
+    prog: str, parser: argparse.ArgumentParser, args: Sequence[str]
+) -> tuple[argparse.Namespace, AdminAddress] | int:
+    """The parsed `args` of a client program and the daemon address they name, or the
+    exit status after saying on stderr what is wrong (`--help` and `--version` print
+    themselves and give 0).  `parser` must be a `NoExitParser` with the address options
+    (vspctui/options.py); the address is found as docs/vspc.md, "Which daemon" says."""
+    try:
+        namespace = parser.parse_args(list(args))
+    except UsageError as exc:
+        if exc.status != 0:
+            sys.stderr.write(f"{exc}\n")
+        elif str(exc):
+            sys.stdout.write(str(exc))
+        return exc.status
+    try:
+        address = address_from(namespace, os.environ, os.geteuid())
+    except ValueError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return ExitCode.USAGE
+    return namespace, address
 
 
 class NoExitParser(argparse.ArgumentParser):

@@ -58,9 +58,9 @@ from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     NoExitParser,
-    UsageError,
     client_version,
     exit_code_for,
+    parse_command_line,
 )
 from vspc.vspctui.dashboard.dialogs import Dialogs
 from vspc.vspctui.dashboard.feed import Feed
@@ -69,7 +69,7 @@ from vspc.vspctui.dashboard.layout import Layout, Mode
 from vspc.vspctui.dashboard.model import Model
 from vspc.vspctui.dashboard.tails import TAIL_BYTES, DetailSync, TailSync
 from vspc.vspctui.dashboard.views import PALETTE
-from vspc.vspctui.options import add_address_options, address_from
+from vspc.vspctui.options import add_address_options
 
 __all__ = [
     "ACTIVITY_POLL",
@@ -530,19 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run vspc-tui with `argv` (default: sys.argv[1:]); returns the exit code."""
-    try:
-        ns = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    except UsageError as exc:
-        if exc.status != 0:
-            sys.stderr.write(f"{exc}\n")
-        else:
-            sys.stdout.write(str(exc))
-        return exc.status
-    try:
-        address = address_from(ns, os.environ, os.geteuid())
-    except ValueError as exc:
-        sys.stderr.write(f"vspc-tui: {exc}\n")
-        return ExitCode.USAGE
+    parsed = parse_command_line("vspc-tui", build_parser(), sys.argv[1:] if argv is None else argv)
+    if isinstance(parsed, int):
+        return parsed
+    ns, address = parsed
     try:
         backoff = (min(BACKOFF[0], ns.reconnect_max), ns.reconnect_max)
         return asyncio.run(App(address, backoff=backoff).run())
