@@ -1,4 +1,4 @@
-"""Render peer-controlled text safely for humans (issue #7, "Safe output everywhere").
+"""Render peer-controlled text safely for humans (docs/vspc.md, "Output is safe to print").
 
 A VM chooses its own name (docs/protocol.md §3.4, VM-NAME), its port label (§3.3,
 `?port=label`) and, through the daemon, reasons and addresses that end up in

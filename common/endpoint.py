@@ -2,8 +2,8 @@
 
 Boundary: the common base of `common.session.ProxySession` (the proxy's side) and
 `common.esxi.EsxiSession` (ESXi's side, for tests and the simulator).  Sans-IO: no
-sockets, no clock, no logging.  Issue #8 item 6: both sessions used to define their
-own `Notice` and their own output buffer and send helpers.
+sockets, no clock, no logging.  Both sessions share one `Notice`, one output buffer and
+the send helpers through it.
 
 Spec: docs/protocol.md §1 rule 4 and §4.4 duty 1.  Each side keeps one ordered output
 buffer.  Everything it must send goes into that buffer in the order the protocol
@@ -40,7 +40,7 @@ class TelnetEndpoint:
         telnet: the connection's codec, built by the subclass with its option policy.
     """
 
-    # One endpoint per connection: no `__dict__` (issue #12 item 3).  Subclasses
+    # One endpoint per connection: no `__dict__`.  Subclasses
     # that declare no `__slots__` of their own (EsxiSession) still get one.
     __slots__ = ("_telnet", "_out")
 

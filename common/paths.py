@@ -1,5 +1,6 @@
 """Where vspcd and its clients find each other: the one definition of the default
-admin socket and configuration file paths (issues #9 item 4, #10 item 3).
+admin socket and configuration file paths (docs/vspc.md, "Which daemon";
+docs/operations.md, "Configuration file").
 
 The daemon's configuration file (TOML, `/etc/vspcd/vspcd.toml` by default) names the
 admin socket with the key ``admin_socket`` (the long flag ``--admin-socket`` with

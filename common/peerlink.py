@@ -1,7 +1,7 @@
 """The inter-node link of cluster mode, sans-IO: frames <-> typed messages, and the
 HMAC challenge-response that lets only nodes holding the cluster secret in.
 
-Spec: docs/cluster.md ("Inter-node link"); issue #13.  No sockets, no clock, no
+Spec: docs/cluster.md ("Inter-node link").  No sockets, no clock, no
 logging: `PeerLinkCodec.receive_data(bytes) -> list[Message]`, `send(Message) -> bytes`.
 
 Theory of operation

@@ -140,9 +140,8 @@ class SessionState(Enum):
     ERROR = "error"
 
     # Members are singletons compared by identity, so the identity hash is correct.
-    # Enum's own __hash__ hashes the name in Python (~250 ns on CPython 3.11), and the
-    # opening table and the set of replies owed hash these on every KS-1, BEGIN and
-    # PEER (bench/vmotion_micro.py).
+    # Enum's own __hash__ hashes the name in Python, and the opening table and the
+    # set of replies owed hash these on every KS-1, BEGIN and PEER.
     __hash__ = object.__hash__
 
 
@@ -216,8 +215,8 @@ class ProxySession(TelnetEndpoint):
         sb_limit: largest subnegotiation accepted before `TelnetProtocolError`.
     """
 
-    # One session per VM connection (issue #12 item 3): slots, and the two rarely
-    # used sets are built on first use (an empty set costs 216 bytes).
+    # One session per VM connection: slots, and the two rarely used sets are
+    # built on first use (even an empty set costs memory).
     __slots__ = ("_accept_proxy", "_opening", "_disabled", "_owed", "uuid", "name", "proxy")
 
     def __init__(

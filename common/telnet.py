@@ -209,10 +209,10 @@ class _State(Enum):
     ERROR = "error"  # the peer broke framing; absorbing (see the module docstring)
 
 
-# Module-level aliases of the members used on the hot paths.  On CPython 3.11 each
-# `Enum.MEMBER` lookup is a descriptor call (~130 ns, vs ~20 ns for a global), and the
-# tokenizer and negotiation below do several per event: bench/daemon_bench.py spends a
-# noticeable share of every VM connect here.  Same objects, so `is` tests are unchanged.
+# Module-level aliases of the members used on the hot paths.  On CPython each
+# `Enum.MEMBER` lookup is a descriptor call, several times dearer than reading a
+# global, and the tokenizer and negotiation below do several per event
+# (docs/benchmarks.md has the connect benchmarks).  Same objects, so `is` tests are unchanged.
 _NO, _YES, _WANTNO, _WANTYES = _Q.NO, _Q.YES, _Q.WANTNO, _Q.WANTYES
 _DATA, _IAC_STATE, _VERB = _State.DATA, _State.IAC, _State.VERB
 _SB_OPTION, _SB_DATA, _SB_IAC = _State.SB_OPTION, _State.SB_DATA, _State.SB_IAC
@@ -226,10 +226,10 @@ _VERBS = {verb.value: verb for verb in Verb}  # Verb(code) without EnumType.__ca
 # CPython's small-int cache) held by every codec's table.
 _HIM_KEYS = tuple(range(256, 512))
 
-# The tables themselves are shared too (issue #12 item 3): a codec never changes its
+# The tables themselves are shared too: a codec never changes its
 # table in place but swaps in a copy, and equal tables are one object, so the many
 # connections that negotiated the same options (every VM on a vspcd) hold one dict
-# between them instead of ~220 bytes each.  Bounded, so a peer cycling through
+# between them instead of one each.  Bounded, so a peer cycling through
 # options cannot grow it: at the limit the index starts over (tables in use stay
 # with their codecs; the common ones are shared again from their next use).
 _SHARED_TABLES: dict[frozenset[tuple[int, _Q]], dict[int, _Q]] = {}
@@ -265,7 +265,7 @@ class TelnetCodec:
     Attributes:
         error: the `TelnetProtocolError` that ended input, or None (see `failed`).
 
-    Memory (issue #12 item 3): one codec per connection, so no `__dict__`, and the
+    Memory: one codec per connection, so no `__dict__`, and the
     reply queue and the subnegotiation buffer exist only while they hold bytes.
     """
 

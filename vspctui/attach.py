@@ -12,7 +12,7 @@ When stdin is not a terminal (a pipe or a file), bytes are copied both ways with
 raw mode and no escape menu; EOF on stdin half-closes the connection, which the daemon
 takes as detach (docs/admin-protocol.md, "The attach channel").
 
-Spec: docs/admin-protocol.md; issue #4.
+Spec: docs/admin-protocol.md; usage: docs/vspc.md.
 """
 
 from __future__ import annotations
@@ -31,12 +31,15 @@ from typing import Any
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.input.ansi_escape_sequences import ANSI_SEQUENCES
 from prompt_toolkit.input.typeahead import get_typeahead
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 
 from vspc.common.admin import AdminError, ConsoleInfo, LockMode
 from vspc.common.display import safe
 from vspc.vspctui.client import AdminClient, AttachSession, ClientError, open_attach
-from vspc.vspctui.cmdtable import Context, ExitCode
+from vspc.vspctui.cmdtable import Context, ExitCode, by_prefix
 from vspc.vspctui.formatting import CLIENT_HEADERS, client_rows, format_table, who
 
 __all__ = [
@@ -54,6 +57,10 @@ __all__ = [
 DEFAULT_ESCAPE = 0x1D  # ^], as telnet
 _CHUNK = 64 * 1024
 _INPUT_HIGH_WATER = 256 * 1024  # unsent input above which stdin stops being read
+# Keys that start a longer key sequence in prompt_toolkit's Emacs bindings (^] is
+# character-search, ESC is Meta, ^X prefixes ^X^E and friends): as an escape key
+# pressed again at the menu's prompt, each would take the next key typed with it.
+_PREFIX_KEYS = frozenset({Keys.ControlSquareClose, Keys.Escape, Keys.ControlX})
 
 
 def parse_escape(text: str) -> int | None:
@@ -204,10 +211,8 @@ def menu_lookup(word: str) -> MenuEntry | None:
     """Exact name, `?`, or a unique prefix (`q`, `i`, `s`)."""
     if word == "?":
         return MENU["help"]
-    if word in MENU:
-        return MENU[word]
-    matches = [name for name in MENU if name.startswith(word)]
-    return MENU[matches[0]] if len(matches) == 1 else None
+    found = by_prefix(word, MENU)
+    return found[0] if len(found) == 1 else None
 
 
 class Attacher:
@@ -417,6 +422,23 @@ class Attacher:
     def _default_prompt(self) -> PromptSession[str]:
         return PromptSession(completer=WordCompleter(list(MENU)), complete_while_typing=True)
 
+    def _menu_keys(self) -> KeyBindings:
+        """The escape key pressed again at the prompt does nothing.
+
+        Unbound, a second ^] would start prompt_toolkit's character search and the
+        first letter of the command typed next would be taken as what to search for
+        (`info` ran as `nfo`); bound eagerly to nothing, it is simply ignored.
+        """
+        keys = KeyBindings()
+        key = ANSI_SEQUENCES.get(chr(self.escape)) if self.escape is not None else None
+        if key in _PREFIX_KEYS:
+
+            @keys.add(key, eager=True)
+            def _ignore(event: KeyPressEvent) -> None:
+                pass
+
+        return keys
+
     async def _menu(self) -> _Action:
         self._gate.clear()
         try:
@@ -425,9 +447,10 @@ class Attacher:
                 self._prompt = self._prompt_factory()
             state = " (read-only)" if self.readonly else ""
             message = f"vspc {safe(self.session.grant.name)}{state}> "
+            keys = self._menu_keys()
             while True:
                 try:
-                    line = await self._prompt.prompt_async(message)
+                    line = await self._prompt.prompt_async(message, key_bindings=keys)
                 except (EOFError, KeyboardInterrupt):
                     return _Action.CONTINUE
                 words = line.split()

@@ -8,7 +8,7 @@ because after its reply that connection stops carrying JSON (docs/admin-protocol
 attach method.  The wire format lives in `vspc.common.admin`; nothing here
 touches the terminal.
 
-Spec: docs/admin-protocol.md (issue #4).
+Spec: docs/admin-protocol.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The command framework of `vspc`: one table drives argparse, the shell, help and
-completion (docs/development.md "Shell: a command table"; issue #4, split out by issue #8 item 5).
+completion (docs/development.md "Shell: a command table"; docs/vspc.md).
 
 Boundary: a command is an async handler registered with `CommandTable.register(...)`
 together with its arguments (`Arg`).  The table builds the argparse subcommands of
@@ -10,7 +10,7 @@ vspcd through `Context.client()` (vspctui/client.py) and print to `Context.out`.
 
 Arguments that are fields of an admin request are derived from the protocol's own table
 (`vspc.common.admin.COMMANDS`) with `protocol_arg`, so their help, default and bounds
-are written once (issue #8 item 4).
+are written once (docs/admin-protocol.md).
 
 The handlers themselves are in vspctui/shell/commands.py; this module imports none of them,
 so attach.py and shell.py can use the framework without an import cycle.
@@ -23,17 +23,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import os
 import shlex
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import IO, Any, NoReturn, TextIO
+from typing import IO, Any, NoReturn, TextIO, TypeVar
 
 from vspc.common.admin import COMMANDS, AdminError, ErrorCode, FieldKind, LockMode
 from vspc.common.display import safe
 from vspc.vspctui.client import AdminAddress, AdminClient, ClientError, ConnectError
-from vspc.vspctui.options import add_address_options
+from vspc.vspctui.options import add_address_options, address_from
 
 __all__ = [
     "Arg",
@@ -45,10 +46,28 @@ __all__ = [
     "NoExitParser",
     "UsageError",
     "client_version",
+    "by_prefix",
     "exit_code_for",
+    "parse_command_line",
     "protocol_arg",
     "run_command",
 ]
+
+_T = TypeVar("_T")
+
+
+def by_prefix(word: str, entries: Mapping[str, _T]) -> list[_T]:
+    """What `word` names in `entries`: the entry it spells exactly, else every entry
+    with a name it begins (an entry under several names counts once).  One entry
+    found means `word` is unambiguous; the shell and the escape menu of `vspc attach`
+    both accept such abbreviations ("any unique prefix works", docs/vspc.md)."""
+    if word in entries:
+        return [entries[word]]
+    found: list[_T] = []
+    for name, entry in entries.items():
+        if name.startswith(word) and not any(entry is seen for seen in found):
+            found.append(entry)
+    return found
 
 
 class ExitCode(IntEnum):
@@ -98,6 +117,29 @@ class UsageError(Exception):
     def __init__(self, message: str, status: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.status = status
+
+
+def parse_command_line(
+    prog: str, parser: argparse.ArgumentParser, args: Sequence[str]
+) -> tuple[argparse.Namespace, AdminAddress] | int:
+    """The parsed `args` of a client program and the daemon address they name, or the
+    exit status after saying on stderr what is wrong (`--help` and `--version` print
+    themselves and give 0).  `parser` must be a `NoExitParser` with the address options
+    (vspctui/options.py); the address is found as docs/vspc.md, "Which daemon" says."""
+    try:
+        namespace = parser.parse_args(list(args))
+    except UsageError as exc:
+        if exc.status != 0:
+            sys.stderr.write(f"{exc}\n")
+        elif str(exc):
+            sys.stdout.write(str(exc))
+        return exc.status
+    try:
+        address = address_from(namespace, os.environ, os.geteuid())
+    except ValueError as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return ExitCode.USAGE
+    return namespace, address
 
 
 class NoExitParser(argparse.ArgumentParser):
@@ -285,6 +327,11 @@ class CommandTable:
     def get(self, name: str) -> Command | None:
         return self._commands.get(self._aliases.get(name, name))
 
+    def matching(self, word: str) -> list[Command]:
+        """The shell commands `word` names, exactly or as a prefix of a name or alias."""
+        names = {name: self.get(name) for name in self.names(shell=True)}
+        return by_prefix(word, {name: c for name, c in names.items() if c is not None})
+
     def names(self, *, shell: bool = False) -> list[str]:
         """Command names and aliases usable on the CLI (or in the shell)."""
         out: list[str] = []
@@ -305,14 +352,15 @@ class CommandTable:
             )  # fmt: skip
             for arg in command.args:
                 arg.add_to(child)
-            # --socket/--tcp after the command, too (issue #9 item 4).
+            # --socket/--tcp after the command, too (docs/vspc.md, "Which daemon").
             add_address_options(child, suppress=True)
 
     def parse_line(self, line: str) -> tuple[Command, argparse.Namespace] | None:
-        """Parse one shell line; None for a blank line.
+        """Parse one shell line; None for a blank line.  The command may be abbreviated
+        to any unique prefix of its name or an alias (`sh` for `show`).
 
         Raises:
-            UsageError: bad quoting, unknown command, or bad arguments (`status` 0
+            UsageError: bad quoting, unknown or ambiguous command, or bad arguments (`status` 0
                 after `-h`, which also puts the help text in the message).
         """
         try:
@@ -321,9 +369,13 @@ class CommandTable:
             raise UsageError(f"cannot parse line: {exc}") from None
         if not words:
             return None
-        command = self.get(words[0])
-        if command is None or not command.shell:
+        found = self.matching(words[0])
+        if len(found) > 1:
+            could = ", ".join(c.name for c in found)
+            raise UsageError(f"ambiguous command: {words[0]} (could be {could})")
+        if not found:
             raise UsageError(f"unknown command: {words[0]} (try 'help')")
+        command = found[0]
         parser = command.parser()
         try:
             namespace = parser.parse_args(words[1:])
@@ -390,7 +442,7 @@ class Context:
         if self._client is not None and self.in_shell and not self._client.lost:
             # The shell's connection may have sat idle at the prompt while vspcd
             # restarted, and its end may not have been read yet: one cheap round trip
-            # finds out before a command is risked on it (issue #9).
+            # finds out before a command is risked on it (docs/vspc.md, "The shell").
             with contextlib.suppress(AdminError, ClientError):
                 await self._client.request("hello")
         if self._client is not None and self._client.lost:

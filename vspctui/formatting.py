@@ -1,9 +1,9 @@
 """Human-facing text of vspc and vspc-tui: durations, who a client is, tables, console
-details and event lines -- one definition of each (issue #8 item 5).
+details and event lines -- one definition of each, shared by both tools.
 
 Every string a VM or a peer controls (console and VM names, labels, UUIDs, addresses,
 user names, reasons, error messages) goes through `vspc.common.display.safe` on its way
-out of here (issue #7, "Safe output everywhere"): a VM named ``"evil\\nFAKE-ROW"`` shows
+out of here (docs/vspc.md, "Output is safe to print"): a VM named ``"evil\\nFAKE-ROW"`` shows
 as one cell ``evil\\nFAKE-ROW``, never as a forged row, and ESC/OSC sequences show as
 ``\\x1b`` instead of acting on the terminal.  Tables apply it to every cell, so a row
 builder cannot forget it.  JSON output (`--json`) never comes here; it stays exact.

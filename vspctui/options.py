@@ -1,5 +1,5 @@
 """The `--socket PATH | --tcp HOST:PORT` options of every vspc client, defined once
-(issue #8 item 5; issue #9 item 4).
+(docs/vspc.md, "Which daemon").
 
 `add_address_options` puts them on a parser; `address_from` turns the parsed options
 into an `AdminAddress`, falling back to `vspc.common.paths.client_socket` (the one

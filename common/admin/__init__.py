@@ -7,7 +7,7 @@ back (`ConsoleInfo`, `ClientInfo`, `Hello`, `AttachGrant`, `Event`).  Shared by 
 daemon's admin server, the `vspc` client, its shell and the TUI.  No sockets, no
 asyncio, no logging, no clock.
 
-Spec: docs/admin-protocol.md (issue #4).  In short:
+Spec: docs/admin-protocol.md.  In short:
 
 - one JSON object per ``\\n``-terminated UTF-8 line, at most `MAX_LINE` bytes;
 - requests ``{"cmd": ..., "id": optional, ...}``;
@@ -16,7 +16,7 @@ Spec: docs/admin-protocol.md (issue #4).  In short:
 - pushed messages (events) carry ``"event"`` and never ``"ok"``;
 - console bytes inside JSON are base64 (RFC 4648 §4, padded) under ``"data_b64"``.
 
-The code lives in one module per concern (issue #8 item 4); import from here, which
+The code lives in one module per concern; import from here, which
 names everything the package offers, or from a module when only that concern is needed:
 
     errors      ErrorCode, AdminError, failed           what fails and how it is sent

@@ -1,6 +1,6 @@
 """The admin command table: every command, its fields, who may run it.
 
-Boundary: `COMMANDS` is the one schema of the admin requests (issue #8 item 4).  The
+Boundary: `COMMANDS` is the one schema of the admin requests (docs/admin-protocol.md).  The
 daemon validates requests against it (`validate_request`, `required_access`), its
 handler table must name the same commands (vspcd/faces/admin.py checks at import), and
 command-line clients derive their arguments from it: each `FieldSpec` carries its

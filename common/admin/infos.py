@@ -78,7 +78,7 @@ class ClientInfo:
     `since` is Unix time (seconds); `uid`/`user` come from SO_PEERCRED and are null
     for TCP and telnet peers.  `bytes_in` (typed by the client and accepted for the
     VM) and `bytes_out` (console output delivered to it, before any slow-reader drop)
-    are optional: absent from daemons before issue #8.
+    are optional: absent from older daemons.
     """
 
     id: int
@@ -132,7 +132,7 @@ class ConsoleInfo:
     `uuid` is in 8-4-4-4-12 form; `key` is the stable identifier to pass back as
     `vm`.  `expires_in` is null unless the console has neither VM nor clients.
     `created` and `last_output` (Unix times; `last_output` absent until the VM's
-    first output) are optional: absent from daemons before issue #8.
+    first output) are optional: absent from older daemons.
     """
 
     key: str
@@ -399,7 +399,7 @@ class LatencyHistogram:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
-    """The `stats` reply: the daemon's counters and gauges (issue #10 item 5).
+    """The `stats` reply: the daemon's counters and gauges (docs/admin-protocol.md).
 
     The same numbers `GET /metrics` exposes (docs/operations.md, "Metrics" maps each
     field to its Prometheus series).  Counters count since the daemon started

@@ -1,8 +1,8 @@
 """The admin package keeps its public API, and `COMMANDS` is enough to build a CLI.
 
-Issue #8 item 4: common/admin.py became the package common/admin/ (one module per
-concern).  `vspc.common.admin` must still export every name it exported before, as the
-same objects, and its modules may import only the modules listed above them.  The
+common/admin/ is a package (one module per concern; it was one module).
+`vspc.common.admin` must still export every name it exported before, as the same
+objects, and its modules may import only the modules listed above them.  The
 command table carries each field's type, default, help, choices, placeholder and
 short option, so a command-line client derives its arguments from it.  The last
 tests do that with argparse and send the result through the daemon's validator.
@@ -84,7 +84,7 @@ def test_modules_import_only_the_layers_below(index: int) -> None:
 
 
 def test_tail_and_attach_defaults_come_from_the_table() -> None:
-    # The values vspctui restated by hand (issue #8 item 4).
+    # The values vspctui once restated by hand, now derived from the table.
     tail = {f.name: f for f in COMMANDS["tail"].fields}
     attach = {f.name: f for f in COMMANDS["attach"].fields}
     assert tail["bytes"].default == 4096 and tail["bytes"].short == "-n"

@@ -1,4 +1,5 @@
-"""common/display.py: peer-controlled text is inert and visible (issue #7)."""
+"""common/display.py: peer-controlled text is inert and visible (docs/vspc.md,
+"Output is safe to print")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""common/paths.py: how clients find the daemon's admin socket (issues #9, #10)."""
+"""common/paths.py: how clients find the daemon's admin socket (docs/vspc.md, "Which daemon")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """ProxySession's opening machine (`SessionState`, `_OPENING`) and its ERROR state.
 
-Issue #8 item 2.  One test per row of the transition table in common/session.py, one
+Spec: docs/protocol.md §4.5.  One test per row of the transition table in common/session.py, one
 per pair the table leaves out (nothing is sent, nothing changes), and the ERROR state
 the telnet codec enters on a framing error.  The capture replay at every chunk
 boundary is checked in test_capture_replay.py, which now records `state` too.

@@ -461,7 +461,7 @@ def test_chunking_never_changes_merged_events(data: bytes, cuts: list[int]) -> N
     assert _outcome(split_at(data, cuts)) == _outcome([data])
 
 
-# --- ERROR: a failed codec refuses all further input (issue #8 item 2) ---------------
+# --- ERROR: a failed codec refuses all further input ---------------------------------
 
 _ERRORS = [
     pytest.param(bytes.fromhex("ff fa e8") + b"A" * 9, "longer than 8 bytes", id="sb_limit"),
@@ -476,7 +476,7 @@ def test_error_is_final_and_later_input_names_the_first_fault(wire: bytes, fault
     with pytest.raises(TelnetProtocolError, match=fault) as first:
         codec.receive_data(wire)
     assert codec.failed and codec.error is first.value
-    # Before issue #8 the codec went back to DATA and these bytes came out as data.
+    # An earlier codec went back to DATA and these bytes came out as data.
     for later in (b"plain data", b"", bytes.fromhex("ff fa e8 01 ff f0")):
         with pytest.raises(TelnetProtocolError, match=f"already failed.*{fault}") as again:
             codec.receive_data(later)
@@ -524,7 +524,7 @@ def _negotiated(*chunks: bytes) -> TelnetCodec:
 
 
 def test_codecs_in_the_same_state_share_one_option_table() -> None:
-    # Issue #12 item 3: the RFC 1143 table is copied on write and shared.
+    # The RFC 1143 table is copied on write and shared (one per state, not per codec).
     first = _negotiated(bytes([255, 253, 3, 255, 251, 0]))  # DO SGA, WILL BINARY
     second = _negotiated(bytes([255, 253, 3, 255, 251, 0]))
     assert first._q is second._q

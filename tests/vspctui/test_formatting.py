@@ -1,5 +1,5 @@
 """vspctui/formatting.py: one rendering of durations, people and tables, safe whatever
-a VM names itself (issues #7 and #8 item 5)."""
+a VM names itself (docs/vspc.md, "Output is safe to print")."""
 
 from __future__ import annotations
 

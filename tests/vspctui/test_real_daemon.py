@@ -1,4 +1,4 @@
-"""`vspc` against a real vspcd (issue #4): the CLI, attach in a pty, the shell.
+"""`vspc` against a real vspcd (docs/vspc.md): the CLI, attach in a pty, the shell.
 
 The daemon (`vspc.vspcd.service.server.Daemon`, through tests/vspcd/harness.py) and a fake ESXi
 host run on their own event loop in a background thread, so the test thread is free to
@@ -325,7 +325,8 @@ def test_shell_lists_and_completes_a_console_from_the_daemon(real: RealDaemon) -
 
 
 def test_shell_reconnects_after_a_daemon_restart(real: RealDaemon) -> None:
-    """The first command after a restart runs on a fresh connection (issue #9): the
+    """The first command after a restart runs on a fresh connection (docs/vspc.md,
+    "The shell"): the
     old one's `shutting_down` is not reported as that command's failure."""
     out, err = StringIO(), StringIO()
     ctx = Context(AdminAddress(path=real.path), out_stream=out, err_stream=err, in_shell=True)
@@ -359,7 +360,7 @@ def test_shell_reconnects_after_a_daemon_restart(real: RealDaemon) -> None:
 
 
 def test_stats_human_and_json(real: RealDaemon, capsys: Any) -> None:
-    """`vspc stats` (issue #10 item 5): labelled lines, and `--json` the reply exactly
+    """`vspc stats`: labelled lines, and `--json` the reply exactly
     (bar the numbers that move by themselves: uptime, descriptors, loop lag)."""
     _op = real.telnet()  # held: a dropped Operator closes its connection
     assert real.cli("stats") == ExitCode.OK
@@ -389,7 +390,8 @@ def test_socket_option_after_the_command(real: RealDaemon, capsys: Any) -> None:
 
 def test_socket_found_through_the_config_file(real: RealDaemon, tmp_path: Path) -> None:
     """A root daemon started with a custom --admin-socket is found through the
-    `admin_socket` key of its configuration file (vspc.common.paths, issue #9)."""
+    `admin_socket` key of its configuration file (vspc.common.paths; docs/vspc.md,
+    "Which daemon")."""
     config = tmp_path / "vspcd.toml"
     config.write_text(f"admin_socket = {json.dumps(real.path)}\n")
     done = subprocess.run(

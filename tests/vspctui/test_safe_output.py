@@ -1,4 +1,4 @@
-"""`vspc` output is safe against hostile VM names (issue #7, "Safe output everywhere").
+"""`vspc` output is safe against hostile VM names (docs/vspc.md, "Output is safe to print").
 
 Two VMs connect to a real vspcd the way a hostile guest can: one named
 ``evil\\nFAKE-ROW ...`` (a forged table row) and one whose name carries ESC/OSC

@@ -15,18 +15,20 @@ What it keeps:
 - `log`: a `deque(maxlen=...)` of human-readable event lines, oldest first, made
   inert (`vspc.common.display.safe`) as they enter it;
 - `filter`: the name filter the console list applies (`visible()`), and `sort`, the
-  order it shows them in (issue #9: by name, by activity, by port);
+  order it shows them in (by name, by activity, by port: docs/vspc-tui.md);
 - `activity`: when each console was last seen doing something (Unix time): the
   daemon's `ConsoleInfo.last_output` where it sends one, else (older daemons, and
   between two `list`s) output this dashboard received or an event about it;
 - `pinned`: the consoles the operator pinned with `t` to keep following whatever has
   the focus (the controller follows the focused one, the pinned ones and the grid's);
 - `connected`: whether the admin connection is up.  While it is down every row is
-  stale and the views say so rather than show a VM "up" (issue #9).
+  stale and the views say so rather than show a VM "up" (docs/vspc-tui.md,
+  "When vspcd goes away").
 
-`visible()` is cached: with 10,000 consoles and 1,000 events a second, re-sorting on
-every event is what pinned a core (issue #9), so the order is only recomputed when
-something it depends on changed.
+`visible()` is cached: with many consoles and a stream of events, re-sorting on every
+event would cost more than everything else the dashboard does (docs/vspc-tui.md,
+"Staying responsive"), so the order is only recomputed when something it depends on
+changed.
 """
 
 from __future__ import annotations
@@ -265,7 +267,7 @@ class Model:
 
     def learn(self, consoles: Iterable[ConsoleInfo]) -> None:
         """Take the daemon's `last_output` of consoles that carry one (a `list` or
-        `show` reply); daemons before issue #8 send none, and what this dashboard saw
+        `show` reply); older daemons send none, and what this dashboard saw
         itself stands."""
         for console in consoles:
             if console.last_output is not None and console.key in self.consoles:
@@ -288,9 +290,10 @@ class Model:
 
     def reorder(self) -> None:
         """Sorted by activity, take the activity seen since the last sort into the
-        order.  Called once a tick rather than on every event: re-sorting 10,000
-        consoles per event is what the issue measured, and rows that jump under the
-        cursor many times a second cannot be read anyway."""
+        order.  Called once a tick rather than on every event: re-sorting every
+        console per event costs too much on a large site (docs/vspc-tui.md, "Staying
+        responsive"), and rows that jump under the cursor many times a second cannot
+        be read anyway."""
         if self._activity_moved and self._sort is SortOrder.ACTIVITY:
             self._order_stale = True
         self._activity_moved = False

@@ -1,19 +1,20 @@
 """vspc-tui's views: urwid widgets that show the model and say what the user did.
 
 Boundary: each view is a `WidgetWrap` with a `show(...)` method taking plain data
-(`ConsoleInfo`, bytes, log entries, key bindings) and, where the user acts on it, its
-own urwid signals (`ConsoleList` emits "attach" and "focus", `PromptDialog` emits
-"change").  Views never talk to vspcd and never read the model themselves; the
-controller (vspctui/dashboard/app.py) calls `show()` after every change, as urwid's
-`examples/graph.py` does.  `PALETTE` is declared here, next to the attributes it names.
+(`ConsoleInfo`, bytes, log entries) and, where the user acts on it, its own urwid
+signals (`ConsoleList` emits "attach" and "focus").  Views never talk to vspcd and
+never read the model themselves; the layout (vspctui/dashboard/layout.py) calls
+`show()` after every change, as urwid's `examples/graph.py` does.  The dialogs'
+widgets are in vspctui/dashboard/overlays.py.  `PALETTE` is declared here, next to
+the attributes it names.
 
 Everything that came from the daemon or a VM goes through `vspc.common.display.safe`
-(names, labels, reasons, users, addresses: issue #7, "Safe output everywhere") or,
+(names, labels, reasons, users, addresses: docs/vspc-tui.md, "What it shows") or,
 for console output, `screen_lines()` before it reaches a `Text`: a VM name or console
 output is arbitrary bytes, and an escape sequence passed to the terminal would repaint
 or reconfigure it.  Event-log lines are made safe as they enter the model's log.
 Durations, who a client is and clock times come from vspctui/formatting.py, the one
-definition the `vspc` CLI uses too (issue #8 item 5); narrow columns ask it for the
+definition the `vspc` CLI uses too; narrow columns ask it for the
 coarse form (``3m``, not ``3m07s``).
 """
 
@@ -24,25 +25,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import urwid
-from urwid.widget import AbstractFlowWidget
 
-from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, VMotionPhase
+from vspc.common.admin import ClientInfo, ConsoleInfo, VMotionPhase
 from vspc.common.display import safe
-from vspc.vspctui.dashboard.keys import KEYS, Binding, help_sections
 from vspc.vspctui.dashboard.model import LogEntry
 from vspc.vspctui.formatting import duration, since, who
 
 __all__ = [
-    "LOCK_HELP",
     "PALETTE",
-    "ClientPicker",
     "ConsoleList",
     "DetailPane",
     "EventLog",
     "GridView",
-    "HelpView",
-    "LockPicker",
-    "PromptDialog",
     "StatusBar",
     "TailPane",
     "console_row",
@@ -59,13 +53,6 @@ PALETTE: list[tuple[str, str, str]] = [
     ("hints", "light gray", ""),
     ("dialog", "white", "dark gray"),
 ]
-
-LOCK_HELP = {
-    LockMode.EXCLUSIVE: "only you may be attached",
-    LockMode.WRITE: "only you type; others watch",
-    LockMode.FREE_FOR_ALL: "all type; refused under a lock",
-    LockMode.FREE_FOR_ALL_OR_READONLY: "all type; read-only under a write lock",
-}
 
 # ===================================================================== safe text
 
@@ -186,8 +173,8 @@ def _vm_state(console: ConsoleInfo) -> str:
 
 
 _COLUMNS = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  LOCK"
-# With room for it (issue #9), the activity column: time since the console last did
-# something.  Narrower lists keep the five columns they always had.
+# With room for it, the activity column (docs/vspc-tui.md, "Activity"): time since
+# the console last did something.  Narrower lists keep the five columns they always had.
 _COLUMNS_WIDE = f"  {'NAME':<24} {'PORT':>5}  {'VM':<9} {'CL':>3}  {'ACT':>4}  LOCK"
 WIDE = 72  # list width from which the activity column is shown
 STALE = "?"  # the VM column while the dashboard is not connected to vspcd
@@ -231,10 +218,10 @@ def console_row(
 class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
     """A list walker over positions 0..size-1 whose widgets are made on demand.
 
-    urwid's `SimpleFocusListWalker` holds one widget per row: with 10,000 consoles,
-    rebuilding them on every change is what kept the dashboard at 100 % of a core
-    (issue #9).  The ListBox only asks for the rows it draws, so only those are built
-    (and cached while their text does not change).
+    urwid's `SimpleFocusListWalker` holds one widget per row: with many consoles,
+    rebuilding them all on every change would keep the dashboard busy
+    (docs/vspc-tui.md, "Staying responsive").  The ListBox only asks for the rows it
+    draws, so only those are built (and cached while their text does not change).
     """
 
     def __init__(self, make: Callable[[int], urwid.Widget]) -> None:
@@ -428,7 +415,7 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
     ) -> None:
         """`data` is the buffered output of console `name` (None: no console);
         `following`: pinned (kept live when the focus moves on), `live`: followed
-        because it has the focus (issue #9: the preview follows the focus);
+        because it has the focus (the preview follows the focus);
         `message`: why there is no output to show instead."""
         box = self._box
         if message is not None and name is not None:
@@ -448,8 +435,8 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
 
 
 class GridView(urwid.WidgetWrap[urwid.Widget]):
-    """Several live tails at once, in a grid of boxes (issue #9): the pinned consoles,
-    or the most recently active ones.  Cells beyond the consoles shown stay empty.
+    """Several live tails at once, in a grid of boxes (docs/vspc-tui.md, "Grid"): the
+    pinned consoles, or the most recently active ones.  Cells beyond the consoles shown stay empty.
 
     The grid has as many cells as fit: 2x2 on an 80x24 terminal, up to 3x3 on a large
     one (`layout`).  When a render finds the cell count changed it emits "resized", so
@@ -528,7 +515,7 @@ _TRAFFIC = (
 
 def _client_line(client: ClientInfo, now: float) -> str:
     # One line per client, short enough for 80 columns in the usual case; the byte
-    # counts only from a daemon that sends them (issue #8).
+    # counts only from a daemon that sends them (older ones do not).
     ro = " read-only" if client.readonly else ""
     age = duration(now - client.since, coarse=True)
     line = f"  #{client.id} {client.kind.value} {who(client)} {client.mode.value}{ro}"
@@ -540,7 +527,7 @@ def _client_line(client: ClientInfo, now: float) -> str:
 
 
 def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[str]:
-    """The detail pane's text: what `show` says about one console (issue #9).
+    """The detail pane's text: what `show` says about one console (docs/vspc-tui.md, "Detail").
 
     Args:
         console: the typed `show` reply (or the list row until it arrives); fields an
@@ -628,102 +615,3 @@ class StatusBar(urwid.WidgetWrap[urwid.Widget]):
         self._message.set_text(safe(message))
         self._message_attr.set_attr_map({None: "error" if error else "status"})
         self._hints.set_text(hints)
-
-
-class HelpView(urwid.WidgetWrap[urwid.Widget]):
-    """The key table, one section per context; scrolls with up/down."""
-
-    def __init__(self, keys: Sequence[Binding] = KEYS) -> None:
-        self._walker: urwid.SimpleFocusListWalker[AbstractFlowWidget] = urwid.SimpleFocusListWalker(
-            []
-        )
-        super().__init__(urwid.LineBox(urwid.ListBox(self._walker), title="vspc-tui keys"))
-        self.show(keys)
-
-    def show(self, keys: Sequence[Binding]) -> None:
-        rows: list[AbstractFlowWidget] = []
-        for title, bindings in help_sections(keys):
-            width = max(len(k) for k, _ in bindings)
-            rows.append(urwid.AttrMap(urwid.Text(title), "columns"))
-            rows.extend(urwid.Text(f"  {k:<{width}}  {h}") for k, h in bindings)
-            rows.append(urwid.Divider())
-        self._walker[:] = rows
-        self._walker.set_focus(0)
-
-
-class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
-    """A question and a line of text (the filter, the reason of a clear).  Emits
-    "change" with the text as it is edited; Enter and Esc are left to the key table."""
-
-    signals = ["change"]
-
-    def __init__(self, title: str, question: str, caption: str, text: str = "") -> None:
-        self._edit = urwid.Edit(caption, text)
-        urwid.connect_signal(self._edit, "postchange", self._changed)
-        body = urwid.Pile([urwid.Text(safe(question)), urwid.Divider(), self._edit])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=safe(title)), "dialog"))
-
-    @property
-    def text(self) -> str:
-        text: str = self._edit.edit_text
-        return text
-
-    def show(self, text: str) -> None:
-        self._edit.set_edit_text(text)
-        self._edit.set_edit_pos(len(text))
-
-    def _changed(self, edit: urwid.Edit, old: str) -> None:
-        urwid.emit_signal(self, "change", self._edit.edit_text)
-
-
-class _Picker(urwid.WidgetWrap[urwid.Widget]):
-    """A dialog: a question over one selectable row per choice; the focused row is
-    the choice (the key table's confirm/cancel decide what happens with it)."""
-
-    def __init__(self, title: str, question: str, labels: Sequence[str]) -> None:
-        rows = [urwid.AttrMap(urwid.SelectableIcon(label, 0), None, "focus") for label in labels]
-        self._choices = urwid.Pile(rows)
-        body = urwid.Pile([urwid.Text(question), urwid.Divider(), self._choices])
-        super().__init__(urwid.AttrMap(urwid.LineBox(body, title=title), "dialog"))
-        body.focus_position = 2
-
-
-class LockPicker(_Picker):
-    """The four lock modes, one per row; `selected` is the focused one."""
-
-    def __init__(self, console: str) -> None:
-        self._modes = list(LockMode)
-        width = max(len(m.value) for m in self._modes)
-        super().__init__(
-            "lock mode",
-            f"attach to {safe(console)} with lock mode:",
-            [f"{m.value:<{width}}  {LOCK_HELP[m]}" for m in self._modes],
-        )
-
-    @property
-    def selected(self) -> LockMode:
-        return self._modes[self._choices.focus_position]
-
-    def show(self, mode: LockMode) -> None:
-        self._choices.focus_position = self._modes.index(mode)
-
-
-class ClientPicker(_Picker):
-    """The clients of one console, one per row, to pick one to kick; `selected` is
-    the focused one."""
-
-    def __init__(self, console: str, clients: Sequence[ClientInfo]) -> None:
-        self._clients = list(clients)
-        super().__init__(
-            "kick",
-            f"kick which client of {safe(console)}?",
-            [
-                f"#{c.id:<4} {c.kind.value:<6} {who(c):<16} {c.mode.value}"
-                + (" read-only" if c.readonly else "")
-                for c in self._clients
-            ],
-        )
-
-    @property
-    def selected(self) -> ClientInfo:
-        return self._clients[self._choices.focus_position]

@@ -5,7 +5,7 @@ Boundary: argv -> one command from the table in vspctui/shell/commands.py -> an 
 word names a subcommand.  Errors go to stderr; nothing here calls `sys.exit()`
 (`main` returns the code and `python -m vspc.vspctui.shell.cli` passes it on).
 
-Exit codes and usage: docs/vspc.md.  Protocol: docs/admin-protocol.md (issue #4).
+Exit codes and usage: docs/vspc.md.  Protocol: docs/admin-protocol.md.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     NoExitParser,
-    UsageError,
     client_version,
+    parse_command_line,
     run_command,
 )
-from vspc.vspctui.options import ADDRESS_OPTIONS, add_address_options, address_from
+from vspc.vspctui.options import ADDRESS_OPTIONS, add_address_options
 from vspc.vspctui.shell.commands import commands
 
 __all__ = ["build_parser", "main", "normalize_argv"]
@@ -95,20 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `vspc` with `argv` (default: sys.argv[1:]); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    try:
-        namespace = parser.parse_args(normalize_argv(args))
-    except UsageError as exc:
-        if exc.status != 0:
-            sys.stderr.write(f"{exc}\n")
-        return exc.status
+    parsed = parse_command_line("vspc", parser, normalize_argv(args))
+    if isinstance(parsed, int):
+        return parsed
+    namespace, address = parsed
     command = commands.get(namespace.command)
     if command is None:  # pragma: no cover - normalize_argv always names a command
         sys.stderr.write(f"{parser.format_usage()}vspc: error: no command\n")
-        return ExitCode.USAGE
-    try:
-        address = address_from(namespace, os.environ, os.geteuid())
-    except ValueError as exc:
-        sys.stderr.write(f"vspc: {exc}\n")
         return ExitCode.USAGE
     ctx = Context(address)
     try:

@@ -2,13 +2,14 @@
 
 Boundary: handlers parse nothing themselves (the table's argparse parsers do, see
 vspctui/cmdtable.py), talk to vspcd through `Context.client()` and print through
-vspctui/formatting.py, where every peer-controlled string is made safe (issue #7).
+vspctui/formatting.py, where every peer-controlled string is made safe
+(docs/vspc.md, "Output is safe to print").
 `--json` prints the protocol's reply exactly.  `attach`, `proxy` and `shell` hand over
 to their own modules, which depend on the framework only, never on this table.
 
 Arguments that are admin request fields are derived from `vspc.common.admin.COMMANDS`
-(`protocol_arg`), so help, defaults and bounds are the protocol's (issue #8 item 4).
-Exit codes: docs/vspc.md.  Issues #4, #8, #9.
+(`protocol_arg`), so help, defaults and bounds are the protocol's
+(docs/admin-protocol.md).  Usage and exit codes: docs/vspc.md.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from vspc.vspctui.shell.shell import run_shell
 
 __all__ = ["REPLAY_DEFAULT", "commands"]
 
-# `vspc attach` shows this much scrollback first, as Enter in vspc-tui does (issue #9
-# item 3); the protocol's own default stays 0 for scripts.
+# `vspc attach` shows this much scrollback first, as Enter in vspc-tui does
+# (docs/vspc-tui.md, "Attaching"); the protocol's own default stays 0 for scripts.
 REPLAY_DEFAULT = 4096
 
 

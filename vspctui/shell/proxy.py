@@ -1,4 +1,4 @@
-"""`vspc proxy VM`: stdin/stdout as a binary-clean pipe to one console (issue #9 item 6).
+"""`vspc proxy VM`: stdin/stdout as a binary-clean pipe to one console.
 
 What `ssh -W host:port` is for TCP, this is for a console: bytes read from stdin go to
 the VM, bytes from the VM go to stdout, through the admin attach channel
@@ -16,7 +16,7 @@ when stdout's reader goes away, or when vspcd closes the connection (clear, kick
 shutdown; vspcd's one `[vspcd: ...]` line then ends the output, as for every attach
 client).  Messages go to stderr only.
 
-Spec: docs/vspc.md ("vspc proxy"); issue #9.
+Spec: docs/vspc.md ("`vspc proxy`: gdb, socat, scripts").
 """
 
 from __future__ import annotations

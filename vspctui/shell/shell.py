@@ -8,7 +8,7 @@ client ids, refreshed before each prompt).  Ctrl-C at the prompt clears the line
 Ctrl-C while a command runs (`tail -f`, `events`) stops that command; Ctrl-D or
 `quit` leaves.
 
-Spec: docs/development.md "Shell: a command table"; issue #4.
+Spec: docs/vspc.md, "The shell"; docs/development.md "Shell: a command table".
 """
 
 from __future__ import annotations
@@ -137,9 +137,10 @@ class ShellCompleter(Completer):
         table = self.shell.table
         if not done:
             return table.names(shell=True)
-        command = table.get(done[0])
-        if command is None:
+        found = table.matching(done[0])
+        if len(found) != 1:
             return []
+        command = found[0]
         previous = done[-1] if len(done) > 1 else ""
         option = command.arg_for_option(previous) if previous.startswith("-") else None
         if option is not None and option.kind is not ArgKind.FLAG:

@@ -1,4 +1,4 @@
-"""`python -m vspc.vspctui.sim`: the vspc-sim console script (issue #12)."""
+"""`python -m vspc.vspctui.sim`: the vspc-sim console script (docs/vspc-sim.md)."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`vspc-sim`: fake ESXi VMs against any vSPC, over the protocol alone (issue #12).
+"""`vspc-sim`: fake ESXi VMs against any vSPC, over the protocol alone (docs/vspc-sim.md).
 
 Examples (docs/vspc-sim.md has a five-minute demo):
 

@@ -1,6 +1,6 @@
 """A raw telnet client on a console's port that types markers and checks its output.
 
-Issue #12: "checking what clients type arrives exactly once".  A `TypingClient`
+It checks that what clients type arrives exactly once (docs/vspc-sim.md).  A `TypingClient`
 never negotiates (a proxy's option offers are just skipped bytes to the checker); it
 types `<cN:k>` markers (k = 0, 1, 2, ...) and records when each was typed in a
 dict the VMs share, so the VM that receives it can time client -> VM.  What it reads

@@ -1,4 +1,4 @@
-"""vspc-sim's command prompt: one table of commands read from stdin (issue #12).
+"""vspc-sim's command prompt: one table of commands read from stdin (docs/vspc-sim.md).
 
 "run vMotions ... on demand (e.g. a small stdin command prompt or signals)".  Lines
 on stdin are commands; replies go to stderr, so stdout keeps only the report.  The

@@ -1,4 +1,4 @@
-"""Many fake VMs and typing clients driven together, and the final tally (issue #12).
+"""Many fake VMs and typing clients driven together, and the final tally (docs/vspc-sim.md).
 
 Used by the `vspc-sim` CLI and, one per worker process, by bench/storm_bench.py.
 Everything runs on the caller's event loop; timers are `loop.call_at` tickers, not

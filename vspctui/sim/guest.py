@@ -1,7 +1,7 @@
 """What runs "inside" a fake VM: a login shell, a marker stream, a replayed file.
 
-Issue #12: vspc-sim acts as an interactive VM "for demos and for testing telnet
-clients, conserver and the dashboard".  These are sans-IO: bytes typed at the serial
+vspc-sim acts as an interactive VM for demos and for testing telnet clients,
+conserver and the dashboard (docs/vspc-sim.md).  These are sans-IO: bytes typed at the serial
 port go in, bytes the guest prints come out; `vm.SimVm` does the writing and timing.
 
 `Shell` is a serial getty plus a toy shell.  It echoes what is typed (the proxy tells

@@ -1,6 +1,6 @@
 """Who the fake VMs are: names, UUIDs and port labels, generated or read from a file.
 
-Issue #12.  A generated VM `i` of a run with prefix `sim` is `sim-0000i` with UUID
+Usage: docs/vspc-sim.md.  A generated VM `i` of a run with prefix `sim` is `sim-0000i` with UUID
 `5eed<tag:8 hex><i:20 hex>` (unique per tag, so several vspc-sim runs against one
 proxy do not collide), and no label: one serial port per VM, serviceURI `vSPC.py`.
 With several ports per VM they are labelled `console1`, `console2`, ...

@@ -1,6 +1,6 @@
 """Sequence-numbered markers and the checker that counts what was lost or repeated.
 
-Issue #12: vspc-sim reports "lost or repeated bytes".  Senders write markers
+vspc-sim reports lost or repeated bytes (docs/vspc-sim.md).  Senders write markers
 `<ID:N>` (ID a short stream name, N = 0, 1, 2, ... per stream); a receiver feeds every
 byte it gets to a `MarkerChecker`, which parses markers out of arbitrary chunks and
 other text (telnet negotiation, prompts, notices) and tallies, per stream:

@@ -1,7 +1,7 @@
 """What vspc-sim saw: counters, latency percentiles, text or JSON, a progress line.
 
-Issue #12: "report what it saw (bytes, latencies, failures, lost or repeated bytes)
-as text or JSON, with a progress display on long runs".  `Stats` is filled by the
+vspc-sim reports what it saw (bytes, latencies, failures, lost or repeated bytes)
+as text or JSON, with a progress display on long runs (docs/vspc-sim.md).  `Stats` is filled by the
 VMs and clients of one process; `merge()` adds up the Stats of several worker
 processes (the storm benchmark), which is why it travels as a plain dict (JSON-able,
 never pickled objects).  Percentiles are over raw samples in seconds, printed in ms.

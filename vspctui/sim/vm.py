@@ -1,4 +1,4 @@
-"""A fake VM across its connections, and its vMotions (docs/protocol.md §4, issue #12).
+"""A fake VM across its connections, and its vMotions (docs/protocol.md §4, docs/vspc-sim.md).
 
 `SimVm` owns one `Identity`, a guest (`guest.Shell`, a `MarkerSource`, or nothing),
 the active `Link`, and a `MarkerChecker` fed with every byte typed at it on any of its

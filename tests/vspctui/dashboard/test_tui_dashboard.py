@@ -1,4 +1,4 @@
-"""The issue #9 dashboard, headless against a real in-process vspcd.
+"""The dashboard (docs/vspc-tui.md), headless against a real in-process vspcd.
 
 Keys go in through `App.press` (the `MainLoop.process_input` the terminal feeds) and
 the screen is `HeadlessScreen`'s last canvas; waits are on `App.changed` (set after

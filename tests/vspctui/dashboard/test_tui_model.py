@@ -169,7 +169,7 @@ def test_describe(name: str, fields: dict[str, Any], text: str) -> None:
     assert describe(event(name, **fields)) == text
 
 
-# ===================================================================== issue #9
+# ===================================================================== activity, grid, detail
 
 
 class Clock:
@@ -183,7 +183,7 @@ class Clock:
 def test_activity_from_output_events_and_daemon_rows() -> None:
     clock = Clock()
     m = Model(clock=clock)
-    # A daemon that says when a console last printed (`last_output`, issue #8).
+    # A daemon that says when a console last printed (`last_output`; older daemons do not).
     m.load([replace(DB01, last_output=clock.now - 30), WEB02])
     assert m.idle(KEY) == 30.0 and m.idle(WEB02.key) is None
     clock.now += 5

@@ -1,6 +1,6 @@
-"""vspc-tui end to end: the real program in tmux against a real vspcd (issue #9, Tests).
+"""vspc-tui end to end: the real program in tmux against a real vspcd (docs/vspc-tui.md).
 
-Every dashboard flow of issue #9 -- live tail on focus, the grid, the detail pane,
+Every dashboard flow of docs/vspc-tui.md -- live tail on focus, the grid, the detail pane,
 kick with its confirmation, reconnection after a daemon restart -- at 80x24 and
 200x50.  vspcd runs as a subprocess (so it can be killed and restarted on the same
 socket), fake ESXi hosts (tests/vspcd/harness.py, `FakeEsxi`) run on a loop of their

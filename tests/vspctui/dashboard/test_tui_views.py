@@ -13,14 +13,11 @@ from vspc.common.admin import ClientInfo, ClientKind, ConsoleInfo, LockMode, VMo
 from vspc.common.display import safe
 from vspc.vspctui.dashboard.keys import KEYS, Binding, Command, KeyContext, help_text, hints, lookup
 from vspc.vspctui.dashboard.model import LogEntry
+from vspc.vspctui.dashboard.overlays import ClientPicker, HelpView, LockPicker, PromptDialog
 from vspc.vspctui.dashboard.views import (
-    ClientPicker,
     ConsoleList,
     EventLog,
     GridView,
-    HelpView,
-    LockPicker,
-    PromptDialog,
     StatusBar,
     TailPane,
     console_row,
@@ -185,7 +182,7 @@ def test_docs_show_the_generated_key_table() -> None:
     assert help_text() in doc.read_text(), "regenerate the key table in docs/vspc-tui.md"
 
 
-# ===================================================================== issue #9
+# ===================================================================== activity, grid, detail, kick
 
 ALICE = ClientInfo(3, ClientKind.ATTACH, "unix", LockMode.WRITE, False, 1000.0, 1000, "alice")
 EVIL = ClientInfo(
@@ -262,7 +259,7 @@ def test_detail_lines_from_show_and_optional_fields() -> None:
         lock=LockMode.WRITE, lock_holder=ALICE, attached=(ALICE, EVIL), vm_peer="10.0.0.21:4",
         service_uri="vSPC.py", counters={"bytes_from_vm": 48211, "bytes_to_vm": 312, "vmotions": 2},
     )  # fmt: skip
-    # Per-client bytes are typed `ClientInfo` fields (issue #8), absent from older daemons.
+    # Per-client bytes are typed `ClientInfo` fields, absent from older daemons.
     console = replace(console, attached=(replace(ALICE, bytes_in=9), EVIL))
     lines = detail_lines(console, now=1060.0, idle=5.0)
     body = "\n".join(lines)

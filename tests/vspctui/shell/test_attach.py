@@ -247,3 +247,51 @@ def test_escape_menu_with_pipe_input(daemon: Any) -> None:
     assert "send-escape  send the escape character itself to the VM" in out
     assert "you: client" in out and "can type: yes" in out
     assert inputs_until_detach(daemon) == b"\x1d"  # what send-escape sent
+
+
+def test_escape_key_again_at_the_menu_keeps_the_next_key(daemon: Any, spawn: Any) -> None:
+    """^] at the `vspc db01>` prompt is ignored: it no longer starts prompt_toolkit's
+    character search, which took the next key typed (`info` ran as `nfo`)."""
+    vspc = spawn("attach", "db01")
+    vspc.expect(b"escape key is ^]\r\n")
+    vspc.type(b"\x1d")
+    vspc.expect(b"vspc db01>")
+    vspc.type(b"\x1d")
+    vspc.type(b"info\r")
+    vspc.expect(b"can type: yes")
+    assert b"unknown command" not in vspc.output
+    vspc.type(b"quit\r")
+    assert vspc.wait() == ExitCode.OK
+    assert vspc.restored()
+
+
+def test_escape_key_again_with_pipe_input(daemon: Any) -> None:
+    """The same in process, for ^] and ESC as escape keys; ^A keeps its line editing."""
+    out_r, out_w = os.pipe()
+    ctx = Context(AdminAddress(path=daemon.path), stdout_fd=out_w)
+
+    async def run(escape: int, typed: str) -> str:
+        session = await open_attach(daemon.path, "db01")
+        with create_pipe_input() as pipe:
+            attacher = Attacher(
+                session,
+                ctx,
+                escape=escape,
+                readonly=False,
+                prompt_factory=lambda: PromptSession(input=pipe, output=DummyOutput()),
+            )
+            pipe.send_text(typed)
+            action = (await attacher._menu()).value
+        await session.close()
+        return action
+
+    try:
+        assert asyncio.run(run(0x1D, "\x1dquit\n")) == "quit"
+        assert asyncio.run(run(0x1D, "\x1d\x1dq\n")) == "quit"
+        assert asyncio.run(run(0x1B, "\x1bquit\n")) == "quit"
+        assert asyncio.run(run(0x01, "uit\x01q\n")) == "quit"  # ^A: start of line
+        os.close(out_w)
+        out = os.read(out_r, 65536).decode()
+    finally:
+        os.close(out_r)
+    assert "unknown command" not in out

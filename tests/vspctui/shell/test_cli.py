@@ -235,8 +235,8 @@ def test_format_table_has_no_trailing_blanks() -> None:
 
 
 def test_protocol_arguments_come_from_the_protocol_table() -> None:
-    """Help, defaults and bounds of request fields are the protocol's (issue #8 item 4);
-    only attach's replay default differs on purpose (issue #9 item 3)."""
+    """Help, defaults and bounds of request fields are the protocol's;
+    only attach's replay default differs on purpose (docs/vspc-tui.md, "Attaching")."""
 
     def field(cmd: str, name: str) -> Any:
         return next(f for f in COMMANDS[cmd].fields if f.name == name)

@@ -1,4 +1,4 @@
-"""`vspc proxy VM` against a real vspcd (issue #9 item 6): a binary-clean pipe, and gdb
+"""`vspc proxy VM` against a real vspcd (docs/vspc.md): a binary-clean pipe, and gdb
 debugging a guest through it.
 
 The proxy runs as a subprocess with plain pipes, as gdb and socat run it.  On the VM

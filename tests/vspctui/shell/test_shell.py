@@ -110,6 +110,8 @@ def refreshed(daemon: Any) -> Shell:
         ("attach db01 --lock ", ["exclusive", "write", "free_for_all", "free_for_all_or_readonly"]),
         ("attach db01 --lock free", ["free_for_all", "free_for_all_or_readonly"]),
         ("attach --lock write d", ["db01"]),
+        ("att --lock write d", ["db01"]),  # after a unique prefix of the command
+        ("s d", []),  # after an ambiguous one (show, stats)
         ("clear ", ["db01", "web02_console2", "50000", "50001"]),
         ("kick ", ["11"]),
         ("tail db01 -", ["-n", "--bytes", "-f", "--follow"]),
@@ -125,3 +127,16 @@ def test_completion_from_the_table_and_the_daemon(
         assert "attach" in got and "quit" in got and "shell" not in got
     else:
         assert got == expected
+
+
+def test_unique_prefixes_name_commands_like_the_escape_menu(daemon: Any) -> None:
+    """`sh db01` is `show db01`; `l` is `list` (and its alias `ls`); an ambiguous
+    prefix names the candidates and runs nothing."""
+    shell, out, err = make_shell(daemon.path)
+    drive(shell, "sh db01\nl\ns db01\nver\n")
+    assert [r.get("vm") for r in daemon.requests if r["cmd"] == "show"] == ["db01"]
+    lines = out.getvalue().splitlines()
+    assert any(line.split()[:3] == ["NAME", "PORT", "VM"] for line in lines)  # `l` listed
+    assert lines[-1].startswith("access: ")  # `ver` ran version last
+    assert err.getvalue().splitlines() == ["ambiguous command: s (could be show, stats)"]
+    assert shell.status == ExitCode.OK

@@ -1,4 +1,4 @@
-"""vspc-sim end to end against a real vspcd (issue #12 item 4: a CI smoke run).
+"""vspc-sim end to end against a real vspcd (docs/vspc-sim.md; a CI smoke run).
 
 vspcd and vspc-sim both run as subprocesses through their real entry points; the
 tests read vspc-sim's JSON report and, in interactive mode, drive its login shell

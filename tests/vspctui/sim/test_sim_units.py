@@ -1,4 +1,4 @@
-"""vspc-sim's sans-IO parts (issue #12): markers, the guest shell, VM files, ports."""
+"""vspc-sim's sans-IO parts (docs/vspc-sim.md): markers, the guest shell, VM files, ports."""
 
 from __future__ import annotations
 
