@@ -79,7 +79,7 @@ from vspc.vspcd.faces import render
 from vspc.vspcd.hub.console import Client, Console, LockMode
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import Hub, HubError
-from vspc.vspcd.net.admission import Throttled
+from vspc.vspcd.hub.ratelog import throttled
 from vspc.vspcd.net.flow import ClientOutput
 from vspc.vspcd.net.links import peer_name
 from vspc.vspcd.net.listeners import (
@@ -461,7 +461,7 @@ class AdminLink(asyncio.Protocol):
         self.peer_key = self._peer_key(self._transport)
         refusal = self.server.admit(self)
         if refusal is not None:
-            self.server.refused.warn("admin %s refused: %s", self.identity, refusal)
+            self.server.refused.log("admin %s refused: %s", self.identity, refusal)
             self._close_with(ErrorCode.BUSY, f"{refusal}; try again later")
             return
         self._transport.set_write_buffer_limits(high=self._limits.reply_backlog)
@@ -996,7 +996,7 @@ class AdminServer:
         self._socket: AdminSocket | None = None
         self._tcp: Listener | None = None
         loop = asyncio.get_running_loop()
-        self.refused = Throttled(
+        self.refused = throttled(
             log, "admin connections refused", clock=loop.time, call_later=loop.call_later
         )
         self._unsubscribe: Callable[[], None] | None = None

@@ -41,6 +41,7 @@ from vspc.vspcd import __version__
 from vspc.vspcd.ext import hooks, plugins
 from vspc.vspcd.history import settings as logconfig
 from vspc.vspcd.net.admission import AllowList, parse_allow_list
+from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
 from vspc.vspcd.net.listeners import make_ssl_context, resolve_group
 from vspc.vspcd.service import eventloop
 
@@ -57,8 +58,6 @@ LOG_DIR = Path("/var/log/consoles")  # vSPC.py's Logging backend defaults
 LOG_PREFIX = "vmlog"
 LOG_MODE = 0o600
 # Pre-identification bounds and admin fairness (issue #7; docs/security.md says why).
-IDENT_TIMEOUT = 20.0
-PREIDENT_BYTES = 16 * 1024
 UNIDENTIFIED_LIMIT = 1024
 UNIDENTIFIED_PER_HOST = 256
 TLS_HANDSHAKE_LIMIT = 64

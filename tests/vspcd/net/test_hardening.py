@@ -31,8 +31,9 @@ from hypothesis import strategies as st
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
 from vspc.vspcd.faces import admin
-from vspc.vspcd.net import listeners
-from vspc.vspcd.net.admission import Slots, Throttled, parse_allow_list
+from vspc.vspcd.hub.ratelog import throttled
+from vspc.vspcd.net import ports
+from vspc.vspcd.net.admission import Slots, parse_allow_list
 from vspc.vspcd.net.listeners import PortBinder, ephemeral_overlap, start_proxy_listener
 from vspc.vspcd.service import reload
 from vspc.vspcd.service.config import parse_args
@@ -132,11 +133,11 @@ def test_refusals_are_aggregated_into_one_line_per_period(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        throttled = Throttled(
+        refusals = throttled(
             logger, "refused", clock=loop.time, call_later=loop.call_later, period=0.05
         )
         for n in range(500):
-            throttled.warn("refused %s (%d)", "evil\x1b]0;x\x07", n)
+            refusals.log("refused %s (%d)", "evil\x1b]0;x\x07", n)
         flushed = loop.create_future()
         loop.call_later(0.1, flushed.set_result, None)  # past the period's summary timer
         await flushed
@@ -487,13 +488,13 @@ def test_ports_held_by_others_are_not_retried_on_every_bind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     attempts: list[int] = []
-    real = listeners.bind_tcp
+    real = ports.bind_tcp
 
     def counting(host: str, port: int, **kwargs: int) -> socket.socket:
         attempts.append(port)
         return real(host, port, **kwargs)
 
-    monkeypatch.setattr(listeners, "bind_tcp", counting)
+    monkeypatch.setattr(ports, "bind_tcp", counting)
 
     async def body() -> None:
         # Up to 40 ports at the start of the range held by "another process".
