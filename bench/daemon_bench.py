@@ -1,4 +1,4 @@
-"""Daemon benchmark: the real vspcd under load over loopback (issue #3; docs/benchmarks.md).
+"""Daemon benchmark: the real vspcd under load over loopback (docs/benchmarks.md).
 
 Every scenario starts `python -m vspc.vspcd` as a subprocess (127.0.0.1 only; the
 proxy port found by binding port 0, the per-VM range below the ephemeral range;
@@ -34,6 +34,8 @@ Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows)
 
 `--set SCENARIO.PARAM=JSON` changes a size; `--quick` runs every scenario at toy sizes
 (tests/test_bench_smoke.py checks the JSON shape of that run, never a figure).
+`--event-loop asyncio|uvloop` picks the daemon's loop (without it the daemon's
+`auto` picks uvloop wherever it is installed).
 Diagnosis: VSPC_BENCH_PROFILE=FILE runs the daemon under cProfile (CPU time),
 VSPC_BENCH_WRAP="strace -f -c -o FILE" under a wrapper.  Not a test: figures depend
 on the machine, so each line carries `calibration_ms` (a fixed pure-Python loop).
@@ -1291,8 +1293,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="pass ARG to every vspcd started, e.g. --daemon-arg=--event-loop=uvloop",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default=None,
+        help="the daemon's --event-loop (default: its own, auto unless VSPCD_EVENT_LOOP)",
+    )
     args = parser.parse_args(argv)
     DAEMON_ARGS[:] = args.daemon_arg
+    if args.event_loop is not None:
+        DAEMON_ARGS[:0] = ["--event-loop", args.event_loop]
     table = {name: dict(params) for name, params in (QUICK if args.quick else FULL).items()}
     for item in args.set:
         target, _, value = item.partition("=")
