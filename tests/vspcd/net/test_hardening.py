@@ -624,7 +624,7 @@ def test_one_unix_uid_cannot_lock_out_root(tmp_path: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-# -- safe text in the daemon log (issue #7, "Safe output everywhere") ---------------------
+# -- safe text in the daemon log (docs/security.md) ------------------------------------------
 
 
 def test_peer_controlled_text_in_the_daemon_log_is_inert(

@@ -1,4 +1,4 @@
-"""vspcd/net/links.py and vspcd/net/flow.py against a MockTransport (issue #8 item 3).
+"""vspcd/net/links.py and vspcd/net/flow.py against a MockTransport.
 
 Each link class is driven through its asyncio callbacks with a transport that only
 records: identification and the pre-identification bounds (VmLink), pause/resume,
