@@ -123,7 +123,7 @@ class VmLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         # TCP keepalive (docs/protocol.md §4.6) is already on: the proxy Listener sets it,
-        # with the same timing, on every socket it accepts (accept.set_keepalive).
+        # with the same timing, on every socket it accepts (sockopts.set_keepalive).
         # Setting it again here cost four setsockopt calls per VM connection.
         self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
         log.debug("VM connection from %s", self.peer)

@@ -10,7 +10,8 @@ The pieces, each usable on its own and all on public asyncio API (the stdlib loo
 and uvloop alike):
 
 * vspcd/net/accept.py: `Listener`, the accept loop with admission and the EMFILE
-  back-off, shared by every port; `bind_tcp` and the keepalive helpers;
+  back-off, shared by every port;
+* vspcd/net/sockopts.py: `bind_tcp` and the keepalive timing;
 * vspcd/net/tls.py: the server TLS context and first-byte sniffing;
 * vspcd/net/ports.py: `PortBinder`, the per-console telnet ports;
 * vspcd/net/unixsock.py: the admin Unix socket;
@@ -26,21 +27,18 @@ import contextlib
 import logging
 import ssl
 
-from vspc.vspcd.net.accept import (
+from vspc.vspcd.net.accept import Listener, ProtocolFactory, SlotHolder, address_text
+from vspc.vspcd.net.admission import AllowList, Slots
+from vspc.vspcd.net.peercred import PeerCredentials, peer_credentials, resolve_group, uid_in_group
+from vspc.vspcd.net.ports import EPHEMERAL_RANGE_FILE, PortBinder, ephemeral_overlap
+from vspc.vspcd.net.sockopts import (
     KEEPALIVE_COUNT,
     KEEPALIVE_IDLE,
     KEEPALIVE_INTERVAL,
-    Listener,
-    ProtocolFactory,
-    SlotHolder,
-    address_text,
     bind_tcp,
     has_keepalive,
     set_keepalive,
 )
-from vspc.vspcd.net.admission import AllowList, Slots
-from vspc.vspcd.net.peercred import PeerCredentials, peer_credentials, resolve_group, uid_in_group
-from vspc.vspcd.net.ports import EPHEMERAL_RANGE_FILE, PortBinder, ephemeral_overlap
 from vspc.vspcd.net.tls import TLS_HANDSHAKE_RECORD, make_ssl_context
 from vspc.vspcd.net.unixsock import AdminSocket, AdminSocketError, start_admin_socket
 

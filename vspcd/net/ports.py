@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vspc.vspcd.net.accept import Listener, ProtocolFactory, bind_tcp
+from vspc.vspcd.net.accept import Listener, ProtocolFactory
+from vspc.vspcd.net.sockopts import bind_tcp
 
 __all__ = ["EPHEMERAL_RANGE_FILE", "PortBinder", "ephemeral_overlap"]
 
