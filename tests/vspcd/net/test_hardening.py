@@ -1,10 +1,9 @@
-"""Issue #7's findings, each reproduced through real sockets (docs/security.md).
+"""The hardening of docs/security.md, each measure exercised through real sockets.
 
-Every test here failed before the fix it names: the allow list (new), unidentified
-connections that were never timed out and held any amount of data (finding 3),
-TLS handshakes without a cap (3), the admin listener's log storm and lockout (4, 5),
-the per-read overflow log line (6) and port binding in a crowded range (8).  A
-second host on loopback is 127.0.0.2.
+The allow list, unidentified connections timed out and capped in data, TLS
+handshakes capped, the admin listener without log storm or lockout, no per-read
+overflow log line, and port binding in a crowded range.  A second host on loopback
+is 127.0.0.2.
 """
 
 from __future__ import annotations
@@ -150,7 +149,7 @@ def test_refusals_are_aggregated_into_one_line_per_period(
     ]
 
 
-# -- bounded pre-identification state (finding 3) ----------------------------------------
+# -- bounded pre-identification state ----------------------------------------------------
 
 
 def test_an_unidentified_connection_times_out(
@@ -308,7 +307,7 @@ def test_tls_handshakes_over_the_cap_wait_for_a_slot_within_the_deadline(
     assert messages(caplog, "no TLS handshake slot in time (2 from this address, limit 2)")
 
 
-# -- log noise (finding 6) -----------------------------------------------------------------
+# -- log noise -----------------------------------------------------------------------------
 
 
 def test_overflow_before_identification_is_logged_once_per_connection(
@@ -335,7 +334,7 @@ def test_overflow_before_identification_is_logged_once_per_connection(
     assert len(messages(caplog, "output before identification overflowed")) == 1
 
 
-# -- admin listener (findings 4 and 5) -----------------------------------------------------
+# -- admin listener ------------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -481,7 +480,7 @@ def test_admin_socket_backs_off_at_the_fd_ceiling_with_one_log_line(tmp_path: Pa
     assert "out of system resource" not in out
 
 
-# -- port binding in a crowded range (finding 8) -----------------------------------------
+# -- port binding in a crowded range -----------------------------------------------------
 
 
 def test_ports_held_by_others_are_not_retried_on_every_bind(
