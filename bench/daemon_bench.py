@@ -1,4 +1,4 @@
-"""Daemon benchmark: the real vspcd under load over loopback (issue #3; docs/benchmarks.md).
+"""Daemon benchmark: the real vspcd under load over loopback (docs/benchmarks.md).
 
 Every scenario starts `python -m vspc.vspcd` as a subprocess (127.0.0.1 only; the
 proxy port found by binding port 0, the per-VM range below the ephemeral range;
@@ -22,7 +22,7 @@ Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows)
   COMPLETE; the source closes), all M at once, from W generator processes;
   vMotions/s, daemon and generator CPU per vMotion.  With `type_rate` > 0 a telnet
   client on every console types numbered markers meanwhile, each checked to reach
-  the VM exactly once and in order (issue #12 item 3).
+  the VM exactly once and in order.
 - `stream`: one VM sends S MiB of console text to one raw telnet client on the
   console's port, for several S; MB/s (linear cost means flat MB/s).  With
   `--set stream.log_flush=SECONDS` the daemon also writes console logs (`--log-dir`
@@ -34,6 +34,8 @@ Scenarios (`--only a,b`; each prints ONE JSON line, then a summary line follows)
 
 `--set SCENARIO.PARAM=JSON` changes a size; `--quick` runs every scenario at toy sizes
 (tests/test_bench_smoke.py checks the JSON shape of that run, never a figure).
+`--event-loop asyncio|uvloop` picks the daemon's loop (without it the daemon's
+`auto` picks uvloop wherever it is installed).
 Diagnosis: VSPC_BENCH_PROFILE=FILE runs the daemon under cProfile (CPU time),
 VSPC_BENCH_WRAP="strace -f -c -o FILE" under a wrapper.  Not a test: figures depend
 on the machine, so each line carries `calibration_ms` (a fixed pure-Python loop).
@@ -76,11 +78,11 @@ MIB = 1 << 20
 # --client-queue (1 MiB), so a reader that lags never loses output (see `_send`).
 STREAM_WINDOW = 768 * 1024
 
-# Goals from issue #3 (what the public vSPCs reach is in docs/benchmarks.md).
+# Goals (docs/benchmarks.md; it also says what the public vSPCs reach).
 GOALS = {
     "connect_vms_per_s": 3000.0,
     "vmotions_per_s": 5000.0,
-    "vmotions_typing_per_s": 4000.0,  # issue #12 item 3: a typing client on every VM
+    "vmotions_typing_per_s": 4000.0,  # a typing client on every VM
     "stream_mb_per_s": 100.0,
     "keystroke_p99_ms": 2.0,
     "idle_kib_per_vm": 16.0,
@@ -763,7 +765,7 @@ async def scenario_vmotion(
     in order, across every vMotion."""
     typing = type_rate > 0
     # Every fake host is 127.0.0.1 here, so the per-address cap on unidentified
-    # connections (256 by default, issue #7) would refuse the destinations of a
+    # connections (256 by default, docs/security.md) would refuse the destinations of a
     # 500-console storm that real hosts spread over many addresses.
     extra = ["--unidentified-per-host", "0"]
     context = multiprocessing.get_context("spawn")
@@ -995,7 +997,7 @@ async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[
 async def scenario_stream(
     *, sizes_mib: Sequence[float], log_flush: float | None = None
 ) -> dict[str, Any]:
-    # log_flush (issue #11 item 4): None streams without console logs; a number runs
+    # log_flush: None streams without console logs; a number runs
     # the daemon with --log-dir (in its scratch directory) and that --log-flush.
     extra: list[str] = []
     if log_flush is not None:
@@ -1291,8 +1293,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ARG",
         help="pass ARG to every vspcd started, e.g. --daemon-arg=--event-loop=uvloop",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default=None,
+        help="the daemon's --event-loop (default: its own, auto unless VSPCD_EVENT_LOOP)",
+    )
     args = parser.parse_args(argv)
     DAEMON_ARGS[:] = args.daemon_arg
+    if args.event_loop is not None:
+        DAEMON_ARGS[:0] = ["--event-loop", args.event_loop]
     table = {name: dict(params) for name, params in (QUICK if args.quick else FULL).items()}
     for item in args.set:
         target, _, value = item.partition("=")

@@ -1,18 +1,35 @@
 """Suite-wide set-up.
 
-CI runs as root, and vspcd refuses to run as root without --user unless told
-(issue #10 item 4).  The daemons the tests start are throwaway loopback instances, so
-they are told through the environment, which their subprocesses inherit; the tests of
-the refusal itself remove the variable again (tests/vspcd/service/test_privileges.py).
+CI runs as root, and vspcd refuses to run as root without --user unless told.  The
+daemons the tests start are throwaway loopback instances, so they are told through
+the environment, which their subprocesses inherit; the tests of the refusal itself
+remove the variable again (tests/vspcd/service/test_privileges.py).
 
-The suite runs vspcd on the stdlib event loop even where the optional uvloop is
-installed (`--event-loop auto` would pick it): the stdlib path is the one every test
-must cover; tests/vspcd/service/test_eventloop.py runs the daemon under uvloop explicitly.
+The event loop: `VSPC_TEST_LOOP=asyncio` (the default) or `VSPC_TEST_LOOP=uvloop`.
+The daemons the suite spawns follow it through `VSPCD_EVENT_LOOP` (their
+`--event-loop auto` then picks that loop, vspcd/service/eventloop.py), and so do the
+in-process ones: with uvloop the event-loop policy is uvloop's, so every
+`asyncio.run` and `asyncio.new_event_loop` in the tests makes a uvloop loop.  The
+default run pins the stdlib loop even where uvloop is installed (`auto` would pick
+it): that is the path every test must cover; .ci/run repeats the end-to-end tests
+with `VSPC_TEST_LOOP=uvloop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 os.environ.setdefault("VSPCD_ALLOW_ROOT", "1")
-os.environ.setdefault("VSPCD_EVENT_LOOP", "asyncio")
+
+TEST_LOOP = os.environ.get("VSPC_TEST_LOOP", "asyncio").strip().lower() or "asyncio"
+if TEST_LOOP not in ("asyncio", "uvloop"):
+    raise RuntimeError(f"VSPC_TEST_LOOP={TEST_LOOP!r}: expected asyncio or uvloop")
+
+if TEST_LOOP == "uvloop":
+    import uvloop  # a test extra; without it this run cannot mean anything
+
+    os.environ["VSPCD_EVENT_LOOP"] = "uvloop"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+else:
+    os.environ.setdefault("VSPCD_EVENT_LOOP", "asyncio")

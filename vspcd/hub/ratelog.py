@@ -1,31 +1,71 @@
-"""A log line per event until a burst, then one summary line per period (issue #12 item 3).
+"""Rate-limited logging: a line per event until a burst, then one summary per period.
 
-For events that are rare in normal operation but can come by the thousand: a vMotion.
-vSphere DRS moves a few VMs a minute, and each such move deserves its own INFO line;
-a host evacuation moves hundreds within seconds, and there a line per vMotion costs
-the daemon ~10 % of its CPU per vMotion (docs/benchmarks.md) and buries everything
-else in the log.  So `BurstLog` logs the first `burst` events of each `period` at
-its level as they come, logs the rest at DEBUG (still there for whoever turns
-DEBUG on), and at the end of that period says, at its level, how many there were:
+For events that are rare in normal operation but can come by the thousand: a
+vMotion (vSphere DRS moves a few VMs a minute, a host evacuation hundreds within
+seconds), a refused connection (one now and then, or a flood from a hostile peer,
+docs/security.md).  A line per event would cost the daemon CPU and bury everything
+else in the log, so `BurstLog` logs the first `burst` events of each `period` at
+its level as they come, and at the end of that period says, at its level, how many
+more there were.  The surplus events themselves are logged at DEBUG (vMotions:
+nothing is lost for whoever turns DEBUG on) or not at all (refusals: `throttled`):
 
     INFO  ... vMotion complete, 10.0.0.1:4100 -> 10.0.0.2:4211
     INFO  vMotions completed: 1950 more in the last 10 s (each logged at DEBUG)
+    WARNING port 50000: refused 192.0.2.7:41000: not in the allow list
+    WARNING port 50000: connections refused ... and 499 more in the last 10 s
 
-Unlike `gate.Throttled` (a warning once per period) nothing is lost from the log
-at DEBUG, and a quiet daemon logs exactly as before.  No I/O: the clock and the
-timer are injected, as in the hub.
+A quiet daemon logs exactly as without it.  No I/O: the clock and the timer are
+injected, as in the hub.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
-__all__ = ["BurstLog"]
+from vspc.common.display import safe
+
+__all__ = ["BurstLog", "throttled"]
+
+
+def _inert(arg: object) -> object:
+    # Numbers stay numbers for %d/%g; anything else may carry a peer's bytes.
+    return arg if isinstance(arg, int | float) else safe(arg)
 
 
 class BurstLog:
-    """Log at `level` up to `burst` times per `period` seconds, then at DEBUG + a count."""
+    """Log at `level` up to `burst` times per `period` seconds, then count the rest.
+
+    Args:
+        logger: where the lines go.
+        summary: what the count counts ("vMotions completed").
+        clock, call_later: the loop's (the summary is a timer, so it is not lost
+            when the events stop).
+        burst: events logged at `level` per period.
+        period: seconds.
+        level: the level of the burst and of the summary.
+        surplus_level: the level of the events over the burst, or None to only
+            count them.
+        inert: make every non-numeric argument safe to print (peer-controlled text,
+            vspc.common.display.safe).
+    """
+
+    __slots__ = (
+        "_log",
+        "_summary",
+        "_clock",
+        "_call_later",
+        "burst",
+        "period",
+        "_level",
+        "_surplus_level",
+        "_inert",
+        "_window_end",
+        "_logged",
+        "_over",
+        "total",
+    )
 
     def __init__(
         self,
@@ -37,22 +77,28 @@ class BurstLog:
         burst: int = 20,
         period: float = 10.0,
         level: int = logging.INFO,
+        surplus_level: int | None = logging.DEBUG,
+        inert: bool = False,
     ) -> None:
         self._log = logger
-        self._summary = summary  # "vMotions completed": what the count counts
+        self._summary = summary
         self._clock = clock
         self._call_later = call_later
         self.burst = burst
         self.period = period
         self._level = level
-        self._window_end = float("-inf")
+        self._surplus_level = surplus_level
+        self._inert = inert
+        self._window_end = -math.inf
         self._logged = 0  # at `level` in the current window
-        self._over = 0  # at DEBUG in the current window, reported by `_flush`
-        self.total = 0  # events ever reported
+        self._over = 0  # over the burst in the current window, reported by `_flush`
+        self.total = 0  # events ever reported (tests, metrics)
 
     def log(self, message: str, *args: object) -> None:
         """Report one event, formatted lazily like `Logger.log`."""
         self.total += 1
+        if self._inert:
+            args = tuple(_inert(a) for a in args)
         now = self._clock()
         if now >= self._window_end:
             self._window_end = now + self.period
@@ -66,15 +112,42 @@ class BurstLog:
             # never has a timer pending.
             self._call_later(self._window_end - now, self._flush)
         self._over += 1
-        self._log.debug(message, *args)
+        if self._surplus_level is not None:
+            self._log.log(self._surplus_level, message, *args)
 
     def _flush(self) -> None:
         over, self._over = self._over, 0
-        if over:
-            self._log.log(
-                self._level,
-                "%s: %d more in the last %g s (each logged at DEBUG)",
-                self._summary,
-                over,
-                self.period,
-            )
+        if not over:
+            return
+        if self._surplus_level is None:
+            template = "%s ... and %d more in the last %g s"
+        else:
+            template = "%s: %d more in the last %g s (each logged at DEBUG)"
+        self._log.log(self._level, template, self._summary, over, self.period)
+
+
+def throttled(
+    logger: logging.Logger,
+    summary: str,
+    *,
+    clock: Callable[[], float],
+    call_later: Callable[[float, Callable[[], None]], object],
+    period: float = 10.0,
+    level: int = logging.WARNING,
+) -> BurstLog:
+    """A warning logged at most once per `period`; the rest only counted.
+
+    For refusals and failed setups, whose count matters and whose text comes partly
+    from the peer (so arguments are made safe to print).
+    """
+    return BurstLog(
+        logger,
+        summary,
+        clock=clock,
+        call_later=call_later,
+        burst=1,
+        period=period,
+        level=level,
+        surplus_level=None,
+        inert=True,
+    )

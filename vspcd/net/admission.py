@@ -1,7 +1,7 @@
 """Who may connect, and how much a connection may cost before it says who it is.
 
-Issue #7 ("Who may be a VM", "Bounded pre-identification state", "One listener
-discipline"); the threat model is docs/security.md.  Three small pieces, no I/O:
+The threat model is docs/security.md.  Two small pieces, no I/O (refusals are
+logged through vspcd/hub/ratelog.py `throttled`):
 
 * `AllowList`: the CIDR networks (IPv4 and IPv6) a listener accepts peers from.
   `parse_allow_list` is the one parser (flag, config key, reload); a listener holds
@@ -12,27 +12,20 @@ discipline"); the threat model is docs/security.md.  Three small pieces, no I/O:
   it (identified, finished the TLS handshake, closed) or their own deadline expires.
   Refusing the newest means an attacker cannot push out a host that already got in,
   and the slots a flood takes come back within one identification timeout.
-* `Throttled`: a warning logged at most once per period; the others in that period
-  are counted and summarised as "... and N more in the last 10 s".
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
-import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-
-from vspc.common.display import safe
 
 __all__ = [
     "AllowList",
     "Slot",
     "Slots",
-    "Throttled",
     "host_of",
     "parse_allow_list",
 ]
@@ -89,11 +82,6 @@ def host_of(address: object) -> str:
     if isinstance(address, tuple) and address:
         return str(address[0])
     return "unix"
-
-
-def _inert(arg: object) -> object:
-    # Numbers stay numbers for %d/%g; anything else may carry a peer's bytes.
-    return arg if isinstance(arg, int | float) else safe(arg)
 
 
 class Slot:
@@ -235,58 +223,3 @@ class Slots:
                 if not waiter.done():
                     waiter.set_result(None)
                     return
-
-
-class Throttled:
-    """A warning logged at most once per `period` seconds; the rest are counted.
-
-    The first event of a quiet period is logged as is.  Later ones in the same period
-    only count; when the period ends (a timer, so the summary is not lost if the flood
-    stops) one line says "<summary> ... and N more in the last 10 s".
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        summary: str,
-        *,
-        clock: Callable[[], float],
-        call_later: Callable[[float, Callable[[], None]], object],
-        period: float = 10.0,
-        level: int = logging.WARNING,
-    ) -> None:
-        self._log = logger
-        self._summary = summary
-        self._clock = clock
-        self._call_later = call_later
-        self.period = period
-        self._level = level
-        self._window_end = -math.inf
-        self._suppressed = 0
-        self._timer_armed = False
-        self.total = 0  # events ever reported (for tests and metrics)
-
-    def warn(self, message: str, *args: object) -> None:
-        """Report one event; `args` are made safe (peer-controlled text)."""
-        self.total += 1
-        now = self._clock()
-        if now < self._window_end:
-            self._suppressed += 1
-            if not self._timer_armed:
-                self._timer_armed = True
-                self._call_later(self._window_end - now, self._flush)
-            return
-        self._window_end = now + self.period
-        self._log.log(self._level, message, *(_inert(a) for a in args))
-
-    def _flush(self) -> None:
-        self._timer_armed = False
-        if self._suppressed:
-            self._log.log(
-                self._level,
-                "%s ... and %d more in the last %g s",
-                self._summary,
-                self._suppressed,
-                self.period,
-            )
-            self._suppressed = 0

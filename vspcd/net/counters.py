@@ -1,4 +1,4 @@
-"""Process-wide counters the accept path and the output channel bump (issue #10 item 5).
+"""Process-wide counters the accept path and the output channel bump.
 
 Boundary: plain objects with integer attributes and nothing else, importable by the
 links layer without importing the metrics registry.  Each site that counts does one
@@ -18,7 +18,7 @@ __all__ = ["LISTENERS", "OUTPUT", "ListenerCounters", "OutputCounters"]
 
 
 class ListenerCounters:
-    """What every `vspcd.listeners.Listener` counted (ESXi, telnet and admin ports)."""
+    """What every `vspcd.net.accept.Listener` counted (ESXi, telnet and admin ports)."""
 
     __slots__ = (
         "backoffs",

@@ -1,9 +1,9 @@
 """One client output channel: the slow-reader policy, drop accounting and the notice line.
 
-Issue #8 item 3.  A console's output must never wait for a client (docs/protocol.md §4.4
-duty 2, issue #3 "Backpressure"), so a client whose transport buffer passes its limit
-loses output instead: the bytes are counted, and once the transport drains the
-client gets one line ``\\r\\n[vspcd: N bytes of output dropped: client too slow]\\r\\n``
+A console's output must never wait for a client (docs/protocol.md §4.4 duty 2), so a
+client whose transport buffer passes its limit loses output instead: the bytes are
+counted, and once the transport drains the client gets one line
+``\\r\\n[vspcd: N bytes of output dropped: client too slow]\\r\\n``
 and the daemon log one warning.  The telnet client link and the admin attach channel
 both use this object, so the policy, the count and the line exist once.
 

@@ -7,7 +7,7 @@ Each link owns its codec (built in `__init__`, before any I/O), catches the peer
 protocol errors, logs them once with the peer address and closes only that
 connection: a bad peer never stops the loop or touches another console.
 
-Flow control (docs/protocol.md §4.4 duty 2, issue #3 "Backpressure"):
+Flow control (docs/protocol.md §4.4 duty 2):
 - A VM link keeps its transport buffer small (`VM_HIGH_WATER`) and reports
   pause/resume to the hub, which then holds client input in its own bounded queue and
   stops reading clients.  So a GOAHEAD or NOTNOW never queues behind much data.
@@ -40,22 +40,23 @@ from vspc.common.telnet import (
 )
 from vspc.vspcd.hub.console import Client, Role, VmConn, VmSink
 from vspc.vspcd.hub.hub import Hub, HubError
-from vspc.vspcd.net.admission import Slot, Throttled
+from vspc.vspcd.hub.ratelog import BurstLog
+from vspc.vspcd.net.accept import address_text
+from vspc.vspcd.net.admission import Slot
 from vspc.vspcd.net.flow import ClientOutput
-from vspc.vspcd.net.listeners import address_text
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PreIdentification", "TelnetClientLink", "VmLink", "peer_name"]
 
 VM_HIGH_WATER = 64 * 1024
-IDENT_TIMEOUT = 20.0  # seconds from accept to identification (issue #7: <= 30 s)
+IDENT_TIMEOUT = 20.0  # seconds from accept to identification (docs/security.md)
 PREIDENT_BYTES = 16 * 1024  # bytes a connection may send before it is identified
 
 
 @dataclass(frozen=True, slots=True)
 class PreIdentification:
-    """What an unidentified VM connection may cost (issue #7, docs/security.md).
+    """What an unidentified VM connection may cost (docs/security.md).
 
     ESXi identifies a connection within its first few hundred bytes (WILL/DO
     negotiation, DO-PROXY, VC-UUID, docs/protocol.md §3), so a connection still unidentified
@@ -64,7 +65,7 @@ class PreIdentification:
     lines so a flood costs one line per period.
     """
 
-    refused: Throttled
+    refused: BurstLog
     timeout: float = IDENT_TIMEOUT
     max_bytes: int = PREIDENT_BYTES
 
@@ -77,8 +78,8 @@ def peer_name(transport: asyncio.BaseTransport) -> str:
 class VmLink(asyncio.Protocol):
     """One ESXi serial-port connection (the hub's `VmChannel`)."""
 
-    # One per VM connection: no `__dict__` (issue #12 item 3, docs/benchmarks.md
-    # "Memory").  A new attribute must be added here.
+    # One per VM connection: no `__dict__` (docs/benchmarks.md, "Memory per idle
+    # console").  A new attribute must be added here.
     __slots__ = (
         "_hub",
         "_preident",
@@ -122,7 +123,7 @@ class VmLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         # TCP keepalive (docs/protocol.md §4.6) is already on: the proxy Listener sets it,
-        # with the same timing, on every socket it accepts (listeners.set_keepalive).
+        # with the same timing, on every socket it accepts (sockopts.set_keepalive).
         # Setting it again here cost four setsockopt calls per VM connection.
         self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
         log.debug("VM connection from %s", self.peer)
@@ -143,12 +144,12 @@ class VmLink(asyncio.Protocol):
         """`host:port` of the VM's host, for log lines and events, or "?".
 
         Formatted when asked (log lines, events) from the address the transport
-        keeps anyway: a string per idle console was ~64 bytes (issue #12 item 3).
+        keeps anyway, rather than a string per idle console (docs/benchmarks.md).
         """
         return "?" if self._transport is None else peer_name(self._transport)
 
     def adopt_slot(self, slot: Slot) -> None:
-        """Take over the listener's unidentified slot (listeners.SlotHolder)."""
+        """Take over the listener's unidentified slot (accept.SlotHolder)."""
         if self._identified or self._lost:
             slot.release()
         else:
@@ -158,7 +159,7 @@ class VmLink(asyncio.Protocol):
         self._ident_timer = None
         if self._identified or self._preident is None:
             return
-        self._preident.refused.warn(
+        self._preident.refused.log(
             "VM %s: not identified within %g s; closing", self.peer, self._preident.timeout
         )
         self.abort()
@@ -189,7 +190,7 @@ class VmLink(asyncio.Protocol):
                 if head and not self._receive(head):
                     return
                 if not self._identified:
-                    self._preident.refused.warn(
+                    self._preident.refused.log(
                         "VM %s: over %d bytes without identifying; closing",
                         self.peer,
                         self._preident.max_bytes,
@@ -241,7 +242,7 @@ class VmLink(asyncio.Protocol):
         conn, self._conn = self._conn, None
         if conn is not None:
             # Dropped first: link and record refer to each other, and a cycle waits
-            # for the cyclic GC with the codec's and `early`'s buffers (issue #7).
+            # for the cyclic GC with the codec's and `early`'s buffers.
             self._hub.vm_closed(conn)
 
     def pause_writing(self) -> None:
@@ -304,7 +305,7 @@ class VmLink(asyncio.Protocol):
 
 
 # Telnet operators: we echo and suppress go-ahead (character mode), and run binary
-# both ways so NUL, 0x11, 0xff and CR LF pass unchanged (issue #3 behaviour 4).
+# both ways so NUL, 0x11, 0xff and CR LF pass unchanged.
 _CLIENT_LOCAL = (Opt.ECHO, Opt.SGA, Opt.BINARY)
 _CLIENT_REMOTE = (Opt.BINARY, Opt.SGA)
 
@@ -316,7 +317,7 @@ class TelnetClientLink(asyncio.Protocol):
     so raw clients (nc, gdb) that never negotiate work too.
     """
 
-    # One per operator connection: no `__dict__` (issue #12 item 3).
+    # One per operator connection: no `__dict__`.
     __slots__ = (
         "_hub",
         "_port",

@@ -17,6 +17,7 @@ from pathlib import Path
 from vspc.common.paths import SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd.ext import hooks
 from vspc.vspcd.net.admission import AllowList
+from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
 from vspc.vspcd.service.flags import (
     ADMIN_IDLE_TIMEOUT,
     ADMIN_PER_PEER,
@@ -24,13 +25,11 @@ from vspc.vspcd.service.flags import (
     CLIENT_QUEUE,
     CLUSTER_LEASE,
     HOLD_LIMIT,
-    IDENT_TIMEOUT,
     LOG_FLUSH,
     LOG_KEEP,
     LOG_MODE,
     LOG_PREFIX,
     PORT_RANGE_START,
-    PREIDENT_BYTES,
     PROXY_PORT,
     SCROLLBACK,
     TAKEOVER_TIMEOUT,

@@ -1,9 +1,11 @@
-"""Which event loop the daemon runs on: `--event-loop auto|asyncio|uvloop` (issue #12 item 3).
+"""Which event loop the daemon runs on: `--event-loop auto|asyncio|uvloop`.
 
 vspcd is stdlib-only and the stdlib loop (a `SelectorEventLoop` on epoll) is the
-first-class path: CI runs every test on it.  uvloop is an optional extra
-(`pip install 'vspc[uvloop]'`) for sites that want another 10-20 % off the daemon's
-CPU per vMotion and per connection (docs/benchmarks.md has both figures).  `auto`, the default, uses
+first-class path: CI runs every test on it, and the end-to-end tests a second time
+on uvloop (`VSPC_TEST_LOOP=uvloop`, tests/conftest.py).  uvloop is an optional extra
+(`pip install 'vspc[uvloop]'`) for sites that want less of the daemon's CPU per
+vMotion and per connection (docs/benchmarks.md).  The daemon uses public asyncio API
+only, so it behaves the same on both.  `auto`, the default, uses
 uvloop when it is importable and the stdlib loop otherwise, so installing the
 extra is the whole opt-in; `asyncio` pins the stdlib loop, `uvloop` insists on it.
 
@@ -55,7 +57,7 @@ def choose(choice: str, environ: Mapping[str, str] = os.environ) -> LoopChoice:
 
     For "auto", `VSPCD_EVENT_LOOP` in `environ` may name the loop instead: a test rig
     or a unit file can pin one without touching the configuration (the test suite
-    pins the stdlib loop this way, tests/conftest.py).  An explicit choice wins.
+    pins its loop this way, tests/conftest.py).  An explicit choice wins.
 
     Raises:
         ValueError: `choice` (or the variable) is unknown, or "uvloop" and uvloop is

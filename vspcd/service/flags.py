@@ -28,6 +28,7 @@ from vspc.vspcd.ext.hookenv import HOOK_EVENTS
 from vspc.vspcd.ext.hooks import HOOK_CONCURRENCY, HOOK_QUEUE, HOOK_TIMEOUT
 from vspc.vspcd.history.naming import LogNaming
 from vspc.vspcd.net.admission import AllowList
+from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
 from vspc.vspcd.service.eventloop import EVENT_LOOPS, UVLOOP_HINT
 
 __all__ = [
@@ -54,8 +55,6 @@ LOG_MODE = 0o600
 LOG_FLUSH = 1.0
 LOG_KEEP = 5
 # Pre-identification bounds and admin fairness (docs/security.md says why).
-IDENT_TIMEOUT = 20.0
-PREIDENT_BYTES = 16 * 1024
 UNIDENTIFIED_LIMIT = 1024
 UNIDENTIFIED_PER_HOST = 256
 TLS_HANDSHAKE_LIMIT = 64

@@ -1,25 +1,19 @@
-"""Memory that comes back after a flood (issue #7, "Bounded pre-identification state").
+"""Memory that comes back after a flood (docs/security.md, "Bounded pre-identification state").
 
 A burst of hostile pre-identification connections (docs/reliability.md) leaves no
 state behind once they are gone, yet the process kept its RSS: glibc's allocator
-keeps freed heap pages (its high-water mark), and asyncio's TLS read buffer, 256 KiB
-per connection, made each stalled handshake cost ~310 KiB of that.  Two measures:
+keeps freed heap pages (its high-water mark), and each stalled TLS handshake's read
+buffer is a large share of that.
 
-* `HeapTrimmer`: when the daemon goes from busy to quiet (its unidentified
-  connections back to zero after a burst), call glibc's `malloc_trim(0)`, which
-  hands free heap pages back to the kernel.  Debounced and rate-limited, run from a
-  timer, never on a connection's path.  Linux/glibc only, found at run time through
-  ctypes (`find_malloc_trim`); elsewhere it does nothing.
-* `shrink_tls_read_buffer`: asyncio's `SSLProtocol` allocates its read buffer
-  (`max_size`, 256 KiB on CPython 3.11) when the connection is made, handshake or
-  not.  A TLS record is at most 16 KiB plus overhead, so 64 KiB still reads several
-  records per system call while a handshake costs a quarter of the memory.  The
-  class attribute is set only when it exists and is an int (feature-detected).
+`HeapTrimmer`: when the daemon goes from busy to quiet (its unidentified connections
+back to zero after a burst), call glibc's `malloc_trim(0)`, which hands free heap
+pages back to the kernel.  Debounced and rate-limited, run from a timer, never on a
+connection's path.  Linux/glibc only, found at run time through ctypes
+(`find_malloc_trim`); elsewhere it does nothing.  Nothing here touches asyncio.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -28,11 +22,9 @@ from collections.abc import Callable
 
 from vspc.vspcd.hub.console import Cancellable
 
-__all__ = ["TLS_READ_BUFFER", "HeapTrimmer", "find_malloc_trim", "shrink_tls_read_buffer"]
+__all__ = ["HeapTrimmer", "find_heap_usage", "find_malloc_trim"]
 
 log = logging.getLogger(__name__)
-
-TLS_READ_BUFFER = 64 * 1024
 
 
 def find_malloc_trim() -> Callable[[], int] | None:
@@ -101,17 +93,6 @@ def find_heap_usage() -> Callable[[], tuple[int, int]] | None:
         return int(got.uordblks + got.hblkhd), int(got.fordblks)
 
     return usage
-
-
-def shrink_tls_read_buffer(size: int = TLS_READ_BUFFER) -> bool:
-    """Cap asyncio's per-connection TLS read buffer at `size` bytes; True if applied."""
-    proto = getattr(getattr(asyncio, "sslproto", None), "SSLProtocol", None)
-    current = getattr(proto, "max_size", None)
-    if proto is None or not isinstance(current, int):
-        return False
-    if current > size:
-        proto.max_size = size
-    return True
 
 
 class HeapTrimmer:

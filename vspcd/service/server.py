@@ -37,7 +37,8 @@ from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.hub import Hub, PortAllocator
-from vspc.vspcd.net.admission import Slots, Throttled
+from vspc.vspcd.hub.ratelog import throttled
+from vspc.vspcd.net.admission import Slots
 from vspc.vspcd.net.links import PreIdentification, TelnetClientLink, VmLink
 from vspc.vspcd.net.listeners import (
     Listener,
@@ -48,7 +49,7 @@ from vspc.vspcd.net.listeners import (
 )
 from vspc.vspcd.service import resources
 from vspc.vspcd.service.config import Config, ConfigError
-from vspc.vspcd.service.heap import HeapTrimmer, find_malloc_trim, shrink_tls_read_buffer
+from vspc.vspcd.service.heap import HeapTrimmer, find_malloc_trim
 from vspc.vspcd.service.notify import Notifier, watchdog_interval
 from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over, resolve
 from vspc.vspcd.service.reload import apply as apply_reload
@@ -295,7 +296,6 @@ class Daemon:
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
             ssl_context = make_ssl_context(config.cert, config.key)
-            shrink_tls_read_buffer()  # 64 KiB, not 256, per TLS connection
         # Bounded pre-identification state (docs/security.md).
         lifetime = config.ident_timeout
         self._handshakes = Slots(
@@ -306,7 +306,7 @@ class Daemon:
         )
         self.trimmer = HeapTrimmer(find_malloc_trim(), call_later=loop.call_later, clock=loop.time)
         self._preident = PreIdentification(
-            Throttled(
+            throttled(
                 log,
                 "VM connections dropped before identifying",
                 clock=loop.time,

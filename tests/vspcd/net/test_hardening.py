@@ -1,10 +1,9 @@
-"""Issue #7's findings, each reproduced through real sockets (docs/security.md).
+"""The hardening of docs/security.md, each measure exercised through real sockets.
 
-Every test here failed before the fix it names: the allow list (new), unidentified
-connections that were never timed out and held any amount of data (finding 3),
-TLS handshakes without a cap (3), the admin listener's log storm and lockout (4, 5),
-the per-read overflow log line (6) and port binding in a crowded range (8).  A
-second host on loopback is 127.0.0.2.
+The allow list, unidentified connections timed out and capped in data, TLS
+handshakes capped, the admin listener without log storm or lockout, no per-read
+overflow log line, and port binding in a crowded range.  A second host on loopback
+is 127.0.0.2.
 """
 
 from __future__ import annotations
@@ -31,8 +30,9 @@ from hypothesis import strategies as st
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
 from vspc.vspcd.faces.admin import limits as admin_limits
-from vspc.vspcd.net import listeners
-from vspc.vspcd.net.admission import Slots, Throttled, parse_allow_list
+from vspc.vspcd.hub.ratelog import throttled
+from vspc.vspcd.net import ports
+from vspc.vspcd.net.admission import Slots, parse_allow_list
 from vspc.vspcd.net.listeners import PortBinder, ephemeral_overlap, start_proxy_listener
 from vspc.vspcd.service import reload
 from vspc.vspcd.service.config import parse_args
@@ -132,11 +132,11 @@ def test_refusals_are_aggregated_into_one_line_per_period(
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        throttled = Throttled(
+        refusals = throttled(
             logger, "refused", clock=loop.time, call_later=loop.call_later, period=0.05
         )
         for n in range(500):
-            throttled.warn("refused %s (%d)", "evil\x1b]0;x\x07", n)
+            refusals.log("refused %s (%d)", "evil\x1b]0;x\x07", n)
         flushed = loop.create_future()
         loop.call_later(0.1, flushed.set_result, None)  # past the period's summary timer
         await flushed
@@ -149,7 +149,7 @@ def test_refusals_are_aggregated_into_one_line_per_period(
     ]
 
 
-# -- bounded pre-identification state (finding 3) ----------------------------------------
+# -- bounded pre-identification state ----------------------------------------------------
 
 
 def test_an_unidentified_connection_times_out(
@@ -307,7 +307,7 @@ def test_tls_handshakes_over_the_cap_wait_for_a_slot_within_the_deadline(
     assert messages(caplog, "no TLS handshake slot in time (2 from this address, limit 2)")
 
 
-# -- log noise (finding 6) -----------------------------------------------------------------
+# -- log noise -----------------------------------------------------------------------------
 
 
 def test_overflow_before_identification_is_logged_once_per_connection(
@@ -334,7 +334,7 @@ def test_overflow_before_identification_is_logged_once_per_connection(
     assert len(messages(caplog, "output before identification overflowed")) == 1
 
 
-# -- admin listener (findings 4 and 5) -----------------------------------------------------
+# -- admin listener ------------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -482,20 +482,20 @@ def test_admin_socket_backs_off_at_the_fd_ceiling_with_one_log_line(tmp_path: Pa
     assert "out of system resource" not in out
 
 
-# -- port binding in a crowded range (finding 8) -----------------------------------------
+# -- port binding in a crowded range -----------------------------------------------------
 
 
 def test_ports_held_by_others_are_not_retried_on_every_bind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     attempts: list[int] = []
-    real = listeners.bind_tcp
+    real = ports.bind_tcp
 
     def counting(host: str, port: int, **kwargs: int) -> socket.socket:
         attempts.append(port)
         return real(host, port, **kwargs)
 
-    monkeypatch.setattr(listeners, "bind_tcp", counting)
+    monkeypatch.setattr(ports, "bind_tcp", counting)
 
     async def body() -> None:
         # Up to 40 ports at the start of the range held by "another process".
@@ -625,7 +625,7 @@ def test_one_unix_uid_cannot_lock_out_root(tmp_path: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-# -- safe text in the daemon log (issue #7, "Safe output everywhere") ---------------------
+# -- safe text in the daemon log (docs/security.md) ------------------------------------------
 
 
 def test_peer_controlled_text_in_the_daemon_log_is_inert(

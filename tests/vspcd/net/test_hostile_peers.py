@@ -129,7 +129,7 @@ def test_hostile_peers_do_not_disturb_a_good_console(
     assert any("protocol error" in r.getMessage() for r in caplog.records)
 
 
-# -- hypothesis: hostile ESXi and admin peers against a streaming console (issue #7) ----
+# -- hypothesis: hostile ESXi and admin peers against a streaming console ---------------
 
 _FRAGMENTS = st.sampled_from(
     [
@@ -140,7 +140,7 @@ _FRAGMENTS = st.sampled_from(
         b"\xff\xff",
         vm.encode(vm.DoProxy("S", "vSPC.py")),
         # Another VM's identity.  Not UUID_A: the same host naming the good VM's UUID
-        # legitimately replaces its connection (issue #7, takeover policy).
+        # legitimately replaces its connection (docs/security.md, "Console takeover").
         vm.encode(vm.VmVcUuid(UUID_B)),
         vm.encode(vm.VMotionBegin(b"\x01\x02\x03\x04")),
         vm.encode(vm.VMotionPeer(b"x" * 12)),

@@ -1,7 +1,7 @@
 """A link whose peer breaks telnet framing closes that connection, and stays closed.
 
-Issue #8 item 2: `TelnetCodec` now refuses all input after a protocol error (h11's
-ERROR state) instead of going back to DATA.  These tests drive the real links through
+`TelnetCodec` refuses all input after a protocol error (h11's ERROR state) instead
+of going back to DATA.  These tests drive the real links through
 a MockTransport (uvicorn's pattern) with the real hub on a fake clock.  They show that
 no link relied on resuming: the VM link and the telnet client link each close on the
 first fault.  Bytes that still arrive afterwards reach neither the hub nor the

@@ -1,4 +1,4 @@
-"""vspcd/net/links.py and vspcd/net/flow.py against a MockTransport (issue #8 item 3).
+"""vspcd/net/links.py and vspcd/net/flow.py against a MockTransport.
 
 Each link class is driven through its asyncio callbacks with a transport that only
 records: identification and the pre-identification bounds (VmLink), pause/resume,
@@ -19,7 +19,8 @@ from vspc.common import vmware as vm
 from vspc.common.esxi import ESXI_KNOWN_CODES
 from vspc.vspcd.hub.console import Role
 from vspc.vspcd.hub.hub import Hub, HubSettings
-from vspc.vspcd.net.admission import Slots, Throttled
+from vspc.vspcd.hub.ratelog import throttled
+from vspc.vspcd.net.admission import Slots
 from vspc.vspcd.net.flow import ClientOutput, notice_line
 from vspc.vspcd.net.links import PreIdentification, TelnetClientLink, VmLink
 
@@ -155,10 +156,10 @@ def test_vm_link_closed_by_the_hub_and_by_the_peer() -> None:
 
 def _preident(timeout: float = 5.0, max_bytes: int = 1024) -> PreIdentification:
     loop = asyncio.get_running_loop()
-    throttled = Throttled(
+    refusals = throttled(
         logging.getLogger("test"), "dropped", clock=loop.time, call_later=loop.call_later
     )
-    return PreIdentification(throttled, timeout=timeout, max_bytes=max_bytes)
+    return PreIdentification(refusals, timeout=timeout, max_bytes=max_bytes)
 
 
 def test_vm_link_releases_its_slot_when_identified_and_when_lost() -> None:

@@ -31,7 +31,6 @@ from vspc.vspcd.net.listeners import (
     Listener,
     PortBinder,
     bind_tcp,
-    fast_transport_maker,
     has_keepalive,
     make_ssl_context,
     peer_credentials,
@@ -267,7 +266,7 @@ def test_failed_tls_handshake_is_logged_and_listener_continues(
             listener.close()
             await listener.wait_closed()
 
-    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net.listeners"):
+    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net"):
         asyncio.run(body())
     assert any("connection setup failed" in r.getMessage() for r in caplog.records)
 
@@ -340,7 +339,7 @@ def test_emfile_backs_off_instead_of_spinning(caplog: pytest.LogCaptureFixture) 
             await listener.wait_closed()
         return calls
 
-    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net.listeners"):
+    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net"):
         calls = asyncio.run(body())
     # EMFILE, EMFILE, accept, EAGAIN: a spinning loop would have made thousands of calls
     assert len(calls) <= failures + 2
@@ -516,7 +515,7 @@ def test_port_binder_stops_scanning_on_an_address_error(caplog: pytest.LogCaptur
         binder = PortBinder("192.0.2.1", 1024, asyncio.get_running_loop())
         assert binder.bind(recorder_factory()[1]) is None
 
-    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.net.listeners"):
+    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.net"):
         asyncio.run(body())
     assert "cannot bind telnet ports" in caplog.text
 
@@ -681,58 +680,107 @@ def test_port_binder_bind_port_falls_back_when_taken_held_or_out_of_range() -> N
     asyncio.run(body())
 
 
-# -- the synchronous hand-over and its public fallback (issue #12 item 3) -------------
+# -- public asyncio API only: the same behaviour on the stdlib loop and uvloop --------
 
 
-def _count_serve_tasks(loop: asyncio.AbstractEventLoop) -> list[str]:
-    """Record the Listener._serve Tasks the loop creates (the public path's cost)."""
-    made: list[str] = []
-
-    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-        name = getattr(coro, "__qualname__", "")
-        if name == "Listener._serve":
-            made.append(name)
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(factory)
-    return made
+def _loops() -> list[Any]:
+    """Loop factories to run a body on: the stdlib loop, and uvloop where installed."""
+    params = [pytest.param(asyncio.new_event_loop, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        params.append(pytest.param(None, id="uvloop", marks=pytest.mark.skip("no uvloop")))
+    else:
+        params.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return params
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["synchronous", "public"])
-def test_both_hand_over_paths_serve_plain_connections(fast: bool) -> None:
-    """The private `_make_socket_transport` path and `connect_accepted_socket` give the
-    protocol the same thing: the peer's address, keepalive with our timing, data both
-    ways, and the unidentified slot handed over and released on close."""
+def _keepalive_of(transport: asyncio.BaseTransport) -> bool:
+    # asyncio's TransportSocket and uvloop's pseudo-socket both have getsockopt.
+    return has_keepalive(cast(socket.socket, transport.get_extra_info("socket")))
+
+
+@pytest.mark.parametrize("loop_factory", _loops())
+def test_plain_connections_are_handed_over_on_every_loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    """`connect_accepted_socket` gives the protocol the peer's address, keepalive with
+    our timing, data both ways, and the unidentified slot held until it closes."""
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        assert fast_transport_maker(loop) is not None  # asyncio.run: the selector loop
-        made = _count_serve_tasks(loop)
         seen, factory = recorder_factory()
         slots = Slots(0, 0, lifetime=WAIT, clock=loop.time)
-        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots, fast=fast)
+        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots)
         listener.start()
         try:
             reader, writer = await roundtrip(listener.port, b"\xff\xfb\x25")
             link = await asyncio.wait_for(seen.get(), WAIT)
             assert link.transport is not None
             assert link.transport.get_extra_info("peername") == writer.get_extra_info("sockname")
-            assert has_keepalive(link.transport.get_extra_info("socket")._sock)
+            assert _keepalive_of(link.transport)
             assert len(slots) == 1  # Recorder adopts no slot: held until it closes
-            # The public path runs one Task per connection, the synchronous one none.
-            assert len(made) == (0 if fast else 1)
             await close_writer(writer)
             await close_all(seen, link)
         finally:
             listener.close()
             await listener.wait_closed()
 
-    asyncio.run(body())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(body())
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["synchronous", "public"])
-def test_a_crashing_protocol_factory_costs_one_connection_on_both_paths(
-    fast: bool, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("loop_factory", _loops())
+def test_every_kind_of_listener_serves_on_every_loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+    server_tls: ssl.SSLContext,
+    client_tls: ssl.SSLContext,
+    tmp_path: Path,
+) -> None:
+    """Proxy port (plain and TLS), a console port and the admin Unix socket on one loop."""
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        seen, factory = recorder_factory()
+        proxy = await start_proxy_listener(HOST, 0, server_tls, factory, peek_timeout=WAIT)
+        binder = PortBinder(HOST, 40000 + random.randrange(10000), loop)
+        bound = binder.bind(factory)
+        assert bound is not None
+        admin = await start_admin_socket(tmp_path / "run" / "admin.sock", factory)
+        try:
+            _, plain = await roundtrip(proxy.port, b"\xff\xfb\x25")
+            plain_link = await asyncio.wait_for(seen.get(), WAIT)
+            assert not plain_link.tls and plain_link.keepalive
+            _, secure = await roundtrip(proxy.port, b"secure", client_tls)
+            tls_link = await asyncio.wait_for(seen.get(), WAIT)
+            assert tls_link.tls and tls_link.keepalive
+            _, console = await roundtrip(bound[0], b"operator")
+            console_link = await asyncio.wait_for(seen.get(), WAIT)
+            reader, unix = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(admin.path)), WAIT
+            )
+            unix.write(b"admin")
+            assert await asyncio.wait_for(reader.readexactly(5), WAIT) == b"admin"
+            admin_link = await asyncio.wait_for(seen.get(), WAIT)
+            assert admin_link.transport is not None
+            creds = peer_credentials(admin_link.transport.get_extra_info("socket"))
+            assert creds.pid == os.getpid() and creds.uid == os.getuid()
+            for writer in (plain, secure, console, unix):
+                await close_writer(writer)
+            await close_all(seen, plain_link, tls_link, console_link, admin_link)
+        finally:
+            proxy.close()
+            binder.close_all()
+            admin.close()
+            await proxy.wait_closed()
+            await admin.wait_closed()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(body())
+
+
+def test_a_crashing_protocol_factory_costs_one_connection(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
@@ -747,7 +795,7 @@ def test_a_crashing_protocol_factory_costs_one_connection_on_both_paths(
             return good()
 
         slots = Slots(0, 0, lifetime=WAIT, clock=loop.time)
-        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots, fast=fast)
+        listener = Listener(bind_tcp(HOST, 0), factory, loop, unidentified=slots)
         listener.start()
         try:
             reader, writer = await asyncio.open_connection(HOST, listener.port)
@@ -763,34 +811,33 @@ def test_a_crashing_protocol_factory_costs_one_connection_on_both_paths(
             listener.close()
             await listener.wait_closed()
 
-    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.net.listeners"):
+    with caplog.at_level(logging.ERROR, logger="vspc.vspcd.net"):
         asyncio.run(body())
     assert any("connection setup crashed" in r.getMessage() for r in caplog.records)
 
 
-def test_plain_byte_already_there_skips_the_task_on_a_tls_port(
+def test_plain_byte_already_there_is_sorted_without_waiting_on_a_tls_port(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
     """On a TLS-enabled port a connection whose first byte has arrived by accept time
-    is sorted at once: plain is handed over synchronously, TLS still handshakes."""
+    is sorted at once (no peek timeout): plain is handed over, TLS still handshakes."""
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        made = _count_serve_tasks(loop)
         seen, factory = recorder_factory()
         sock = bind_tcp(HOST, 0)
-        listener = Listener(sock, factory, loop, ssl_context=server_tls, peek_timeout=WAIT)
+        # A peek timeout far beyond the wait below: only the byte can sort it in time.
+        listener = Listener(sock, factory, loop, ssl_context=server_tls, peek_timeout=60.0)
         # Not accepting yet: connect and send first, so the byte waits in the kernel.
         plain = socket.create_connection(listener.sockname, timeout=WAIT)
         plain.sendall(b"\xff\xfb\x25")
-        await asyncio.sleep(0.05)  # loopback delivery; a late byte only means a Task
+        await asyncio.sleep(0.05)  # loopback delivery
         listener.start()
         try:
             link = await asyncio.wait_for(seen.get(), WAIT)
             assert not link.tls
             await asyncio.wait_for(link.got_data, WAIT)
             assert bytes(link.received) == b"\xff\xfb\x25"
-            assert made == []
             _, tls_writer = await roundtrip(listener.port, b"secure", client_tls)
             tls_link = await asyncio.wait_for(seen.get(), WAIT)
             assert tls_link.tls and tls_link.keepalive
@@ -802,17 +849,6 @@ def test_plain_byte_already_there_skips_the_task_on_a_tls_port(
             await listener.wait_closed()
 
     asyncio.run(body())
-
-
-def test_fast_transport_maker_only_on_the_stdlib_selector_loop() -> None:
-    # Anything that is not CPython's selector loop (uvloop, a proactor) gets None and
-    # the listener uses the public path.
-    assert fast_transport_maker(cast(asyncio.AbstractEventLoop, object())) is None
-    loop = asyncio.new_event_loop()
-    try:
-        assert fast_transport_maker(loop) is not None
-    finally:
-        loop.close()
 
 
 def test_proxy_sockets_inherit_keepalive_from_the_listening_socket() -> None:
@@ -827,7 +863,7 @@ def test_proxy_sockets_inherit_keepalive_from_the_listening_socket() -> None:
                 links.append(await asyncio.wait_for(seen.get(), WAIT))
             for link in links:
                 assert link.transport is not None
-                assert has_keepalive(link.transport.get_extra_info("socket")._sock)
+                assert _keepalive_of(link.transport)
             for writer in writers:
                 await close_writer(writer)
             await close_all(seen, *links)

@@ -140,7 +140,7 @@ class AdminLink(asyncio.Protocol):
         self.peer_key = peer_key(self.identity, self._transport, unix=self._unix)
         refusal = self.server.admit(self)
         if refusal is not None:
-            self.server.refused.warn("admin %s refused: %s", self.identity, refusal)
+            self.server.refused.log("admin %s refused: %s", self.identity, refusal)
             self._close_with(ErrorCode.BUSY, f"{refusal}; try again later")
             return
         self._transport.set_write_buffer_limits(high=self._limits.reply_backlog)

@@ -28,7 +28,7 @@ from vspc.vspcd.faces.admin.limits import Limits
 from vspc.vspcd.faces.admin.link import AdminLink
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import Hub
-from vspc.vspcd.net.admission import Throttled
+from vspc.vspcd.hub.ratelog import throttled
 from vspc.vspcd.net.listeners import AdminSocket, Listener, bind_tcp, start_admin_socket
 
 log = logging.getLogger(__package__)  # one logger for the admin server
@@ -90,7 +90,7 @@ class AdminServer:
         self._socket: AdminSocket | None = None
         self._tcp: Listener | None = None
         loop = asyncio.get_running_loop()
-        self.refused = Throttled(
+        self.refused = throttled(
             log, "admin connections refused", clock=loop.time, call_later=loop.call_later
         )
         self._unsubscribe: Callable[[], None] | None = None

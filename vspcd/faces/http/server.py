@@ -1,4 +1,4 @@
-"""vspcd's optional HTTP listener: GET routes from one table (issue #11 item 3).
+"""vspcd's optional HTTP listener: GET routes from one table.
 
 Boundary: a thin asyncio adapter (docs/development.md, uvicorn) around the sans-IO parser in
 vspcd/faces/http/parse.py.  `data_received` feeds the parser; when a request head is
@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from vspc.common.display import safe
 from vspc.vspcd.faces.http.parse import HttpError, Request, RequestParser
@@ -133,8 +134,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._answered = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # Duck-typed: uvloop's transports have the whole `asyncio.Transport` API
+        # without deriving from it, so an isinstance check fails there.
+        self._transport = cast(asyncio.Transport, transport)
         server = self._server
         server.connections.add(self)
         if len(server.connections) > MAX_CONNECTIONS:
