@@ -47,6 +47,11 @@ from typing import Any, Protocol
 
 import urwid
 
+try:  # urwid >= 2.4
+    from urwid.display.raw import Screen as RawScreen
+except ImportError:  # urwid 2.1 (Debian 12's python3-urwid)
+    from urwid.raw_display import Screen as RawScreen  # type: ignore[import-not-found,no-redef]
+
 from vspc.common.admin import (
     AdminError,
     ClientInfo,
@@ -289,7 +294,7 @@ class App:
             if screen is None:
                 if not (os.isatty(self._stdin_fd) and os.isatty(self._stdout_fd)):
                     raise NotATerminal("vspc-tui needs a terminal (stdin and stdout)")
-                screen = urwid.display.raw.Screen()
+                screen = RawScreen()
             self.loop = _MainLoop(
                 self.frame,
                 PALETTE,

@@ -21,10 +21,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urwid
-from urwid.widget import AbstractFlowWidget
+
+if TYPE_CHECKING:  # urwid >= 2.6 only; an annotation here, so urwid 2.1 (Debian 12) runs too
+    from urwid.widget import AbstractFlowWidget
+
+    _Wrap = urwid.WidgetWrap[urwid.Widget]
+else:  # urwid 2.1's WidgetWrap is not generic: subscripting it fails at import
+    _Wrap = urwid.WidgetWrap
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, VMotionPhase
 from vspc.common.display import safe
@@ -149,7 +155,7 @@ class _BottomText(urwid.Widget):
     overflow the box, the newest sits on the bottom row.  (A ListBox would keep its
     scroll position instead of following the end.)"""
 
-    _sizing = frozenset([urwid.Sizing.BOX])
+    _sizing = frozenset([urwid.BOX])  # urwid.Sizing.BOX from 2.6 on; BOX is in 2.1 too
     _selectable = False
 
     def __init__(self) -> None:
@@ -269,7 +275,7 @@ class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
         self._modified()
 
 
-class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
+class ConsoleList(_Wrap):
     """One row per console.  Emits "attach" with the focused `ConsoleInfo` on Enter,
     and "focus" with the newly focused one (or None) when the focus moves.
 
@@ -407,7 +413,7 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
             urwid.emit_signal(self, "focus", after)
 
 
-class TailPane(urwid.WidgetWrap[urwid.Widget]):
+class TailPane(_Wrap):
     """The output of the focused console, newest line at the bottom."""
 
     def __init__(self) -> None:
@@ -447,7 +453,7 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
             self._text.set_lines(["not following this console yet; press t to pin its output"])
 
 
-class GridView(urwid.WidgetWrap[urwid.Widget]):
+class GridView(_Wrap):
     """Several live tails at once, in a grid of boxes (issue #9): the pinned consoles,
     or the most recently active ones.  Cells beyond the consoles shown stay empty.
 
@@ -575,7 +581,7 @@ def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[s
     return lines
 
 
-class DetailPane(urwid.WidgetWrap[urwid.Widget]):
+class DetailPane(_Wrap):
     """The focused console in detail (`detail_lines`), in place of the tail pane."""
 
     def __init__(self) -> None:
@@ -591,7 +597,7 @@ class DetailPane(urwid.WidgetWrap[urwid.Widget]):
         self._text.set_text("\n".join(lines))
 
 
-class EventLog(urwid.WidgetWrap[urwid.Widget]):
+class EventLog(_Wrap):
     """The event log, newest line at the bottom."""
 
     def __init__(self) -> None:
@@ -610,7 +616,7 @@ class EventLog(urwid.WidgetWrap[urwid.Widget]):
         )
 
 
-class StatusBar(urwid.WidgetWrap[urwid.Widget]):
+class StatusBar(_Wrap):
     """Two rows: the last message (or error) and the key hints of the current context."""
 
     def __init__(self) -> None:
@@ -630,7 +636,7 @@ class StatusBar(urwid.WidgetWrap[urwid.Widget]):
         self._hints.set_text(hints)
 
 
-class HelpView(urwid.WidgetWrap[urwid.Widget]):
+class HelpView(_Wrap):
     """The key table, one section per context; scrolls with up/down."""
 
     def __init__(self, keys: Sequence[Binding] = KEYS) -> None:
@@ -651,7 +657,7 @@ class HelpView(urwid.WidgetWrap[urwid.Widget]):
         self._walker.set_focus(0)
 
 
-class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
+class PromptDialog(_Wrap):
     """A question and a line of text (the filter, the reason of a clear).  Emits
     "change" with the text as it is edited; Enter and Esc are left to the key table."""
 
@@ -676,7 +682,7 @@ class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
         urwid.emit_signal(self, "change", self._edit.edit_text)
 
 
-class _Picker(urwid.WidgetWrap[urwid.Widget]):
+class _Picker(_Wrap):
     """A dialog: a question over one selectable row per choice; the focused row is
     the choice (the key table's confirm/cancel decide what happens with it)."""
 
