@@ -1,6 +1,7 @@
 """Generate the man pages vspcd(8), vspc(1), vspc-tui(1), vspc-sim(1) and vspcd.toml(5).
 
-Usage: ``python3 packaging/manpages.py OUTDIR`` (with vspc importable: an installed
+Usage: ``python3 packaging/manpages.py [--tree] OUTDIR`` (--tree: into OUTDIR/manN/, as
+under /usr/share/man; with vspc importable: an installed
 package, a venv, or ``PYTHONPATH`` at a build tree such as pybuild's).
 
 Nothing here is written twice: options, their help and defaults come from the argparse
@@ -289,25 +290,28 @@ PAGES: tuple[Callable[[], Page], ...] = (
 )
 
 
-def write_pages(outdir: Path) -> list[Path]:
-    """Write every page into `outdir`; returns their paths."""
+def write_pages(outdir: Path, *, tree: bool = False) -> list[Path]:
+    """Write every page into `outdir` (`tree`: into its manN/); returns their paths."""
     version: str = _load(VERSION)
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
     for make in PAGES:
         page = make()
-        path = outdir / page.file_name
+        path = (outdir / f"man{page.section}" if tree else outdir) / page.file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(page.render(version), encoding="utf-8")
         written.append(path)
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    tree = "--tree" in args
+    args = [arg for arg in args if arg != "--tree"]
     if len(args) != 1:
-        sys.stderr.write("usage: python3 packaging/manpages.py OUTDIR\n")
+        sys.stderr.write("usage: python3 packaging/manpages.py [--tree] OUTDIR\n")
         return 2
-    for path in write_pages(Path(args[0])):
+    for path in write_pages(Path(args[0]), tree=tree):
         print(path)
     return 0
 
