@@ -84,6 +84,12 @@ def test_sdist_has_what_rpmbuild_needs(dists: tuple[Path, Path]) -> None:
         assert f"packaging/{name}" in names
     for doc in ("README.md", "docs/operations.md", "docs/esxi.md", "pyproject.toml"):
         assert doc in names
+    # The spec generates the man pages and installs the completions from the sdist, and
+    # dpkg-buildpackage works in an unpacked sdist too.
+    for name in ("packaging/manpages.py", "packaging/completion/bash/vspc",
+                 "packaging/completion/zsh/_vspc", "debian/control", "debian/rules",
+                 "debian/changelog", "debian/source/format", ".ci/deb"):  # fmt: skip
+        assert name in names, name
 
 
 def test_wheel_in_a_fresh_venv(dists: tuple[Path, Path], tmp_path: Path) -> None:
@@ -179,6 +185,75 @@ def test_rpm_builds_from_the_sdist(dists: tuple[Path, Path], tmp_path: Path) -> 
         assert script.stdout.startswith("#!/usr/bin/python3\n"), script.stdout[:80]
 
 
+def _documented_rpmbuild() -> list[str]:
+    """The `rpmbuild -ta --nodeps` line of docs/operations.md, "Install from the RPM"."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("#### Install from the RPM")[1].split("####")[0]
+    line = next(ln for ln in section.splitlines() if ln.startswith("rpmbuild -ta --nodeps"))
+    return line.split("#")[0].split()
+
+
+def _debian_python_can_build() -> bool:
+    probe = "import setuptools, pip; assert int(setuptools.__version__.split('.')[0]) >= 66"
+    return (
+        shutil.which("rpmbuild") is not None
+        and Path("/usr/bin/python3").exists()
+        and subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True).returncode == 0
+    )
+
+
+@pytest.mark.skipif(
+    not _debian_python_can_build(),
+    reason="needs rpmbuild and the system python3 with pip and setuptools >= 66.1 "
+    "(Debian packages rpm, python3-pip, python3-setuptools; .ci/deb installs them)",
+)
+def test_documented_rpmbuild_works_with_the_system_python(
+    dists: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # As a new user would: the command from the docs, the system's interpreter (no
+    # __python3 override, no venv on PATH), only the build tree moved to a scratch place.
+    sdist, _ = dists
+    command = _documented_rpmbuild()
+    assert command[-1] == "dist/vspc-VERSION.tar.gz"
+    top = tmp_path / "rpmbuild"
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path), "LC_ALL": "C.UTF-8"}
+    done = subprocess.run(
+        [*command[:-1], "--define", f"_topdir {top}", str(sdist)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (rpm,) = (top / "RPMS" / "noarch").glob(f"vspc-{__version__}-*.noarch.rpm")
+    listing = subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True)
+    files = set(listing.stdout.split())
+    for path in (
+        "/usr/bin/vspcd",
+        "/usr/bin/vspc-sim",
+        "/usr/share/bash-completion/completions/vspc",
+        "/usr/share/zsh/site-functions/_vspc",
+        "/usr/share/doc/vspc-0.1.0/security.md".replace("0.1.0", __version__),
+    ):
+        assert path in files, path
+    for page in ("man1/vspc.1", "man1/vspc-tui.1", "man1/vspc-sim.1", "man5/vspcd.toml.5",
+                 "man8/vspcd.8"):  # fmt: skip
+        assert any(f.startswith(f"/usr/share/man/{page}") for f in files), page
+    assert any(f.endswith("/vspc/vspcd/__main__.py") for f in files)
+
+
+def test_sysusers_and_the_spec_agree_on_the_shell() -> None:
+    sysusers = (REPO / "packaging" / "vspcd.sysusers").read_text()
+    spec = (REPO / "packaging" / "vspc.spec").read_text()
+    (line,) = [ln for ln in sysusers.splitlines() if ln.startswith("u ")]
+    shell = line.split()[-1]
+    assert shell == "/usr/sbin/nologin"
+    assert f"-s {shell} " in spec
+
+
+def test_unit_documentation_is_the_installed_man_pages() -> None:
+    unit = (REPO / "packaging" / "vspcd.service").read_text()
+    (line,) = [ln for ln in unit.splitlines() if ln.startswith("Documentation=")]
+    assert line.split("=", 1)[1].split() == ["man:vspcd(8)", "man:vspcd.toml(5)"]
+
+
 @pytest.mark.skipif(
     shutil.which("systemd-analyze") is None,
     reason="systemd-analyze not installed (Debian package 'systemd')",
@@ -190,11 +265,17 @@ def test_systemd_analyze_verifies_the_unit(tmp_path: Path) -> None:
     assert vspcd is not None, "vspcd console script not installed in this venv"
     unit = (REPO / "packaging" / "vspcd.service").read_text()
     (tmp_path / "vspcd.service").write_text(unit.replace("/usr/bin/vspcd", vspcd))
+    # verify also runs `man` on each Documentation=man:... page: the generated ones.
+    sys.path.insert(0, str(REPO / "packaging"))
+    import manpages
+
+    manpages.write_pages(tmp_path / "man", tree=True)
     done = subprocess.run(
         ["systemd-analyze", "verify", str(tmp_path / "vspcd.service")],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, "MANPATH": str(tmp_path / "man")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "vspcd.service" not in done.stderr, done.stderr  # no warnings about our unit
@@ -270,3 +351,40 @@ def test_logrotate_file_rotates_console_logs_into_old(tmp_path: Path) -> None:
         "vmlog-db01.1",
         "vmlog-db01.2.gz",
     ]
+
+
+@pytest.mark.skipif(
+    shutil.which("logrotate") is None,
+    reason="logrotate not installed (Debian package 'logrotate')",
+)
+def test_logrotate_leaves_vspcds_own_rotations_alone(tmp_path: Path) -> None:
+    # --log-max-size makes FILE.N, FILE.N.gz (and FILE.N.gz.tmp while gzipping):
+    # vspcd/history/naming.py.  logrotate must rotate the live logs only, including
+    # names that end in digits, z or p, and the .events files.
+    logs = tmp_path / "consoles"
+    logs.mkdir()
+    live = ["vmlog-db01", "vmlog-db01.events", "vmlog-web", "vmlog-quiz", "vmlog-gz",
+            "vmlog-backup", "vmlog-build123456", "vmlog-x", "vmlog-7", "vmlog-tmp"]  # fmt: skip
+    theirs = ["vmlog-db01.1", "vmlog-db01.2.gz", "vmlog-db01.3.gz.tmp", "vmlog-web.12.gz",
+              "vmlog-web.7"]  # fmt: skip
+    for name in live + theirs:
+        (logs / name).write_text(f"{name}\n")
+    text = (
+        (REPO / "packaging" / "vspcd.logrotate")
+        .read_text()
+        .replace("/var/log/consoles", str(logs))
+        .replace("vspcd vspcd", f"{os.geteuid()} {os.getegid()}")
+        .replace("systemctl reload vspcd.service", "true")
+    )
+    conf = tmp_path / "logrotate.conf"
+    conf.write_text(text)
+    done = subprocess.run(
+        ["logrotate", "--force", "--state", str(tmp_path / "state"), str(conf)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "duplicate" not in done.stderr
+    rotated = sorted(p.name for p in (logs / "old").iterdir())
+    assert rotated == sorted(f"{name}.1" for name in live)
+    for name in theirs:
+        assert (logs / name).read_text() == f"{name}\n", name

@@ -63,6 +63,7 @@ from vspc.vspctui.cmdtable import (
     exit_code_for,
     parse_command_line,
 )
+from vspc.vspctui.dashboard.compat import RawScreen
 from vspc.vspctui.dashboard.dialogs import Dialogs
 from vspc.vspctui.dashboard.feed import Feed
 from vspc.vspctui.dashboard.keys import Command, KeyContext, lookup
@@ -267,7 +268,7 @@ class App:
             if screen is None:
                 if not (os.isatty(self._stdin_fd) and os.isatty(self._stdout_fd)):
                     raise NotATerminal("vspc-tui needs a terminal (stdin and stdout)")
-                screen = urwid.display.raw.Screen()
+                screen = RawScreen()
             self.loop = _MainLoop(
                 self.layout.frame,
                 PALETTE,

@@ -10,14 +10,18 @@ or a VM go through `vspc.common.display.safe` (docs/vspc-tui.md, "What it shows"
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import urwid
-from urwid.widget import AbstractFlowWidget
 
 from vspc.common.admin import ClientInfo, LockMode
 from vspc.common.display import safe
+from vspc.vspctui.dashboard.compat import Wrap
 from vspc.vspctui.dashboard.keys import KEYS, Binding, help_sections
 from vspc.vspctui.formatting import who
+
+if TYPE_CHECKING:  # urwid 2.6+ names it; only annotations use it
+    from urwid.widget import AbstractFlowWidget
 
 __all__ = ["LOCK_HELP", "ClientPicker", "HelpView", "LockPicker", "PromptDialog"]
 
@@ -29,7 +33,7 @@ LOCK_HELP = {
 }
 
 
-class HelpView(urwid.WidgetWrap[urwid.Widget]):
+class HelpView(Wrap):
     """The key table, one section per context; scrolls with up/down."""
 
     def __init__(self, keys: Sequence[Binding] = KEYS) -> None:
@@ -50,7 +54,7 @@ class HelpView(urwid.WidgetWrap[urwid.Widget]):
         self._walker.set_focus(0)
 
 
-class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
+class PromptDialog(Wrap):
     """A question and a line of text (the filter, the reason of a clear).  Emits
     "change" with the text as it is edited; Enter and Esc are left to the key table."""
 
@@ -75,7 +79,7 @@ class PromptDialog(urwid.WidgetWrap[urwid.Widget]):
         urwid.emit_signal(self, "change", self._edit.edit_text)
 
 
-class _Picker(urwid.WidgetWrap[urwid.Widget]):
+class _Picker(Wrap):
     """A dialog: a question over one selectable row per choice; the focused row is
     the choice (the key table's confirm/cancel decide what happens with it)."""
 

@@ -28,6 +28,7 @@ import urwid
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, VMotionPhase
 from vspc.common.display import safe
+from vspc.vspctui.dashboard.compat import Wrap
 from vspc.vspctui.dashboard.model import LogEntry
 from vspc.vspctui.formatting import duration, since, who
 
@@ -136,7 +137,7 @@ class _BottomText(urwid.Widget):
     overflow the box, the newest sits on the bottom row.  (A ListBox would keep its
     scroll position instead of following the end.)"""
 
-    _sizing = frozenset([urwid.Sizing.BOX])
+    _sizing = frozenset([urwid.BOX])
     _selectable = False
 
     def __init__(self) -> None:
@@ -256,7 +257,7 @@ class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
         self._modified()
 
 
-class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
+class ConsoleList(Wrap):
     """One row per console.  Emits "attach" with the focused `ConsoleInfo` on Enter,
     and "focus" with the newly focused one (or None) when the focus moves.
 
@@ -394,7 +395,7 @@ class ConsoleList(urwid.WidgetWrap[urwid.Widget]):
             urwid.emit_signal(self, "focus", after)
 
 
-class TailPane(urwid.WidgetWrap[urwid.Widget]):
+class TailPane(Wrap):
     """The output of the focused console, newest line at the bottom."""
 
     def __init__(self) -> None:
@@ -434,7 +435,7 @@ class TailPane(urwid.WidgetWrap[urwid.Widget]):
             self._text.set_lines(["not following this console yet; press t to pin its output"])
 
 
-class GridView(urwid.WidgetWrap[urwid.Widget]):
+class GridView(Wrap):
     """Several live tails at once, in a grid of boxes (docs/vspc-tui.md, "Grid"): the
     pinned consoles, or the most recently active ones.  Cells beyond the consoles shown stay empty.
 
@@ -562,7 +563,7 @@ def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[s
     return lines
 
 
-class DetailPane(urwid.WidgetWrap[urwid.Widget]):
+class DetailPane(Wrap):
     """The focused console in detail (`detail_lines`), in place of the tail pane."""
 
     def __init__(self) -> None:
@@ -578,7 +579,7 @@ class DetailPane(urwid.WidgetWrap[urwid.Widget]):
         self._text.set_text("\n".join(lines))
 
 
-class EventLog(urwid.WidgetWrap[urwid.Widget]):
+class EventLog(Wrap):
     """The event log, newest line at the bottom."""
 
     def __init__(self) -> None:
@@ -597,7 +598,7 @@ class EventLog(urwid.WidgetWrap[urwid.Widget]):
         )
 
 
-class StatusBar(urwid.WidgetWrap[urwid.Widget]):
+class StatusBar(Wrap):
     """Two rows: the last message (or error) and the key hints of the current context."""
 
     def __init__(self) -> None:

@@ -69,11 +69,20 @@ _ATTACH_ARGS = (
 )
 
 
-@commands.register("list", help="list consoles (the default command)", args=[_JSON],
+_NAMES = Arg(("--names",), "print only console names, one a line (for shell completion)",
+             ArgKind.FLAG)  # fmt: skip
+
+
+@commands.register("list", help="list consoles (the default command)", args=[_JSON, _NAMES],
                    aliases=["ls"])  # fmt: skip
 async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     client = await ctx.client()
     reply = await client.request("list")
+    if ns.names:
+        # Completion scripts read these as words: a name a VM chose is made inert first.
+        for name in sorted({safe(c.name) for c in consoles_of(reply)}):
+            ctx.print(name)
+        return ExitCode.OK
     if ns.json:
         _print_json(ctx, reply)
         return ExitCode.OK
