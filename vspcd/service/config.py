@@ -39,6 +39,12 @@ from typing import NoReturn
 from vspc.common.paths import SYSTEM_CONFIG, SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd import __version__
 from vspc.vspcd.ext import hooks, plugins
+from vspc.vspcd.faces.admin.policy import (
+    DEFAULT_POLICY,
+    AccessConfigError,
+    AccessPolicy,
+    parse_access,
+)
 from vspc.vspcd.history import settings as logconfig
 from vspc.vspcd.net.admission import AllowList, parse_allow_list
 from vspc.vspcd.net.listeners import make_ssl_context, resolve_group
@@ -165,6 +171,8 @@ class Config:
     cluster_secret_file: Path | None = None
     cluster_lease: float = CLUSTER_LEASE
     reuse_port: bool = False
+    # access_default and [[access]]: file-only keys (vspcd/faces/admin/policy.py).
+    access_policy: AccessPolicy = DEFAULT_POLICY
 
     @property
     def log_target(self) -> LogTarget:
@@ -776,6 +784,15 @@ def read_config_file(parser: argparse.ArgumentParser, path: Path) -> dict[str, o
         parser.error(f"{path}: not valid TOML: {exc}")
     keys = file_keys(parser)
     values: dict[str, object] = {}
+    # Per-console access rules have no flag: a table is no command-line value.
+    access: dict[str, object] = {
+        key: table.pop(key) for key in ("access_default", "access") if key in table
+    }
+    if access:
+        try:
+            values["access_policy"] = parse_access(access)
+        except AccessConfigError as exc:
+            parser.error(f"{path}: {exc}")
     for key, value in table.items():
         action = keys.get(key)
         if action is None:

@@ -81,6 +81,9 @@ LIVE: dict[str, Apply] = {
     "vmotion_abandon": _hub_setting("abandon_time", "vmotion_abandon"),
     # Allow lists: the admin server asks for the group at each new connection.
     "readonly_group": _through_config,
+    # Access rules: the admin server re-judges every open connection at once
+    # (vspcd/faces/admin/link.py `access_changed`) when the daemon's config is set.
+    "access_policy": _through_config,
     # The ESXi allow list (issue #7): swapped on the running listener.
     "proxy_allow": _proxy_allow,
     # Per new telnet client.
