@@ -34,7 +34,7 @@ PARSERS: dict[str, tuple[str, str]] = {
 }
 COMMAND_TABLE = ("vspc.vspctui.shell.commands", "commands")
 KEY_SECTIONS = ("vspc.vspctui.dashboard.keys", "help_sections")
-FILE_KEYS = ("vspc.vspcd.service.config", "file_keys")  # parser -> {key: action}
+FILE_KEYS = ("vspc.vspcd.service.config", "file_keys")  # () -> {key: Flag}
 VERSION = ("vspc.vspcd", "__version__")
 
 
@@ -243,8 +243,11 @@ def vspc_sim_page() -> Page:
 
 def file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """vspcd's configuration keys and the option each stands for, as vspcd reads them."""
-    keys: dict[str, argparse.Action] = _load(FILE_KEYS)(parser)
-    return keys
+    # The flag table gives each key its flag; the parser (built from the same table)
+    # gives the action whose help and metavar the page prints.
+    flags: dict[str, Any] = _load(FILE_KEYS)()
+    by_option = {option: action for action in parser._actions for option in action.option_strings}
+    return {key: by_option[flag.options[0]] for key, flag in flags.items()}
 
 
 def vspcd_toml_page() -> Page:

@@ -41,9 +41,10 @@ from vspc.common.admin.commands import (
     FieldSpec,
     Request,
     required_access,
+    required_level,
     validate_request,
 )
-from vspc.common.admin.enums import Access, ClientKind, EventName, LockMode, VMotionPhase
+from vspc.common.admin.enums import Access, ClientKind, EventName, Level, LockMode, VMotionPhase
 from vspc.common.admin.errors import AdminError, ErrorCode, RequestId, failed
 from vspc.common.admin.framing import MAX_LINE, LineFramer, parse_request
 from vspc.common.admin.infos import (
@@ -101,6 +102,7 @@ __all__ = [
     "FieldSpec",
     "Hello",
     "LatencyHistogram",
+    "Level",
     "Stats",
     "LineFramer",
     "LockMode",
@@ -126,5 +128,6 @@ __all__ = [
     "require_int",
     "require_str",
     "required_access",
+    "required_level",
     "validate_request",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from vspc.common.admin.enums import Access, LockMode
+from vspc.common.admin.enums import Access, Level, LockMode
 from vspc.common.admin.errors import AdminError, ErrorCode, RequestId
 from vspc.common.admin.messages import id_of
 from vspc.common.admin.validate import (
@@ -41,6 +41,7 @@ __all__ = [
     "FieldSpec",
     "Request",
     "required_access",
+    "required_level",
     "validate_request",
 ]
 
@@ -327,6 +328,12 @@ COMMANDS: Mapping[str, CommandSpec] = {
             "stats",
             "the daemon's counters and gauges (the numbers GET /metrics exposes)",
         ),
+        CommandSpec("whoami", "who vspcd thinks you are: user, uid, groups, default level"),
+        CommandSpec(
+            "access",
+            "your level on one console, and the rule that gave it",
+            (FieldSpec("vm", FieldKind.STR, "console (as for show)", True),),
+        ),
     )
 }
 
@@ -375,3 +382,28 @@ def required_access(request: Request) -> Access:
             return Access.READONLY
         return Access.FULL
     return COMMANDS[request.cmd].access
+
+
+def required_level(request: Request) -> Level:
+    """The level on the named console `request` needs (docs/admin-protocol.md,
+    "Access control"); `Level.NONE` for commands about no one console.
+
+    Every console command needs at least WATCH (below it the console does not exist
+    for the peer).  An attach needs WATCH when read-only or in the default
+    free_for_all_or_readonly mode (which a watcher joins read-only), WRITE to type
+    (free_for_all) or hold the write lock, CONTROL for the exclusive lock; clear and
+    kick need CONTROL.
+    """
+    match request.cmd:
+        case "attach":
+            lock = request.fields["lock"]
+            if lock is LockMode.EXCLUSIVE:
+                return Level.CONTROL
+            if request.fields["readonly"] or lock is LockMode.FREE_FOR_ALL_OR_READONLY:
+                return Level.WATCH
+            return Level.WRITE
+        case "clear" | "kick":
+            return Level.CONTROL
+        case "show" | "tail" | "untail" | "access":
+            return Level.WATCH
+    return Level.NONE

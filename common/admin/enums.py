@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Access", "ClientKind", "EventName", "LockMode", "VMotionPhase"]
+__all__ = ["Access", "ClientKind", "EventName", "Level", "LockMode", "VMotionPhase"]
 
 
 class LockMode(StrEnum):
@@ -33,6 +33,32 @@ class Access(StrEnum):
 
     FULL = "full"
     READONLY = "readonly"
+
+
+class Level(StrEnum):
+    """What an operator may do on one console (docs/admin-protocol.md, "Access control").
+
+    Ordered: each level includes the ones before it.  NONE: the console does not exist
+    for this operator.  WATCH: list, show, events, tail, attach read-only.  WRITE: type,
+    take a write lock.  CONTROL: exclusive lock, clear, kick.
+    """
+
+    NONE = "none"
+    WATCH = "watch"
+    WRITE = "write"
+    CONTROL = "control"
+
+    @property
+    def rank(self) -> int:
+        """0 for NONE up to 3 for CONTROL: compare levels by rank, never as strings."""
+        return _LEVEL_ORDER.index(self)
+
+    def allows(self, needed: Level) -> bool:
+        """This level includes `needed`."""
+        return self.rank >= needed.rank
+
+
+_LEVEL_ORDER = (Level.NONE, Level.WATCH, Level.WRITE, Level.CONTROL)
 
 
 class VMotionPhase(StrEnum):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vspc.common.admin.enums import Access, ClientKind, LockMode, VMotionPhase
+from vspc.common.admin.enums import Access, ClientKind, Level, LockMode, VMotionPhase
 from vspc.common.admin.messages import decode_bytes, encode_bytes, is_event
 from vspc.common.admin.validate import (
     bad_field,
@@ -216,7 +216,12 @@ class ConsoleInfo:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The `hello` reply: who the daemon is and what this peer may do."""
+    """The `hello` reply: who the daemon is, who the peer is and what it may do.
+
+    `level` is the peer's level on a console no access rule names (docs/admin-protocol.md,
+    "Access control"); `groups` its group names (gids without a name as numbers), from
+    its own credentials.  Both are absent from older daemons.
+    """
 
     protocol: int
     version: str
@@ -224,12 +229,18 @@ class Hello:
     access: Access
     uid: int | None = None
     user: str | None = None
+    gid: int | None = None
+    groups: tuple[str, ...] = ()
+    level: Level | None = None
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Hello:
         caps = obj.get("capabilities", [])
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
             raise bad_field(obj, "field 'capabilities' must be a list of strings")
+        groups = obj.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise bad_field(obj, "field 'groups' must be a list of strings")
         return cls(
             protocol=require_int(obj, "protocol"),
             version=_str(obj, "version"),
@@ -237,10 +248,13 @@ class Hello:
             access=require_enum(obj, "access", Access),
             uid=optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
+            gid=optional_int(obj, "gid"),
+            groups=tuple(groups),
+            level=optional_enum(obj, "level", Level, None),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "protocol": self.protocol,
             "version": self.version,
             "capabilities": list(self.capabilities),
@@ -248,6 +262,9 @@ class Hello:
             "uid": self.uid,
             "user": self.user,
         }
+        if self.level is not None:
+            out.update(gid=self.gid, groups=list(self.groups), level=self.level.value)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

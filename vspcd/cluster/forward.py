@@ -11,8 +11,9 @@ admin server (vspcd/faces/admin/) offers every validated request to `Forwarder.t
   `cluster_missing`.
 - `show`, `clear`, `tail` (without follow) and `untail` naming a console this hub does
   not have are looked up in the registry and executed by the owner (`Call {"op":
-  "admin"}`), with the asking operator's identity and access level; the owner's
-  reply goes back unchanged.
+  "admin"}`), with the asking operator's identity (uid, gid, groups, user, how it
+  was known); the owner judges it with its own access rules and replies unchanged
+  (docs/security.md "Who may do what").
 - `subscribe` subscribes to every node: each other live node runs a relayed
   `subscribe` session (a *feed*) whose snapshot joins this node's rows in the reply
   and whose event lines follow, tagged with `node`.  Nodes that join later are not
@@ -41,7 +42,6 @@ from enum import Enum
 from typing import Any
 
 from vspc.common.admin import (
-    Access,
     AdminError,
     ErrorCode,
     Request,
@@ -62,9 +62,9 @@ from vspc.vspcd.cluster.streams import (
     StreamTransport,
     end_feed,
 )
-from vspc.vspcd.faces.admin.access import Identity
 from vspc.vspcd.faces.admin.handlers import HANDLERS, Reply
 from vspc.vspcd.faces.admin.link import AdminLink, Mode
+from vspc.vspcd.faces.admin.policy import Identity, Source
 from vspc.vspcd.faces.admin.server import AdminServer
 from vspc.vspcd.hub.hub import HubError
 
@@ -94,19 +94,26 @@ def _identity(link: AdminLink) -> dict[str, Any]:
         "uid": me.uid,
         "gid": me.gid,
         "user": me.user,
-        "access": me.access.value,
+        "groups": sorted(me.groups),
+        "source": me.source.value,
     }
 
 
 def _parse_identity(who: dict[str, Any]) -> Identity:
-    """Raises ValueError on a bad access level."""
-    uid, gid, user = who.get("uid"), who.get("gid"), who.get("user")
+    """The operator a relayed request runs as; the owner judges it with its own rules.
+
+    Raises ValueError on a bad source (a node that sends none, an older one, is
+    judged as unknown credentials: no access).
+    """
+    uid, gid, user, groups = who.get("uid"), who.get("gid"), who.get("user"), who.get("groups")
+    gids = groups if isinstance(groups, list) else []
     return Identity(
         str(who.get("address", "?")),
         uid if isinstance(uid, int) else None,
         gid if isinstance(gid, int) else None,
         user if isinstance(user, str) else None,
-        Access(who.get("access", Access.READONLY.value)),
+        frozenset(g for g in gids if isinstance(g, int) and not isinstance(g, bool)),
+        Source(who.get("source", Source.UNKNOWN.value)),
     )
 
 
@@ -177,13 +184,16 @@ class Forwarder:
         self._node.spawn(guarded())
 
     async def _list(self, link: AdminLink, request: Request) -> None:
+        # Rows of other nodes are judged here, with this node's rules (every node
+        # loads the same configuration; docs/security.md).
         try:
             rows, missing = await self._node.cluster_rows()
-            reply = ok(request.id, vms=rows)
+            reply = ok(request.id, vms=[r for r in rows if link.row_visible(r)])
             if missing:
                 reply["cluster_missing"] = missing
         except RegistryUnavailable as exc:
-            reply = ok(request.id, vms=self._node.local_rows(), cluster_error=str(exc))
+            rows = [r for r in self._node.local_rows() if link.row_visible(r)]
+            reply = ok(request.id, vms=rows, cluster_error=str(exc))
         link.remote_done(reply)
 
     async def _locate(self, link: AdminLink, request: Request, spec: str) -> str | None:
@@ -285,7 +295,8 @@ class Forwarder:
             nodes = await node.registry.live_nodes()
         except RegistryUnavailable as exc:
             link.subscribed = True
-            link.remote_done(ok(request.id, vms=node.local_rows(), cluster_error=str(exc)))
+            mine = [r for r in node.local_rows() if link.row_visible(r)]
+            link.remote_done(ok(request.id, vms=mine, cluster_error=str(exc)))
             return
         feeds: list[Feed] = []
         missing: list[str] = []
@@ -315,7 +326,7 @@ class Forwarder:
         # One step, no await: this node's snapshot and its subscription, then the
         # reply, then what the feeds sent meanwhile.
         link.subscribed = True
-        rows += node.local_rows()
+        rows += [r for r in node.local_rows() if link.row_visible(r)]  # feeds' are judged there
         rows.sort(key=lambda r: str(r.get("key", "")))
         reply = ok(request.id, vms=rows)
         if missing:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from vspc.common.paths import SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd.ext import hooks
+from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
 from vspc.vspcd.net.admission import AllowList
 from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
 from vspc.vspcd.service.flags import (
@@ -42,6 +43,10 @@ from vspc.vspcd.service.flags import (
 )
 
 __all__ = ["Config", "ConfigError", "LogTarget", "default_admin_socket"]
+
+
+# Config fields no flag sets: tables of the configuration file (vspcd/faces/admin/policy.py).
+FILE_ONLY = frozenset({"access_policy"})
 
 
 class ConfigError(Exception):
@@ -151,6 +156,8 @@ class Config:
     cluster_secret_file: Path | None = None
     cluster_lease: float = CLUSTER_LEASE
     reuse_port: bool = False
+    # access_default and [[access]]: file-only keys (vspcd/faces/admin/policy.py).
+    access_policy: AccessPolicy = DEFAULT_POLICY
 
     @property
     def log_target(self) -> LogTarget:

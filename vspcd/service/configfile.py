@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 
 from vspc.common.convert import octal_mode
+from vspc.vspcd.faces.admin.policy import AccessConfigError, parse_access
 from vspc.vspcd.service.configdata import ConfigError
 from vspc.vspcd.service.flags import FLAGS, Flag, Kind
 
@@ -80,6 +81,15 @@ def read_config_file(path: Path) -> dict[str, object]:
     keys = file_keys()
     values: dict[str, object] = {}
     problems: list[str] = []
+    # Per-console access rules have no flag: a table is no command-line value.
+    access: dict[str, object] = {
+        key: table.pop(key) for key in ("access_default", "access") if key in table
+    }
+    if access:
+        try:
+            values["access_policy"] = parse_access(access)
+        except AccessConfigError as exc:
+            problems.extend(f"{path}: {error}" for error in exc.errors)
     for key, value in table.items():
         flag = keys.get(key)
         if flag is None:

@@ -119,6 +119,10 @@ _APPLY: dict[str, Apply] = {
 # The live keys, in table order; a flag marked live without a way to apply it here
 # fails at import (and in tests/vspcd/service/test_flags.py).
 LIVE: dict[str, Apply] = {flag.dest: _APPLY[flag.dest] for flag in FLAGS if flag.live}
+# Keys of the file that no flag sets: the access rules (access_default, [[access]]),
+# which the admin server re-judges every open connection against when the daemon's
+# config is set (vspcd/faces/admin/link.py `access_changed`).
+LIVE["access_policy"] = _through_config
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,4 +80,5 @@ def admin_settings(config: Config) -> admin.AdminSettings:
         client_queue=config.client_queue,
         idle_timeout=config.admin_idle_timeout,
         per_peer=config.admin_per_peer,
+        access=config.access_policy,
     )

@@ -102,7 +102,11 @@ async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json(ctx, reply)
         return ExitCode.OK
-    ctx.print(format_console(parse_reply(ConsoleInfo.from_json, reply.get("console"))))
+    console = reply.get("console")
+    ctx.print(format_console(parse_reply(ConsoleInfo.from_json, console)))
+    level = console.get("level") if isinstance(console, dict) else None
+    if isinstance(level, str):  # daemons with access rules say the caller's level
+        ctx.print(f"your level: {safe(level)}")
     return ExitCode.OK
 
 
@@ -254,6 +258,38 @@ async def version_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     who = safe(hello.user) if hello.user else ("-" if hello.uid is None else f"uid {hello.uid}")
     ctx.print(f"vspc {version}; vspcd {safe(hello.version)}, protocol {safe(hello.protocol)}")
     ctx.print(f"access: {safe(hello.access.value)} (as {who})")
+    return ExitCode.OK
+
+
+@commands.register("whoami", help="who vspcd thinks you are: user, uid, groups, default level",
+                   args=[_JSON])  # fmt: skip
+async def whoami_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("whoami")
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    user, uid = reply.get("user"), reply.get("uid")
+    who = safe(user) if user else ("-" if uid is None else f"uid {safe(uid)} (no passwd entry)")
+    groups = reply.get("groups")
+    ctx.print(f"user: {who}")
+    ctx.print(f"uid: {safe(uid)}  gid: {safe(reply.get('gid'))}")
+    if isinstance(groups, list):
+        ctx.print(f"groups: {safe(' '.join(str(g) for g in groups)) or '-'}")
+    ctx.print(f"default level: {safe(reply.get('level'))} ({safe(reply.get('reason'))})")
+    return ExitCode.OK
+
+
+@commands.register("access", help="your level on a console, and the rule that gave it",
+                   args=[protocol_arg("access", "vm"), _JSON])  # fmt: skip
+async def access_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("access", vm=ns.vm)
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    name = safe(reply.get("name", ns.vm))
+    ctx.print(f"{name}: {safe(reply.get('level'))} ({safe(reply.get('reason'))})")
     return ExitCode.OK
 
 

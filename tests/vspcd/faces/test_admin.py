@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import grp
 import json
 import logging
 import os
@@ -25,11 +26,21 @@ from typing import Any
 
 import pytest
 
-from vspc.common.admin import COMMANDS, Access, ClientInfo, ConsoleInfo, encode_message
+from vspc.common.admin import (
+    COMMANDS,
+    Access,
+    ClientInfo,
+    ConsoleInfo,
+    Level,
+    encode_message,
+)
 from vspc.common.esxi import ConsoleInput, EsxiEvent, EsxiSession, Goahead, PeerOk
 from vspc.common.vmware import parse_service_uri
-from vspc.vspcd.faces.admin import access, handlers, limits
+from vspc.vspcd.faces.admin import handlers, limits
+from vspc.vspcd.faces.admin import link as link_module
+from vspc.vspcd.faces.admin.access import Gate
 from vspc.vspcd.faces.admin.link import AdminLink
+from vspc.vspcd.faces.admin.policy import Identity, Source
 from vspc.vspcd.faces.admin.server import AdminServer
 from vspc.vspcd.service.config import Config, parse_args
 from vspc.vspcd.service.server import Daemon
@@ -342,6 +353,12 @@ class Bystanders:
         await self.vm.expect(typed)
 
 
+def _my_gids() -> list[int]:
+    """This process's gids as SO_PEERGROUPS reports them to the daemon: primary first."""
+    primary = os.getegid()
+    return [primary, *sorted(set(os.getgroups()) - {primary})]
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -363,6 +380,10 @@ def test_hello_reports_protocol_capabilities_and_peer(tmp_path: Path) -> None:
                 "access": "full",
                 "uid": os.geteuid(),
                 "user": ME,
+                # who the peer is, from its own credentials, and its default level
+                "gid": os.getegid(),
+                "groups": [grp.getgrgid(g).gr_name for g in _my_gids()],
+                "level": "control",
             }
             assert (await peer.request("hello", id="abc"))["id"] == "abc"
             assert "id" not in await peer.request("hello")
@@ -987,44 +1008,40 @@ def test_internal_errors_are_replied_and_logged(
 
 
 @pytest.mark.parametrize(
-    ("uid", "gid", "group", "member", "expected"),
+    ("uid", "gid", "groups", "readonly_gid", "expected"),
     [
-        (1000, 1000, None, True, Access.FULL),  # no --readonly-group
-        (0, 0, "ops", True, Access.FULL),  # root
-        (4242, 100, "ops", True, Access.FULL),  # the daemon's own uid
-        (1000, 1000, "ops", True, Access.READONLY),
-        (1000, 1000, "ops", False, Access.FULL),
+        (1000, 1000, (), None, Level.CONTROL),  # no --readonly-group
+        (0, 0, (77,), 77, Level.CONTROL),  # root
+        (4242, 100, (77,), 77, Level.CONTROL),  # the daemon's own uid
+        (1000, 77, (), 77, Level.WATCH),  # primary group
+        (1000, 1000, (5, 77), 77, Level.WATCH),  # supplementary group (SO_PEERGROUPS)
+        (1000, 1000, (5,), 77, Level.CONTROL),  # not a member
     ],
 )
-def test_access_level(
-    monkeypatch: pytest.MonkeyPatch,
-    uid: int,
-    gid: int,
-    group: str | None,
-    member: bool,
-    expected: Access,
+def test_readonly_group_level(
+    uid: int, gid: int, groups: tuple[int, ...], readonly_gid: int | None, expected: Level
 ) -> None:
-    seen: list[tuple[int, int, str]] = []
-
-    def in_group(uid: int, gid: int, group: str) -> bool:
-        seen.append((uid, gid, group))
-        return member
-
-    monkeypatch.setattr(access, "uid_in_group", in_group)
-    assert access.access_level(uid, gid, group, own_uid=4242) is expected
-    assert seen == ([(uid, gid, group)] if expected is Access.READONLY or not member else [])
+    # Membership comes from the peer's own credentials only (never /etc/group).
+    gate = Gate(own_uid=4242, readonly_gid=readonly_gid)
+    me = Identity("unix", uid, gid, "someone", frozenset(groups), Source.UNIX)
+    assert gate.level(me, None) is expected
+    assert gate.access(me) is (Access.READONLY if expected is Level.WATCH else Access.FULL)
 
 
 def test_readonly_group_peers_watch_but_do_not_touch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     readonly = {"next": False}
+    real_identify = link_module.identify
 
-    def resolver(uid: int, gid: int, group: str | None, own_uid: int) -> Access:
-        assert uid == os.geteuid() and group == "root"
-        return Access.READONLY if readonly["next"] else Access.FULL
+    def identify(transport: Any, *, unix: bool) -> Identity:
+        # A member of the read-only group "root" (gid 0) that is not root itself.
+        me = real_identify(transport, unix=unix)
+        if not readonly["next"]:
+            return me
+        return Identity("unix", 12345, 12345, "watcher", frozenset({0}), Source.UNIX)
 
-    monkeypatch.setattr(access, "access_level", resolver)
+    monkeypatch.setattr(link_module, "identify", identify)
 
     async def main() -> None:
         async with daemon_with(tmp_path, "--readonly-group", "root") as h:
@@ -1033,7 +1050,8 @@ def test_readonly_group_peers_watch_but_do_not_touch(
             watcher = await h.admin()
             readonly["next"] = False
             hello = await watcher.ok("hello")
-            assert hello["access"] == "readonly" and hello["uid"] == os.geteuid()
+            assert hello["access"] == "readonly" and hello["uid"] == 12345
+            assert hello["level"] == "watch"
             await watcher.ok("list")
             await watcher.ok("show", vm="vm01")
             await watcher.ok("subscribe")
@@ -1047,7 +1065,8 @@ def test_readonly_group_peers_watch_but_do_not_touch(
             ):
                 assert await watcher.error("attach", vm="vm01", **fields) == "permission_denied"
             assert await watcher.error("clear", vm="vm01") == "permission_denied"
-            assert await watcher.error("kick", client=1) == "permission_denied"
+            # kick is judged on the kicked client's console: there is no client 1 yet
+            assert await watcher.error("kick", client=1) == "not_attached"
 
             # free_for_all + readonly is allowed; the default mode is downgraded
             reply = await watcher.ok("attach", vm="vm01", lock="free_for_all", readonly=True)

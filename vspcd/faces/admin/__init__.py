@@ -12,8 +12,11 @@ events, access control, error codes, limits).
 
 Modules:
 
-- `access`: who the peer is (SO_PEERCRED -> `Identity`) and what it may do
-  (`authorize`, the `--readonly-group` check);
+- `policy`: the access rules (`access_default`, `[[access]]`) parsed and judged,
+  sans-IO: `parse_access`, `AccessPolicy`, `Identity`;
+- `access`: who the peer is (SO_PEERCRED + SO_PEERGROUPS -> `Identity`) and the
+  rules bound to this daemon (`Gate`: its own uid, `--readonly-group`);
+- `resolve`: a console name resolved among the consoles a peer may watch;
 - `limits`: `Limits`, the request token bucket, why a connection is not read;
 - `handlers`: `HANDLERS`, one function per command;
 - `tails`: the consoles a connection follows (`tail` with `follow`);

@@ -1,98 +1,96 @@
-"""Who an admin peer is and what it may do (docs/admin-protocol.md "Access control").
+"""Who an admin peer is, and its level on each console (docs/admin-protocol.md
+"Access control", docs/security.md "Who may do what").
 
-Boundary: everything the admin server decides from the peer's identity lives here,
-so a finer policy changes this module only.  The peer is identified once, when it
-connects: SO_PEERCRED on the Unix socket gives uid and gid, and members of
-`--readonly-group` get read-only access; TCP peers are unauthenticated and get full
-access (docs/security.md).  `authorize` is the one check between a validated request
-and its handler; `attach_readonly` the one downgrade of an attach.
+Boundary: the socket side of access control.  The peer is identified once, when it
+connects, from its own credentials only: SO_PEERCRED gives uid and primary gid,
+SO_PEERGROUPS the supplementary groups the process actually holds (never the group
+database: a process that dropped a group with `setpriv --groups` must not get it back).
+If either cannot be read the peer is `Source.UNKNOWN` and gets `none` everywhere (fail
+closed).  TCP peers are anonymous (`Source.TCP`).  The rules themselves and their
+judgement are sans-IO, in vspcd/faces/admin/policy.py; `Gate` binds them to the
+daemon (its own uid, the `--readonly-group` gid) and to hub consoles.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import grp
 import logging
+import os
 import pwd
 import socket
+import struct
 from dataclasses import dataclass
 from typing import cast
 
-from vspc.common.admin import Access, AdminError, ErrorCode, Request, required_access
+from vspc.common.admin import Access, Level
+from vspc.common.vmware import canonical_uuid
+from vspc.vspcd.faces.admin.policy import (
+    DEFAULT_POLICY,
+    AccessPolicy,
+    ConsoleRef,
+    Decision,
+    Identity,
+    Source,
+)
+from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.net.links import peer_name
-from vspc.vspcd.net.listeners import peer_credentials, uid_in_group
+from vspc.vspcd.net.listeners import peer_credentials
 
 log = logging.getLogger(__package__)  # one logger for the admin server
 
-__all__ = ["Identity", "access_level", "attach_readonly", "authorize", "identify", "peer_key"]
+__all__ = [
+    "Gate",
+    "Identity",
+    "Source",
+    "console_ref",
+    "group_names",
+    "identify",
+    "peer_groups",
+    "peer_key",
+    "row_ref",
+]
+
+# Linux's SO_PEERGROUPS (asm-generic/socket.h), for Pythons whose socket module lacks it.
+SO_PEERGROUPS: int = getattr(socket, "SO_PEERGROUPS", 59)
+_GID = struct.Struct("=I")  # gid_t
+_NGROUPS_MAX = 65536
 
 
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """Who is at the other end of an admin connection, and what they may do.
+def peer_groups(sock: socket.socket) -> frozenset[int]:
+    """The supplementary gids of the process at the other end of a Unix socket
+    (SO_PEERGROUPS, Linux 4.13+), as it held them when it connected.
 
-    `address` is "unix" for the admin socket and host:port for TCP; uid/gid come from
-    SO_PEERCRED and are None for TCP peers.
+    Raises:
+        OSError: the kernel cannot say (not Linux, not a Unix socket, ...).
     """
-
-    address: str
-    uid: int | None = None
-    gid: int | None = None
-    user: str | None = None
-    access: Access = Access.FULL
-
-    @property
-    def who(self) -> str:
-        """The name shown to disconnected clients: user, else uid, else address."""
-        if self.user:
-            return self.user
-        if self.uid is not None:
-            return f"uid {self.uid}"
-        return self.address
-
-    def privileged(self, own_uid: int) -> bool:
-        """Root or the daemon's own uid (known on the Unix socket only): may use the
-        reserved connection slots, and is never read-only."""
-        return self.uid is not None and self.uid in (0, own_uid)
-
-    def __str__(self) -> str:
-        if self.uid is not None:
-            return f"uid={self.uid} gid={self.gid} user={self.user or '?'}"
-        if self.address == "unix":
-            return "unix peer (credentials unknown)"
-        return f"{self.address} (TCP, unauthenticated)"
+    size = 64
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size * _GID.size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < _NGROUPS_MAX:
+                size *= 16  # more groups than the buffer holds
+                continue
+            raise
+        count = len(raw) // _GID.size
+        return frozenset(gid for (gid,) in _GID.iter_unpack(raw[: count * _GID.size]))
 
 
-def access_level(uid: int, gid: int, readonly_group: str | None, own_uid: int) -> Access:
-    """The access level of an admin-socket peer (docs: "Access control").
-
-    Members of `readonly_group` (primary or supplementary) are read-only, except root
-    and the daemon's own user, who could bypass the daemon anyway.
-    """
-    if readonly_group is None or uid in (0, own_uid):
-        return Access.FULL
-    return Access.READONLY if uid_in_group(uid, gid, readonly_group) else Access.FULL
-
-
-def identify(
-    transport: asyncio.Transport, *, unix: bool, readonly_group: str | None, own_uid: int
-) -> Identity:
-    """The identity of the peer of a new connection."""
+def identify(transport: asyncio.Transport, *, unix: bool) -> Identity:
+    """The identity of the peer of a new connection (fail closed on the Unix socket)."""
     if not unix:
-        return Identity(peer_name(transport))
+        return Identity(peer_name(transport), source=Source.TCP)
     sock = transport.get_extra_info("socket")
     try:
         creds = peer_credentials(cast(socket.socket, sock))
-    except (OSError, AttributeError) as exc:
-        # Without credentials a --readonly-group member could pass for anyone.
-        log.warning("admin peer: SO_PEERCRED failed (%s)", exc)
-        return Identity("unix", access=Access.READONLY if readonly_group else Access.FULL)
-    return Identity(
-        "unix",
-        creds.uid,
-        creds.gid,
-        _user_name(creds.uid),
-        access_level(creds.uid, creds.gid, readonly_group, own_uid),
-    )
+        groups = peer_groups(cast(socket.socket, sock))
+    except (OSError, AttributeError, struct.error) as exc:
+        # Without its own credentials the peer could pass for anyone: it gets none.
+        log.warning("admin peer: cannot read its credentials (%s); it gets no access", exc)
+        return Identity("unix", source=Source.UNKNOWN)
+    return Identity("unix", creds.uid, creds.gid, _user_name(creds.uid), groups, Source.UNIX)
 
 
 def peer_key(identity: Identity, transport: asyncio.Transport, *, unix: bool) -> object:
@@ -103,23 +101,97 @@ def peer_key(identity: Identity, transport: asyncio.Transport, *, unix: bool) ->
     return ("host", addr[0] if isinstance(addr, tuple) and addr else "?")
 
 
-def authorize(identity: Identity, request: Request) -> None:
-    """Raise AdminError(PERMISSION_DENIED) unless `identity` may send `request`."""
-    if required_access(request) is Access.FULL and identity.access is not Access.FULL:
-        if request.cmd == "attach":
-            text = "read-only access: attach with readonly or free_for_all_or_readonly"
-        else:
-            text = f"read-only access: {request.cmd} needs full access"
-        raise AdminError(ErrorCode.PERMISSION_DENIED, text, request.id)
+def console_ref(console: Console) -> ConsoleRef:
+    """What access rules match a hub console on."""
+    return ConsoleRef(console.display_name, console.name, console.key.uuid, console.key.label)
 
 
-def attach_readonly(identity: Identity, requested: bool) -> bool:
-    """Whether an authorized attach joins read-only.
+def event_ref(key: ConsoleKey, name: str, console: Console | None) -> ConsoleRef:
+    """An event's console: the live one if the hub still has it, else its last name."""
+    if console is not None:
+        return console_ref(console)
+    return ConsoleRef(name, name, key.uuid, key.label)
 
-    `authorize` let a read-only peer attach only with free_for_all_or_readonly or
-    readonly: the default mode is downgraded so `vspc VM` just works.
+
+def row_ref(row: dict[str, object]) -> ConsoleRef:
+    """A `list` row's console (cluster mode: rows from other nodes)."""
+    name, vm_name = row.get("name"), row.get("vm_name")
+    uuid, label = row.get("uuid"), row.get("label")
+    try:
+        canonical = canonical_uuid(uuid) if isinstance(uuid, str) else ""
+    except ValueError:
+        canonical = ""
+    return ConsoleRef(
+        name if isinstance(name, str) else "",
+        vm_name if isinstance(vm_name, str) else "",
+        canonical,
+        label if isinstance(label, str) else "",
+    )
+
+
+def group_names(identity: Identity) -> tuple[str, ...]:
+    """The peer's groups by name (a gid without one as its number), primary first."""
+    ordered = ([] if identity.gid is None else [identity.gid]) + sorted(
+        identity.groups - {identity.gid}
+    )
+    names = []
+    for gid in ordered:
+        try:
+            names.append(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            names.append(str(gid))
+    return tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """The policy bound to this daemon: its own uid and the `--readonly-group` gid.
+
+    `generation` changes whenever the gate is rebuilt (a reload), so per-connection
+    caches of levels know to start over.
     """
-    return requested or identity.access is not Access.FULL
+
+    policy: AccessPolicy = DEFAULT_POLICY
+    own_uid: int = 0
+    readonly_gid: int | None = None
+    generation: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        policy: AccessPolicy,
+        readonly_group: str | None,
+        own_uid: int | None = None,
+        generation: int = 0,
+    ) -> Gate:
+        readonly_gid = None
+        if readonly_group is not None:
+            try:
+                readonly_gid = grp.getgrnam(readonly_group).gr_gid
+            except KeyError:
+                if readonly_group.isdigit():
+                    readonly_gid = int(readonly_group)
+                else:
+                    log.warning("--readonly-group %s: no such group", readonly_group)
+        return cls(policy, os.geteuid() if own_uid is None else own_uid, readonly_gid, generation)
+
+    def decide(self, identity: Identity, console: ConsoleRef | None) -> Decision:
+        return self.policy.decide(
+            identity, console, own_uid=self.own_uid, readonly_gid=self.readonly_gid
+        )
+
+    def level(self, identity: Identity, console: ConsoleRef | None) -> Level:
+        return self.decide(identity, console).level
+
+    def hides_nothing_from(self, identity: Identity) -> bool:
+        """No rules, and `identity` may watch every console: lookups need no filter."""
+        return not self.policy.rules and self.level(identity, None) is not Level.NONE
+
+    def access(self, identity: Identity) -> Access:
+        """The `hello` reply's old two-valued `access`: readonly for a peer capped at
+        watch (or below) on a console no rule names."""
+        level = self.level(identity, None)
+        return Access.FULL if level.rank >= Level.WRITE.rank else Access.READONLY
 
 
 def _user_name(uid: int) -> str | None:

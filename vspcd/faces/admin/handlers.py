@@ -1,9 +1,12 @@
 """The admin command handlers: one function per command of the protocol's table.
 
 Boundary: each handler gets the connection (vspcd/faces/admin/link.py) and the
-validated, authorized request, and returns the reply's fields (without "ok" and
-"id") or raises AdminError / HubError.  Console state and policy come from the hub;
-the JSON shapes from vspcd/faces/render.py.  Spec: docs/admin-protocol.md "Commands".
+validated request, and returns the reply's fields (without "ok" and "id") or raises
+AdminError / HubError.  Every console a handler touches is found through `link.find`
+or checked with `link.check` / `link.may_see`, which judge the peer's level on it
+(docs/admin-protocol.md "Access control"): no handler reaches a console otherwise.
+Console state and policy come from the hub; the JSON shapes from
+vspcd/faces/render.py.  Spec: docs/admin-protocol.md "Commands".
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from vspc.common.admin import (
 from vspc.common.display import safe
 from vspc.vspcd import __version__
 from vspc.vspcd.faces import render
-from vspc.vspcd.faces.admin.access import Identity
+from vspc.vspcd.faces.admin.access import Identity, console_ref, group_names
 from vspc.vspcd.hub.hub import HubError
 
 if TYPE_CHECKING:
@@ -61,22 +64,60 @@ def _hello(link: AdminLink, request: Request) -> Reply:
     client = request.fields["client"]
     if client:
         log.info("admin %s: client %s", link.identity, safe(client))
-    me = link.identity
+    me, gate = link.identity, link.server.gate
     return Hello(
-        PROTOCOL_VERSION, __version__, tuple(sorted(HANDLERS)), me.access, me.uid, me.user
+        PROTOCOL_VERSION,
+        __version__,
+        tuple(sorted(HANDLERS)),
+        gate.access(me),
+        me.uid,
+        me.user,
+        me.gid,
+        group_names(me),
+        gate.level(me, None),
     ).to_json()
+
+
+@handles("whoami")
+def _whoami(link: AdminLink, request: Request) -> Reply:
+    me, gate = link.identity, link.server.gate
+    decision = gate.decide(me, None)
+    return {
+        "user": me.user,
+        "uid": me.uid,
+        "gid": me.gid,
+        "groups": list(group_names(me)),
+        "source": me.source.value,
+        "address": me.address,
+        "level": decision.level.value,
+        "reason": decision.reason,
+    }
+
+
+@handles("access")
+def _access(link: AdminLink, request: Request) -> Reply:
+    console = link.find(request)
+    decision = link.server.gate.decide(link.identity, console_ref(console))
+    return {
+        "key": str(console.key),
+        "name": console.display_name,
+        "level": decision.level.value,
+        "reason": decision.reason,
+    }
 
 
 @handles("list")
 def _list(link: AdminLink, request: Request) -> Reply:
-    return {"vms": link.server.console_rows()}
+    return {"vms": link.server.console_rows(link)}
 
 
 @handles("show")
 def _show(link: AdminLink, request: Request) -> Reply:
-    console = link.server.hub.find(request.fields["vm"])
+    console = link.find(request)
     info = link.server.hub.console_info(console, detail=True)
-    return {"console": render.show_row(info, link.server.epoch)}
+    row = render.show_row(info, link.server.epoch)
+    row["level"] = link.level(console).value  # the caller's level on it
+    return {"console": row}
 
 
 @handles("stats")
@@ -103,11 +144,12 @@ def _clear(link: AdminLink, request: Request) -> Reply:
     port, reason = request.fields["port"], request.fields["reason"]
     if port is not None:
         found = hub.console_by_port(port)
-        if found is None:
+        if found is None or not link.may_see(found):
             raise HubError(ErrorCode.VM_NOT_FOUND, f"no console has port {port}")
         console = found
+        link.check(request, console)
     else:
-        console = hub.find(request.fields["vm"])
+        console = link.find(request)
     cleared = hub.clear(console, _disconnect_text(link.identity, reason))
     log.info(
         "admin %s cleared %s: %d client(s) disconnected (%s), key %s",
@@ -122,8 +164,15 @@ def _clear(link: AdminLink, request: Request) -> Reply:
 
 @handles("kick")
 def _kick(link: AdminLink, request: Request) -> Reply:
-    reason = request.fields["reason"]
-    client = link.server.hub.kick(request.fields["client"], _disconnect_text(link.identity, reason))
+    reason, ident = request.fields["reason"], request.fields["client"]
+    hub = link.server.hub
+    target = next(
+        (c for console in hub.consoles() for c in console.clients if c.ident == ident), None
+    )
+    if target is None or not link.may_see(target.console):
+        raise HubError(ErrorCode.NOT_ATTACHED, f"no client with id {ident}")  # the hub's words
+    link.check(request, target.console)
+    client = hub.kick(ident, _disconnect_text(link.identity, reason))
     console = client.console
     log.info(
         "admin %s kicked client %d (%s %s) from %s (%s)",
@@ -140,7 +189,7 @@ def _kick(link: AdminLink, request: Request) -> Reply:
 @handles("subscribe")
 def _subscribe(link: AdminLink, request: Request) -> Reply:
     link.subscribed = True
-    return {"vms": link.server.console_rows()}  # same moment: nothing falls between
+    return {"vms": link.server.console_rows(link)}  # same moment: nothing falls between
 
 
 @handles("unsubscribe")
@@ -151,7 +200,7 @@ def _unsubscribe(link: AdminLink, request: Request) -> Reply:
 
 @handles("tail")
 def _tail(link: AdminLink, request: Request) -> Reply:
-    console = link.server.hub.find(request.fields["vm"])
+    console = link.find(request)
     data = console.scrollback.last(request.fields["bytes"])
     if request.fields["follow"]:
         link.tails.follow(console)  # in the same turn as the read: no byte lost or repeated
@@ -160,7 +209,7 @@ def _tail(link: AdminLink, request: Request) -> Reply:
 
 @handles("untail")
 def _untail(link: AdminLink, request: Request) -> Reply:
-    console = link.server.hub.find(request.fields["vm"])
+    console = link.find(request)
     link.tails.unfollow(str(console.key))
     return {"key": str(console.key), "name": console.display_name}
 

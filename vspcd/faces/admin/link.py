@@ -12,14 +12,17 @@ A link moves through these modes:
     JSON --splice (cluster mode, vspcd/cluster/forward.py)--> SPLICED --> CLOSING
 
 In JSON mode bytes go through a `LineFramer`; each complete line is validated,
-checked against the token bucket and the peer's access level, and executed through
-`HANDLERS`, strictly in order.  Events and `output` chunks are written between
-replies.  Backpressure: while more than `Limits.reply_backlog` bytes of replies are
-unread the link stops reading (asyncio's pause_writing -> pause_reading), so a peer
-that pipelines without reading only stalls itself; pushed events cannot be paused,
-so past `Limits.event_backlog` the peer gets `overrun` and is closed.  A line left
-unfinished for `Limits.line_timeout` seconds (a `call_later` timer, armed only while
-bytes of an unfinished line are waiting) gets `timeout`.
+checked against the token bucket, and executed through `HANDLERS`, strictly in
+order.  Access is judged per console (`find`, `may_see`; docs/admin-protocol.md
+"Access control"): a console the peer may not watch does not exist for it, and its
+events are not sent; a reload re-judges every connection (`access_changed`).  Events
+and `output` chunks are written between replies.  Backpressure: while more than
+`Limits.reply_backlog` bytes of replies are unread the link stops reading (asyncio's
+pause_writing -> pause_reading), so a peer that pipelines without reading only
+stalls itself; pushed events cannot be paused, so past `Limits.event_backlog` the
+peer gets `overrun` and is closed.  A line left unfinished for `Limits.line_timeout`
+seconds (a `call_later` timer, armed only while bytes of an unfinished line are
+waiting) gets `timeout`.
 
 In ATTACHED mode the link is the hub's `ClientChannel` for one console: raw bytes
 both ways, no JSON, no events.  A peer that stops reading loses output (counted and
@@ -42,25 +45,31 @@ from vspc.common.admin import (
     AdminError,
     AttachGrant,
     ErrorCode,
+    Level,
     LineFramer,
+    LockMode,
     Request,
     encode_message,
     failed,
     ok,
+    required_level,
     validate_request,
 )
 from vspc.common.display import safe
 from vspc.vspcd.faces.admin.access import (
     Identity,
-    attach_readonly,
-    authorize,
+    console_ref,
+    event_ref,
     identify,
     peer_key,
+    row_ref,
 )
 from vspc.vspcd.faces.admin.handlers import HANDLERS, Reply
 from vspc.vspcd.faces.admin.limits import Reading, TokenBucket
+from vspc.vspcd.faces.admin.policy import ConsoleRef
+from vspc.vspcd.faces.admin.resolve import find_among
 from vspc.vspcd.faces.admin.tails import Tails
-from vspc.vspcd.hub.console import Client, LockMode
+from vspc.vspcd.hub.console import Client, Console
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import HubError
 from vspc.vspcd.net.flow import ClientOutput
@@ -114,7 +123,9 @@ class AdminLink(asyncio.Protocol):
         self._greeting: list[str] = []  # notices from the hub during attach
         self._output = ClientOutput("admin ?")  # the attach channel (vspcd/net/flow.py)
         self.subscribed = False
-        self.identity = Identity("?")
+        self._identity = Identity("?")
+        self._levels: dict[tuple[str, str, str], Level] = {}  # per (key, name, vm name)
+        self._levels_generation = -1  # the gate they were judged by
         self.peer = "?"  # ClientChannel: "unix" or host:port
         # set in connection_made
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,12 +140,7 @@ class AdminLink(asyncio.Protocol):
         self.closed = self._loop.create_future()
         self._reading.bind(self._transport)
         self._output.bind(self._transport)
-        self.identity = identify(
-            self._transport,
-            unix=self._unix,
-            readonly_group=self.server.settings.readonly_group,
-            own_uid=self.server.own_uid,
-        )
+        self.identity = identify(self._transport, unix=self._unix)
         self._output.who = f"admin {self.identity}"
         self.peer = self.identity.address
         self.peer_key = peer_key(self.identity, self._transport, unix=self._unix)
@@ -147,7 +153,11 @@ class AdminLink(asyncio.Protocol):
         self._last_active = self._loop.time()
         if self._limits.idle_timeout > 0:
             self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._on_idle)
-        log.debug("admin connection from %s (%s access)", self.identity, self.identity.access)
+        log.debug(
+            "admin connection from %s (level %s where no rule applies)",
+            self.identity,
+            self.server.gate.level(self.identity, None).value,
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._loop is not None:
@@ -239,7 +249,6 @@ class AdminLink(asyncio.Protocol):
             rid = request.id
             if not self._bucket.take():
                 raise AdminError(ErrorCode.BUSY, "rate limit reached; retry later", rid)
-            authorize(self.identity, request)
             remote = self.server.remote
             if remote is not None and remote.takes(self, request):
                 self._waiting = True
@@ -383,7 +392,10 @@ class AdminLink(asyncio.Protocol):
         if self._mode is not Mode.JSON or self._attaching:
             return
         if self.subscribed and line is not None:
-            self._push(line)
+            key = event.key
+            ref = event_ref(key, event.name, self._hub.console(key))
+            if self._level_of(ref) is not Level.NONE:  # the others do not exist for us
+                self._push(line)
         if isinstance(event, ConsoleExpired):
             self.tails.expired(str(event.key))  # a followed console went away
 
@@ -395,14 +407,132 @@ class AdminLink(asyncio.Protocol):
         self.subscribed = False
         self.tails.clear()
 
+    # -- access ---------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> Identity:
+        """Who the peer is (set at connect; cluster mode sets a relayed operator's)."""
+        return self._identity
+
+    @identity.setter
+    def identity(self, identity: Identity) -> None:
+        self._identity = identity
+        self._levels.clear()
+
+    def _level_of(self, ref: ConsoleRef) -> Level:
+        gate = self.server.gate
+        if self._levels_generation != gate.generation:
+            self._levels.clear()
+            self._levels_generation = gate.generation
+        cache_key = (ref.uuid + "_" + ref.label, ref.name, ref.vm_name)
+        level = self._levels.get(cache_key)
+        if level is None:
+            if len(self._levels) > 4096:  # renamed consoles leave stale entries
+                self._levels.clear()
+            level = self._levels[cache_key] = gate.level(self._identity, ref)
+        return level
+
+    def level(self, console: Console) -> Level:
+        """The peer's level on `console`."""
+        return self._level_of(console_ref(console))
+
+    def may_see(self, console: Console) -> bool:
+        """The console exists for this peer (level watch or more)."""
+        return self.level(console) is not Level.NONE
+
+    def row_visible(self, row: dict[str, Any]) -> bool:
+        """Cluster mode: a `list` row from another node, judged here."""
+        return self._level_of(row_ref(row)) is not Level.NONE
+
+    def find(self, request: Request, spec: str | None = None) -> Console:
+        """The console `request` names (its `vm`, or `spec`), checked against the
+        level the request needs on it.
+
+        Raises:
+            HubError: `vm_not_found` (also for a console the peer may not watch:
+                no hint that it exists) or `ambiguous_vm` among the visible ones.
+            AdminError: `permission_denied`.
+        """
+        text = request.fields["vm"] if spec is None else spec
+        hub = self._hub
+        gate = self.server.gate
+        if gate.hides_nothing_from(self._identity):
+            console = hub.find(text)  # the common case: the hub's own lookup
+        else:
+            console = find_among([c for c in hub.consoles() if self.may_see(c)], text)
+        self.check(request, console)
+        return console
+
+    def check(self, request: Request, console: Console) -> None:
+        """Raise unless the peer's level on `console` covers `request`."""
+        level = self.level(console)
+        if level is Level.NONE:
+            spec = request.fields.get("vm") or request.fields.get("port")
+            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {str(spec)!r}")
+        needed = required_level(request)
+        if level.allows(needed):
+            return
+        name = safe(console.display_name)
+        if request.cmd == "attach" and level is Level.WATCH:
+            text = f"watch access on {name}: attach with readonly or free_for_all_or_readonly"
+        elif request.cmd == "attach":
+            lock = request.fields["lock"].value
+            text = f"{level.value} access on {name}: the {lock} lock needs {needed.value}"
+        else:
+            text = f"{level.value} access on {name}: {request.cmd} needs {needed.value}"
+        raise AdminError(ErrorCode.PERMISSION_DENIED, text, request.id)
+
+    def access_changed(self) -> None:
+        """The access rules changed (a reload): re-judge what this connection holds.
+
+        Attached: a peer left without watch is detached; one left with watch loses
+        typing (and, holding a lock, is detached: a watcher holds none); a write-level
+        peer holding the exclusive lock is detached.  Followed consoles no longer
+        visible end with `tail_end`; events are filtered with the new rules from now on.
+        """
+        client = self._client
+        if self._mode is Mode.ATTACHED and client is not None:
+            level = self.level(client.console)
+            holds = client.mode in (LockMode.WRITE, LockMode.EXCLUSIVE)
+            if (
+                level is Level.NONE
+                or (level is Level.WATCH and holds)
+                or (level is Level.WRITE and client.mode is LockMode.EXCLUSIVE)
+            ):
+                log.info(
+                    "admin %s: access to %s changed to %s: detached",
+                    self.identity,
+                    client.console.tag,
+                    level.value,
+                )
+                self._output.notice("access changed: detached")
+                self._detach("access changed")
+                self._close()
+            elif level is Level.WATCH and not client.readonly:
+                # The hub's may_write reads this flag at each keystroke.
+                client.readonly = True
+                log.info(
+                    "admin %s: access to %s changed to watch: read-only",
+                    self.identity,
+                    client.console.tag,
+                )
+                if client.notices:
+                    self._output.notice("access changed: read-only")
+            return
+        for console in self.tails.consoles():
+            if not self.may_see(console):
+                self.tails.expired(str(console.key), "access changed")
+
     # -- attach -----------------------------------------------------------------------------
 
     def attach(self, request: Request) -> Reply:
         """The `attach` command: join the console; the switch happens after the reply."""
         fields = request.fields
-        console = self._hub.find(fields["vm"])
-        lock = LockMode(fields["lock"].value)
-        readonly = attach_readonly(self.identity, bool(fields["readonly"]))
+        console = self.find(request)
+        lock = fields["lock"]
+        # A watcher's default-mode attach joins read-only rather than failing, so
+        # `vspc VM` just works (`find` refused any mode a watcher may not have).
+        readonly = bool(fields["readonly"]) or self.level(console) is Level.WATCH
         me = self.identity
         self._attaching = True
         try:

@@ -17,15 +17,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from vspc.common.admin import Request, Stats, encode_message
 from vspc.vspcd.faces import render
 from vspc.vspcd.faces.admin import limits as limits_module
+from vspc.vspcd.faces.admin.access import Gate
 from vspc.vspcd.faces.admin.limits import Limits
 from vspc.vspcd.faces.admin.link import AdminLink
+from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import Hub
 from vspc.vspcd.hub.ratelog import throttled
@@ -52,6 +54,8 @@ class AdminSettings:
     client_queue: int  # the attach channel's slow-reader limit (--client-queue)
     idle_timeout: float  # --admin-idle-timeout (0 = never)
     per_peer: int  # --admin-per-peer
+    # access_default and [[access]] (vspcd/faces/admin/policy.py, docs/security.md)
+    access: AccessPolicy = field(default=DEFAULT_POLICY)
 
 
 class RemoteRequests(Protocol):
@@ -69,21 +73,24 @@ class AdminServer:
 
     Args:
         hub: the daemon's hub.
-        settings: the listeners, the read-only group, the attach channel's queue and
-            the two configurable limits.  `settings` may be replaced later (a reload):
-            the read-only group and the queue apply to new connections then.
+        settings: the listeners, the access rules and read-only group, the attach
+            channel's queue and the two configurable limits.  `settings` may be
+            replaced later (a reload): the queue applies to new connections then, the
+            access rules and the read-only group to every connection at once
+            (`AdminLink.access_changed`).
         limits: per-connection limits (default `limits.DEFAULT_LIMITS`).
     """
 
     def __init__(self, hub: Hub, settings: AdminSettings, *, limits: Limits | None = None) -> None:
         self.hub = hub
-        self.settings = settings
+        self._settings = settings
+        self.own_uid = os.geteuid()
+        self.gate = Gate.build(settings.access, settings.readonly_group, self.own_uid)
         self.limits = replace(
             limits or limits_module.DEFAULT_LIMITS,
             idle_timeout=settings.idle_timeout,
             per_peer=settings.per_peer,
         )
-        self.own_uid = os.geteuid()
         self.tcp_port: int | None = None
         self._links: set[AdminLink] = set()
         self._per_peer: dict[object, int] = {}
@@ -100,6 +107,26 @@ class AdminServer:
         self.remote: RemoteRequests | None = None  # cluster mode
         self.cluster_node_id = ""  # cluster mode: this node's --node-id
         self._stopping = False
+
+    @property
+    def settings(self) -> AdminSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: AdminSettings) -> None:
+        """A reload: new access rules apply to every open connection now."""
+        old, self._settings = self._settings, settings
+        if (old.access, old.readonly_group) == (settings.access, settings.readonly_group):
+            return
+        self.gate = Gate.build(
+            settings.access, settings.readonly_group, self.own_uid, self.gate.generation + 1
+        )
+        for link in list(self._links):
+            try:
+                link.access_changed()
+            except Exception:
+                log.exception("admin %s: applying new access rules failed; closing", link.identity)
+                link.abort()
 
     @property
     def connections(self) -> frozenset[AdminLink]:
@@ -205,10 +232,15 @@ class AdminServer:
 
     # -- rows and events ------------------------------------------------------------------
 
-    def console_rows(self) -> list[dict[str, Any]]:
-        """Every console's `list` row, sorted by key."""
+    def console_rows(self, link: AdminLink | None = None) -> list[dict[str, Any]]:
+        """Every console's `list` row, sorted by key; with `link`, only the consoles
+        its peer may watch."""
         hub, epoch = self.hub, self.epoch
-        return [render.console_row(hub.console_info(c), epoch) for c in hub.consoles()]
+        return [
+            render.console_row(hub.console_info(c), epoch)
+            for c in hub.consoles()
+            if link is None or link.may_see(c)
+        ]
 
     def _on_hub_event(self, event: HubEvent) -> None:
         # Must not raise: the hub drops an observer that does (and with it every

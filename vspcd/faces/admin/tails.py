@@ -72,12 +72,17 @@ class Tails:
         for key in list(self._tails):
             self.unfollow(key)
 
-    def expired(self, key: str) -> None:
-        """The console `key` expired: if followed, push `tail_end` and stop."""
+    def consoles(self) -> list[Console]:
+        """The consoles followed."""
+        return [tail.console for tail in self._tails.values()]
+
+    def expired(self, key: str, reason: str = "console expired") -> None:
+        """The console `key` expired (or the peer may no longer watch it): if
+        followed, push `tail_end` with `reason` and stop."""
         tail = self._tails.pop(key, None)
         if tail is not None:
             tail.untap()
-            self._push(_event(EventName.TAIL_END, key, tail.console, reason="console expired"))
+            self._push(_event(EventName.TAIL_END, key, tail.console, reason=reason))
 
 
 def _event(name: EventName, key: str, console: Console, **fields: str) -> bytes:
