@@ -1,6 +1,6 @@
 """One cluster node: its lease, its claims, its inter-node links, reconciliation.
 
-Spec: issue #13; docs/cluster.md (design, failure modes).  Boundary: everything async
+Spec: docs/cluster.md ("Design", "Failure modes").  Boundary: everything async
 that cluster mode adds around the (synchronous) hub lives here; Redis is reached only
 through vspcd/cluster/registry.py, the other nodes only through vspcd/cluster/links.py.
 
