@@ -95,7 +95,6 @@ class Hub:
         ports: PortAllocator | None = None,
         secret_factory: Callable[[], bytes] = lambda: secrets.token_bytes(8),
     ) -> None:
-        self.settings = settings
         self._st = HubState(
             settings,
             clock=clock,
@@ -103,6 +102,16 @@ class Hub:
             ports=ports,
             secret_factory=secret_factory,
         )
+
+    @property
+    def settings(self) -> HubSettings:
+        """The hub's settings; assigning new ones (SIGHUP, vspcd/service/reload.py)
+        takes effect for every later decision."""
+        return self._st.settings
+
+    @settings.setter
+    def settings(self, settings: HubSettings) -> None:
+        self._st.settings = settings
 
     @property
     def _cookies(self) -> dict[bytes, Console]:
