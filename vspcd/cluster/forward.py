@@ -1,6 +1,6 @@
 """Any node answers: admin requests about consoles another node serves.
 
-Spec: issue #13 ("Any node answers"), docs/cluster.md, docs/admin-protocol.md.  The
+Spec: docs/cluster.md ("Any node answers"), docs/admin-protocol.md.  The
 admin server (vspcd/faces/admin/) offers every validated request to `Forwarder.takes`:
 
 - `list` / `subscribe`'s snapshot stay local; `list` is answered here with every

@@ -1,6 +1,6 @@
 """This node's consoles in the registry: which it owns, their state, vMotion cookies.
 
-Spec: issue #13 ("Shared registry"), docs/cluster.md.  A hub observer
+Spec: docs/cluster.md ("Registry schema").  A hub observer
 (`Mirror.observe`) turns the events of owned consoles into registry writes: state
 updates go through one ordered writer task, so a slow Redis never stalls the data
 path; vMotion cookies are published at once (a destination reaching another node

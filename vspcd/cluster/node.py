@@ -1,6 +1,6 @@
 """One cluster node: its lease, its claims, its inter-node links, reconciliation.
 
-Spec: issue #13; docs/cluster.md (design, failure modes).  Boundary: everything async
+Spec: docs/cluster.md ("Design", "Failure modes").  Boundary: everything async
 that cluster mode adds around the (synchronous) hub lives here; Redis is reached only
 through vspcd/cluster/registry.py, the other nodes only through vspcd/cluster/links.py.
 
@@ -63,10 +63,10 @@ from vspc.vspcd.cluster.links import PeerLink, RemoteVm
 from vspc.vspcd.cluster.mirror import Mirror
 from vspc.vspcd.cluster.placement import Gate
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
+from vspc.vspcd.cluster.settings import ClusterSettings
 from vspc.vspcd.cluster.streams import StreamSink
 from vspc.vspcd.hub.console import ConsoleKey, VmChannel, VmConn
 from vspc.vspcd.hub.hub import Hub
-from vspc.vspcd.service.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class ClusterNode:
     """Cluster mode around one hub (see the module docstring).
 
     Args:
-        config: --cluster, --node-id, --node-address, --cluster-secret-file, ...
+        settings: the node's share of the configuration (vspcd/cluster/settings.py).
         hub: this daemon's hub.
         ports: binds the telnet ports of consoles this node takes (None: --no-vm-ports).
         prefix: Redis key prefix (tests run one cluster per prefix or per server).
@@ -132,27 +132,25 @@ class ClusterNode:
 
     def __init__(
         self,
-        config: Config,
+        settings: ClusterSettings,
         hub: Hub,
         ports: TelnetPorts | None,
         *,
         prefix: str = "vspc:",
     ) -> None:
-        assert config.cluster and config.node_id and config.node_address
-        assert config.cluster_secret_file is not None
-        self.config = config
-        self.node_id = config.node_id
-        self.address = config.node_address
-        self.lease = config.cluster_lease
-        self._secret = config.cluster_secret_file.read_bytes().strip()
+        self.settings = settings
+        self.node_id = settings.node_id
+        self.address = settings.node_address
+        self.lease = settings.lease
+        self._secret = settings.secret_file.read_bytes().strip()
         self.hub = hub
         self._ports = ports
-        self.registry = Registry(config.cluster, self.node_id, prefix=prefix)
+        self.registry = Registry(settings.registry, self.node_id, prefix=prefix)
         self.gate = Gate(self, hub)
         self.available = False  # the registry answered the last call
         self._tasks: set[asyncio.Task[Any]] = set()
         self.mirror = Mirror(
-            self.node_id, hub, self.registry, self.spawn, config.vmotion_abandon + self.lease
+            self.node_id, hub, self.registry, self.spawn, settings.vmotion_abandon + self.lease
         )
         self._links: dict[str, PeerLink] = {}  # dialed, by peer node id
         self._dialing: dict[str, asyncio.Task[PeerLink | None]] = {}
@@ -202,7 +200,7 @@ class ClusterNode:
         log.info(
             "cluster node %s: registry %s, links on %s",
             self.node_id,
-            self.config.cluster,
+            self.settings.registry,
             self.address,
         )
 
@@ -321,7 +319,7 @@ class ClusterNode:
         # Consoles of dead nodes whose VMs never came back expire like idle consoles
         # on one node (--vm-expire-time).
         try:
-            gone = await self.registry.expire_orphans(self.config.vm_expire_time)
+            gone = await self.registry.expire_orphans(self.settings.vm_expire_time)
         except RegistryUnavailable as exc:
             log.debug("orphan sweep skipped: %s", exc)
             return
@@ -358,7 +356,7 @@ class ClusterNode:
                     label=key.label,
                     name=name or "",
                     uri=request.service_uri,
-                    first_port=self.config.port_range_start,
+                    first_port=self.settings.port_range_start,
                     bad_port=bad,
                     offer_port=offer,
                 )
@@ -581,7 +579,7 @@ class ClusterNode:
     @property
     def telnet_host(self) -> str:
         """-i/--vm-iface, or for a wildcard the host part of --node-address."""
-        iface = self.config.vm_iface
+        iface = self.settings.vm_iface
         if iface in ("", "0.0.0.0", "::"):
             return _host_port(self.address)[0]
         return iface

@@ -1,9 +1,9 @@
-"""Which node serves an ESXi connection: the gate between VM links and the hub.
+"""Placement in cluster mode: which node owns a console, and where a VM connection goes.
 
-Spec: issue #13 ("vMotion across nodes", "Failure"), docs/cluster.md.  In cluster
-mode every `VmLink` reports to a `Gate` instead of the hub (the `VmSink` protocol of
-vspcd/hub/console.py).  A connection's session events are held until the gate knows
-whose console it is:
+Spec: docs/cluster.md ("Which node serves a VM connection", "Cross-node vMotion",
+"Failure modes").  In cluster mode every `VmLink` reports to a `Gate` instead of the
+hub (the `VmSink` protocol of vspcd/hub/console.py).  A connection's session events
+are held until the gate knows whose console it is:
 
 - a destination (PEER with a cookie): the cookie's owner in the registry;
 - a source (DO-PROXY + VM-VC-UUID): the console's owner in the registry, claimed by

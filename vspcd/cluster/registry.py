@@ -1,6 +1,6 @@
 """The shared registry of cluster mode: Redis keys and the compare-and-set scripts.
 
-Spec: issue #13 ("Shared registry"), docs/cluster.md ("Registry schema").  This is
+Spec: docs/cluster.md ("Registry schema").  This is
 the only module that talks to Redis; it imports `redis` (the optional extra
 `vspc[cluster]`), so only cluster mode imports it.
 

@@ -2,9 +2,9 @@
 
 Boundary: a hub output listener (`Hub.add_output_listener`) and observer; it reads
 consoles, never changes them.  This is vSPC.py's Logging backend
-(`--backend Logging --backend-args '-l DIR -p PREFIX -m MODE'`), grown by issue #11
-(timestamps, events, rotation, naming, flush policy) and issue #7 item 7 (a file is
-never shared by two consoles).
+(`--backend Logging --backend-args '-l DIR -p PREFIX -m MODE'`), grown with timestamps,
+events, rotation, naming and a flush policy, and a file is never shared by two
+consoles (docs/operations.md, "Console logs: `--log-dir`").
 
 * File names (vspcd/history/naming.py): `DIR/PREFIX-NAME` (`--log-name name`, the default),
   `DIR/KEY` (`uuid`, OpenStack's layout) or `DIR/PREFIX-NAME-KEY` (`name-uuid`).  A

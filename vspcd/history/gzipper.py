@@ -1,4 +1,4 @@
-"""Compress rotated console logs off the event loop (issue #11 item 2, `--log-compress`).
+"""Compress rotated console logs off the event loop (`--log-compress`, docs/operations.md).
 
 Boundary: `GzipQueue.submit(path)` is what `ConsoleLogs` calls when it rotates a file;
 the compressing happens in a child process (`python -m vspc.vspcd.history.gzipper FILE`).

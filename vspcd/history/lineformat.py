@@ -1,4 +1,6 @@
-"""Console log contents: timestamps in, timestamps out, and tails across rotation (issue #11).
+"""Console log contents: timestamps in, timestamps out, and tails across rotation.
+
+See docs/operations.md, "Console logs: `--log-dir`".
 
 Boundary: pure functions on bytes plus plain file reads; no asyncio, no hub.
 

@@ -1,4 +1,4 @@
-"""Console log file names: one file per console, never shared (issue #7 item 7, #11 item 3).
+"""Console log file names: one file per console, never shared (docs/operations.md, "Console logs").
 
 Boundary: pure naming plus one small index file; no asyncio, no console objects.
 `ConsoleLogs` (vspcd/history/consolelog.py) asks `OwnerIndex.assign(key, wanted)` for the

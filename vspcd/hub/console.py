@@ -107,16 +107,15 @@ class ConsoleKey:
 
 
 # A console's vMotion phase (docs/protocol.md §4.5) is the admin protocol's own enum:
-# one type from the state machine to the wire (issue #8 item 2).
+# one type from the state machine to the wire.
 Phase = VMotionPhase
 
 
 @functools.lru_cache(maxsize=1024)
 def _tag(display_name: str, uuid: str) -> str:
     # Cached: rendering a name safe is per character, and INFO lines name a console
-    # on every vMotion (bench/vmotion_micro.py).  1,024 entries: each costs ~210
-    # bytes, and with 4,096 the cache was ~100 bytes of every idle console's share
-    # in a 9,000-console daemon (issue #12 item 3).
+    # on every vMotion (bench/vmotion_micro.py).  Bounded, since every entry is
+    # memory an idle console pays for (docs/benchmarks.md, "Memory per idle console").
     return f"{safe(display_name)} ({uuid[:8]})"
 
 
@@ -138,7 +137,7 @@ class Role(Enum):
 class Bounded:
     """A byte FIFO with a ceiling; overflow drops the oldest bytes and counts them.
 
-    The buffer exists only while it holds bytes (issue #12 item 3): a console's hold
+    The buffer exists only while it holds bytes: a console's hold
     queue and a connection's `early` buffer are empty nearly always, and an empty
     bytearray still costs 56 bytes per console.
     """
@@ -187,7 +186,7 @@ class Scrollback:
     __slots__ = ("_buf", "limit", "total")
 
     def __init__(self, limit: int) -> None:
-        # Allocated on the first output (issue #12 item 3): a console that never
+        # Allocated on the first output: a console that never
         # printed costs no buffer.
         self._buf: bytearray | None = None
         self.limit = limit
@@ -240,7 +239,7 @@ class VmConn:
     proxy_accepted: bool | None = None  # None: no DO-PROXY (yet), e.g. a destination
     console: Console | None = None
     # Output before identification (`early`), built on the first such byte: nearly
-    # every connection has none, and an empty `Bounded` is 56 bytes (issue #12 item 3).
+    # every connection has none, and an empty `Bounded` is 56 bytes.
     _early: Bounded | None = None
     congested: bool = False
     unannounced: bool = False  # bound, "connected" line waiting for VM-NAME
@@ -273,7 +272,7 @@ class Client:
     bytes_out: int = 0  # console output handed to the channel
     ident: int = 0
     # The lock (its holder's id; 0: read-only attachment) this client was last told
-    # drops its input, so it is told once per lock, not per keystroke (issue #9).
+    # drops its input, so it is told once per lock, not per keystroke.
     told_dropped: int | None = None
     # False: no status lines during the session (attach `quiet`, e.g. `vspc proxy`);
     # the reason a session is ended (clear, kick) is still said.
@@ -347,7 +346,7 @@ class Console:
     @property
     def hold(self) -> Bounded:
         """The held keystrokes' queue, built on first use: most consoles never hold
-        anything, and an empty `Bounded` is 56 bytes each (issue #12 item 3).  Use
+        anything, and an empty `Bounded` is 56 bytes each.  Use
         `held` and `hold_dropped` to read without building it."""
         if self._hold is None:
             self._hold = Bounded(self.hold_limit)
@@ -371,7 +370,7 @@ class Console:
     @property
     def tag(self) -> str:
         """How log lines name the console: `NAME (shortkey)`, the name safe-rendered
-        and the key cut to the UUID's first 8 hex digits (issue #9 item 4)."""
+        and the key cut to the UUID's first 8 hex digits (docs/operations.md)."""
         return _tag(self.display_name, self.key.uuid)
 
     @property

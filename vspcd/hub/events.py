@@ -1,4 +1,4 @@
-"""Typed hub events: what happened to a console, as frozen values (issue #8 item 1).
+"""Typed hub events: what happened to a console, as frozen values.
 
 The hub (vspcd/hub/hub.py) tells its observers about every state change by calling
 `observer(event)` with one of the frozen dataclasses below, one type per thing that

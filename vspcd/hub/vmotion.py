@@ -1,12 +1,12 @@
-"""The per-console vMotion state machine as data (docs/protocol.md §4.5, F1-F11; issue #8 item 2).
+"""The per-console vMotion state machine as data (docs/protocol.md §4.5, F1-F11).
 
 As in h11's `_state.py`, the machine is a table: `(phase, trigger, role) -> Action`,
 where `phase` is the console's vMotion phase (`VMotionPhase`, the admin protocol's
 own enum), `trigger` what just happened, and `role` the role of the VM connection it
 happened on (`console.Role`).  A missing entry is F10: log and ignore.  The hub
-(vspcd/hub/hub.py) looks the action up and carries it out; the checks that depend on
-data rather than state (the cookie, the sequence, the NOTNOW grounds of F1) stay in
-the hub's action code.
+(vspcd/hub/migration.py; hub.py and binding.py for data, close and DO-PROXY) looks
+the action up and carries it out; the checks that depend on data rather than state
+(the cookie, the sequence, the NOTNOW grounds of F1) stay in the hub's action code.
 
     NORMAL  --BEGIN on ACTIVE--> PENDING (GOAHEAD) or NORMAL (NOTNOW, F1)
     any     --BEGIN elsewhere--> NOTNOW (not active: nothing to migrate)

@@ -289,8 +289,22 @@ class Daemon:
         if config.cluster:
             # Imported only here: cluster mode needs the optional redis client.
             from vspc.vspcd.cluster.node import ClusterNode
+            from vspc.vspcd.cluster.settings import ClusterSettings
 
-            self.cluster = ClusterNode(config, self.hub, self._cluster_ports)
+            # parse_args requires these three with --cluster.
+            assert config.node_id and config.node_address and config.cluster_secret_file
+            cluster_settings = ClusterSettings(
+                registry=config.cluster,
+                node_id=config.node_id,
+                node_address=config.node_address,
+                secret_file=config.cluster_secret_file,
+                lease=config.cluster_lease,
+                vmotion_abandon=config.vmotion_abandon,
+                vm_expire_time=config.vm_expire_time,
+                port_range_start=config.port_range_start,
+                vm_iface=config.vm_iface,
+            )
+            self.cluster = ClusterNode(cluster_settings, self.hub, self._cluster_ports)
             await self.cluster.start()
         ssl_context = None
         if config.ssl:

@@ -43,7 +43,7 @@ from tests.vspcd.hub.test_hub import (
 from vspc.common import esxi
 from vspc.common import vmware as vm
 from vspc.common.session import VmData, VmIdentified, VmNamed
-from vspc.vspcd.hub import hub as hub_module
+from vspc.vspcd.hub import binding as hub_module
 from vspc.vspcd.hub.console import Phase, Role, VmConn
 from vspc.vspcd.hub.events import HubEvent, TakeoverRefused, VMotionAborted, VmReplaced
 

@@ -1,0 +1,242 @@
+"""Which connection is a console's VM: identification, binding, replacement, takeover.
+
+An ESXi connection starts UNBOUND; once it has both an accepted DO-PROXY and a
+VM-VC-UUID it becomes the ACTIVE connection of the console keyed by
+`ConsoleKey(uuid, label)` (docs/protocol.md §3.5), replacing an older one from the
+same host (TV-27, F11).  VM output before that is held in the connection's bounded
+`early` buffer and released on binding.
+
+Takeover (docs/security.md, "Console takeover"): a VM connection from another
+address than the console's current one is refused mid-vMotion and otherwise waits
+as the CHALLENGER while the current one is probed (`VmChannel.probe`); an answer
+(`vm_heard`) refuses it, silence for `takeover_timeout` lets it replace the current
+one, and so does the current one closing.
+
+Functions of the hub's state (vspcd/hub/state.py); the `Hub` dispatches to them.
+"""
+
+from __future__ import annotations
+
+from vspc.common.display import safe
+from vspc.common.session import ProxyRequested
+from vspc.vspcd.hub.console import Challenge, Console, ConsoleKey, Role, VmConn
+from vspc.vspcd.hub.events import AbortReason, TakeoverRefused, VmConnected, VmReplaced
+from vspc.vspcd.hub.info import console_info
+from vspc.vspcd.hub.migration import end_migration
+from vspc.vspcd.hub.state import HubState, log, tag
+from vspc.vspcd.hub.vmotion import Action, Trigger, next_action
+
+__all__ = [
+    "announce",
+    "cancel_challenge",
+    "end_challenge",
+    "identified",
+    "label",
+    "proxy_requested",
+    "vm_heard",
+]
+
+
+def _host(peer: str) -> str:
+    """The address part of a `host:port` / `[v6]:port` peer name."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer
+
+
+def label(st: HubState, request: ProxyRequested) -> str:
+    """The console label a DO-PROXY asks for (its serviceURI in multi-console mode)."""
+    if request.label:
+        return request.label
+    return request.service_uri if st.settings.multi_console else ""
+
+
+def proxy_requested(st: HubState, conn: VmConn, request: ProxyRequested) -> None:
+    """DO-PROXY: remember what it asks for; bind once identified, or close if refused."""
+    conn.service_uri = request.service_uri
+    conn.label = label(st, request)
+    conn.proxy_accepted = request.accepted
+    if not request.accepted:
+        log.warning(
+            "VM %s asked for direction %r, serviceURI %r: refused with WONT-PROXY. "
+            "vspcd serves only direction Server: in the VM's serial port settings "
+            "choose 'Server' and 'Use Virtual Serial Port Concentrator'.",
+            conn.channel.peer,
+            request.direction,
+            request.service_uri,
+        )
+        conn.channel.close()
+        return
+    _bind_source(st, conn)
+
+
+def identified(st: HubState, conn: VmConn, uuid: str) -> None:
+    """VM-VC-UUID: bind the connection, unless it is a vMotion destination already."""
+    conn.uuid = uuid
+    if conn.role is Role.DESTINATION and conn.console is not None:
+        if conn.console.key.uuid != uuid:
+            # The cookie stays authoritative (docs/protocol.md §3.5).
+            log.warning(
+                "%s: destination %s reports UUID %s",
+                tag(conn.console),
+                conn.channel.peer,
+                uuid,
+            )
+        return
+    _bind_source(st, conn)
+
+
+def _bind_source(st: HubState, conn: VmConn, *, probed: bool = False) -> None:
+    """Make an identified, accepted connection its console's active one, unless the
+    takeover policy refuses it or must first probe the current one (`probed`: it
+    did not answer)."""
+    if conn.role is not Role.UNBOUND or conn.uuid is None or not conn.proxy_accepted:
+        return
+    key = ConsoleKey(conn.uuid, conn.label or "")
+    existing = st.consoles.get(key)
+    if existing is not None and not probed and not _may_take_over(st, existing, conn):
+        return
+    console = existing or st.create(key, conn)
+    if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
+        # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
+        # instance (restart); `_may_take_over` refused one from anywhere else.
+        log.info(
+            "%s: new connection %s during a vMotion; aborting it",
+            tag(console),
+            conn.channel.peer,
+        )
+        end_migration(st, console, AbortReason.REPLACED)
+    old = console.vm
+    if old is not None and old is not conn:
+        # TV-27: the newest connection wins (same host, or the old one is dead).
+        log.warning(
+            "%s: VM connection %s replaced by %s (%s)",
+            tag(console),
+            old.channel.peer,
+            conn.channel.peer,
+            "no answer to the liveness probe" if probed else "same host",
+        )
+        old.role = Role.RETIRED
+        old.channel.close()
+        st.tell(console, f"VM connection {old.channel.peer} replaced by {conn.channel.peer}")
+        st.emit(VmReplaced(key, console.display_name, old.channel.peer, conn.channel.peer, probed))
+    console.vm = conn
+    st.follow_flow_control(console, old)
+    console.service_uri = conn.service_uri
+    if conn.name:
+        console.name = conn.name
+    conn.role, conn.console = Role.ACTIVE, console
+    console.counters.vm_connects += 1
+    st.cancel_expiry(console)
+    if old is None:  # a replacement said so already
+        st.tell(console, f"VM {safe(console.display_name)} connected")
+    if conn.name is None and existing is None:
+        # ESXi names a VM just after identifying it: log the first connection
+        # once the name is known, so that `grep NAME` finds it.
+        conn.unannounced = True
+    else:
+        announce(console, conn)
+    if st.observers:
+        info = console_info(st, console)
+        first = existing is None
+        st.emit(VmConnected(key, console.display_name, conn.channel.peer, info, first))
+    early = conn.take_early()
+    if early:
+        st.output(console, early)
+    st.flush_hold(console)
+
+
+def announce(console: Console, conn: VmConn) -> None:
+    """The INFO line for a VM connection, once its name is known (or it talks)."""
+    conn.unannounced = False
+    log.info(
+        "%s: VM connected from %s, telnet port %s",
+        tag(console),
+        conn.channel.peer,
+        console.port,
+    )
+
+
+# -- takeover (docs/security.md, "Console takeover") --------------------------------
+
+
+def _may_take_over(st: HubState, console: Console, conn: VmConn) -> bool:
+    """May `conn` become `console`'s VM connection now?  If not, it is refused
+    (closed) or becomes the challenger while the current connection is probed."""
+    mig = console.migration
+    if mig is not None:
+        if _host(mig.source.channel.peer) == _host(conn.channel.peer):
+            return True  # F11: the VM restarted on the source's host
+        _refuse(st, console, conn, mig.source.channel.peer, "a vMotion is in progress")
+        return False
+    old = console.vm
+    if old is None or old is conn or _host(old.channel.peer) == _host(conn.channel.peer):
+        return True
+    if console.challenge is not None:
+        _refuse(st, console, conn, old.channel.peer, "another claim is being checked")
+        return False
+    conn.role, conn.console = Role.CHALLENGER, console
+    timeout = st.settings.takeover_timeout
+    console.challenge = challenge = Challenge(
+        conn, old, st.call_later(timeout, lambda: _probe_expired(st, console, challenge))
+    )
+    log.warning(
+        "%s: %s claims it from another host than %s; probing %s for %.0f s",
+        tag(console),
+        conn.channel.peer,
+        old.channel.peer,
+        old.channel.peer,
+        timeout,
+    )
+    old.channel.probe()
+    return False
+
+
+def _refuse(st: HubState, console: Console, conn: VmConn, holder: str, why: str) -> None:
+    log.warning(
+        "%s: refused VM connection %s claiming it from %s (%s)",
+        tag(console),
+        conn.channel.peer,
+        holder,
+        why,
+    )
+    conn.role, conn.console = Role.RETIRED, None
+    conn.channel.close()
+    st.tell(console, f"refused a VM connection from {conn.channel.peer} ({why})")
+    st.emit(TakeoverRefused(console.key, console.display_name, conn.channel.peer, holder))
+
+
+def vm_heard(st: HubState, conn: VmConn) -> None:
+    """`conn` answered the probe: a pending claim on its console is refused."""
+    console = conn.console
+    challenge = None if console is None else console.challenge
+    if console is None or challenge is None or challenge.target is not conn:
+        return
+    challenge.timer.cancel()
+    console.challenge = None
+    _refuse(
+        st, console, challenge.newcomer, conn.channel.peer, "the VM connection answered the probe"
+    )
+
+
+def _probe_expired(st: HubState, console: Console, challenge: Challenge) -> None:
+    if console.challenge is not challenge:
+        return
+    end_challenge(st, console, challenge, probed=True)
+
+
+def end_challenge(st: HubState, console: Console, challenge: Challenge, *, probed: bool) -> None:
+    """The probed connection is dead or gone: the challenger takes the console."""
+    challenge.timer.cancel()
+    console.challenge = None
+    newcomer = challenge.newcomer
+    if newcomer.role is Role.CHALLENGER:
+        newcomer.role, newcomer.console = Role.UNBOUND, None
+        _bind_source(st, newcomer, probed=probed)
+
+
+def cancel_challenge(console: Console) -> None:
+    """Drop a pending claim's timer (the console is dropped or the daemon stops)."""
+    if console.challenge is not None:
+        console.challenge.timer.cancel()
+        console.challenge = None
