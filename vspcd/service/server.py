@@ -4,7 +4,8 @@ Boundary: this module owns every listener and the hub instance; it holds no poli
 `Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
 `serve()` is what `python -m vspc.vspcd` runs.
 
-Start-up order: persist file (vspcd/history/store.py, a bad file fails the start), console
+Start-up order: persist file (vspcd/history/store.py; a damaged one is set aside and vspcd
+starts empty, one it cannot create or from a newer vspcd fails the start), console
 log directory, hub, remembered consoles restored onto their old telnet ports
 (vspcd/history/persist.py), then the listeners, so a VM connecting at once finds its console.
 
@@ -19,6 +20,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -187,7 +189,7 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        db = None if config.persist_file is None else store.open_store(config.persist_file)
+        db = None if config.persist_file is None else _open_persist_file(config.persist_file)
         try:
             if config.log_dir is not None:
                 self.gzip = GzipQueue()
@@ -534,6 +536,21 @@ class Daemon:
         if self.persister is not None:
             self.persister.close()
             self.persister = None
+
+
+def _open_persist_file(path: Path) -> sqlite3.Connection:
+    """Open the persist file; a damaged one is set aside and a fresh one started.
+
+    After a power cut the file may be unreadable; refusing to start would make systemd
+    restart vspcd in a loop.  Consoles reappear as their VMs reconnect; the damaged file
+    is kept as `PATH.corrupt-<time>` for inspection.  Other errors (cannot create the
+    file, a newer vspcd's schema) still fail the start.
+    """
+    try:
+        return store.open_store(path, set_aside_damaged=True)
+    except store.StoreCorrupt as exc:
+        log.error("%s; moved it to %s and starting with a new, empty %s", exc, exc.aside, path)
+        return store.open_store(path)
 
 
 def _status_line(daemon: Daemon) -> str:
