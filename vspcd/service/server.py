@@ -16,13 +16,14 @@ close (the hub tells operators why), wait a bounded time for them to go, then re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -206,14 +207,17 @@ class Daemon:
             raise
         ports: PortAllocator | None = None
         if config.vm_ports:
-            overlap = ephemeral_overlap(config.port_range_start)
+            # At most one console port per descriptor: the ports vspcd can hold at once.
+            overlap = ephemeral_overlap(config.port_range_start, count=self._fd_limit)
             if overlap is not None:
                 log.warning(
-                    "telnet ports from %d overlap the kernel's ephemeral port range %d-%d: "
+                    "telnet ports %d-%d (from -r, one per console, as many as the open-file "
+                    "limit allows) overlap the kernel's ephemeral port range %d-%d: "
                     "outgoing connections may hold ports there (reserve them with "
                     "net.ipv4.ip_local_reserved_ports, or choose -r outside; "
                     "docs/operations.md)",
                     config.port_range_start,
+                    min(65535, config.port_range_start + self._fd_limit - 1),
                     *overlap,
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
@@ -286,13 +290,15 @@ class Daemon:
                 self.metrics, enabled=lambda: self.config.metrics, health=self.health_problems
             )
             self.http = HttpServer(Router(routes))
-            await self.http.start(*config.http)
+            with _naming("the HTTP port", _address(*config.http)):
+                await self.http.start(*config.http)
         if config.cluster:
             # Imported only here: cluster mode needs the optional redis client.
             from vspc.vspcd.cluster.node import ClusterNode
 
             self.cluster = ClusterNode(config, self.hub, self._cluster_ports)
-            await self.cluster.start()
+            with _naming("the cluster link port", self.cluster.address):
+                await self.cluster.start()
         ssl_context = None
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
@@ -317,23 +323,24 @@ class Daemon:
             timeout=config.ident_timeout,
             max_bytes=config.preident_bytes,
         )
-        self._proxy = await start_proxy_listener(
-            config.proxy_iface,
-            config.proxy_port,
-            ssl_context,
-            self._vm_link,
-            handshake_timeout=config.ident_timeout,
-            allow=config.proxy_allow,
-            unidentified=Slots(
-                config.unidentified_limit,
-                config.unidentified_per_host,
-                lifetime=lifetime,
-                clock=loop.time,
-                on_empty=self.trimmer.quiet,
-            ),
-            handshakes=self._handshakes,
-            reuse_port=config.reuse_port,
-        )
+        with _naming("the ESXi proxy port", _address(config.proxy_iface, config.proxy_port)):
+            self._proxy = await start_proxy_listener(
+                config.proxy_iface,
+                config.proxy_port,
+                ssl_context,
+                self._vm_link,
+                handshake_timeout=config.ident_timeout,
+                allow=config.proxy_allow,
+                unidentified=Slots(
+                    config.unidentified_limit,
+                    config.unidentified_per_host,
+                    lifetime=lifetime,
+                    clock=loop.time,
+                    on_empty=self.trimmer.quiet,
+                ),
+                handshakes=self._handshakes,
+                reuse_port=config.reuse_port,
+            )
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, admin_settings(config))
         self._admin.stats = self.metrics.snapshot
@@ -343,7 +350,8 @@ class Daemon:
             self.cluster.rows_provider = self._admin.console_rows
             self._admin.remote = Forwarder(self.cluster, self._admin)
             self._admin.cluster_node_id = self.cluster.node_id
-        await self._admin.start()
+        with _naming("the admin socket", str(config.admin_socket)):
+            await self._admin.start()
 
     def _bind_restored(self, port: int | None) -> int | None:
         """A telnet port for a restored console: its old one if still free."""
@@ -536,6 +544,32 @@ class Daemon:
         if self.persister is not None:
             self.persister.close()
             self.persister = None
+
+
+class BindError(OSError):
+    """A listener could not be bound; the message names the address and says why."""
+
+
+def _address(host: str | None, port: int) -> str:
+    host = host or "*"  # every interface
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def _naming(what: str, address: str) -> Iterator[None]:
+    """Re-raise a listener's OSError as `cannot bind ADDRESS: reason (WHAT)`.
+
+    The bare `[Errno 98] Address already in use` names no address, and asyncio's
+    spelling differs from the socket module's; the operator needs to know which of
+    the listeners (-p, -a, --http, --node-address) is in the way.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None and ("cannot bind" in str(exc) or address in str(exc)):
+            raise  # ours (BindError, AdminSocketError, ...): says it already
+        reason = str(exc) if exc.errno is None else os.strerror(exc.errno).lower()
+        raise BindError(f"cannot bind {address}: {reason} ({what})") from None
 
 
 def _open_persist_file(path: Path) -> sqlite3.Connection:

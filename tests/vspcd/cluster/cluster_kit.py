@@ -9,6 +9,7 @@ through the admin socket (`until`), with timeouts; nothing sleeps a fixed time.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -124,7 +125,9 @@ class Node:
             nonlocal retries
             if self.proc is not None and self.proc.poll() is not None and retries:
                 # A port picked as free was taken meanwhile (a busy machine): new ones.
-                assert "Address already in use" in self.text(), self.text()
+                # EADDRINUSE, however it is spelt (os.strerror's "Address already in
+                # use", asyncio's and vspcd's "address already in use").
+                assert os.strerror(errno.EADDRINUSE).lower() in self.text().lower(), self.text()
                 retries -= 1
                 self.proxy_port, self.link_port = free_port(), free_port()
                 self.start(*self.extra)

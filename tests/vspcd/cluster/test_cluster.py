@@ -904,3 +904,21 @@ def test_foreign_keys_do_not_break_list_and_vspc_list_says_what_is_missing(
         await vm.close()
 
     run(tmp_path, body, "a", "b")
+
+
+def test_a_busy_cluster_link_port_is_named_in_the_start_error(tmp_path: Path) -> None:
+    async def body(cluster: Cluster) -> None:
+        other = Node("b", tmp_path / "other", cluster.redis, cluster.range_start)
+        other.tmp.mkdir()
+        with socket.socket() as holder:  # the port --node-address names, taken
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            other.link_port = holder.getsockname()[1]
+            other.start()
+            assert other.proc is not None
+            code = await asyncio.to_thread(other.proc.wait, 30)
+        assert code == 1, other.text()
+        expected = f"cannot bind 127.0.0.1:{other.link_port}: address already in use"
+        assert f"cannot start: {expected} (the cluster link port)" in other.text()
+
+    run(tmp_path, body, "a")
