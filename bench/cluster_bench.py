@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -155,7 +156,7 @@ class Cluster:
         for name, node in self.nodes.items():
             while f"cluster node {name}: registry reconciled" not in node["log"].read_text():
                 text = node["log"].read_text()
-                if "Address already in use" in text:
+                if os.strerror(errno.EADDRINUSE).lower() in text.lower():  # any spelling
                     raise PortTaken(name)
                 if time.monotonic() > deadline:
                     raise SystemExit(f"node {name} did not start:\n{text}")

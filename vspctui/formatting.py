@@ -27,6 +27,7 @@ __all__ = [
     "CLIENT_HEADERS",
     "LIST_HEADERS",
     "client_rows",
+    "cluster_problems",
     "duration",
     "event_line",
     "format_console",
@@ -114,6 +115,25 @@ def list_rows(consoles: Iterable[ConsoleInfo]) -> list[tuple[str, ...]]:
         )
         for c in consoles
     ]
+
+
+def cluster_problems(reply: Mapping[str, Any]) -> list[str]:
+    """What a cluster-mode `list` reply says it could not list, one line each (safe).
+
+    `cluster_error`: the registry could not be read, so only the answering node's
+    consoles are there; `cluster_missing`: nodes that did not answer, whose consoles
+    are not there (docs/cluster.md, "Any node answers").  Empty for a complete list.
+    """
+    lines = []
+    error = reply.get("cluster_error")
+    if error:
+        lines.append(
+            f"cluster registry unreadable, only this node's consoles listed: {safe(error)}"
+        )
+    missing = reply.get("cluster_missing")
+    for node in missing if isinstance(missing, list) else []:
+        lines.append(f"consoles of a node that did not answer are not listed: {safe(node)}")
+    return lines
 
 
 CLIENT_HEADERS = ("ID", "KIND", "USER", "PEER", "MODE", "WRITE", "SINCE")

@@ -101,6 +101,7 @@ class FakeDaemon:
         self.requests: list[dict[str, Any]] = []  # every request line, in order
         self.inputs: queue.Queue[tuple[str, bytes]] = queue.Queue()  # attach input, EOF=b""
         self.access = Access.FULL
+        self.list_extra: dict[str, Any] = {}  # e.g. a cluster node's cluster_missing
         # Messages pushed right after the reply to a command, and a last message
         # before closing the connection, by command name.
         self.push_after: dict[str, list[dict[str, Any]]] = {}
@@ -256,7 +257,8 @@ class FakeDaemon:
                 hello = Hello(1, "0.0-fake", tuple(sorted(COMMANDS)), self.access, 1000, "alice")
                 return ok(rid, **hello.to_json()), None
             case "list":
-                return ok(rid, vms=[c.row() for c in self.consoles.values()]), None
+                rows = [c.row() for c in self.consoles.values()]
+                return ok(rid, vms=rows, **self.list_extra), None
             case "show":
                 console = self._find(request, f["vm"])
                 row = console.row() | {

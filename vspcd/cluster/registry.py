@@ -21,19 +21,23 @@ docs/protocol.md §5 blames node-vspc for); a node that finds the registry empty
 Redis restart, republishes what it serves (`Node.reconcile`).
 
 Every method raises `RegistryUnavailable` when Redis cannot be reached, so callers
-handle one exception type whatever the client library's is.
+handle one exception type whatever the client library's is.  A key under the prefix
+that is not what the schema says (another program's, or a hand-made one: a string
+where a console hash belongs, a hash where a lease belongs) is skipped with a warning,
+at most one per key per `FOREIGN_WARN_PERIOD`: it must not make `list` fail.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 __all__ = [
     "Claim",
@@ -44,6 +48,10 @@ __all__ = [
 
 
 POOL_SIZE = 8  # Redis connections per node
+FOREIGN_WARN_PERIOD = 300.0  # seconds between warnings about one foreign key
+_FOREIGN_REMEMBERED = 1000  # keys whose last warning time is kept (bounded memory)
+
+log = logging.getLogger(__name__)
 
 
 class RegistryUnavailable(Exception):
@@ -163,9 +171,11 @@ local p, cutoff = ARGV[1], tonumber(ARGV[2])
 local gone = 0
 for _, key in ipairs(redis.call('SMEMBERS', p .. 'consoles')) do
   local c = p .. 'console:' .. key
-  local owner = redis.call('HGET', c, 'owner')
-  local seen = tonumber(redis.call('HGET', c, 'last_seen') or '0') or 0
-  if (not owner or redis.call('EXISTS', p .. 'node:' .. owner) == 0) and seen < cutoff then
+  -- A key that is not a console hash (another program's) is skipped, as `consoles()` does.
+  local ours = redis.call('TYPE', c).ok == 'hash' and redis.call('HEXISTS', c, 'uuid') == 1
+  local owner = ours and redis.call('HGET', c, 'owner')
+  local seen = ours and tonumber(redis.call('HGET', c, 'last_seen') or '0') or 0
+  if ours and (not owner or redis.call('EXISTS', p .. 'node:' .. owner) == 0) and seen < cutoff then
     local port = redis.call('HGET', c, 'port')
     if port and redis.call('GET', p .. 'port:' .. port) == key then
       redis.call('DEL', p .. 'port:' .. port)
@@ -227,6 +237,7 @@ class Registry:
         self._update = self._redis.register_script(_UPDATE)
         self._release = self._redis.register_script(_RELEASE)
         self._expire_orphans = self._redis.register_script(_EXPIRE_ORPHANS)
+        self._warned: dict[str, float] = {}  # foreign key -> when it was last warned about
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -257,13 +268,14 @@ class Registry:
 
     async def node_address(self, node: str) -> str | None:
         """Where `node` listens for inter-node links, or None if its lease expired."""
-        value = await self._call("lease", self._redis.get(f"{self.prefix}node:{node}"))
-        if value is None:
-            return None
+        key = f"{self.prefix}node:{node}"
         try:
-            return str(json.loads(value)["address"])
-        except (ValueError, KeyError, TypeError):
-            return None  # not ours to interpret: treat as no live node
+            value = await self._redis.get(key)
+        except ResponseError as exc:  # WRONGTYPE: not a lease
+            value = exc
+        except (RedisError, OSError) as exc:
+            raise RegistryUnavailable(f"registry unreachable (lease): {exc}") from None
+        return _lease_address(value)
 
     async def live_nodes(self) -> dict[str, str]:
         """Every node whose lease is current -> its inter-node address."""
@@ -272,11 +284,19 @@ class Registry:
             keys = [k async for k in self._redis.scan_iter(match=f"{self.prefix}node:*", count=200)]
         except (RedisError, OSError) as exc:
             raise RegistryUnavailable(f"registry unreachable (nodes): {exc}") from None
+        if not keys:
+            return nodes
+        pipe = self._redis.pipeline(transaction=False)
         for key in keys:
-            node = key[len(self.prefix) + 5 :]
-            address = await self.node_address(node)
-            if address is not None:
-                nodes[node] = address
+            pipe.get(key)
+        values = await self._call("nodes", pipe.execute(raise_on_error=False))
+        for key, value in zip(keys, values, strict=True):
+            address = _lease_address(value)
+            if address is None:
+                if value is not None:  # None: the lease expired since the scan
+                    self._foreign(key, "not a node lease")
+                continue
+            nodes[key[len(self.prefix) + 5 :]] = address
         return nodes
 
     # -- consoles ---------------------------------------------------------------------
@@ -343,8 +363,30 @@ class Registry:
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hgetall(f"{self.prefix}console:{key}")
-        rows = await self._call("read", pipe.execute())
-        return [_record(key, fields) for key, fields in zip(keys, rows, strict=True) if fields]
+        rows = await self._call("read", pipe.execute(raise_on_error=False))
+        records = []
+        for key, fields in zip(keys, rows, strict=True):
+            if isinstance(fields, dict) and fields.get("uuid"):
+                records.append(_record(key, fields))
+            elif fields:  # a string, a list, a hash without a uuid: not a console of ours
+                self._foreign(f"{self.prefix}console:{key}", "not a console hash")
+        return records
+
+    def _foreign(self, key: str, what: str) -> None:
+        """Warn that `key` is skipped, once per FOREIGN_WARN_PERIOD per key."""
+        now = time.monotonic()
+        last = self._warned.get(key)
+        if last is not None and now - last < FOREIGN_WARN_PERIOD:
+            return
+        if len(self._warned) >= _FOREIGN_REMEMBERED:
+            self._warned.clear()
+        self._warned[key] = now
+        log.warning(
+            "registry key %s is %s (another program's?); skipped, warned again in %g s",
+            key,
+            what,
+            FOREIGN_WARN_PERIOD,
+        )
 
     # -- vMotion cookies ----------------------------------------------------------------
 
@@ -360,6 +402,16 @@ class Registry:
 
     async def ping(self) -> None:
         await self._call("ping", self._redis.ping())
+
+
+def _lease_address(value: object) -> str | None:
+    """The address in a node lease's JSON; None for anything else (no live node)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(json.loads(value)["address"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _record(key: str, fields: dict[str, str]) -> ConsoleRecord:

@@ -17,11 +17,13 @@ wait on the disk; a crash loses at most the last few updates, never the file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "MIGRATIONS",
     "ConsoleRow",
+    "StoreCorrupt",
     "StoreError",
     "delete_console",
     "load_consoles",
@@ -36,6 +39,7 @@ __all__ = [
     "open_store",
     "save_console",
     "schema_version",
+    "set_aside",
 ]
 
 FILE_MODE = 0o600
@@ -65,6 +69,20 @@ class StoreError(OSError):
     An OSError, like `listeners.AdminSocketError`, so `__main__` reports it as a
     startup failure (exit status 1, one line, no traceback).
     """
+
+
+class StoreCorrupt(StoreError):
+    """The persist file exists but is not a readable SQLite database (damaged, or foreign).
+
+    The daemon sets such a file aside (`set_aside`) and starts empty rather than
+    failing: under systemd a damaged file after a power cut would otherwise be a
+    restart loop.  A file from a newer vspcd is not damage and stays a `StoreError`.
+    `aside` is where `open_store(..., set_aside_damaged=True)` moved it, else None.
+    """
+
+    def __init__(self, message: str, aside: Path | None = None) -> None:
+        super().__init__(message)
+        self.aside = aside
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +142,17 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
-def open_store(path: Path) -> sqlite3.Connection:
+def open_store(path: Path, *, set_aside_damaged: bool = False) -> sqlite3.Connection:
     """Open (creating if needed) the persist file and bring its schema up to date.
 
     The parent directory is created (0700) if missing, a new file is 0600.  The
     journal files sqlite adds next to it (`-wal`, `-shm`) get the file's mode.
 
     Raises:
-        StoreError: the file cannot be created or opened, is not an SQLite database
-            (or is damaged), or comes from a newer vspcd.  The message starts with
-            the path.
+        StoreCorrupt: the file is not an SQLite database, or is damaged; with
+            `set_aside_damaged` it (and its journals) were renamed by `set_aside`.
+        StoreError: the file cannot be created or opened, or comes from a newer
+            vspcd.  The message starts with the path.
     """
     try:
         _create_private(path)
@@ -152,14 +171,44 @@ def open_store(path: Path) -> sqlite3.Connection:
         db.close()
         raise StoreError(f"persist file {path}: {exc}") from None
     except sqlite3.Error as exc:
-        db.close()
         hint = ""
         if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
             hint = " (vSPC.py's shelve/DBM files cannot be read; give vspcd a new path)"
-        raise StoreError(
-            f"persist file {path}: not a usable SQLite database: {exc}{hint}"
-        ) from None
+        message = f"persist file {path}: not a usable SQLite database: {exc}{hint}"
+        try:
+            # Renamed while still open: sqlite deletes `-wal`/`-shm` by name on close,
+            # and the journal of a damaged file is worth keeping with it.
+            aside = set_aside(path) if set_aside_damaged else None
+        except OSError as rename:
+            why = rename.strerror or rename
+            raise StoreError(f"{message}; cannot move it aside: {why}") from None
+        finally:
+            db.close()
+        raise StoreCorrupt(message, aside) from None
     return db
+
+
+def set_aside(path: Path, now: datetime | None = None) -> Path:
+    """Rename a damaged persist file to `PATH.corrupt-YYYYmmddTHHMMSS`, with its journals.
+
+    The `-wal` and `-shm` files go with it (same suffix after the new name), so a
+    fresh file at `path` never picks up the old log.  The damaged bytes are kept for
+    whoever wants to look at them; nothing is deleted.  Returns the new path.
+
+    Raises:
+        OSError: the rename failed (the caller cannot start without a usable file).
+    """
+    stamp = (now or datetime.now()).strftime("%Y%m%dT%H%M%S")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    serial = 1
+    while aside.exists():  # two damaged files within one second: never overwrite one
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}.{serial}")
+        serial += 1
+    os.rename(path, aside)
+    for journal in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{journal}", f"{aside}{journal}")
+    return aside
 
 
 def load_consoles(db: sqlite3.Connection) -> list[ConsoleRow]:

@@ -423,7 +423,8 @@ class Listener:
             # Aggregated: a flood of broken handshakes must not mean a line each.
             counters.LISTENERS.setup_failed += 1
             counters.LISTENERS.tls_failed += kind is Kind.TLS
-            self.setup_failed.log("%s: %s: connection setup failed: %s", self.label, peer, exc)
+            why = str(exc) or type(exc).__name__  # a handshake timeout has no text
+            self.setup_failed.log("%s: %s: connection setup failed: %s", self.label, peer, why)
             # A failed handshake's exception is in a reference cycle (its traceback
             # holds asyncio's frame, whose `waiter` future holds the exception), and
             # the cycle holds the whole TLS state: SSLObject, BIOs, read buffer.  Left

@@ -34,19 +34,22 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def ephemeral_overlap(
-    range_start: int, path: Path = EPHEMERAL_RANGE_FILE
+    range_start: int, path: Path = EPHEMERAL_RANGE_FILE, *, count: int = 65536
 ) -> tuple[int, int] | None:
-    """The kernel's ephemeral port range if `range_start..65535` overlaps it, else None.
+    """The kernel's ephemeral port range if the telnet ports vspcd may use overlap it.
 
-    Outgoing connections take their local port from that range, so consoles bound
-    there compete with every client on the host (docs/security.md).  Unknown
-    (no /proc, unreadable) counts as no overlap.
+    Those are `range_start` up to `count` ports on (`PortBinder` goes no higher than
+    65535, and the caller bounds `count` by what can be bound at once: one descriptor
+    per console port).  Outgoing connections take their local port from that range,
+    so consoles bound there compete with every client on the host (docs/operations.md).
+    Unknown (no /proc, unreadable) counts as no overlap.
     """
     try:
         low, high = (int(part) for part in path.read_text().split()[:2])
     except (OSError, ValueError):
         return None
-    return (low, high) if high >= range_start else None
+    last = min(65535, range_start + max(count, 1) - 1)
+    return (low, high) if low <= last and high >= range_start else None
 
 
 class PortBinder:

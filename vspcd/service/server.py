@@ -4,7 +4,8 @@ Boundary: this module owns every listener and the hub instance; it holds no poli
 `Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
 `serve()` is what `python -m vspc.vspcd` runs.
 
-Start-up order: persist file (vspcd/history/store.py, a bad file fails the start), console
+Start-up order: persist file (vspcd/history/store.py; a damaged one is set aside and vspcd
+starts empty, one it cannot create or from a newer vspcd fails the start), console
 log directory, hub, remembered consoles restored onto their old telnet ports
 (vspcd/history/persist.py), then the listeners, so a VM connecting at once finds its console.
 
@@ -15,12 +16,14 @@ close (the hub tells operators why), wait a bounded time for them to go, then re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import resource
 import signal
+import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -188,7 +191,7 @@ class Daemon:
     async def _start(self) -> None:
         config = self.config
         loop = asyncio.get_running_loop()
-        db = None if config.persist_file is None else store.open_store(config.persist_file)
+        db = None if config.persist_file is None else _open_persist_file(config.persist_file)
         try:
             if config.log_dir is not None:
                 self.gzip = GzipQueue()
@@ -205,14 +208,17 @@ class Daemon:
             raise
         ports: PortAllocator | None = None
         if config.vm_ports:
-            overlap = ephemeral_overlap(config.port_range_start)
+            # At most one console port per descriptor: the ports vspcd can hold at once.
+            overlap = ephemeral_overlap(config.port_range_start, count=self._fd_limit)
             if overlap is not None:
                 log.warning(
-                    "telnet ports from %d overlap the kernel's ephemeral port range %d-%d: "
+                    "telnet ports %d-%d (from -r, one per console, as many as the open-file "
+                    "limit allows) overlap the kernel's ephemeral port range %d-%d: "
                     "outgoing connections may hold ports there (reserve them with "
                     "net.ipv4.ip_local_reserved_ports, or choose -r outside; "
                     "docs/operations.md)",
                     config.port_range_start,
+                    min(65535, config.port_range_start + self._fd_limit - 1),
                     *overlap,
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
@@ -285,7 +291,8 @@ class Daemon:
                 self.metrics, enabled=lambda: self.config.metrics, health=self.health_problems
             )
             self.http = HttpServer(Router(routes))
-            await self.http.start(*config.http)
+            with _naming("the HTTP port", _address(*config.http)):
+                await self.http.start(*config.http)
         if config.cluster:
             # Imported only here: cluster mode needs the optional redis client.
             from vspc.vspcd.cluster.node import ClusterNode
@@ -305,7 +312,8 @@ class Daemon:
                 vm_iface=config.vm_iface,
             )
             self.cluster = ClusterNode(cluster_settings, self.hub, self._cluster_ports)
-            await self.cluster.start()
+            with _naming("the cluster link port", self.cluster.address):
+                await self.cluster.start()
         ssl_context = None
         if config.ssl:
             assert config.cert is not None  # parse_args refuses --ssl without --cert
@@ -329,23 +337,24 @@ class Daemon:
             timeout=config.ident_timeout,
             max_bytes=config.preident_bytes,
         )
-        self._proxy = await start_proxy_listener(
-            config.proxy_iface,
-            config.proxy_port,
-            ssl_context,
-            self._vm_link,
-            handshake_timeout=config.ident_timeout,
-            allow=config.proxy_allow,
-            unidentified=Slots(
-                config.unidentified_limit,
-                config.unidentified_per_host,
-                lifetime=lifetime,
-                clock=loop.time,
-                on_empty=self.trimmer.quiet,
-            ),
-            handshakes=self._handshakes,
-            reuse_port=config.reuse_port,
-        )
+        with _naming("the ESXi proxy port", _address(config.proxy_iface, config.proxy_port)):
+            self._proxy = await start_proxy_listener(
+                config.proxy_iface,
+                config.proxy_port,
+                ssl_context,
+                self._vm_link,
+                handshake_timeout=config.ident_timeout,
+                allow=config.proxy_allow,
+                unidentified=Slots(
+                    config.unidentified_limit,
+                    config.unidentified_per_host,
+                    lifetime=lifetime,
+                    clock=loop.time,
+                    on_empty=self.trimmer.quiet,
+                ),
+                handshakes=self._handshakes,
+                reuse_port=config.reuse_port,
+            )
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, admin_settings(config))
         self._admin.stats = self.metrics.snapshot
@@ -355,7 +364,8 @@ class Daemon:
             self.cluster.rows_provider = self._admin.console_rows
             self._admin.remote = Forwarder(self.cluster, self._admin)
             self._admin.cluster_node_id = self.cluster.node_id
-        await self._admin.start()
+        with _naming("the admin socket", str(config.admin_socket)):
+            await self._admin.start()
 
     def _bind_restored(self, port: int | None) -> int | None:
         """A telnet port for a restored console: its old one if still free."""
@@ -548,6 +558,47 @@ class Daemon:
         if self.persister is not None:
             self.persister.close()
             self.persister = None
+
+
+class BindError(OSError):
+    """A listener could not be bound; the message names the address and says why."""
+
+
+def _address(host: str | None, port: int) -> str:
+    host = host or "*"  # every interface
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def _naming(what: str, address: str) -> Iterator[None]:
+    """Re-raise a listener's OSError as `cannot bind ADDRESS: reason (WHAT)`.
+
+    The bare `[Errno 98] Address already in use` names no address, and asyncio's
+    spelling differs from the socket module's; the operator needs to know which of
+    the listeners (-p, -a, --http, --node-address) is in the way.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None and ("cannot bind" in str(exc) or address in str(exc)):
+            raise  # ours (BindError, AdminSocketError, ...): says it already
+        reason = str(exc) if exc.errno is None else os.strerror(exc.errno).lower()
+        raise BindError(f"cannot bind {address}: {reason} ({what})") from None
+
+
+def _open_persist_file(path: Path) -> sqlite3.Connection:
+    """Open the persist file; a damaged one is set aside and a fresh one started.
+
+    After a power cut the file may be unreadable; refusing to start would make systemd
+    restart vspcd in a loop.  Consoles reappear as their VMs reconnect; the damaged file
+    is kept as `PATH.corrupt-<time>` for inspection.  Other errors (cannot create the
+    file, a newer vspcd's schema) still fail the start.
+    """
+    try:
+        return store.open_store(path, set_aside_damaged=True)
+    except store.StoreCorrupt as exc:
+        log.error("%s; moved it to %s and starting with a new, empty %s", exc, exc.aside, path)
+        return store.open_store(path)
 
 
 def _status_line(daemon: Daemon) -> str:

@@ -34,6 +34,7 @@ from vspc.vspctui.cmdtable import (
 )
 from vspc.vspctui.formatting import (
     LIST_HEADERS,
+    cluster_problems,
     event_line,
     format_console,
     format_stats,
@@ -78,6 +79,10 @@ _NAMES = Arg(("--names",), "print only console names, one a line (for shell comp
 async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     client = await ctx.client()
     reply = await client.request("list")
+    # In cluster mode the list may be incomplete: say what is missing, never "no
+    # consoles", and exit 1 so a script notices (docs/vspc.md, "Exit codes").
+    problems = cluster_problems(reply)
+    status = ExitCode.ERROR if problems else ExitCode.OK
     if ns.names:
         # Completion scripts read these as words: a name a VM chose is made inert first.
         for name in sorted({safe(c.name) for c in consoles_of(reply)}):
@@ -85,13 +90,16 @@ async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
         return ExitCode.OK
     if ns.json:
         _print_json(ctx, reply)
-        return ExitCode.OK
+        return status
     consoles = consoles_of(reply)
-    if not consoles:
-        ctx.print("no consoles")
-    else:
+    if consoles:
         ctx.print(format_table(LIST_HEADERS, list_rows(consoles)))
-    return ExitCode.OK
+    elif not problems:
+        ctx.print("no consoles")
+    for problem in problems:
+        ctx.err.write(f"vspc: list: {problem}\n")
+        ctx.err.flush()
+    return status
 
 
 @commands.register("show", help="one console in detail: clients, lock, counters",

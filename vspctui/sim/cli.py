@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     motion.add_argument(
         "--abandon-wait", type=float, default=0.2, help="abandon: seconds until the VM restarts"
     )
+    proxy.add_argument(
+        "--reconnect-max", type=float, default=5.0, metavar="SECONDS",
+        help="a dropped or refused VM connection is dialled again, backing off up to "
+        "SECONDS (default 5; 0: never)",
+    )  # fmt: skip
     run = parser.add_argument_group("the run")
     run.add_argument("--duration", type=float, help="seconds to run (default: until done)")
     run.add_argument("--commands", action="store_true", help="read commands from stdin (type help)")
@@ -161,13 +166,20 @@ async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str
         shell=args.shell,
         stream=args.stream is not None,
         abandon_wait=args.abandon_wait,
+        reconnect_max=args.reconnect_max,
     )
     stop = asyncio.Event()
     background = _install_signals(fleet, stop)
     progress = Progress()
     # The prompt's replies and echo share the terminal: no self-overwriting line then.
     progress.enabled = progress.enabled and not args.commands
-    ticker = Ticker(0.5, lambda _n: progress.show(fleet.stats, "running"))
+    seen = ConnectionNotes(fleet)
+
+    def tick(_n: int) -> None:
+        progress.show(fleet.stats, "running")
+        seen.check()
+
+    ticker = Ticker(0.5, tick)
     try:
         await fleet.connect(args.concurrency)
         if not fleet.connected:
@@ -181,11 +193,34 @@ async def _run(args: argparse.Namespace, identities: list[Identity]) -> dict[str
         await fleet.settle()
     finally:
         ticker.stop()
+        seen.check()  # what happened since the last tick
         progress.done()
         fleet.close()
     return fleet.report(
         seconds=round(time.perf_counter() - began, 3), proxy=f"{args.host}:{args.port}"
     )
+
+
+class ConnectionNotes:
+    """One stderr line when VM connections drop or come back, at most per tick: a
+    restarted vspcd must not go unnoticed (the progress line is a terminal's only)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.lost = self.back = 0
+
+    def check(self) -> None:
+        counts = self.fleet.stats.counts
+        lost, back = counts["disconnects"], counts["reconnects"]
+        if lost > self.lost:
+            down = sum(vm.reconnecting for vm in self.fleet.vms)
+            print(f"vspc-sim: {lost - self.lost} VM connection(s) lost; {down} VM(s) "
+                  "reconnecting with back-off", file=sys.stderr, flush=True)  # fmt: skip
+        if back > self.back:
+            up = len(self.fleet.connected)
+            print(f"vspc-sim: {back - self.back} VM(s) reconnected; {up} of "
+                  f"{len(self.fleet.vms)} connected", file=sys.stderr, flush=True)  # fmt: skip
+        self.lost, self.back = lost, back
 
 
 def _install_signals(fleet: Fleet, stop: asyncio.Event) -> set[asyncio.Task[Any]]:

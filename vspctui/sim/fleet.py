@@ -62,6 +62,7 @@ class Fleet:
         shell: bool = False,
         stream: bool = False,
         abandon_wait: float = 0.2,
+        reconnect_max: float = 5.0,
     ) -> None:
         self.target = target
         self.stats = stats if stats is not None else Stats()
@@ -75,6 +76,7 @@ class Fleet:
                 shell=shell,
                 stream=f"v{i}" if stream else None,
                 abandon_wait=abandon_wait,
+                reconnect_max=reconnect_max,
             )
             for i, ident in enumerate(identities)
         ]

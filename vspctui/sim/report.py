@@ -131,7 +131,8 @@ class Progress:
             return
         c = stats.counts
         text = (
-            f"{phase}: vms {c['connected']:,}  vmotions {c['vmotions_done']:,}"
+            f"{phase}: vms {c['connected']:,}  reconnects {c['reconnects']:,}"
+            f"  vmotions {c['vmotions_done']:,}"
             f"/{c['vmotions_started']:,}  failed {c['failures']:,}"
             f"  out {c['bytes_out']:,} B  in {c['bytes_in']:,} B"
             f"  lost {c['lost_bytes']:,}  repeated {c['repeated_bytes']:,}"

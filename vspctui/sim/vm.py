@@ -18,6 +18,13 @@ vMotion kinds, as the source host drives them (`vmotion(kind)`):
   sends BEGIN; the proxy must answer NOTNOW and change nothing.  A protocol-only
   way to see a NOTNOW from any proxy without its operator's help.
 
+Reconnecting (docs/vspc-sim.md): when the active connection drops outside a vMotion
+(vspcd restarted, a network cut) or a reconnect is refused, the VM connects again
+as a fresh VM, like an ESXi host whose vSPC went away, after a capped, jittered
+exponential back-off (`reconnect_min` doubling up to `reconnect_max`, each delay
+drawn from its upper half, so a fleet does not come back in lock-step).  Counted as
+`disconnects`, `reconnects` and `reconnect_failures`; `reconnect_max=0` turns it off.
+
 Any other vMotion the proxy answers NOTNOW is counted as `refused`.  While a
 vMotion runs the guest is stunned: its output waits and goes to whichever connection
 is active afterwards, as ESXi's does.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import ssl
 import time
 from dataclasses import dataclass
@@ -84,6 +92,8 @@ class SimVm:
         shell: bool = False,
         stream: str | None = None,
         abandon_wait: float = 0.2,
+        reconnect_min: float = 0.2,
+        reconnect_max: float = 5.0,
     ) -> None:
         self.identity = identity
         self.target = target
@@ -95,7 +105,11 @@ class SimVm:
         self.link: Link | None = None
         self.inputs = MarkerChecker()
         self.migrating = False
-        self._stunned = bytearray()  # guest output while a vMotion runs
+        self._stunned = bytearray()  # guest output while a vMotion runs, or while down
+        self.reconnect_min = reconnect_min
+        self.reconnect_max = reconnect_max
+        self._closing = False
+        self._redial: asyncio.Task[None] | None = None
 
     # -- connection --------------------------------------------------------------------
 
@@ -116,15 +130,54 @@ class SimVm:
         if not accepted:
             link.close()
             raise ConnectionError(f"{self.identity.name}: proxy answered WONT-PROXY")
-        self.link = link
+        self._adopt(link)
         self.stats.count("connected")
         self.stats.sample("identify", time.perf_counter() - began)
         if self.shell is not None:
             self.write(self.shell.banner())
 
     def close(self) -> None:
+        self._closing = True
+        if self._redial is not None:
+            self._redial.cancel()
         if self.link is not None:
             self.link.close()
+
+    @property
+    def reconnecting(self) -> bool:
+        return self._redial is not None and not self._redial.done()
+
+    def _adopt(self, link: Link) -> None:
+        """Make `link` the active connection and watch it for an unexpected end."""
+        self.link = link
+        link.lost.add_done_callback(lambda _lost: self._check_link())
+
+    def _check_link(self) -> None:
+        """The active connection is gone outside a vMotion: dial again, backing off."""
+        link = self.link  # None: an abandon's restart failed
+        if (link is not None and not link.closed) or self.migrating or self._closing:
+            return  # a vMotion's source, or ours to close, or one under way
+        if self.reconnect_max <= 0 or self.reconnecting:
+            return
+        self.stats.count("disconnects")
+        self._redial = asyncio.create_task(self._redial_loop())
+
+    async def _redial_loop(self) -> None:
+        began = time.perf_counter()
+        delay = self.reconnect_min
+        while not self._closing:
+            # Jittered: each delay is drawn from the upper half of the current step.
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            try:
+                await self.connect()
+            except (OSError, TimeoutError, ConnectionError):
+                self.stats.count("reconnect_failures")
+                delay = min(self.reconnect_max, delay * 2)
+                continue
+            self.stats.count("reconnects")
+            self.stats.sample("reconnect", time.perf_counter() - began)
+            self._unstun()  # output held while down goes out now
+            return
 
     def _on_notice(self, message: str) -> None:
         self.stats.fail(f"{self.identity.name}: {message}")
@@ -188,6 +241,7 @@ class SimVm:
             self.stats.fail(f"{self.identity.name}: {kind.value}: {type(exc).__name__} {exc}")
         finally:
             self._unstun()
+            self._check_link()  # the proxy went away mid-vMotion: dial again
         self.stats.count("vmotions_done")
         self.stats.count(f"vmotions_{outcome}")
         if outcome == "ok":
@@ -254,7 +308,7 @@ class SimVm:
         dest.session.complete(sequence)
         dest.flush()
         source.close()  # ESXi's source FIN; either order with COMPLETE occurs (§4.2)
-        self.link = dest
+        self._adopt(dest)
 
     async def _reconnect(self) -> None:
         link = await open_link(
@@ -264,7 +318,7 @@ class SimVm:
         if not await link.proxy_answer:
             link.close()
             raise ConnectionError("proxy answered WONT-PROXY on reconnect")
-        self.link = link
+        self._adopt(link)
 
     async def _notnow_probe(self) -> str:
         bogus = b"\x00\x00\x00\x00sim-no-such-cookie"

@@ -9,6 +9,7 @@ through the admin socket (`until`), with timeouts; nothing sleeps a fixed time.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import shutil
@@ -124,7 +125,9 @@ class Node:
             nonlocal retries
             if self.proc is not None and self.proc.poll() is not None and retries:
                 # A port picked as free was taken meanwhile (a busy machine): new ones.
-                assert "Address already in use" in self.text(), self.text()
+                # EADDRINUSE, however it is spelt (os.strerror's "Address already in
+                # use", asyncio's and vspcd's "address already in use").
+                assert os.strerror(errno.EADDRINUSE).lower() in self.text().lower(), self.text()
                 retries -= 1
                 self.proxy_port, self.link_port = free_port(), free_port()
                 self.start(*self.extra)
@@ -207,27 +210,41 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-RANGE_LOW, RANGE_HIGH = 61000, 65400  # above Linux's default ephemeral range
 RANGE_SPAN = 32  # ports one test may use
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def telnet_range(seed: int) -> int:
     """The first of RANGE_SPAN free telnet ports for one cluster.
 
-    Above the kernel's ephemeral range (32768-60999 by default), where no outgoing
-    connection holds a port, and away from where benchmarks put their thousands of
-    consoles (bench/daemon_bench.py: just below the ephemeral range): such a
-    benchmark running beside the tests once held the ports a cluster test was handed
-    out.  Each candidate block is checked free by binding it; the product copes
-    with a busy port (it offers another), but the tests assert that a console keeps
-    its port across a take-over, which needs a port nobody else takes meanwhile.
+    Preferably above the kernel's ephemeral range (read from /proc, 32768-60999 by
+    default), where no outgoing connection holds a port, and away from where
+    benchmarks put their thousands of consoles (bench/daemon_bench.py: just below the
+    ephemeral range): such a benchmark running beside the tests once held the ports a
+    cluster test was handed out.  Each candidate block is checked free by binding it;
+    the product copes with a busy port (it offers another), but the tests assert that
+    a console keeps its port across a take-over, which needs a port nobody else takes
+    meanwhile.  When nothing is free up there (many suites at once, or a range that
+    reaches 65535) the blocks start at ports the kernel hands out, so a busy machine
+    slows the search down but never fails it.
     """
-    slots = (RANGE_HIGH - RANGE_LOW) // RANGE_SPAN
+    try:
+        high = int(EPHEMERAL_RANGE.read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        high = 60999
+    low = high + 1
+    slots = max(0, (65536 - low) // RANGE_SPAN)
     for step in range(slots):
-        start = RANGE_LOW + ((seed + step) % slots) * RANGE_SPAN
+        start = low + ((seed + step) % slots) * RANGE_SPAN
         if all(_bindable(port) for port in range(start, start + RANGE_SPAN)):
             return start
-    raise AssertionError(f"no {RANGE_SPAN} free ports in {RANGE_LOW}..{RANGE_HIGH}")
+    for _ in range(1000):
+        start = free_port()
+        if start + RANGE_SPAN <= 65536 and all(
+            _bindable(port) for port in range(start, start + RANGE_SPAN)
+        ):
+            return start
+    raise AssertionError(f"no {RANGE_SPAN} consecutive free ports on 127.0.0.1")
 
 
 def _bindable(port: int) -> bool:

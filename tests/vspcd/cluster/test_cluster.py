@@ -860,3 +860,65 @@ def test_takeover_probe_crosses_nodes(tmp_path: Path) -> None:
         await op.close()
 
     run(tmp_path, body, "a", "b", "c")
+
+
+def test_foreign_keys_do_not_break_list_and_vspc_list_says_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Keys under the prefix that are not the registry's are skipped with a warning;
+    when the registry cannot be read, `vspc list` says so and exits 1."""
+
+    async def vspc_list(node: Node) -> tuple[int | None, str, str]:
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "vspc.vspctui.shell.cli",
+            "--socket", str(node.admin_socket), "list",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(done.communicate(), 30)
+        return done.returncode, out.decode(), err.decode()
+
+    async def body(cluster: Cluster) -> None:
+        import redis.asyncio as aioredis
+
+        a, b = cluster["a"], cluster["b"]
+        raw = aioredis.Redis.from_url(cluster.redis.url, decode_responses=True)
+        await raw.set("vspc:console:junk", "x")
+        await raw.sadd("vspc:consoles", "junk")
+        await raw.hset("vspc:node:junk", "a", "b")
+        await raw.aclose()
+        vm = await FakeEsxi.connect(a.proxy_port, name="listed")
+        await connected(b, UUID_A, "a")
+        reply = await b.request("list")
+        assert reply["ok"] and "cluster_error" not in reply, reply
+        assert [r["key"] for r in reply["vms"]] == [UUID_A]
+        assert "registry key vspc:console:junk is not a console hash" in b.text()
+        assert "registry key vspc:node:junk is not a node lease" in b.text()
+        code, out, err = await vspc_list(b)
+        assert (code, err) == (0, ""), err
+        assert "listed" in out
+        cluster.redis.stop()
+        code, out, err = await vspc_list(b)  # b serves nothing itself
+        assert code == 1 and out == "", (out, err)
+        assert err.startswith("vspc: list: cluster registry unreadable"), err
+        assert "registry unreachable" in err
+        await vm.close()
+
+    run(tmp_path, body, "a", "b")
+
+
+def test_a_busy_cluster_link_port_is_named_in_the_start_error(tmp_path: Path) -> None:
+    async def body(cluster: Cluster) -> None:
+        other = Node("b", tmp_path / "other", cluster.redis, cluster.range_start)
+        other.tmp.mkdir()
+        with socket.socket() as holder:  # the port --node-address names, taken
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            other.link_port = holder.getsockname()[1]
+            other.start()
+            assert other.proc is not None
+            code = await asyncio.to_thread(other.proc.wait, 30)
+        assert code == 1, other.text()
+        expected = f"cannot bind 127.0.0.1:{other.link_port}: address already in use"
+        assert f"cannot start: {expected} (the cluster link port)" in other.text()
+
+    run(tmp_path, body, "a")

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
 
 from tests.vspcd.cluster.cluster_kit import RedisServer, needs_redis
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
@@ -134,5 +137,38 @@ def test_unreachable_redis_is_one_exception(tmp_path: Path) -> None:
             else:
                 raise AssertionError("no RegistryUnavailable")
         await reg.close()
+
+    run(tmp_path, body)
+
+
+def test_foreign_keys_under_the_prefix_are_skipped_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(redis: RedisServer) -> None:
+        import redis.asyncio as aioredis
+
+        a = Registry(redis.url, "a")
+        await a.renew_lease("x:1", 30, 1)
+        await claim(a)
+        raw = aioredis.Redis.from_url(redis.url, decode_responses=True)
+        await raw.set("vspc:console:junk", "x")  # a string where a console hash belongs
+        await raw.sadd("vspc:consoles", "junk", "nokey")
+        await raw.hset("vspc:console:nokey", "colour", "blue")  # a hash, but not a console
+        await raw.hset("vspc:node:junk", "a", "b")  # a hash where a lease string belongs
+        await raw.set("vspc:node:junk2", "not json")
+        with caplog.at_level(logging.WARNING, logger="vspc.vspcd.cluster.registry"):
+            for _ in range(3):
+                assert [r.key for r in await a.consoles()] == [KEY]
+                assert await a.live_nodes() == {"a": "x:1"}
+                assert await a.node_address("junk") is None
+                assert await a.expire_orphans(0.0) == 0
+        warned = sorted(r.getMessage().split()[2] for r in caplog.records)
+        # Once per key, however often it is read.
+        assert warned == [
+            "vspc:console:junk", "vspc:console:nokey", "vspc:node:junk", "vspc:node:junk2"
+        ]  # fmt: skip
+        assert await raw.get("vspc:console:junk") == "x"  # never deleted: not ours
+        await raw.aclose()
+        await a.close()
 
     run(tmp_path, body)

@@ -6,7 +6,8 @@
   of console output in DIR/PREFIX-NAME, the file's mode, the UUID -> VM-NAME switch,
   SIGHUP reopening after logrotate, write errors that cost only log lines.
 * `--context`: scrollback replayed to a new telnet client.
-* Startup and usage errors: a corrupt persist file exits 1, bad backend args exit 2.
+* Startup and usage errors: a corrupt persist file is set aside (the daemon starts),
+  one from a newer vspcd exits 1, bad backend args exit 2.
 
 In-process daemons (tests/vspcd/harness.py) on loopback ports the kernel picks; waits
 are on hub events or bytes.  Flushes of the console logs are called directly instead
@@ -614,14 +615,45 @@ def test_bad_backend_arguments_exit_2(tmp_path: Path, argv: list[str], message: 
     assert "Traceback" not in result.stderr
 
 
-def test_corrupt_persist_file_exits_1_naming_the_file(tmp_path: Path) -> None:
+def test_corrupt_persist_file_is_set_aside_and_the_daemon_starts(tmp_path: Path) -> None:
     bad = tmp_path / "consoles.db"
-    bad.write_bytes(b"definitely not sqlite\n" * 50)
-    result = vspcd(tmp_path, "--persist-file", str(bad))
+    garbage = b"definitely not sqlite\n" * 50
+    bad.write_bytes(garbage)
+    (tmp_path / "consoles.db-wal").write_bytes(b"old log")
+    errlog = tmp_path / "stderr"
+    with errlog.open("w") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "vspc.vspcd", *BASE, "--admin-socket", str(tmp_path / "s")]
+            + ["--persist-file", str(bad)],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        _wait_for(lambda: "listening for ESXi on" in errlog.read_text(), "the daemon to start")
+        assert child.poll() is None, errlog.read_text()
+        (aside,) = tmp_path.glob("consoles.db.corrupt-*[0-9]")
+        assert re.fullmatch(r"consoles\.db\.corrupt-\d{8}T\d{6}", aside.name)
+        assert aside.read_bytes() == garbage  # kept, not repaired
+        assert Path(f"{aside}-wal").read_bytes() == b"old log"  # its journal went with it
+        assert rows(bad) == []  # a fresh, usable file in its place
+        text = errlog.read_text()
+        assert f"persist file {bad}: not a usable SQLite database" in text
+        assert f"moved it to {aside}" in text and "ERROR" in text
+        assert "Traceback" not in text
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=DEADLINE) == 0, errlog.read_text()
+
+
+def test_persist_file_from_a_newer_vspcd_still_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "consoles.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 999")
+    db.close()
+    result = vspcd(tmp_path, "--persist-file", str(path))
     assert result.returncode == 1, result.stderr
-    assert f"cannot start: persist file {bad}: not a usable SQLite database" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "s").exists()  # nothing left behind
+    assert f"cannot start: persist file {path}: schema version 999 is newer" in result.stderr
+    assert not list(tmp_path.glob("consoles.db.corrupt-*"))  # not damage: left alone
 
 
 def _wait_for(predicate: Callable[[], bool], what: str) -> None:

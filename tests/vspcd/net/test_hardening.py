@@ -542,6 +542,11 @@ def test_ephemeral_overlap_reads_the_kernel_range(tmp_path: Path) -> None:
     assert ephemeral_overlap(20000, path) == (32768, 60999)
     assert ephemeral_overlap(61000, path) is None
     assert ephemeral_overlap(50000, tmp_path / "missing") is None
+    # Only the ports vspcd can hold count: start .. start + count - 1 (at most 65535).
+    assert ephemeral_overlap(27000, path, count=1024) is None
+    assert ephemeral_overlap(32000, path, count=1024) == (32768, 60999)
+    assert ephemeral_overlap(27000, path, count=1 << 20) == (32768, 60999)
+    assert ephemeral_overlap(61000, path, count=1 << 20) is None
 
 
 def test_start_warns_when_the_telnet_range_overlaps_the_ephemeral_range(

@@ -271,6 +271,33 @@ def test_failed_tls_handshake_is_logged_and_listener_continues(
     assert any("connection setup failed" in r.getMessage() for r in caplog.records)
 
 
+def test_a_handshake_cut_short_is_logged_with_a_reason(
+    server_tls: ssl.SSLContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The exception asyncio raises here has no text: the log names its type instead
+    # of ending in "connection setup failed: ".
+    async def body() -> None:
+        seen, factory = recorder_factory()
+        listener = await start_proxy_listener(HOST, 0, server_tls, factory, peek_timeout=WAIT)
+        try:
+            _, writer = await asyncio.open_connection(HOST, listener.port)
+            writer.write(b"\x16\x03\x01")  # the start of a TLS record, then goodbye
+            await writer.drain()
+            await close_writer(writer)
+            _, writer = await roundtrip(listener.port, b"ok")  # still serving
+            link = await asyncio.wait_for(seen.get(), WAIT)
+            await close_writer(writer)
+            await close_all(seen, link)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+
+    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net.listeners"):
+        asyncio.run(body())
+    failed = [m for r in caplog.records if "connection setup failed" in (m := r.getMessage())]
+    assert failed and all(not m.endswith("connection setup failed: ") for m in failed), failed
+
+
 def test_close_stops_accepting_and_is_idempotent() -> None:
     async def body() -> None:
         _, factory = recorder_factory()

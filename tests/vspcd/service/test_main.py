@@ -15,8 +15,10 @@ import io
 import logging
 import os
 import re
+import resource
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -371,3 +373,80 @@ def test_real_server_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert child.returncode == 0, err
     assert "listening for ESXi on 127.0.0.1:" in err
     assert not admin.exists()  # removed on the way out
+
+
+@pytest.mark.parametrize(
+    ("flags", "what"),
+    [
+        (["--proxy-port", "{port}"], "the ESXi proxy port"),
+        (["-a", "{port}", "--admin-iface", "127.0.0.1"], "the admin port"),
+        (["--http", "127.0.0.1:{port}"], "the HTTP port"),
+    ],
+    ids=["proxy", "admin", "http"],
+)
+def test_a_busy_address_is_named_in_the_start_error(
+    tmp_path: Path, flags: list[str], what: str
+) -> None:
+    with socket.socket() as holder:  # a port the kernel gave us, held for the test
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        argv = [f.format(port=port) for f in flags]
+        result = vspcd(*BASE, "--admin-socket", str(tmp_path / "s"), *argv)
+    assert result.returncode == 1, result.stderr
+    expected = f"cannot start: cannot bind 127.0.0.1:{port}: address already in use ({what})"
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unusable_admin_socket_path_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = blocker / "admin.sock"  # its directory is a file
+    result = vspcd(*BASE, "--admin-socket", str(path))
+    assert result.returncode == 1, result.stderr
+    assert re.search(rf"cannot start: cannot bind {re.escape(str(path))}: .+ \(the admin socket\)",
+                     result.stderr), result.stderr  # fmt: skip
+    assert "Traceback" not in result.stderr
+
+
+def _ephemeral_range() -> tuple[int, int] | None:
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return None
+    return low, high
+
+
+def _limit_files() -> None:  # in the child: 1024 descriptors, so at most 1024 console ports
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+@pytest.mark.parametrize("distance", [2000, 500])
+def test_ephemeral_warning_counts_only_the_ports_vspcd_can_use(
+    tmp_path: Path, distance: int
+) -> None:
+    """`-r` below the ephemeral range warns only if start + fd limit reaches into it."""
+    span = _ephemeral_range()
+    if span is None or span[0] - distance < 1024:
+        pytest.skip("no usable /proc/sys/net/ipv4/ip_local_port_range here")
+    start = span[0] - distance
+    admin = tmp_path / "admin.sock"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1", "--proxy-port", "0",
+         "--admin-socket", str(admin), "-i", "127.0.0.1", "-r", str(start)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_limit_files,
+    )  # fmt: skip
+    try:
+        wait_for(admin.exists, "the admin socket")
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=DEADLINE)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, err
+    warned = "overlap the kernel's ephemeral port range" in err
+    assert warned == (distance < 1024), err
+    if warned:
+        assert f"telnet ports {start}-{start + 1023} " in err

@@ -71,6 +71,32 @@ def test_list_json_is_the_protocol_reply(daemon: Any, capsys: Any) -> None:
     assert printed == {"ok": True, "vms": [c.row() for c in daemon.consoles.values()]}
 
 
+def test_an_incomplete_cluster_list_says_what_is_missing_and_exits_1(
+    daemon: Any, capsys: Any
+) -> None:
+    # A cluster node answers with its own rows and why the others are not there.
+    daemon.list_extra = {"cluster_missing": ["b: timed out"]}
+    assert run(daemon, "list") == ExitCode.ERROR
+    out, err = capsys.readouterr()
+    assert "db01" in out  # what could be listed still is
+    missing = "consoles of a node that did not answer are not listed"
+    assert err == f"vspc: list: {missing}: b: timed out\n"
+    daemon.consoles.clear()
+    daemon.list_extra = {"cluster_error": "registry unreachable (read): refused\x1b[2J"}
+    assert run(daemon, "list") == ExitCode.ERROR
+    out, err = capsys.readouterr()
+    assert out == ""  # never "no consoles" when the list could not be read
+    assert err == (
+        "vspc: list: cluster registry unreadable, only this node's consoles listed: "
+        "registry unreachable (read): refused\\x1b[2J\n"
+    )
+    assert run(daemon, "list", "--json") == ExitCode.ERROR
+    assert json.loads(capsys.readouterr().out)["cluster_error"].startswith("registry")
+    daemon.list_extra = {}
+    assert run(daemon, "list") == ExitCode.OK
+    assert capsys.readouterr().out == "no consoles\n"
+
+
 def test_show_prints_details_and_clients(daemon: Any, capsys: Any) -> None:
     client_id = daemon.add_telnet_client(DB01_KEY, LockMode.WRITE)
     assert run(daemon, "show", "db01") == ExitCode.OK

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,19 @@ def free_run(count: int) -> int:
 
 
 class Vspcd:
-    def __init__(self, directory: Path, ports: int, *extra: str) -> None:
-        self.proxy_port = free_port()
-        self.range_start = free_run(ports)
-        self.log = open(directory / "vspcd.log", "wb")  # noqa: SIM115 - closed in stop()
+    def __init__(
+        self, directory: Path, ports: int, *extra: str, same_as: Vspcd | None = None
+    ) -> None:
+        # `same_as`: a restart on the ports of a vspcd that was stopped.
+        self.proxy_port = same_as.proxy_port if same_as else free_port()
+        self.range_start = same_as.range_start if same_as else free_run(ports)
+        self.admin = directory / "a.sock"
+        self.log = open(directory / "vspcd.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
                 *(sys.executable, "-m", "vspc.vspcd"),
                 *("--proxy-iface", HOST, "-p", str(self.proxy_port), "-i", HOST),
-                *("-r", str(self.range_start), "--admin-socket", str(directory / "a.sock")),
+                *("-r", str(self.range_start), "--admin-socket", str(self.admin)),
                 *("--vmotion-abandon", "30"),
                 *extra,
             ],
@@ -323,3 +327,56 @@ def test_a_proxy_that_talks_nonsense_is_a_clean_failure(reply: bytes) -> None:
         )
     assert done.returncode == 2
     assert b"no VM could connect" in done.stderr and b"Traceback" not in done.stderr
+
+
+def connected_vms(daemon: Vspcd) -> int:
+    """How many consoles vspcd's admin `list` shows with a VM connected (0 if down)."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(daemon.admin))
+            sock.sendall(b'{"cmd": "list", "id": 1}\n')
+            reply = sock.makefile("rb").readline()
+    except OSError:
+        return 0
+    return sum(row["connected"] for row in json.loads(reply)["vms"])
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT * 2
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.05)
+
+
+def test_vms_reconnect_with_back_off_when_vspcd_restarts(tmp_path: Path) -> None:
+    directory = Path(tempfile.mkdtemp(prefix="vspc-sim-"))  # short: Unix socket path
+    first = Vspcd(directory, ports=4)
+    notes = tmp_path / "sim.stderr"
+    with notes.open("wb") as err:
+        sim = subprocess.Popen(
+            [*SIM, "-p", str(first.proxy_port), "-n", "3", "--duration", "60",
+             "--reconnect-max", "0.5", "--json"],
+            stdout=subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    second: Vspcd | None = None
+    try:
+        wait_until(lambda: connected_vms(first) == 3, "the 3 VMs are up")
+        first.stop()
+        wait_until(lambda: b"connection(s) lost" in notes.read_bytes(), "vspc-sim says so")
+        time.sleep(0.3)  # a few refused reconnects while vspcd is down
+        second = Vspcd(directory, 4, same_as=first)
+        wait_until(lambda: connected_vms(second) == 3, "the 3 VMs are back")
+        sim.send_signal(signal.SIGTERM)
+        out, _ = sim.communicate(timeout=TIMEOUT)
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+        if second is not None:
+            second.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    counts = json.loads(out)["counts"]
+    assert counts["disconnects"] == 3 and counts["reconnects"] == 3, counts
+    assert counts["connected"] == 6  # each VM twice
+    assert b"VM(s) reconnected; 3 of 3 connected" in notes.read_bytes()

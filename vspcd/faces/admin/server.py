@@ -151,7 +151,12 @@ class AdminServer:
                 group=settings.socket_group,
             )
             if settings.port is not None:
-                sock = bind_tcp(settings.iface, settings.port)
+                try:
+                    sock = bind_tcp(settings.iface, settings.port)
+                except OSError as exc:  # name the address: several listeners may clash
+                    why = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
+                    where = f"{settings.iface}:{settings.port}"
+                    raise OSError(f"cannot bind {where}: {why.lower()} (the admin port)") from None
                 self.tcp_port = sock.getsockname()[1]
                 # The proxy port's accept loop (EMFILE back-off, one log line).
                 self._tcp = Listener(
