@@ -41,15 +41,6 @@ ALLOWED: dict[str, frozenset[str]] = {
     TOOLS: frozenset({CODECS}),
 }
 
-# Imports that break the rules today and are being removed: each lower part that reads
-# the daemon's `Config` is getting a small settings dataclass of its own, built by the
-# service.  This set is emptied when that work is merged; never add to it.
-KNOWN_VIOLATIONS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("vspcd/cluster/node.py", "vspc.vspcd.service.config"),
-    }
-)
-
 # The hub is pure state and policy: time, timers, secrets and ports are injected.
 HUB_FORBIDDEN = ("asyncio", "socket", "ssl", "selectors", "subprocess", "os", "io")
 CODECS_FORBIDDEN = ("asyncio", "socket", "ssl", "selectors")
@@ -160,25 +151,14 @@ PAIRS = [(s, t) for s in PARTS for t in PARTS if s != t]
 
 @pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}->{t}" for s, t in PAIRS])
 def test_direction_between_every_pair_of_parts(source: str, target: str) -> None:
-    found = {
-        (file, name)
-        for file, name, s, t in _crossings()
-        if (s, t) == (source, target) and (file, name) not in KNOWN_VIOLATIONS
-    }
+    found = {(file, name) for file, name, s, t in _crossings() if (s, t) == (source, target)}
     if target in ALLOWED[source]:
         return
     assert not found, f"{source} must not import {target}: {sorted(found)}"
 
 
-def test_known_violations_are_still_real() -> None:
-    # A fixed violation leaves this list at once, so it cannot hide a new one.
-    assert _violations() >= KNOWN_VIOLATIONS, sorted(KNOWN_VIOLATIONS - _violations())
-
-
 def test_nothing_imports_the_service_but_itself() -> None:
-    importers = {file for file, _name, source, target in _crossings() if target == "service"} - {
-        file for file, _name in KNOWN_VIOLATIONS
-    }
+    importers = {file for file, _name, source, target in _crossings() if target == "service"}
     assert not importers, sorted(importers)
 
 

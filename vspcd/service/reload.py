@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vspc.vspcd.service.configdata import Config
+from vspc.vspcd.service.configdata import FILE_ONLY, Config
 from vspc.vspcd.service.flags import FLAGS
 from vspc.vspcd.service.settings import hook_settings
 
@@ -76,6 +76,9 @@ def _console_logs(daemon: Daemon, new: Config) -> None:
 
 
 _APPLY: dict[str, Apply] = {
+    # The access rules (access_default, [[access]]): the admin server re-judges every
+    # open connection when the daemon's config is set (vspcd/faces/admin/link.py).
+    "access_policy": _through_config,
     # Checked at each attach; consoles already over the new limit keep their clients.
     "client_limit": _hub_setting("client_limit"),
     # Timers started after the reload use the new values.
@@ -119,10 +122,8 @@ _APPLY: dict[str, Apply] = {
 # The live keys, in table order; a flag marked live without a way to apply it here
 # fails at import (and in tests/vspcd/service/test_flags.py).
 LIVE: dict[str, Apply] = {flag.dest: _APPLY[flag.dest] for flag in FLAGS if flag.live}
-# Keys of the file that no flag sets: the access rules (access_default, [[access]]),
-# which the admin server re-judges every open connection against when the daemon's
-# config is set (vspcd/faces/admin/link.py `access_changed`).
-LIVE["access_policy"] = _through_config
+# Keys of the file that no flag sets (the access rules) are live too.
+LIVE.update((key, _APPLY[key]) for key in sorted(FILE_ONLY))
 
 
 @dataclass(frozen=True, slots=True)
