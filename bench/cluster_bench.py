@@ -1,4 +1,4 @@
-"""Cluster benchmark (issue #13; docs/cluster.md "Figures"): real redis-server + vspcd
+"""Cluster benchmark (docs/cluster.md, docs/benchmarks.md "Cluster"): real redis-server + vspcd
 nodes on loopback, driven from this process with asyncio.
 
 Scenarios (`--only a,b`; each prints ONE JSON line):

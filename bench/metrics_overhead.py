@@ -1,4 +1,4 @@
-"""Micro-benchmark: what the metrics observer adds to a vMotion (issue #10 item 5).
+"""Micro-benchmark: what the metrics observer adds to a vMotion.
 
 Runs bench/vmotion_micro.py's loop (one console migrating back and forth through the
 real `VmLink` + `ProxySession` + `Hub`, in-memory transports) three ways per round:

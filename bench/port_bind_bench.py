@@ -1,4 +1,4 @@
-"""Port binding in a crowded range (issue #7, finding 8; docs/reliability.md).
+"""Port binding in a crowded range (docs/reliability.md).
 
 With `-r` inside the kernel's ephemeral port range, outgoing connections on the host
 hold ports the daemon wants for consoles.  This opens OUTGOING connections to a

@@ -1,4 +1,4 @@
-"""Storm benchmark: a host evacuation against the real vspcd (issue #12 item 2).
+"""Storm benchmark: a host evacuation against the real vspcd.
 
 10,000 VMs connected, each with its telnet port; a typing client on 200 of them;
 then 2,000 of them (the 200 typed ones among them) vMotion at once, as when a host
@@ -205,7 +205,7 @@ async def storm(
     vms = fit(vms, migrating, typing, limit)
     context = multiprocessing.get_context("spawn")
     # Every fake host is 127.0.0.1 here: lift the per-address caps on unidentified
-    # connections (issue #7) that real hosts, spread over many addresses, never meet.
+    # connections that real hosts, spread over many addresses, never meet.
     extra = ["--unidentified-per-host", "0", "--unidentified-limit", "0"]
     with running_daemon(vm_ports=True, port_count=vms + 100, extra_args=extra) as daemon:
         pipes, procs = [], []

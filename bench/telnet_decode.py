@@ -1,4 +1,4 @@
-"""Micro-benchmark: TelnetCodec.receive_data throughput (issue #2; docs/benchmarks.md).
+"""Micro-benchmark: TelnetCodec.receive_data throughput (docs/benchmarks.md).
 
 Feeds pre-built wire chunks to one codec and prints one JSON object with MB/s
 (10**6 wire bytes per second, best of `--repeat` runs):

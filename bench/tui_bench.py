@@ -1,4 +1,4 @@
-"""Benchmark: vspc-tui's key-to-redraw latency and CPU under a stream of events (issue #9).
+"""Benchmark: vspc-tui's key-to-redraw latency and CPU under a stream of events.
 
 Two processes, so that the CPU figure is the dashboard's alone:
 

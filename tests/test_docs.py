@@ -1,5 +1,5 @@
-"""The reference docs name everything the code offers (issues #8, #10: "keep docs/
-current with the code"): every vspcd flag in docs/operations.md, every admin command in
+"""The reference docs name everything the code offers: every vspcd flag in
+docs/operations.md, every admin command in
 docs/admin-protocol.md, every `vspc` command in docs/vspc.md, every console script in
 the README.  A flag or command added without a word in its doc fails here."""
 

@@ -1,4 +1,4 @@
-"""The packages and the shipped service files (issue #10 items 1 and 2).
+"""The packages and the shipped service files.
 
 `python -m build` (offline: --no-isolation) gives an sdist and a wheel; the wheel,
 installed into a fresh venv with nothing else, runs `vspcd --version` and

@@ -140,7 +140,7 @@ class FakeEsxi:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         # A frozen VM reads but never answers: a host that died without a FIN
-        # (vSphere HA restarts the VM elsewhere; issue #7).
+        # (vSphere HA restarts the VM elsewhere).
         self.frozen = False
 
     @classmethod

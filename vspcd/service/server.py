@@ -153,7 +153,7 @@ class Daemon:
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
         self.plugin: PluginHost | None = None
-        # Memory that comes back after a flood (issue #7, vspcd/service/heap.py).
+        # Memory that comes back after a flood.
         self.trimmer: HeapTrimmer | None = None
         self.proxy_port: int | None = None
         self._preident: PreIdentification | None = None

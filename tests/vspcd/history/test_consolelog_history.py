@@ -1,5 +1,5 @@
 """Console log history: one file per console, naming, timestamps, events, rotation,
-flush policy, scrollback after a restart (issues #7 item 7, #11 items 1-4, #9 item 3).
+flush policy, scrollback after a restart.
 
 Unit tests drive `ConsoleLogs` through a real hub on fake time (flushes are called or
 the fake scheduler advanced, never waited for); end-to-end tests run an in-process
@@ -90,7 +90,7 @@ class Rig:
         self.hub.vm_event(conn, VmData(data))
 
 
-# -- names: one file per console (#7 item 7) ------------------------------------------
+# -- names: one file per console ------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_two_consoles_never_get_the_same_stem(claims: list[tuple[str, str]]) -> 
 def test_a_vm_naming_itself_like_another_never_writes_into_its_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """#7 item 7, reproduced: VM B calls itself db01 while VM A (db01) is logging."""
+    """Reproduced: VM B calls itself db01 while VM A (db01) is logging."""
     logs = tmp_path / "logs"
 
     async def main(first: str, second: str) -> None:
@@ -192,7 +192,7 @@ def test_a_vm_naming_itself_like_another_never_writes_into_its_log(
     assert impostor.read_bytes() == b_said + b"sync\n" + b_said
 
 
-# -- timestamps (#11 item 1) ------------------------------------------------------------
+# -- timestamps ------------------------------------------------------------
 
 
 def test_stamp_format_is_fixed_width_utc() -> None:
@@ -272,7 +272,7 @@ def test_logs_match_what_clients_received_with_and_without_timestamps(tmp_path: 
     assert data != received and strip_timestamps(data) == received
 
 
-# -- events (#11 item 1) ------------------------------------------------------------------
+# -- events ------------------------------------------------------------------
 
 
 def test_events_go_to_their_own_file_as_json_lines(tmp_path: Path) -> None:
@@ -319,7 +319,7 @@ def test_client_events_say_who(tmp_path: Path) -> None:
     assert "client_detached" in kinds
 
 
-# -- rotation (#11 item 2) -------------------------------------------------------------------
+# -- rotation -------------------------------------------------------------------
 
 
 def test_rotation_keeps_the_newest_files_and_every_recent_byte(tmp_path: Path) -> None:
@@ -396,7 +396,7 @@ def test_rotated_files_are_gzipped_off_the_loop_and_replay_spans_them(tmp_path: 
     assert stream.endswith(joined) and len(joined) > 3 * 8192
 
 
-# -- flush policy and durability (#11 item 4) --------------------------------------------
+# -- flush policy and durability --------------------------------------------
 
 
 def test_flush_0_writes_every_chunk_at_once(tmp_path: Path) -> None:
@@ -479,7 +479,7 @@ def test_kill_9_loses_at_most_the_flush_interval(tmp_path: Path, flush: str) -> 
         assert not path.exists() or path.read_bytes() == b""
 
 
-# -- scrollback after a restart (#9 item 3) ------------------------------------------------
+# -- scrollback after a restart ------------------------------------------------
 
 
 NOT_CONNECTED = b"\r\n[vspcd: VM not connected; input is held until it is]\r\n"
@@ -516,7 +516,7 @@ def test_a_restored_console_replays_what_it_printed_before_the_restart(tmp_path:
     asyncio.run(first_run())
     assert len(list(logs.glob("vmlog-db01.*"))) >= 2  # the tail really crosses a cut
     got = asyncio.run(second_run())
-    # The replay first, then (issue #9 notices) the "VM not connected" line.
+    # The replay first, then the "VM not connected" line.
     assert got == history[-300:] + NOT_CONNECTED
 
 

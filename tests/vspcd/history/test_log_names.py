@@ -1,4 +1,4 @@
-"""Daemon log lines name consoles as `NAME (shortkey)` (issue #9 item 4).
+"""Daemon log lines name consoles as `NAME (shortkey)`.
 
 The first-connection line waits for VM-NAME (ESXi sends it just after VM-VC-UUID), so
 `grep web01` finds the line with the VM's address and telnet port.

@@ -180,7 +180,7 @@ def test_show_keeps_null_service_fields_and_client_info_round_trips() -> None:
 
 
 def test_activity_and_byte_counts_are_reported() -> None:
-    # Issue #8 item 6: created, last output, bytes each way per client, hold drops.
+    # Created, last output, bytes each way per client, hold drops.
     rig = make_rig(hold_limit=4)
     conn, _ = connect(rig)
     console = console_of(conn)

@@ -551,7 +551,7 @@ def test_fresh_do_proxy_during_vmotion_aborts_it(state: str) -> None:
     if state == "source-closed":
         s.rig.hub.vm_closed(s.src)
     s.type(b"held")
-    # From the source's own host: a stranger may not disturb a vMotion (issue #7).
+    # From the source's own host: a stranger may not disturb a vMotion.
     new, new_vm = connect(s.rig, peer="esx-a:40010")
     assert s.console.phase is Phase.NORMAL
     assert s.console.vm is new

@@ -1,4 +1,4 @@
-"""Consoles say what is going on in one `[vspcd: ...]` line each (issue #9 item 2).
+"""Consoles say what is going on in one `[vspcd: ...]` line each.
 
 VM not connected (on connect), VM connected / disconnected / vMotion done, input
 dropped under another client's lock (once per lock), lock released; `--no-notices`

@@ -1,4 +1,4 @@
-"""Console takeover policy (issue #7 item 1; docs/security.md "Console takeover").
+"""Console takeover policy (docs/security.md "Console takeover").
 
 A VM connection from another address may not displace a live, responsive VM
 connection of the same console: the current one is probed (IAC DO TIMING-MARK) and

@@ -1,4 +1,4 @@
-"""The vMotion transition table (vspcd/hub/vmotion.py; docs/protocol.md §4.5, issue #8 item 2).
+"""The vMotion transition table (vspcd/hub/vmotion.py; docs/protocol.md §4.5).
 
 The behaviour of every transition is tested through the hub in test_hub.py; here, the
 properties of the table itself.
