@@ -8,6 +8,7 @@ builds the `list` row and `show` object vspcd/faces/render.py turns into JSON
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 
 from vspc.common import vmware as vm
@@ -36,12 +37,7 @@ def find(st: HubState, spec: str) -> Console:
         found = [c for c in consoles if c.name == spec]
     if not found and spec.isdigit() and (by_port := st.by_port.get(int(spec))):
         found = [by_port]
-    if not found:
-        raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {spec!r}")
-    if len(found) > 1:
-        names = ", ".join(sorted(c.display_name for c in found))
-        raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
-    return found[0]
+    return only(found, spec)
 
 
 def console_info(st: HubState, console: Console, *, detail: bool = False) -> ConsoleInfo:
@@ -69,3 +65,13 @@ def console_info(st: HubState, console: Console, *, detail: bool = False) -> Con
         vm_peer=(None if console.vm is None else console.vm.channel.peer) if detail else None,
         counters={**asdict(counters), "hold_dropped": console.hold_dropped} if detail else None,
     )
+
+
+def only(found: Sequence[Console], spec: str) -> Console:
+    """The one console `spec` found, else `vm_not_found` or `ambiguous_vm`."""
+    if not found:
+        raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {spec!r}")
+    if len(found) > 1:
+        names = ", ".join(sorted(c.display_name for c in found))
+        raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
+    return found[0]

@@ -27,6 +27,16 @@ __all__ = ["HeapTrimmer", "find_heap_usage", "find_malloc_trim"]
 log = logging.getLogger(__name__)
 
 
+def _libc() -> ctypes.CDLL | None:
+    """The process's C library on Linux, or None (another OS, or it cannot be loaded)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def find_malloc_trim() -> Callable[[], int] | None:
     """glibc's `malloc_trim(0)` as a callable, or None where there is none.
 
@@ -34,11 +44,8 @@ def find_malloc_trim() -> Callable[[], int] | None:
     (glibc, not musl) and `malloc_trim`.  The callable returns 1 if memory was
     released, 0 if there was nothing to release.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "malloc_trim"):
         return None
@@ -76,11 +83,8 @@ def find_heap_usage() -> Callable[[], tuple[int, int]] | None:
 
     Only for the trimmer's DEBUG line: what a trim found and what it could return.
     """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
+    libc = _libc()
+    if libc is None:
         return None
     if not hasattr(libc, "mallinfo2"):
         return None

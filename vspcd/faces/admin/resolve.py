@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from vspc.common.admin import ErrorCode
 from vspc.common.vmware import canonical_uuid
 from vspc.vspcd.hub.console import Console
-from vspc.vspcd.hub.hub import HubError
+from vspc.vspcd.hub.info import only
 
 __all__ = ["find_among"]
 
@@ -38,9 +37,4 @@ def find_among(consoles: Sequence[Console], spec: str) -> Console:
         found = [c for c in consoles if c.name == spec]
     if not found and spec.isdigit():
         found = [c for c in consoles if c.port == int(spec)]
-    if not found:
-        raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {spec!r}")
-    if len(found) > 1:
-        names = ", ".join(sorted(c.display_name for c in found))
-        raise HubError(ErrorCode.AMBIGUOUS_VM, f"{spec!r} matches several consoles: {names}")
-    return found[0]
+    return only(found, spec)
