@@ -315,7 +315,7 @@ def test_a_handshake_cut_short_is_logged_with_a_reason(
             listener.close()
             await listener.wait_closed()
 
-    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net.listeners"):
+    with caplog.at_level(logging.INFO, logger="vspc.vspcd.net"):
         asyncio.run(body())
     failed = [m for r in caplog.records if "connection setup failed" in (m := r.getMessage())]
     assert failed and all(not m.endswith("connection setup failed: ") for m in failed), failed
