@@ -18,6 +18,23 @@ Prints ONE JSON line: per round the RSS after it, the fresh VM's identification
 time, the echo round trips during it, how many hostile connections the daemon
 closed or refused before we did.  Figures go to docs/reliability.md; this is not a
 test (nothing is asserted).  `--quick` runs toy sizes.
+
+`--scenario` picks one of the admission scenarios instead (docs/security.md,
+"Unidentified connections"; figures in docs/benchmarks.md), each at the daemon's
+default flags and printing one JSON line:
+
+* `burst_one`: `--vms` (1,024) VMs from one address connect at once;
+* `burst_many`: `--vms` (9,000) VMs from `--addresses` (20) addresses at once;
+* `tls_burst`: the same as `burst_one` over TLS (`--ssl`);
+* `holders`: `--hostile` (4) addresses each hold `--per-hostile` (1,000)
+  unidentified connections (idle, junk, stalled TLS, a ClientHello dripped a byte
+  a second), reopening each one the daemon drops, while `--vms` (200) VMs from
+  another address connect;
+* `slow_tls`: `--vms` (100) TLS VMs whose ClientHello comes 1.5 s after connecting;
+* `http_slowloris`: 70 idle HTTP connections from one address, then 20 requests
+  from another; and 5 addresses x 16 idle admin TCP connections, then 3 `hello`s.
+
+`--event-loop asyncio|uvloop` picks the daemon's loop.
 """
 
 from __future__ import annotations
@@ -37,7 +54,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import contextlib
+
 from daemon_bench import (  # noqa: E402  (bench/ is not a package)
+    DAEMON_ARGS,
     WILL_PROXY,
     Client,
     Daemon,
@@ -267,6 +287,227 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+# -- admission scenarios -------------------------------------------------------------
+
+
+def _client_tls() -> Any:
+    import ssl
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _one_vm(
+    port: int, key: str, local: str, *, tls: bool = False, delay: float = 0.0
+) -> float | None:
+    """Connect, (after `delay`) speak, return seconds to WILL-PROXY or None (failed)."""
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(40):
+            if delay:
+                import socket
+
+                raw = socket.socket()
+                raw.setblocking(False)
+                raw.bind((local, 0))
+                await loop.sock_connect(raw, ("127.0.0.1", port))
+                await asyncio.sleep(delay)
+                _, vm_end = await loop.create_connection(
+                    lambda: FakeVm(hello(key, key)),
+                    sock=raw,
+                    ssl=_client_tls() if tls else None,
+                    server_hostname="localhost" if tls else None,
+                )
+            else:
+                _, vm_end = await loop.create_connection(
+                    lambda: FakeVm(hello(key, key)),
+                    "127.0.0.1",
+                    port,
+                    local_addr=(local, 0),
+                    ssl=_client_tls() if tls else None,
+                    server_hostname="localhost" if tls else None,
+                )
+            await vm_end.expect(WILL_PROXY)
+    except (OSError, TimeoutError, ConnectionError):
+        return None
+    vm_end.idle()
+    return time.perf_counter() - started
+
+
+async def _crowd(
+    port: int, count: int, addresses: list[str], tag: int, *, tls: bool = False, delay: float = 0
+) -> dict[str, Any]:
+    began = time.perf_counter()
+    times = await asyncio.gather(
+        *(
+            _one_vm(port, vm_key(tag, i), addresses[i % len(addresses)], tls=tls, delay=delay)
+            for i in range(count)
+        )
+    )
+    ok = [t for t in times if t is not None]
+    return {
+        "vms": count,
+        "identified": len(ok),
+        "failed": count - len(ok),
+        "all_in_s": round(time.perf_counter() - began, 2),
+        "identify_ms": percentiles(ok) if ok else None,
+    }
+
+
+class _Holder:
+    """One hostile address's connections, each reopened when the daemon drops it."""
+
+    KINDS = ("idle", "junk", "stalled_tls", "drip_tls")
+
+    def __init__(self, port: int, local: str, count: int) -> None:
+        self.port, self.local, self.count = port, local, count
+        self.dropped = 0
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for i in range(self.count):
+            self.tasks.append(asyncio.ensure_future(self._hold(self.KINDS[i % 4])))
+
+    async def _hold(self, kind: str) -> None:
+        while True:
+            try:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(self.local, 0)
+                )
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                if kind == "junk":
+                    writer.write(b"GET / HTTP/1.0\r\n")  # not telnet, never identifies
+                elif kind == "stalled_tls":
+                    writer.write(TLS_STALL)
+                elif kind == "drip_tls":
+                    for byte in TLS_STALL:
+                        writer.write(bytes([byte]))
+                        await asyncio.sleep(1.0)
+                while await reader.read(65536):
+                    pass
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+            self.dropped += 1
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+async def _http_get(port: int, local: str, path: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    async with asyncio.timeout(10):
+        reply = await reader.read()
+    writer.close()
+    return reply.split(b"\r\n", 1)[0]
+
+
+async def _admin_hello(port: int, local: str) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+    writer.write(b'{"cmd":"hello"}\n')
+    async with asyncio.timeout(10):
+        line = await reader.readline()
+    writer.close()
+    return line
+
+
+async def scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="vspc-admission-"))
+    extra: list[str] = []
+    if name in ("tls_burst", "slow_tls", "holders"):
+        cert, key = make_cert(workdir)
+        extra += ["--ssl", "--cert", str(cert), "--key", str(key)]
+    http_port = admin_port = 0
+    if name == "http_slowloris":
+        from daemon_bench import free_port
+
+        http_port, admin_port = free_port(), free_port()
+        extra += ["--http", f"127.0.0.1:{http_port}", "--admin-port", str(admin_port)]
+        extra += ["--admin-iface", "127.0.0.1"]
+    daemon = Daemon(workdir, vm_ports=True, port_count=args.vms + 100, extra_args=extra)
+    result: dict[str, Any] = {"scenario": name, "daemon_args": DAEMON_ARGS + extra[:1]}
+    try:
+        daemon.start()
+        settle(daemon)
+        result["rss_kib_before"] = daemon.rss_kib()
+        port = daemon.proxy_port
+        if name in ("burst_one", "tls_burst"):
+            result |= await _crowd(port, args.vms, ["127.0.0.1"], 1, tls=name == "tls_burst")
+        elif name == "burst_many":
+            addresses = [f"127.0.0.{10 + i}" for i in range(args.addresses)]
+            result |= await _crowd(port, args.vms, addresses, 2)
+            result["addresses"] = args.addresses
+        elif name == "slow_tls":
+            result |= await _crowd(port, args.vms, ["127.0.0.1"], 3, tls=True, delay=1.5)
+        elif name == "holders":
+            holders = [
+                _Holder(port, f"127.0.0.{100 + i}", args.per_hostile) for i in range(args.hostile)
+            ]
+            for holder in holders:
+                holder.start()
+            await asyncio.sleep(args.warmup)
+            settle(daemon, timeout=5)
+            result["rss_kib_held"] = daemon.rss_kib()
+            result |= await _crowd(port, args.vms, ["127.0.0.2"], 4, tls=False)
+            tls = await _crowd(port, max(1, args.vms // 4), ["127.0.0.3"], 5, tls=True)
+            result["tls"] = tls
+            result["rss_kib_during"] = daemon.rss_kib()
+            result["hostile"] = {"addresses": args.hostile, "per_address": args.per_hostile}
+            result["hostile_dropped_by_daemon"] = sum(h.dropped for h in holders)
+            for holder in holders:
+                holder.stop()
+        elif name == "http_slowloris":
+            idle = [
+                await asyncio.open_connection("127.0.0.1", http_port, local_addr=("127.0.0.2", 0))
+                for _ in range(70)
+            ]
+            await asyncio.sleep(0.3)
+            statuses = [await _http_get(http_port, "127.0.0.1", "/healthz") for _ in range(20)]
+            result["http"] = {
+                "idle_from_one_address": 70,
+                "requests": 20,
+                "ok": sum(s.endswith(b" 200 OK") for s in statuses),
+                "statuses": sorted({s.decode() for s in statuses}),
+            }
+            hogs = []
+            for n in range(5):
+                for _ in range(16):
+                    with contextlib.suppress(OSError):
+                        hogs.append(
+                            await asyncio.open_connection(
+                                "127.0.0.1", admin_port, local_addr=(f"127.0.0.{20 + n}", 0)
+                            )
+                        )
+            await asyncio.sleep(5.5)  # past the admin eviction grace
+            hellos = [await _admin_hello(admin_port, "127.0.0.1") for _ in range(3)]
+            result["admin"] = {
+                "idle_addresses": 5,
+                "idle_per_address": 16,
+                "hellos_ok": sum(b'"ok":true' in h for h in hellos),
+            }
+            for _, writer in idle + hogs:
+                writer.close()
+        settle(daemon, timeout=20)
+        result["rss_kib_after"] = daemon.rss_kib()
+        lines = daemon.log_path.read_text(errors="replace").splitlines()
+        result["log_lines"] = len(lines)
+        result["log_warnings"] = sum(" WARNING " in line for line in lines)
+        result["calibration_ms"] = calibration_ms()
+        return result
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
@@ -279,7 +520,27 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait after a round before reading RSS (the daemon's heap trim)",
     )
     parser.add_argument("--quick", action="store_true", help="toy sizes (smoke run)")
+    parser.add_argument(
+        "--scenario",
+        choices=("burst_one", "burst_many", "tls_burst", "holders", "slow_tls", "http_slowloris"),
+        help="an admission scenario instead of the hostile rounds",
+    )
+    parser.add_argument("--vms", type=int, help="legitimate VMs (default per scenario)")
+    parser.add_argument("--addresses", type=int, default=20)
+    parser.add_argument("--hostile", type=int, default=4)
+    parser.add_argument("--per-hostile", type=int, default=1000)
+    parser.add_argument("--warmup", type=float, default=8.0, help="holders: seconds first")
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"))
     args = parser.parse_args(argv)
+    if args.event_loop is not None:
+        DAEMON_ARGS[:0] = ["--event-loop", args.event_loop]
+    if args.scenario is not None:
+        defaults = {"burst_one": 1024, "burst_many": 9000, "tls_burst": 1024}
+        defaults |= {"holders": 200, "slow_tls": 100, "http_slowloris": 0}
+        if args.vms is None:
+            args.vms = defaults[args.scenario]
+        print(json.dumps(asyncio.run(scenario(args.scenario, args))))
+        return 0
     if args.quick:
         args.rounds, args.per_round, args.hold, args.trim_wait = 2, 60, 0.3, 0.0
     result = asyncio.run(run(args.rounds, args.per_round, args.hold, args.trim_wait))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import weakref
 from typing import Protocol, cast
 
 from vspc.common.peerlink import (
@@ -29,8 +30,25 @@ from vspc.common.peerlink import (
     VmProbe,
     VmSend,
 )
+from vspc.vspcd.hub.ratelog import Throttles
 
 log = logging.getLogger(__name__)
+
+# Strangers on the inter-node port repeat at will: one line per period and kind, plus
+# a count (vspcd/hub/ratelog.py).  One table per event loop (a daemon has one).
+_WARNINGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Throttles] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def warnings() -> Throttles:
+    """This loop's aggregated inter-node warnings (vspcd/cluster/node.py uses them too)."""
+    loop = asyncio.get_running_loop()
+    table = _WARNINGS.get(loop)
+    if table is None:
+        table = _WARNINGS[loop] = Throttles(log, clock=loop.time, call_later=loop.call_later)
+    return table
+
 
 __all__ = ["LinkHandler", "PeerLink", "RemoteVm"]
 
@@ -69,7 +87,11 @@ class PeerLink(asyncio.Protocol):
         address = transport.get_extra_info("peername")
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
         if self._refuse:
-            log.warning("inter-node link %s refused: too many handshakes pending", self.peer)
+            warnings().log(
+                "inter-node links refused: too many handshakes pending",
+                "inter-node link %s refused: too many handshakes pending",
+                self.peer,
+            )
             self._transport.abort()
             return
         self._write(self._codec.data_to_send())
@@ -77,14 +99,21 @@ class PeerLink(asyncio.Protocol):
 
     def _auth_timeout(self) -> None:
         if not self._codec.authenticated:
-            log.warning("inter-node link %s: no handshake within %.0f s", self.peer, AUTH_TIMEOUT)
+            warnings().log(
+                "inter-node links without a handshake",
+                "inter-node link %s: no handshake within %.0f s",
+                self.peer,
+                AUTH_TIMEOUT,
+            )
             self.close()
 
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._codec.receive_data(data)
         except RemoteProtocolError as exc:
-            log.warning("inter-node link %s refused: %s", self.peer, exc)
+            warnings().log(
+                "inter-node links refused", "inter-node link %s refused: %s", self.peer, exc
+            )
             self.close()
             return
         self._write(self._codec.data_to_send())

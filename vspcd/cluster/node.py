@@ -59,7 +59,7 @@ from vspc.common.peerlink import (
     VmSend,
 )
 from vspc.common.session import ProxyRequested
-from vspc.vspcd.cluster.links import PeerLink, RemoteVm
+from vspc.vspcd.cluster.links import PeerLink, RemoteVm, warnings
 from vspc.vspcd.cluster.mirror import Mirror
 from vspc.vspcd.cluster.placement import Gate
 from vspc.vspcd.cluster.registry import ConsoleRecord, Registry, RegistryUnavailable
@@ -526,7 +526,12 @@ class ClusterNode:
                 if (sink := self._streams.pop((link, ch), None)) is not None:
                     sink.closed()
             case _:
-                log.warning("inter-node link %s: unexpected %s", link.peer, type(message).__name__)
+                warnings().log(
+                    "unexpected inter-node messages",
+                    "inter-node link %s: unexpected %s",
+                    link.peer,
+                    type(message).__name__,
+                )
 
     def on_link_lost(self, link: PeerLink) -> None:
         self._inbound.discard(link)

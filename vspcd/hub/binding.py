@@ -180,7 +180,8 @@ def _may_take_over(st: HubState, console: Console, conn: VmConn) -> bool:
     console.challenge = challenge = Challenge(
         conn, old, st.call_later(timeout, lambda: _probe_expired(st, console, challenge))
     )
-    log.warning(
+    st.warnings.log(
+        "takeover claims probed",
         "%s: %s claims it from another host than %s; probing %s for %.0f s",
         tag(console),
         conn.channel.peer,
@@ -193,7 +194,8 @@ def _may_take_over(st: HubState, console: Console, conn: VmConn) -> bool:
 
 
 def _refuse(st: HubState, console: Console, conn: VmConn, holder: str, why: str) -> None:
-    log.warning(
+    st.warnings.log(
+        "takeover claims refused",
         "%s: refused VM connection %s claiming it from %s (%s)",
         tag(console),
         conn.channel.peer,
@@ -202,7 +204,9 @@ def _refuse(st: HubState, console: Console, conn: VmConn, holder: str, why: str)
     )
     conn.role, conn.console = Role.RETIRED, None
     conn.channel.close()
-    st.tell(console, f"refused a VM connection from {conn.channel.peer} ({why})")
+    st.tell_once(
+        console, "takeover refused", f"refused a VM connection from {conn.channel.peer} ({why})"
+    )
     st.emit(TakeoverRefused(console.key, console.display_name, conn.channel.peer, holder))
 
 

@@ -86,16 +86,21 @@ def peer(st: HubState, conn: VmConn, cookie: bytes) -> None:
     console = st.cookies.get(cookie)
     mig = console.migration if console is not None else None
     if console is None or mig is None:
-        log.warning(
-            "VM %s: PEER with an unknown or stale cookie; no PEER-OK (F5)", conn.channel.peer
+        st.warnings.log(
+            "stray PEERs",
+            "VM %s: PEER with an unknown or stale cookie; no PEER-OK (F5)",
+            conn.channel.peer,
         )
         return
     action = next_action(console.phase, Trigger.PEER, conn.role)
     if action is Action.IGNORE:
-        log.warning("VM %s: PEER on a connection already in use; ignored", conn.channel.peer)
+        st.warnings.log(
+            "stray PEERs", "VM %s: PEER on a connection already in use; ignored", conn.channel.peer
+        )
         return
     if action is Action.SECOND_PEER and mig.dest is not None:
-        log.warning(
+        st.warnings.log(
+            "stray PEERs",
             "%s: second PEER from %s while %s is bound; ignored (TV-19)",
             tag(console),
             conn.channel.peer,
@@ -130,7 +135,7 @@ def complete(st: HubState, conn: VmConn, sequence: bytes) -> None:
     """VMOTION-COMPLETE on the destination: it becomes the console's VM connection."""
     found = _in_flight(conn, Trigger.COMPLETE, Action.COMPLETE)
     if found is None or found[1].dest is not conn or found[1].sequence != sequence:
-        log.warning("VM %s: stray COMPLETE ignored (F10)", conn.channel.peer)
+        st.warnings.log("stray COMPLETEs", "VM %s: stray COMPLETE ignored (F10)", conn.channel.peer)
         return
     console, mig = found
     forget(st, console, mig)
@@ -163,7 +168,7 @@ def abort_received(st: HubState, conn: VmConn) -> None:
     """VMOTION-ABORT: counts only on the BEGIN connection (TV-24, TV-30)."""
     found = _in_flight(conn, Trigger.ABORT, Action.ABORT)
     if found is None or found[1].source is not conn:
-        log.warning("VM %s: stray ABORT ignored (F10)", conn.channel.peer)
+        st.warnings.log("stray ABORTs", "VM %s: stray ABORT ignored (F10)", conn.channel.peer)
         return
     abort(st, found[0], AbortReason.SOURCE_ABORTED)
 

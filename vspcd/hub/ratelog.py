@@ -16,17 +16,23 @@ nothing is lost for whoever turns DEBUG on) or not at all (refusals: `throttled`
 
 A quiet daemon logs exactly as without it.  No I/O: the clock and the timer are
 injected, as in the hub.
+
+`Throttles` keeps one `throttled` warning per kind of event (refused takeover claims,
+stray PEERs, inter-node strangers), built on first use, so each kind is one line per
+period plus a count whatever a hostile peer repeats.  `NoticeGate` does the same for
+the `[vspcd: ...]` notices on operators' screens: at most one per period per kind and
+console, the next one saying how many were held back.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from vspc.common.display import safe
 
-__all__ = ["BurstLog", "throttled"]
+__all__ = ["BurstLog", "NoticeGate", "Throttles", "throttled"]
 
 
 def _inert(arg: object) -> object:
@@ -151,3 +157,76 @@ def throttled(
         surplus_level=None,
         inert=True,
     )
+
+
+class Throttles:
+    """One `throttled` warning per kind, built when that kind first happens.
+
+    `log("stray PEER", "VM %s: PEER with an unknown cookie", peer)`: the first of a
+    kind in each period is logged, the rest counted into one summary line
+    ("stray PEER ... and 499 more in the last 10 s").  The kinds are the caller's
+    fixed strings, so the table stays small.
+    """
+
+    __slots__ = ("_logger", "_clock", "_call_later", "_period", "_level", "_by_kind")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        clock: Callable[[], float],
+        call_later: Callable[[float, Callable[[], None]], object],
+        period: float = 10.0,
+        level: int = logging.WARNING,
+    ) -> None:
+        self._logger = logger
+        self._clock = clock
+        self._call_later = call_later
+        self._period = period
+        self._level = level
+        self._by_kind: dict[str, BurstLog] = {}
+
+    def __getitem__(self, kind: str) -> BurstLog:
+        burst = self._by_kind.get(kind)
+        if burst is None:
+            burst = self._by_kind[kind] = throttled(
+                self._logger,
+                kind,
+                clock=self._clock,
+                call_later=self._call_later,
+                period=self._period,
+                level=self._level,
+            )
+        return burst
+
+    def log(self, kind: str, message: str, *args: object) -> None:
+        self[kind].log(message, *args)
+
+
+class NoticeGate:
+    """At most one notice per `period` per key (a kind and a console, say).
+
+    `admit(key)` is None while the key's period runs (the notice is held back and
+    counted), else how many were held back since the last one shown, for the
+    notice to say.  Keys whose period is over are dropped when the table grows, so
+    a flood over many consoles costs at most a period's worth of entries.
+    """
+
+    __slots__ = ("_clock", "period", "_open")
+
+    def __init__(self, clock: Callable[[], float], period: float = 10.0) -> None:
+        self._clock = clock
+        self.period = period
+        self._open: dict[Hashable, list[float | int]] = {}  # key -> [window end, held back]
+
+    def admit(self, key: Hashable) -> int | None:
+        now = self._clock()
+        entry = self._open.get(key)
+        if entry is not None and now < entry[0]:
+            entry[1] += 1
+            return None
+        held = 0 if entry is None else int(entry[1])
+        if len(self._open) >= 1024:
+            self._open = {k: v for k, v in self._open.items() if v[0] > now}
+        self._open[key] = [now + self.period, 0]
+        return held

@@ -29,7 +29,7 @@ from vspc.vspcd.hub.console import (
     VmConn,
 )
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent, Observer
-from vspc.vspcd.hub.ratelog import BurstLog
+from vspc.vspcd.hub.ratelog import BurstLog, NoticeGate, Throttles
 
 # Every hub module logs under the one name the hub has always used, so that log
 # configurations and filters naming it keep working after the split.
@@ -123,6 +123,11 @@ class HubState:
         self.idle_waiters: list[Callable[[], None]] = []
         # One INFO line per vMotion up to a burst, then a count (vspcd/hub/ratelog.py).
         self.vmotion_log = BurstLog(log, "vMotions completed", clock=clock, call_later=call_later)
+        # Warnings a hostile peer can repeat at will (refused claims, stray PEERs):
+        # one line per period and kind plus a count; the notices they cause on
+        # operators' screens: one per period, kind and console.
+        self.warnings = Throttles(log, clock=clock, call_later=call_later)
+        self.notices = NoticeGate(clock)
 
     # ------------------------------------------------------------------ reporting
 
@@ -144,6 +149,13 @@ class HubState:
         for client in console.clients if only is None else (only,):
             if client.notices:
                 client.channel.notify(text)
+
+    def tell_once(self, console: Console, kind: str, text: str) -> None:
+        """`tell`, at most once per period for this kind and console; the next one
+        says how many were held back meanwhile."""
+        held = self.notices.admit((kind, console.key))
+        if held is not None:
+            self.tell(console, f"{text} (and {held} more like it)" if held else text)
 
     # ------------------------------------------------------------------ consoles
 

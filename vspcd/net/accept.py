@@ -89,15 +89,23 @@ class Listener:
     handshaking; connections already handed to a protocol are not touched (like
     `asyncio.Server.close`).
 
-    Admission (docs/security.md), checked in this order at accept, each
-    refusal closing the socket at once with a rate-limited warning:
+    Admission (docs/security.md), checked in this order at accept:
 
     1. `allow`: the peer's address must be inside the allow list (if one is set;
-       `set_allow_list` swaps it on the running listener, e.g. on reload);
+       `set_allow_list` swaps it on the running listener, e.g. on reload); refused
+       with a rate-limited warning otherwise;
     2. `unidentified`: a slot for the peer's address, held until the protocol says
-       who it is (handed to it via `SlotHolder.adopt_slot`) or it closes;
+       who it is (handed to it via `SlotHolder.adopt_slot`) or it closes.  When all
+       are taken, a newcomer takes an idle holder's slot (`Slots.acquire`); with
+       none idle the connection is parked (one per listener) and accepting stops, so
+       further connections wait in the kernel's accept queue until a slot comes back
+       or a holder turns idle.  Only an explicit per-address cap refuses;
     3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
        timeout is also cut to what is left of the unidentified slot's deadline.
+
+    With TLS enabled the first byte decides plain or TLS whenever it arrives, up to
+    the identification deadline (`peek_timeout` if given); silence that long closes
+    the connection (ESXi always speaks first).
 
     Memory: there is one per console's telnet port, so the class has `__slots__` (a
     new attribute must be added there) and builds its pending-task set, its log label
@@ -128,6 +136,9 @@ class Listener:
         "_refused",
         "_setup_failed",
         "_keepalive_inherited",
+        "_parked",
+        "_retry",
+        "_evictions",
     )
 
     def __init__(
@@ -137,7 +148,7 @@ class Listener:
         loop: asyncio.AbstractEventLoop,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        peek_timeout: float = 1.0,
+        peek_timeout: float | None = None,
         handshake_timeout: float = 60.0,
         backoff: float = 0.5,
         keepalive: bool = True,
@@ -177,6 +188,11 @@ class Listener:
         # Aggregated warnings, built on first use: most per-VM ports never need them.
         self._refused: BurstLog | None = None
         self._setup_failed: BurstLog | None = None
+        self._evictions: BurstLog | None = None
+        # At the unidentified cap with nothing idle: the one accepted connection that
+        # waits for a slot (socket, address), and the timer that looks again.
+        self._parked: tuple[socket.socket, object] | None = None
+        self._retry: asyncio.Handle | None = None
 
     @property
     def label(self) -> str:
@@ -216,6 +232,19 @@ class Listener:
                 level=logging.INFO,
             )
         return self._setup_failed
+
+    @property
+    def evictions(self) -> BurstLog:
+        """Idle unidentified connections dropped for a newcomer, logged like `refused`."""
+        if self._evictions is None:
+            self._evictions = throttled(
+                log,
+                f"{self.label}: idle unidentified connections dropped for newcomers",
+                clock=self._loop.time,
+                call_later=self._loop.call_later,
+                level=logging.INFO,
+            )
+        return self._evictions
 
     @property
     def sockname(self) -> tuple[str, int]:
@@ -263,6 +292,10 @@ class Listener:
             self._stop_reading()
         self._reading = False
         self._sock.close()
+        self._unpark_cancel()
+        if self._parked is not None:
+            self._parked[0].close()
+            self._parked = None
         for task in self._pending or ():
             task.cancel()
 
@@ -275,6 +308,8 @@ class Listener:
 
     def _on_readable(self) -> None:
         for _ in range(_ACCEPT_BATCH):
+            if self._parked is not None:
+                return  # every slot busy: the kernel's accept queue holds the rest
             try:
                 conn, address = self._accept()
             except (BlockingIOError, InterruptedError):
@@ -319,6 +354,59 @@ class Listener:
         self._resume = None
         self.start()
 
+    # -- waiting for an unidentified slot ------------------------------------------
+
+    def _park(self, conn: socket.socket, address: object) -> None:
+        # Every slot is taken and none is idle: keep this one connection, stop
+        # accepting, and look again when a slot comes back or a holder turns idle.
+        assert self._unidentified is not None
+        counters.LISTENERS.parked += 1
+        self._parked = (conn, address)
+        if self._reading:
+            self._stop_reading()
+        self._unidentified.on_free.append(self._slot_freed)
+        self._arm_retry()
+
+    def _arm_retry(self) -> None:
+        assert self._unidentified is not None
+        if self._retry is not None:
+            self._retry.cancel()
+        when = self._unidentified.next_idle()
+        now = self._loop.time()
+        # At least a tick later (a holder exactly at the grace), at most a second
+        # (a holder that was touched meanwhile moves the time on).
+        delay = 1.0 if when is None else min(1.0, max(0.05, when - now + 0.01))
+        self._retry = self._loop.call_later(delay, self._unpark)
+
+    def _slot_freed(self) -> None:
+        # Called from inside Slots._release: admit on the next loop turn, not here.
+        if self._retry is not None:
+            self._retry.cancel()
+        self._retry = self._loop.call_soon(self._unpark)
+
+    def _unpark_cancel(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._unidentified is not None and self._slot_freed in self._unidentified.on_free:
+            self._unidentified.on_free.remove(self._slot_freed)
+
+    def _unpark(self) -> None:
+        self._retry = None
+        parked = self._parked
+        if parked is None or self._closed:
+            return
+        assert self._unidentified is not None
+        if self._unidentified.full and self._unidentified.victim() is None:
+            self._arm_retry()
+            return
+        self._unpark_cancel()
+        self._parked = None
+        self._handover(*parked)
+        if self._parked is None:
+            self.start()
+            self._on_readable()  # the queue may hold a burst: take the next batch now
+
     def _refuse(self, conn: socket.socket, peer: str, why: str) -> None:
         conn.close()
         self.refused.log("%s: refused %s: %s", self.label, peer, why)
@@ -332,12 +420,28 @@ class Listener:
             return
         slot = None
         if self._unidentified is not None:
-            slot = self._unidentified.acquire(host)
-            if slot is None:
-                why = self._unidentified.full_reason(host)
+            slots = self._unidentified
+            if slots.per_key and slots.count(host) >= slots.per_key:
+                why = slots.full_reason(host)
                 counters.LISTENERS.refused_unidentified += 1
                 self._refuse(conn, peer, f"too many unidentified connections ({why})")
                 return
+            evicted = slots.evicted
+            slot = slots.acquire(host)
+            if slot is None:
+                self._park(conn, address)
+                return
+            if slots.evicted != evicted:
+                counters.LISTENERS.evicted_idle += 1
+                self.evictions.log(
+                    "%s: dropped an unidentified connection silent for %g s to admit %s "
+                    "(%d unidentified, limit %d)",
+                    self.label,
+                    slots.idle_grace,
+                    peer,
+                    len(slots),
+                    slots.total,
+                )
         try:
             conn.setblocking(False)
             if self._keepalive and not self._keepalive_inherited:
@@ -356,6 +460,8 @@ class Listener:
                 slot.release()
             return
         task = self._loop.create_task(self._serve(conn, peer, host, slot, kind))
+        if slot is not None:
+            slot.evict = task.cancel  # until the protocol adopts it
         if self._pending is None:
             self._pending = set()
         self._pending.add(task)
@@ -376,6 +482,13 @@ class Listener:
                 cast(SlotHolder, protocol).adopt_slot(slot)
         return protocol
 
+    def _first_byte_wait(self, slot: Slot | None) -> float:
+        if self._peek_timeout is not None:
+            return self._peek_timeout
+        if slot is not None:
+            return max(0.0, slot.deadline - self._loop.time())
+        return self._handshake_timeout
+
     async def _serve(
         self, conn: socket.socket, peer: str, host: str, slot: Slot | None, kind: Kind | None
     ) -> None:
@@ -383,10 +496,16 @@ class Listener:
         handshake: Slot | None = None
         try:
             if kind is None:  # a TLS-enabled port, first byte not there yet: wait for it
-                kind = await sniff(self._loop, conn, self._peek_timeout)
+                kind = await sniff(self._loop, conn, self._first_byte_wait(slot))
             if kind is Kind.GONE:
                 log.debug("%s: %s left before sending anything", self.label, peer)
                 return
+            if kind is Kind.SILENT:
+                counters.LISTENERS.setup_failed += 1
+                self.setup_failed.log("%s: %s sent nothing; closing", self.label, peer)
+                return
+            if slot is not None:
+                slot.touch()
             if kind is Kind.TLS:
                 timeout = self._handshake_timeout
                 if slot is not None:
@@ -395,7 +514,14 @@ class Listener:
                     # Over the cap a handshake waits (its socket unread, no TLS state
                     # yet) for a slot, within the identification deadline.
                     began = self._loop.time()
-                    handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
+                    if slot is not None:
+                        slot.pinned = True  # waiting on us, not on the peer: not idle
+                    try:
+                        handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
+                    finally:
+                        if slot is not None:
+                            slot.pinned = False
+                            slot.touch()
                     if handshake is None:
                         counters.LISTENERS.tls_slot_timeouts += 1
                         why = self._handshakes.full_reason(host)

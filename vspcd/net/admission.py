@@ -6,12 +6,15 @@ logged through vspcd/hub/ratelog.py `throttled`):
 * `AllowList`: the CIDR networks (IPv4 and IPv6) a listener accepts peers from.
   `parse_allow_list` is the one parser (flag, config key, reload); a listener holds
   the list by reference and `Listener.set_allow_list` swaps it while running.
-* `Slots`: counted admissions with a global cap and a cap per key (source address,
-  uid).  The refusal rule is **newest refused**: a connection that would exceed a cap
-  is closed at once; connections already admitted keep their slot until they release
-  it (identified, finished the TLS handshake, closed) or their own deadline expires.
-  Refusing the newest means an attacker cannot push out a host that already got in,
-  and the slots a flood takes come back within one identification timeout.
+* `Slots`: counted admissions with a global cap shared fairly between keys (source
+  addresses).  Admission is by harm, not by count: any number of connections from
+  one address is fine while they make progress.  At the cap a newcomer takes the
+  place of the longest-idle slot of the address holding the most (a peer silent for
+  `IDLE_GRACE` seconds is not an ESXi host in the middle of identifying: ESXi sends
+  its telnet negotiation at once, docs/protocol.md §3.1); with nothing idle, the
+  newcomer waits (the listener leaves connections in the kernel's accept queue).
+  Nobody is refused for arriving in a crowd, and idle holders cannot keep a busy
+  address out.  An optional hard cap per key refuses the newest.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 __all__ = [
+    "IDLE_GRACE",
     "AllowList",
     "Slot",
     "Slots",
     "host_of",
     "parse_allow_list",
 ]
+
+# Seconds an unidentified peer may stay silent before a newcomer may take its slot
+# when every slot is taken.  Generous against a busy loop (a connection waiting for
+# us to read it looks silent too), short against the identification timeout.
+IDLE_GRACE = 5.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -85,36 +94,62 @@ def host_of(address: object) -> str:
 
 
 class Slot:
-    """One admitted connection's place in a `Slots`; `release()` is idempotent."""
+    """One admitted connection's place in a `Slots`; `release()` is idempotent.
 
-    __slots__ = ("_owner", "deadline", "key")
+    The holder keeps `active` current (`touch()` on each sign of life from the peer)
+    and sets `evict` to how it drops its connection, which makes the slot a candidate
+    for fair eviction (`Slots.acquire`).  `pinned` marks a holder waiting on us
+    rather than on its peer (queued for a TLS handshake slot): never evicted.
+    """
 
-    def __init__(self, owner: Slots, key: Hashable, deadline: float) -> None:
+    __slots__ = ("_owner", "active", "deadline", "evict", "key", "pinned")
+
+    def __init__(self, owner: Slots, key: Hashable, deadline: float, now: float) -> None:
         self._owner: Slots | None = owner
         self.key = key
         self.deadline = deadline  # clock time by which the holder must be done
+        self.active = now  # clock time of the peer's last sign of life
+        self.evict: Callable[[], object] | None = None
+        self.pinned = False
 
     @property
     def held(self) -> bool:
         return self._owner is not None
 
+    def touch(self) -> None:
+        """The peer did something (sent bytes, was handed over): not idle now."""
+        if self._owner is not None:
+            self._owner._touch(self)
+
     def release(self) -> None:
         owner, self._owner = self._owner, None
+        self.evict = None  # the holder's bound method: no cycle left behind
         if owner is not None:
-            owner._release(self.key)
+            owner._release(self)
 
 
 class Slots:
-    """At most `total` admissions, at most `per_key` of them for any one key.
+    """At most `total` admissions at once, shared fairly between keys (addresses).
+
+    When all `total` are taken, a newcomer takes the place of the **longest-idle
+    evictable slot of the key holding the most** (then the next-heaviest key, and so
+    on), provided that slot's peer has been silent for `idle_grace` seconds; its
+    holder's `evict` drops the connection.  With nothing idle enough `acquire`
+    returns None and the caller waits (the listener stops accepting and leaves the
+    connections in the kernel's accept queue); `on_free` callbacks are told when a
+    slot comes back.  `per_key` is an optional hard cap per key (0 = none) whose
+    newcomers are refused.
 
     Args:
         total: global cap (0 = no cap).
         per_key: cap per key, e.g. per source address (0 = no cap).
-        lifetime: seconds a slot holder has before its deadline (informational:
-            the holder enforces it with its own timer).
+        lifetime: seconds a slot holder has before its deadline (the holder enforces
+            it with its own timer).
         clock: the loop's clock.
         on_empty: called with `admitted` whenever the last slot is released (the
             daemon trims its heap after a flood: vspcd/service/heap.py).
+        idle_grace: seconds of silence after which a slot may be evicted (default
+            `IDLE_GRACE`).
     """
 
     def __init__(
@@ -125,20 +160,31 @@ class Slots:
         lifetime: float,
         clock: Callable[[], float],
         on_empty: Callable[[int], None] | None = None,
+        idle_grace: float | None = None,
     ) -> None:
         self.total = total
         self.per_key = per_key
         self.lifetime = lifetime
+        # Read at construction, not import, so tests can shorten it (monkeypatch).
+        self.idle_grace = IDLE_GRACE if idle_grace is None else idle_grace
         self._clock = clock
         self._count = 0
         self.admitted = 0  # slots ever granted
+        self.evicted = 0  # slots taken back from idle holders
         self._on_empty = on_empty
-        self._by_key: dict[Hashable, int] = {}
+        # Per key, least recently active first (dicts keep insertion order; `touch`
+        # moves a slot to the end), so each key's best eviction candidate is first.
+        self._held: dict[Hashable, dict[Slot, None]] = {}
         # `wait_acquire` callers, per key, oldest first (TLS handshakes queue here).
         self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        self.on_free: list[Callable[[], None]] = []  # told when a slot comes back
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def full(self) -> bool:
+        return bool(self.total) and self._count >= self.total
 
     @property
     def waiting(self) -> int:
@@ -146,17 +192,56 @@ class Slots:
         return sum(len(queue) for queue in self._waiters.values())
 
     def count(self, key: Hashable) -> int:
-        return self._by_key.get(key, 0)
+        held = self._held.get(key)
+        return 0 if held is None else len(held)
 
     def acquire(self, key: Hashable) -> Slot | None:
-        """A slot for `key`, or None when a cap is reached (the newest is refused)."""
-        held = self._by_key.get(key, 0)
-        if (self.total and self._count >= self.total) or (self.per_key and held >= self.per_key):
+        """A slot for `key`; at the global cap, an idle holder's (see the class).
+
+        None when `key` is at `per_key`, or every slot is taken and none is idle.
+        """
+        held = self.count(key)
+        if self.per_key and held >= self.per_key:
             return None
+        if self.full:
+            victim = self.victim()
+            if victim is None:
+                return None
+            self.evicted += 1
+            evict = victim.evict
+            victim.release()  # now: the newcomer takes its place in this call
+            if evict is not None:
+                evict()
+        now = self._clock()
+        slot = Slot(self, key, now + self.lifetime, now)
         self._count += 1
         self.admitted += 1
-        self._by_key[key] = held + 1
-        return Slot(self, key, self._clock() + self.lifetime)
+        self._held.setdefault(key, {})[slot] = None
+        return slot
+
+    def victim(self) -> Slot | None:
+        """The slot a newcomer would take at the cap: None if nothing is idle enough.
+
+        O(keys log keys + slots) in the worst case, and only at the cap.
+        """
+        cutoff = self._clock() - self.idle_grace
+        for key in sorted(self._held, key=lambda k: len(self._held[k]), reverse=True):
+            for slot in self._held[key]:
+                if slot.active > cutoff:
+                    break  # the rest of this key's slots were active more recently
+                if slot.evict is not None and not slot.pinned:
+                    return slot
+        return None
+
+    def next_idle(self) -> float | None:
+        """Clock time at which the least recently active evictable slot turns idle."""
+        times = [
+            slot.active
+            for held in self._held.values()
+            for slot in held
+            if slot.evict is not None and not slot.pinned
+        ]
+        return min(times) + self.idle_grace if times else None
 
     async def wait_acquire(self, key: Hashable, patience: float) -> Slot | None:
         """A slot for `key`, waiting up to `patience` seconds for one to come free.
@@ -195,21 +280,29 @@ class Slots:
 
     def full_reason(self, key: Hashable) -> str:
         """Which cap refused `key` (for the log line)."""
-        if self.total and self._count >= self.total:
-            return f"{self._count} in progress, limit {self.total}"
-        return f"{self.count(key)} from this address, limit {self.per_key}"
+        if self.per_key and self.count(key) >= self.per_key:
+            return f"{self.count(key)} from this address, limit {self.per_key}"
+        return f"{self._count} in progress, limit {self.total}"
 
-    def _release(self, key: Hashable) -> None:
+    def _touch(self, slot: Slot) -> None:
+        slot.active = self._clock()
+        held = self._held[slot.key]
+        del held[slot]
+        held[slot] = None
+
+    def _release(self, slot: Slot) -> None:
         self._count -= 1
-        left = self._by_key[key] - 1
-        if left:
-            self._by_key[key] = left
-        else:
-            del self._by_key[key]  # memory comes back: no entry per address ever seen
+        held = self._held[slot.key]
+        del held[slot]
+        if not held:
+            del self._held[slot.key]  # memory comes back: no entry per address ever seen
         if self._waiters:
-            self._wake(key)
+            self._wake(slot.key)
         elif not self._count and self._on_empty is not None:
             self._on_empty(self.admitted)
+        if self.on_free:
+            for callback in list(self.on_free):
+                callback()
 
     def _wake(self, freed: Hashable) -> None:
         # One slot came free: it satisfies a waiter of the same key for certain,
@@ -217,7 +310,7 @@ class Slots:
         candidates = [freed] if self._waiters.get(freed) else []
         candidates += [k for k in self._waiters if k != freed]
         for key in candidates:
-            if self.per_key and self._by_key.get(key, 0) >= self.per_key:
+            if self.per_key and self.count(key) >= self.per_key:
                 continue
             for waiter in self._waiters[key]:
                 if not waiter.done():

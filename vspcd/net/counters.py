@@ -22,6 +22,8 @@ class ListenerCounters:
 
     __slots__ = (
         "backoffs",
+        "evicted_idle",
+        "parked",
         "refused_allow",
         "refused_unidentified",
         "setup_failed",
@@ -33,6 +35,8 @@ class ListenerCounters:
 
     def __init__(self) -> None:
         self.backoffs = 0  # accepts paused after EMFILE/ENFILE/ENOBUFS/ENOMEM (or worse)
+        self.evicted_idle = 0  # unidentified and silent: their slot went to a newcomer
+        self.parked = 0  # accepts paused, every slot busy: the kernel queue holds the rest
         self.refused_allow = 0  # closed at accept: not in the allow list
         self.refused_unidentified = 0  # closed at accept: unidentified-connection caps
         self.setup_failed = 0  # plain or TLS setup failed before the protocol started

@@ -154,6 +154,8 @@ class VmLink(asyncio.Protocol):
             slot.release()
         else:
             self._slot = slot
+            slot.evict = self.abort  # a newcomer may take the slot once we are idle
+            slot.touch()
 
     def _ident_timed_out(self) -> None:
         self._ident_timer = None
@@ -180,6 +182,8 @@ class VmLink(asyncio.Protocol):
         if self._probing:
             self._probing = False
             self._hub.vm_heard(self._conn)
+        if self._slot is not None:
+            self._slot.touch()  # a sign of life: not an idle holder
         if not self._identified and self._preident is not None:
             # Parse at most the pre-identification allowance: the codec and the hub's
             # `early` buffer never hold more for a peer that has not said who it is.
@@ -238,7 +242,13 @@ class VmLink(asyncio.Protocol):
             self._slot.release()
             self._slot = None
         if exc is not None:
-            log.info("VM %s: connection lost: %s", self.peer, safe(exc))
+            if not self._identified and self._preident is not None:
+                # Resets by the thousand are a flood, not news: aggregated.
+                self._preident.refused.log(
+                    "VM %s: connection lost before identifying: %s", self.peer, exc
+                )
+            else:
+                log.info("VM %s: connection lost: %s", self.peer, safe(exc))
         conn, self._conn = self._conn, None
         if conn is not None:
             # Dropped first: link and record refer to each other, and a cycle waits

@@ -47,6 +47,7 @@ __all__ = [
     "KEEPALIVE_COUNT",
     "KEEPALIVE_IDLE",
     "KEEPALIVE_INTERVAL",
+    "PROXY_BACKLOG",
     "TLS_HANDSHAKE_RECORD",
     "AdminSocket",
     "AdminSocketError",
@@ -70,6 +71,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The proxy port's listen backlog: one ESXi host may reconnect 1,024 VMs at once and
+# a restart reconnects every host; Linux caps it at net.core.somaxconn.
+PROXY_BACKLOG = 65535
+
 
 async def start_proxy_listener(
     host: str,
@@ -77,7 +82,7 @@ async def start_proxy_listener(
     ssl_context: ssl.SSLContext | None,
     protocol_factory: ProtocolFactory,
     *,
-    peek_timeout: float = 1.0,
+    peek_timeout: float | None = None,
     handshake_timeout: float = 60.0,
     backoff: float = 0.5,
     allow: AllowList | None = None,
@@ -88,8 +93,11 @@ async def start_proxy_listener(
     """Listen for ESXi hosts on (host, port), plain telnet and TLS on the same port.
 
     With an `ssl_context`, each accepted socket's first byte is peeked: 0x16 starts
-    TLS, anything else (or silence for `peek_timeout` seconds) is plain.  Without one
-    nothing is peeked.  Accepted sockets get TCP keepalive.
+    TLS, anything else is plain, silence until the identification deadline closes
+    it.  Without one nothing is peeked.  Accepted sockets get TCP keepalive.  The
+    listen backlog asks for `PROXY_BACKLOG` (the kernel caps it at
+    `net.core.somaxconn`): when every unidentified slot is busy, connections wait
+    there instead of being refused (docs/operations.md).
 
     Args:
         host: address to bind ("0.0.0.0", "::", "127.0.0.1", ...).
@@ -97,7 +105,8 @@ async def start_proxy_listener(
         ssl_context: from `make_ssl_context`, or None for plain only.
         protocol_factory: builds one protocol (e.g. `lambda: VmLink(hub)`) per
             connection.
-        peek_timeout: seconds to wait for a first byte before assuming plain.
+        peek_timeout: seconds to wait for a first byte (None: until the
+            identification deadline, or `handshake_timeout` without slots).
         handshake_timeout: seconds a TLS handshake may take.
         backoff: seconds accepting pauses after EMFILE/ENFILE and similar errors.
         allow: peers allowed to connect (None: everyone); see `Listener`.
@@ -108,7 +117,7 @@ async def start_proxy_listener(
     Raises:
         OSError: the address cannot be bound.
     """
-    sock = bind_tcp(host, port, reuse_port=reuse_port)
+    sock = bind_tcp(host, port, backlog=PROXY_BACKLOG, reuse_port=reuse_port)
     # Once here rather than per accepted socket, which inherits it (Linux); the
     # Listener checks that on its first accept, and sets it per socket otherwise.
     with contextlib.suppress(OSError):

@@ -4,9 +4,11 @@ ESXi opens a `telnets://` connection with a TLS ClientHello, whose first byte is
 handshake record type 0x16 (RFC 8446 §5.1), and a `telnet://` one with
 `IAC WILL AUTHENTICATION` (0xff, docs/protocol.md §3.1), so one peeked byte tells
 them apart.  `peek_now` reads a byte that has already arrived; `sniff` waits for
-one, through `loop.add_reader` on the accepted socket, until a timeout after which
-the connection counts as plain (a bare telnet client waits for the server to
-speak first).  Only public asyncio API is used, so both work on every loop.
+one, through `loop.add_reader` on the accepted socket, however late it comes, up to
+a deadline (the identification timeout): no fixed short guess, so a ClientHello
+delayed by a busy host or network is still TLS.  Silence until the deadline is
+`Kind.SILENT` (ESXi always speaks first).  Only public asyncio API is used, so both
+work on every loop.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Kind(Enum):
     PLAIN = "plain"
     TLS = "tls"
     GONE = "gone"  # closed or reset before saying anything
+    SILENT = "silent"  # said nothing before the deadline
 
 
 def make_ssl_context(
@@ -77,9 +80,8 @@ def peek_now(conn: socket.socket) -> Kind | None:
 async def sniff(loop: asyncio.AbstractEventLoop, conn: socket.socket, wait: float) -> Kind:
     """Wait up to `wait` seconds for `conn`'s first byte and say what it is.
 
-    Silence for `wait` seconds is plain (ESXi always speaks first; a bare telnet
-    waits for us).  The reader is removed before returning, so asyncio's transport
-    can take the descriptor over.
+    Silence for `wait` seconds is `Kind.SILENT`.  The reader is removed before
+    returning, so asyncio's transport can take the descriptor over.
     """
     try:
         async with asyncio.timeout(wait):
@@ -91,7 +93,7 @@ async def sniff(loop: asyncio.AbstractEventLoop, conn: socket.socket, wait: floa
                     continue
                 break
     except TimeoutError:
-        return Kind.PLAIN
+        return Kind.SILENT
     except OSError:
         return Kind.GONE
     return _kind_of(first)

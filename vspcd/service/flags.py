@@ -56,7 +56,7 @@ LOG_FLUSH = 1.0
 LOG_KEEP = 5
 # Pre-identification bounds and admin fairness (docs/security.md says why).
 UNIDENTIFIED_LIMIT = 1024
-UNIDENTIFIED_PER_HOST = 256
+UNIDENTIFIED_PER_HOST = 0  # admission by harm: idle holders are evicted instead
 TLS_HANDSHAKE_LIMIT = 64
 TLS_HANDSHAKES_PER_HOST = 16
 ADMIN_IDLE_TIMEOUT = 300.0
@@ -234,14 +234,17 @@ FLAGS: tuple[Flag, ...] = (
          "closed (ESXi needs a few hundred)", doc_default="16384"),
     Flag("unidentified_limit", ("--unidentified-limit",), Group.ESXI, convert=_COUNT,
          default=UNIDENTIFIED_LIMIT, metavar="N",
-         help="unidentified proxy-port connections at once; newer ones are refused "
-         "(0 = no cap)",
-         doc="unidentified proxy-port connections at once (0 = no cap); the newest is "
-         "refused at accept", doc_default="1024"),
+         help="unidentified proxy-port connections at once (0 = no cap); at the cap a "
+         "newcomer takes an idle one's place or waits in the accept queue",
+         doc="unidentified proxy-port connections at once (0 = no cap); at the cap a "
+         "newcomer takes the place of the longest-silent one of the busiest address, "
+         "or waits in the kernel's accept queue; nobody is refused", doc_default="1024"),
     Flag("unidentified_per_host", ("--unidentified-per-host",), Group.ESXI, convert=_COUNT,
          default=UNIDENTIFIED_PER_HOST, metavar="N",
-         help="unidentified proxy-port connections at once from one address (0 = no cap)",
-         doc="the same, per source address", doc_default="256"),
+         help="unidentified proxy-port connections at once from one address; newer ones "
+         "are refused (0 = no cap)",
+         doc="a hard cap per source address, newest refused (0 = none: one ESXi host "
+         "reconnects up to 1,024 VMs at once)", doc_default="0"),
     Flag("tls_handshake_limit", ("--tls-handshake-limit",), Group.ESXI, convert=_COUNT,
          default=TLS_HANDSHAKE_LIMIT, metavar="N",
          help="TLS handshakes in progress at once; newer ones are refused (0 = no cap)",

@@ -249,7 +249,8 @@ def test_connections_past_the_cap_are_turned_away() -> None:
     from vspc.vspcd.faces.http.server import MAX_CONNECTIONS
 
     async def main() -> None:
-        server = HttpServer(Router([Route("/hello/{who}", _echo)]))
+        # One address may hold them all here, so the global cap is what turns it away.
+        server = HttpServer(Router([Route("/hello/{who}", _echo)]), max_per_address=MAX_CONNECTIONS)
         await server.start("127.0.0.1", 0)
         assert server.port is not None
         idle = [
@@ -262,6 +263,61 @@ def test_connections_past_the_cap_are_turned_away() -> None:
             assert turned_away.startswith(b"HTTP/1.1 503 ")
         finally:
             for _, writer in idle:
+                writer.close()
+            await server.close()
+
+    asyncio.run(main())
+
+
+async def _idle(port: int, local: str, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(count):
+        _, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(local, 0))
+        writers.append(writer)
+    return writers
+
+
+async def _served(server: HttpServer, count: int) -> None:
+    async with asyncio.timeout(5):
+        while len(server.connections) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def test_a_slowloris_from_one_address_does_not_starve_the_others() -> None:
+    from vspc.vspcd.faces.http.server import MAX_PER_ADDRESS
+
+    async def main() -> None:
+        server = HttpServer(Router([Route("/hello/{who}", _echo)]))
+        await server.start("127.0.0.1", 0)
+        assert server.port is not None
+        idle = await _idle(server.port, "127.0.0.2", 70)  # more than the global cap
+        try:
+            await _served(server, MAX_PER_ADDRESS)
+            reply = await _exchange(server.port, b"GET /hello/x HTTP/1.1\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200 ")
+            assert len(server.connections) <= MAX_PER_ADDRESS
+        finally:
+            for writer in idle:
+                writer.close()
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_at_the_global_cap_the_busiest_address_gives_way() -> None:
+    async def main() -> None:
+        server = HttpServer(Router([Route("/hello/{who}", _echo)]), max_connections=16)
+        await server.start("127.0.0.1", 0)
+        assert server.port is not None
+        idle = await _idle(server.port, "127.0.0.2", 8)
+        idle += await _idle(server.port, "127.0.0.3", 8)
+        try:
+            await _served(server, 16)
+            for _ in range(3):  # each takes the place of a holder's oldest idle one
+                reply = await _exchange(server.port, b"GET /hello/x HTTP/1.1\r\n\r\n")
+                assert reply.startswith(b"HTTP/1.1 200 ")
+        finally:
+            for writer in idle:
                 writer.close()
             await server.close()
 

@@ -37,6 +37,9 @@ class Limits:
     # `connections - reserved`, so those two can always get in.
     per_peer: int = 16
     reserved: int = 8
+    # At the shared limit, an idle connection (not subscribed or tailing) open this
+    # long may be dropped for a newcomer from a peer holding fewer (docs/security.md).
+    evict_after: float = 5.0
     idle_timeout: float = 300.0  # JSON-mode peers not subscribed/tailing (0 = never)
 
 

@@ -93,12 +93,20 @@ class AdminServer:
         )
         self.tcp_port: int | None = None
         self._links: set[AdminLink] = set()
-        self._per_peer: dict[object, int] = {}
+        # Open links per peer (uid or host), oldest first, with when each was admitted.
+        self._per_peer: dict[object, dict[AdminLink, float]] = {}
         self._socket: AdminSocket | None = None
         self._tcp: Listener | None = None
         loop = asyncio.get_running_loop()
         self.refused = throttled(
             log, "admin connections refused", clock=loop.time, call_later=loop.call_later
+        )
+        self.evictions = throttled(
+            log,
+            "idle admin connections dropped for newcomers",
+            clock=loop.time,
+            call_later=loop.call_later,
+            level=logging.INFO,
         )
         self._unsubscribe: Callable[[], None] | None = None
         # The metrics registry's snapshot (vspcd/faces/metrics.py), set by the daemon.
@@ -208,31 +216,58 @@ class AdminServer:
 
         Root and the daemon's own uid may fill every slot; other peers stop
         `reserved` slots earlier and at `per_peer` connections each (docs/security.md).
+        At the shared limit a newcomer takes the place of an idle connection (not
+        subscribed, not tailing, open `limits.evict_after` seconds) of the peer
+        holding the most, if that peer holds more than the newcomer's: a few
+        addresses holding idle connections cannot keep everyone else out.
         """
         limits = self.limits
         if self._stopping:
             return "vspcd is shutting down"
         total = len(self._links)
-        if total >= limits.connections:
+        if total >= limits.connections and not self._evict_for(link.peer_key):
             return f"too many admin connections ({total} open)"
         if not link.privileged:
-            if total >= limits.connections - limits.reserved:
-                return f"too many admin connections ({total} open, the rest reserved)"
-            mine = self._per_peer.get(link.peer_key, 0)
+            mine = len(self._per_peer.get(link.peer_key, ()))
             if mine >= limits.per_peer:
                 return f"too many admin connections from this peer ({mine} open)"
+            total = len(self._links)
+            if total >= limits.connections - limits.reserved and not self._evict_for(link.peer_key):
+                return f"too many admin connections ({total} open, the rest reserved)"
         self._links.add(link)
-        self._per_peer[link.peer_key] = self._per_peer.get(link.peer_key, 0) + 1
+        self._per_peer.setdefault(link.peer_key, {})[link] = self.hub.now()
         return None
+
+    def _evict_for(self, key: object) -> bool:
+        """Drop the oldest idle link of the heaviest other peer; False if none is."""
+        mine = len(self._per_peer.get(key, ()))
+        cutoff = self.hub.now() - self.limits.evict_after
+        for peer in sorted(self._per_peer, key=lambda p: len(self._per_peer[p]), reverse=True):
+            held = self._per_peer[peer]
+            if len(held) <= mine + 1:
+                return False  # nobody holds more than the newcomer's peer would
+            for victim, since in held.items():
+                if since > cutoff:
+                    break  # the rest were admitted later still
+                if victim.privileged or victim.subscribed or victim.tails:
+                    continue
+                self.evictions.log(
+                    "admin %s: idle connection dropped for a newcomer (%d open from it)",
+                    victim.identity,
+                    len(held),
+                )
+                self.forget(victim)
+                victim.abort()
+                return True
+        return False
 
     def forget(self, link: AdminLink) -> None:
         if link not in self._links:
             return
         self._links.discard(link)
-        left = self._per_peer[link.peer_key] - 1
-        if left:
-            self._per_peer[link.peer_key] = left
-        else:
+        held = self._per_peer[link.peer_key]
+        del held[link]
+        if not held:
             del self._per_peer[link.peer_key]
 
     # -- rows and events ------------------------------------------------------------------

@@ -13,8 +13,12 @@ captures that path segment into the handler's `params`.
 
 Limits: a request head of at most 8 KiB and 64 fields (431/414), 10 s to send it
 (then the connection is closed: a slow-loris costs a descriptor for 10 s), at most
-64 connections at once (more are closed on accept), GET and HEAD only (405 with
-`Allow`), no request bodies (413), unknown paths 404.  A handler that raises gives a
+64 connections at once and 8 from one address (docs/security.md).  At the global
+limit a newcomer takes the place of the oldest unanswered connection of the address
+holding the most, if that address holds more than the newcomer's; otherwise, and
+over the per-address limit, it gets 503.  So neither one address nor a handful can
+keep the others out.  GET and HEAD only (405 with `Allow`), no request bodies (413),
+unknown paths 404.  A handler that raises gives a
 500 and a log line, never a dead listener.
 """
 
@@ -28,13 +32,15 @@ from typing import cast
 
 from vspc.common.display import safe
 from vspc.vspcd.faces.http.parse import HttpError, Request, RequestParser
+from vspc.vspcd.hub.ratelog import BurstLog, throttled
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HttpServer", "Response", "Route", "Router"]
+__all__ = ["MAX_CONNECTIONS", "MAX_PER_ADDRESS", "HttpServer", "Response", "Route", "Router"]
 
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 8
 
 _REASONS = {
     200: "OK",
@@ -132,18 +138,23 @@ class _HttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._answered = False
+        self.host = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Duck-typed: uvloop's transports have the whole `asyncio.Transport` API
         # without deriving from it, so an isinstance check fails there.
         self._transport = cast(asyncio.Transport, transport)
-        server = self._server
-        server.connections.add(self)
-        if len(server.connections) > MAX_CONNECTIONS:
-            self._reply(error_response(503, "too many connections"))
+        peer = transport.get_extra_info("peername")
+        self.host = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        refusal = self._server.admit(self)
+        if refusal is not None:
+            self._answered = True
+            self._server.refused.log("HTTP %s: 503: %s", self.host, refusal)
+            self._transport.write(error_response(503, refusal).encode())
+            self._transport.close()
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(server.request_timeout, self._timed_out)
+        self._timer = loop.call_later(self._server.request_timeout, self._timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self._answered:
@@ -180,7 +191,11 @@ class _HttpProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._server.connections.discard(self)
+        self._server.forget(self)
+
+    @property
+    def answered(self) -> bool:
+        return self._answered
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -190,12 +205,68 @@ class _HttpProtocol(asyncio.Protocol):
 class HttpServer:
     """The listener: `await start(host, port)`, then `close()`."""
 
-    def __init__(self, router: Router, *, request_timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        request_timeout: float = REQUEST_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
+    ) -> None:
         self.router = router
         self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
         self.connections: set[_HttpProtocol] = set()
+        # Open connections per address, oldest first (fair eviction, `admit`).
+        self._by_host: dict[str, dict[_HttpProtocol, None]] = {}
+        self._refused: BurstLog | None = None
         self._server: asyncio.Server | None = None
         self.port: int | None = None
+
+    @property
+    def refused(self) -> BurstLog:
+        """503s and evictions, logged at most once per 10 s plus a count."""
+        if self._refused is None:
+            loop = asyncio.get_running_loop()
+            self._refused = throttled(
+                log, "HTTP connections refused", clock=loop.time, call_later=loop.call_later
+            )
+        return self._refused
+
+    def admit(self, conn: _HttpProtocol) -> str | None:
+        """Count `conn` in, evicting an idle one if fair; or say why not."""
+        mine = self._by_host.get(conn.host, {})
+        if len(mine) >= self.max_per_address:
+            return f"too many connections from this address ({len(mine)} open)"
+        if len(self.connections) >= self.max_connections and not self._evict_for(len(mine)):
+            return f"too many connections ({len(self.connections)} open)"
+        self.connections.add(conn)
+        self._by_host.setdefault(conn.host, {})[conn] = None
+        return None
+
+    def _evict_for(self, mine: int) -> bool:
+        heaviest = max(self._by_host.values(), key=len, default={})
+        if len(heaviest) <= mine + 1:
+            return False  # nobody holds more than the newcomer's address would
+        for victim in heaviest:
+            if not victim.answered:
+                self.refused.log(
+                    "HTTP %s: oldest unanswered connection dropped for a newcomer", victim.host
+                )
+                self.forget(victim)
+                victim.abort()
+                return True
+        return False
+
+    def forget(self, conn: _HttpProtocol) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        held = self._by_host[conn.host]
+        del held[conn]
+        if not held:
+            del self._by_host[conn.host]
 
     async def start(self, host: str, port: int) -> None:
         """Bind and listen; raises OSError when the address cannot be bound."""
