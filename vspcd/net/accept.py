@@ -99,7 +99,9 @@ class Listener:
        are taken, a newcomer takes an idle holder's slot (`Slots.acquire`); with
        none idle the connection is parked (one per listener) and accepting stops, so
        further connections wait in the kernel's accept queue until a slot comes back
-       or a holder turns idle.  Only an explicit per-address cap refuses;
+       or a holder turns idle.  Refused only by an explicit per-address cap, or
+       while every slot is busy if its address holds a connection that has not said
+       a byte since it was admitted `MUTE_GRACE` ago (ESXi speaks at once);
     3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
        timeout is also cut to what is left of the unidentified slot's deadline.
 
@@ -429,6 +431,13 @@ class Listener:
             evicted = slots.evicted
             slot = slots.acquire(host)
             if slot is None:
+                if slots.mute(host):
+                    # Its address holds connections that never spoke: queueing this
+                    # one would only hold back everyone behind it in the kernel queue.
+                    counters.LISTENERS.refused_unidentified += 1
+                    why = f"{slots.count(host)} from this address, some silent since accepted"
+                    self._refuse(conn, peer, f"too many unidentified connections ({why})")
+                    return
                 self._park(conn, address)
                 return
             if slots.evicted != evicted:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "IDLE_GRACE",
+    "MUTE_GRACE",
     "AllowList",
     "Slot",
     "Slots",
@@ -38,6 +39,9 @@ __all__ = [
 # when every slot is taken.  Generous against a busy loop (a connection waiting for
 # us to read it looks silent too), short against the identification timeout.
 IDLE_GRACE = 5.0
+# Seconds after admission by which a peer must have sent its first byte, or its
+# address's newcomers are refused while every slot is busy (`Slots.mute`).
+MUTE_GRACE = 2.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -102,13 +106,15 @@ class Slot:
     rather than on its peer (queued for a TLS handshake slot): never evicted.
     """
 
-    __slots__ = ("_owner", "active", "deadline", "evict", "key", "pinned")
+    __slots__ = ("_owner", "active", "deadline", "evict", "key", "pinned", "since", "spoke")
 
     def __init__(self, owner: Slots, key: Hashable, deadline: float, now: float) -> None:
         self._owner: Slots | None = owner
         self.key = key
         self.deadline = deadline  # clock time by which the holder must be done
         self.active = now  # clock time of the peer's last sign of life
+        self.since = now  # admitted
+        self.spoke = False  # the peer has sent anything at all
         self.evict: Callable[[], object] | None = None
         self.pinned = False
 
@@ -117,7 +123,8 @@ class Slot:
         return self._owner is not None
 
     def touch(self) -> None:
-        """The peer did something (sent bytes, was handed over): not idle now."""
+        """The peer sent something: not idle now."""
+        self.spoke = True
         if self._owner is not None:
             self._owner._touch(self)
 
@@ -232,6 +239,16 @@ class Slots:
                 if slot.evict is not None and not slot.pinned:
                     return slot
         return None
+
+    def mute(self, key: Hashable) -> bool:
+        """Does `key` hold a slot whose peer has said nothing for `MUTE_GRACE` seconds?
+
+        ESXi speaks first and at once; an address with such a connection is not
+        reconnecting VMs, so while every slot is busy its newcomers are refused
+        rather than queued ahead of everyone else's (`Listener`)."""
+        cutoff = self._clock() - MUTE_GRACE
+        held = self._held.get(key)
+        return held is not None and any(not slot.spoke and slot.since <= cutoff for slot in held)
 
     def next_idle(self) -> float | None:
         """Clock time at which the least recently active evictable slot turns idle."""

@@ -155,7 +155,6 @@ class VmLink(asyncio.Protocol):
         else:
             self._slot = slot
             slot.evict = self.abort  # a newcomer may take the slot once we are idle
-            slot.touch()
 
     def _ident_timed_out(self) -> None:
         self._ident_timer = None
