@@ -198,6 +198,10 @@ class _Q(Enum):
     WANTNO = "wantno"
     WANTYES = "wantyes"
 
+    # Enum's own __hash__ hashes the name in Python; the shared tables below hash
+    # these on every negotiation.  Members are singletons compared by identity.
+    __hash__ = object.__hash__
+
 
 class _State(Enum):
     DATA = "data"
@@ -237,8 +241,26 @@ _SHARED_TABLES_MAX = 256
 _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new table
 
 
+# (id(table), key, state) -> (table, the result): every connection walks the same few
+# transitions, so after the first one each is a dict lookup.  The entry holds `table`
+# itself, so its id cannot be reused while the entry lives, and the `is` check below
+# makes a stale id harmless.  Bounded like the index.
+_TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {}
+
+
 def _with_state(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     """`table` with `key` set to `state`, as a shared table where possible."""
+    known = _TRANSITIONS.get((id(table), key, state))
+    if known is not None and known[0] is table:
+        return known[1]
+    new = _new_table(table, key, state)
+    if len(_TRANSITIONS) >= 4 * _SHARED_TABLES_MAX:
+        _TRANSITIONS.clear()
+    _TRANSITIONS[(id(table), key, state)] = (table, new)
+    return new
+
+
+def _new_table(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     new = dict(table)
     if state is _NO:
         new.pop(key, None)  # NO is the default: equal tables, one representation
