@@ -235,9 +235,9 @@ async def one_run(args: argparse.Namespace) -> dict[str, Any]:
             for pipe in pipes:
                 _send(pipe, {"go": go})
             await asyncio.sleep(max(0.0, go - time.perf_counter()))
-            cpu0 = proc_cpu_seconds(pid)
+            cpu0, sys0 = proc_cpu_seconds(pid), proc_cpu_seconds(pid, kernel_only=True)
             ends = [await _recv(p) for p in pipes]
-            cpu1 = proc_cpu_seconds(pid)
+            cpu1, sys1 = proc_cpu_seconds(pid), proc_cpu_seconds(pid, kernel_only=True)
             results = [await _recv(p, wait=120.0) for p in pipes]
         finally:
             for proc in procs:
@@ -261,6 +261,7 @@ async def one_run(args: argparse.Namespace) -> dict[str, Any]:
         "vmotions_per_s": round(done / drain, 1) if drain > 0 else None,
         "daemon_cpu_s": round(cpu1 - cpu0, 3),
         "daemon_cpu_ms_per_vmotion": round((cpu1 - cpu0) / done * 1e3, 4) if done else None,
+        "daemon_kernel_ms_per_vmotion": round((sys1 - sys0) / done * 1e3, 4) if done else None,
         "daemon_cores": round((cpu1 - cpu0) / drain, 2) if drain > 0 else None,
         "typing_only_ms_per_s": round(typing_rate * 1e3, 2),
         "generator_cpu_ms_per_vmotion": round(gen_cpu / done * 1e3, 4) if done else None,

@@ -811,10 +811,11 @@ class Hub:
         console.migration = mig
         self._cookies[mig.cookie] = console
         conn.channel.goahead(sequence, secret)
+        peer = conn.channel.peer  # formatted per call (links.py): once here
         # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
         # datacenter-wide evacuation logs one line per vMotion, not two.
-        log.debug("%s: vMotion begins from %s", _tag(console), conn.channel.peer)
-        self._emit(VMotionBegun(console.key, console.display_name, conn.channel.peer))
+        log.debug("%s: vMotion begins from %s", _tag(console), peer)
+        self._emit(VMotionBegun(console.key, console.display_name, peer))
 
     def _peer(self, conn: VmConn, cookie: bytes) -> None:
         console = self._cookies.get(cookie)
@@ -871,15 +872,14 @@ class Hub:
         if conn.name:
             console.name = conn.name
         console.counters.vmotions += 1
+        # The peers are formatted per call (links.py): once each here.
+        source_peer, dest_peer = source.channel.peer, conn.channel.peer
         self._vmotion_log.log(  # INFO, aggregated in a storm (vspcd/hub/ratelog.py)
-            "%s: vMotion complete, %s -> %s", _tag(console), source.channel.peer, conn.channel.peer
+            "%s: vMotion complete, %s -> %s", _tag(console), source_peer, dest_peer
         )
-        self._emit(
-            VMotionCompleted(
-                console.key, console.display_name, conn.channel.peer, source.channel.peer
-            )
-        )
-        self._tell(console, f"vMotion done: VM now connected from {conn.channel.peer}")
+        self._emit(VMotionCompleted(console.key, console.display_name, dest_peer, source_peer))
+        if console.clients:
+            self._tell(console, f"vMotion done: VM now connected from {dest_peer}")
         # §4.2 steps 3-4: held client input to the destination, once, at once; then
         # the destination's own early output.
         self._flush_hold(console)
