@@ -248,6 +248,10 @@ _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new tabl
 _TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {}
 
 
+# (local offers, remote requests) -> (table, bytes) of a fresh codec that made them.
+_OPENINGS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[dict[int, _Q], bytes]] = {}
+
+
 def _with_state(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     """`table` with `key` set to `state`, as a shared table where possible."""
     known = _TRANSITIONS.get((id(table), key, state))
@@ -357,6 +361,32 @@ class TelnetCodec:
         if self._q.get(_HIM_KEYS[option], _NO) is _NO:
             self._q = _with_state(self._q, _HIM_KEYS[option], _WANTYES)
             self._queue(negotiation(_DO, option))
+
+    def offer(self, local: tuple[int, ...], remote: tuple[int, ...]) -> None:
+        """`offer_local` each of `local`, then `request_remote` each of `remote`.
+
+        A fresh codec (nothing negotiated or queued yet) takes the resulting table and
+        bytes from a cache: every connection of a server opens with the same offers.
+        """
+        if self._q is not _EMPTY_TABLE or self._out is not None:
+            self._offer(local, remote)
+            return
+        known = _OPENINGS.get((local, remote))
+        if known is None:
+            self._offer(local, remote)
+            if len(_OPENINGS) >= _SHARED_TABLES_MAX:
+                _OPENINGS.clear()
+            _OPENINGS[(local, remote)] = (self._q, bytes(self._out or b""))
+            return
+        self._q = known[0]
+        if known[1]:
+            self._queue(known[1])
+
+    def _offer(self, local: tuple[int, ...], remote: tuple[int, ...]) -> None:
+        for option in local:
+            self.offer_local(option)
+        for option in remote:
+            self.request_remote(option)
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
