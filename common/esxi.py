@@ -15,7 +15,8 @@ Theory of operation
 ESXi's first bytes (§3.1 step 1).  The telnet codec accepts the proxy's WILL BINARY,
 SGA and ECHO and its DO BINARY and SGA (step 2), and answers DO 232 with WILL 232.  The
 capture suggests that ESXi holds WILL 232 back until AUTH is settled (step 3, [infer]).
-The codec answers at once instead, because no proxy may depend on that order.
+The codec answers at once instead, because no proxy may depend on that order, and
+offers WILL 232 itself once AUTH is refused, for a proxy that never sends DO 232.
 
 When option 232 becomes enabled on our side, the connection announces itself in one
 write, as in the capture:
@@ -38,11 +39,13 @@ from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
     Data,
+    Negotiation,
     Opt,
     OptionChanged,
     Subnegotiation,
     TelnetCodec,
     TelnetProtocolError,
+    Verb,
 )
 
 __all__ = [
@@ -243,6 +246,10 @@ class EsxiSession(TelnetEndpoint):
                     self._on_command(vm.decode(payload), events)
                 case OptionChanged(Opt.VMWARE_EXT, True, True):
                     self._announce()
+                case Negotiation(Verb.DONT, Opt.AUTHENTICATION):
+                    # AUTH settled: ESXi offers 232 itself now (§3.1 step 3), so a
+                    # proxy that never sends DO 232 (vmware/vspc) is reached too.
+                    self._telnet.offer_local(Opt.VMWARE_EXT)
                 case _:
                     pass  # other negotiation was answered by the codec
         self._sync()

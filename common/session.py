@@ -243,10 +243,7 @@ class ProxySession(TelnetEndpoint):
 
     def initiate(self) -> None:
         """Queue the connection's opening offers (call once, on connect)."""
-        for option in _OFFERS_LOCAL:
-            self._telnet.offer_local(option)
-        for option in _OFFERS_REMOTE:
-            self._telnet.request_remote(option)
+        self._telnet.offer(_OFFERS_LOCAL, _OFFERS_REMOTE)
         self._sync()
 
     def _send(self, event: vm.VmwareEvent) -> None:

@@ -198,6 +198,10 @@ class _Q(Enum):
     WANTNO = "wantno"
     WANTYES = "wantyes"
 
+    # Enum's own __hash__ hashes the name in Python; the shared tables below hash
+    # these on every negotiation.  Members are singletons compared by identity.
+    __hash__ = object.__hash__
+
 
 class _State(Enum):
     DATA = "data"
@@ -237,8 +241,30 @@ _SHARED_TABLES_MAX = 256
 _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new table
 
 
+# (id(table), key, state) -> (table, the result): every connection walks the same few
+# transitions, so after the first one each is a dict lookup.  The entry holds `table`
+# itself, so its id cannot be reused while the entry lives, and the `is` check below
+# makes a stale id harmless.  Bounded like the index.
+_TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {}
+
+
+# (local offers, remote requests) -> (table, bytes) of a fresh codec that made them.
+_OPENINGS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[dict[int, _Q], bytes]] = {}
+
+
 def _with_state(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     """`table` with `key` set to `state`, as a shared table where possible."""
+    known = _TRANSITIONS.get((id(table), key, state))
+    if known is not None and known[0] is table:
+        return known[1]
+    new = _new_table(table, key, state)
+    if len(_TRANSITIONS) >= 4 * _SHARED_TABLES_MAX:
+        _TRANSITIONS.clear()
+    _TRANSITIONS[(id(table), key, state)] = (table, new)
+    return new
+
+
+def _new_table(table: dict[int, _Q], key: int, state: _Q) -> dict[int, _Q]:
     new = dict(table)
     if state is _NO:
         new.pop(key, None)  # NO is the default: equal tables, one representation
@@ -335,6 +361,32 @@ class TelnetCodec:
         if self._q.get(_HIM_KEYS[option], _NO) is _NO:
             self._q = _with_state(self._q, _HIM_KEYS[option], _WANTYES)
             self._queue(negotiation(_DO, option))
+
+    def offer(self, local: tuple[int, ...], remote: tuple[int, ...]) -> None:
+        """`offer_local` each of `local`, then `request_remote` each of `remote`.
+
+        A fresh codec (nothing negotiated or queued yet) takes the resulting table and
+        bytes from a cache: every connection of a server opens with the same offers.
+        """
+        if self._q is not _EMPTY_TABLE or self._out is not None:
+            self._offer(local, remote)
+            return
+        known = _OPENINGS.get((local, remote))
+        if known is None:
+            self._offer(local, remote)
+            if len(_OPENINGS) >= _SHARED_TABLES_MAX:
+                _OPENINGS.clear()
+            _OPENINGS[(local, remote)] = (self._q, bytes(self._out or b""))
+            return
+        self._q = known[0]
+        if known[1]:
+            self._queue(known[1])
+
+    def _offer(self, local: tuple[int, ...], remote: tuple[int, ...]) -> None:
+        for option in local:
+            self.offer_local(option)
+        for option in remote:
+            self.request_remote(option)
 
     def _negotiate(self, verb: Verb, option: int) -> list[Event]:
         """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""

@@ -559,3 +559,26 @@ def test_shared_option_tables_stay_bounded_and_agree_with_a_private_table(
         assert codec.local_enabled(option) is on
     for option, on in expected_remote.items():
         assert codec.remote_enabled(option) is on
+
+
+def test_offer_matches_one_by_one_and_is_cached() -> None:
+    """`offer()` gives the bytes and table of one `offer_local`/`request_remote` each,
+    on a fresh codec (from the cache the second time) and on a used one."""
+    local, remote = (Opt.BINARY, Opt.SGA), (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
+    reference = TelnetCodec(local_ok=frozenset(local), remote_ok=frozenset(remote))
+    for option in local:
+        reference.offer_local(option)
+    for option in remote:
+        reference.request_remote(option)
+    expected = reference.data_to_send()
+    for _ in range(2):  # the first call fills the cache, the second uses it
+        codec = TelnetCodec(local_ok=frozenset(local), remote_ok=frozenset(remote))
+        codec.offer(local, remote)
+        assert codec.data_to_send() == expected
+        codec.receive_data(bytes((0xFF, Verb.WILL, Opt.VMWARE_EXT)))
+        assert codec.remote_enabled(Opt.VMWARE_EXT)
+        assert codec.data_to_send() == b""  # WANTYES -> YES: no acknowledgement
+    used = TelnetCodec(local_ok=frozenset(local), remote_ok=frozenset(remote))
+    used.offer_local(Opt.BINARY)
+    used.offer(local, remote)
+    assert used.data_to_send() == expected

@@ -77,8 +77,9 @@ def begin(st: HubState, conn: VmConn, sequence: bytes) -> None:
     conn.channel.goahead(sequence, secret)
     # DEBUG: the outcome (complete, abort, abandoned) gets the INFO line, so a
     # datacenter-wide evacuation logs one line per vMotion, not two.
-    log.debug("%s: vMotion begins from %s", tag(console), conn.channel.peer)
-    st.emit(VMotionBegun(console.key, console.display_name, conn.channel.peer))
+    peer = conn.channel.peer  # formatted per call (vspcd/net/links.py): once here
+    log.debug("%s: vMotion begins from %s", tag(console), peer)
+    st.emit(VMotionBegun(console.key, console.display_name, peer))
 
 
 def peer(st: HubState, conn: VmConn, cookie: bytes) -> None:
@@ -151,13 +152,14 @@ def complete(st: HubState, conn: VmConn, sequence: bytes) -> None:
     if conn.name:
         console.name = conn.name
     console.counters.vmotions += 1
+    # The peers are formatted per call (vspcd/net/links.py): once each here.
+    source_peer, dest_peer = source.channel.peer, conn.channel.peer
     st.vmotion_log.log(  # INFO, aggregated in a storm (vspcd/hub/ratelog.py)
-        "%s: vMotion complete, %s -> %s", tag(console), source.channel.peer, conn.channel.peer
+        "%s: vMotion complete, %s -> %s", tag(console), source_peer, dest_peer
     )
-    st.emit(
-        VMotionCompleted(console.key, console.display_name, conn.channel.peer, source.channel.peer)
-    )
-    st.tell(console, f"vMotion done: VM now connected from {conn.channel.peer}")
+    st.emit(VMotionCompleted(console.key, console.display_name, dest_peer, source_peer))
+    if console.clients:  # the notice's text is built only for someone to read it
+        st.tell(console, f"vMotion done: VM now connected from {dest_peer}")
     # §4.2 steps 3-4: held client input to the destination, once, at once; then
     # the destination's own early output.
     st.flush_hold(console)

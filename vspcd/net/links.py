@@ -126,7 +126,8 @@ class VmLink(asyncio.Protocol):
         # with the same timing, on every socket it accepts (sockopts.set_keepalive).
         # Setting it again here cost four setsockopt calls per VM connection.
         self._transport.set_write_buffer_limits(high=VM_HIGH_WATER)
-        log.debug("VM connection from %s", self.peer)
+        if log.isEnabledFor(logging.DEBUG):  # `peer` is formatted per call
+            log.debug("VM connection from %s", self.peer)
         self._session.initiate()
         self._flush()
         self._conn = self._hub.vm_connected(self)
