@@ -450,7 +450,10 @@ async def list_socket(request: web.Request) -> web.StreamResponse:
             feed.remove(sink)
             reader.cancel()
     except (AdminError, ClientError) as exc:
-        await ws.send_str(json.dumps({"error": str(exc)}))
+        with contextlib.suppress(ConnectionError):
+            await ws.send_str(json.dumps({"error": str(exc)}))
+    except ConnectionError:
+        pass  # the browser went away
     finally:
         session.state["sockets"].discard(ws)
         await ws.close()
@@ -492,8 +495,11 @@ class _ConsoleSocket:
         return True
 
     async def send_loop(self) -> None:
-        while (data := await self.viewer.get()) is not None:
-            await self.ws.send_bytes(data)
+        try:
+            while (data := await self.viewer.get()) is not None:
+                await self.ws.send_bytes(data)
+        except ConnectionError:
+            return  # the browser went away
         if self.viewer.dropped:
             log.info("vspc-web: %s: a browser too slow for %s dropped", self.session.label, self.vm)
             await self.ws.close(code=4008, message=b"too slow: output dropped")

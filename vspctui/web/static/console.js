@@ -4,19 +4,21 @@
 "use strict";
 (function () {
   // xterm.js's DOM renderer writes its CSS into <style> elements, which a CSP
-  // without 'unsafe-inline' styles blocks.  Give it constructed stylesheets instead
-  // (document.adoptedStyleSheets), which the policy allows.
+  // without 'unsafe-inline' styles blocks.  Hand it an inert element whose text goes
+  // into a constructed stylesheet (document.adoptedStyleSheets) instead, which the
+  // policy allows.
   const createElement = document.createElement.bind(document);
   document.createElement = function (tag, options) {
-    const element = createElement(tag, options);
-    if (String(tag).toLowerCase() === "style" && "adoptedStyleSheets" in document) {
-      const sheet = new CSSStyleSheet();
-      document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
-      Object.defineProperty(element, "textContent", {
-        get() { return ""; },
-        set(text) { sheet.replaceSync(String(text)); },
-      });
+    if (String(tag).toLowerCase() !== "style" || !("adoptedStyleSheets" in document)) {
+      return createElement(tag, options);
     }
+    const element = createElement("template");
+    const sheet = new CSSStyleSheet();
+    document.adoptedStyleSheets = [...document.adoptedStyleSheets, sheet];
+    Object.defineProperty(element, "textContent", {
+      get() { return ""; },
+      set(text) { sheet.replaceSync(String(text)); },
+    });
     return element;
   };
 
