@@ -8,6 +8,8 @@ they got there and how CI proves they are what the lock file says:
     python3 vspctui/web/assets/build.py           # npm ci, then copy into static/vendor
     python3 vspctui/web/assets/build.py --check   # npm ci, then fail if they differ
 
+Exit status: 0 done (or matching), 1 the committed files differ, 3 npm ci failed.
+
 `npm ci` installs exactly package-lock.json's versions (bounded by a timeout); then the
 files below are copied (or compared) byte for byte, and VERSIONS records the versions.
 """
@@ -58,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="npm ci's time limit (s)")
     args = parser.parse_args(argv)
     if not args.no_install:
-        npm_ci(args.timeout)
+        try:
+            npm_ci(args.timeout)
+        except (OSError, subprocess.SubprocessError) as exc:
+            print(f"npm ci failed: {exc}")
+            return 3  # not a mismatch: .ci/run only notes it
     wanted = {name: (HERE / "node_modules" / source).read_bytes() for source, name in FILES}
     wanted["VERSIONS"] = versions().encode()
     if args.check:
