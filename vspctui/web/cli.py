@@ -217,12 +217,15 @@ async def serve(settings: Any, host: str, port: int, context: ssl.SSLContext | N
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        import aiohttp  # noqa: F401
+        ns = parse(argv, os.environ)
+        import aiohttp  # noqa: F401  (after parse: --help works without the web extra)
     except ImportError:
         print("vspc-web: needs aiohttp: pip install 'vspc[web]'", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        print(f"vspc-web: {exc}", file=sys.stderr)
+        return 2
     try:
-        ns = parse(argv, os.environ)
         if ns.hash_password:
             from vspc.vspctui.web.auth import hash_password
 
