@@ -25,7 +25,7 @@ import pytest
 from vspc.vspcd import __version__
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = {"vspcd", "vspc", "vspc-tui", "vspc-sim"}
+SCRIPTS = {"vspcd", "vspc", "vspc-tui", "vspc-sim", "vspc-web"}
 SHIPPED = {
     "vspcd.service",
     "vspcd.sysusers",
@@ -74,6 +74,9 @@ def test_wheel_has_every_console_script_and_the_service_files(dists: tuple[Path,
     data = {Path(n).name for n in names if "/data/share/vspc/packaging/" in n}
     assert data == SHIPPED
     assert "vspc/vspcd/service/notify.py" in names and "vspc/vspcd/py.typed" in names
+    # vspc-web's pages' scripts and the vendored xterm.js (docs/vspc-web.md "Assets").
+    for asset in ("console.js", "list.js", "web.css", "vendor/xterm.js", "vendor/LICENSE.xterm"):
+        assert f"vspc/vspctui/web/static/{asset}" in names, asset
 
 
 def test_sdist_has_what_rpmbuild_needs(dists: tuple[Path, Path]) -> None:

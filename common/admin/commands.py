@@ -225,7 +225,15 @@ COMMANDS: Mapping[str, CommandSpec] = {
         CommandSpec(
             "hello",
             "protocol version, daemon version, capabilities, your access",
-            (FieldSpec("client", FieldKind.STR, "client name/version, for the log"),),
+            (
+                FieldSpec("client", FieldKind.STR, "client name/version, for the log"),
+                FieldSpec(
+                    "as_user",
+                    FieldKind.STR,
+                    "act for this user (only for the daemon's `delegates`)",
+                    max_length=256,
+                ),
+            ),
         ),
         CommandSpec("list", "every console with its lock and clients"),
         CommandSpec("show", "one console in detail", (_VM,)),

@@ -83,7 +83,7 @@ def read_config_file(path: Path) -> dict[str, object]:
     problems: list[str] = []
     # Per-console access rules have no flag: a table is no command-line value.
     access: dict[str, object] = {
-        key: table.pop(key) for key in ("access_default", "access") if key in table
+        key: table.pop(key) for key in ("access_default", "access", "delegates") if key in table
     }
     if access:
         try:

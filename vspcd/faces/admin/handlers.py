@@ -12,7 +12,10 @@ vspcd/faces/render.py.  Spec: docs/admin-protocol.md "Commands".
 from __future__ import annotations
 
 import logging
+import os
+import pwd
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vspc.common.admin import (
@@ -27,7 +30,7 @@ from vspc.common.admin import (
 from vspc.common.display import safe
 from vspc.vspcd import __version__
 from vspc.vspcd.faces import render
-from vspc.vspcd.faces.admin.access import Identity, console_ref, group_names
+from vspc.vspcd.faces.admin.access import Identity, Source, console_ref, group_names
 from vspc.vspcd.hub.hub import HubError
 
 if TYPE_CHECKING:
@@ -59,9 +62,42 @@ def handles(cmd: str) -> Callable[[Handler], Handler]:
     return register
 
 
+def _delegate(link: AdminLink, name: str) -> Identity:
+    """The identity `link`'s peer, a delegate, asks to act as (docs/vspc-web.md).
+
+    Only a Unix peer named by `delegates`, on a connection that has not delegated
+    yet and is neither subscribed nor following a tail; never root or the daemon's own
+    uid (a delegate acts for people, not as a super-user).  The user's uid, primary gid
+    and groups come from NSS: the kernel only knows the delegate's.
+
+    Raises:
+        AdminError: permission_denied for every refusal.
+    """
+    me, gate = link.identity, link.server.gate
+    if me.via is not None or link.subscribed or link.tails:
+        raise AdminError(ErrorCode.PERMISSION_DENIED, "as_user: only once, before anything else")
+    if me.source is not Source.UNIX or me.uid is None or me.uid not in gate.policy.delegates:
+        raise AdminError(ErrorCode.PERMISSION_DENIED, "as_user: you are not a delegate")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise AdminError(ErrorCode.PERMISSION_DENIED, "as_user: no such user") from None
+    if entry.pw_uid in (0, link.server.own_uid):
+        raise AdminError(ErrorCode.PERMISSION_DENIED, "as_user: not for a privileged user")
+    try:
+        groups = frozenset(os.getgrouplist(name, entry.pw_gid))
+    except OSError:
+        groups = frozenset({entry.pw_gid})
+    return replace(me, uid=entry.pw_uid, gid=entry.pw_gid, user=name, groups=groups, via=me.who)
+
+
 @handles("hello")
 def _hello(link: AdminLink, request: Request) -> Reply:
-    client = request.fields["client"]
+    client, as_user = request.fields["client"], request.fields["as_user"]
+    if as_user is not None:
+        delegate = link.identity
+        link.identity = _delegate(link, as_user)
+        log.info("admin %s: acts for %s", delegate, link.identity)
     if client:
         log.info("admin %s: client %s", link.identity, safe(client))
     me, gate = link.identity, link.server.gate

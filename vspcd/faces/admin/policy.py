@@ -20,6 +20,13 @@ A level on a console is, in this order:
    or one of its gids), else `access_default` -- except for a uid without a passwd
    entry, which gets `none` when no rule names it;
 4. at most `watch` for members of `--readonly-group`.
+
+Delegated identity (docs/vspc-web.md, docs/security.md "Who may do what"): the
+file-only key `delegates` names the unix users (a web front end such as vspc-web)
+allowed to say `{"cmd":"hello","as_user":"alice"}` on their own connection.  That
+connection is then judged as alice, whose uid, primary gid and groups are resolved
+through NSS (alice is not the peer, so her credentials cannot come from the kernel);
+`Identity.via` names the delegate, so audit lines read `user=alice via vspc-web`.
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ class Identity:
     user: str | None = None
     groups: frozenset[int] = frozenset()
     source: Source = Source.TCP
+    via: str | None = None  # the delegate acting for this user (`hello` with `as_user`)
 
     @property
     def gids(self) -> frozenset[int]:
@@ -95,6 +103,8 @@ class Identity:
         return self.source is Source.UNIX and self.uid is not None and self.uid in (0, own_uid)
 
     def __str__(self) -> str:
+        if self.via is not None:
+            return f"uid={self.uid} gid={self.gid} user={self.user or '?'} via {self.via}"
         if self.uid is not None:
             return f"uid={self.uid} gid={self.gid} user={self.user or '?'}"
         if self.source is Source.UNKNOWN:
@@ -166,6 +176,7 @@ class AccessPolicy:
 
     default: Level = Level.CONTROL
     rules: tuple[Rule, ...] = ()
+    delegates: frozenset[int] = frozenset()  # uids that may speak `as_user` (`delegates`)
 
     def decide(
         self,
@@ -244,8 +255,8 @@ def parse_access(
     user_uid: Callable[[str], int] = _nss_user,
     group_gid: Callable[[str], int] = _nss_group,
 ) -> AccessPolicy:
-    """The policy from a configuration file's `access_default` and `access` keys
-    (other keys of `table` are ignored: they are the caller's).
+    """The policy from a configuration file's `access_default`, `access` and
+    `delegates` keys (other keys of `table` are ignored: they are the caller's).
 
     `user_uid` / `group_gid` resolve names (KeyError: no such name).
 
@@ -266,9 +277,16 @@ def parse_access(
         rule = _rule(number, item, errors, user_uid, group_gid)
         if rule is not None:
             rules.append(rule)
+    delegates: set[int] = set()
+    if table.get("delegates", []) != []:  # an empty array: nobody, like no key
+        for name in _strings("delegates", table["delegates"], errors):
+            try:
+                delegates.add(user_uid(name))
+            except KeyError:
+                errors.append(f"delegates: no user {name!r}")
     if errors:
         raise AccessConfigError(errors)
-    return AccessPolicy(default, tuple(rules))
+    return AccessPolicy(default, tuple(rules), frozenset(delegates))
 
 
 def _level(key: str, value: object, errors: list[str]) -> Level | None:

@@ -1,0 +1,157 @@
+"""The console list, kept live from one session's `subscribe` (docs/vspc-web.md,
+"The console list").
+
+Boundary: takes a subscribed `AdminClient` (the session's own, so the list shows
+exactly the consoles that user may watch) and keeps compact rows: key, name, VM
+connected, clients, lock, last activity.  Changes are coalesced and pushed to every
+list socket of the session at most every `FLUSH` seconds as one message
+`{"rows": [...changed...], "gone": [keys]}`, so 10,000 consoles and event bursts
+cost one small message per interval, not one per event.  A socket whose queue of
+unsent messages is full is dropped (it reconnects and gets a fresh snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from vspc.common.admin import ConsoleInfo, Event
+from vspc.vspctui.client import AdminClient, ClientError
+
+__all__ = ["FLUSH", "ListFeed", "row_of"]
+
+FLUSH = 0.2  # seconds between pushes of coalesced changes
+QUEUE = 32  # unsent messages per list socket before it is dropped
+
+
+def row_of(info: ConsoleInfo) -> dict[str, Any]:
+    """The list page's compact row."""
+    return {
+        "key": info.key,
+        "name": info.name,
+        "connected": info.connected,
+        "clients": info.clients,
+        "lock": info.lock.value if info.lock is not None else None,
+        "last": info.last_output,
+    }
+
+
+class ListFeed:
+    """One session's live console list."""
+
+    def __init__(self, client: AdminClient) -> None:
+        self.client = client
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.sinks: set[asyncio.Queue[str | None]] = set()
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._flusher: asyncio.TimerHandle | None = None
+        self.events = 0
+        self.ended = False
+
+    async def start(self) -> None:
+        snapshot = await self.client.subscribe()
+        self.rows = {info.key: row_of(info) for info in snapshot}
+        self._task = asyncio.get_running_loop().create_task(self._read(), name="vspc-web-list")
+
+    def snapshot(self) -> str:
+        return json.dumps({"rows": list(self.rows.values()), "gone": [], "full": True})
+
+    def add(self) -> asyncio.Queue[str | None]:
+        sink: asyncio.Queue[str | None] = asyncio.Queue(QUEUE)
+        sink.put_nowait(self.snapshot())
+        if self.ended:
+            sink.put_nowait(None)
+        self.sinks.add(sink)
+        return sink
+
+    def remove(self, sink: asyncio.Queue[str | None]) -> None:
+        self.sinks.discard(sink)
+
+    async def _read(self) -> None:
+        try:
+            async for event in self.client.events():
+                self.apply(event)
+        except (ClientError, Exception):  # the connection ended; the sockets are told
+            pass
+        finally:
+            self.ended = True
+            self._flush()
+            for sink in tuple(self.sinks):
+                with contextlib.suppress(asyncio.QueueFull):
+                    sink.put_nowait(None)
+
+    def apply(self, event: Event) -> None:
+        """Fold one admin event into the rows (docs/admin-protocol.md "Events")."""
+        self.events += 1
+        key = event.key
+        if key is None:
+            return
+        kind = event.event
+        if kind == "vm_connected":
+            console = event.console
+            if console is not None:
+                self.rows[key] = row_of(console)
+                self.rows[key]["last"] = time.time()
+                self._gone.discard(key)
+                self._changed(key)
+            return
+        if kind == "vm_expired":
+            if self.rows.pop(key, None) is not None:
+                self._dirty.discard(key)
+                self._gone.add(key)
+                self._schedule()
+            return
+        row = self.rows.get(key)
+        if row is None:
+            return
+        if event.name:
+            row["name"] = event.name
+        if kind == "vm_disconnected":
+            row["connected"] = False
+        elif kind == "client_attached":
+            row["clients"] += 1
+        elif kind == "client_detached":
+            row["clients"] = max(0, row["clients"] - 1)
+        elif kind == "lock_changed":
+            lock = event.fields.get("lock")
+            row["lock"] = lock if isinstance(lock, str) else None
+        row["last"] = time.time()
+        self._changed(key)
+
+    def _changed(self, key: str) -> None:
+        self._dirty.add(key)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH, self._flush)
+
+    def _flush(self) -> None:
+        self._flusher = None
+        if not self._dirty and not self._gone:
+            return
+        rows = [self.rows[key] for key in self._dirty if key in self.rows]
+        message = json.dumps({"rows": rows, "gone": sorted(self._gone)})
+        self._dirty.clear()
+        self._gone.clear()
+        for sink in tuple(self.sinks):
+            try:
+                sink.put_nowait(message)
+            except asyncio.QueueFull:  # a browser that does not read: drop it
+                self.sinks.discard(sink)
+                while not sink.empty():
+                    sink.get_nowait()
+                sink.put_nowait(None)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
