@@ -38,6 +38,7 @@ from vspc.vspcd.history import store
 from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
+from vspc.vspcd.history.recording import Recordings
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
@@ -62,6 +63,7 @@ from vspc.vspcd.service.settings import (
     hook_settings,
     hub_settings,
     log_settings,
+    recordings,
 )
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,7 @@ class Daemon:
         self._admin: admin.AdminServer | None = None
         self.persister: Persister | None = None
         self.logs: ConsoleLogs | None = None
+        self.recordings: Recordings | None = None
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
@@ -246,6 +249,11 @@ class Daemon:
             self.hub.subscribe(self.logs.observe)
             self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
             log.info("console logs in %s", config.log_dir)
+        self.recordings = recordings(lambda: self.config, loop.call_later)  # --record-dir
+        if self.recordings is not None:
+            self.hub.add_output_listener(self.recordings.output)
+            self.hub.add_input_listener(self.recordings.input)
+            self.hub.subscribe(self.recordings.observe)
         # Hooks and plugin backends are hub observers like the ones above (docs/architecture.md
         # "Hub events").  The runner is always
         # subscribed, so a reload can turn --hook-command on.
@@ -446,7 +454,10 @@ class Daemon:
         )
 
     def reopen_logs(self) -> None:
-        """SIGHUP: reopen every console log file (after logrotate moved it)."""
+        """SIGHUP: reopen every console log file (after logrotate moved it); start new
+        recording files."""
+        if self.recordings is not None:
+            self.recordings.reopen()
         if self.logs is None:
             log.info("SIGHUP: no console logs to reopen (--log-dir not given)")
             return
@@ -553,6 +564,8 @@ class Daemon:
             self.plugin.close()
         if self.logs is not None:
             self.logs.close()
+        if self.recordings is not None:
+            self.recordings.close()
         if self.gzip is not None:
             self.gzip.close()
         if self.persister is not None:
