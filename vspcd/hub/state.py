@@ -180,7 +180,7 @@ class HubState:
         if self.ports is not None:
             console.port = self.ports.bind(key)
             if console.port is None:
-                log.error("%s: no free telnet port to bind", tag(console))
+                log.warning("%s: no telnet port (none free, or telnet = false)", tag(console))
             else:
                 self.by_port[console.port] = console
         return console

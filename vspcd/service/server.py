@@ -30,6 +30,7 @@ from typing import Any, cast
 from vspc.vspcd.ext.hooks import HookRunner
 from vspc.vspcd.ext.plugins import PluginHost
 from vspc.vspcd.faces.admin import server as admin
+from vspc.vspcd.faces.admin.policy import ConsoleRef
 from vspc.vspcd.faces.http import routes as httproutes
 from vspc.vspcd.faces.http.server import HttpServer, Router
 from vspc.vspcd.faces.metrics import Metrics, Sources
@@ -78,11 +79,20 @@ LOOP_LAG_LIMIT = 2.0
 class _VmPorts:
     """The hub's PortAllocator: one telnet listener per console, sticky by key."""
 
-    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        binder: PortBinder,
+        factory: Callable[[], asyncio.Protocol],
+        allowed: Callable[[ConsoleKey], bool] = lambda key: True,
+    ) -> None:
         self._binder = binder
         self._factory = factory
+        self._allowed = allowed  # `telnet = false` rules (docs/security.md)
 
     def bind(self, key: ConsoleKey) -> int | None:
+        if not self._allowed(key):
+            log.info("%s: no telnet port (telnet = false in an [[access]] rule)", key)
+            return None
         bound = self._binder.bind(self._factory)
         if bound is None:
             return None
@@ -225,7 +235,13 @@ class Daemon:
                     *overlap,
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
-            ports = _VmPorts(self._binder, self._client_link)
+            ports = _VmPorts(
+                self._binder,
+                self._client_link,
+                lambda key: self.config.access_policy.telnet_allowed(
+                    ConsoleRef("", "", key.uuid, key.label)
+                ),
+            )
             if config.cluster:
                 # Ports are handed out cluster-wide by the registry (docs/cluster.md).
                 ports = self._cluster_ports = _ClusterPorts(self._binder, self._client_link)

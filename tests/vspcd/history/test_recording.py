@@ -132,3 +132,18 @@ def test_asciinema_cat_reads_the_recording(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert b"login: \xc3\xa9 ok" in done.stdout
     assert b"hunter2" not in done.stdout  # input events are not played back
+
+
+def test_telnet_false_gives_the_console_no_telnet_port(tmp_path: Path) -> None:
+    # (Here beside the other [[access]] switch's daemon test.)
+    config = tmp_path / "vspcd.toml"
+    config.write_text(f'[[access]]\nconsoles = ["uuid:{U2}"]\ntelnet = false\n')
+
+    async def main() -> None:
+        async with daemon_with(tmp_path, "--config", str(config)) as h:
+            await h.vm()
+            await h.vm(U2, "vm02")
+            assert isinstance((await h.shown())["port"], int)
+            assert (await h.shown("vm02")).get("port") is None
+
+    run(main)

@@ -348,6 +348,13 @@ def _rule(
             kind = "group" if name.startswith("@") else "user"
             errors.append(f"{where}.users: no {kind} {name.lstrip('@')!r}")
     level = _level(f"{where}.level", item.get("level", Level.NONE.value), errors)
+    if not switches[0] and any(p.kind == "name" for p in patterns):
+        # The port is bound when the console appears, before ESXi sends VM-NAME: only
+        # `uuid:` and `label:` are known then.
+        errors.append(
+            f"{where}.telnet: false needs consoles given as uuid: or label: (a name "
+            "arrives after the telnet port is bound); or use --no-vm-ports"
+        )
     if len(errors) > before or level is None:
         return None
     text = f"consoles {', '.join(item['consoles'])}; users {', '.join(users) or '-'}"
