@@ -144,6 +144,8 @@ def client_input(st: HubState, client: Client, data: bytes) -> None:
         _refuse_input(st, client, len(data))
         return
     client.bytes_in += len(data)
+    for listener in st.input_listeners:  # input recording (vspcd/history/recording.py)
+        listener(console, client, data)
     vm_conn = console.vm
     if (
         vm_conn is not None

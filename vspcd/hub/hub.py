@@ -72,6 +72,7 @@ from vspc.vspcd.hub.state import (
     HubError,
     HubSettings,
     HubState,
+    InputListener,
     OutputListener,
     PortAllocator,
     Tap,
@@ -194,6 +195,14 @@ class Hub:
                 del all_taps[key]
 
         return untap
+
+    def add_input_listener(self, listener: InputListener) -> Callable[[], None]:
+        """Call `listener(console, client, bytes)` with every chunk an operator typed
+        that the hub accepted for the VM (input recording); returns a function that
+        removes it.  It runs in the input path: it must not block."""
+        listeners = self._st.input_listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener) if listener in listeners else None
 
     def add_output_listener(self, listener: OutputListener) -> Callable[[], None]:
         """Call `listener(console, bytes)` with every output chunk of every console

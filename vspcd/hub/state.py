@@ -40,6 +40,7 @@ __all__ = [
     "HubSettings",
     "HubState",
     "OutputListener",
+    "InputListener",
     "PortAllocator",
     "Tap",
     "log",
@@ -48,6 +49,7 @@ __all__ = [
 
 Tap = Callable[[bytes], None]
 OutputListener = Callable[[Console, bytes], None]
+InputListener = Callable[[Console, Client, bytes], None]  # typed bytes, accepted for the VM
 
 
 class PortAllocator(Protocol):
@@ -115,6 +117,7 @@ class HubState:
         self.observers: list[Observer] = []
         self.taps: dict[ConsoleKey, list[Tap]] = {}
         self.output_listeners: list[OutputListener] = []
+        self.input_listeners: list[InputListener] = []
         self.next_client = 0
         # Clients attached to any console, kept as a count because the server asks for
         # `connection_count()` on every accept: summing over every console there made
@@ -177,7 +180,7 @@ class HubState:
         if self.ports is not None:
             console.port = self.ports.bind(key)
             if console.port is None:
-                log.error("%s: no free telnet port to bind", tag(console))
+                log.warning("%s: no telnet port (none free, or telnet = false)", tag(console))
             else:
                 self.by_port[console.port] = console
         return console

@@ -123,6 +123,7 @@ class Config:
     log_flush: float = LOG_FLUSH
     log_max_size: int = 0
     log_keep: int = LOG_KEEP
+    record_dir: Path | None = None  # asciicast recordings (vspcd/history/recording.py)
     log_compress: bool = False
     http: tuple[str, int] | None = None
     http_console_log: bool = False

@@ -453,6 +453,13 @@ FLAGS: tuple[Flag, ...] = (
          help="gzip rotated console logs (in a child process) to FILE.N.gz",
          doc="gzip rotated console logs (child process); needs `--log-max-size`",
          doc_default="off"),
+    Flag("record_dir", ("--record-dir",), Group.LOGS, convert=Path, metavar="DIR",
+         help="record output and typed input of consoles an [[access]] rule marks "
+              "record_input = true, as asciicast v2 files in DIR (typed input holds passwords)",
+         doc="asciicast v2 recordings (output and typed input) of the consoles an "
+             "`[[access]]` rule marks `record_input = true` (docs/security.md, "
+             "\"Input recording\"); without it nothing is recorded",
+         doc_default="off"),
     # -- The HTTP listener (vspcd/faces/http/).
     Flag("http", ("--http",), Group.HTTP, convert=convert.address_port,
          metavar="[ADDR:]PORT",

@@ -75,10 +75,16 @@ def _console_logs(daemon: Daemon, new: Config) -> None:
     daemon.reconfigure_logs(new)
 
 
+def _access_policy(daemon: Daemon, new: Config) -> None:
+    """The admin server reads `daemon.config`; recordings re-ask which consoles."""
+    if daemon.recordings is not None:
+        daemon.recordings.reconsider()
+
+
 _APPLY: dict[str, Apply] = {
     # The access rules (access_default, [[access]]): the admin server re-judges every
     # open connection when the daemon's config is set (vspcd/faces/admin/link.py).
-    "access_policy": _through_config,
+    "access_policy": _access_policy,
     # Checked at each attach; consoles already over the new limit keep their clients.
     "client_limit": _hub_setting("client_limit"),
     # Timers started after the reload use the new values.

@@ -30,6 +30,7 @@ from typing import Any, cast
 from vspc.vspcd.ext.hooks import HookRunner
 from vspc.vspcd.ext.plugins import PluginHost
 from vspc.vspcd.faces.admin import server as admin
+from vspc.vspcd.faces.admin.policy import ConsoleRef
 from vspc.vspcd.faces.http import routes as httproutes
 from vspc.vspcd.faces.http.server import HttpServer, Router
 from vspc.vspcd.faces.metrics import Metrics, Sources
@@ -38,6 +39,7 @@ from vspc.vspcd.history import store
 from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
+from vspc.vspcd.history.recording import Recordings
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
@@ -62,6 +64,7 @@ from vspc.vspcd.service.settings import (
     hook_settings,
     hub_settings,
     log_settings,
+    recordings,
 )
 
 log = logging.getLogger(__name__)
@@ -76,11 +79,20 @@ LOOP_LAG_LIMIT = 2.0
 class _VmPorts:
     """The hub's PortAllocator: one telnet listener per console, sticky by key."""
 
-    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        binder: PortBinder,
+        factory: Callable[[], asyncio.Protocol],
+        allowed: Callable[[ConsoleKey], bool] = lambda key: True,
+    ) -> None:
         self._binder = binder
         self._factory = factory
+        self._allowed = allowed  # `telnet = false` rules (docs/security.md)
 
     def bind(self, key: ConsoleKey) -> int | None:
+        if not self._allowed(key):
+            log.info("%s: no telnet port (telnet = false in an [[access]] rule)", key)
+            return None
         bound = self._binder.bind(self._factory)
         if bound is None:
             return None
@@ -149,6 +161,7 @@ class Daemon:
         self._admin: admin.AdminServer | None = None
         self.persister: Persister | None = None
         self.logs: ConsoleLogs | None = None
+        self.recordings: Recordings | None = None
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
@@ -222,7 +235,13 @@ class Daemon:
                     *overlap,
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
-            ports = _VmPorts(self._binder, self._client_link)
+            ports = _VmPorts(
+                self._binder,
+                self._client_link,
+                lambda key: self.config.access_policy.telnet_allowed(
+                    ConsoleRef("", "", key.uuid, key.label)
+                ),
+            )
             if config.cluster:
                 # Ports are handed out cluster-wide by the registry (docs/cluster.md).
                 ports = self._cluster_ports = _ClusterPorts(self._binder, self._client_link)
@@ -246,6 +265,11 @@ class Daemon:
             self.hub.subscribe(self.logs.observe)
             self.hub.subscribe(logevents.hub_observer(self.logs, time.time))  # --log-events
             log.info("console logs in %s", config.log_dir)
+        self.recordings = recordings(lambda: self.config, loop.call_later)  # --record-dir
+        if self.recordings is not None:
+            self.hub.add_output_listener(self.recordings.output)
+            self.hub.add_input_listener(self.recordings.input)
+            self.hub.subscribe(self.recordings.observe)
         # Hooks and plugin backends are hub observers like the ones above (docs/architecture.md
         # "Hub events").  The runner is always
         # subscribed, so a reload can turn --hook-command on.
@@ -446,7 +470,10 @@ class Daemon:
         )
 
     def reopen_logs(self) -> None:
-        """SIGHUP: reopen every console log file (after logrotate moved it)."""
+        """SIGHUP: reopen every console log file (after logrotate moved it); start new
+        recording files."""
+        if self.recordings is not None:
+            self.recordings.reopen()
         if self.logs is None:
             log.info("SIGHUP: no console logs to reopen (--log-dir not given)")
             return
@@ -553,6 +580,8 @@ class Daemon:
             self.plugin.close()
         if self.logs is not None:
             self.logs.close()
+        if self.recordings is not None:
+            self.recordings.close()
         if self.gzip is not None:
             self.gzip.close()
         if self.persister is not None:

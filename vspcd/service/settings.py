@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+from collections.abc import Callable
 from typing import Any
 
 from vspc.vspcd.ext.hooks import HookSettings
 from vspc.vspcd.faces.admin import server as admin
+from vspc.vspcd.faces.admin.access import console_ref
 from vspc.vspcd.history.consolelog import LogSettings
 from vspc.vspcd.history.naming import LogNaming
+from vspc.vspcd.history.recording import Recordings, RecordSettings
+from vspc.vspcd.hub.console import Cancellable, Console
 from vspc.vspcd.hub.hub import HubSettings
 from vspc.vspcd.service.configdata import Config
 
-__all__ = ["admin_settings", "hook_settings", "hub_settings", "log_settings"]
+__all__ = ["admin_settings", "hook_settings", "hub_settings", "log_settings", "recordings"]
 
 # HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
 _HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
@@ -82,3 +86,31 @@ def admin_settings(config: Config) -> admin.AdminSettings:
         per_peer=config.admin_per_peer,
         access=config.access_policy,
     )
+
+
+def recordings(
+    current: Callable[[], Config],
+    call_later: Callable[[float, Callable[[], None]], Cancellable],
+) -> Recordings | None:
+    """Input recording (`--record-dir`, vspcd/history/recording.py), or None when off.
+
+    `current` returns the daemon's configuration now, so the consoles recorded follow
+    the `record_input` rules of the last reload (`Recordings.reconsider`).
+
+    Raises:
+        OSError: the directory cannot be created or written.
+    """
+    directory = current().record_dir
+    if directory is None:
+        return None
+
+    def wants(console: Console) -> bool:
+        return current().access_policy.records_input(console_ref(console))
+
+    found = Recordings(
+        RecordSettings(directory),
+        wants=wants,
+        call_later=call_later,
+    )
+    found.check_directory()
+    return found

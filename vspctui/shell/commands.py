@@ -41,6 +41,7 @@ from vspc.vspctui.formatting import (
     format_table,
     list_rows,
 )
+from vspc.vspctui.shell.forced import run_forced
 from vspc.vspctui.shell.proxy import run_proxy
 from vspc.vspctui.shell.shell import run_shell
 
@@ -321,6 +322,15 @@ async def help_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("shell", help="interactive shell over the same commands", shell=False)
 async def shell_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     return await run_shell(ctx, commands)
+
+
+@commands.register(
+    "ssh-command",
+    help="for sshd's ForceCommand: run the one vspc command in $SSH_ORIGINAL_COMMAND",
+    shell=False,
+)
+async def ssh_command_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    return await run_forced(ctx, commands)
 
 
 @commands.register("quit", help="leave the shell", aliases=["exit"], cli=False)

@@ -91,7 +91,7 @@ def test_no_keys_is_todays_behaviour() -> None:
         ),
         (
             {"access": [{"consoles": ["a"], "users": ["bob"], "level": "watch", "lvl": 1}]},
-            "access[1]: unknown key 'lvl' (keys: consoles, users, level, telnet)",
+            "access[1]: unknown key 'lvl' (keys: consoles, users, level, telnet, record_input)",
         ),
         (
             {"access": [{"consoles": ["a"], "users": ["bob"], "level": "watch", "telnet": 0}]},
@@ -118,12 +118,37 @@ def test_every_error_is_reported_with_its_rule_number() -> None:
     ]
 
 
-def test_telnet_false_is_refused_rather_than_ignored() -> None:
-    (message,) = errors(
-        {"access": [{"consoles": ["a"], "users": ["bob"], "level": "watch", "telnet": False}]}
+def test_telnet_and_record_input_switches() -> None:
+    policy = parse(
+        {
+            "access": [
+                {
+                    "consoles": [f"uuid:{CANON}"],
+                    "users": ["bob"],
+                    "level": "watch",
+                    "telnet": False,
+                },
+                {"consoles": [f"uuid:{WEB.uuid}"], "record_input": True},  # grants nothing
+                {"consoles": ["web*"], "users": ["bob"], "level": "watch", "telnet": True},
+            ]
+        }
     )
-    assert message.startswith("access[1].telnet: false is not supported yet")
-    parse({"access": [{"consoles": ["a"], "users": ["bob"], "level": "watch", "telnet": True}]})
+    assert not policy.telnet_allowed(DB1) and policy.telnet_allowed(WEB)
+    assert policy.records_input(WEB) and not policy.records_input(DB1)
+    assert policy.level(person(1005, 2001), WEB) is Level.CONTROL  # access_default
+    # A name arrives after the port is bound: telnet = false takes uuid: and label:.
+    (message,) = errors({"access": [{"consoles": ["db*"], "telnet": False}]})
+    assert message.startswith("access[1].telnet: false needs consoles given as uuid: or label:")
+    # Without a switch, a rule must say who and what level.
+    assert errors({"access": [{"consoles": ["a"]}]}) == [
+        "access[1].users: missing",
+        "access[1].level: missing",
+    ]
+    assert errors({"access": [{"consoles": ["a"], "record_input": "yes"}]}) == [
+        "access[1].record_input: expected true or false, got 'yes'",
+        "access[1].users: missing",
+        "access[1].level: missing",
+    ]
 
 
 @pytest.mark.parametrize(

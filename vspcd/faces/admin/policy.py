@@ -27,6 +27,13 @@ allowed to say `{"cmd":"hello","as_user":"alice"}` on their own connection.  Tha
 connection is then judged as alice, whose uid, primary gid and groups are resolved
 through NSS (alice is not the peer, so her credentials cannot come from the kernel);
 `Identity.via` names the delegate, so audit lines read `user=alice via vspc-web`.
+
+Two per-console switches ride on the same tables, whoever the rule's users are:
+`record_input = true` (`AccessPolicy.records_input`: the console's output and typed
+input go to an asciicast file, vspcd/history/recording.py, when `--record-dir` is set)
+and `telnet = false` (`AccessPolicy.telnet_allowed`: no per-VM telnet port, since
+telnet carries no identity; docs/security.md).  A rule that sets one of them may
+leave out `users` and `level` (it then grants nothing).
 """
 
 from __future__ import annotations
@@ -149,6 +156,8 @@ class Rule:
     gids: frozenset[int]
     level: Level
     text: str  # consoles and users as written, for `explain`
+    record_input: bool = False
+    telnet: bool = True
 
     def names(self, console: ConsoleRef) -> bool:
         return any(p.matches(console) for p in self.consoles)
@@ -218,6 +227,14 @@ class AccessPolicy:
             return Decision(Level.WATCH, f"{decision.reason}; capped at watch by --readonly-group")
         return decision
 
+    def records_input(self, console: ConsoleRef) -> bool:
+        """Whether a rule naming `console` says `record_input = true`."""
+        return any(rule.record_input and rule.names(console) for rule in self.rules)
+
+    def telnet_allowed(self, console: ConsoleRef) -> bool:
+        """False when a rule naming `console` says `telnet = false`."""
+        return not any(not rule.telnet and rule.names(console) for rule in self.rules)
+
     def level(self, identity: Identity, console: ConsoleRef | None, **context: Any) -> Level:
         """`identity`'s level on `console` (`context`: own_uid, readonly_gid)."""
         return self.decide(identity, console, **context).level
@@ -246,7 +263,7 @@ def _nss_group(name: str) -> int:
     return grp.getgrnam(name).gr_gid
 
 
-_RULE_KEYS = frozenset({"consoles", "users", "level", "telnet"})
+_RULE_KEYS = frozenset({"consoles", "users", "level", "telnet", "record_input"})
 
 
 def parse_access(
@@ -320,8 +337,15 @@ def _rule(
         return None
     before = len(errors)
     for key in sorted(set(item) - _RULE_KEYS):
-        errors.append(f"{where}: unknown key {key!r} (keys: consoles, users, level, telnet)")
-    for key in ("consoles", "users", "level"):
+        errors.append(
+            f"{where}: unknown key {key!r} (keys: consoles, users, level, telnet, record_input)"
+        )
+    switches = (
+        _switch(where, item, "telnet", True, errors),
+        _switch(where, item, "record_input", False, errors),
+    )
+    grants = "users" in item or "level" in item or switches == (True, False)
+    for key in ("consoles", "users", "level") if grants else ("consoles",):
         if key not in item:
             errors.append(f"{where}.{key}: missing")
     patterns = [
@@ -331,7 +355,7 @@ def _rule(
     ]
     uids: set[int] = set()
     gids: set[int] = set()
-    users = _strings(f"{where}.users", item.get("users", ["-"]), errors)
+    users = _strings(f"{where}.users", item["users"], errors) if "users" in item else []
     for name in users:
         try:
             if name.startswith("@"):
@@ -342,20 +366,31 @@ def _rule(
             kind = "group" if name.startswith("@") else "user"
             errors.append(f"{where}.users: no {kind} {name.lstrip('@')!r}")
     level = _level(f"{where}.level", item.get("level", Level.NONE.value), errors)
-    telnet = item.get("telnet", True)
-    if not isinstance(telnet, bool):
-        errors.append(f"{where}.telnet: expected true or false, got {telnet!r}")
-    elif not telnet:
-        # Not wired to the per-VM port allocation yet: refusing beats a setting that
-        # silently does nothing.  --no-vm-ports turns telnet ports off for all.
+    if not switches[0] and any(p.kind == "name" for p in patterns):
+        # The port is bound when the console appears, before ESXi sends VM-NAME: only
+        # `uuid:` and `label:` are known then.
         errors.append(
-            f"{where}.telnet: false is not supported yet; use --no-vm-ports "
-            "(per-VM telnet ports carry no identity, docs/security.md)"
+            f"{where}.telnet: false needs consoles given as uuid: or label: (a name "
+            "arrives after the telnet port is bound); or use --no-vm-ports"
         )
     if len(errors) > before or level is None:
         return None
-    text = f"consoles {', '.join(item['consoles'])}; users {', '.join(users)}"
-    return Rule(number, tuple(patterns), frozenset(uids), frozenset(gids), level, text)
+    text = f"consoles {', '.join(item['consoles'])}; users {', '.join(users) or '-'}"
+    telnet, record_input = switches
+    return Rule(
+        number, tuple(patterns), frozenset(uids), frozenset(gids), level, text,
+        record_input=record_input, telnet=telnet,
+    )  # fmt: skip
+
+
+def _switch(
+    where: str, item: dict[str, object], key: str, default: bool, errors: list[str]
+) -> bool:
+    value = item.get(key, default)
+    if not isinstance(value, bool):
+        errors.append(f"{where}.{key}: expected true or false, got {value!r}")
+        return default
+    return value
 
 
 def _pattern(key: str, text: str, errors: list[str]) -> _Pattern | None:
