@@ -29,6 +29,7 @@ from vspc.common.peerlink import (
     VmProbe,
     VmSend,
 )
+from vspc.vspcd.hub.ratelog import BurstLog
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,27 @@ __all__ = ["LinkHandler", "PeerLink", "RemoteVm"]
 
 AUTH_TIMEOUT = 5.0  # seconds a peer has to finish the handshake
 HIGH_WATER = 4 << 20
+
+# Refused handshakes, all links together: the first 20 per 10 s logged, then a count,
+# so a stranger hammering the inter-node port cannot flood the log (docs/security.md,
+# "Resource bounds").  Made on first use, on the running loop's clock.
+_refusals: BurstLog | None = None
+
+
+def _refused() -> BurstLog:
+    global _refusals
+    if _refusals is None:
+        loop = asyncio.get_running_loop()
+        _refusals = BurstLog(
+            log,
+            "inter-node links refused",
+            clock=loop.time,
+            call_later=loop.call_later,
+            level=logging.WARNING,
+            surplus_level=None,
+            inert=True,
+        )
+    return _refusals
 
 
 class LinkHandler(Protocol):
@@ -47,9 +69,20 @@ class PeerLink(asyncio.Protocol):
     """One authenticated inter-node connection."""
 
     def __init__(
-        self, handler: LinkHandler, side: Side, node: str, secret: bytes, *, refuse: bool = False
+        self,
+        handler: LinkHandler,
+        side: Side,
+        node: str,
+        secret: bytes,
+        *,
+        refuse: bool = False,
+        auth_timeout: float = AUTH_TIMEOUT,
     ) -> None:
         self._handler = handler
+        # Until the handshake is done the codec accepts only frames of a few KiB
+        # (common/peerlink.py HANDSHAKE_FRAME), and this timer closes a peer that
+        # does not finish it.
+        self._auth_timeout = auth_timeout
         self._refuse = refuse  # too many handshakes pending: close at once
         self._codec = PeerLinkCodec(side, node, secret, secrets.token_bytes(NONCE))
         self._next_channel = 1 if side is Side.DIALER else 2
@@ -69,23 +102,31 @@ class PeerLink(asyncio.Protocol):
         address = transport.get_extra_info("peername")
         self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else "?"
         if self._refuse:
-            log.warning("inter-node link %s refused: too many handshakes pending", self.peer)
+            _refused().log("inter-node link %s refused: too many handshakes pending", self.peer)
             self._transport.abort()
             return
         self._write(self._codec.data_to_send())
-        self._timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, self._auth_timeout)
+        self._timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._no_auth)
 
-    def _auth_timeout(self) -> None:
+    def _no_auth(self) -> None:
         if not self._codec.authenticated:
-            log.warning("inter-node link %s: no handshake within %.0f s", self.peer, AUTH_TIMEOUT)
-            self.close()
+            _refused().log(
+                "inter-node link %s: no handshake within %g s", self.peer, self._auth_timeout
+            )
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
+        was_open = self._codec.authenticated
         try:
             messages = self._codec.receive_data(data)
         except RemoteProtocolError as exc:
-            log.warning("inter-node link %s refused: %s", self.peer, exc)
-            self.close()
+            if was_open:
+                log.warning("inter-node link %s closed: %s", self.peer, exc)
+                self.close()
+            else:
+                # A stranger: drop it at once, nothing it sent is kept.
+                _refused().log("inter-node link %s refused: %s", self.peer, exc)
+                self.abort()
             return
         self._write(self._codec.data_to_send())
         if self._codec.authenticated and not self.ready.done():
@@ -129,6 +170,10 @@ class PeerLink(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class RemoteVm:
