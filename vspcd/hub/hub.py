@@ -100,6 +100,7 @@ from vspc.vspcd.hub.events import (
     VmRenamed,
     VmReplaced,
 )
+from vspc.vspcd.hub.quota import ConsoleQuota
 from vspc.vspcd.hub.ratelog import BurstLog
 from vspc.vspcd.hub.vmotion import Action, Trigger, next_action
 
@@ -145,6 +146,11 @@ class HubSettings:
     takeover_timeout: float = 5.0
     # Tell console clients what happens in `[vspcd: ...]` lines (issue #9 item 2).
     notices: bool = True
+    # Console caps (vspcd/hub/quota.py; docs/security.md, "Resource bounds"): per
+    # source address and in all; 0 = no cap.  The service sizes `console_limit`
+    # from the fd limit.
+    consoles_per_host: int = 2048
+    console_limit: int = 0
 
 
 def _tag(console: Console) -> str:
@@ -190,6 +196,7 @@ class Hub:
         self._idle_waiters: list[Callable[[], None]] = []
         # One INFO line per vMotion up to a burst, then a count (issue #12 item 3).
         self._vmotion_log = BurstLog(log, "vMotions completed", clock=clock, call_later=call_later)
+        self.quota = ConsoleQuota(clock=clock, call_later=call_later)
 
     # ================================================================== queries
 
@@ -515,6 +522,8 @@ class Hub:
         existing = self._consoles.get(key)
         if existing is not None and not probed and not self._may_take_over(existing, conn):
             return
+        if existing is None and not self._admit(key, conn):
+            return
         console = existing or self._create(key, conn)
         if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
             # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
@@ -682,7 +691,36 @@ class Hub:
         self._emit(ConsoleRestored(key, console.display_name, port))
         return console
 
-    def _new_console(self, key: ConsoleKey, name: str) -> Console:
+    def _admit(self, key: ConsoleKey, conn: VmConn) -> bool:
+        """The console caps (vspcd/hub/quota.py): make room by forgetting the oldest
+        idle console, or refuse (close) `conn`."""
+        host = _host(conn.channel.peer)
+        settings = self.settings
+        verdict = self.quota.admit(
+            host, per_host=settings.consoles_per_host, total=settings.console_limit
+        )
+        if verdict.evict is not None:
+            self._make_room(verdict.evict, f"a new console from {host}")
+        elif verdict.refused is not None:
+            self.quota.refusals.log(
+                "new console %s from %s refused: %s", key, conn.channel.peer, verdict.refused
+            )
+            conn.role = Role.RETIRED
+            conn.channel.close()
+            return False
+        return True
+
+    def _make_room(self, key: ConsoleKey, why: str) -> bool:
+        """Forget the idle console `key` now (a cap or the telnet ports ran out)."""
+        console = self._consoles.get(key)
+        if console is None or console.connected or console.clients:
+            return False
+        self.quota.evictions.log("%s: forgotten early to make room for %s", _tag(console), why)
+        self._cancel_expiry(console)
+        self._expire(console)
+        return True
+
+    def _new_console(self, key: ConsoleKey, name: str, host: str = "") -> Console:
         now = self._clock()
         console = Console(
             key=key,
@@ -692,12 +730,20 @@ class Hub:
             created=now,
         )
         self._consoles[key] = console
+        self.quota.added(key, host)
         return console
 
     def _create(self, key: ConsoleKey, conn: VmConn) -> Console:
-        console = self._new_console(key, conn.name or vm.display_uuid(key.uuid))
+        host = _host(conn.channel.peer)
+        console = self._new_console(key, conn.name or vm.display_uuid(key.uuid), host)
         if self._ports is not None:
             console.port = self._ports.bind(key)
+            # Out of telnet ports (or fds): forgotten consoles give theirs back,
+            # oldest first, before a live VM goes without (docs/security.md).
+            while console.port is None and (oldest := self.quota.oldest_idle()) is not None:
+                if not self._make_room(oldest, f"{_tag(console)} (no free telnet port)"):
+                    break
+                console.port = self._ports.bind(key)
             if console.port is None:
                 log.error("%s: no free telnet port to bind", _tag(console))
             else:
@@ -1134,6 +1180,7 @@ class Hub:
         if console.expiry is not None:
             console.expiry.cancel()
         console.expiry = console.expires_at = None
+        self.quota.busy(console.key)
 
     def _maybe_expire(self, console: Console) -> None:
         """Arm the expiry timer once neither a VM nor a client is left (sticky ports)."""
@@ -1145,6 +1192,7 @@ class Hub:
         delay = self.settings.vm_expire_time
         console.expires_at = self._clock() + delay
         console.expiry = self._call_later(delay, lambda: self._expire(console))
+        self.quota.idle(console.key)
 
     def _expire(self, console: Console) -> None:
         console.expiry = None
@@ -1152,6 +1200,7 @@ class Hub:
             console.expires_at = None
             return
         del self._consoles[console.key]
+        self.quota.removed(console.key)
         if console.port is not None:
             self._by_port.pop(console.port, None)
             if self._ports is not None:

@@ -224,7 +224,7 @@ class Daemon:
         if self._secret_factory is not None:
             extra["secret_factory"] = self._secret_factory
         self.hub = Hub(
-            hub_settings(config),
+            hub_settings(config, fd_limit=self._fd_limit),
             clock=loop.time,
             call_later=loop.call_later,
             ports=ports,
