@@ -57,7 +57,7 @@ class OutputBudget:
     since, so before dropping anyone every member is looked at again.
     """
 
-    __slots__ = ("limit", "total", "peak", "evicted", "on_drained", "_members", "_log")
+    __slots__ = ("limit", "total", "peak", "evicted", "on_drained", "_members", "_log", "_burst")
 
     def __init__(self, limit: int = OUTPUT_BUDGET) -> None:
         self.limit = limit
@@ -67,6 +67,7 @@ class OutputBudget:
         self.on_drained: Callable[[], None] | None = None
         self._members: weakref.WeakKeyDictionary[ClientOutput, int] = weakref.WeakKeyDictionary()
         self._log: BurstLog | None = None
+        self._burst = False  # a big total or an eviction since the last drain
 
     def update(self, member: ClientOutput, queued: int) -> None:
         """`member`'s transport holds `queued` bytes now."""
@@ -78,6 +79,8 @@ class OutputBudget:
         self.total += queued - old
         if self.total > self.peak:
             self.peak = self.total
+            if self.total >= _TRIM_AFTER:
+                self._burst = True
             if self.total > self.limit:
                 self._enforce()
         elif not self.total:
@@ -116,6 +119,7 @@ class OutputBudget:
             self._members.pop(member, None)
             self.total -= queued
             self.evicted += 1
+        self._burst = True
         self.peak = self.total
 
     def _report(self, member: ClientOutput, queued: int) -> None:
@@ -139,8 +143,9 @@ class OutputBudget:
         )
 
     def _drained(self) -> None:
-        peak, self.peak = self.peak, 0
-        if peak >= _TRIM_AFTER and self.on_drained is not None:
+        self.peak = 0
+        burst, self._burst = self._burst, False
+        if burst and self.on_drained is not None:
             self.on_drained()
 
 
