@@ -255,7 +255,6 @@ async def clients_attack(
         if sent % (64 * len(chunk)) == 0:
             peak = max(peak, rss_mib(daemon.pid))
     peak = max(peak, rss_mib(daemon.pid))
-    await asyncio.sleep(1.5)  # evicted clients' grace (vspcd/net/flow.py EVICT_GRACE)
     for sock in socks:
         sock.close()
     vm.close()

@@ -24,7 +24,9 @@ after a burst, `on_drained` lets the service return the freed heap to the system
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 
@@ -35,9 +37,7 @@ __all__ = ["BUDGET", "ClientOutput", "OutputBudget", "notice_line"]
 
 log = logging.getLogger(__name__)
 
-# A client dropped over the budget gets this long to read its notice before its
-# queued output is discarded (transport.abort).
-EVICT_GRACE = 1.0
+_EVICTED = "disconnected: too much unread output (the daemon's output budget)"
 # The budget's default (--output-budget); the service sets the configured one.
 OUTPUT_BUDGET = 256 << 20
 # A burst worth a heap trim once it has drained (on_drained).
@@ -194,16 +194,16 @@ class ClientOutput:
         self._transport = None
 
     def evict(self) -> None:
-        """Dropped over the output budget: a notice, then the connection closes and,
-        after `EVICT_GRACE`, whatever it has not read is thrown away."""
+        """Dropped over the output budget: a notice if the socket takes it now, then
+        the connection is aborted, so what it has not read is freed at once (a client
+        that does not read would never see a notice queued behind it)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        transport.write(
-            notice_line("disconnected: too much unread output (the daemon's output budget)")
-        )
-        transport.close()
-        asyncio.get_running_loop().call_later(EVICT_GRACE, transport.abort)
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError, AttributeError, TypeError, ValueError):
+            sock.send(notice_line(_EVICTED), socket.MSG_DONTWAIT)
+        transport.abort()
 
     @property
     def paused(self) -> bool:
