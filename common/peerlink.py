@@ -7,7 +7,8 @@ logging: `PeerLinkCodec.receive_data(bytes) -> list[Message]`, `send(Message) ->
 Theory of operation
 -------------------
 Frame: `length:u32 | type:u8 | channel:u32 | body`, big-endian, `length` counting
-everything after itself and capped at `MAX_FRAME`.  `channel` multiplexes many relayed
+everything after itself and capped at `MAX_FRAME` (`HANDSHAKE_FRAME` until the peer
+is authenticated).  `channel` multiplexes many relayed
 VM connections and admin streams over one TCP connection; the side that opens a
 channel picks its number.
 
@@ -52,6 +53,7 @@ from vspc.common.session import (
 )
 
 __all__ = [
+    "HANDSHAKE_FRAME",
     "MAX_FRAME",
     "Call",
     "Hello",
@@ -81,6 +83,12 @@ __all__ = [
 # A hold (1 MiB default) fits, and so does a node's `list` answer for ~100,000
 # consoles (about 500 bytes a row); only authenticated peers can send one this big.
 MAX_FRAME = 64 << 20
+# Before the peer's proof has checked out only Hello (a node id of at most 64
+# characters and a nonce) and Proof (a SHA-256 MAC) may come: a few dozen bytes.  A
+# stranger announcing a bigger frame is refused at its header, so an unauthenticated
+# connection never makes the codec buffer more than this (docs/security.md,
+# "Resource bounds").
+HANDSHAKE_FRAME = 4 << 10
 _HEAD = struct.Struct(">IBI")
 NONCE = 32
 _DOMAIN = b"vspc-peerlink-v1"
@@ -508,7 +516,8 @@ class PeerLinkCodec:
         """Feed bytes from the peer; returns the complete messages among them.
 
         Raises:
-            RemoteProtocolError: a malformed or oversized frame, a message before the
+            RemoteProtocolError: a malformed or oversized frame (over `HANDSHAKE_FRAME`
+                until the handshake is done, `MAX_FRAME` after), a message before the
                 handshake finished, or a wrong proof.  The codec is unusable after.
         """
         if self._state is _State.FAILED:
@@ -518,8 +527,12 @@ class PeerLinkCodec:
         try:
             while len(self._buf) >= 4:
                 (length,) = struct.unpack_from(">I", self._buf)
-                if length < 5 or length > MAX_FRAME:
-                    raise RemoteProtocolError(f"bad frame length {length}")
+                limit = MAX_FRAME if self._state is _State.OPEN else HANDSHAKE_FRAME
+                if length < 5 or length > limit:
+                    raise RemoteProtocolError(
+                        f"bad frame length {length}"
+                        + ("" if self._state is _State.OPEN else " before the handshake finished")
+                    )
                 if len(self._buf) < 4 + length:
                     break
                 _, kind, channel = _HEAD.unpack_from(self._buf)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import pytest
 from hypothesis import given
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from vspc.common import vmware as vm
 from vspc.common.peerlink import (
+    HANDSHAKE_FRAME,
     NONCE,
     Call,
     LocalProtocolError,
@@ -180,3 +182,16 @@ def test_deeply_nested_json_is_refused_not_raised() -> None:
     body = b"[" * 200_000
     with pytest.raises(RemoteProtocolError, match="JSON"):
         listener.receive_data(struct.pack(">IBI", len(body) + 5, 40, 1) + body)
+
+
+def test_a_frame_over_the_handshake_limit_is_refused_before_authentication() -> None:
+    listener = PeerLinkCodec(Side.LISTENER, "b", SECRET, b"\x02" * NONCE)
+    with pytest.raises(RemoteProtocolError, match="before the handshake"):
+        listener.receive_data(struct.pack(">I", HANDSHAKE_FRAME + 1))
+
+
+def test_frames_up_to_max_frame_are_accepted_after_authentication() -> None:
+    dialer, listener = pair()
+    handshake(dialer, listener)
+    big = StreamData(3, b"z" * (HANDSHAKE_FRAME * 4))
+    assert listener.receive_data(dialer.send(big)) == [big]

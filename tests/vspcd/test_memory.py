@@ -12,6 +12,7 @@ import asyncio
 import gc
 import ssl
 import sys
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -173,6 +174,39 @@ def test_trimmer_runs_once_per_burst_and_is_rate_limited() -> None:
     assert not timers.pending
     trimmer.quiet(7)  # a second burst right away waits for the interval
     assert timers.fire() == 105.5 and calls == [100.5, 105.5]
+
+
+def test_trimmer_collects_cycles_before_trimming() -> None:
+    """A burst's closed connections may be reference cycles (the stdlib loop's
+    transport holds a bound method of itself): they are freed before the trim."""
+
+    class Cycle:
+        def __init__(self) -> None:
+            self.me = self.callback
+
+        def callback(self) -> None:
+            pass
+
+    timers = FakeTimers()
+    alive: list[bool] = []
+    probe = Cycle()
+    ref = weakref.ref(probe)
+    del probe
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        trimmer = HeapTrimmer(
+            lambda: alive.append(ref() is not None) or 1,
+            call_later=timers.call_later,
+            clock=timers.clock,
+            burst=1,
+        )
+        trimmer.quiet(1)
+        timers.fire()
+    finally:
+        if enabled:
+            gc.enable()
+    assert alive == [False]
 
 
 def test_trimmer_without_malloc_trim_does_nothing() -> None:

@@ -65,9 +65,20 @@ class PeerLink(asyncio.Protocol):
     """One authenticated inter-node connection."""
 
     def __init__(
-        self, handler: LinkHandler, side: Side, node: str, secret: bytes, *, refuse: bool = False
+        self,
+        handler: LinkHandler,
+        side: Side,
+        node: str,
+        secret: bytes,
+        *,
+        refuse: bool = False,
+        auth_timeout: float = AUTH_TIMEOUT,
     ) -> None:
         self._handler = handler
+        # Until the handshake is done the codec accepts only frames of a few KiB
+        # (common/peerlink.py HANDSHAKE_FRAME), and this timer closes a peer that
+        # does not finish it.
+        self._auth_timeout = auth_timeout
         self._refuse = refuse  # too many handshakes pending: close at once
         self._codec = PeerLinkCodec(side, node, secret, secrets.token_bytes(NONCE))
         self._next_channel = 1 if side is Side.DIALER else 2
@@ -95,26 +106,33 @@ class PeerLink(asyncio.Protocol):
             self._transport.abort()
             return
         self._write(self._codec.data_to_send())
-        self._timer = asyncio.get_running_loop().call_later(AUTH_TIMEOUT, self._auth_timeout)
+        self._timer = asyncio.get_running_loop().call_later(self._auth_timeout, self._no_auth)
 
-    def _auth_timeout(self) -> None:
+    def _no_auth(self) -> None:
         if not self._codec.authenticated:
+            # A stranger: drop it at once, nothing it sent is kept.
             warnings().log(
                 "inter-node links without a handshake",
-                "inter-node link %s: no handshake within %.0f s",
+                "inter-node link %s: no handshake within %g s",
                 self.peer,
-                AUTH_TIMEOUT,
+                self._auth_timeout,
             )
-            self.close()
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
+        was_open = self._codec.authenticated
         try:
             messages = self._codec.receive_data(data)
         except RemoteProtocolError as exc:
-            warnings().log(
-                "inter-node links refused", "inter-node link %s refused: %s", self.peer, exc
-            )
-            self.close()
+            if was_open:
+                log.warning("inter-node link %s closed: %s", self.peer, exc)
+                self.close()
+            else:
+                # A stranger: drop it at once, nothing it sent is kept.
+                warnings().log(
+                    "inter-node links refused", "inter-node link %s refused: %s", self.peer, exc
+                )
+                self.abort()
             return
         self._write(self._codec.data_to_send())
         if self._codec.authenticated and not self.ready.done():
@@ -158,6 +176,10 @@ class PeerLink(asyncio.Protocol):
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class RemoteVm:

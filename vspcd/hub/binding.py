@@ -4,7 +4,9 @@ An ESXi connection starts UNBOUND; once it has both an accepted DO-PROXY and a
 VM-VC-UUID it becomes the ACTIVE connection of the console keyed by
 `ConsoleKey(uuid, label)` (docs/protocol.md §3.5), replacing an older one from the
 same host (TV-27, F11).  VM output before that is held in the connection's bounded
-`early` buffer and released on binding.
+`early` buffer and released on binding.  A binding that would make a new console
+first passes the console caps (vspcd/hub/quota.py; docs/security.md, "Resource
+bounds"): a forgotten console makes room, or the connection is refused.
 
 Takeover (docs/security.md, "Console takeover"): a VM connection from another
 address than the console's current one is refused mid-vMotion and otherwise waits
@@ -24,6 +26,7 @@ from vspc.vspcd.hub.events import AbortReason, TakeoverRefused, VmConnected, VmR
 from vspc.vspcd.hub.info import console_info
 from vspc.vspcd.hub.migration import end_migration
 from vspc.vspcd.hub.state import HubState, log, tag
+from vspc.vspcd.hub.state import host_of as _host
 from vspc.vspcd.hub.vmotion import Action, Trigger, next_action
 
 __all__ = [
@@ -35,13 +38,6 @@ __all__ = [
     "proxy_requested",
     "vm_heard",
 ]
-
-
-def _host(peer: str) -> str:
-    """The address part of a `host:port` / `[v6]:port` peer name."""
-    if peer.startswith("["):
-        return peer[1 : peer.find("]")]
-    return peer.rpartition(":")[0] or peer
 
 
 def label(st: HubState, request: ProxyRequested) -> str:
@@ -96,6 +92,8 @@ def _bind_source(st: HubState, conn: VmConn, *, probed: bool = False) -> None:
     existing = st.consoles.get(key)
     if existing is not None and not probed and not _may_take_over(st, existing, conn):
         return
+    if existing is None and not _admit(st, key, conn):
+        return
     console = existing or st.create(key, conn)
     if next_action(console.phase, Trigger.PROXY, conn.role) is Action.REPLACE:
         # F11: a fresh DO-PROXY for this key from the source's own host is a new VM
@@ -144,6 +142,26 @@ def _bind_source(st: HubState, conn: VmConn, *, probed: bool = False) -> None:
     if early:
         st.output(console, early)
     st.flush_hold(console)
+
+
+def _admit(st: HubState, key: ConsoleKey, conn: VmConn) -> bool:
+    """The console caps (vspcd/hub/quota.py): make room by forgetting the oldest
+    idle console, or refuse (close) `conn`."""
+    host = _host(conn.channel.peer)
+    settings = st.settings
+    verdict = st.quota.admit(
+        host, per_host=settings.consoles_per_host, total=settings.console_limit
+    )
+    if verdict.evict is not None:
+        st.make_room(verdict.evict, f"a new console from {host}")
+    elif verdict.refused is not None:
+        st.quota.refusals.log(
+            "new console %s from %s refused: %s", key, conn.channel.peer, verdict.refused
+        )
+        conn.role = Role.RETIRED
+        conn.channel.close()
+        return False
+    return True
 
 
 def announce(console: Console, conn: VmConn) -> None:

@@ -20,6 +20,9 @@ output fan-out and expiry) and dispatches to the policy modules:
 - vspcd/hub/clients.py: attaching, lock modes, typed input and its hold;
 - vspcd/hub/info.py: console lookup by name and the admin protocol's info records.
 
+Console caps (vspcd/hub/quota.py; docs/security.md, "Resource bounds") are applied
+where a console is made (binding.py) and kept up to date by the state's expiry steps.
+
 What stays here: the VM connection's own events (data, congestion, close), which
 route to those modules, observers and taps, restored and dropped consoles, and
 shutdown.
@@ -68,6 +71,7 @@ from vspc.vspcd.hub.events import (
     VmDisconnected,
     VmRenamed,
 )
+from vspc.vspcd.hub.quota import ConsoleQuota
 from vspc.vspcd.hub.state import (
     HubError,
     HubSettings,
@@ -113,6 +117,11 @@ class Hub:
     @settings.setter
     def settings(self, settings: HubSettings) -> None:
         self._st.settings = settings
+
+    @property
+    def quota(self) -> ConsoleQuota:
+        """The console caps' bookkeeping and their aggregated logs (vspcd/hub/quota.py)."""
+        return self._st.quota
 
     @property
     def _cookies(self) -> dict[bytes, Console]:

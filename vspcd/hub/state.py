@@ -5,7 +5,10 @@ telnet port, the live vMotion cookies, the open VM connections, the observers an
 output listeners, the injected clock, timer scheduler, secret factory and port
 allocator.  Its methods are the steps the policy modules (binding.py, migration.py,
 clients.py) share: report an event, tell clients, fan VM output out, release held
-input, follow the VM's flow control, and arm or run a console's expiry timer.
+input, follow the VM's flow control, and arm or run a console's expiry timer.  Each
+console's creation, idleness and removal is also reported to the console caps
+(vspcd/hub/quota.py), and a forgotten console makes room when a cap or the telnet
+ports run out (`make_room`; docs/security.md, "Resource bounds").
 
 Pure: no asyncio, sockets or files (docs/architecture.md, "The parts").
 """
@@ -29,6 +32,7 @@ from vspc.vspcd.hub.console import (
     VmConn,
 )
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent, Observer
+from vspc.vspcd.hub.quota import ConsoleQuota
 from vspc.vspcd.hub.ratelog import BurstLog, NoticeGate, Throttles
 
 # Every hub module logs under the one name the hub has always used, so that log
@@ -43,6 +47,7 @@ __all__ = [
     "InputListener",
     "PortAllocator",
     "Tap",
+    "host_of",
     "log",
     "tag",
 ]
@@ -86,11 +91,23 @@ class HubSettings:
     takeover_timeout: float = 5.0
     # Tell console clients what happens in `[vspcd: ...]` lines (docs/admin-protocol.md).
     notices: bool = True
+    # Console caps (vspcd/hub/quota.py; docs/security.md, "Resource bounds"): per
+    # source address and in all; 0 = no cap.  The service sizes `console_limit`
+    # from the fd limit.
+    consoles_per_host: int = 2048
+    console_limit: int = 0
 
 
 def tag(console: Console) -> str:
     """How log lines name a console."""
     return console.tag
+
+
+def host_of(peer: str) -> str:
+    """The address part of a `host:port` / `[v6]:port` peer name."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer
 
 
 class HubState:
@@ -131,6 +148,8 @@ class HubState:
         # operators' screens: one per period, kind and console.
         self.warnings = Throttles(log, clock=clock, call_later=call_later)
         self.notices = NoticeGate(clock)
+        # Consoles per source address and in all, idle ones oldest first.
+        self.quota = ConsoleQuota(clock=clock, call_later=call_later)
 
     # ------------------------------------------------------------------ reporting
 
@@ -162,7 +181,8 @@ class HubState:
 
     # ------------------------------------------------------------------ consoles
 
-    def new_console(self, key: ConsoleKey, name: str) -> Console:
+    def new_console(self, key: ConsoleKey, name: str, host: str = "") -> Console:
+        """A console made by a VM connection from `host` ("": restored)."""
         now = self.clock()
         console = Console(
             key=key,
@@ -172,13 +192,21 @@ class HubState:
             created=now,
         )
         self.consoles[key] = console
+        self.quota.added(key, host)
         return console
 
     def create(self, key: ConsoleKey, conn: VmConn) -> Console:
         """A console for a VM connection's first binding, with a telnet port if one binds."""
-        console = self.new_console(key, conn.name or vm.display_uuid(key.uuid))
+        name = conn.name or vm.display_uuid(key.uuid)
+        console = self.new_console(key, name, host_of(conn.channel.peer))
         if self.ports is not None:
             console.port = self.ports.bind(key)
+            # Out of telnet ports (or fds): forgotten consoles give theirs back,
+            # oldest first, before a live VM goes without (docs/security.md).
+            while console.port is None and (oldest := self.quota.oldest_idle()) is not None:
+                if not self.make_room(oldest, f"{tag(console)} (no free telnet port)"):
+                    break
+                console.port = self.ports.bind(key)
             if console.port is None:
                 log.warning("%s: no telnet port (none free, or telnet = false)", tag(console))
             else:
@@ -246,6 +274,7 @@ class HubState:
         if console.expiry is not None:
             console.expiry.cancel()
         console.expiry = console.expires_at = None
+        self.quota.busy(console.key)
 
     def maybe_expire(self, console: Console) -> None:
         """Arm the expiry timer once neither a VM nor a client is left (sticky ports)."""
@@ -257,6 +286,7 @@ class HubState:
         delay = self.settings.vm_expire_time
         console.expires_at = self.clock() + delay
         console.expiry = self.call_later(delay, lambda: self.expire(console))
+        self.quota.idle(console.key)
 
     def expire(self, console: Console) -> None:
         """Forget an idle console and release its port (the expiry timer fired)."""
@@ -265,6 +295,7 @@ class HubState:
             console.expires_at = None
             return
         del self.consoles[console.key]
+        self.quota.removed(console.key)
         if console.port is not None:
             self.by_port.pop(console.port, None)
             if self.ports is not None:
@@ -272,6 +303,17 @@ class HubState:
         self.taps.pop(console.key, None)
         log.info("%s: console expired", tag(console))
         self.emit(ConsoleExpired(console.key, console.display_name, console.port))
+
+    def make_room(self, key: ConsoleKey, why: str) -> bool:
+        """Forget the idle console `key` now (a console cap or the telnet ports ran
+        out); False if it is gone or in use."""
+        console = self.consoles.get(key)
+        if console is None or console.connected or console.clients:
+            return False
+        self.quota.evictions.log("%s: forgotten early to make room for %s", tag(console), why)
+        self.cancel_expiry(console)
+        self.expire(console)
+        return True
 
     # ------------------------------------------------------------------ idleness
 

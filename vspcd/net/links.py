@@ -427,6 +427,7 @@ class TelnetClientLink(asyncio.Protocol):
         return payload.replace(b"\r\0", b"\r")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._output.release()  # off the output budget (vspcd/net/flow.py)
         client, self._client = self._client, None  # no link <-> Client cycle left
         if client is not None:
             self._hub.detach(client)

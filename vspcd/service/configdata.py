@@ -25,11 +25,14 @@ from vspc.vspcd.service.flags import (
     ADMIN_SOCKET_MODE,
     CLIENT_QUEUE,
     CLUSTER_LEASE,
+    CONSOLE_LIMIT,
+    CONSOLES_PER_HOST,
     HOLD_LIMIT,
     LOG_FLUSH,
     LOG_KEEP,
     LOG_MODE,
     LOG_PREFIX,
+    OUTPUT_BUDGET,
     PORT_RANGE_START,
     PROXY_PORT,
     SCROLLBACK,
@@ -87,6 +90,8 @@ class Config:
     unidentified_per_host: int = UNIDENTIFIED_PER_HOST
     tls_handshake_limit: int = TLS_HANDSHAKE_LIMIT
     tls_handshakes_per_host: int = TLS_HANDSHAKES_PER_HOST
+    consoles_per_host: int = CONSOLES_PER_HOST  # 0 = no cap
+    console_limit: int = CONSOLE_LIMIT  # 0 = sized from the fd limit
     # Per-console telnet ports for operators.
     vm_ports: bool = True
     vm_iface: str = "127.0.0.1"
@@ -108,6 +113,7 @@ class Config:
     takeover_timeout: float = TAKEOVER_TIMEOUT
     no_notices: bool = False
     client_queue: int = CLIENT_QUEUE
+    output_budget: int = OUTPUT_BUDGET
     hold_limit: int = HOLD_LIMIT
     scrollback: int = SCROLLBACK
     context: int = 0  # scrollback bytes replayed to a new telnet client

@@ -60,6 +60,13 @@ UNIDENTIFIED_PER_HOST = 0  # admission by harm: idle holders are evicted instead
 TLS_HANDSHAKE_LIMIT = 64
 TLS_HANDSHAKES_PER_HOST = 16
 ADMIN_IDLE_TIMEOUT = 300.0
+# Console caps (docs/security.md, "Resource bounds"): an ESXi host runs at most 1,024
+# VMs, rarely with more than two serial ports each.  0 for the total: sized from the
+# fd limit at start (`console_limit_for`).
+CONSOLES_PER_HOST = 2048
+CONSOLE_LIMIT = 0
+# Console output queued for all telnet and attach clients together (vspcd/net/flow.py).
+OUTPUT_BUDGET = 256 << 20
 ADMIN_PER_PEER = 16
 CLUSTER_LEASE = 5.0  # docs/cluster.md: a dead node's consoles move after about this
 
@@ -254,6 +261,19 @@ FLAGS: tuple[Flag, ...] = (
          convert=_COUNT, default=TLS_HANDSHAKES_PER_HOST, metavar="N",
          help="TLS handshakes in progress at once from one address (0 = no cap)",
          doc="the same, per source address", doc_default="16"),
+    Flag("consoles_per_host", ("--consoles-per-host",), Group.ESXI, convert=_COUNT,
+         default=CONSOLES_PER_HOST, metavar="N",
+         help="consoles VM connections from one address may create (0 = no cap); at the "
+         "cap the address's longest-idle console makes room, else the new one is refused",
+         doc="consoles VM connections from one address may create (0 = no cap); at the cap "
+         "that address's longest-forgotten console (no VM, no client) makes room, else the "
+         "new console is refused (docs/security.md)", doc_default="2048"),
+    Flag("console_limit", ("--console-limit",), Group.ESXI, convert=_COUNT,
+         default=CONSOLE_LIMIT, metavar="N",
+         help="consoles in all (default 0: a third of the open-file limit); at the cap the "
+         "longest-idle console makes room, else the new one is refused",
+         doc="consoles in all; at the cap the longest-forgotten console makes room, else the "
+         "new console is refused", doc_default="fd limit / 3"),
     # -- Per-console telnet ports for operators.
     Flag("port_range_start", ("-r", "--port-range-start"), Group.PORTS,
          convert=convert.integer(1, 65535), default=PORT_RANGE_START, metavar="PORT",
@@ -355,6 +375,13 @@ FLAGS: tuple[Flag, ...] = (
          help="output queued per client before that client overflows",
          doc="output queued per client before it counts as overflowing",
          doc_default="1048576"),
+    Flag("output_budget", ("--output-budget",), Group.POLICY, convert=_AT_LEAST_ONE,
+         default=OUTPUT_BUDGET, metavar="BYTES",
+         help="console output queued for all clients together; past it the clients with "
+         "the most unread output are disconnected with a notice",
+         doc="console output queued for all telnet and attach clients together; past it "
+         "the clients with the most unread output are disconnected with a notice "
+         "(docs/security.md)", doc_default="268435456"),
     Flag("hold_limit", ("--hold-limit",), Group.POLICY, convert=_COUNT,
          default=HOLD_LIMIT, metavar="BYTES",
          help="client input held per console while a vMotion is in flight",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import resource
@@ -43,6 +44,7 @@ from vspc.vspcd.history.recording import Recordings
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
+from vspc.vspcd.net import flow
 from vspc.vspcd.net.admission import Slots
 from vspc.vspcd.net.links import PreIdentification, TelnetClientLink, VmLink
 from vspc.vspcd.net.listeners import (
@@ -168,6 +170,7 @@ class Daemon:
         self.plugin: PluginHost | None = None
         # Memory that comes back after a flood.
         self.trimmer: HeapTrimmer | None = None
+        self._output_trimmer: HeapTrimmer | None = None
         self.proxy_port: int | None = None
         self._preident: PreIdentification | None = None
         self.cluster: Any = None  # vspcd.cluster.node.ClusterNode with --cluster
@@ -249,7 +252,7 @@ class Daemon:
         if self._secret_factory is not None:
             extra["secret_factory"] = self._secret_factory
         self.hub = Hub(
-            hub_settings(config),
+            hub_settings(config, fd_limit=self._fd_limit),
             clock=loop.time,
             call_later=loop.call_later,
             ports=ports,
@@ -351,6 +354,14 @@ class Daemon:
             clock=loop.time,
         )
         self.trimmer = HeapTrimmer(find_malloc_trim(), call_later=loop.call_later, clock=loop.time)
+        # All clients' queued output together (--output-budget, vspcd/net/flow.py); once
+        # a burst of it has drained, the heap it used goes back to the system too.
+        self._output_trimmer = HeapTrimmer(
+            find_malloc_trim(), call_later=loop.call_later, clock=loop.time, burst=1
+        )
+        drains = itertools.count(1)
+        flow.BUDGET.limit = config.output_budget
+        flow.BUDGET.on_drained = lambda: self._output_trimmer.quiet(next(drains))
         self._preident = PreIdentification(
             throttled(
                 log,
@@ -548,6 +559,9 @@ class Daemon:
             self._proxy.close()
         if self.trimmer is not None:
             self.trimmer.close()
+        if self._output_trimmer is not None:
+            self._output_trimmer.close()
+            flow.BUDGET.on_drained = None
         if self.http is not None:
             await self.http.close()
             self.http = None

@@ -22,17 +22,35 @@ from vspc.vspcd.hub.console import Cancellable, Console
 from vspc.vspcd.hub.hub import HubSettings
 from vspc.vspcd.service.configdata import Config
 
-__all__ = ["admin_settings", "hook_settings", "hub_settings", "log_settings", "recordings"]
+__all__ = [
+    "admin_settings",
+    "console_limit_for",
+    "hook_settings",
+    "hub_settings",
+    "log_settings",
+    "recordings",
+]
 
 # HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
 _HUB_RENAMED = {"abandon_time": "vmotion_abandon"}
 
 
-def hub_settings(config: Config) -> HubSettings:
+def console_limit_for(fd_limit: int) -> int:
+    """`--console-limit 0`: a third of the open-file limit (at least 64).
+
+    A console holds a telnet listener, a live one its VM connection too, and clients
+    and log files take more; a third leaves room for them (docs/security.md,
+    "Resource bounds").
+    """
+    return max(64, (fd_limit - 256) // 3)
+
+
+def hub_settings(config: Config, *, fd_limit: int | None = None) -> HubSettings:
     """The hub's share of the configuration: every HubSettings field Config also has.
 
     Derived from `dataclasses.fields`, so a setting added to both is passed on without
-    a line here; hub-only fields keep their defaults.
+    a line here; hub-only fields keep their defaults.  `fd_limit` sizes an automatic
+    `console_limit` (`console_limit_for`); without it an automatic limit is no cap.
     """
     values: dict[str, Any] = {}
     for field in dataclasses.fields(HubSettings):
@@ -41,6 +59,8 @@ def hub_settings(config: Config) -> HubSettings:
             values[field.name] = getattr(config, source)
     # The one setting whose flag is its negation (--no-notices).
     values["notices"] = not config.no_notices
+    if not config.console_limit and fd_limit is not None:
+        values["console_limit"] = console_limit_for(fd_limit)
     return HubSettings(**values)
 
 

@@ -183,6 +183,7 @@ class AdminLink(asyncio.Protocol):
         return False  # close our side once the replies are flushed
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._output.release()  # off the output budget (vspcd/net/flow.py)
         if self._splice_closed is not None:
             closed, self._splice_closed = self._splice_closed, None
             closed()
