@@ -37,6 +37,8 @@ from enum import Enum
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
+    Cmd,
+    Command,
     Data,
     Opt,
     OptionChanged,
@@ -56,6 +58,7 @@ __all__ = [
     "Notice",
     "PeerOk",
     "ProxyAnswer",
+    "SerialBreak",
     "Role",
     "TelnetProtocolError",
 ]
@@ -101,8 +104,14 @@ class ProxyAnswer:
     accepted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SerialBreak:
+    """The proxy sent `IAC BRK` (RFC 854): a break on the VM's serial port."""
+
+
 EsxiEvent = (
     ConsoleInput
+    | SerialBreak
     | Goahead
     | NotNow
     | PeerOk
@@ -243,6 +252,8 @@ class EsxiSession(TelnetEndpoint):
                     self._on_command(vm.decode(payload), events)
                 case OptionChanged(Opt.VMWARE_EXT, True, True):
                     self._announce()
+                case Command(Cmd.BRK):
+                    events.append(SerialBreak())
                 case _:
                     pass  # other negotiation was answered by the codec
         self._sync()
