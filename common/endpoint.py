@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vspc.common.telnet import TelnetCodec, escape
+from vspc.common.telnet import Cmd, TelnetCodec, command, escape
 
 __all__ = ["LocalProtocolError", "Notice", "TelnetEndpoint"]
 
@@ -52,6 +52,11 @@ class TelnetEndpoint:
     def send_data(self, payload: bytes) -> None:
         """Queue console bytes for the peer (0xff doubled)."""
         self._append(escape(payload))
+
+    def send_break(self) -> None:
+        """Queue a telnet BREAK, `IAC BRK` (RFC 854), in order after everything
+        queued before it (a serial break on the VM's port, docs/esxi.md)."""
+        self._queue(command(Cmd.BRK))
 
     def data_to_send(self) -> bytes:
         """Drain everything queued for the peer, in order."""

@@ -38,6 +38,8 @@ from enum import Enum
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
+    Cmd,
+    Command,
     Data,
     Negotiation,
     Opt,
@@ -59,6 +61,7 @@ __all__ = [
     "Notice",
     "PeerOk",
     "ProxyAnswer",
+    "SerialBreak",
     "Role",
     "TelnetProtocolError",
 ]
@@ -104,8 +107,14 @@ class ProxyAnswer:
     accepted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SerialBreak:
+    """The proxy sent `IAC BRK` (RFC 854): a break on the VM's serial port."""
+
+
 EsxiEvent = (
     ConsoleInput
+    | SerialBreak
     | Goahead
     | NotNow
     | PeerOk
@@ -250,6 +259,8 @@ class EsxiSession(TelnetEndpoint):
                     # AUTH settled: ESXi offers 232 itself now (§3.1 step 3), so a
                     # proxy that never sends DO 232 (vmware/vspc) is reached too.
                     self._telnet.offer_local(Opt.VMWARE_EXT)
+                case Command(Cmd.BRK):
+                    events.append(SerialBreak())
                 case _:
                     pass  # other negotiation was answered by the codec
         self._sync()

@@ -57,6 +57,7 @@ __all__ = [
     "TelnetCodec",
     "TelnetProtocolError",
     "Verb",
+    "command",
     "escape",
     "subnegotiation",
 ]
@@ -187,6 +188,11 @@ def subnegotiation(option: int, payload: bytes) -> bytes:
 def negotiation(verb: Verb, option: int) -> bytes:
     """Frame `IAC verb option`."""
     return bytes((IAC, verb, option))
+
+
+def command(code: Cmd) -> bytes:
+    """Frame a two-byte command, `IAC code` (RFC 854: BRK, AYT, NOP, ...)."""
+    return bytes((IAC, code))
 
 
 # --- RFC 1143 state ---------------------------------------------------------------------

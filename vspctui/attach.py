@@ -190,6 +190,13 @@ async def _info(attacher: Attacher) -> None:
     attacher.say(f"escape key: {escape_name(attacher.escape)}")
 
 
+async def _break(attacher: Attacher) -> _Action:
+    """A serial break to the VM, over a second connection (control access only;
+    vspcd tells every attached client who sent it)."""
+    await attacher.send_break()
+    return _Action.CONTINUE
+
+
 async def _help(attacher: Attacher) -> None:
     width = max(len(name) for name in MENU)
     for name, entry in MENU.items():
@@ -201,6 +208,7 @@ MENU: dict[str, MenuEntry] = {
     "continue": MenuEntry("back to the console", _continue),
     "quit": MenuEntry("detach and exit", _quit),
     "send-escape": MenuEntry("send the escape character itself to the VM", _send_escape),
+    "break": MenuEntry("send a serial break to the VM (control access)", _break),
     "who": MenuEntry("clients attached to this console", _who),
     "info": MenuEntry("this session: mode, read-only, lock holder", _info),
     "help": MenuEntry("this list", _help),
@@ -465,6 +473,14 @@ class Attacher:
                     return action
         finally:
             self._gate.set()
+
+    async def send_break(self) -> None:
+        """Ask vspcd, over a second connection, to send this console a serial break."""
+        try:
+            async with await AdminClient.connect(self._ctx.address) as client:
+                await client.request("break", vm=self.session.grant.key)
+        except (AdminError, ClientError) as exc:
+            self.say(f"vspc: break: {safe(exc)}")
 
     async def refresh(self) -> ConsoleInfo | None:
         """`show` this console over a second connection; update `readonly` from it."""

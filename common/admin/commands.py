@@ -342,6 +342,17 @@ COMMANDS: Mapping[str, CommandSpec] = {
             "your level on one console, and the rule that gave it",
             (FieldSpec("vm", FieldKind.STR, "console (as for show)", True),),
         ),
+        CommandSpec(
+            "who",
+            "who is on which console: how, in which mode, since when",
+            (FieldSpec("vm", FieldKind.STR, "only this console (as for show)"),),
+        ),
+        CommandSpec(
+            "break",
+            "send a serial break (telnet IAC BRK) to the VM",
+            (_VM,),
+            access=Access.FULL,
+        ),
     )
 }
 
@@ -400,7 +411,8 @@ def required_level(request: Request) -> Level:
     for the peer).  An attach needs WATCH when read-only or in the default
     free_for_all_or_readonly mode (which a watcher joins read-only), WRITE to type
     (free_for_all) or hold the write lock, CONTROL for the exclusive lock; clear and
-    kick need CONTROL.
+    kick need CONTROL, and so does break (a break can stop a guest: SysRq, a
+    debugger).  `who` names a console only as a filter: WATCH.
     """
     match request.cmd:
         case "attach":
@@ -410,8 +422,8 @@ def required_level(request: Request) -> Level:
             if request.fields["readonly"] or lock is LockMode.FREE_FOR_ALL_OR_READONLY:
                 return Level.WATCH
             return Level.WRITE
-        case "clear" | "kick":
+        case "clear" | "kick" | "break":
             return Level.CONTROL
-        case "show" | "tail" | "untail" | "access":
+        case "show" | "tail" | "untail" | "access" | "who":
             return Level.WATCH
     return Level.NONE

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     NOT_ATTACHED = "not_attached"  # kick: no attached client has that id
     LOCK_FAILED = "lock_failed"  # attach: the lock mode conflicts (see LockMode)
     CLIENT_LIMIT = "client_limit"  # attach: the console has its maximum of clients
+    VM_NOT_CONNECTED = "vm_not_connected"  # break: the console has no VM connection
     BUSY = "busy"  # rate limit or connection limit: not executed, retry later
     FLOOD = "flood"  # too many failed requests in a row: the daemon closes
     TIMEOUT = "timeout"  # an unfinished line sat too long: the daemon closes

@@ -109,6 +109,10 @@ class FakeVm:
     def probe(self) -> None:
         self.calls.append(("probe",))
 
+    def send_break(self) -> bool:
+        self.calls.append(("break",))
+        return True
+
     def of(self, kind: str) -> list[Call]:
         return [c for c in self.calls if c[0] == kind]
 

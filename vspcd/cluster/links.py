@@ -211,6 +211,9 @@ class RemoteVm:
     def probe(self) -> None:
         self._link.send(VmProbe(self.channel))
 
+    def send_break(self) -> bool:
+        return False  # the peer link has no message for it (docs/esxi.md, "Serial break")
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True

@@ -17,9 +17,11 @@ from typing import Any
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, EventName
 from vspc.vspcd.hub import fields as hub_fields
+from vspc.vspcd.hub.audit import AuditRecord
 from vspc.vspcd.hub.events import HubEvent, Observer
 
 __all__ = [
+    "audit_message",
     "client_row",
     "console_row",
     "event_fields",
@@ -106,6 +108,18 @@ def event_message(event: HubEvent, epoch: float | None = None) -> dict[str, Any]
         return None
     name, fields = found
     return {"event": name.value, **fields}
+
+
+def audit_message(record: AuditRecord) -> dict[str, Any]:
+    """The pushed `audit` event: the console's name and key, and the record as the
+    `--audit-log` line has it (docs/admin-protocol.md "Events")."""
+    fields = record.to_json()
+    return {
+        "event": EventName.AUDIT.value,
+        "key": fields["key"],
+        "name": fields["console"],
+        "audit": fields,
+    }
 
 
 def fields_observer(observer: Callable[[str, dict[str, Any]], None]) -> Observer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from vspc.common.admin import ClientInfo, ClientKind, ErrorCode
 from vspc.common.display import safe
+from vspc.vspcd.hub.audit import Actor, AuditAction
 from vspc.vspcd.hub.console import Client, ClientChannel, Console, LockMode
 from vspc.vspcd.hub.events import (
     ClientAttached,
@@ -26,7 +27,9 @@ from vspc.vspcd.hub.events import (
 from vspc.vspcd.hub.state import HubError, HubState, log, tag
 
 __all__ = [
+    "actor",
     "attach",
+    "send_break",
     "clear",
     "client_info",
     "client_input",
@@ -61,6 +64,11 @@ def client_info(client: Client) -> ClientInfo:
     )
 
 
+def actor(client: Client) -> Actor:
+    """Who is behind `client`, for audit records (a telnet client has no user)."""
+    return Actor(client.user or "", client.uid, client.channel.peer)
+
+
 def _who(client: Client) -> str:
     return f"client {client.ident} ({safe(client.user or client.channel.peer)})"
 
@@ -78,25 +86,16 @@ def attach(
     notices: bool,
 ) -> Client:
     """Attach an operator to a console; see `Hub.attach`."""
-    limit = st.settings.client_limit
-    if limit and len(console.clients) >= limit:
-        raise HubError(
-            ErrorCode.CLIENT_LIMIT, f"{console.display_name} already has {limit} client(s)"
+    refusal = _attach_refusal(st, console, lock, readonly)
+    if refusal is not None:
+        st.audit(
+            AuditAction.ATTACH,
+            Actor(user or "", uid, channel.peer),
+            console,
+            denied=f"{refusal.code.value}: {refusal}",
+            mode=_mode(lock, readonly),
         )
-    holder = console.lock_holder()
-    if holder is not None and holder.mode is LockMode.EXCLUSIVE:
-        raise HubError(ErrorCode.LOCK_FAILED, f"{console.display_name} is locked exclusively")
-    if lock is LockMode.EXCLUSIVE and console.clients:
-        raise HubError(
-            ErrorCode.LOCK_FAILED,
-            f"{console.display_name} has other clients; exclusive refused",
-        )
-    # A read-only free_for_all joins read-only under a write lock, as the
-    # default mode does (docs/admin-protocol.md, "Lock modes" table).
-    if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None and not readonly:
-        raise HubError(
-            ErrorCode.LOCK_FAILED, f"{console.display_name} is write-locked by another client"
-        )
+        raise refusal
     st.next_client += 1
     client = Client(
         channel=channel,
@@ -122,6 +121,11 @@ def attach(
         ", read-only" if readonly else "",
         uid,
     )
+    if st.auditors:
+        who = actor(client)
+        st.audit(AuditAction.ATTACH, who, console, mode=_mode(lock, readonly), client=client.ident)
+        if lock in (LockMode.EXCLUSIVE, LockMode.WRITE):
+            st.audit(AuditAction.LOCK, who, console, mode=lock.value, client=client.ident)
     if st.observers:
         name = console.display_name
         st.emit(ClientAttached(console.key, name, client_info(client)))
@@ -135,6 +139,45 @@ def attach(
     return client
 
 
+def _attach_refusal(
+    st: HubState, console: Console, lock: LockMode, readonly: bool
+) -> HubError | None:
+    """Why an attach in `lock` mode is refused now, or None."""
+    limit = st.settings.client_limit
+    if limit and len(console.clients) >= limit:
+        return HubError(
+            ErrorCode.CLIENT_LIMIT, f"{console.display_name} already has {limit} client(s)"
+        )
+    holder = console.lock_holder()
+    if holder is not None and holder.mode is LockMode.EXCLUSIVE:
+        return HubError(ErrorCode.LOCK_FAILED, f"{console.display_name} is locked exclusively")
+    if lock is LockMode.EXCLUSIVE and console.clients:
+        return HubError(
+            ErrorCode.LOCK_FAILED,
+            f"{console.display_name} has other clients; exclusive refused",
+        )
+    # A read-only free_for_all joins read-only under a write lock, as the
+    # default mode does (docs/admin-protocol.md, "Lock modes" table).
+    if lock in (LockMode.WRITE, LockMode.FREE_FOR_ALL) and holder is not None and not readonly:
+        return HubError(
+            ErrorCode.LOCK_FAILED, f"{console.display_name} is write-locked by another client"
+        )
+    return None
+
+
+def _mode(lock: LockMode, readonly: bool) -> str:
+    """An attach's mode as audit records say it."""
+    return "readonly" if readonly else lock.value
+
+
+def _audit_send(st: HubState, client: Client, denied: str | None) -> None:
+    """That `client` typed (never what): once per client, result and second."""
+    if st.auditors and client.audit.take(st.wall_clock(), denied is None):
+        st.audit(
+            AuditAction.SEND, actor(client), client.console, denied=denied, client=client.ident
+        )
+
+
 def client_input(st: HubState, client: Client, data: bytes) -> None:
     """Bytes an operator typed, for the VM."""
     console = client.console
@@ -143,6 +186,7 @@ def client_input(st: HubState, client: Client, data: bytes) -> None:
     if not may_write(client):
         _refuse_input(st, client, len(data))
         return
+    _audit_send(st, client, None)
     client.bytes_in += len(data)
     for listener in st.input_listeners:  # input recording (vspcd/history/recording.py)
         listener(console, client, data)
@@ -175,6 +219,11 @@ def _refuse_input(st: HubState, client: Client, size: int) -> None:
     console = client.console
     console.counters.input_dropped += size
     holder = None if client.readonly else console.lock_holder()
+    _audit_send(
+        st,
+        client,
+        "read-only" if holder is None else f"{holder.mode.value} lock held by {_who(holder)}",
+    )
     lock_id = 0 if holder is None else holder.ident
     if client.told_dropped != lock_id:
         client.told_dropped = lock_id
@@ -201,6 +250,18 @@ def detach(st: HubState, client: Client, reason: str | None = None) -> None:
     console.clients.remove(client)
     st.client_count -= 1
     log.info("%s: %s client %s detached", tag(console), client.kind, client.channel.peer)
+    if st.auditors:
+        who = actor(client)
+        if had_lock:
+            st.audit(AuditAction.UNLOCK, who, console, mode=client.mode.value, client=client.ident)
+        st.audit(
+            AuditAction.DETACH,
+            who,
+            console,
+            mode=_mode(client.mode, client.readonly),
+            client=client.ident,
+            note=reason or "",
+        )
     if info is not None:
         st.emit(ClientDetached(console.key, console.display_name, info, reason))
         if had_lock:
@@ -225,6 +286,33 @@ def clear(st: HubState, console: Console, reason: str) -> int:
         disconnect(st, client, reason)
     st.emit(ConsoleCleared(console.key, console.display_name, len(clients), reason))
     return len(clients)
+
+
+def send_break(st: HubState, console: Console, who: str) -> None:
+    """Send a serial break (telnet IAC BRK) to the console's VM and tell its clients.
+
+    Refused, not held, while the VM is away or a vMotion is in flight: a break is a
+    moment, and one that lands seconds later on the destination host is a surprise.
+
+    Raises:
+        HubError: `vm_not_connected`, or `busy` mid-vMotion or on a relayed console.
+    """
+    vm_conn = console.vm
+    if vm_conn is None or not console.connected:
+        raise HubError(ErrorCode.VM_NOT_CONNECTED, f"{console.display_name}: VM not connected")
+    if console.migration is not None:
+        raise HubError(
+            ErrorCode.BUSY,
+            f"{console.display_name}: vMotion in progress; send the break once it completes",
+        )
+    if not vm_conn.channel.send_break():
+        raise HubError(
+            ErrorCode.BUSY,
+            f"{console.display_name}: break is not relayed between cluster nodes; "
+            "ask the node the VM is connected to",
+        )
+    log.info("%s: serial break sent by %s", tag(console), safe(who))
+    st.tell(console, f"break sent by {who}")
 
 
 def kick(st: HubState, ident: int, reason: str) -> Client:

@@ -15,6 +15,7 @@ from typing import Protocol
 from vspc.common.admin import ClientKind, LockMode, VMotionPhase
 from vspc.common.display import safe
 from vspc.common.session import SessionEvent
+from vspc.vspcd.hub.audit import SendGate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class VmChannel(Protocol):
     def peer_ok(self, sequence: bytes) -> None: ...
     def write_backlog(self) -> int: ...
     def close(self) -> None: ...
+
+    def send_break(self) -> bool:
+        """Send telnet `IAC BRK` (RFC 854) after everything queued before it; False
+        if this channel cannot carry one (a console relayed from another node)."""
 
     def probe(self) -> None:
         """Send a liveness probe the peer must answer (IAC DO TIMING-MARK); the link
@@ -277,6 +282,8 @@ class Client:
     # False: no status lines during the session (attach `quiet`, e.g. `vspc proxy`);
     # the reason a session is ended (clear, kick) is still said.
     notices: bool = True
+    # One `send` audit record per second and result (vspcd/hub/audit.py).
+    audit: SendGate = field(default_factory=SendGate)
 
 
 @dataclass(eq=False, slots=True)

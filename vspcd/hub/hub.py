@@ -53,6 +53,7 @@ from vspc.common.session import (
     VmNamed,
 )
 from vspc.vspcd.hub import binding, clients, info, migration
+from vspc.vspcd.hub.audit import Actor, AuditAction, AuditObserver
 from vspc.vspcd.hub.console import (
     Cancellable,
     Client,
@@ -430,6 +431,45 @@ class Hub:
             HubError: `not_attached` if no client has that id.
         """
         return clients.kick(self._st, ident, reason)
+
+    def send_break(self, console: Console, who: str) -> None:
+        """Send a serial break to the console's VM; its clients are told `who` did.
+
+        Raises:
+            HubError: `vm_not_connected`; `busy` during a vMotion (refused, not held).
+        """
+        clients.send_break(self._st, console, who)
+
+    # ================================================================== audit
+
+    def subscribe_audit(self, observer: AuditObserver) -> Callable[[], None]:
+        """Call `observer(record)` for every audit record (vspcd/hub/audit.py);
+        returns a function that unsubscribes it.  One that raises is removed."""
+        auditors = self._st.auditors
+        auditors.append(observer)
+        return lambda: auditors.remove(observer) if observer in auditors else None
+
+    def audit(
+        self,
+        action: AuditAction,
+        actor: Actor,
+        console: Console | None = None,
+        *,
+        denied: str | None = None,
+        name: str = "",
+        client: int | None = None,
+        note: str = "",
+        mode: str = "",
+    ) -> None:
+        """Record an action a face judged (clear, kick, break, a denial, a reload)."""
+        self._st.audit(
+            action, actor, console, denied=denied, name=name, client=client, note=note, mode=mode
+        )
+
+    @property
+    def auditing(self) -> bool:
+        """Someone records audit records (callers skip building them otherwise)."""
+        return bool(self._st.auditors)
 
     # ================================================================== console lifetime
 

@@ -16,6 +16,7 @@ Pure: no asyncio, sockets or files (docs/architecture.md, "The parts").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,13 @@ from typing import Protocol
 from vspc.common import vmware as vm
 from vspc.common.admin import ErrorCode
 from vspc.common.telnet import escape
+from vspc.vspcd.hub.audit import (
+    Actor,
+    AuditAction,
+    AuditObserver,
+    AuditRecord,
+    AuditResult,
+)
 from vspc.vspcd.hub.console import (
     Cancellable,
     Client,
@@ -132,6 +140,9 @@ class HubState:
         self.cookies: dict[bytes, Console] = {}
         self.vms: set[VmConn] = set()
         self.observers: list[Observer] = []
+        # Audit observers (vspcd/hub/audit.py) and the Unix time their records carry.
+        self.auditors: list[AuditObserver] = []
+        self.wall_clock: Callable[[], float] = time.time
         self.taps: dict[ConsoleKey, list[Tap]] = {}
         self.output_listeners: list[OutputListener] = []
         self.input_listeners: list[InputListener] = []
@@ -152,6 +163,41 @@ class HubState:
         self.quota = ConsoleQuota(clock=clock, call_later=call_later)
 
     # ------------------------------------------------------------------ reporting
+
+    def audit(
+        self,
+        action: AuditAction,
+        actor: Actor,
+        console: Console | None = None,
+        *,
+        denied: str | None = None,
+        mode: str = "",
+        client: int | None = None,
+        name: str = "",
+        note: str = "",
+    ) -> None:
+        """Hand one audit record to every audit observer (`denied`: the reason it was
+        refused; `note`: the reason of an allowed one, e.g. the text a kicked client
+        was shown; `name`: what the actor named when `console` is None)."""
+        if not self.auditors:
+            return
+        record = AuditRecord(
+            self.wall_clock(),
+            action,
+            actor,
+            AuditResult.OK if denied is None else AuditResult.DENIED,
+            note if denied is None else denied,
+            name if console is None else console.display_name,
+            None if console is None else console.key,
+            mode,
+            client,
+        )
+        for observer in list(self.auditors):
+            try:
+                observer(record)
+            except Exception:
+                log.exception("audit observer failed on %s; removing it", action.value)
+                self.auditors.remove(observer)
 
     def emit(self, event: HubEvent) -> None:
         """Hand `event` to every observer; one that raises is logged and removed."""

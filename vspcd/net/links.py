@@ -293,6 +293,13 @@ class VmLink(asyncio.Protocol):
     def write_backlog(self) -> int:
         return 0 if self._transport is None else self._transport.get_write_buffer_size()
 
+    def send_break(self) -> bool:
+        # Through the session's ordered output (the codec frames it), never beside it.
+        self._session.send_break()
+        if not self._receiving:
+            self._flush()
+        return True
+
     def probe(self) -> None:
         # RFC 860: DO TIMING-MARK must be answered (WILL or WONT) by any telnet peer,
         # after everything sent before it; ESXi answers every option request

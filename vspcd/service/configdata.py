@@ -106,6 +106,10 @@ class Config:
     readonly_group: str | None = None
     admin_idle_timeout: float = ADMIN_IDLE_TIMEOUT  # 0 = never
     admin_per_peer: int = ADMIN_PER_PEER
+    # The audit trail (docs/security.md "Audit trail").
+    audit_log: Path | None = None
+    audit_max_size: int = 0
+    audit_keep: int = LOG_KEEP
     # Console policy.
     client_limit: int = 0  # 0 = unlimited
     multi_console: bool = False

@@ -336,6 +336,23 @@ FLAGS: tuple[Flag, ...] = (
          "and the daemon's own uid are exempt and keep reserved slots",
          doc="admin connections one uid (Unix socket) or one address (TCP) may hold; root "
          "and the daemon's own uid are exempt", doc_default="16"),
+    # -- The audit trail (vspcd/history/audit.py, docs/security.md "Audit trail").
+    Flag("audit_log", ("--audit-log",), Group.ADMIN, convert=Path, metavar="FILE",
+         help="append one JSON line per operator action (attach, detach, lock, clear, "
+         "kick, break, typing, reload; allowed or denied) to FILE; reopened on SIGHUP",
+         doc="one JSON line per operator action, allowed or denied (§6, audit log); "
+         "reopened on SIGHUP", doc_default="off"),
+    Flag("audit_max_size", ("--audit-max-size",), Group.ADMIN, convert=convert.size,
+         default=0, metavar="SIZE",
+         help="rotate the audit log when it would pass SIZE (e.g. 10M) to FILE.N, highest "
+         "N newest; 0 = never (default)",
+         doc="rotate the audit log before it passes SIZE, as `--log-max-size`",
+         doc_default="0 (off)"),
+    Flag("audit_keep", ("--audit-keep",), Group.ADMIN, convert=convert.integer(0, 1000),
+         default=LOG_KEEP, metavar="N",
+         help=f"rotated audit logs kept (default {LOG_KEEP})",
+         doc="rotated audit logs kept (`0`: a full log starts over)",
+         doc_default=f"{LOG_KEEP}"),
     # -- Console policy.
     Flag("client_limit", ("--client-limit",), Group.POLICY, convert=_COUNT, metavar="N",
          compat="vSPC.py's VM_CLIENT_LIMIT environment variable (docs/operations.md §4)",

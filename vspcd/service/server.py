@@ -37,10 +37,12 @@ from vspc.vspcd.faces.http.server import HttpServer, Router
 from vspc.vspcd.faces.metrics import Metrics, Sources
 from vspc.vspcd.history import eventlog as logevents
 from vspc.vspcd.history import store
+from vspc.vspcd.history.audit import AuditLog, AuditSettings
 from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
 from vspc.vspcd.history.recording import Recordings
+from vspc.vspcd.hub.audit import Actor, AuditAction
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
@@ -164,6 +166,7 @@ class Daemon:
         self.persister: Persister | None = None
         self.logs: ConsoleLogs | None = None
         self.recordings: Recordings | None = None
+        self.audit_log: AuditLog | None = None  # --audit-log
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
@@ -258,6 +261,19 @@ class Daemon:
             ports=ports,
             **extra,
         )
+        if config.audit_log is not None:
+            # Opened now, before privileges are dropped: a bad path fails the start.
+            self.audit_log = AuditLog(
+                AuditSettings(config.audit_log, config.audit_max_size, config.audit_keep),
+                call_later=loop.call_later,
+            )
+            try:
+                self.audit_log.open()
+            except OSError as exc:
+                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise OSError(f"--audit-log {config.audit_log}: cannot open: {why}") from None
+            self.hub.subscribe_audit(self.audit_log)
+            log.info("audit log %s", config.audit_log)
         if db is not None:
             self.persister = Persister(db, self.hub)
             restored = self.persister.restore(self._bind_restored)
@@ -481,8 +497,10 @@ class Daemon:
         )
 
     def reopen_logs(self) -> None:
-        """SIGHUP: reopen every console log file (after logrotate moved it); start new
-        recording files."""
+        """SIGHUP: reopen the audit log and every console log file (after logrotate
+        moved them); start new recording files."""
+        if self.audit_log is not None:
+            self.audit_log.reopen()
         if self.recordings is not None:
             self.recordings.reopen()
         if self.logs is None:
@@ -596,6 +614,8 @@ class Daemon:
             self.logs.close()
         if self.recordings is not None:
             self.recordings.close()
+        if self.audit_log is not None:
+            self.audit_log.close()  # last: the goodbyes above are detaches it records
         if self.gzip is not None:
             self.gzip.close()
         if self.persister is not None:
@@ -729,6 +749,12 @@ async def serve(
             loop.remove_signal_handler(signum)
 
 
+def _audit_reload(daemon: Daemon, denied: str | None, note: str = "") -> None:
+    """One `reload` audit record: SIGHUP carries no identity, so the peer says how."""
+    if daemon.hub is not None:
+        daemon.hub.audit(AuditAction.RELOAD, Actor(peer="SIGHUP"), denied=denied, note=note)
+
+
 def _reload(daemon: Daemon, reload: Callable[[], Config], notifier: Notifier) -> None:
     """SIGHUP: re-read the configuration and apply it; a bad file changes nothing."""
     notifier.reloading()
@@ -738,7 +764,9 @@ def _reload(daemon: Daemon, reload: Callable[[], Config], notifier: Notifier) ->
     except ConfigError as exc:
         log.error("reload failed, configuration unchanged: %s", exc)
         notifier.ready(f"reload failed: {exc}"[:200])
+        _audit_reload(daemon, f"configuration rejected: {exc}")
         return
     outcome = apply_reload(daemon, new)
     log.info("%s", describe_reload(outcome, source))
+    _audit_reload(daemon, None, describe_reload(outcome, source))
     notifier.ready(_status_line(daemon))

@@ -209,11 +209,13 @@ class App:
             Command.SORT: self._cycle_sort,
             Command.KICK: dialogs.pick_client,
             Command.CLEAR: dialogs.ask_clear,
+            Command.BREAK: dialogs.ask_break,
             Command.FILTER: dialogs.ask_filter,
             Command.HELP: dialogs.show_help,
             Command.QUIT: lambda: self.finish(ExitCode.OK),
             Command.CONFIRM: dialogs.confirm,
             Command.CANCEL: dialogs.cancel,
+            Command.CLEAR_TEXT: dialogs.clear_text,
         }
 
         # set by run()

@@ -3,7 +3,8 @@
 Boundary: `Dialogs` puts one overlay (vspctui/dashboard/overlays.py) over the
 dashboard's frame, hands the keyboard to its key context (vspctui/dashboard/keys.py:
 Enter confirms, Esc cancels) and, on confirm, runs what the dialog was for: the help,
-the filter, picking an attach lock mode, and the admin requests `clear` and `kick`
+the filter, picking an attach lock mode, and the admin requests `clear`, `kick` and
+`break`
 (docs/admin-protocol.md), each with the reason the operator typed.  It reaches the
 rest of the dashboard only through `Host`, which the controller
 (vspctui/dashboard/app.py) implements.  Keys and wording: docs/vspc-tui.md.
@@ -87,6 +88,11 @@ class Dialogs:
         if confirm is not None:
             confirm()
 
+    def clear_text(self) -> None:
+        """C-u in a prompt: empty its text (the filter then shows every console)."""
+        if isinstance(self.dialog, PromptDialog):
+            self.dialog.show("")
+
     def cancel(self) -> None:
         """Esc: close the dialog and undo what it changed while open."""
         cancel = self._cancel
@@ -136,6 +142,34 @@ class Dialogs:
             else:
                 host.say(f"cleared {reply.get('cleared', '?')} client(s) from {console.name}")
         host.refresh()
+
+    def ask_break(self) -> None:
+        console = self._host.layout.console_list.focused
+        if console is None:
+            return
+        dialog = PromptDialog(
+            "break",
+            f"Send a serial break to {console.name}?  A Linux guest may take it as "
+            "SysRq (the next key it gets is the command).  Enter sends, Esc cancels.",
+            "",
+        )
+        self._open(
+            dialog,
+            KeyContext.DIALOG,
+            confirm=lambda: self._host.spawn(self._break(console)),
+            cancel=lambda: self._host.say(f"no break sent to {console.name}"),
+        )
+
+    async def _break(self, console: ConsoleInfo) -> None:
+        host = self._host
+        admin = self._connected()
+        if admin is not None:
+            try:
+                await admin.request("break", vm=console.key)
+            except (AdminError, ClientError) as exc:
+                host.say(f"break {console.name}: {exc}", error=True)
+            else:
+                host.say(f"break sent to {console.name}")
 
     def pick_lock(self) -> None:
         host = self._host

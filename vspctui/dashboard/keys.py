@@ -48,11 +48,13 @@ class Command(StrEnum):
     SORT = "sort"
     KICK = "kick"
     CLEAR = "clear"
+    BREAK = "break"
     FILTER = "filter"
     HELP = "help"
     QUIT = "quit"
     CONFIRM = "confirm"
     CANCEL = "cancel"
+    CLEAR_TEXT = "clear-text"
 
 
 class KeyContext(StrEnum):
@@ -93,11 +95,13 @@ KEYS: tuple[Binding, ...] = (
     Binding("s", Command.SORT, _D, "sort by name, by activity (latest first), by port"),
     Binding("K", Command.KICK, _D, "kick a client of the console (pick it, then confirm)"),
     Binding("c", Command.CLEAR, _D, "clear: disconnect every client of the console"),
+    Binding("B", Command.BREAK, _D, "serial break to the VM (asks first)"),
     Binding("/", Command.FILTER, _D, "filter consoles by name"),
     Binding("?", Command.HELP, _D, "this help"),
     Binding("q", Command.QUIT, _D, "quit"),
     Binding("enter", Command.CONFIRM, _G, "confirm"),
     Binding("esc", Command.CANCEL, _G, "cancel"),
+    Binding("ctrl u", Command.CLEAR_TEXT, _G, "clear the text typed"),
     Binding("esc", Command.CANCEL, _H, "close the help"),
     Binding("q", Command.CANCEL, _H, "close the help"),
     Binding("?", Command.CANCEL, _H, "close the help"),

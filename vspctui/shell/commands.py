@@ -18,7 +18,7 @@ import argparse
 import time
 from typing import Any
 
-from vspc.common.admin import ConsoleInfo, LockMode, Stats, encode_message
+from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, Stats, encode_message
 from vspc.common.display import safe
 from vspc.vspctui.attach import parse_escape, run_attach
 from vspc.vspctui.client import consoles_of, parse_reply
@@ -33,7 +33,9 @@ from vspc.vspctui.cmdtable import (
     protocol_arg,
 )
 from vspc.vspctui.formatting import (
+    CLIENT_HEADERS,
     LIST_HEADERS,
+    client_rows,
     cluster_problems,
     event_line,
     format_console,
@@ -191,6 +193,48 @@ async def kick_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     client = await ctx.client()
     reply = await client.request("kick", client=ns.client, reason=ns.reason)
     ctx.print(f"kicked client {ns.client} from {safe(reply.get('name', '?'))}")
+    return ExitCode.OK
+
+
+@commands.register(
+    "break",
+    help="send a serial break to the VM (control access; attached clients are told)",
+    args=[protocol_arg("break", "vm")],
+)
+async def break_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("break", vm=ns.vm)
+    ctx.print(f"break sent to {safe(reply.get('name', ns.vm))}")
+    return ExitCode.OK
+
+
+WHO_HEADERS = ("CONSOLE", *CLIENT_HEADERS)
+
+
+@commands.register(
+    "who",
+    help="who is on which console: how, in which mode, since when",
+    args=[
+        Arg(("vm",), "only this console", ArgKind.VM, optional=True),
+        _JSON,
+    ],
+)
+async def who_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("who", **({"vm": ns.vm} if ns.vm else {}))
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    rows = reply.get("clients")
+    entries = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    if not entries:
+        ctx.print("nobody is attached")
+        return ExitCode.OK
+    table = []
+    for row, cells in zip(entries, client_rows(map(ClientInfo.from_json, entries)), strict=True):
+        mode = cells[4] + (" (lock)" if row.get("lock") is True else "")
+        table.append((str(row.get("console", "?")), *cells[:4], mode, *cells[5:]))
+    ctx.print(format_table(WHO_HEADERS, table))
     return ExitCode.OK
 
 

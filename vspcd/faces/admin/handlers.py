@@ -31,6 +31,7 @@ from vspc.common.display import safe
 from vspc.vspcd import __version__
 from vspc.vspcd.faces import render
 from vspc.vspcd.faces.admin.access import Identity, Source, console_ref, group_names
+from vspc.vspcd.hub.audit import Actor, AuditAction
 from vspc.vspcd.hub.hub import HubError
 
 if TYPE_CHECKING:
@@ -38,7 +39,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__package__)  # one logger for the admin server
 
-__all__ = ["HANDLERS", "Handler", "Reply", "handles"]
+__all__ = ["AUDITED", "HANDLERS", "Handler", "Reply", "actor_of", "handles"]
+
+# Commands whose refusals the audit trail records (docs/security.md "Audit trail"); the
+# link records them (vspcd/faces/admin/link.py), the handlers the ones that succeed.
+AUDITED = {
+    "attach": AuditAction.ATTACH,
+    "clear": AuditAction.CLEAR,
+    "kick": AuditAction.KICK,
+    "break": AuditAction.BREAK,
+}
 
 Reply = dict[str, Any]
 Handler = Callable[["AdminLink", Request], Reply]
@@ -186,6 +196,7 @@ def _clear(link: AdminLink, request: Request) -> Reply:
         link.check(request, console)
     else:
         console = link.find(request)
+    hub.audit(AuditAction.CLEAR, link.actor, console, note=reason or "")
     cleared = hub.clear(console, _disconnect_text(link.identity, reason))
     log.info(
         "admin %s cleared %s: %d client(s) disconnected (%s), key %s",
@@ -208,6 +219,7 @@ def _kick(link: AdminLink, request: Request) -> Reply:
     if target is None or not link.may_see(target.console):
         raise HubError(ErrorCode.NOT_ATTACHED, f"no client with id {ident}")  # the hub's words
     link.check(request, target.console)
+    hub.audit(AuditAction.KICK, link.actor, target.console, client=ident, note=reason or "")
     client = hub.kick(ident, _disconnect_text(link.identity, reason))
     console = client.console
     log.info(
@@ -248,6 +260,45 @@ def _untail(link: AdminLink, request: Request) -> Reply:
     console = link.find(request)
     link.tails.unfollow(str(console.key))
     return {"key": str(console.key), "name": console.display_name}
+
+
+@handles("who")
+def _who(link: AdminLink, request: Request) -> Reply:
+    """Who is on which console, how, in which mode, since when: only consoles the
+    peer may watch (docs/admin-protocol.md "who")."""
+    hub, epoch = link.server.hub, link.server.epoch
+    consoles = [link.find(request)] if request.fields["vm"] else hub.consoles()
+    rows = []
+    for console in consoles:
+        if not link.may_see(console):
+            continue
+        holder = console.lock_holder()
+        for client in console.clients:
+            row = render.client_row(hub.client_info(client), epoch)
+            row["console"] = console.display_name
+            row["key"] = str(console.key)
+            row["lock"] = client is holder
+            rows.append(row)
+    return {"clients": rows}
+
+
+@handles("break")
+def _break(link: AdminLink, request: Request) -> Reply:
+    console = link.find(request)
+    hub = link.server.hub
+    try:
+        hub.send_break(console, link.identity.who)
+    except HubError as exc:
+        hub.audit(AuditAction.BREAK, link.actor, console, denied=f"{exc.code.value}: {exc}")
+        raise
+    hub.audit(AuditAction.BREAK, link.actor, console)
+    log.info("admin %s sent a serial break to %s", link.identity, console.tag)
+    return {"key": str(console.key), "name": console.display_name}
+
+
+def actor_of(identity: Identity) -> Actor:
+    """An admin peer as audit records name it."""
+    return Actor(identity.user or "", identity.uid, identity.address)
 
 
 # Every command of the protocol has a handler, and nothing else does.

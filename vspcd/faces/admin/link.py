@@ -64,11 +64,12 @@ from vspc.vspcd.faces.admin.access import (
     peer_key,
     row_ref,
 )
-from vspc.vspcd.faces.admin.handlers import HANDLERS, Reply
+from vspc.vspcd.faces.admin.handlers import AUDITED, HANDLERS, Reply, actor_of
 from vspc.vspcd.faces.admin.limits import Reading, TokenBucket
 from vspc.vspcd.faces.admin.policy import ConsoleRef
 from vspc.vspcd.faces.admin.resolve import find_among
 from vspc.vspcd.faces.admin.tails import Tails
+from vspc.vspcd.hub.audit import Actor, AuditRecord
 from vspc.vspcd.hub.console import Client, Console
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import HubError
@@ -80,6 +81,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__package__)  # one logger for the admin server
 
 __all__ = ["AdminLink", "Mode"]
+
+# Refusals raised before an action reached the hub (the console or client named is
+# not there for this peer); refusals of the action itself are recorded where made.
+_UNRESOLVED = frozenset({ErrorCode.VM_NOT_FOUND, ErrorCode.AMBIGUOUS_VM, ErrorCode.NOT_ATTACHED})
+
+
+def _requested_mode(request: Request) -> str:
+    """The mode a refused attach asked for, as audit records say it."""
+    if request.cmd != "attach":
+        return ""
+    return "readonly" if request.fields["readonly"] else request.fields["lock"].value
 
 
 class Mode(Enum):
@@ -124,6 +136,8 @@ class AdminLink(asyncio.Protocol):
         self._output = ClientOutput("admin ?")  # the attach channel (vspcd/net/flow.py)
         self.subscribed = False
         self._identity = Identity("?")
+        self.actor = Actor(peer="?")  # the identity as audit records name it
+        self._denied_on: Console | None = None  # the console `check` last refused
         self._levels: dict[tuple[str, str, str], Level] = {}  # per (key, name, vm name)
         self._levels_generation = -1  # the gate they were judged by
         self.peer = "?"  # ClientChannel: "unix" or host:port
@@ -245,6 +259,8 @@ class AdminLink(asyncio.Protocol):
 
     def _execute(self, obj: dict[str, Any]) -> None:
         rid = None
+        request: Request | None = None
+        self._denied_on = None
         try:
             request = validate_request(obj)
             rid = request.id
@@ -260,12 +276,32 @@ class AdminLink(asyncio.Protocol):
             reply = ok(rid, **handler(self, request))
         except AdminError as exc:
             reply = exc.to_reply()
+            self._audit_denied(request, exc.code, exc.message)
         except HubError as exc:
             reply = failed(exc.code, str(exc), rid)
+            if exc.code in _UNRESOLVED:  # the action itself records its own refusals
+                self._audit_denied(request, exc.code, str(exc))
         except Exception:
             log.exception("admin %s: request %s failed", self.identity, safe(obj.get("cmd")))
             reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
         self._send(reply)
+
+    def _audit_denied(self, request: Request | None, code: ErrorCode, why: str) -> None:
+        """Record a refused attach, clear, kick or break (docs/security.md "Audit
+        trail"): on the console `check` refused, else under the name asked for."""
+        if request is None or request.cmd not in AUDITED:
+            return
+        fields = request.fields
+        asked = fields.get("vm") or fields.get("port") or fields.get("client") or ""
+        self._hub.audit(
+            AUDITED[request.cmd],
+            self.actor,
+            self._denied_on,
+            denied=f"{code.value}: {why}",
+            name=str(asked),
+            client=fields.get("client"),
+            mode=_requested_mode(request),
+        )
 
     def splice(self, out: Callable[[bytes], None], closed: Callable[[], None]) -> bytes:
         """Cluster mode: from now on every byte from the peer goes to `out` (the node
@@ -387,6 +423,20 @@ class AdminLink(asyncio.Protocol):
 
     # -- events and tails -----------------------------------------------------------------
 
+    def audit_event(self, record: AuditRecord, line: bytes) -> None:
+        """An `audit` event, for a subscriber with `control` on the record's console
+        (or, for a record naming no console, where no rule applies)."""
+        if not self.subscribed or self._mode is not Mode.JSON:
+            return
+        if record.key is None:
+            level = self.server.gate.level(self._identity, None)
+        else:
+            level = self._level_of(
+                event_ref(record.key, record.console, self._hub.console(record.key))
+            )
+        if level is Level.CONTROL:
+            self._push(line)
+
     def hub_event(self, event: HubEvent, line: bytes | None) -> None:
         """A hub event and its event line (encoded once by the server; None for an
         internal event) for this connection, if wanted."""
@@ -418,6 +468,7 @@ class AdminLink(asyncio.Protocol):
     @identity.setter
     def identity(self, identity: Identity) -> None:
         self._identity = identity
+        self.actor = actor_of(identity)
         self._levels.clear()
 
     def _level_of(self, ref: ConsoleRef) -> Level:
@@ -467,6 +518,8 @@ class AdminLink(asyncio.Protocol):
     def check(self, request: Request, console: Console) -> None:
         """Raise unless the peer's level on `console` covers `request`."""
         level = self.level(console)
+        if not level.allows(required_level(request)):
+            self._denied_on = None if level is Level.NONE else console
         if level is Level.NONE:
             spec = request.fields.get("vm") or request.fields.get("port")
             raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {str(spec)!r}")

@@ -28,6 +28,7 @@ from vspc.vspcd.faces.admin.access import Gate
 from vspc.vspcd.faces.admin.limits import Limits
 from vspc.vspcd.faces.admin.link import AdminLink
 from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
+from vspc.vspcd.hub.audit import AuditRecord
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import Hub
 from vspc.vspcd.hub.ratelog import throttled
@@ -109,6 +110,7 @@ class AdminServer:
             level=logging.INFO,
         )
         self._unsubscribe: Callable[[], None] | None = None
+        self._unsubscribe_audit: Callable[[], None] | None = None
         # The metrics registry's snapshot (vspcd/faces/metrics.py), set by the daemon.
         self.stats: Callable[[], Stats] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
@@ -151,6 +153,7 @@ class AdminServer:
         settings = self.settings
         self.epoch = time.time() - self.hub.now()
         self._unsubscribe = self.hub.subscribe(self._on_hub_event)
+        self._unsubscribe_audit = self.hub.subscribe_audit(self._on_audit)
         try:
             self._socket = await start_admin_socket(
                 settings.socket,
@@ -200,6 +203,9 @@ class AdminServer:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._unsubscribe_audit is not None:
+            self._unsubscribe_audit()
+            self._unsubscribe_audit = None
 
     def _close_listeners(self) -> None:
         # Not awaiting wait_closed(): from Python 3.12 on it also waits for every open
@@ -281,6 +287,22 @@ class AdminServer:
             for c in hub.consoles()
             if link is None or link.may_see(c)
         ]
+
+    def _on_audit(self, record: AuditRecord) -> None:
+        # An audit observer: must not raise (the hub would drop it).
+        if not any(link.subscribed for link in self._links):
+            return
+        try:
+            line = encode_message(render.audit_message(record))
+        except Exception:
+            log.exception("admin: cannot encode an audit record")
+            return
+        for link in list(self._links):
+            try:
+                link.audit_event(record, line)
+            except Exception:
+                log.exception("admin %s: audit event failed; closing it", link.identity)
+                link.abort()
 
     def _on_hub_event(self, event: HubEvent) -> None:
         # Must not raise: the hub drops an observer that does (and with it every
