@@ -110,7 +110,6 @@ def test_hook_environment_for_a_console_lifetime(
         async with running(tmp_path, "--hook-command", command) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
             await identified(events, UUID_A)
-            await events.wait("vm_renamed")
             port = console_port(daemon, UUID_A)
             op = await Operator.connect(port)
             await events.wait("client_attached")
