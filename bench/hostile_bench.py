@@ -23,9 +23,10 @@ test (nothing is asserted).  `--quick` runs toy sizes.
 "Unidentified connections"; figures in docs/benchmarks.md), each at the daemon's
 default flags and printing one JSON line:
 
-* `burst_one`: `--vms` (1,024) VMs from one address connect at once;
+* `burst_one`: `--vms` (1,024) VMs from one address (127.0.0.2) connect at once;
 * `burst_many`: `--vms` (9,000) VMs from `--addresses` (20) addresses at once;
-* `tls_burst`: the same as `burst_one` over TLS (`--ssl`);
+* `tls_burst`: the same as `burst_one` over TLS (`--ssl`; `--tls` does that for
+  `burst_one` and `burst_many`);
 * `holders`: `--hostile` (4) addresses each hold `--per-hostile` (1,000)
   unidentified connections (idle, junk, stalled TLS, a ClientHello dripped a byte
   a second), reopening each one the daemon drops, while `--vms` (200) VMs from
@@ -34,7 +35,8 @@ default flags and printing one JSON line:
 * `http_slowloris`: 70 idle HTTP connections from one address, then 20 requests
   from another; and 5 addresses x 16 idle admin TCP connections, then 3 `hello`s.
 
-`--event-loop asyncio|uvloop` picks the daemon's loop.
+`--event-loop asyncio|uvloop` picks the daemon's loop; `--no-vm-ports` runs it
+without per-console telnet ports (each port is one more descriptor per console).
 """
 
 from __future__ import annotations
@@ -290,19 +292,21 @@ async def run(rounds: int, per_round: int, hold: float, trim_wait: float) -> dic
 # -- admission scenarios -------------------------------------------------------------
 
 
-_TLS: Any = None
+_CLIENT_TLS: list[Any] = []
 
 
 def _client_tls() -> Any:
-    """One client context for every VM (building one loads the CA store: ~10 ms)."""
-    global _TLS
-    if _TLS is None:
-        import ssl
+    """One client context for every simulated VM: building one loads the system CA
+    store (tens of ms), and a context per VM made this process, not the daemon, the
+    bottleneck: a burst's ClientHellos left seconds after their connects."""
+    import ssl
 
-        _TLS = ssl.create_default_context()
-        _TLS.check_hostname = False
-        _TLS.verify_mode = ssl.CERT_NONE
-    return _TLS
+    if not _CLIENT_TLS:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        _CLIENT_TLS.append(context)
+    return _CLIENT_TLS[0]
 
 
 async def _one_vm(
@@ -429,7 +433,8 @@ async def _admin_hello(port: int, local: str) -> bytes:
 async def scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vspc-admission-"))
     extra: list[str] = []
-    if name in ("tls_burst", "slow_tls", "holders"):
+    tls = name == "tls_burst" or (args.tls and name in ("burst_one", "burst_many"))
+    if tls or name in ("slow_tls", "holders"):
         cert, key = make_cert(workdir)
         extra += ["--ssl", "--cert", str(cert), "--key", str(key)]
     http_port = admin_port = 0
@@ -440,18 +445,20 @@ async def scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
         extra += ["--http", f"127.0.0.1:{http_port}", "--metrics"]
         extra += ["--admin-port", str(admin_port)]
         extra += ["--admin-iface", "127.0.0.1"]
-    daemon = Daemon(workdir, vm_ports=True, port_count=args.vms + 100, extra_args=extra)
-    result: dict[str, Any] = {"scenario": name, "daemon_args": DAEMON_ARGS + extra[:1]}
+    vm_ports = not args.no_vm_ports
+    daemon = Daemon(workdir, vm_ports=vm_ports, port_count=args.vms + 100, extra_args=extra)
+    shown = DAEMON_ARGS + extra[:1] + ([] if vm_ports else ["--no-vm-ports"])
+    result: dict[str, Any] = {"scenario": name, "daemon_args": shown}
     try:
         daemon.start()
         settle(daemon)
         result["rss_kib_before"] = daemon.rss_kib()
         port = daemon.proxy_port
         if name in ("burst_one", "tls_burst"):
-            result |= await _crowd(port, args.vms, ["127.0.0.1"], 1, tls=name == "tls_burst")
+            result |= await _crowd(port, args.vms, [GOOD], 1, tls=tls)
         elif name == "burst_many":
             addresses = [f"127.0.0.{10 + i}" for i in range(args.addresses)]
-            result |= await _crowd(port, args.vms, addresses, 2)
+            result |= await _crowd(port, args.vms, addresses, 2, tls=tls)
             result["addresses"] = args.addresses
         elif name == "slow_tls":
             result |= await _crowd(port, args.vms, ["127.0.0.1"], 3, tls=True, delay=1.5)
@@ -505,6 +512,8 @@ async def scenario(name: str, args: argparse.Namespace) -> dict[str, Any]:
                 writer.close()
         settle(daemon, timeout=20)
         result["rss_kib_after"] = daemon.rss_kib()
+        # Identified, as the daemon sees it: consoles with a VM connection bound.
+        result["consoles_connected"] = sum(1 for row in daemon.consoles() if row["connected"])
         lines = daemon.log_path.read_text(errors="replace").splitlines()
         result["log_lines"] = len(lines)
         result["log_warnings"] = sum(" WARNING " in line for line in lines)
@@ -538,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-hostile", type=int, default=1000)
     parser.add_argument("--warmup", type=float, default=8.0, help="holders: seconds first")
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"))
+    parser.add_argument("--tls", action="store_true", help="burst_one, burst_many: over TLS")
+    parser.add_argument(
+        "--no-vm-ports", action="store_true", help="scenarios: the daemon without telnet ports"
+    )
     args = parser.parse_args(argv)
     if args.event_loop is not None:
         DAEMON_ARGS[:0] = ["--event-loop", args.event_loop]

@@ -56,7 +56,13 @@ from vspc.vspcd.history.lineformat import (
 )
 from vspc.vspcd.history.naming import LogNaming, OwnerIndex, log_file_name, wanted_name
 from vspc.vspcd.hub.console import Cancellable, Console
-from vspc.vspcd.hub.events import ConsoleExpired, HubEvent, VmDisconnected, VmRenamed
+from vspc.vspcd.hub.events import (
+    ConsoleExpired,
+    HubEvent,
+    VmConnected,
+    VmDisconnected,
+    VmRenamed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -226,8 +232,9 @@ class ConsoleLogs:
                 if entry is not None:
                     self._write(entry)
                     self._close(entry)
-            case VmRenamed(key=key):
+            case VmRenamed(key=key) | VmConnected(key=key):
                 # Rename the file now, not at the next write: the VM may stay silent.
+                # VmConnected too: a VM's first name comes with it, not as a rename.
                 entry = self._files.get(str(key))
                 if entry is not None and entry.fd is not None:
                     self._follow_name(entry)

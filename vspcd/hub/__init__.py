@@ -4,6 +4,7 @@
   console lifetime, shutdown), dispatching to:
 - `state`: the registries, injected services and the steps every part shares;
 - `binding`: identification, binding a VM connection to its console, takeover;
+- `announce`: the connection's `vm_connected`, waiting briefly for VM-NAME;
 - `migration`: the vMotion entry points (BEGIN, PEER, COMPLETE, ABORT, F8);
 - `clients`: attaching, lock modes, typed input and its hold;
 - `info`: console lookup by name and the admin protocol's info records;

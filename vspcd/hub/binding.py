@@ -7,6 +7,7 @@ same host (TV-27, F11).  VM output before that is held in the connection's bound
 `early` buffer and released on binding.  A binding that would make a new console
 first passes the console caps (vspcd/hub/quota.py; docs/security.md, "Resource
 bounds"): a forgotten console makes room, or the connection is refused.
+waits briefly for VM-NAME instead (vspcd/hub/announce.py).
 
 Takeover (docs/security.md, "Console takeover"): a VM connection from another
 address than the console's current one is refused mid-vMotion and otherwise waits
@@ -19,18 +20,16 @@ Functions of the hub's state (vspcd/hub/state.py); the `Hub` dispatches to them.
 
 from __future__ import annotations
 
-from vspc.common.display import safe
 from vspc.common.session import ProxyRequested
+from vspc.vspcd.hub import announce
 from vspc.vspcd.hub.console import Challenge, Console, ConsoleKey, Role, VmConn
-from vspc.vspcd.hub.events import AbortReason, TakeoverRefused, VmConnected, VmReplaced
-from vspc.vspcd.hub.info import console_info
+from vspc.vspcd.hub.events import AbortReason, TakeoverRefused, VmReplaced
 from vspc.vspcd.hub.migration import end_migration
 from vspc.vspcd.hub.state import HubState, log, tag
 from vspc.vspcd.hub.state import host_of as _host
 from vspc.vspcd.hub.vmotion import Action, Trigger, next_action
 
 __all__ = [
-    "announce",
     "cancel_challenge",
     "end_challenge",
     "identified",
@@ -90,6 +89,8 @@ def _bind_source(st: HubState, conn: VmConn, *, probed: bool = False) -> None:
         return
     key = ConsoleKey(conn.uuid, conn.label or "")
     existing = st.consoles.get(key)
+    if existing is not None:
+        announce.settle_console(st, existing)  # its news first, then this claim's
     if existing is not None and not probed and not _may_take_over(st, existing, conn):
         return
     if existing is None and not _admit(st, key, conn):
@@ -121,23 +122,11 @@ def _bind_source(st: HubState, conn: VmConn, *, probed: bool = False) -> None:
     console.vm = conn
     st.follow_flow_control(console, old)
     console.service_uri = conn.service_uri
-    if conn.name:
-        console.name = conn.name
     conn.role, conn.console = Role.ACTIVE, console
     console.counters.vm_connects += 1
     st.cancel_expiry(console)
-    if old is None:  # a replacement said so already
-        st.tell(console, f"VM {safe(console.display_name)} connected")
-    if conn.name is None and existing is None:
-        # ESXi names a VM just after identifying it: log the first connection
-        # once the name is known, so that `grep NAME` finds it.
-        conn.unannounced = True
-    else:
-        announce(console, conn)
-    if st.observers:
-        info = console_info(st, console)
-        first = existing is None
-        st.emit(VmConnected(key, console.display_name, conn.channel.peer, info, first))
+    # VmConnected, its log line and notice wait briefly for VM-NAME; output does not.
+    announce.bound(st, console, conn, first=existing is None, notify=old is None)
     early = conn.take_early()
     if early:
         st.output(console, early)
@@ -162,17 +151,6 @@ def _admit(st: HubState, key: ConsoleKey, conn: VmConn) -> bool:
         conn.channel.close()
         return False
     return True
-
-
-def announce(console: Console, conn: VmConn) -> None:
-    """The INFO line for a VM connection, once its name is known (or it talks)."""
-    conn.unannounced = False
-    log.info(
-        "%s: VM connected from %s, telnet port %s",
-        tag(console),
-        conn.channel.peer,
-        console.port,
-    )
 
 
 # -- takeover (docs/security.md, "Console takeover") --------------------------------

@@ -20,6 +20,7 @@ from vspc.vspcd.hub.audit import SendGate
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Announcement",
     "Bounded",
     "Cancellable",
     "Challenge",
@@ -247,7 +248,8 @@ class VmConn:
     # every connection has none, and an empty `Bounded` is 56 bytes.
     _early: Bounded | None = None
     congested: bool = False
-    unannounced: bool = False  # bound, "connected" line waiting for VM-NAME
+    # Bound, its announcement waiting for VM-NAME (vspcd/hub/announce.py).
+    announcing: Announcement | None = None
 
     @property
     def early(self) -> Bounded:
@@ -259,6 +261,17 @@ class VmConn:
     def take_early(self) -> bytes:
         """Remove and return the pre-identification output (b"" if there was none)."""
         return b"" if self._early is None else self._early.take()
+
+
+@dataclass(eq=False, slots=True)
+class Announcement:
+    """A bound connection's `vm_connected`, waiting briefly for VM-NAME
+    (vspcd/hub/announce.py)."""
+
+    first: bool  # the console is new with this connection
+    notify: bool  # clients get the "connected" notice
+    remembered: str | None  # a known console's name before: another name is a rename
+    timer: Cancellable | None = None  # the wait's deadline
 
 
 @dataclass(eq=False, slots=True)

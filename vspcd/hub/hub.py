@@ -15,6 +15,8 @@ output fan-out and expiry) and dispatches to the policy modules:
 
 - vspcd/hub/binding.py: identification, binding a VM connection to its console
   (TV-27, F11), and the takeover probe (docs/security.md, "Console takeover");
+- vspcd/hub/announce.py: announcing a bound connection (`VmConnected`) under the
+  VM's name, waiting briefly for VM-NAME;
 - vspcd/hub/migration.py: the vMotion entry points driven by the table of
   vspcd/hub/vmotion.py (docs/protocol.md §4.5);
 - vspcd/hub/clients.py: attaching, lock modes, typed input and its hold;
@@ -52,7 +54,7 @@ from vspc.common.session import (
     VmIdentified,
     VmNamed,
 )
-from vspc.vspcd.hub import binding, clients, info, migration
+from vspc.vspcd.hub import announce, binding, clients, info, migration
 from vspc.vspcd.hub.audit import Actor, AuditAction, AuditObserver
 from vspc.vspcd.hub.console import (
     Cancellable,
@@ -70,7 +72,6 @@ from vspc.vspcd.hub.events import (
     ConsoleRestored,
     Observer,
     VmDisconnected,
-    VmRenamed,
 )
 from vspc.vspcd.hub.quota import ConsoleQuota
 from vspc.vspcd.hub.state import (
@@ -87,6 +88,8 @@ from vspc.vspcd.hub.state import (
 from vspc.vspcd.hub.vmotion import Action, Trigger, next_action
 
 __all__ = ["Hub", "HubError", "HubSettings", "Observer", "PortAllocator"]
+
+_VMOTION = (vm.VMotionBegin, vm.VMotionPeer, vm.VMotionComplete, vm.VMotionAbort)
 
 
 class Hub:
@@ -242,6 +245,8 @@ class Hub:
         challenge = None if console is None else console.challenge
         if challenge is not None and challenge.target is conn:
             self.vm_heard(conn)  # anything it says proves it alive (the link tells too)
+        if conn.announcing is not None and isinstance(event, _VMOTION):
+            announce.settle(st, conn)  # vm_connected before the vMotion's events
         match event:
             case VmData(payload):
                 self._vm_data(conn, payload)
@@ -250,15 +255,7 @@ class Hub:
             case VmIdentified(uuid):
                 binding.identified(st, conn, uuid)
             case VmNamed(name):
-                conn.name = name
-                console = conn.console
-                if conn.role is Role.ACTIVE and console is not None and console.name != name:
-                    # ESXi names the VM just after identifying it, so a new console is
-                    # first announced under its UUID; tell subscribers the real name.
-                    console.name = name
-                    st.emit(VmRenamed(console.key, console.display_name, name))
-                if conn.unannounced and console is not None:
-                    binding.announce(console, conn)
+                announce.named(st, conn, name)
             case vm.VMotionBegin(sequence):
                 migration.begin(st, conn, sequence)
             case vm.VMotionPeer(cookie):
@@ -300,8 +297,7 @@ class Hub:
         st = self._st
         st.vms.discard(conn)
         console, role = conn.console, conn.role
-        if conn.unannounced and console is not None:
-            binding.announce(console, conn)
+        announce.settle(st, conn)  # vm_connected before vm_disconnected
         conn.role = Role.RETIRED
         if console is None:
             return
@@ -341,8 +337,6 @@ class Hub:
     def _vm_data(self, conn: VmConn, payload: bytes) -> None:
         st = self._st
         console = conn.console
-        if conn.unannounced and console is not None:
-            binding.announce(console, conn)  # it talks before naming itself
         if conn.role is Role.ACTIVE and console is not None:
             # The table is consulted only mid-vMotion: plain output is the hot path.
             if (
@@ -400,6 +394,7 @@ class Hub:
             HubError: `client_limit` when the console is full, `lock_failed` when the
                 requested mode conflicts with a held lock or with attached clients.
         """
+        announce.settle_console(self._st, console)  # vm_connected before client_attached
         return clients.attach(
             self._st,
             console,
@@ -512,6 +507,7 @@ class Hub:
         st = self._st
         if st.consoles.get(console.key) is not console:
             return
+        announce.settle_console(st, console)
         if console.migration is not None:
             migration.end_migration(st, console, AbortReason.REPLACED)
         binding.cancel_challenge(console)
@@ -567,4 +563,5 @@ class Hub:
                 client.channel.notify("vspcd is shutting down")
                 client.channel.close()
         for conn in list(st.vms):
+            announce.settle(st, conn)  # its timer goes with it
             conn.channel.close()

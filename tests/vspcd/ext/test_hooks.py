@@ -110,7 +110,6 @@ def test_hook_environment_for_a_console_lifetime(
         async with running(tmp_path, "--hook-command", command) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
             await identified(events, UUID_A)
-            await events.wait("vm_renamed")
             port = console_port(daemon, UUID_A)
             op = await Operator.connect(port)
             await events.wait("client_attached")
@@ -133,6 +132,7 @@ def test_hook_environment_for_a_console_lifetime(
             assert connected["VSPC_PORT"] == str(port)
             assert connected["VSPC_PEER"].startswith("127.0.0.1:")
             assert connected["VSPC_FIRST"] == "1"
+            assert connected["VSPC_VM_NAME"] == "db01"  # the name, not the UUID
             assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", connected["VSPC_TIME"])
             (attached,) = envs["client_attached"]
             assert attached["VSPC_VM_NAME"] == "db01"

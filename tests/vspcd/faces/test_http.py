@@ -211,7 +211,7 @@ def test_nova_reads_uuid_named_logs_from_the_directory_and_over_http(tmp_path: P
             assert daemon.http is not None and daemon.logs is not None
             base = f"http://127.0.0.1:{daemon.http.port}"
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "instance-0001")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             for i in range(0, len(boot), 4096):
                 esx.send(boot[i : i + 4096])
             await esx.close()

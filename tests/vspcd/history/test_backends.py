@@ -98,7 +98,7 @@ def test_consoles_keep_their_ports_across_restarts(tmp_path: Path) -> None:
     async def first_run() -> int:
         async with running(tmp_path, *flags) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed", lambda f: f["key"] == UUID_A)
+            await events.wait("vm_connected", lambda f: f["key"] == UUID_A)
             port = console_port(daemon, UUID_A)
             await esx.close()
             await events.wait("vm_disconnected")
@@ -198,7 +198,7 @@ def test_vspc_py_file_backend_spelling_is_the_same_file(tmp_path: Path) -> None:
         args = ("--backend", "file", "--backend-args", f"-f '{db}'", "-r", start)
         async with running(tmp_path, *args) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             await esx.close()
             return console_port(daemon, UUID_A)
 
@@ -475,7 +475,7 @@ def test_console_log_holds_every_byte_of_output(tmp_path: Path) -> None:
     async def main() -> None:
         async with running(tmp_path, "--log-dir", str(logs)) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")
             esx.send(ALL_BYTES)
@@ -509,7 +509,7 @@ def test_vspc_py_logging_backend_spelling(tmp_path: Path) -> None:
         ):
             assert daemon.config.context == 5
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "web02", "vSPC.py?port=com1")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             op = await Operator.connect(console_port(daemon, f"{UUID_A}_com1"))
             await events.wait("client_attached")
             esx.send(b"hello")

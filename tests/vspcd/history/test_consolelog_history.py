@@ -166,10 +166,10 @@ def test_a_vm_naming_itself_like_another_never_writes_into_its_log(
     async def main(first: str, second: str) -> None:
         async with running(tmp_path, "--log-dir", str(logs)) as (daemon, events):
             esx1 = await FakeEsxi.connect(daemon.proxy_port, first, "db01")
-            await events.wait("vm_renamed", lambda f: f["key"] == first)
+            await events.wait("vm_connected", lambda f: f["key"] == first)
             esx1.send(f"{first} speaking\n".encode())
             esx2 = await FakeEsxi.connect(daemon.proxy_port, second, "db01")
-            await events.wait("vm_renamed", lambda f: f["key"] == second)
+            await events.wait("vm_connected", lambda f: f["key"] == second)
             esx2.send(f"{second} speaking\n".encode())
             op = await Operator.connect(console_port(daemon, second))
             await events.wait("client_attached")
@@ -254,7 +254,7 @@ def test_logs_match_what_clients_received_with_and_without_timestamps(tmp_path: 
         extra = ["--log-timestamps"] if stamped else []
         async with running(tmp_path, "--log-dir", str(logs), *extra) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")
             for i in range(0, len(payload), 97):  # many chunks, cut anywhere
@@ -288,8 +288,8 @@ def test_events_go_to_their_own_file_as_json_lines(tmp_path: Path) -> None:
     raw = (tmp_path / (log_name + ".events")).read_bytes()
     assert all(0x20 <= b < 0x7F for b in raw.replace(b"\n", b""))  # nothing for a terminal
     lines = [json.loads(line) for line in raw.splitlines()]
-    assert [line["event"] for line in lines] == ["vm_connected", "vm_renamed", "vm_disconnected"]
-    assert lines[1]["vm_name"] == evil and lines[0]["console"] == UUID_A
+    assert [line["event"] for line in lines] == ["vm_connected", "vm_disconnected"]
+    assert lines[0]["name"] == evil and lines[0]["console"] == UUID_A  # named at once
     assert lines[0]["time"] == "2023-11-14T22:13:20.000Z"
     # The console's own output stays in the console log, never among the events.
     assert (tmp_path / log_name).read_bytes() == b'{"event": "forged", "time": "now"}\n'
@@ -373,7 +373,7 @@ def test_rotated_files_are_gzipped_off_the_loop_and_replay_spans_them(tmp_path: 
     async def main() -> bytes:
         async with running(tmp_path, *flags, "--log-flush", "0") as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")
             for i in range(0, len(stream), 1000):
@@ -494,7 +494,7 @@ def test_a_restored_console_replays_what_it_printed_before_the_restart(tmp_path:
     async def first_run() -> None:
         async with running(tmp_path, *flags) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")
             for i in range(0, len(history), 100):
@@ -550,7 +550,7 @@ def test_the_daemon_reapplies_log_options_from_a_new_configuration(tmp_path: Pat
     async def main() -> None:
         async with running(tmp_path, "--log-dir", str(logs)) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             esx.send(b"plain\n")
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")

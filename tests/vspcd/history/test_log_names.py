@@ -1,7 +1,8 @@
 """Daemon log lines name consoles as `NAME (shortkey)`.
 
-The first-connection line waits for VM-NAME (ESXi sends it just after VM-VC-UUID), so
-`grep web01` finds the line with the VM's address and telnet port.
+The connection line waits briefly for VM-NAME (ESXi sends it just after VM-VC-UUID;
+vspcd/hub/announce.py), so `grep web01` finds the line with the VM's address and
+telnet port.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 
 from tests.vspcd.hub.test_hub import U1, attach, connect, console_of, make_rig, proxy, vm_link
 from vspc.common.session import VmData, VmIdentified
+from vspc.vspcd.hub.announce import NAME_WAIT
 
 SHORT = U1[:8]
 
@@ -38,7 +40,9 @@ def test_a_vm_that_never_names_itself_is_still_logged(caplog: pytest.LogCaptureF
     rig.hub.vm_event(conn, proxy())
     rig.hub.vm_event(conn, VmIdentified(U1))
     assert not [m for m in messages(caplog) if "VM connected" in m]
-    rig.hub.vm_event(conn, VmData(b"boot"))
+    rig.hub.vm_event(conn, VmData(b"boot"))  # output flows; the line still waits
+    assert not [m for m in messages(caplog) if "VM connected" in m]
+    rig.sched.advance(NAME_WAIT)
     (line,) = [m for m in messages(caplog) if "VM connected" in m]
     assert line.startswith(f"01234567-89ab-cdef-fedc-ba9800000000 ({SHORT}): VM connected")
 

@@ -44,7 +44,6 @@ from vspc.vspcd.hub.events import (
     VMotionCompleted,
     VMotionPeered,
     VMotionRefused,
-    VmRenamed,
 )
 from vspc.vspcd.hub.hub import HubError
 
@@ -68,8 +67,7 @@ def test_one_type_per_thing_that_happens_with_typed_values() -> None:
     rig.sched.advance(10.0)
     key = ConsoleKey(U1)
     assert [type(e) for e in seen] == [
-        VmConnected,
-        VmRenamed,
+        VmConnected,  # under the VM's name: no VmRenamed for the first name
         ClientAttached,
         LockChanged,
         VMotionRefused,
@@ -87,16 +85,16 @@ def test_one_type_per_thing_that_happens_with_typed_values() -> None:
     connected = seen[0]
     assert isinstance(connected, VmConnected) and connected.first
     assert connected.info.vmotion is VMotionPhase.NORMAL
-    assert seen[1] == VmRenamed(key, "vm01", "vm01")
-    attached = seen[2]
+    assert connected.name == connected.info.vm_name == "vm01"
+    attached = seen[1]
     assert isinstance(attached, ClientAttached)
     assert attached.client.kind is ClientKind.TELNET and attached.client.peer == "c:w"
-    assert seen[3] == LockChanged(key, "vm01", LockMode.WRITE, client.ident)
-    assert seen[4] == VMotionRefused(key, "vm01", RefusalReason.OPERATOR)
-    completed = seen[7]
+    assert seen[2] == LockChanged(key, "vm01", LockMode.WRITE, client.ident)
+    assert seen[3] == VMotionRefused(key, "vm01", RefusalReason.OPERATOR)
+    completed = seen[6]
     assert completed == VMotionCompleted(key, "vm01", "esx-b:40002", "esx-a:40001")
-    assert seen[9] == VMotionAborted(key, "vm01", AbortReason.SOURCE_ABORTED)
-    detached = seen[10]
+    assert seen[8] == VMotionAborted(key, "vm01", AbortReason.SOURCE_ABORTED)
+    detached = seen[9]
     assert isinstance(detached, ClientDetached) and detached.reason is None
     assert detached.client.id == client.ident and detached.client.mode is LockMode.WRITE
     assert seen[-1] == ConsoleExpired(key, "vm01", 7000)

@@ -673,6 +673,7 @@ def test_do_proxy_and_uuid_bind_in_either_order(uuid_first: bool) -> None:
     assert conn.role is Role.ACTIVE
     console = rig.hub.console(ConsoleKey(U1))
     assert console is not None and console.vm is conn
+    rig.hub.vm_event(conn, VmNamed("vm01"))
     assert rig.only("vm_connected")[0]["peer"] == "esx-a:40001"
 
 
@@ -1327,7 +1328,6 @@ def test_observers_see_the_lifecycle() -> None:
     rig.sched.advance(10.0)
     assert rig.names() == [
         "vm_connected",
-        "vm_renamed",
         "client_attached",
         "lock_changed",
         "vmotion_notnow",
@@ -1356,7 +1356,7 @@ def test_raising_observer_is_removed_and_the_hub_carries_on() -> None:
     conn, _ = connect(rig)
     attach(rig, console_of(conn))
     assert calls == ["vm_connected"]
-    assert rig.names() == ["vm_connected", "vm_renamed", "client_attached"]
+    assert rig.names() == ["vm_connected", "client_attached"]
 
 
 def test_unsubscribe() -> None:
@@ -1380,15 +1380,14 @@ def test_close_all_closes_everything_and_cancels_timers() -> None:
     assert s.rig.sched.pending() == []
 
 
-def test_vm_name_after_binding_is_announced_once() -> None:
+def test_vm_name_after_the_announcement_is_a_rename_once() -> None:
     rig = make_rig()
     conn, _ = connect(rig, name="db01")
-    assert rig.events[1] == (
-        "vm_renamed",
-        {"name": "db01", "key": U1, "vm_name": "db01"},
-    )
+    assert rig.names() == ["vm_connected"]  # the first name is no rename
     rig.hub.vm_event(conn, VmNamed("db01"))  # unchanged: no event
-    assert rig.names().count("vm_renamed") == 1
+    rig.hub.vm_event(conn, VmNamed("db02"))
+    rig.hub.vm_event(conn, VmNamed("db02"))
+    assert rig.events[1:] == [("vm_renamed", {"name": "db02", "key": U1, "vm_name": "db02"})]
 
 
 # ------------------------------------------------------------- drop (cluster mode)

@@ -109,7 +109,6 @@ def test_raw_telnet_client_sees_what_is_going_on(tmp_path: Path) -> None:
             assert daemon.proxy_port is not None and daemon.hub is not None
             src = await FakeEsxi.connect(daemon.proxy_port, name="web01")
             await identified(events, UUID_A)
-            await events.wait("vm_renamed")
             port = console_port(daemon, UUID_A)
             await src.close()
             await events.wait("vm_disconnected")

@@ -643,7 +643,7 @@ def test_peer_controlled_text_in_the_daemon_log_is_inert(
         async with running(tmp_path) as (daemon, events):
             assert daemon.proxy_port is not None
             vm_end = await FakeEsxi.connect(daemon.proxy_port, uuid=UUID_A, name=evil)
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             reader, writer = await asyncio.open_unix_connection(str(daemon.admin_path))
             hello = b'{"cmd":"hello","client":"x\\u001b[2Jy"}\n'
             assert b'"ok":true' in await ask(reader, writer, hello)
