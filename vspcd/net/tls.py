@@ -52,6 +52,8 @@ HELLO_GRACE = 5.0
 # Bytes a ClientHello may take (ESXi's is well under 2 KiB; post-quantum key shares
 # add about 1.2 KiB): a bigger one is dropped rather than waited for.
 MAX_HELLO = 1 << 16
+# Bytes peeked first: all of a usual ClientHello at once (one system call, no wait).
+_FIRST_PEEK = 4096
 _POLL = 0.1  # seconds between looks where SO_RCVLOWAT is not to be had
 _TCP_CLOSE_WAIT = 8  # Linux include/net/tcp_states.h: the peer sent its FIN
 
@@ -195,7 +197,7 @@ async def client_hello(loop: asyncio.AbstractEventLoop, conn: socket.socket, wai
     still missing are there or the peer has gone.
     """
     deadline = loop.time() + wait
-    target = 5
+    target = _FIRST_PEEK
     seen = -1
     lowat = 1
     try:
@@ -214,6 +216,9 @@ async def client_hello(loop: asyncio.AbstractEventLoop, conn: socket.socket, wai
                     return Hello.READY
                 if size > MAX_HELLO:
                     return Hello.TOO_BIG
+                if len(head) == target:
+                    target = size  # the peek was full: more may be queued already
+                    continue
                 if len(head) == seen and _peer_closed(conn):
                     return Hello.GONE  # a FIN after part of it: readable, no more to come
                 grew = len(head) > seen
