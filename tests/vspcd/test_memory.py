@@ -27,6 +27,7 @@ from tests.vspcd.harness import (
     running,
 )
 from tests.vspcd.net.test_listeners import cert_pair
+from tests.vspcd.net.test_tls_fairness import client_hello_bytes
 from vspc.common.session import ProxySession
 from vspc.common.telnet import Opt, TelnetCodec
 from vspc.vspcd.hub.console import Bounded, Scrollback
@@ -334,7 +335,8 @@ def test_a_failed_tls_handshake_leaves_no_cycle_holding_its_tls_state(
             proxy = daemon._proxy
             for _ in range(3):
                 reader, writer = await asyncio.open_connection("127.0.0.1", daemon.proxy_port)
-                writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # stalls
+                # A whole ClientHello (a handshake slot only then), then nothing.
+                writer.write(client_hello_bytes())
                 async with asyncio.timeout(5):
                     while not len(proxy._handshakes):  # noqa: ASYNC110
                         await asyncio.sleep(0.01)  # the handshake has started

@@ -37,10 +37,10 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from vspc.vspcd.hub.ratelog import BurstLog, throttled
-from vspc.vspcd.net import counters
+from vspc.vspcd.net import counters, tls
 from vspc.vspcd.net.admission import AllowList, Slot, Slots, host_of
 from vspc.vspcd.net.sockopts import has_keepalive, set_keepalive
-from vspc.vspcd.net.tls import Kind, peek_now, sniff
+from vspc.vspcd.net.tls import Hello, Kind, client_hello, peek_now, sniff
 
 __all__ = ["Listener", "ProtocolFactory", "SlotHolder", "address_text"]
 
@@ -102,8 +102,12 @@ class Listener:
        or a holder turns idle.  Refused only by an explicit per-address cap, or
        while every slot is busy if its address holds a connection that has not said
        a byte since it was admitted `MUTE_GRACE` ago (ESXi speaks at once);
-    3. `handshakes`: for TLS, a slot while the handshake is in progress, whose
-       timeout is also cut to what is left of the unidentified slot's deadline.
+    3. `handshakes`: for TLS, once the whole ClientHello has arrived (within
+       `tls.HELLO_GRACE` of its first byte, else the connection is dropped), a slot
+       while the handshake is in progress, whose timeout is also cut to what is
+       left of the unidentified slot's deadline.  Waiters are served quietest
+       address first, and a slot held `Slots.stall_grace` while a quieter address
+       waits is taken back (`Slots.wait_acquire`).
 
     With TLS enabled the first byte decides plain or TLS whenever it arrives, up to
     the identification deadline (`peek_timeout` if given); silence that long closes
@@ -498,6 +502,12 @@ class Listener:
             return max(0.0, slot.deadline - self._loop.time())
         return self._handshake_timeout
 
+    def _hello_failed(self, peer: str, hello: Hello) -> None:
+        counters.LISTENERS.setup_failed += 1
+        counters.LISTENERS.tls_failed += 1
+        why = _hello_why(hello)
+        self.setup_failed.log("%s: %s: connection setup failed: %s", self.label, peer, why)
+
     async def _serve(
         self, conn: socket.socket, peer: str, host: str, slot: Slot | None, kind: Kind | None
     ) -> None:
@@ -519,14 +529,22 @@ class Listener:
                 timeout = self._handshake_timeout
                 if slot is not None:
                     timeout = min(timeout, slot.deadline - self._loop.time())
+                began = self._loop.time()
+                hello = await client_hello(self._loop, conn, min(tls.HELLO_GRACE, timeout))
+                if hello is not Hello.READY:
+                    self._hello_failed(peer, hello)
+                    return
+                if slot is not None:
+                    slot.touch()
                 if self._handshakes is not None:
                     # Over the cap a handshake waits (its socket unread, no TLS state
                     # yet) for a slot, within the identification deadline.
-                    began = self._loop.time()
                     if slot is not None:
                         slot.pinned = True  # waiting on us, not on the peer: not idle
                     try:
-                        handshake = await self._handshakes.wait_acquire(host, max(0.0, timeout))
+                        handshake = await self._handshakes.wait_acquire(
+                            host, max(0.0, timeout - (self._loop.time() - began))
+                        )
                     finally:
                         if slot is not None:
                             slot.pinned = False
@@ -541,7 +559,11 @@ class Listener:
                             why,
                         )
                         return
-                    timeout -= self._loop.time() - began
+                    # Held too long while a quieter address waits: taken back.
+                    task = asyncio.current_task()
+                    if task is not None:
+                        handshake.evict = task.cancel
+                timeout -= self._loop.time() - began
                 timeout = max(0.1, timeout)
                 counters.LISTENERS.tls_started += 1
                 await self._loop.connect_accepted_socket(
@@ -565,6 +587,17 @@ class Listener:
             # the cycle holds the whole TLS state: SSLObject, BIOs, read buffer.  Left
             # to the cyclic GC it stayed for minutes (docs/reliability.md).
             exc.__traceback__ = None
+        except asyncio.CancelledError:
+            if handshake is None or handshake.held or self._closed:
+                raise
+            # `Slots._reclaim` took the handshake slot back for a quieter address.
+            counters.LISTENERS.setup_failed += 1
+            counters.LISTENERS.tls_failed += 1
+            self.setup_failed.log(
+                "%s: %s: TLS handshake stalled; its slot went to another address",
+                self.label,
+                peer,
+            )
         except Exception:
             # A bug in a protocol factory must not stop this listener.
             log.exception("%s: %s: connection setup crashed; dropping it", self.label, peer)
@@ -575,6 +608,14 @@ class Listener:
                 conn.close()  # idempotent if asyncio's transport closed it already
                 if slot is not None:
                     slot.release()  # the protocol never started: it cannot release it
+
+
+def _hello_why(hello: Hello) -> str:
+    if hello is Hello.GONE:
+        return "closed before its ClientHello was complete"
+    if hello is Hello.TOO_BIG:
+        return f"ClientHello larger than {tls.MAX_HELLO} bytes"
+    return "ClientHello not complete in time"
 
 
 def address_text(address: object, default: str = "unix") -> str:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 __all__ = [
     "IDLE_GRACE",
     "MUTE_GRACE",
+    "STALL_GRACE",
     "AllowList",
     "Slot",
     "Slots",
@@ -42,6 +43,11 @@ IDLE_GRACE = 5.0
 # Seconds after admission by which a peer must have sent its first byte, or its
 # address's newcomers are refused while every slot is busy (`Slots.mute`).
 MUTE_GRACE = 2.0
+# Seconds a TLS handshake slot may be held, while a quieter address waits for one,
+# before it is taken back.  A handshake only gets a slot once its whole ClientHello
+# has arrived (vspcd/net/tls.py `client_hello`), so what is left is one flight each
+# way: a real host is done in milliseconds.
+STALL_GRACE = 3.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -157,6 +163,9 @@ class Slots:
             daemon trims its heap after a flood: vspcd/service/heap.py).
         idle_grace: seconds of silence after which a slot may be evicted (default
             `IDLE_GRACE`).
+        stall_grace: seconds a slot may be held while others `wait_acquire` before it
+            counts as stalled and may go to a waiter of a quieter key (default
+            `STALL_GRACE`).
     """
 
     def __init__(
@@ -168,6 +177,7 @@ class Slots:
         clock: Callable[[], float],
         on_empty: Callable[[int], None] | None = None,
         idle_grace: float | None = None,
+        stall_grace: float | None = None,
     ) -> None:
         self.total = total
         self.per_key = per_key
@@ -185,6 +195,11 @@ class Slots:
         # `wait_acquire` callers, per key, oldest first (TLS handshakes queue here).
         self._waiters: dict[Hashable, deque[asyncio.Future[None]]] = {}
         self.on_free: list[Callable[[], None]] = []  # told when a slot comes back
+        # Slots freed for a woken waiter that has not run yet: not for newcomers.
+        self._promised = 0
+        self.stall_grace = STALL_GRACE if stall_grace is None else stall_grace
+        self.stalled = 0  # slots taken back from stalled holders for quieter keys
+        self._reclaim_timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return self._count
@@ -226,13 +241,17 @@ class Slots:
         self._held.setdefault(key, {})[slot] = None
         return slot
 
-    def victim(self) -> Slot | None:
+    def victim(self, grace: float | None = None, busier_than: int = -1) -> Slot | None:
         """The slot a newcomer would take at the cap: None if nothing is idle enough.
 
-        O(keys log keys + slots) in the worst case, and only at the cap.
+        Idle means silent (or, for a handshake slot, held) `grace` seconds (default
+        `idle_grace`); only keys holding more than `busier_than` slots are looked at,
+        the busiest first.  O(keys log keys + slots) in the worst case, only at the cap.
         """
-        cutoff = self._clock() - self.idle_grace
+        cutoff = self._clock() - (self.idle_grace if grace is None else grace)
         for key in sorted(self._held, key=lambda k: len(self._held[k]), reverse=True):
+            if len(self._held[key]) <= busier_than:
+                break
             for slot in self._held[key]:
                 if slot.active > cutoff:
                     break  # the rest of this key's slots were active more recently
@@ -250,15 +269,17 @@ class Slots:
         held = self._held.get(key)
         return held is not None and any(not slot.spoke and slot.since <= cutoff for slot in held)
 
-    def next_idle(self) -> float | None:
-        """Clock time at which the least recently active evictable slot turns idle."""
+    def next_idle(self, grace: float | None = None) -> float | None:
+        """Clock time at which the least recently active evictable slot turns idle
+        (silent `grace` seconds, default `idle_grace`)."""
         times = [
             slot.active
             for held in self._held.values()
             for slot in held
             if slot.evict is not None and not slot.pinned
         ]
-        return min(times) + self.idle_grace if times else None
+        grace = self.idle_grace if grace is None else grace
+        return min(times) + grace if times else None
 
     async def wait_acquire(self, key: Hashable, patience: float) -> Slot | None:
         """A slot for `key`, waiting up to `patience` seconds for one to come free.
@@ -266,12 +287,17 @@ class Slots:
         For work that may be deferred rather than refused: a TLS handshake waits here
         with only its socket (no TLS state) until a handshake slot is free, so a
         host reconnecting hundreds of VMs at once is slowed, never turned away.
-        Waiters are served oldest first per key.  None when the time is up.
+
+        Fair between keys: a freed slot goes to the waiting key holding the fewest
+        (round-robin among equals, oldest waiter first within a key), never to a
+        newcomer ahead of a waiter it was promised to; and while anyone waits, a slot
+        held `stall_grace` seconds by a key holding more than the waiter's is taken
+        back (its holder's `evict` drops it: `_reclaim`).  None when the time is up.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + patience
         while True:
-            if not self._waiters.get(key):
+            if not self._waiters.get(key) and self._room():
                 slot = self.acquire(key)
                 if slot is not None:
                     return slot
@@ -281,9 +307,12 @@ class Slots:
             waiter: asyncio.Future[None] = loop.create_future()
             queue = self._waiters.setdefault(key, deque())
             queue.append(waiter)
+            self._arm_reclaim(loop)
+            woken = False
             try:
                 async with asyncio.timeout(remaining):
                     await waiter
+                woken = True
             except TimeoutError:
                 return None
             finally:
@@ -291,9 +320,44 @@ class Slots:
                     queue.remove(waiter)
                 if not queue and self._waiters.get(key) is queue:
                     del self._waiters[key]
-            slot = self.acquire(key)  # woken for us: take it before anyone else
+                if waiter.done() and not waiter.cancelled():
+                    self._promised -= 1  # the slot promised to us is ours or passed on
+                    if not woken:
+                        self._wake()
+            slot = self.acquire(key)  # promised to us: nobody took it meanwhile
             if slot is not None:
                 return slot
+            self._wake()  # our key reached its own cap meanwhile: pass the slot on
+
+    def _arm_reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One timer per Slots, at the next moment a held slot could count as stalled.
+        if self._reclaim_timer is not None or self._room():
+            return
+        when = self.next_idle(self.stall_grace)
+        if when is not None:
+            # Never sooner than a tick: holders stalled already but of a key no busier
+            # than any waiter's stay put, and must not make this a busy loop.
+            when = max(when, loop.time() + 0.25)
+            self._reclaim_timer = loop.call_at(when, self._reclaim, loop)
+
+    def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take back stalled slots for waiters of quieter keys, busiest key first."""
+        self._reclaim_timer = None
+        while self._waiters and not self._room():
+            waiter_key = self._next_key()
+            if waiter_key is None:
+                break
+            victim = self.victim(self.stall_grace, busier_than=self.count(waiter_key))
+            if victim is None:
+                break
+            self.evicted += 1
+            self.stalled += 1
+            evict = victim.evict
+            victim.release()  # wakes the waiter (`_release`) before the holder goes
+            if evict is not None:
+                evict()
+        if self._waiters:
+            self._arm_reclaim(loop)
 
     def full_reason(self, key: Hashable) -> str:
         """Which cap refused `key` (for the log line)."""
@@ -314,22 +378,41 @@ class Slots:
         if not held:
             del self._held[slot.key]  # memory comes back: no entry per address ever seen
         if self._waiters:
-            self._wake(slot.key)
+            self._wake()
         elif not self._count and self._on_empty is not None:
             self._on_empty(self.admitted)
         if self.on_free:
             for callback in list(self.on_free):
                 callback()
 
-    def _wake(self, freed: Hashable) -> None:
-        # One slot came free: it satisfies a waiter of the same key for certain,
-        # otherwise the oldest-queued key that is below its own cap.
-        candidates = [freed] if self._waiters.get(freed) else []
-        candidates += [k for k in self._waiters if k != freed]
-        for key in candidates:
-            if self.per_key and self.count(key) >= self.per_key:
+    def _next_key(self) -> Hashable | None:
+        # The waiting key below its own cap holding the fewest slots; among equals the
+        # one served longest ago (`_wake` moves a served key to the end).
+        best: Hashable | None = None
+        fewest = 0
+        for key, queue in self._waiters.items():
+            held = self.count(key)
+            if (self.per_key and held >= self.per_key) or not any(not w.done() for w in queue):
                 continue
-            for waiter in self._waiters[key]:
-                if not waiter.done():
-                    waiter.set_result(None)
-                    return
+            if best is None or held < fewest:
+                best, fewest = key, held
+        return best
+
+    def _room(self) -> bool:
+        # A slot free and not promised to a woken waiter that has yet to run.
+        return not self.total or self._count + self._promised < self.total
+
+    def _wake(self) -> None:
+        # A slot came free: promise it to the oldest waiter of `_next_key`.
+        if not self._room():
+            return
+        key = self._next_key()
+        if key is None:
+            return
+        queue = self._waiters.pop(key)
+        self._waiters[key] = queue  # round-robin: served last now
+        for waiter in queue:
+            if not waiter.done():
+                waiter.set_result(None)
+                self._promised += 1
+                return

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
+from tests.vspcd.net.test_tls_fairness import client_hello_bytes
 from vspc.vspcd.faces.admin import limits as admin_limits
 from vspc.vspcd.hub.ratelog import throttled
 from vspc.vspcd.net import ports
@@ -230,9 +231,11 @@ def test_tls_handshakes_over_the_cap_wait_for_a_slot_within_the_deadline(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="vspc")
 
+    hello = client_hello_bytes()
+
     async def stall(port: int) -> Pair:
         reader, writer = await connect(port)
-        writer.write(b"\x16\x03\x01")  # a TLS record header, then nothing
+        writer.write(hello)  # a whole ClientHello (so it gets a slot), then nothing
         return reader, writer
 
     async def listen() -> tuple[Any, Any, Slots, Slots]:
