@@ -2,7 +2,7 @@
 
 Boundary: the only module that configures logging handlers, touches process state
 (rlimits, pidfile, detaching) or picks the event loop (docs/development.md Part 2, layout).
-The orchestration itself is `vspcd/service/server.py`'s `serve()`, which runs until SIGTERM
+The orchestration itself is `vspcd/service/run.py`'s `serve()`, which runs until SIGTERM
 or SIGINT and then shuts down in order; `main()` turns the outcome into an exit
 status: 0 after a requested shutdown, 1 if the daemon could not start or crashed,
 2 for usage errors (from argparse, the configuration file, or running as root without
@@ -149,7 +149,7 @@ def _run(config: Config, ready_pipe: ReadyPipe, reload: Callable[[], Config] | N
     # Imported here, not at the top: --help, usage errors and --daemon's fork come
     # first and need none of the daemon's machinery.
     from vspc.vspcd.ext.plugins import PluginError
-    from vspc.vspcd.service.server import serve
+    from vspc.vspcd.service.run import serve
 
     started = False
 

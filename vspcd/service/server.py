@@ -2,7 +2,8 @@
 
 Boundary: this module owns every listener and the hub instance; it holds no policy.
 `Daemon` is usable in-process (the end-to-end tests start one on 127.0.0.1 port 0);
-`serve()` is what `python -m vspc.vspcd` runs.
+`serve()` (vspcd/service/run.py) runs one as `python -m vspc.vspcd`; the telnet port
+allocators it hands the hub are in vspcd/service/portalloc.py.
 
 Start-up order: persist file (vspcd/history/store.py; a damaged one is set aside and vspcd
 starts empty, one it cannot create or from a newer vspcd fails the start), console
@@ -21,10 +22,9 @@ import itertools
 import logging
 import os
 import resource
-import signal
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,8 +42,7 @@ from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
 from vspc.vspcd.history.recording import Recordings
-from vspc.vspcd.hub.audit import Actor, AuditAction
-from vspc.vspcd.hub.console import Console, ConsoleKey
+from vspc.vspcd.hub.console import Console
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
 from vspc.vspcd.net import flow
@@ -57,12 +56,10 @@ from vspc.vspcd.net.listeners import (
     start_proxy_listener,
 )
 from vspc.vspcd.service import resources
-from vspc.vspcd.service.config import Config, ConfigError
+from vspc.vspcd.service.config import Config
 from vspc.vspcd.service.heap import HeapTrimmer, find_malloc_trim
-from vspc.vspcd.service.notify import Notifier, watchdog_interval
-from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over, resolve
-from vspc.vspcd.service.reload import apply as apply_reload
-from vspc.vspcd.service.reload import describe as describe_reload
+from vspc.vspcd.service.portalloc import _ClusterPorts, _VmPorts
+from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over
 from vspc.vspcd.service.settings import (
     admin_settings,
     hook_settings,
@@ -73,77 +70,11 @@ from vspc.vspcd.service.settings import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Daemon", "serve"]
+__all__ = ["Daemon"]
 
 _FD_RESERVE = 64
 # /healthz fails while the event loop's heartbeat runs later than this (seconds).
 LOOP_LAG_LIMIT = 2.0
-
-
-class _VmPorts:
-    """The hub's PortAllocator: one telnet listener per console, sticky by key."""
-
-    def __init__(
-        self,
-        binder: PortBinder,
-        factory: Callable[[], asyncio.Protocol],
-        allowed: Callable[[ConsoleKey], bool] = lambda key: True,
-    ) -> None:
-        self._binder = binder
-        self._factory = factory
-        self._allowed = allowed  # `telnet = false` rules (docs/security.md)
-
-    def bind(self, key: ConsoleKey) -> int | None:
-        if not self._allowed(key):
-            log.info("%s: no telnet port (telnet = false in an [[access]] rule)", key)
-            return None
-        bound = self._binder.bind(self._factory)
-        if bound is None:
-            return None
-        port, _handle = bound
-        log.debug("%s: telnet port %d", key, port)  # the hub's "connected" line names it
-        return port
-
-    def release(self, port: int) -> None:
-        self._binder.release(port)
-
-
-class _ClusterPorts:
-    """Cluster mode's PortAllocator: a console's telnet port comes from the registry
-    and is bound before the console exists (vspcd/cluster/node.py `claim`, through
-    `bind_exact`/`bind_any`), so the hub never picks one itself; it still releases
-    them on expiry."""
-
-    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
-        self._binder = binder
-        self._factory = factory
-
-    def bind(self, key: ConsoleKey) -> int | None:
-        log.warning("%s: console created outside the registry; it has no telnet port", key)
-        return None
-
-    def bind_exact(self, port: int) -> bool:
-        """Bind exactly `port` (the one the registry advertises for a console), or
-        nothing: `PortBinder.bind_port` falls back to another free port, right for a
-        console restored from the persist file, but here it would list a port this
-        node does not listen on and an operator's telnet would reach whatever other
-        process holds it (docs/cluster.md "Reliability")."""
-        bound = self._binder.bind_port(port, self._factory)
-        if bound is None:
-            return False
-        if bound[0] != port:
-            self._binder.release(bound[0])
-            return False
-        return True
-
-    def bind_any(self) -> int | None:
-        """The lowest free port of the range, bound (offered to the registry when the
-        port it handed out is busy on this host)."""
-        bound = self._binder.bind(self._factory)
-        return None if bound is None else bound[0]
-
-    def release(self, port: int) -> None:
-        self._binder.release(port)
 
 
 class Daemon:
@@ -662,111 +593,3 @@ def _open_persist_file(path: Path) -> sqlite3.Connection:
     except store.StoreCorrupt as exc:
         log.error("%s; moved it to %s and starting with a new, empty %s", exc, exc.aside, path)
         return store.open_store(path)
-
-
-def _status_line(daemon: Daemon) -> str:
-    """What `systemctl status` shows once vspcd serves."""
-    config = daemon.config
-    proxy = f"{config.proxy_iface}:{daemon.proxy_port}"
-    consoles = 0 if daemon.hub is None else len(list(daemon.hub.consoles()))
-    return f"serving: ESXi proxy {proxy}, admin {config.admin_socket}, {consoles} console(s)"
-
-
-async def _watchdog(notifier: Notifier, interval: float) -> None:
-    # On the event loop on purpose: a loop stuck for WatchdogSec stops the pings and
-    # systemd restarts the service, which is what the watchdog is for.
-    while True:
-        notifier.watchdog()
-        await asyncio.sleep(interval)
-
-
-async def serve(
-    config: Config,
-    *,
-    ready: Callable[[Daemon], None] | None = None,
-    reload: Callable[[], Config] | None = None,
-    notifier: Notifier | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """Run vspcd until SIGTERM or SIGINT, then shut down cleanly.
-
-    SIGHUP reopens the console logs and, given `reload` (a function that re-reads the
-    configuration, raising ConfigError if it is invalid), applies what can change live
-    (vspcd/service/reload.py).  `notifier` gets systemd's READY=1 once every listener is bound
-    and privileges are dropped, STATUS= lines, RELOADING=1, STOPPING=1, and WATCHDOG=1
-    every half `$WATCHDOG_USEC` when set (vspcd/service/notify.py; `environ` defaults to
-    os.environ).
-
-    The handlers go in before anything is opened: a signal during start-up then just
-    means "stop once started", and every socket and file is cleaned up either way.
-
-    Raises:
-        OSError: a listener could not be bound (PrivilegeError: the drop failed).
-    """
-    environ = os.environ if environ is None else environ
-    notifier = Notifier(None) if notifier is None else notifier
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    daemon = Daemon(config)
-    identity = None if config.user is None else resolve(config.user, config.group)
-    if identity is not None and os.geteuid() != 0:
-        if identity.uid != os.geteuid() or identity.gid != os.getegid():
-            raise PrivilegeError(f"--user {config.user}: switching user needs root")
-        identity = None  # already that user: nothing to drop
-    fresh_socket_dir = not config.admin_socket.parent.exists()
-
-    def on_hup() -> None:
-        daemon.reopen_logs()
-        if reload is not None:
-            _reload(daemon, reload, notifier)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    watchdog: asyncio.Task[None] | None = None
-    try:
-        notifier.status("starting: binding listeners")
-        await daemon.start()
-        try:
-            if identity is not None:
-                daemon.drop_privileges(identity, fresh_socket_dir=fresh_socket_dir)
-            log.info("vspcd %d ready", os.getpid())
-            notifier.ready(_status_line(daemon))
-            interval = watchdog_interval(environ)
-            if interval is not None and notifier.enabled:
-                watchdog = asyncio.create_task(_watchdog(notifier, interval))
-            if ready is not None:
-                ready(daemon)
-            await stop.wait()
-            log.info("shutting down")
-            notifier.stopping()
-        finally:
-            if watchdog is not None:
-                watchdog.cancel()
-            await daemon.stop()
-    finally:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-
-
-def _audit_reload(daemon: Daemon, denied: str | None, note: str = "") -> None:
-    """One `reload` audit record: SIGHUP carries no identity, so the peer says how."""
-    if daemon.hub is not None:
-        daemon.hub.audit(AuditAction.RELOAD, Actor(peer="SIGHUP"), denied=denied, note=note)
-
-
-def _reload(daemon: Daemon, reload: Callable[[], Config], notifier: Notifier) -> None:
-    """SIGHUP: re-read the configuration and apply it; a bad file changes nothing."""
-    notifier.reloading()
-    source = str(daemon.config.config or "the command line (no configuration file)")
-    try:
-        new = reload()
-    except ConfigError as exc:
-        log.error("reload failed, configuration unchanged: %s", exc)
-        notifier.ready(f"reload failed: {exc}"[:200])
-        _audit_reload(daemon, f"configuration rejected: {exc}")
-        return
-    outcome = apply_reload(daemon, new)
-    log.info("%s", describe_reload(outcome, source))
-    _audit_reload(daemon, None, describe_reload(outcome, source))
-    notifier.ready(_status_line(daemon))

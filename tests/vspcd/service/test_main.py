@@ -1,7 +1,7 @@
 """vspcd/service/main.py: exit codes, logging targets, pidfile, --daemon, signals.
 
 Process-level behaviour runs in subprocesses.  Most of them substitute a stand-in
-`vspc.vspcd.service.server` that keeps serve()'s contract (bind the proxy port, install
+`vspc.vspcd.service.run` that keeps serve()'s contract (bind the proxy port, install
 SIGTERM/SIGINT handlers, call `ready`, return after a signal), so __main__'s plumbing
 is tested on its own; one test runs the real server when it is importable.
 Everything binds 127.0.0.1 port 0; waits poll with a deadline.
@@ -58,9 +58,9 @@ async def serve(config, *, ready=None, **_later):  # reload=, notifier=
     await stop.wait()
     listener.close()
 
-module = types.ModuleType("vspc.vspcd.service.server")
+module = types.ModuleType("vspc.vspcd.service.run")
 module.serve = serve
-sys.modules["vspc.vspcd.service.server"] = module
+sys.modules["vspc.vspcd.service.run"] = module
 from vspc.vspcd.service.main import main
 sys.exit(main(sys.argv[1:]))
 """

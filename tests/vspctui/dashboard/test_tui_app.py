@@ -39,6 +39,7 @@ from tests.vspcd.harness import (
     running,
 )
 from vspc.common.admin import LockMode
+from vspc.common.esxi import SerialBreak
 from vspc.vspctui.client import AdminAddress
 from vspc.vspctui.cmdtable import Context, ExitCode
 from vspc.vspctui.dashboard.app import App, main
@@ -212,6 +213,53 @@ def test_keys_drive_dialogs_filter_help_and_attach(short_dir: Path) -> None:
                 await vm.close()
 
     screen = HeadlessScreen()
+    asyncio.run(run())
+
+
+def test_break_asks_first_and_ctrl_u_clears_the_filter(short_dir: Path) -> None:
+    async def run() -> None:
+        async with running(short_dir) as (daemon, events):
+            assert daemon.proxy_port is not None
+            db01 = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            web02 = await FakeEsxi.connect(daemon.proxy_port, UUID_B, "web02")
+            await identified(events, UUID_B)
+            screen = HeadlessScreen()
+            app = App(AdminAddress(path=str(short_dir / "admin.sock")), screen=screen)
+            task = asyncio.create_task(app.run())
+            await until(app, lambda: bool(screen.row("web02")), "both consoles")
+
+            # C-u empties what was typed after /; Enter then keeps no filter.
+            app.press("/", *"web")
+            assert screen.row("db01") == [] and screen.row("web02")
+            app.press("ctrl u")
+            assert screen.row("db01") and screen.row("web02")
+            app.press(*"db", "ctrl u", *"web", "enter")
+            assert "consoles: 1 of 2  filter: web" in screen.text
+            app.press("/", "ctrl u", "enter")
+            assert "filter:" not in screen.text and screen.row("db01")
+
+            # B asks first (on web02: the filter left the focus there): Esc sends
+            # nothing, Enter sends the break to the focused console's VM.
+            operator = await Operator.connect(console_port(daemon, UUID_B))
+            await until(app, lambda: screen.row("web02")[3:4] == ["1"], "one client")
+            app.press("B")
+            words = " ".join(screen.text.replace("\u2502", " ").split())  # the dialog wraps
+            assert "Send a serial break to web02?" in words
+            app.press("esc")
+            assert "no break sent to web02" in screen.text
+            app.press("B", "enter")
+            await until(app, lambda: "break sent to web02" in screen.text, "break sent")
+            assert isinstance(await web02.wait_for(SerialBreak), SerialBreak)
+            await operator.output.expect(b"[vspcd: break sent by ")
+            # One break, to web02 only: the cancelled dialog sent none.
+            assert not any(isinstance(e, SerialBreak) for e in web02.events + db01.events)
+
+            app.press("q")
+            assert await asyncio.wait_for(task, TIMEOUT) == ExitCode.OK
+            await operator.close()
+            for vm in (db01, web02):
+                await vm.close()
+
     asyncio.run(run())
 
 

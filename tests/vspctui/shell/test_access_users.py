@@ -28,6 +28,7 @@ import pytest
 
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, console_port, identified, running
 from tests.vspctui.realdaemon import RealDaemon
+from vspc.common.esxi import SerialBreak
 
 PREFIX = "vspct"
 GROUPS = ("dba", "net", "ro")
@@ -251,3 +252,79 @@ def test_a_uid_without_passwd_entry(
     code, out, _ = vspc(d, GHOST_UID, GHOST_UID, (a["@net"][1],), "list", "--json")
     assert names(out) == ["db01", "web01"]
     assert vspc(d, GHOST_UID, GHOST_UID, (a["@net"][1],), "clear", "db01")[0] == DENIED
+
+
+@pytest.fixture
+def audited(accounts: dict[str, tuple[int, int]]) -> Iterator[SharedDaemon]:
+    """The shared daemon with `--audit-log` (docs/security.md "Audit trail")."""
+    directory = Path(tempfile.mkdtemp(prefix="vspc-audit-"))
+    directory.chmod(0o755)
+    daemon = SharedDaemon(directory, "--audit-log", str(directory / "audit.log"))
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def audit_record(daemon: SharedDaemon, **match: Any) -> dict[str, Any]:
+    """The first line of the audit log with every field of `match`, once written (the
+    log is flushed at the end of the daemon's loop turn: one round trip later)."""
+    path = daemon.directory / "audit.log"
+    for _ in range(2):
+        daemon.call(lambda: asyncio.sleep(0))  # a turn of the daemon's loop
+        for line in path.read_text().splitlines():
+            record: dict[str, Any] = json.loads(line)
+            if all(record.get(k) == v for k, v in match.items()):
+                return record
+    raise AssertionError(f"no audit record {match} in {path.read_text()}")
+
+
+def test_break_needs_control_and_every_action_is_audited(
+    audited: SharedDaemon, accounts: dict[str, tuple[int, int]]
+) -> None:
+    d, a = audited, accounts
+    alice, bob, carol = (f"{PREFIX}_{n}" for n in ("alice", "bob", "carol"))
+    # alice has write on db01: a break needs control.
+    code, _, err = as_user(d, a, "alice", "break", "db01")
+    assert code == DENIED and "write access on db01: break needs control" in err
+    denied = audit_record(d, action="break", user=alice)
+    assert denied["result"] == "denied" and denied["uid"] == a["alice"][0]
+    assert denied["console"] == "db01" and denied["reason"].startswith("permission_denied: ")
+    # bob (watch) may not clear.
+    assert as_user(d, a, "bob", "clear", "db01")[0] == DENIED
+    record = audit_record(d, action="clear", user=bob)
+    assert record["result"] == "denied" and record["peer"] == "unix"
+    assert record["reason"] == ("permission_denied: watch access on db01: clear needs control")
+    # carol has control on web01: break, clear and kick there are hers.
+    d.port = console_port(d.daemon, UUID_B)
+    op = d.telnet()  # a client on web01
+    hub = d.daemon.hub
+    assert hub is not None
+    ident = d.call(lambda: next(c.ident for c in hub.consoles() for c in c.clients))
+    assert as_user(d, a, "carol", "break", "web01")[0] == 0
+    d.call(lambda: d.vm2.wait_for(SerialBreak))
+    record = audit_record(d, action="break", user=carol)
+    assert (record["result"], record["console"]) == ("ok", "web01") and record["key"]
+    assert as_user(d, a, "carol", "kick", str(ident))[0] == 0
+    record = audit_record(d, action="kick", user=carol)
+    assert (record["result"], record["client"]) == ("ok", ident)
+    assert as_user(d, a, "carol", "clear", "web01")[0] == 0
+    record = audit_record(d, action="clear", user=carol)
+    assert record["result"] == "ok" and record["uid"] == a["carol"][0]
+    # attach and detach: alice's `vspc attach` with its input at EOF (pipes).
+    uid, gid = a["alice"]
+    done = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={gid}",
+         sys.executable, "-m", "vspc.vspctui.shell.cli", "--socket", d.path,
+         "attach", "db01", "--lock", "write"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd="/",
+        env={"PATH": os.defpath},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    attach = audit_record(d, action="attach", user=alice)
+    assert (attach["result"], attach["mode"], attach["console"]) == ("ok", "write", "db01")
+    detach = audit_record(d, action="detach", user=alice)
+    assert (detach["result"], detach["mode"]) == ("ok", "write")
+    del op

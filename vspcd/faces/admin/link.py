@@ -1,8 +1,9 @@
 """One admin connection: `AdminLink`, the asyncio protocol of the admin socket.
 
 Spec: docs/admin-protocol.md (framing, the attach channel, events, limits, error
-codes).  Who the peer is and what it may do comes from vspcd/faces/admin/access.py,
-the commands from vspcd/faces/admin/handlers.py, the limits from
+codes).  Who the peer is comes from vspcd/faces/admin/access.py, what it may do on
+which console from vspcd/faces/admin/linkaccess.py (a mixin of `AdminLink`), the
+commands from vspcd/faces/admin/handlers.py, the limits from
 vspcd/faces/admin/limits.py.
 
 A link moves through these modes:
@@ -52,22 +53,18 @@ from vspc.common.admin import (
     encode_message,
     failed,
     ok,
-    required_level,
     validate_request,
 )
 from vspc.common.display import safe
 from vspc.vspcd.faces.admin.access import (
     Identity,
-    console_ref,
     event_ref,
     identify,
     peer_key,
-    row_ref,
 )
-from vspc.vspcd.faces.admin.handlers import AUDITED, HANDLERS, Reply, actor_of
+from vspc.vspcd.faces.admin.handlers import AUDITED, HANDLERS, Reply
 from vspc.vspcd.faces.admin.limits import Reading, TokenBucket
-from vspc.vspcd.faces.admin.policy import ConsoleRef
-from vspc.vspcd.faces.admin.resolve import find_among
+from vspc.vspcd.faces.admin.linkaccess import LinkAccess
 from vspc.vspcd.faces.admin.tails import Tails
 from vspc.vspcd.hub.audit import Actor, AuditRecord
 from vspc.vspcd.hub.console import Client, Console
@@ -103,8 +100,9 @@ class Mode(Enum):
     SPLICED = "spliced"  # cluster mode: bytes relayed to the node serving the console
 
 
-class AdminLink(asyncio.Protocol):
-    """One admin connection (and, once attached, the hub's `ClientChannel`)."""
+class AdminLink(LinkAccess, asyncio.Protocol):
+    """One admin connection (and, once attached, the hub's `ClientChannel`); what it
+    may do on which console comes from `LinkAccess` (vspcd/faces/admin/linkaccess.py)."""
 
     def __init__(self, server: AdminServer, *, unix: bool) -> None:
         # shared
@@ -459,82 +457,6 @@ class AdminLink(asyncio.Protocol):
         self.tails.clear()
 
     # -- access ---------------------------------------------------------------------------
-
-    @property
-    def identity(self) -> Identity:
-        """Who the peer is (set at connect; cluster mode sets a relayed operator's)."""
-        return self._identity
-
-    @identity.setter
-    def identity(self, identity: Identity) -> None:
-        self._identity = identity
-        self.actor = actor_of(identity)
-        self._levels.clear()
-
-    def _level_of(self, ref: ConsoleRef) -> Level:
-        gate = self.server.gate
-        if self._levels_generation != gate.generation:
-            self._levels.clear()
-            self._levels_generation = gate.generation
-        cache_key = (ref.uuid + "_" + ref.label, ref.name, ref.vm_name)
-        level = self._levels.get(cache_key)
-        if level is None:
-            if len(self._levels) > 4096:  # renamed consoles leave stale entries
-                self._levels.clear()
-            level = self._levels[cache_key] = gate.level(self._identity, ref)
-        return level
-
-    def level(self, console: Console) -> Level:
-        """The peer's level on `console`."""
-        return self._level_of(console_ref(console))
-
-    def may_see(self, console: Console) -> bool:
-        """The console exists for this peer (level watch or more)."""
-        return self.level(console) is not Level.NONE
-
-    def row_visible(self, row: dict[str, Any]) -> bool:
-        """Cluster mode: a `list` row from another node, judged here."""
-        return self._level_of(row_ref(row)) is not Level.NONE
-
-    def find(self, request: Request, spec: str | None = None) -> Console:
-        """The console `request` names (its `vm`, or `spec`), checked against the
-        level the request needs on it.
-
-        Raises:
-            HubError: `vm_not_found` (also for a console the peer may not watch:
-                no hint that it exists) or `ambiguous_vm` among the visible ones.
-            AdminError: `permission_denied`.
-        """
-        text = request.fields["vm"] if spec is None else spec
-        hub = self._hub
-        gate = self.server.gate
-        if gate.hides_nothing_from(self._identity):
-            console = hub.find(text)  # the common case: the hub's own lookup
-        else:
-            console = find_among([c for c in hub.consoles() if self.may_see(c)], text)
-        self.check(request, console)
-        return console
-
-    def check(self, request: Request, console: Console) -> None:
-        """Raise unless the peer's level on `console` covers `request`."""
-        level = self.level(console)
-        if not level.allows(required_level(request)):
-            self._denied_on = None if level is Level.NONE else console
-        if level is Level.NONE:
-            spec = request.fields.get("vm") or request.fields.get("port")
-            raise HubError(ErrorCode.VM_NOT_FOUND, f"no console matches {str(spec)!r}")
-        needed = required_level(request)
-        if level.allows(needed):
-            return
-        name = safe(console.display_name)
-        if request.cmd == "attach" and level is Level.WATCH:
-            text = f"watch access on {name}: attach with readonly or free_for_all_or_readonly"
-        elif request.cmd == "attach":
-            lock = request.fields["lock"].value
-            text = f"{level.value} access on {name}: the {lock} lock needs {needed.value}"
-        else:
-            text = f"{level.value} access on {name}: {request.cmd} needs {needed.value}"
-        raise AdminError(ErrorCode.PERMISSION_DENIED, text, request.id)
 
     def access_changed(self) -> None:
         """The access rules changed (a reload): re-judge what this connection holds.
