@@ -33,3 +33,6 @@ if TEST_LOOP == "uvloop":
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 else:
     os.environ.setdefault("VSPCD_EVENT_LOOP", "asyncio")
+
+# `user_runtime`: vspc and vspcd that other users can run (tests/userruntime.py).
+from tests.userruntime import user_runtime  # noqa: E402, F401

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.userruntime import UserRuntime
 from vspc.vspcd.service.privileges import PrivilegeError, resolve, root_refusal
 
 
@@ -70,56 +71,30 @@ def test_resolve_unknown_names() -> None:
         resolve("nobody", "no-such-group-here")
 
 
-def _readable_copy(workdir: Path) -> tuple[list[str], dict[str, str]]:
-    """A command that runs vspcd from a copy in `workdir`, for a user who may not read
-    the checkout (a private home directory, a `chmod 700` clone) or its venv.
-
-    vspcd needs only the standard library, so the copy is its two packages, run by
-    the venv's base interpreter with `-S` (no site-packages, no editable install
-    pointing back into the checkout).
-    """
-    import vspc.common
-    import vspc.vspcd
-
-    for name, package in (("common", vspc.common), ("vspcd", vspc.vspcd)):
-        source = Path(next(iter(package.__path__)))
-        target = workdir / "vspc" / name
-        shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [workdir, *workdir.rglob("*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    interpreter = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
-    return [interpreter, "-S", "-m", "vspc.vspcd"], {**os.environ, "PYTHONPATH": str(workdir)}
-
-
-def test_user_without_root_is_a_start_error(tmp_path: Path) -> None:
+def test_user_without_root_is_a_start_error(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     # As root (CI), become an ordinary user first with setpriv, then ask for another one.
-    # That user may not be able to read the checkout: it runs a world-readable copy.
+    # That user may not be able to run the venv's interpreter or read the checkout: it
+    # runs vspcd from the world-readable copy of tests/userruntime.py.
     prefix: list[str] = []
     command = [sys.executable, "-m", "vspc.vspcd"]
-    env = dict(os.environ)
+    target, workdir = "nobody", tmp_path
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv (util-linux) needed to run this as a non-root user")
+        runtime: UserRuntime = request.getfixturevalue("user_runtime")  # may skip: says why
         nobody = pwd.getpwnam("nobody")
         prefix = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}"]
         prefix.append("--clear-groups")
+        command = [runtime.vspcd]
         target = "root"
         workdir = Path(tempfile.mkdtemp(prefix="vspcd-nonroot-"))
-        workdir.chmod(0o777)
-        command, env = _readable_copy(workdir)
-        probe = subprocess.run([*prefix, *command[:-2], "-c", "import vspc.vspcd"], env=env,
-                               capture_output=True, text=True, timeout=15, cwd="/")  # fmt: skip
-        if probe.returncode != 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-            pytest.skip(f"user nobody cannot run {command[0]}: {probe.stderr.strip()}")
-    else:
-        target, workdir = "nobody", tmp_path
+        workdir.chmod(0o777)  # nobody's socket directory
     try:
         done = subprocess.run(
             [*prefix, *command, "--proxy-iface", "127.0.0.1",
              "--proxy-port", "0", "--no-vm-ports", "--admin-socket", f"{workdir}/s",
              "--user", target],
-            capture_output=True, text=True, timeout=15, cwd="/", env=env,
+            capture_output=True, text=True, timeout=15, cwd="/",
         )  # fmt: skip
     finally:
         if workdir != tmp_path:

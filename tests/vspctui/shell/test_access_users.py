@@ -5,7 +5,9 @@ A session fixture creates users and groups with useradd/groupadd (skipped unless
 root); each `vspc` runs under `setpriv --reuid --regid --groups/--clear-groups`, so
 the daemon sees exactly the credentials the kernel reports (SO_PEERCRED,
 SO_PEERGROUPS) -- including groups a process holds that /etc/group does not list,
-and a uid with no passwd entry at all.
+and a uid with no passwd entry at all.  `vspc` is the world-readable copy of
+tests/userruntime.py, under /usr/bin/python3: those users may not be able to run the
+venv's interpreter or read the checkout.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.userruntime import UserRuntime
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, console_port, identified, running
 from tests.vspctui.realdaemon import RealDaemon
 from vspc.common.esxi import SerialBreak
@@ -97,10 +99,11 @@ def accounts() -> Iterator[dict[str, tuple[int, int]]]:
 
 class SharedDaemon(RealDaemon):
     """vspcd with the rules above, a socket every user may reach, and two VMs:
-    db01 (UUID_A) and web01 (UUID_B)."""
+    db01 (UUID_A) and web01 (UUID_B); `program` is the `vspc` the users run."""
 
-    def __init__(self, directory: Path, *extra: str) -> None:
+    def __init__(self, directory: Path, program: str, *extra: str) -> None:
         super().__init__(directory)
+        self.program = program
         self.extra = extra
 
     async def _start(self) -> None:
@@ -120,10 +123,12 @@ class SharedDaemon(RealDaemon):
 
 
 @pytest.fixture
-def shared(accounts: dict[str, tuple[int, int]]) -> Iterator[SharedDaemon]:
+def shared(
+    accounts: dict[str, tuple[int, int]], user_runtime: UserRuntime
+) -> Iterator[SharedDaemon]:
     directory = Path(tempfile.mkdtemp(prefix="vspc-access-"))
     directory.chmod(0o755)  # the users must reach the socket
-    daemon = SharedDaemon(directory, "--readonly-group", f"{PREFIX}_ro")
+    daemon = SharedDaemon(directory, user_runtime.vspc, "--readonly-group", f"{PREFIX}_ro")
     daemon.start()
     try:
         yield daemon
@@ -133,13 +138,13 @@ def shared(accounts: dict[str, tuple[int, int]]) -> Iterator[SharedDaemon]:
 
 
 def vspc(
-    daemon: RealDaemon, uid: int, gid: int, groups: tuple[int, ...], *argv: str
+    daemon: SharedDaemon, uid: int, gid: int, groups: tuple[int, ...], *argv: str
 ) -> tuple[int, str, str]:
     """Run the real `vspc` as uid/gid with exactly `groups`; (exit code, out, err)."""
     drop = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
     cmd = [
         "setpriv", f"--reuid={uid}", f"--regid={gid}", *drop,
-        sys.executable, "-m", "vspc.vspctui.shell.cli", "--socket", daemon.path, *argv,
+        daemon.program, "--socket", daemon.path, *argv,
     ]  # fmt: skip
     done = subprocess.run(
         cmd, capture_output=True, text=True, timeout=30, cwd="/", env={"PATH": os.defpath}
@@ -148,7 +153,7 @@ def vspc(
 
 
 def as_user(
-    daemon: RealDaemon, accounts: dict[str, tuple[int, int]], user: str, *argv: str
+    daemon: SharedDaemon, accounts: dict[str, tuple[int, int]], user: str, *argv: str
 ) -> tuple[int, str, str]:
     uid, gid = accounts[user]
     return vspc(daemon, uid, gid, (gid,), *argv)
@@ -255,11 +260,13 @@ def test_a_uid_without_passwd_entry(
 
 
 @pytest.fixture
-def audited(accounts: dict[str, tuple[int, int]]) -> Iterator[SharedDaemon]:
+def audited(
+    accounts: dict[str, tuple[int, int]], user_runtime: UserRuntime
+) -> Iterator[SharedDaemon]:
     """The shared daemon with `--audit-log` (docs/security.md "Audit trail")."""
     directory = Path(tempfile.mkdtemp(prefix="vspc-audit-"))
     directory.chmod(0o755)
-    daemon = SharedDaemon(directory, "--audit-log", str(directory / "audit.log"))
+    daemon = SharedDaemon(directory, user_runtime.vspc, "--audit-log", str(directory / "audit.log"))
     daemon.start()
     try:
         yield daemon
@@ -317,8 +324,7 @@ def test_break_needs_control_and_every_action_is_audited(
     uid, gid = a["alice"]
     done = subprocess.run(
         ["setpriv", f"--reuid={uid}", f"--regid={gid}", f"--groups={gid}",
-         sys.executable, "-m", "vspc.vspctui.shell.cli", "--socket", d.path,
-         "attach", "db01", "--lock", "write"],
+         d.program, "--socket", d.path, "attach", "db01", "--lock", "write"],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=30, cwd="/",
         env={"PATH": os.defpath},
     )  # fmt: skip

@@ -6,6 +6,9 @@ The parsing rules are checked directly; the end-to-end test starts a private ssh
 of the system's sshd touched), a console-only user in a `Match Group` block, and a
 vspcd with two consoles of which the user may reach one, and drives it with the real
 `ssh` client.  It needs root (useradd, sshd) and openssh-server (.ci/run installs it).
+ForceCommand runs `vspc` from the world-readable copy of tests/userruntime.py, under
+/usr/bin/python3: the user may not be able to run the venv's interpreter or read the
+checkout.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.userruntime import UserRuntime
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
 from tests.vspctui.realdaemon import RealDaemon
 from vspc.vspctui.cmdtable import UsageError
@@ -35,7 +38,6 @@ from vspc.vspctui.shell.forced import parse_forced
 USER = "vspct_ssh"
 GROUP = "vspct_remote"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-BIN = Path(sys.executable).parent
 TIMEOUT = 20.0
 
 # --- parsing ---------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def test_refused_lines(line: str, why: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def account() -> Iterator[pwd.struct_passwd]:
+def account(request: pytest.FixtureRequest) -> Iterator[pwd.struct_passwd]:
     if os.geteuid() != 0:
         pytest.skip("needs root: creates a user and runs a private sshd")
     if not os.path.exists(SSHD) or not (shutil.which("ssh") and shutil.which("ssh-keygen")):
@@ -97,6 +99,7 @@ def account() -> Iterator[pwd.struct_passwd]:
     for tool in ("useradd", "groupadd", "userdel", "groupdel", "setpriv"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool}")
+    user_runtime: UserRuntime = request.getfixturevalue("user_runtime")  # may skip: says why
     made_group = made_user = False
     try:
         try:
@@ -117,14 +120,14 @@ def account() -> Iterator[pwd.struct_passwd]:
             made_user = True
         entry = pwd.getpwnam(USER)
         # Through a shell, as sshd runs ForceCommand (a direct exec from setpriv may
-        # still get past a directory only root may search).
+        # still get past a directory only root may search).  The copy is built to be
+        # runnable by anyone: if it is not, that is a failure, not a reason to skip.
         probe = subprocess.run(
             ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
-             "/bin/sh", "-c", f"{BIN / 'vspc'} --version"],
+             "/bin/sh", "-c", f"{user_runtime.vspc} --version"],
             capture_output=True, text=True, timeout=TIMEOUT, cwd="/",
         )  # fmt: skip
-        if probe.returncode != 0:
-            pytest.skip(f"an unprivileged user cannot run {BIN / 'vspc'}: {probe.stderr.strip()}")
+        assert probe.returncode == 0, f"{USER} cannot run {user_runtime.vspc}: {probe.stderr}"
         yield entry
     finally:
         if made_user:
@@ -157,14 +160,15 @@ class SshDaemon(RealDaemon):
 
 
 @contextlib.contextmanager
-def private_sshd(directory: Path, socket_path: str) -> Iterator[int]:
-    """sshd on a free loopback port, ForceCommand for `GROUP`; yields the port."""
+def private_sshd(directory: Path, socket_path: str, vspc: str) -> Iterator[int]:
+    """sshd on a free loopback port, ForceCommand `vspc ... ssh-command` for `GROUP`;
+    yields the port."""
     if not Path("/run/sshd").is_dir():  # sshd's privilege separation directory
         Path("/run/sshd").mkdir(mode=0o755, parents=True)
     key = directory / "host_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     port = free_port()
-    forced = f"{BIN / 'vspc'} --socket {socket_path} ssh-command"
+    forced = f"{vspc} --socket {socket_path} ssh-command"
     config = directory / "sshd_config"
     config.write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {key}\n"
@@ -214,7 +218,9 @@ class Ssh:
 
 
 @pytest.fixture
-def remote(account: pwd.struct_passwd) -> Iterator[tuple[SshDaemon, Ssh]]:
+def remote(
+    account: pwd.struct_passwd, user_runtime: UserRuntime
+) -> Iterator[tuple[SshDaemon, Ssh]]:
     directory = Path(tempfile.mkdtemp(prefix="vspc-ssh-"))
     directory.chmod(0o755)  # the user must reach the socket and its key
     daemon = SshDaemon(directory)
@@ -230,7 +236,7 @@ def remote(account: pwd.struct_passwd) -> Iterator[tuple[SshDaemon, Ssh]]:
         (ssh_dir / "keys" / USER).write_text(client_key.with_suffix(".pub").read_text())
         (ssh_dir / "keys").chmod(0o755)
         (ssh_dir / "keys" / USER).chmod(0o644)
-        with private_sshd(ssh_dir, daemon.path) as port:
+        with private_sshd(ssh_dir, daemon.path, user_runtime.vspc) as port:
             yield daemon, Ssh(ssh_dir, port)
     finally:
         daemon.stop()
