@@ -129,8 +129,8 @@ def shared(
     directory = Path(tempfile.mkdtemp(prefix="vspc-access-"))
     directory.chmod(0o755)  # the users must reach the socket
     daemon = SharedDaemon(directory, user_runtime.vspc, "--readonly-group", f"{PREFIX}_ro")
-    daemon.start()
-    try:
+    try:  # a start that fails still closes the daemon's loop
+        daemon.start()
         yield daemon
     finally:
         daemon.stop()
@@ -267,8 +267,8 @@ def audited(
     directory = Path(tempfile.mkdtemp(prefix="vspc-audit-"))
     directory.chmod(0o755)
     daemon = SharedDaemon(directory, user_runtime.vspc, "--audit-log", str(directory / "audit.log"))
-    daemon.start()
-    try:
+    try:  # a start that fails still closes the daemon's loop
+        daemon.start()
         yield daemon
     finally:
         daemon.stop()

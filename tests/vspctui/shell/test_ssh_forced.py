@@ -224,8 +224,8 @@ def remote(
     directory = Path(tempfile.mkdtemp(prefix="vspc-ssh-"))
     directory.chmod(0o755)  # the user must reach the socket and its key
     daemon = SshDaemon(directory)
-    daemon.start()
-    try:
+    try:  # a start that fails still closes the daemon's loop
+        daemon.start()
         ssh_dir = directory / "ssh"
         ssh_dir.mkdir()
         client_key = ssh_dir / "client_ed25519"
