@@ -77,9 +77,7 @@ class VspcdProcess:
         except FileNotFoundError:
             return ""
 
-    def wait_log(
-        self, wanted: str | Callable[[str], bool], timeout: float = READY_TIMEOUT
-    ) -> str:
+    def wait_log(self, wanted: str | Callable[[str], bool], timeout: float = READY_TIMEOUT) -> str:
         """Wait until the log contains `wanted` (or satisfies it); return the log."""
         test = wanted if callable(wanted) else (lambda text: wanted in text)
         deadline = time.monotonic() + timeout
@@ -184,4 +182,3 @@ def vspcd_running(
         yield daemon
     finally:
         daemon.close()
-
