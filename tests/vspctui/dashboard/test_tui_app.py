@@ -44,6 +44,7 @@ from vspc.vspctui.cmdtable import Context, ExitCode
 from vspc.vspctui.dashboard.app import App, main
 
 TIMEOUT = 5.0
+SCREEN_TIMEOUT = 30.0
 
 
 class HeadlessScreen(urwid.BaseScreen):
@@ -240,7 +241,8 @@ class Tmux:
         return self.run("capture-pane", "-p", "-t", "tui")
 
     def wait_for(self, check: Callable[[str], bool], what: str) -> str:
-        deadline = time.monotonic() + TIMEOUT * 2
+        # A fresh Python drawing in tmux on a loaded machine: generous, polled.
+        deadline = time.monotonic() + SCREEN_TIMEOUT
         while True:
             shown = self.screen()
             if check(shown):
