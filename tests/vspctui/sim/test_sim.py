@@ -105,7 +105,7 @@ def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> Non
         *("--vmotion", "success,abort,notnow,abandon", "--rounds", "4", "--abandon-wait", "0.05"),
     )
     counts = report["counts"]
-    assert report["failures"] == [] and code == 0, report
+    assert report["failures"] == [] and code == 0, (report["failures"], report["counts"])
     assert counts["connected"] == 3 and counts["clients"] == 3
     for kind in ("success", "abort", "notnow", "abandon"):
         assert counts[f"started_{kind}"] == 3
@@ -127,7 +127,7 @@ def test_a_run_that_ends_mid_vmotion_finishes_it_first(vspcd: Vspcd) -> None:
         *("--vmotion", "abandon", "--loop", "--abandon-wait", "0.3", "--duration", "0.5"),
     )
     counts = report["counts"]
-    assert code == 0, report
+    assert code == 0, (report["failures"], report["counts"])  # failures first: not truncated
     # The run ended while the VMs were away; they came back before the tally.
     assert counts["vmotions_done"] == counts["vmotions_started"] == counts["vmotions_ok"]
     assert counts["typed_markers"] > 0 and counts["lost_bytes"] == 0
