@@ -29,7 +29,8 @@ import pytest
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, console_port, identified, running
 from tests.vspctui.realdaemon import RealDaemon
 
-PREFIX = "vspct"
+# Per test process: suites running side by side must not delete each other's accounts.
+PREFIX = f"vt{os.getpid() % 100000:05d}"
 GROUPS = ("dba", "net", "ro")
 USERS = {"alice": "dba", "bob": "net", "carol": "net", "dave": "net"}
 GHOST_UID = 54321  # no passwd entry
