@@ -93,3 +93,4 @@ class EventName(StrEnum):
     LOCK_CHANGED = "lock_changed"
     OUTPUT = "output"  # tail --follow data
     TAIL_END = "tail_end"  # a followed console went away
+    CONSOLE_ALERT = "console_alert"  # a console printed a line an alert rule matches
