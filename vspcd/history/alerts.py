@@ -503,8 +503,8 @@ class AlertMatcher:
         want = self._context
         if want <= 0:
             return ()
-        lines = [_clean(line) for line in text[:start].split("\n")[-want - 1 :]]
-        lines = [line for line in lines if line.strip()]
+        lines = [_clean(line) for line in text[:start].split("\n")]
+        lines = [line for line in lines if line.strip()][-want:]
         if len(lines) < want:
             older = _lines(b"\n".join(stream.recent).decode("utf-8", "replace")).split("\n")
             lines = [_clean(line) for line in older if line.strip()] + lines
@@ -514,7 +514,8 @@ class AlertMatcher:
         want = self._context
         if want <= 0:
             return
-        tail = block.rsplit(b"\n", want)[-want:]
-        if len(tail) < want:
-            tail = stream.recent + tail
-        stream.recent = [line[: self._limit] for line in tail[-want:]]
+        pieces = block.rsplit(b"\n", 2 * want)[-2 * want :]
+        kept = [p for piece in pieces for p in piece.split(b"\r") if p.strip()][-want:]
+        if len(kept) < want:
+            kept = stream.recent + kept
+        stream.recent = [line[: self._limit] for line in kept[-want:]]
