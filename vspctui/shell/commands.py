@@ -331,7 +331,8 @@ def _stamp(when: object) -> str:
 
 
 @commands.register("alerts", help="recent console alerts: kernel panics, Oopses, OOM kills, ...",
-                   args=[protocol_arg("alerts", "vm", "vm", kind=ArgKind.VM),
+                   args=[Arg(("vm",), "only this console (name, key, UUID or port)", ArgKind.VM,
+                             optional=True),
                          protocol_arg("alerts", "limit", "--limit", "-n", metavar="N"),
                          _JSON])  # fmt: skip
 async def alerts_cmd(ctx: Context, ns: argparse.Namespace) -> int:
