@@ -126,12 +126,13 @@ BUILTIN_RULES: tuple[AlertRule, ...] = (
     # Windows EMS on a bug check: "*** STOP: 0x0000007B (0xF78D2524,0xC0000034,...)",
     # the machine-info XML `<INSTANCE CLASSNAME="BLUESCREEN">`, and the screen text
     # ("A problem has been detected and Windows has been shut down ...", since
-    # Windows 8 "Your PC ran into a problem and needs to restart").
+    # Windows 8 "Your PC ran into a problem and needs to restart", Windows 11 "Your
+    # device ...").
     _builtin(
         "windows_bugcheck",
         r"\*\*\* STOP: 0x[0-9A-Fa-f]{8}|CLASSNAME=\"BLUESCREEN\""
         r"|A problem has been detected and Windows has been shut down"
-        r"|ran into a problem and needs to restart",
+        r"|Your (?:PC|device) ran into a problem and needs to restart",
     ),
 )
 
@@ -463,15 +464,26 @@ class AlertMatcher:
             if room > 0:
                 stream.pending += data[:room]
             return []
-        block = stream.pending + data[:end] if stream.pending else data[:end]
-        stream.pending = data[end + 1 : end + 1 + self._limit]
         ruleset = stream.ruleset
         assert ruleset is not None
+        pending = stream.pending
+        stream.pending = data[end + 1 : end + 1 + self._limit]
         if not ruleset.rules:
             return []
-        block = strip_escapes(block)
-        live = ruleset.live(block)
-        hits = self._match(key, stream, ruleset, live, block) if live else []
+        # The pre-filter looks at the chunk as it is (no copy: usually nothing is
+        # live), and at the line the chunk completes, for a literal split across
+        # the two; what lies after `end` is looked at again when its line is complete.
+        live = ruleset.live(data)
+        if pending:
+            first = data.find(b"\n")
+            live |= ruleset.live(pending + data[: first if first >= 0 else end])
+        if b"\x1b" in data or b"\x1b" in pending:
+            live |= ruleset.live(strip_escapes(pending + data[:end]))
+        if not live:
+            self._remember_chunk(stream, pending, data)
+            return []
+        block = strip_escapes(pending + data[:end])
+        hits = self._match(key, stream, ruleset, live, block)
         self._remember(stream, block)
         return hits
 
@@ -509,6 +521,18 @@ class AlertMatcher:
             older = _lines(b"\n".join(stream.recent).decode("utf-8", "replace")).split("\n")
             lines = [_clean(line) for line in older if line.strip()] + lines
         return tuple(line[: self._limit] for line in lines[-want:])
+
+    def _remember_chunk(self, stream: _Stream, pending: bytes, data: bytes) -> None:
+        """`_remember` of the lines `pending` + `data` complete, without copying `data`."""
+        want = self._context
+        if want <= 0:
+            return
+        pieces = data.rsplit(b"\n", 2 * want)
+        tail = pieces.pop()  # after the last LF: lines a CR ended, then the unfinished one
+        pieces += tail.split(b"\r")[:-1]
+        if pending and len(pieces) <= 2 * want:
+            pieces[0] = pending + pieces[0]
+        self._remember(stream, b"\n".join(pieces[-2 * want :]))
 
     def _remember(self, stream: _Stream, block: bytes) -> None:
         want = self._context
