@@ -7,8 +7,8 @@ owners index `.vspcd-owners` names their consoles as vspcd does), starts a real
 vspcd on them (`--log-dir`, no VM connected) and times admin `grep` requests over a
 Unix socket: a pattern that matches a few lines (one per 64 consoles), one that
 matches nothing, and one that matches so often the limit truncates it.  While each
-search runs, a probe measures the daemon's event loop: the longest gap between
-replies to `hello` requests sent back to back on a second connection.
+search runs, a probe measures the daemon's event loop: the slowest reply to the
+`hello` requests a second connection sends every 20 ms.
 
 Prints one JSON line.  Example:
 
@@ -74,6 +74,7 @@ async def probe(address: AdminAddress, stop: asyncio.Event) -> float:
             started = time.perf_counter()
             await client.request("hello")
             worst = max(worst, time.perf_counter() - started)
+            await asyncio.sleep(0.02)  # within the admin rate limit
     finally:
         await client.close()
     return worst
@@ -113,6 +114,8 @@ async def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
         sys.executable, "-m", "vspc.vspcd",
         "--proxy-iface", "127.0.0.1", "--proxy-port", "0", "--no-vm-ports",
         "--admin-socket", str(socket), "--log-dir", str(logs), "--log-timestamps",
+        *(["--allow-root"] if os.geteuid() == 0 else []),
+        stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     try:
         for _ in range(200):
@@ -126,7 +129,8 @@ async def run(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
             await timed(address, pattern=r"quick brown", limit=1000),
         ]
     finally:
-        daemon.terminate()
+        if daemon.returncode is None:
+            daemon.terminate()
         await daemon.wait()
     return {
         "bench": "grep",

@@ -150,3 +150,34 @@ def test_when_words() -> None:
     assert parse_when("1700000000") == 1700000000
     assert parse_when("2h", now=10_000.0) == 10_000 - 7200
     assert parse_when("2026-01-01T00:00:00+00:00") == 1767225600
+
+
+def test_alert_rules_reload_and_config_errors(tmp_path: Path) -> None:
+    from vspc.vspcd.service.configdata import ConfigError
+    from vspc.vspcd.service.configfile import read_config_file
+    from vspc.vspcd.service.reload import apply as apply_reload
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[alert]]\nname = "x"\nregex = "("\nseverity = "loud"\n')
+    with pytest.raises(ConfigError) as caught:
+        read_config_file(bad)
+    assert any("alert[1].regex" in p for p in caught.value.problems)
+    assert any("alert[1].severity" in p for p in caught.value.problems)
+    good = tmp_path / "good.toml"
+    good.write_text("[[alert]]\nname = 'ro'\nregex = 'Remounting filesystem read-only'\n")
+    (rule,) = read_config_file(good)["alert_rules"]  # type: ignore[misc]
+
+    async def main() -> None:
+        async with running(tmp_path) as (daemon, events):
+            esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "vm01")
+            await events.wait("vm_renamed")
+            new = dataclasses.replace(daemon.config, alert_rules=(rule,), no_builtin_alerts=True)
+            outcome = apply_reload(daemon, new)
+            assert {key for key, _, _ in outcome.applied} == {"alert_rules", "no_builtin_alerts"}
+            esx.send(PANIC + b"EXT4-fs (sda1): Remounting filesystem read-only\r\n")
+            hit = await events.wait("console_alert")
+            assert hit["alert"] == "ro" and hit["severity"] == "warning"
+            assert [n for n, f in events.seen if n == "console_alert"] == ["console_alert"]
+            await esx.close()
+
+    asyncio.run(main())

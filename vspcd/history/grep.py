@@ -9,9 +9,9 @@ admin server, vspcd/faces/admin/handlers.py).
   generations (`FILE.N`, `FILE.N.gz`; vspcd/history/naming.py, lineformat.py),
   files of consoles long gone included.  Which console a file belongs to comes from
   the directory's owners index (`.vspcd-owners`), or for `--log-name uuid` from the
-  name itself.  The files are scanned by a child process
-  (vspcd/history/grepworker.py): the daemon only reads its result lines, a few at
-  a time, between other work.
+  name itself.  The files are scanned by child processes
+  (vspcd/history/grepworker.py, one per CPU up to `WORKERS`): the daemon only reads
+  their result lines, a few at a time, between other work.
 * Live scrollback, for consoles without a log file (no `--log-dir`, or nothing
   written yet): scanned in the daemon, one console per event-loop turn (the
   scrollback is bounded by `--scrollback`).
@@ -35,14 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vspc.vspcd.history.grepworker import MAX_LINE, _clean
-from vspc.vspcd.history.lineformat import rotated_files
 from vspc.vspcd.history.naming import LogNaming, OwnerIndex, stem
 from vspc.vspcd.hub.console import Console, ConsoleKey
 from vspc.vspcd.hub.selectors import ConsoleRef
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GrepMatch", "GrepQuery", "GrepResult", "LogPlace", "grep"]
+__all__ = ["WORKERS", "GrepMatch", "GrepQuery", "GrepResult", "LogPlace", "grep"]
+
+WORKERS = 4  # child processes scanning files at once (fewer on fewer CPUs)
 
 _ESCAPES = re.compile(
     rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[ -/]*[0-~]|\x1b"
@@ -106,43 +107,54 @@ def _key_ref(key: str, name: str) -> ConsoleRef:
     return ConsoleRef(name, name, uuid, label)
 
 
+_GENERATION = re.compile(r"\.(\d+)(\.gz)?$")
+
+
 def log_consoles(place: LogPlace, live: dict[str, Console]) -> list[_LogConsole]:
-    """Every console with log files in `place`, live or long gone."""
+    """Every console with log files in `place`, live or long gone (one directory
+    listing, whatever the number of consoles)."""
     owners = OwnerIndex(place.directory)
     try:
         names = os.listdir(place.directory)
     except OSError as exc:
         log.warning("grep: cannot list %s: %s", place.directory, exc)
         return []
-    stems: dict[str, str] = {}  # current file name -> key
+    current: set[str] = set()
+    rotated: dict[str, dict[int, str]] = {}  # stem -> N -> file name (`.N` over `.N.gz`)
     for name in names:
         if name.startswith(".") or name.endswith((".events", ".tmp")):
             continue
         base = stem(name)
-        if base in stems:
+        if base == name:
+            current.add(name)
             continue
+        found = _GENERATION.search(name)
+        if found is None or name[: found.start()] != base:
+            continue
+        generations = rotated.setdefault(base, {})
+        number = int(found.group(1))
+        if found.group(2) is None or number not in generations:
+            generations[number] = name
+    result: list[_LogConsole] = []
+    for base in sorted(current | set(rotated)):
         key = owners.owner(base)
         if key is None and place.naming is LogNaming.UUID:
             key = base
-        if key is not None:
-            stems[base] = key
-    found: list[_LogConsole] = []
-    for base, key in sorted(stems.items()):
-        path = place.directory / base
-        files = [p for _, p in rotated_files(path)]
-        if path.exists():
-            files.append(path)
-        if not files:
+        if key is None:
             continue
+        files = [place.directory / n for _, n in sorted(rotated.get(base, {}).items())]
+        if base in current:
+            files.append(place.directory / base)
         console = live.get(key)
         if console is not None:
             name = console.display_name
             ref = ConsoleRef(name, console.name, console.key.uuid, console.key.label)
         else:
-            name = base[len(place.prefix) + 1 :] if base.startswith(place.prefix + "-") else base
+            prefix = place.prefix + "-"
+            name = base[len(prefix) :] if place.prefix and base.startswith(prefix) else base
             ref = _key_ref(key, name)
-        found.append(_LogConsole(key, name, ref, tuple(files)))
-    return found
+        result.append(_LogConsole(key, name, ref, tuple(files)))
+    return result
 
 
 async def grep(
@@ -175,7 +187,17 @@ async def grep(
     matches: list[GrepMatch] = []
     truncated = False
     if logged:
-        truncated = await _run_worker(query, logged, place, matches)
+        # One worker per CPU (at most WORKERS), each on every n-th console; results
+        # in console order, cut at the limit.
+        count = max(1, min(WORKERS, os.cpu_count() or 1, len(logged)))
+        parts: list[list[GrepMatch]] = [[] for _ in range(count)]
+        cut = await asyncio.gather(
+            *(_run_worker(query, logged[i::count], place, parts[i]) for i in range(count))
+        )
+        order = {c.key: n for n, c in enumerate(logged)}
+        merged = sorted((m for part in parts for m in part), key=lambda m: order[m.key])
+        truncated = any(cut) or len(merged) > query.limit
+        matches.extend(merged[: query.limit])
     have = {c.key for c in logged}
     searched = len(logged)
     for key, console in live.items():
