@@ -994,14 +994,60 @@ async def one_stream(daemon: Daemon, tag: int, size: int, clients: int) -> dict[
     }
 
 
+# Twenty [[alert]] rules of the kind operators write (docs/operations.md "Console
+# alerts"), for `--set stream.alerts=custom20` / `keystroke.alerts=custom20`.
+CUSTOM_ALERTS = (
+    "EXT4-fs error",
+    "I/O error, dev \\w+",
+    "Call Trace:",
+    "segfault at [0-9a-f]+",
+    "nfs: server \\S+ not responding",
+    "Failed to start .+\\.service",
+    "watchdog timeout",
+    "mce: \\[Hardware Error\\]",
+    "Buffer I/O error on dev",
+    "XFS \\(\\w+\\): Corruption",
+    "rcu: INFO: rcu_sched self-detected stall",
+    "NETDEV WATCHDOG",
+    "Tainted: [A-Z]",
+    "systemd-coredump\\[\\d+\\]",
+    "Journal has been aborted",
+    "Remounting filesystem read-only",
+    "ata\\d+: hard resetting link",
+    "blk_update_request: I/O error",
+    "sd \\d+:\\d+:\\d+:\\d+: \\[sd\\w+\\] tag#",
+    "ACPI Error: ",
+)
+
+
+def alert_args(mode: str) -> list[str]:
+    """Daemon arguments for an alerts mode: `off` (--no-builtin-alerts), `builtin`
+    (the daemon's default), `custom20` (the built-ins and CUSTOM_ALERTS)."""
+    if mode == "off":
+        return ["--no-builtin-alerts"]
+    if mode == "builtin":
+        return []
+    if mode != "custom20":
+        raise ValueError(f"alerts: off, builtin or custom20, not {mode!r}")
+    path = Path(tempfile.mkdtemp(prefix="vspcd-bench-alerts-")) / "alerts.toml"
+    path.write_text(
+        "".join(
+            f"[[alert]]\nname = 'custom{i}'\nregex = '{regex}'\n\n"
+            for i, regex in enumerate(CUSTOM_ALERTS)
+        )
+    )
+    return ["--config", str(path)]
+
+
 async def scenario_stream(
-    *, sizes_mib: Sequence[float], log_flush: float | None = None
+    *, sizes_mib: Sequence[float], log_flush: float | None = None, alerts: str = "builtin"
 ) -> dict[str, Any]:
     # log_flush: None streams without console logs; a number runs
     # the daemon with --log-dir (in its scratch directory) and that --log-flush.
-    extra: list[str] = []
+    # alerts: off, builtin or custom20 (`alert_args`).
+    extra: list[str] = alert_args(alerts)
     if log_flush is not None:
-        extra = ["--log-dir", "{workdir}/logs", "--log-flush", str(log_flush)]
+        extra += ["--log-dir", "{workdir}/logs", "--log-flush", str(log_flush)]
     runs = []
     with running_daemon(vm_ports=True, port_count=len(sizes_mib) + 5, extra_args=extra) as daemon:
         for size in sizes_mib:
@@ -1124,9 +1170,12 @@ async def keystroke_samples(vm_end: FakeVm, client: Client, count: int) -> dict[
     }
 
 
-async def scenario_keystroke(*, chatter_vms: int, samples: int, period: float) -> dict[str, Any]:
+async def scenario_keystroke(
+    *, chatter_vms: int, samples: int, period: float, alerts: str = "builtin"
+) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
-    with running_daemon(vm_ports=True, port_count=chatter_vms + 10) as daemon:
+    extra = alert_args(alerts)
+    with running_daemon(vm_ports=True, port_count=chatter_vms + 10, extra_args=extra) as daemon:
         parent, child = context.Pipe()
         chatter = context.Process(
             target=_chatter_main, args=(daemon.proxy_port, chatter_vms, period, child)
@@ -1186,9 +1235,9 @@ FULL: dict[str, dict[str, Any]] = {
         "type_rate": 0.0,
         "gen_loop": "auto",
     },
-    "stream": {"sizes_mib": [16, 64, 256], "log_flush": None},
+    "stream": {"sizes_mib": [16, 64, 256], "log_flush": None, "alerts": "builtin"},
     "fanout": {"size_mib": 64, "clients": 10},
-    "keystroke": {"chatter_vms": 1000, "samples": 2000, "period": 0.1},
+    "keystroke": {"chatter_vms": 1000, "samples": 2000, "period": 0.1, "alerts": "builtin"},
 }
 QUICK: dict[str, dict[str, Any]] = {
     "connect": {"vms": 60, "concurrency": 16, "warmup": 4},
@@ -1201,9 +1250,9 @@ QUICK: dict[str, dict[str, Any]] = {
         "type_rate": 20.0,
         "gen_loop": "auto",
     },
-    "stream": {"sizes_mib": [0.25, 1], "log_flush": None},
+    "stream": {"sizes_mib": [0.25, 1], "log_flush": None, "alerts": "builtin"},
     "fanout": {"size_mib": 0.5, "clients": 3},
-    "keystroke": {"chatter_vms": 10, "samples": 20, "period": 0.1},
+    "keystroke": {"chatter_vms": 10, "samples": 20, "period": 0.1, "alerts": "builtin"},
 }
 
 

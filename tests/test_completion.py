@@ -9,7 +9,6 @@ bash would for `vspc attach d<Tab>`: the console names come from the daemon.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "packaging"))
 
 import completion  # noqa: E402
+
+from tests.daemonproc import READY_TIMEOUT, start_vspcd  # noqa: E402
 
 BIN = Path(sys.executable).parent
 BASH = REPO / "packaging" / "completion" / "bash" / "vspc"
@@ -49,19 +50,16 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A vspcd (loopback, temporary admin socket) with consoles db01, db02 and web01."""
     directory = tmp_path_factory.mktemp("completion")
     sock = directory / "admin.sock"
-    port = _free_port()
-    vspcd = subprocess.Popen(
-        [str(BIN / "vspcd"), "--allow-root", "--proxy-iface", "127.0.0.1", "--proxy-port",
-         str(port),
+    vspcd = start_vspcd(
+        ["--allow-root", "--proxy-iface", "127.0.0.1", "--proxy-port", "0",
          "--no-vm-ports", "--admin-socket", str(sock), "--stdout"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        directory / "vspcd.log", command=[str(BIN / "vspcd")], log_to_stdout=True,
     )  # fmt: skip
+    port = vspcd.proxy_port
+    assert port is not None
     sim: subprocess.Popen[str] | None = None
     try:
-        deadline = time.monotonic() + 15
-        while not sock.exists():
-            assert vspcd.poll() is None and time.monotonic() < deadline, "vspcd did not start"
-            time.sleep(0.05)
+        deadline = time.monotonic() + READY_TIMEOUT
         vms = directory / "vms"
         vms.write_text("db01\ndb02\nweb01\n")
         sim = subprocess.Popen(
@@ -74,19 +72,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(0.1)
         yield sock
     finally:
-        for process in (sim, vspcd):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=15)
-        if vspcd.stdout is not None:
-            vspcd.stdout.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        if sim is not None:
+            sim.terminate()
+            sim.wait(timeout=15)
+        vspcd.close()
 
 
 def _names(sock: Path) -> list[str]:

@@ -177,6 +177,7 @@ class Arg:
     default: Any = None
     metavar: str | None = None
     optional: bool = False  # a positional that may be left out (nargs="?")
+    many: bool = False  # a positional taking any number of words (nargs="*")
     maximum: int | None = None  # for INT: the protocol's bound, checked before sending
 
     @property
@@ -197,7 +198,10 @@ class Arg:
             kwargs["metavar"] = self.metavar
         if not self.positional or self.optional:
             kwargs["default"] = self.default
-        if self.positional and self.optional:
+        if self.positional and self.many:
+            kwargs["nargs"] = "*"
+            kwargs["default"] = []
+        elif self.positional and self.optional:
             kwargs["nargs"] = "?"
         parser.add_argument(*self.names, **kwargs)
 
@@ -399,6 +403,8 @@ class CommandTable:
 def _usage(arg: Arg) -> str:
     if arg.positional:
         name = (arg.metavar or arg.names[0]).upper()
+        if arg.many:
+            return f"[{name}...]"
         return f"[{name}]" if arg.optional else name
     name = next((n for n in arg.names if n.startswith("--")), arg.names[0])
     if arg.kind is ArgKind.FLAG:

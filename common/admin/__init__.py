@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from vspc.common.admin.commands import (
     COMMANDS,
+    MAX_ALERTS,
+    MAX_GREP,
     MAX_REASON,
     MAX_REPLAY,
     CommandSpec,
@@ -84,6 +86,8 @@ __all__ = [
     "COMMANDS",
     "MAX_ID_LENGTH",
     "MAX_LINE",
+    "MAX_ALERTS",
+    "MAX_GREP",
     "MAX_REASON",
     "MAX_REPLAY",
     "MAX_STR",

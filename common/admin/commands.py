@@ -34,6 +34,8 @@ from vspc.common.admin.validate import (
 
 __all__ = [
     "COMMANDS",
+    "MAX_ALERTS",
+    "MAX_GREP",
     "MAX_REASON",
     "MAX_REPLAY",
     "CommandSpec",
@@ -47,6 +49,8 @@ __all__ = [
 
 MAX_REPLAY = 1 << 20  # largest `replay` / tail `bytes` a request may ask for
 MAX_REASON = 1024  # characters of a clear/kick reason
+MAX_ALERTS = 1000  # alerts one `alerts` reply may carry
+MAX_GREP = 10000  # matches one `grep` reply may carry
 
 
 class FieldKind(StrEnum):
@@ -352,6 +356,55 @@ COMMANDS: Mapping[str, CommandSpec] = {
             "send a serial break (telnet IAC BRK) to the VM",
             (_VM,),
             access=Access.FULL,
+        ),
+        CommandSpec(
+            "alerts",
+            "recent console alerts (kernel panics, Oopses, ...), oldest first",
+            (
+                FieldSpec("vm", FieldKind.STR, "only this console (as for show)"),
+                FieldSpec(
+                    "limit",
+                    FieldKind.INT,
+                    "at most this many",
+                    default=50,
+                    minimum=1,
+                    maximum=MAX_ALERTS,
+                    metavar="N",
+                    short="-n",
+                ),
+            ),
+        ),
+        CommandSpec(
+            "grep",
+            "search every console's history (logs, rotated and gzipped ones, scrollback)",
+            (
+                FieldSpec("pattern", FieldKind.STR, "a Python regular expression", True),
+                FieldSpec(
+                    "consoles",
+                    FieldKind.STR,
+                    "only these consoles: selectors separated by commas (globs, uuid:, label:)",
+                    metavar="LIST",
+                ),
+                FieldSpec("since", FieldKind.INT, "lines from this Unix time on", minimum=0),
+                FieldSpec("until", FieldKind.INT, "lines up to this Unix time", minimum=0),
+                FieldSpec(
+                    "ignore_case",
+                    FieldKind.BOOL,
+                    "match case-insensitively",
+                    default=False,
+                    short="-i",
+                ),
+                FieldSpec(
+                    "limit",
+                    FieldKind.INT,
+                    "at most this many matches (then truncated is true)",
+                    default=1000,
+                    minimum=1,
+                    maximum=MAX_GREP,
+                    metavar="N",
+                    short="-n",
+                ),
+            ),
         ),
     )
 }

@@ -94,3 +94,4 @@ class EventName(StrEnum):
     OUTPUT = "output"  # tail --follow data
     TAIL_END = "tail_end"  # a followed console went away
     AUDIT = "audit"  # an audit-trail record (docs/security.md "Audit trail")
+    CONSOLE_ALERT = "console_alert"  # a console printed a line an alert rule matches

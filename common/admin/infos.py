@@ -449,6 +449,7 @@ class Stats:
     vm_connections: int
     vm_disconnections: int
     loop_lag: float  # seconds the event loop's last heartbeat came late
+    console_alerts: dict[str, int] = field(default_factory=dict)  # by alert rule name
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Stats:
@@ -485,6 +486,7 @@ class Stats:
             vm_connections=count("vm_connections"),
             vm_disconnections=count("vm_disconnections"),
             loop_lag=_float(obj, "loop_lag", 0.0) or 0.0,
+            console_alerts=_counts(obj, "console_alerts"),
         )
 
     def to_json(self) -> dict[str, Any]:

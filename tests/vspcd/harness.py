@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from tests.daemonproc import free_port
 from vspc.common import esxi
 from vspc.common.telnet import Data, Opt, TelnetCodec, escape
 from vspc.vspcd.faces.render import event_fields
@@ -26,13 +27,6 @@ from vspc.vspcd.service.server import Daemon
 TIMEOUT = 5.0
 UUID_A = "0123456789abcdeffedcba9800000000"
 UUID_B = "89abcdef0123456776543210fedcba98"
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (the PortBinder skips it if it is not)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_config(tmp_path: Path, *args: str) -> Config:

@@ -21,7 +21,6 @@ from tests.vspcd.harness import (
     FakeEsxi,
     Operator,
     console_port,
-    free_port,
     identified,
     running,
 )
@@ -300,11 +299,11 @@ def test_expiry_releases_the_port(tmp_path: Path) -> None:
 
 def test_bind_failure_is_skipped(tmp_path: Path) -> None:
     async def main() -> None:
-        start = free_port()
         with socket.socket() as squatter:
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            squatter.bind(("127.0.0.1", start))
+            squatter.bind(("127.0.0.1", 0))  # the kernel's pick: no race with others
             squatter.listen()
+            start = squatter.getsockname()[1]
             async with running(tmp_path, "-r", str(start)) as (daemon, events):
                 vm = await FakeEsxi.connect(daemon.proxy_port)
                 await identified(events, UUID_A)

@@ -13,17 +13,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.vspcd.harness import FakeEsxi, free_port
+from tests.daemonproc import free_port, start_vspcd
+from tests.vspcd.harness import FakeEsxi
 
 pytestmark = pytest.mark.skipif(
     shutil.which("telnet") is None or shutil.which("tmux") is None,
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _wait_for(predicate: object, what: str, timeout: float = 10.0) -> None:
+def _wait_for(predicate: object, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
@@ -55,22 +54,19 @@ def _admin(path: Path, request: dict[str, object]) -> dict[str, object]:
 
 @contextlib.contextmanager
 def _vspcd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    proxy, sock = free_port(), tmp_path / "admin.sock"
-    log = (tmp_path / "vspcd.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1",
-         "--proxy-port", str(proxy), "-i", "127.0.0.1", "-r", str(free_port()),
-         "--admin-socket", str(sock)],
-        stderr=log,
+    sock = tmp_path / "admin.sock"
+    daemon = start_vspcd(
+        ["--proxy-iface", "127.0.0.1", "--proxy-port", "0", "-i", "127.0.0.1",
+         "-r", str(free_port()), "--admin-socket", str(sock)],
+        tmp_path / "vspcd.log",
     )  # fmt: skip
+    assert daemon.proxy_port is not None
     try:
-        _wait_for(sock.exists, "the admin socket")
-        yield proxy, sock
+        yield daemon.proxy_port, sock
     finally:
-        proc.send_signal(signal.SIGTERM)
-        status = proc.wait(10)
-        log.close()
-        assert status == 0, (tmp_path / "vspcd.log").read_text()
+        status = daemon.stop()
+        daemon.close()
+        assert status == 0, daemon.log()
 
 
 def _tmux(*args: str) -> str:

@@ -43,6 +43,7 @@ HOOK_EVENTS: tuple[str, ...] = (
     EventName.CLIENT_ATTACHED,
     EventName.CLIENT_DETACHED,
     HookOnly.CONSOLE_CLEARED,
+    EventName.CONSOLE_ALERT,
 )
 
 # Every variable a hook may see (docs/operations.md "Hooks" lists the same).
@@ -69,6 +70,9 @@ VARIABLES = (
     "VSPC_CLIENT_UID",
     "VSPC_CLIENT_MODE",
     "VSPC_CLIENT_READONLY",
+    "VSPC_ALERT",
+    "VSPC_ALERT_SEVERITY",
+    "VSPC_ALERT_LINE",
 )
 
 
@@ -139,5 +143,7 @@ def environment(event: HubEvent, now: float, port: int | None) -> dict[str, str]
         "VSPC_PORT": "" if port is None else str(port),
     }
     for name, value in {**found.fields, **found.details}.items():
+        if value is None and name == "time":
+            continue  # console_alert: VSPC_TIME is the hook's time, set above
         env.update(_variables(name, value))
     return {name: env_value(value) for name, value in env.items()}

@@ -47,6 +47,7 @@ from vspc.vspcd.faces.exposition import Family, render
 from vspc.vspcd.hub.console import Cancellable, Console, ConsoleKey, Counters, Migration
 from vspc.vspcd.hub.events import (
     AbortReason,
+    ConsoleAlert,
     ConsoleExpired,
     ConsoleRestored,
     DropReason,
@@ -198,6 +199,7 @@ class Metrics:
         )
         self.vmotions_notnow = dict.fromkeys(RefusalReason, 0)
         self.input_dropped = dict.fromkeys(DropReason, 0)
+        self.console_alerts: dict[str, int] = {}  # by rule name
         self.goahead = Histogram(GOAHEAD_BUCKETS)
         # Per-console byte counters, so an expired console's bytes stay counted.
         self._live: dict[ConsoleKey, Counters] = {}
@@ -219,6 +221,7 @@ class Metrics:
             VmReplaced: self._replaced,
             ConsoleRestored: self._restored,
             ConsoleExpired: self._expired,
+            ConsoleAlert: self._alert,
         }
 
     # ------------------------------------------------------------ the observer
@@ -255,6 +258,9 @@ class Metrics:
 
     def _input_dropped(self, event: InputDropped) -> None:
         self.input_dropped[event.reason] += event.count
+
+    def _alert(self, event: ConsoleAlert) -> None:
+        self.console_alerts[event.alert] = self.console_alerts.get(event.alert, 0) + 1
 
     def _takeover_refused(self, event: TakeoverRefused) -> None:
         self.takeovers_refused += 1
@@ -346,6 +352,7 @@ class Metrics:
             },
             unidentified_dropped=sources.unidentified_dropped(),
             takeovers_refused=self.takeovers_refused,
+            console_alerts=dict(self.console_alerts),
             vms_replaced=self.vms_replaced,
             vm_connections=self.vm_connections,
             vm_disconnections=self.vm_disconnections,
@@ -482,6 +489,11 @@ def families(stats: Stats) -> list[Family]:
             "vspcd_vm_disconnections",
             "Consoles whose VM connection went away.",
             stats.vm_disconnections,
+        ),
+        Family.counter(
+            "vspcd_console_alerts",
+            "Console alerts raised, by rule (docs/operations.md, 'Console alerts').",
+            _by("alert", stats.console_alerts),
         ),
         Family.gauge(
             "vspcd_event_loop_lag_seconds",

@@ -64,6 +64,11 @@ class Persister:
         self._failing = False
         self._unsubscribe: Callable[[], None] | None = None
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open store (console alerts are kept there too, vspcd/history/watch.py)."""
+        return self._db
+
     def restore(self, bind: Callable[[int | None], int | None]) -> list[Console]:
         """Recreate every remembered console in the hub, then start observing it.
 

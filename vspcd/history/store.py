@@ -30,13 +30,17 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MIGRATIONS",
+    "AlertRow",
     "ConsoleRow",
     "StoreCorrupt",
     "StoreError",
     "delete_console",
+    "load_alerts",
     "load_consoles",
     "migrate",
     "open_store",
+    "prune_alerts",
+    "save_alert",
     "save_console",
     "schema_version",
     "set_aside",
@@ -59,6 +63,22 @@ MIGRATIONS: tuple[str, ...] = (
         last_seen   REAL NOT NULL,
         PRIMARY KEY (uuid, label)
     ) WITHOUT ROWID
+    """,
+    # 2: console alerts (vspcd/history/alerts.py), newest kept (`prune_alerts`), for
+    # `vspc alerts` across restarts.  `time` is Unix seconds; `context` the lines
+    # before `line`, joined with LF.
+    """
+    CREATE TABLE alert (
+        id       INTEGER PRIMARY KEY,
+        time     REAL NOT NULL,
+        uuid     TEXT NOT NULL,
+        label    TEXT NOT NULL DEFAULT '',
+        name     TEXT NOT NULL,
+        alert    TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        line     TEXT NOT NULL,
+        context  TEXT NOT NULL DEFAULT ''
+    )
     """,
 )
 
@@ -257,3 +277,73 @@ def delete_console(db: sqlite3.Connection, uuid: str, label: str) -> bool:
     """
     cursor = db.execute("DELETE FROM console WHERE uuid = ? AND label = ?", (uuid, label))
     return cursor.rowcount > 0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One remembered console alert."""
+
+    time: float
+    uuid: str
+    label: str
+    name: str
+    alert: str
+    severity: str
+    line: str
+    context: tuple[str, ...]
+
+
+def save_alert(db: sqlite3.Connection, row: AlertRow) -> None:
+    """Append one alert; one autocommitted statement.
+
+    Raises:
+        sqlite3.Error: the write failed.
+    """
+    db.execute(
+        "INSERT INTO alert (time, uuid, label, name, alert, severity, line, context) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.time,
+            row.uuid,
+            row.label,
+            row.name,
+            row.alert,
+            row.severity,
+            row.line,
+            "\n".join(row.context),
+        ),
+    )
+
+
+def load_alerts(db: sqlite3.Connection, limit: int) -> list[AlertRow]:
+    """The newest `limit` alerts, oldest first."""
+    rows = db.execute(
+        "SELECT time, uuid, label, name, alert, severity, line, context FROM alert "
+        "ORDER BY id DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [
+        AlertRow(
+            float(when),
+            str(uuid),
+            str(label),
+            str(name),
+            str(alert),
+            str(severity),
+            str(line),
+            tuple(str(context).split("\n")) if context else (),
+        )
+        for when, uuid, label, name, alert, severity, line, context in reversed(rows)
+    ]
+
+
+def prune_alerts(db: sqlite3.Connection, keep: int) -> None:
+    """Forget all but the newest `keep` alerts.
+
+    Raises:
+        sqlite3.Error: the write failed.
+    """
+    db.execute(
+        "DELETE FROM alert WHERE id <= (SELECT id FROM alert ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (keep,),
+    )

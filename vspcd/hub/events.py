@@ -34,6 +34,7 @@ __all__ = [
     "AbortReason",
     "ClientAttached",
     "ClientDetached",
+    "ConsoleAlert",
     "ConsoleCleared",
     "ConsoleEvent",
     "ConsoleExpired",
@@ -44,6 +45,7 @@ __all__ = [
     "LockChanged",
     "Observer",
     "RefusalReason",
+    "Severity",
     "TakeoverRefused",
     "VMotionAborted",
     "VMotionBegun",
@@ -81,6 +83,14 @@ class DropReason(StrEnum):
     LOCKED = "locked"  # another client holds a write or exclusive lock
     READONLY = "readonly"  # the client attached read-only
     HOLD_FULL = "hold_full"  # the console's hold overflowed (oldest bytes dropped)
+
+
+class Severity(StrEnum):
+    """How bad a console alert is (docs/operations.md "Console alerts")."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +284,24 @@ class InputDropped(ConsoleEvent):
     reason: DropReason
 
 
+# ----------------------------------------------------------------- console output
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleAlert(ConsoleEvent):
+    """The console printed a line an alert rule matches (vspcd/history/alerts.py);
+    reported through `Hub.report_alert`, never by the hub itself.  `time` is Unix
+    time, `context` the non-blank lines before `line`."""
+
+    admin_name: ClassVar[EventName | None] = EventName.CONSOLE_ALERT
+
+    alert: str
+    severity: Severity
+    line: str
+    context: tuple[str, ...]
+    time: float
+
+
 HubEvent = (
     VmConnected
     | VmRenamed
@@ -292,6 +320,7 @@ HubEvent = (
     | ClientDetached
     | LockChanged
     | InputDropped
+    | ConsoleAlert
 )
 
 Observer = Callable[[HubEvent], None]

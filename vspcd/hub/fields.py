@@ -27,6 +27,7 @@ from vspc.common.admin import EventName
 from vspc.vspcd.hub.events import (
     ClientAttached,
     ClientDetached,
+    ConsoleAlert,
     ConsoleCleared,
     ConsoleExpired,
     HubEvent,
@@ -95,6 +96,19 @@ def event_fields(event: HubEvent) -> EventFields | None:
             return _admin(event, {"client": client, "reason": reason or ""}, **fields)
         case LockChanged(lock=lock, holder=holder):
             return _admin(event, lock=None if lock is None else lock.value, holder=holder)
+        case ConsoleAlert(alert=alert, severity=severity, line=line, context=context, time=when):
+            # The hook environment carries the rule and line (VSPC_ALERT, VSPC_ALERT_LINE);
+            # its VSPC_TIME is the hook's own, so the admin event's `time` stays out.
+            hook = {"alert_line": line, "alert_severity": severity.value, "time": None}
+            return _admin(
+                event,
+                hook,
+                alert=alert,
+                severity=severity.value,
+                line=line,
+                context=list(context),
+                time=round(when, 3),
+            )
         case VmReplaced(old_peer=old, new_peer=new, probed=probed):
             return EventFields(
                 HookOnly.VM_REPLACED, {"peer": new, "old_peer": old, "probed": probed}

@@ -69,8 +69,10 @@ from vspc.vspcd.hub.console import (
 )
 from vspc.vspcd.hub.events import (
     AbortReason,
+    ConsoleAlert,
     ConsoleRestored,
     Observer,
+    Severity,
     VmDisconnected,
 )
 from vspc.vspcd.hub.quota import ConsoleQuota
@@ -229,6 +231,22 @@ class Hub:
                 listeners.remove(listener)
 
         return remove
+
+    def report_alert(
+        self,
+        console: Console,
+        alert: str,
+        severity: Severity,
+        line: str,
+        context: tuple[str, ...],
+        when: float,
+    ) -> None:
+        """Tell every observer that `console` printed a line alert rule `alert`
+        matches (vspcd/history/watch.py finds them; `when` is Unix time).  No state
+        changes: this is the console-output watchers' way onto the event bus."""
+        self._st.emit(
+            ConsoleAlert(console.key, console.display_name, alert, severity, line, context, when)
+        )
 
     # ================================================================== VM side
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from vspc.common.paths import SYSTEM_SOCKET, daemon_socket
 from vspc.vspcd.ext import hooks
 from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
+from vspc.vspcd.history.alerts import AlertRule
 from vspc.vspcd.net.admission import AllowList
 from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
 from vspc.vspcd.service.flags import (
@@ -49,7 +50,7 @@ __all__ = ["Config", "ConfigError", "LogTarget", "default_admin_socket"]
 
 
 # Config fields no flag sets: tables of the configuration file (vspcd/faces/admin/policy.py).
-FILE_ONLY = frozenset({"access_policy"})
+FILE_ONLY = frozenset({"access_policy", "alert_rules"})
 
 
 class ConfigError(Exception):
@@ -148,6 +149,8 @@ class Config:
     hook_timeout: float = hooks.HOOK_TIMEOUT
     hook_concurrency: int = hooks.HOOK_CONCURRENCY
     hook_queue: int = hooks.HOOK_QUEUE
+    # Console alerts (vspcd/history/alerts.py): the built-ins, and [[alert]] tables.
+    no_builtin_alerts: bool = False
     # Process.
     event_loop: str = "auto"  # vspcd/service/eventloop.py
     log_stdout: bool = False
@@ -169,6 +172,8 @@ class Config:
     reuse_port: bool = False
     # access_default and [[access]]: file-only keys (vspcd/faces/admin/policy.py).
     access_policy: AccessPolicy = DEFAULT_POLICY
+    # [[alert]]: a file-only key (vspcd/history/alerts.py).
+    alert_rules: tuple[AlertRule, ...] = ()
 
     @property
     def log_target(self) -> LogTarget:

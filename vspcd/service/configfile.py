@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vspc.common.convert import octal_mode
 from vspc.vspcd.faces.admin.policy import AccessConfigError, parse_access
+from vspc.vspcd.history.alerts import AlertConfigError, parse_alerts
 from vspc.vspcd.service.configdata import ConfigError
 from vspc.vspcd.service.flags import FLAGS, Flag, Kind
 
@@ -89,6 +90,12 @@ def read_config_file(path: Path) -> dict[str, object]:
         try:
             values["access_policy"] = parse_access(access)
         except AccessConfigError as exc:
+            problems.extend(f"{path}: {error}" for error in exc.errors)
+    # Console alert rules ([[alert]]) have no flag either.
+    if "alert" in table:
+        try:
+            values["alert_rules"] = parse_alerts({"alert": table.pop("alert")})
+        except AlertConfigError as exc:
             problems.extend(f"{path}: {error}" for error in exc.errors)
     for key, value in table.items():
         flag = keys.get(key)

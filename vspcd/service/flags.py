@@ -526,6 +526,14 @@ FLAGS: tuple[Flag, ...] = (
          doc="serve `GET /console_log/UUID` (Nova's `serial_log_uri`); needs `--http` and "
          "`--log-dir`", doc_default="off"),
     # -- Hooks (vspcd/ext/hooks.py).
+    Flag("no_builtin_alerts", ("--no-builtin-alerts",), Group.HOOKS, kind=Kind.SWITCH,
+         const=True, default=False,
+         live="at each console's next output; hold-offs and unfinished lines are kept",
+         help="turn off the built-in console alert rules (kernel panic, Oops, BUG, soft "
+         "lockup, hung task, OOM kill, emergency mode, Windows bug check); [[alert]] "
+         "tables of the configuration file still apply",
+         doc="turn off the built-in console alert rules (§6, console alerts); "
+         "`[[alert]]` tables still apply", doc_default="on"),
     Flag("hook_command", ("--hook-command",), Group.HOOKS, convert=convert.shell_command,
          metavar="CMD", live="events after the reload use it; queued ones keep theirs",
          help="run CMD (split like a shell would, but no shell: write sh -c '...' for one) "

@@ -69,6 +69,12 @@ def _proxy_allow(daemon: Daemon, new: Config) -> None:
         listener.set_allow_list(new.proxy_allow)
 
 
+def _alerts(daemon: Daemon, new: Config) -> None:
+    """The alert rules (vspcd/history/watch.py): chosen again at each console's next
+    output; hold-offs and unfinished lines are kept."""
+    daemon.reconfigure_alerts(new)
+
+
 def _console_logs(daemon: Daemon, new: Config) -> None:
     """Every console-log option but --log-dir itself (idempotent: several changed
     keys re-apply the same settings)."""
@@ -117,6 +123,9 @@ _APPLY: dict[str, Apply] = {
         ),
         _console_logs,
     ),
+    # Console alerts: the built-ins switch and the [[alert]] tables.
+    "no_builtin_alerts": _alerts,
+    "alert_rules": _alerts,
     # Hooks (vspcd/ext/hooks.py): the command, its events and bounds.
     **dict.fromkeys(
         ("hook_command", "hook_events", "hook_timeout", "hook_concurrency", "hook_queue"),

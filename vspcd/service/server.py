@@ -42,6 +42,7 @@ from vspc.vspcd.history.consolelog import ConsoleLogs
 from vspc.vspcd.history.gzipper import GzipQueue
 from vspc.vspcd.history.persist import Persister
 from vspc.vspcd.history.recording import Recordings
+from vspc.vspcd.history.watch import AlertBook, ConsoleWatch
 from vspc.vspcd.hub.console import Console
 from vspc.vspcd.hub.hub import Hub, PortAllocator
 from vspc.vspcd.hub.ratelog import throttled
@@ -62,8 +63,10 @@ from vspc.vspcd.service.portalloc import _ClusterPorts, _VmPorts
 from vspc.vspcd.service.privileges import Identity, PrivilegeError, drop, hand_over
 from vspc.vspcd.service.settings import (
     admin_settings,
+    alert_rules,
     hook_settings,
     hub_settings,
+    log_place,
     log_settings,
     recordings,
 )
@@ -101,6 +104,8 @@ class Daemon:
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
+        self.watch: ConsoleWatch | None = None
+        self.alert_book: AlertBook | None = None
         self.plugin: PluginHost | None = None
         # Memory that comes back after a flood.
         self.trimmer: HeapTrimmer | None = None
@@ -229,6 +234,12 @@ class Daemon:
             port_of=lambda key: None if (c := hub.console(key)) is None else c.port,
         )
         hub.subscribe(self.hooks)
+        # Console alerts: an output listener reporting through the hub, and the book
+        # the admin `alerts` command reads (docs/operations.md "Console alerts").
+        self.alert_book = AlertBook(None if self.persister is None else self.persister.db)
+        hub.subscribe(self.alert_book.observe)
+        self.watch = ConsoleWatch(hub, alert_rules(config))
+        self.watch.start()
         # Metrics are one more observer, always subscribed: the
         # admin `stats` command answers whether or not /metrics is served.
         self.metrics = Metrics(
@@ -340,6 +351,10 @@ class Daemon:
         self.proxy_port = self._proxy.port
         self._admin = admin.AdminServer(self.hub, admin_settings(config))
         self._admin.stats = self.metrics.snapshot
+        self._admin.alerts = self.alert_book
+        self._admin.log_place = log_place(config)
+        if self.logs is not None:
+            self._admin.flush_logs = self.logs.flush
         if self.cluster is not None:
             from vspc.vspcd.cluster.forward import Forwarder
 
@@ -374,6 +389,11 @@ class Daemon:
                     filled += 1
         if filled:
             log.info("scrollback of %d restored console(s) read back from their logs", filled)
+
+    def reconfigure_alerts(self, config: Config) -> None:
+        """Re-apply the console alert rules of a reloaded configuration."""
+        if self.watch is not None:
+            self.watch.set_rules(alert_rules(config))
 
     def reconfigure_logs(self, config: Config) -> None:
         """Re-apply the console log options of a reloaded configuration (--log-dir
@@ -549,6 +569,8 @@ class Daemon:
             self.audit_log.close()  # last: the goodbyes above are detaches it records
         if self.gzip is not None:
             self.gzip.close()
+        if self.alert_book is not None:
+            self.alert_book.close()  # before the persist file it writes to
         if self.persister is not None:
             self.persister.close()
             self.persister = None

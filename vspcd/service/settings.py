@@ -15,7 +15,9 @@ from typing import Any
 from vspc.vspcd.ext.hooks import HookSettings
 from vspc.vspcd.faces.admin import server as admin
 from vspc.vspcd.faces.admin.access import console_ref
+from vspc.vspcd.history.alerts import AlertRule, rules_in_force
 from vspc.vspcd.history.consolelog import LogSettings
+from vspc.vspcd.history.grep import LogPlace
 from vspc.vspcd.history.naming import LogNaming
 from vspc.vspcd.history.recording import Recordings, RecordSettings
 from vspc.vspcd.hub.console import Cancellable, Console
@@ -24,9 +26,11 @@ from vspc.vspcd.service.configdata import Config
 
 __all__ = [
     "admin_settings",
+    "alert_rules",
     "console_limit_for",
     "hook_settings",
     "hub_settings",
+    "log_place",
     "log_settings",
     "recordings",
 ]
@@ -79,6 +83,21 @@ def log_settings(config: Config) -> LogSettings:
         keep=config.log_keep,
         compress=config.log_compress,
     )
+
+
+def log_place(config: Config) -> LogPlace | None:
+    """Where `grep` finds console logs (None without --log-dir)."""
+    if config.log_dir is None:
+        return None
+    return LogPlace(
+        config.log_dir, config.log_prefix, LogNaming(config.log_name), config.log_timestamps
+    )
+
+
+def alert_rules(config: Config) -> tuple[AlertRule, ...]:
+    """The console alert rules in force: the built-ins unless --no-builtin-alerts,
+    then the configuration file's [[alert]] tables."""
+    return rules_in_force(config.alert_rules, not config.no_builtin_alerts)
 
 
 def hook_settings(config: Config) -> HookSettings:

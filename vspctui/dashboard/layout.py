@@ -116,7 +116,13 @@ class Layout:
         if not model.connected:
             empty = "not connected to vspcd"
         self.console_list.show_keys(
-            visible, model.consoles, model.pinned, empty, idle=model.idle, stale=not model.connected
+            visible,
+            model.consoles,
+            model.pinned,
+            empty,
+            idle=model.idle,
+            stale=not model.connected,
+            alerted=model.alerts,
         )
         self.show_middle()
         self.event_log.show(list(model.log))

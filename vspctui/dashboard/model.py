@@ -134,6 +134,9 @@ def describe(event: Event) -> str:
             return f"{name}: client {client.id} ({client.kind.value}, {who(client)}) attached"
         case EventName.LOCK_CHANGED if fields.get("lock") is None:
             return f"{name}: lock released"
+        case EventName.CONSOLE_ALERT:
+            alert, severity = safe(fields.get("alert")), safe(fields.get("severity"))
+            return f"{name}: ALERT {alert} ({severity}): {safe(fields.get('line'))}"
     values = _SafeFields(fields, name=name, key=safe(event.key or "?"), event=safe(event.event))
     line = _LINES.get(event.event, "{name}: {event}").format_map(values)
     reason = fields.get("reason")
@@ -171,6 +174,9 @@ class Model:
         self.tails: dict[str, bytearray] = {}
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
         self.activity: dict[str, float] = {}
+        # Consoles that raised a console alert (`console_alert`) while we watched:
+        # key -> the latest alert's rule name; the list marks them with `!`.
+        self.alerts: dict[str, str] = {}
         self.pinned: set[str] = set()
         self.connected = True
         self._filter = ""
@@ -332,7 +338,10 @@ class Model:
         if event.event == EventName.TAIL_END:
             self.tails.pop(key, None)
             return
+        if event.event == EventName.CONSOLE_ALERT:
+            self.alerts[key] = str(event.fields.get("alert", "?"))
         if event.event == EventName.VM_EXPIRED:
+            self.alerts.pop(key, None)
             self.consoles.pop(key, None)
             self.tails.pop(key, None)
             self.activity.pop(key, None)

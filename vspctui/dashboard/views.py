@@ -188,11 +188,14 @@ def console_row(
     idle: float | None = None,
     activity: bool = False,
     stale: bool = False,
+    alerted: bool = False,
 ) -> str:
-    """One console list row: pin mark, name, port, VM state, clients, [activity,] lock.
+    """One console list row: pin mark, alert mark, name, port, VM state, clients,
+    [activity,] lock.
 
     Args:
         following: the console is pinned (`*`).
+        alerted: the console raised a console alert this session (`!`).
         idle: seconds since it was last active (None: not seen active).
         activity: show the activity column (`idle`).
         stale: the dashboard lost vspcd: the VM state is unknown, not "up".
@@ -207,7 +210,8 @@ def console_row(
         lock = console.lock.value + (f" ({who(holder)})" if holder is not None else "")
     mark = "*" if following else " "
     state = STALE if stale else _vm_state(console)
-    row = f"{mark} {name:<24} {port:>5}  {state:<9} {console.clients:>3}  "
+    bang = "!" if alerted else " "
+    row = f"{mark}{bang}{name:<24} {port:>5}  {state:<9} {console.clients:>3}  "
     if activity:
         row += f"{duration(idle, coarse=True):>4}  "
     return row + lock
@@ -272,6 +276,7 @@ class ConsoleList(Wrap):
         self._lookup: Mapping[str, ConsoleInfo] = {}
         self._index: dict[str, int] | None = {}
         self._following: Collection[str] = ()
+        self._alerted: Collection[str] = ()
         self._idle: Callable[[str], float | None] | None = None
         self._stale = False
         self._empty = "no consoles"
@@ -301,10 +306,12 @@ class ConsoleList(Wrap):
         *,
         idle: Callable[[str], float | None] | None = None,
         stale: bool = False,
+        alerted: Collection[str] = (),
     ) -> None:
         """Show `consoles` in order, keeping the focus on the same console if it is
         still there; `following` are the keys to mark (pinned), `idle(key)` the
-        seconds since a console was last active, `stale` that vspcd is unreachable."""
+        seconds since a console was last active, `stale` that vspcd is unreachable,
+        `alerted` the keys of consoles that raised a console alert."""
         self.show_keys(
             [c.key for c in consoles],
             {c.key: c for c in consoles},
@@ -312,6 +319,7 @@ class ConsoleList(Wrap):
             empty,
             idle=idle,
             stale=stale,
+            alerted=alerted,
         )
 
     def show_keys(
@@ -323,6 +331,7 @@ class ConsoleList(Wrap):
         *,
         idle: Callable[[str], float | None] | None = None,
         stale: bool = False,
+        alerted: Collection[str] = (),
     ) -> None:
         """`show()` by key: `keys` in order, each looked up in `lookup` when its row is
         drawn.  Pass the same `keys` object again when the order has not changed."""
@@ -331,6 +340,7 @@ class ConsoleList(Wrap):
             self._keys, self._index = keys, None
         self._lookup = lookup
         self._following, self._idle, self._stale = following, idle, stale
+        self._alerted = alerted
         self._empty = empty or "no consoles"
         if len(self._cache) > 4 * 1024:
             self._cache.clear()
@@ -354,7 +364,12 @@ class ConsoleList(Wrap):
             return urwid.SelectableIcon("  ...", 0)
         idle = self._idle(key) if self._idle is not None and self._wide else None
         text = console_row(
-            console, key in self._following, idle=idle, activity=self._wide, stale=self._stale
+            console,
+            key in self._following,
+            idle=idle,
+            activity=self._wide,
+            stale=self._stale,
+            alerted=key in self._alerted,
         )
         cached = self._cache.get(key)
         if cached is not None and cached[0] == text:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from datetime import datetime
 from typing import Any
 
 from vspc.common.admin import ClientInfo, ConsoleInfo, LockMode, Stats, encode_message
@@ -344,6 +345,103 @@ async def access_cmd(ctx: Context, ns: argparse.Namespace) -> int:
     name = safe(reply.get("name", ns.vm))
     ctx.print(f"{name}: {safe(reply.get('level'))} ({safe(reply.get('reason'))})")
     return ExitCode.OK
+
+
+def parse_when(text: str, now: float | None = None) -> int:
+    """A `--since`/`--until` value as Unix seconds: Unix seconds, an ISO 8601 date or
+    time (local time unless it says otherwise), or an age such as 90s, 30m, 2h, 7d.
+
+    Raises:
+        UsageError: none of these.
+    """
+    now = time.time() if now is None else now
+    word = text.strip()
+    if word.isdigit():
+        return int(word)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(word) > 1 and word[-1] in units and word[:-1].isdigit():
+        return int(now - int(word[:-1]) * units[word[-1]])
+    try:
+        return int(datetime.fromisoformat(word).timestamp())
+    except ValueError:
+        raise UsageError(
+            f"not a time: {text!r} (Unix seconds, ISO 8601, or an age like 30m, 2h, 7d)"
+        ) from None
+
+
+def _stamp(when: object) -> str:
+    if not isinstance(when, int | float) or isinstance(when, bool):
+        return "-"
+    return datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@commands.register("alerts", help="recent console alerts: kernel panics, Oopses, OOM kills, ...",
+                   args=[Arg(("vm",), "only this console (name, key, UUID or port)", ArgKind.VM,
+                             optional=True),
+                         protocol_arg("alerts", "limit", "--limit", "-n", metavar="N"),
+                         _JSON])  # fmt: skip
+async def alerts_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    client = await ctx.client()
+    reply = await client.request("alerts", vm=ns.vm, limit=ns.limit)
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    rows = reply.get("alerts")
+    if not isinstance(rows, list) or not rows:
+        ctx.print("no alerts")
+        return ExitCode.OK
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        ctx.print(
+            f"{_stamp(row.get('time'))}  {safe(row.get('name'))}  {safe(row.get('alert'))} "
+            f"({safe(row.get('severity'))})"
+        )
+        for line in row.get("context") or []:
+            ctx.print(f"    {safe(line)}")
+        ctx.print(f"  > {safe(row.get('line'))}")
+    return ExitCode.OK
+
+
+@commands.register("grep", help="search every console's history: logs (rotated, gzipped) and "
+                   "scrollback", args=[
+    protocol_arg("grep", "pattern"),
+    Arg(("vms",), "consoles to search (globs, uuid:UUID, label:LABEL; default all)",
+        ArgKind.VM, metavar="vm", many=True),
+    Arg(("--since",), "lines from this time on (Unix seconds, ISO 8601, or an age: 2h, 7d)",
+        metavar="T"),
+    Arg(("--until",), "lines up to this time", metavar="T"),
+    protocol_arg("grep", "ignore_case", "--ignore-case", "-i"),
+    protocol_arg("grep", "limit", "--limit", "-n", metavar="N"),
+    _JSON,
+])  # fmt: skip
+async def grep_cmd(ctx: Context, ns: argparse.Namespace) -> int:
+    since = None if ns.since is None else parse_when(ns.since)
+    until = None if ns.until is None else parse_when(ns.until)
+    client = await ctx.client()
+    reply = await client.request(
+        "grep",
+        pattern=ns.pattern,
+        consoles=",".join(ns.vms) or None,
+        since=since,
+        until=until,
+        ignore_case=ns.ignore_case or None,
+        limit=ns.limit,
+    )
+    if ns.json:
+        _print_json(ctx, reply)
+        return ExitCode.OK
+    matches = reply.get("matches")
+    found = isinstance(matches, list) and bool(matches)
+    for row in matches if isinstance(matches, list) else []:
+        if isinstance(row, dict):
+            ctx.print(
+                f"{safe(row.get('name'))}  {_stamp(row.get('time'))}  {safe(row.get('line'))}"
+            )
+    if reply.get("truncated"):
+        ctx.err.write(f"vspc: grep: truncated at {len(matches or [])} matches (use --limit)\n")
+        ctx.err.flush()
+    return ExitCode.OK if found else ExitCode.ERROR
 
 
 @commands.register("help", help="list commands, or describe one", args=[

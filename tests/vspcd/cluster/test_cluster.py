@@ -846,6 +846,11 @@ def test_takeover_probe_crosses_nodes(tmp_path: Path) -> None:
         await live.wait_for(esxi.PeerOk)
         live.complete(SEQ)
         await src.close()
+
+        async def completed() -> bool:  # else the claim meets the vMotion, not the probe
+            return "vMotion complete" in a.text()
+
+        await until(completed, "a completes the vMotion")
         stranger = await FakeEsxi.connect(c.proxy_port, name="guarded", local="127.0.0.2")
         await stranger.input.closed.wait()  # refused once the live VM answered
         op.type(b"still mine\r")

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pwd
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemonproc import free_port
 from vspc.common.admin import (
     COMMANDS,
     Access,
@@ -54,12 +54,6 @@ ME = pwd.getpwuid(os.geteuid()).pw_name
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_config(tmp_path: Path, *extra: str) -> Config:

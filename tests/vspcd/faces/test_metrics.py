@@ -21,7 +21,6 @@ from tests.vspcd.harness import (
     FakeEsxi,
     Operator,
     console_port,
-    free_port,
     identified,
     make_config,
     running,
@@ -72,8 +71,7 @@ SEQS = [bytes([0x10 + i, 0x22, 0xFF, 0x01]) for i in range(8)]
 
 def test_metrics_follow_a_vmotion_loop_with_a_typing_client(tmp_path: Path) -> None:
     async def main() -> None:
-        http = str(free_port())
-        async with running(tmp_path, "--no-notices", "--http", http, "--metrics") as (
+        async with running(tmp_path, "--no-notices", "--http", "0", "--metrics") as (
             daemon,
             events,
         ):
@@ -157,7 +155,7 @@ def test_metrics_follow_a_vmotion_loop_with_a_typing_client(tmp_path: Path) -> N
 
 def test_healthz_ok_then_503_with_the_reason(tmp_path: Path) -> None:
     async def main() -> None:
-        async with running(tmp_path, "--metrics", str(free_port())) as (daemon, _events):
+        async with running(tmp_path, "--metrics", "0") as (daemon, _events):
             assert daemon.http is not None
             base = f"http://127.0.0.1:{daemon.http.port}"
             status, _, body = await asyncio.to_thread(_get, f"{base}/healthz")
@@ -171,7 +169,7 @@ def test_healthz_ok_then_503_with_the_reason(tmp_path: Path) -> None:
 
 def test_metrics_routes_follow_the_live_setting(tmp_path: Path) -> None:
     async def main() -> None:
-        async with running(tmp_path, "--http", str(free_port())) as (daemon, _events):
+        async with running(tmp_path, "--http", "0") as (daemon, _events):
             assert daemon.http is not None
             url = f"http://127.0.0.1:{daemon.http.port}/metrics"
             status, _, _ = await asyncio.to_thread(_get, url)
@@ -235,7 +233,7 @@ def test_tls_handshakes_and_refusals_are_counted(
 
     async def main() -> None:
         args = ("--ssl", "--cert", str(cert), "--key", str(key), "--proxy-allow", "127.0.0.1")
-        async with running(tmp_path, *args, "--metrics", str(free_port())) as (daemon, events):
+        async with running(tmp_path, *args, "--metrics", "0") as (daemon, events):
             assert daemon.metrics is not None
             stats = daemon.metrics.snapshot
             secure = await FakeEsxi.connect(daemon.proxy_port, tls=True)

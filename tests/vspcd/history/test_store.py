@@ -44,7 +44,7 @@ def test_migrate_from_empty_reaches_the_last_version(tmp_path: Path) -> None:
         assert store.schema_version(conn) == 0
         store.migrate(conn)
         assert store.schema_version(conn) == len(store.MIGRATIONS)
-        assert [name for name, _ in schema(conn)] == ["console"]
+        assert [name for name, _ in schema(conn)] == ["alert", "console"]
     finally:
         conn.close()
 

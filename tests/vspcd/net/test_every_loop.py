@@ -13,9 +13,6 @@ import asyncio
 import importlib.util
 import json
 import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, Operator, free_port
+from tests.daemonproc import free_port, start_vspcd
+from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, Operator
 from tests.vspcd.net.test_listeners import cert_pair
 
 __all__ = ["cert_pair"]  # a fixture shared with test_listeners
@@ -72,20 +70,6 @@ def http_get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def wait_ready(child: subprocess.Popen[str], port: int, path: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        assert child.poll() is None, child.communicate()[1]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-            admin_unix(path, {"cmd": "hello", "client": "test"})
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("vspcd did not start listening")
-
-
 async def console_row(path: Path, key: str) -> dict[str, Any]:
     row: dict[str, Any] = {}
     async with asyncio.timeout(TIMEOUT):
@@ -120,25 +104,24 @@ async def exercise(proxy: int, admin_port: int, http: int, path: Path) -> None:
 def test_every_listener_serves_on(
     loop_name: str, tmp_path: Path, cert_pair: tuple[Path, Path]
 ) -> None:
-    proxy, admin_port, http = free_port(), free_port(), free_port()
     path = tmp_path / "admin.sock"
     cert, key = cert_pair
-    child = subprocess.Popen(
-        [sys.executable, "-m", "vspc.vspcd", "--event-loop", loop_name]
-        + ["--proxy-iface", "127.0.0.1", "--proxy-port", str(proxy), "-i", "127.0.0.1"]
+    daemon = start_vspcd(
+        ["--event-loop", loop_name]
+        + ["--proxy-iface", "127.0.0.1", "--proxy-port", "0", "-i", "127.0.0.1"]
         + ["-r", str(free_port()), "--admin-socket", str(path)]
         + ["--ssl", "--cert", str(cert), "--key", str(key)]
-        + ["--admin-port", str(admin_port), "--http", str(http), "--metrics"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        + ["--admin-port", "0", "--http", "0", "--metrics"],
+        tmp_path / "vspcd.log",
     )
     try:
-        wait_ready(child, proxy, path)
+        proxy, admin_port, http = daemon.proxy_port, daemon.admin_port, daemon.http_port
+        assert proxy is not None and admin_port is not None and http is not None, daemon.log()
         asyncio.run(exercise(proxy, admin_port, http, path))
     finally:
-        child.terminate()
-        _, err = child.communicate(timeout=TIMEOUT)
+        daemon.stop()
+        daemon.close()
+    err = daemon.log()
     assert f"event loop: {loop_name}" in err
     assert "Traceback" not in err and "AssertionError" not in err, err
-    assert child.returncode == 0, err
+    assert daemon.proc.returncode == 0, err

@@ -27,7 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port, identified, running
+from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, identified, running
 from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
 from tests.vspcd.net.test_tls_fairness import client_hello_bytes
 from vspc.vspcd.faces.admin import limits as admin_limits
@@ -502,9 +502,12 @@ def test_ports_held_by_others_are_not_retried_on_every_bind(
 
     async def body() -> None:
         # Up to 40 ports at the start of the range held by "another process".
-        start = free_port()
-        blockers: list[socket.socket] = []
-        for port in range(start, start + 40):
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))  # the kernel's pick: no race with other processes
+        first.listen()
+        start = first.getsockname()[1]
+        blockers: list[socket.socket] = [first]
+        for port in range(start + 1, start + 40):
             blocker = socket.socket()
             try:
                 blocker.bind(("127.0.0.1", port))

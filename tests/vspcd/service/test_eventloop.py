@@ -14,15 +14,14 @@ import importlib.util
 import json
 import selectors
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.vspcd.harness import UUID_A, FakeEsxi, Operator, free_port
+from tests.daemonproc import free_port, start_vspcd
+from tests.vspcd.harness import UUID_A, FakeEsxi, Operator
 from vspc.common import esxi
 from vspc.vspcd.service import eventloop
 from vspc.vspcd.service.config import parse_args
@@ -97,20 +96,6 @@ def admin(path: Path, request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
-def wait_ready(child: subprocess.Popen[str], port: int, path: Path) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        assert child.poll() is None, child.communicate()[1]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                pass
-            admin(path, {"cmd": "hello", "client": "test"})
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("vspcd did not start listening")
-
-
 @pytest.mark.parametrize(
     "loop_name",
     [
@@ -119,24 +104,23 @@ def wait_ready(child: subprocess.Popen[str], port: int, path: Path) -> None:
     ],
 )
 def test_real_daemon_serves_a_vmotion_on(loop_name: str, tmp_path: Path) -> None:
-    port, path = free_port(), tmp_path / "admin.sock"
-    child = subprocess.Popen(
-        [sys.executable, "-m", "vspc.vspcd", "--event-loop", loop_name]
-        + ["--proxy-iface", "127.0.0.1", "--proxy-port", str(port), "-i", "127.0.0.1"]
+    path = tmp_path / "admin.sock"
+    daemon = start_vspcd(
+        ["--event-loop", loop_name]
+        + ["--proxy-iface", "127.0.0.1", "--proxy-port", "0", "-i", "127.0.0.1"]
         + ["-r", str(free_port()), "--admin-socket", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        tmp_path / "vspcd.log",
     )
     try:
-        wait_ready(child, port, path)
-        asyncio.run(vmotion_with_an_operator(port, path))
+        assert daemon.proxy_port is not None
+        asyncio.run(vmotion_with_an_operator(daemon.proxy_port, path))
     finally:
-        child.terminate()
-        _, err = child.communicate(timeout=TIMEOUT)
+        daemon.stop()
+        daemon.close()
+    err = daemon.log()
     assert f"event loop: {loop_name}" in err
     assert "vMotion complete" in err
-    assert child.returncode == 0, err
+    assert daemon.proc.returncode == 0, err
 
 
 async def vmotion_with_an_operator(port: int, path: Path) -> None:

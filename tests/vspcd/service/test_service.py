@@ -32,7 +32,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vspcd.harness import FakeEsxi, free_port
+from tests.daemonproc import free_port, start_vspcd
+from tests.vspcd.harness import FakeEsxi
 from vspc.vspcd import __version__
 
 DEADLINE = 15.0
@@ -90,23 +91,23 @@ def admin(path: Path, request: dict[str, object]) -> dict[str, object]:
 @contextlib.contextmanager
 def vspcd(
     workdir: Path, *argv: str, env: dict[str, str] | None = None
-) -> Iterator[tuple[subprocess.Popen[bytes], NotifySocket, Path]]:
-    """A real daemon with a notify socket; yields (process, notify socket, its log)."""
+) -> Iterator[tuple[subprocess.Popen[bytes], NotifySocket, Path, int]]:
+    """A real daemon with a notify socket, started with `--proxy-port 0` unless argv
+    names one; yields (process, notify socket, its log, the proxy port it bound)."""
     notify = NotifySocket(workdir / "notify")
     log = workdir / "vspcd.log"
     environ = {**os.environ, "NOTIFY_SOCKET": str(notify.path), **(env or {})}
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1", *argv],
-            stderr=sink,
-            env=environ,
-        )
+    port = [] if "--proxy-port" in argv else ["--proxy-port", "0"]
     try:
-        yield proc, notify, log
+        daemon = start_vspcd(["--proxy-iface", "127.0.0.1", *port, *argv], log, env=environ)
+    except BaseException:
+        notify.close()
+        raise
+    assert daemon.proxy_port is not None
+    try:
+        yield daemon.proc, notify, log, daemon.proxy_port
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(DEADLINE)
+        daemon.close()
         notify.close()
 
 
@@ -115,16 +116,15 @@ def ready_fields(message: str) -> dict[str, str]:
 
 
 def test_sd_notify_messages_in_order(tmp_path: Path) -> None:
-    proxy = free_port()
     sock = tmp_path / "admin.sock"
     config = tmp_path / "vspcd.toml"
     config.write_text("client_limit = 2\n")
     with vspcd(
         tmp_path,
-        "--proxy-port", str(proxy), "--no-vm-ports", "--admin-socket", str(sock),
+        "--no-vm-ports", "--admin-socket", str(sock),
         "--config", str(config),
         env={"WATCHDOG_USEC": "200000"},  # a ping every 0.1 s
-    ) as (proc, notify, log):  # fmt: skip
+    ) as (proc, notify, log, proxy):  # fmt: skip
         first = notify.next()
         assert first.startswith("STATUS=starting"), first
 
@@ -196,15 +196,14 @@ async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
 
 
 def test_sighup_applies_a_new_client_limit_without_dropping_a_console(tmp_path: Path) -> None:
-    proxy = free_port()
     sock = tmp_path / "admin.sock"
     config = tmp_path / "vspcd.toml"
     config.write_text("client_limit = 1\nscrollback = 65536\n")
     with vspcd(
         tmp_path,
-        "--proxy-port", str(proxy), "-i", "127.0.0.1", "-r", str(free_port()),
+        "-i", "127.0.0.1", "-r", str(free_port()),
         "--admin-socket", str(sock), "--config", str(config),
-    ) as (proc, notify, log):  # fmt: skip
+    ) as (proc, notify, log, proxy):  # fmt: skip
         notify.until("READY=1")
 
         def clients() -> int:
@@ -294,15 +293,14 @@ def test_user_flag_binds_as_root_then_runs_as_that_user(open_dir: Path) -> None:
         directory.mkdir(mode=0o750)
         os.chown(directory, nobody.pw_uid, nobody.pw_gid)
     sock = open_dir / "run" / "vspcd.sock"  # directory created by vspcd itself
-    proxy = free_port()
     env = {k: v for k, v in os.environ.items() if k != "VSPCD_ALLOW_ROOT"}
     with vspcd(
         open_dir,  # READY is sent after the drop, as nobody: the socket must be reachable
-        "--proxy-port", str(proxy), "-i", "127.0.0.1", "-r", str(free_port()),
+        "-i", "127.0.0.1", "-r", str(free_port()),
         "--admin-socket", str(sock), "--persist-file", str(state / "consoles.db"),
         "--log-dir", str(logs), "--user", "nobody",
         env=env,
-    ) as (proc, notify, log):  # fmt: skip
+    ) as (proc, notify, log, proxy):  # fmt: skip
         notify.until("READY=1")
         ids = _ids(proc.pid)
         assert ids["Uid"] == [nobody.pw_uid] * 4, ids

@@ -267,3 +267,26 @@ def test_disconnected_drops_tails_and_load_reconnects() -> None:
     assert not m.connected and m.tails == {}
     m.load([DB01])  # the fresh snapshot of a restarted daemon: web02 is gone
     assert m.connected and list(m.consoles) == [KEY] and m.pinned == {KEY}
+
+
+def test_a_console_alert_marks_the_console_and_is_logged() -> None:
+    from vspc.vspctui.dashboard.views import console_row
+
+    m = model()
+    alert = event(
+        "console_alert",
+        alert="kernel_panic",
+        severity="critical",
+        line="Kernel panic - not syncing: \x1b[31mboom",
+        context=[],
+        time=1.0,
+    )
+    m.apply(alert)
+    assert m.alerts == {KEY: "kernel_panic"}
+    assert describe(alert) == (
+        "db01: ALERT kernel_panic (critical): Kernel panic - not syncing: \\x1b[31mboom"
+    )
+    assert console_row(DB01, alerted=True).startswith(" !db01 ")
+    assert console_row(DB01).startswith("  db01 ")
+    m.apply(event("vm_expired", port=50000))
+    assert m.alerts == {}

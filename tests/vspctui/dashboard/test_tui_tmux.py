@@ -27,8 +27,9 @@ from typing import Any
 
 import pytest
 
+from tests.daemonproc import VspcdProcess, start_vspcd
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, free_port
-from tests.vspctui.dashboard.test_tui_app import TIMEOUT, Tmux, _console_rows, _wait_ready
+from tests.vspctui.dashboard.test_tui_app import TIMEOUT, Tmux, _console_rows
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -88,32 +89,28 @@ class Stack:
     def __init__(self, directory: Path, size: tuple[int, int]) -> None:
         self.directory = directory
         self.sock = directory / "admin.sock"
-        self.proxy = free_port()
+        self.proxy = 0  # the running daemon's, read back from its log
         self.range = free_port()
         self.env = dict(os.environ)
         self.env.pop("VSPC_SOCKET", None)
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.daemon: VspcdProcess | None = None
         self.vms = Vms()
         self.tmux = Tmux(directory.name)
         self.size = size
 
     def start_daemon(self) -> None:
-        self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "vspc.vspcd", "--proxy-iface", "127.0.0.1",
-             "--proxy-port", str(self.proxy), "-i", "127.0.0.1", "-r", str(self.range),
-             "--admin-socket", str(self.sock)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=self.env,
+        self.daemon = start_vspcd(
+            ["--proxy-iface", "127.0.0.1", "--proxy-port", "0", "-i", "127.0.0.1",
+             "-r", str(self.range), "--admin-socket", str(self.sock)],
+            self.directory / "vspcd.log", env=self.env,
         )  # fmt: skip
-        _wait_ready(self.daemon)
+        assert self.daemon.proxy_port is not None
+        self.proxy = self.daemon.proxy_port
 
     def stop_daemon(self) -> None:
         daemon, self.daemon = self.daemon, None
         if daemon is not None:
-            daemon.terminate()
-            daemon.wait(TIMEOUT)
-            if daemon.stderr is not None:
-                daemon.stderr.close()
+            daemon.close()
 
     def start_tui(self) -> None:
         cols, rows = self.size

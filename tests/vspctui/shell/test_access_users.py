@@ -32,7 +32,8 @@ from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, console_port, identifi
 from tests.vspctui.realdaemon import RealDaemon
 from vspc.common.esxi import SerialBreak
 
-PREFIX = "vspct"
+# Per test process: suites running side by side must not delete each other's accounts.
+PREFIX = f"vt{os.getpid() % 100000:05d}"
 GROUPS = ("dba", "net", "ro")
 USERS = {"alice": "dba", "bob": "net", "carol": "net", "dave": "net"}
 GHOST_UID = 54321  # no passwd entry
@@ -89,12 +90,28 @@ def accounts() -> Iterator[dict[str, tuple[int, int]]]:
             out[user] = (entry.pw_uid, entry.pw_gid)
         for group in GROUPS:
             out["@" + group] = (0, grp.getgrnam(f"{PREFIX}_{group}").gr_gid)
+        _skip_unless_reachable(*next(iter(out.values())))
         yield out
     finally:
         for name in made_users:
             subprocess.run(["userdel", name], check=False)
         for name in made_groups:
             subprocess.run(["groupdel", name], check=False)
+
+
+def _skip_unless_reachable(uid: int, gid: int) -> None:
+    """Skip when another user cannot run this interpreter on this checkout (a checkout
+    under a private directory, mode 0700): `vspc` as that user could not even start."""
+    probe = subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+         sys.executable, "-c", "import vspc.vspctui.shell.cli"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(
+            "other users cannot run this interpreter on this checkout (a private"
+            f" directory?): {probe.stderr.strip().splitlines()[-1:]}"
+        )
 
 
 class SharedDaemon(RealDaemon):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import shutil
 import signal
 import socket
@@ -24,22 +25,24 @@ from typing import Any
 
 import pytest
 
+from tests.daemonproc import start_vspcd
+
 HOST = "127.0.0.1"
 TIMEOUT = 30.0
 SIM = [sys.executable, "-m", "vspc.vspctui.sim"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 def free_run(count: int) -> int:
     """The first of `count` consecutive free ports below the ephemeral range, so
-    vspcd's `-r` hands them out in order and vspc-sim's --clients can name them."""
+    vspcd's `-r` hands them out in order and vspc-sim's --clients can name them.
+
+    The search starts at a random place: suites running side by side on one machine
+    must not all try the same run first.
+    """
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for start in range(low - 2000, 1024, -211):
+    starts = list(range(10000, low - count, 7))
+    random.shuffle(starts)
+    for start in starts:
         try:
             for port in range(start, start + count):
                 with socket.socket() as sock:
@@ -55,36 +58,26 @@ class Vspcd:
         self, directory: Path, ports: int, *extra: str, same_as: Vspcd | None = None
     ) -> None:
         # `same_as`: a restart on the ports of a vspcd that was stopped.
-        self.proxy_port = same_as.proxy_port if same_as else free_port()
-        self.range_start = same_as.range_start if same_as else free_run(ports)
         self.admin = directory / "a.sock"
-        self.log = open(directory / "vspcd.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "vspc.vspcd"),
-                *("--proxy-iface", HOST, "-p", str(self.proxy_port), "-i", HOST),
+
+        def argv() -> list[str]:  # fresh ports on each attempt unless restarting
+            self.range_start = same_as.range_start if same_as else free_run(ports)
+            proxy = same_as.proxy_port if same_as else 0
+            return [
+                *("--proxy-iface", HOST, "-p", str(proxy), "-i", HOST),
                 *("-r", str(self.range_start), "--admin-socket", str(self.admin)),
                 *("--vmotion-abandon", "30"),
                 *extra,
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + TIMEOUT
-        while True:  # ready once the proxy port accepts a connection
-            try:
-                socket.create_connection((HOST, self.proxy_port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("vspcd did not start") from None
-                time.sleep(0.05)
+            ]
+
+        log = directory / ("vspcd-2.log" if same_as else "vspcd.log")
+        self.daemon = start_vspcd(argv, log, timeout=TIMEOUT * 2)
+        assert self.daemon.proxy_port is not None
+        self.proxy_port = self.daemon.proxy_port
+        self.proc = self.daemon.proc
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(TIMEOUT)
-        self.log.close()
+        self.daemon.close()
 
 
 @pytest.fixture
@@ -112,7 +105,7 @@ def test_stream_type_and_every_kind_of_vmotion_lose_nothing(vspcd: Vspcd) -> Non
         *("--vmotion", "success,abort,notnow,abandon", "--rounds", "4", "--abandon-wait", "0.05"),
     )
     counts = report["counts"]
-    assert report["failures"] == [] and code == 0, report
+    assert report["failures"] == [] and code == 0, (report["failures"], report["counts"])
     assert counts["connected"] == 3 and counts["clients"] == 3
     for kind in ("success", "abort", "notnow", "abandon"):
         assert counts[f"started_{kind}"] == 3
@@ -134,7 +127,7 @@ def test_a_run_that_ends_mid_vmotion_finishes_it_first(vspcd: Vspcd) -> None:
         *("--vmotion", "abandon", "--loop", "--abandon-wait", "0.3", "--duration", "0.5"),
     )
     counts = report["counts"]
-    assert code == 0, report
+    assert code == 0, (report["failures"], report["counts"])  # failures first: not truncated
     # The run ended while the VMs were away; they came back before the tally.
     assert counts["vmotions_done"] == counts["vmotions_started"] == counts["vmotions_ok"]
     assert counts["typed_markers"] > 0 and counts["lost_bytes"] == 0
@@ -241,7 +234,10 @@ def test_tls_with_a_verified_certificate(tmp_path: Path) -> None:
 
 
 def test_no_proxy_is_exit_status_2() -> None:
-    done = subprocess.run([*SIM, "-p", str(free_port())], capture_output=True, timeout=TIMEOUT)
+    with socket.socket() as bound:  # bound, never listening: connections are refused
+        bound.bind((HOST, 0))
+        port = str(bound.getsockname()[1])
+        done = subprocess.run([*SIM, "-p", port], capture_output=True, timeout=TIMEOUT)
     assert done.returncode == 2 and b"no VM could connect" in done.stderr
 
 

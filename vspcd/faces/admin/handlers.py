@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vspc.common.admin import (
     COMMANDS,
+    MAX_ALERTS,
     PROTOCOL_VERSION,
     AdminError,
     ErrorCode,
@@ -30,9 +32,11 @@ from vspc.common.admin import (
 from vspc.common.display import safe
 from vspc.vspcd import __version__
 from vspc.vspcd.faces import render
-from vspc.vspcd.faces.admin.access import Identity, Source, console_ref, group_names
+from vspc.vspcd.faces.admin.access import Identity, Source, console_ref, event_ref, group_names
+from vspc.vspcd.history.grep import GrepQuery, grep
 from vspc.vspcd.hub.audit import Actor, AuditAction
 from vspc.vspcd.hub.hub import HubError
+from vspc.vspcd.hub.selectors import ConsoleRef, parse_selector
 
 if TYPE_CHECKING:
     from vspc.vspcd.faces.admin.link import AdminLink
@@ -299,6 +303,63 @@ def _break(link: AdminLink, request: Request) -> Reply:
 def actor_of(identity: Identity) -> Actor:
     """An admin peer as audit records name it."""
     return Actor(identity.user or "", identity.uid, identity.address)
+
+
+@handles("alerts")
+def _alerts(link: AdminLink, request: Request) -> Reply:
+    book = link.server.alerts
+    records = [] if book is None else book.recent(MAX_ALERTS)
+    key = None
+    if request.fields["vm"] is not None:
+        key = link.find(request).key
+    hub = link.server.hub
+    rows = [
+        r.to_json()
+        for r in records
+        if (key is None or r.key == key)
+        and link.ref_visible(event_ref(r.key, r.name, hub.console(r.key)))
+    ]
+    return {"alerts": rows[-request.fields["limit"] :]}
+
+
+@handles("grep")
+def _grep(link: AdminLink, request: Request) -> Reply:
+    fields = request.fields
+    try:
+        re.compile(fields["pattern"])
+    except re.error as exc:
+        raise AdminError(ErrorCode.BAD_FIELD, f"pattern: {exc}", request.id) from None
+    wanted: Callable[[ConsoleRef], bool] = lambda ref: True  # noqa: E731
+    if fields["consoles"]:
+        try:
+            selectors = [
+                parse_selector(t.strip()) for t in fields["consoles"].split(",") if t.strip()
+            ]
+        except ValueError as exc:
+            raise AdminError(ErrorCode.BAD_FIELD, f"consoles: {exc}", request.id) from None
+        wanted = lambda ref: any(s.matches(ref) for s in selectors)  # noqa: E731
+    query = GrepQuery(
+        fields["pattern"], fields["ignore_case"], fields["since"], fields["until"], fields["limit"]
+    )
+    server = link.server
+
+    async def run() -> Reply:
+        result = await grep(
+            query,
+            consoles=list(server.hub.consoles()),
+            place=server.log_place,
+            visible=link.ref_visible,
+            wanted=wanted,
+            flush=server.flush_logs,
+        )
+        return {
+            "matches": [m.to_json() for m in result.matches],
+            "truncated": result.truncated,
+            "consoles": result.consoles,
+        }
+
+    link.defer(request, run())
+    return {}
 
 
 # Every command of the protocol has a handler, and nothing else does.

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import TYPE_CHECKING, Any, cast
 
@@ -125,6 +125,7 @@ class AdminLink(LinkAccess, asyncio.Protocol):
         self.tails = Tails(self._hub, self._push, self._tail_failed)
         self._attaching = False  # inside hub.attach: our own events are not for us
         self._waiting = False  # another cluster node is answering a request
+        self._deferred: set[asyncio.Future[Reply]] = set()  # `defer`red answers (grep)
         self._splice_out: Callable[[bytes], None] | None = None
         self.relayed = False  # cluster mode: this session runs for another node's operator
         self._splice_closed: Callable[[], None] | None = None
@@ -196,6 +197,8 @@ class AdminLink(LinkAccess, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._output.release()  # off the output budget (vspcd/net/flow.py)
+        for task in list(self._deferred):
+            task.cancel()  # a search nobody will read: its worker process is killed
         if self._splice_closed is not None:
             closed, self._splice_closed = self._splice_closed, None
             closed()
@@ -271,7 +274,10 @@ class AdminLink(LinkAccess, asyncio.Protocol):
             handler = HANDLERS.get(request.cmd)
             if handler is None:  # validate_request knows it, so this is our bug
                 raise AdminError(ErrorCode.UNKNOWN_CMD, f"unknown command {request.cmd!r}", rid)
-            reply = ok(rid, **handler(self, request))
+            fields = handler(self, request)
+            if self._waiting:  # the handler answers later (`defer`)
+                return
+            reply = ok(rid, **fields)
         except AdminError as exc:
             reply = exc.to_reply()
             self._audit_denied(request, exc.code, exc.message)
@@ -322,6 +328,32 @@ class AdminLink(LinkAccess, asyncio.Protocol):
         self._splice_closed = None
         if self._transport is not None:
             self._transport.close()
+
+    def defer(self, request: Request, work: Awaitable[Reply]) -> None:
+        """Answer `request` when `work` is done (grep); no further request is read
+        until then, so replies stay in request order.  The handler returns at once."""
+        self._waiting = True
+        task = asyncio.ensure_future(work)
+        self._deferred.add(task)
+
+        def done(finished: asyncio.Future[Reply]) -> None:
+            self._deferred.discard(task)
+            rid = request.id
+            if finished.cancelled():
+                return
+            exc = finished.exception()
+            if exc is None:
+                reply = ok(rid, **finished.result())
+            elif isinstance(exc, AdminError):
+                reply = exc.to_reply()
+            elif isinstance(exc, HubError):
+                reply = failed(exc.code, str(exc), rid)
+            else:
+                log.error("admin %s: %s failed: %r", self.identity, request.cmd, exc)
+                reply = failed(ErrorCode.INTERNAL, "internal error; vspcd logged the details", rid)
+            self.remote_done(reply)
+
+        task.add_done_callback(done)
 
     def remote_done(self, reply: Reply) -> None:
         """The answer to the request `RemoteRequests.takes` took; reading resumes."""

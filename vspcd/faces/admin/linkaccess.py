@@ -72,6 +72,10 @@ class LinkAccess:
         """The console exists for this peer (level watch or more)."""
         return self.level(console) is not Level.NONE
 
+    def ref_visible(self, ref: ConsoleRef) -> bool:
+        """A console described by `ref` (a log file's, an alert's) exists for this peer."""
+        return self._level_of(ref) is not Level.NONE
+
     def row_visible(self, row: dict[str, Any]) -> bool:
         """Cluster mode: a `list` row from another node, judged here."""
         return self._level_of(row_ref(row)) is not Level.NONE

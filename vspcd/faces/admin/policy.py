@@ -43,11 +43,10 @@ import pwd
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from fnmatch import fnmatchcase
 from typing import Any
 
 from vspc.common.admin import Level
-from vspc.common.vmware import canonical_uuid
+from vspc.vspcd.hub.selectors import ConsoleRef, Selector, parse_selector
 
 __all__ = [
     "DEFAULT_POLICY",
@@ -120,38 +119,11 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
-class ConsoleRef:
-    """What rules match a console on: its display name and VM name (globs), its
-    canonical UUID (`uuid:`) and its port label (`label:`)."""
-
-    name: str
-    vm_name: str = ""
-    uuid: str = ""
-    label: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class _Pattern:
-    kind: str  # "name", "uuid" or "label"
-    value: str
-
-    def matches(self, console: ConsoleRef) -> bool:
-        match self.kind:
-            case "uuid":
-                return console.uuid == self.value
-            case "label":
-                return fnmatchcase(console.label, self.value)
-        return fnmatchcase(console.name, self.value) or (
-            bool(console.vm_name) and fnmatchcase(console.vm_name, self.value)
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class Rule:
     """One `[[access]]` table, names resolved."""
 
     number: int  # 1 for the file's first [[access]] table
-    consoles: tuple[_Pattern, ...]
+    consoles: tuple[Selector, ...]
     uids: frozenset[int]
     gids: frozenset[int]
     level: Level
@@ -393,13 +365,9 @@ def _switch(
     return value
 
 
-def _pattern(key: str, text: str, errors: list[str]) -> _Pattern | None:
-    if text.startswith("uuid:"):
-        try:
-            return _Pattern("uuid", canonical_uuid(text[5:]))
-        except ValueError as exc:
-            errors.append(f"{key}: {text!r}: {exc}")
-            return None
-    if text.startswith("label:"):
-        return _Pattern("label", text[6:])
-    return _Pattern("name", text)
+def _pattern(key: str, text: str, errors: list[str]) -> Selector | None:
+    try:
+        return parse_selector(text)
+    except ValueError as exc:
+        errors.append(f"{key}: {text!r}: {exc}")
+        return None

@@ -28,6 +28,8 @@ from vspc.vspcd.faces.admin.access import Gate
 from vspc.vspcd.faces.admin.limits import Limits
 from vspc.vspcd.faces.admin.link import AdminLink
 from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
+from vspc.vspcd.history.grep import LogPlace
+from vspc.vspcd.history.watch import AlertBook
 from vspc.vspcd.hub.audit import AuditRecord
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent
 from vspc.vspcd.hub.hub import Hub
@@ -115,6 +117,12 @@ class AdminServer:
         self.stats: Callable[[], Stats] | None = None
         self.epoch = 0.0  # Unix time minus hub time: `since` is Unix time on the wire
         self.remote: RemoteRequests | None = None  # cluster mode
+        # Console watch (docs/operations.md "Console alerts", "Searching console
+        # history"), set by the daemon: the alerts `alerts` lists, where `grep` finds
+        # console logs, and how buffered log output is written first.
+        self.alerts: AlertBook | None = None
+        self.log_place: LogPlace | None = None
+        self.flush_logs: Callable[[], None] | None = None
         self.cluster_node_id = ""  # cluster mode: this node's --node-id
         self._stopping = False
 
