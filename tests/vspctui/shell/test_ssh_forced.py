@@ -35,8 +35,9 @@ from vspc.vspctui.cmdtable import UsageError
 from vspc.vspctui.shell.commands import commands
 from vspc.vspctui.shell.forced import parse_forced
 
-USER = "vspct_ssh"
-GROUP = "vspct_remote"
+# Per test process: suites running side by side must not delete each other's accounts.
+USER = f"vs{os.getpid() % 100000:05d}_ssh"
+GROUP = f"vs{os.getpid() % 100000:05d}_remote"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 TIMEOUT = 20.0
 
@@ -131,7 +132,13 @@ def account(request: pytest.FixtureRequest) -> Iterator[pwd.struct_passwd]:
         yield entry
     finally:
         if made_user:
-            subprocess.run(["userdel", USER], check=False)
+            # userdel refuses while the user has processes: the sessions' `vspc` end
+            # once sshd and the daemon are gone, a moment after the tests.
+            deadline = time.monotonic() + TIMEOUT
+            while subprocess.run(["userdel", USER], capture_output=True).returncode == 8:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
         if made_group:
             subprocess.run(["groupdel", GROUP], check=False)
 
