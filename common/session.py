@@ -53,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any, cast
 
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
@@ -311,26 +312,65 @@ class ProxySession(TelnetEndpoint):
         """
         events: list[SessionEvent] = []
         for event in self._telnet.iter_events(data):
-            # Guards on _EXT rather than `Opt.VMWARE_EXT` value patterns: an Enum member
-            # lookup per case and event is a descriptor call on CPython 3.11.
-            match event:
-                case Data(payload):
-                    events.append(VmData(payload))
-                case Subnegotiation(option, payload) if option == _EXT:
-                    self._on_command(vm.decode(payload), events)
-                case OptionChanged(option, False, True) if option == _EXT:
+            # Exact-type tests rather than a `match` on class patterns (an isinstance
+            # and attribute reads per case and event), and guards on _EXT rather than
+            # `Opt.VMWARE_EXT` (an Enum member lookup is a descriptor call on CPython
+            # 3.11).  None of these event classes has subclasses.
+            kind = type(event)
+            if kind is Data:
+                events.append(VmData(cast(Data, event).payload))
+            elif kind is Subnegotiation:
+                sub = cast(Subnegotiation, event)
+                if sub.option == _EXT:
+                    self._on_command(vm.decode(sub.payload), events)
+            elif kind is OptionChanged:
+                changed = cast(OptionChanged, event)
+                if changed.option == _EXT and not changed.local and changed.enabled:
                     self._advance(_WILL_EXT, b"")
-                case _:
-                    pass  # other negotiation was answered by the codec
+            # Anything else: negotiation the codec answered, or a command.
         self._sync()
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:  # the commands of every connection and vMotion
+            handler(self, event, events)
+        else:
+            self._on_rare_command(event, events)
+
+    def _on_ks1(self, event: vm.KnownSuboptions1, events: list[SessionEvent]) -> None:
+        self._advance(_KS1, event.codes)
+
+    def _on_uuid(self, event: vm.VmVcUuid, events: list[SessionEvent]) -> None:
+        try:
+            self.uuid = vm.canonical_uuid(event.text)
+        except ValueError as exc:
+            events.append(Notice(str(exc)))
+        else:
+            events.append(VmIdentified(self.uuid))
+
+    def _on_name(self, event: vm.VmName, events: list[SessionEvent]) -> None:
+        self.name = event.name
+        events.append(VmNamed(event.name))
+
+    def _on_begin(self, event: vm.VMotionBegin, events: list[SessionEvent]) -> None:
+        self._owe((_BEGIN_ANSWER, event.sequence))
+        events.append(event)
+
+    def _on_peer(self, event: vm.VMotionPeer, events: list[SessionEvent]) -> None:
+        # The sequence is a prefix of the cookie; only the hub knows how long.
+        self._owe((_PEER_OK, event.cookie))
+        events.append(event)
+
+    def _on_end(
+        self, event: vm.VMotionComplete | vm.VMotionAbort, events: list[SessionEvent]
+    ) -> None:
+        events.append(event)
+
+    def _on_rare_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
         match event:
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code to report (docs/protocol.md §1 rule 6)
-            case vm.KnownSuboptions1(codes):
-                self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):
                 if self._disabled is None:
                     self._disabled = set()
@@ -338,25 +378,6 @@ class ProxySession(TelnetEndpoint):
                 events.append(Notice(f"VM does not know our code {code:#04x}"))
             case vm.DoProxy() as request:
                 self._on_do_proxy(request, events)
-            case vm.VmVcUuid(text):
-                try:
-                    self.uuid = vm.canonical_uuid(text)
-                except ValueError as exc:
-                    events.append(Notice(str(exc)))
-                else:
-                    events.append(VmIdentified(self.uuid))
-            case vm.VmName(name):
-                self.name = name
-                events.append(VmNamed(name))
-            case vm.VMotionBegin(sequence):
-                self._owe((_BEGIN_ANSWER, sequence))
-                events.append(event)
-            case vm.VMotionPeer(cookie):
-                # The sequence is a prefix of the cookie; only the hub knows how long.
-                self._owe((_PEER_OK, cookie))
-                events.append(event)
-            case vm.VMotionComplete() | vm.VMotionAbort():
-                events.append(event)
             case vm.Unsupported(code, _) if code in vm.PROXY_KNOWN_CODES:
                 # A listed code with a malformed body (e.g. a 2-byte RCVD-1).
                 events.append(Notice(f"malformed option-232 command {code:#04x}"))
@@ -392,3 +413,16 @@ class ProxySession(TelnetEndpoint):
         _, label = vm.parse_service_uri(request.service_uri)
         self.proxy = ProxyRequested(request.direction, request.service_uri, label, accepted)
         events.append(self.proxy)
+
+
+# Exact command class -> handler, for the commands every connection and vMotion
+# brings (docs/protocol.md §3, §4); the rest go through `_on_rare_command`.
+_HANDLERS: dict[type, Callable[[ProxySession, Any, list[SessionEvent]], None]] = {
+    vm.KnownSuboptions1: ProxySession._on_ks1,
+    vm.VmVcUuid: ProxySession._on_uuid,
+    vm.VmName: ProxySession._on_name,
+    vm.VMotionBegin: ProxySession._on_begin,
+    vm.VMotionPeer: ProxySession._on_peer,
+    vm.VMotionComplete: ProxySession._on_end,
+    vm.VMotionAbort: ProxySession._on_end,
+}

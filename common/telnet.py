@@ -248,6 +248,14 @@ _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new tabl
 _TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {}
 
 
+# (id(table), verb, option, accepted) -> (table, new table, reply, events): one
+# received negotiation's whole outcome (`TelnetCodec._negotiate`).  Bounded like the
+# index.
+_OUTCOMES: dict[
+    tuple[int, Verb, int, bool], tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...]]
+] = {}
+
+
 # (local offers, remote requests) -> (table, bytes) of a fresh codec that made them.
 _OPENINGS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[dict[int, _Q], bytes]] = {}
 
@@ -388,8 +396,37 @@ class TelnetCodec:
         for option in remote:
             self.request_remote(option)
 
-    def _negotiate(self, verb: Verb, option: int) -> list[Event]:
-        """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
+    def _negotiate(self, verb: Verb, option: int) -> tuple[Event, ...]:
+        """Apply RFC 1143 §7 to one received verb; queue replies; report changes.
+
+        The outcome depends only on (table, verb, option, whether we accept the
+        option), and every connection walks the same few, so after the first time
+        each is a dict lookup: the new (shared) table, the reply and the events
+        (frozen, so one instance serves every connection).  The `is` check makes a
+        stale `id` harmless, as in `_with_state`.
+        """
+        table = self._q
+        wanted = self._local_ok if verb is _DO or verb is _DONT else self._remote_ok
+        key = (id(table), verb, option, option in wanted)
+        known = _OUTCOMES.get(key)
+        if known is not None and known[0] is table:
+            self._q = known[1]
+            if known[2]:
+                self._queue(known[2])
+            return known[3]
+        queued = self._out
+        self._out = None
+        events = self._negotiate_slow(verb, option)
+        reply = b"" if self._out is None else bytes(self._out)
+        if len(_OUTCOMES) >= 4 * _SHARED_TABLES_MAX:
+            _OUTCOMES.clear()
+        _OUTCOMES[key] = (table, self._q, reply, events)
+        self._out = queued
+        if reply:
+            self._queue(reply)
+        return events
+
+    def _negotiate_slow(self, verb: Verb, option: int) -> tuple[Event, ...]:
         local = verb in (_DO, _DONT)
         key = option if local else _HIM_KEYS[option]
         wanted = self._local_ok if local else self._remote_ok
@@ -420,7 +457,7 @@ class TelnetCodec:
             elif state in (_WANTNO, _WANTYES):
                 self._q = _with_state(self._q, key, _NO)
             # NO: already off, no reply.
-        return events
+        return tuple(events)
 
     # -- output ----------------------------------------------------------------------
 
