@@ -208,6 +208,15 @@ _REMOTE_OK = frozenset(_OFFERS_REMOTE)
 _EXT = int(Opt.VMWARE_EXT)
 
 
+class _ProxyCodec(TelnetCodec):
+    """The session's codec: `receive_data` ignores `Negotiation` events (the codec
+    answers negotiation itself), so they are not made (one event fewer per
+    option the VM negotiates, docs/protocol.md §3.1)."""
+
+    __slots__ = ()
+    reports_negotiation = False
+
+
 class ProxySession(TelnetEndpoint):
     """The proxy's half of one ESXi serial-port connection.
 
@@ -226,7 +235,7 @@ class ProxySession(TelnetEndpoint):
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
         sb_limit: int = 64 * 1024,
     ) -> None:
-        super().__init__(TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
+        super().__init__(_ProxyCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
         self._accept_proxy = accept_proxy
         self._opening = _OPENED
         self._disabled: set[int] | None = None  # our codes the VM said it does not know

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import ClassVar
 
 __all__ = [
     "IAC",
@@ -251,8 +252,10 @@ _TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {
 # (id(table), verb, option, accepted) -> (table, new table, reply, events): one
 # received negotiation's whole outcome (`TelnetCodec._negotiate`).  Bounded like the
 # index.
+# The last item is the events without the `Negotiation` one (`reports_negotiation`).
 _OUTCOMES: dict[
-    tuple[int, Verb, int, bool], tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...]]
+    tuple[int, Verb, int, bool],
+    tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...], tuple[Event, ...]],
 ] = {}
 
 
@@ -298,6 +301,9 @@ class TelnetCodec:
 
     Attributes:
         error: the `TelnetProtocolError` that ended input, or None (see `failed`).
+        reports_negotiation: a class attribute; a subclass that sets it False gets
+            no `Negotiation` events (only the `OptionChanged` ones), for a caller that
+            ignores them: the codec answers negotiation itself.
 
     Memory: one codec per connection, so no `__dict__`, and the
     reply queue and the subnegotiation buffer exist only while they hold bytes.
@@ -315,6 +321,8 @@ class TelnetCodec:
         "_sb",
         "error",
     )
+
+    reports_negotiation: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -409,22 +417,20 @@ class TelnetCodec:
         wanted = self._local_ok if verb is _DO or verb is _DONT else self._remote_ok
         key = (id(table), verb, option, option in wanted)
         known = _OUTCOMES.get(key)
-        if known is not None and known[0] is table:
-            self._q = known[1]
-            if known[2]:
-                self._queue(known[2])
-            return known[3]
-        queued = self._out
-        self._out = None
-        events = self._negotiate_slow(verb, option)
-        reply = b"" if self._out is None else bytes(self._out)
-        if len(_OUTCOMES) >= 4 * _SHARED_TABLES_MAX:
-            _OUTCOMES.clear()
-        _OUTCOMES[key] = (table, self._q, reply, events)
-        self._out = queued
-        if reply:
-            self._queue(reply)
-        return events
+        if known is None or known[0] is not table:
+            queued = self._out
+            self._out = None
+            events = self._negotiate_slow(verb, option)
+            reply = b"" if self._out is None else bytes(self._out)
+            changes = tuple(event for event in events if type(event) is OptionChanged)
+            if len(_OUTCOMES) >= 4 * _SHARED_TABLES_MAX:
+                _OUTCOMES.clear()
+            known = _OUTCOMES[key] = (table, self._q, reply, events, changes)
+            self._out, self._q = queued, table
+        self._q = known[1]
+        if known[2]:
+            self._queue(known[2])
+        return known[3] if self.reports_negotiation else known[4]
 
     def _negotiate_slow(self, verb: Verb, option: int) -> tuple[Event, ...]:
         local = verb in (_DO, _DONT)
@@ -545,7 +551,9 @@ class TelnetCodec:
                         yield Command(code)
                     self._state = _DATA
             elif state is _VERB:
-                yield from self._negotiate(self._verb, data[pos])
+                events = self._negotiate(self._verb, data[pos])
+                if events:
+                    yield from events
                 pos += 1
                 self._state = _DATA
             elif state is _SB_OPTION:
