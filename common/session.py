@@ -58,13 +58,16 @@ from typing import Any, cast
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
+    IAC,
+    SB,
+    SE,
     Data,
     Opt,
     OptionChanged,
     Subnegotiation,
     TelnetCodec,
     TelnetProtocolError,
-    subnegotiation,
+    escape,
 )
 
 __all__ = [
@@ -206,6 +209,12 @@ _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 _LOCAL_OK = frozenset(_OFFERS_LOCAL)
 _REMOTE_OK = frozenset(_OFFERS_REMOTE)
 _EXT = int(Opt.VMWARE_EXT)
+# Built once, not per command sent (the framing `subnegotiation()` does, in parts).
+_SB_EXT, _SE = bytes((IAC, SB, _EXT)), bytes((IAC, SE))
+_GET_UUID, _GET_NAME = vm.payload_of(vm.GetVmVcUuid()), vm.payload_of(vm.GetVmName())
+_GOAHEAD = bytes((vm.Code.VMOTION_GOAHEAD,))
+_NOTNOW = bytes((vm.Code.VMOTION_NOTNOW,))
+_PEER_OK_CODE = bytes((vm.Code.VMOTION_PEER_OK,))
 
 
 class _ProxyCodec(TelnetCodec):
@@ -257,9 +266,12 @@ class ProxySession(TelnetEndpoint):
         self._sync()
 
     def _send(self, event: vm.VmwareEvent) -> None:
-        payload = vm.payload_of(event)  # once: encode() would build it again
+        self._send_payload(vm.payload_of(event))  # once: encode() would build it again
+
+    def _send_payload(self, payload: bytes) -> None:
+        """Queue `IAC SB 232 payload IAC SE` unless the VM said it lacks the code."""
         if self._disabled is None or payload[0] not in self._disabled:
-            self._queue(subnegotiation(Opt.VMWARE_EXT, payload))
+            self._queue(_SB_EXT + escape(payload) + _SE)
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
         """Answer a pending BEGIN with GOAHEAD(sequence || secret).
@@ -268,7 +280,7 @@ class ProxySession(TelnetEndpoint):
             LocalProtocolError: no BEGIN with that sequence is pending here.
         """
         self._take_begin(sequence)
-        self._send(vm.VMotionGoahead(sequence + secret))
+        self._send_payload(_GOAHEAD + sequence + secret)  # vm.VMotionGoahead's payload
 
     def notnow(self, sequence: bytes) -> None:
         """Refuse a pending BEGIN with NOTNOW(sequence).
@@ -277,7 +289,7 @@ class ProxySession(TelnetEndpoint):
             LocalProtocolError: no BEGIN with that sequence is pending here.
         """
         self._take_begin(sequence)
-        self._send(vm.VMotionNotNow(sequence))
+        self._send_payload(_NOTNOW + sequence)  # vm.VMotionNotNow's payload
 
     def peer_ok(self, sequence: bytes) -> None:
         """Accept this connection's PEER with PEER-OK(sequence).
@@ -290,7 +302,7 @@ class ProxySession(TelnetEndpoint):
         if owed is None:
             raise LocalProtocolError("PEER-OK without a PEER for that sequence")
         self._settle(owed)
-        self._send(vm.VMotionPeerOk(sequence))
+        self._send_payload(_PEER_OK_CODE + sequence)  # vm.VMotionPeerOk's payload
 
     def _take_begin(self, sequence: bytes) -> None:
         owed = (_BEGIN_ANSWER, sequence)
@@ -408,10 +420,10 @@ class ProxySession(TelnetEndpoint):
         if send_ks2:
             self._queue(_KS2)
         if send_gets:
-            if vm.Code.GET_VM_VC_UUID in codes:
-                self._send(vm.GetVmVcUuid())
-            if vm.Code.GET_VM_NAME in codes:
-                self._send(vm.GetVmName())
+            if _GET_UUID[0] in codes:
+                self._send_payload(_GET_UUID)
+            if _GET_NAME[0] in codes:
+                self._send_payload(_GET_NAME)
 
     def _on_do_proxy(self, request: vm.DoProxy, events: list[SessionEvent]) -> None:
         if self.proxy is not None:
