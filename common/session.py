@@ -53,7 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
@@ -332,6 +332,7 @@ class ProxySession(TelnetEndpoint):
                 before the fault are dropped with it.
         """
         events: list[SessionEvent] = []
+        event: Any  # dispatched on its exact type below (no cast: that is a call)
         for event in self._telnet.iter_events(data):
             # Exact-type tests rather than a `match` on class patterns (an isinstance
             # and attribute reads per case and event), and guards on _EXT rather than
@@ -339,15 +340,14 @@ class ProxySession(TelnetEndpoint):
             # 3.11).  None of these event classes has subclasses.
             kind = type(event)
             if kind is Data:
-                events.append(VmData(cast(Data, event).payload))
+                events.append(VmData(event.payload))
             elif kind is Subnegotiation:
-                sub = cast(Subnegotiation, event)
-                if sub.option == _EXT:
-                    self._on_command(vm.decode(sub.payload), events)
-            elif kind is OptionChanged:
-                changed = cast(OptionChanged, event)
-                if changed.option == _EXT and not changed.local and changed.enabled:
-                    self._advance(_WILL_EXT, b"")
+                if event.option == _EXT:
+                    self._on_command(vm.decode(event.payload), events)
+            elif (
+                kind is OptionChanged and event.option == _EXT and not event.local and event.enabled
+            ):
+                self._advance(_WILL_EXT, b"")
             # Anything else: negotiation the codec answered, or a command.
         self._sync()
         return events

@@ -496,6 +496,10 @@ class TelnetCodec:
                 started inside another subnegotiation; or an earlier call raised one
                 (the codec is failed and refuses all input, this chunk included).
         """
+        if self._state is _DATA and IAC not in data:
+            # The common case (typed input, console output): one run of data, no
+            # generator to step through.  The same event `iter_events` yields.
+            return [Data(bytes(data))] if data else []
         return list(self.iter_events(data))
 
     def iter_events(self, data: bytes) -> Iterator[Event]:
