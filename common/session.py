@@ -218,12 +218,13 @@ _PEER_OK_CODE = bytes((vm.Code.VMOTION_PEER_OK,))
 
 
 class _ProxyCodec(TelnetCodec):
-    """The session's codec: `receive_data` ignores `Negotiation` events (the codec
-    answers negotiation itself), so they are not made (one event fewer per
-    option the VM negotiates, docs/protocol.md §3.1)."""
+    """The session's codec: it answers negotiation itself and yields only the event
+    `receive_data` acts on, the VM's agreement to perform option 232 (WILL 232,
+    docs/protocol.md §3.1), so none is made for the others (one generator step fewer
+    per option the VM negotiates)."""
 
     __slots__ = ()
-    reports_negotiation = False
+    reports = frozenset({(_EXT, False, True)})
 
 
 class ProxySession(TelnetEndpoint):

@@ -252,10 +252,11 @@ _TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {
 # (id(table), verb, option, accepted) -> (table, new table, reply, events): one
 # received negotiation's whole outcome (`TelnetCodec._negotiate`).  Bounded like the
 # index.
-# The last item is the events without the `Negotiation` one (`reports_negotiation`).
+# The codec's class is in the key: what it reports is a class's choice
+# (`TelnetCodec.reports`).
 _OUTCOMES: dict[
-    tuple[int, Verb, int, bool],
-    tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...], tuple[Event, ...]],
+    tuple[int, Verb, int, bool, type],
+    tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...]],
 ] = {}
 
 
@@ -301,9 +302,10 @@ class TelnetCodec:
 
     Attributes:
         error: the `TelnetProtocolError` that ended input, or None (see `failed`).
-        reports_negotiation: a class attribute; a subclass that sets it False gets
-            no `Negotiation` events (only the `OptionChanged` ones), for a caller that
-            ignores them: the codec answers negotiation itself.
+        reports: a class attribute; a subclass may set it to the option changes
+            its caller acts on, as `(option, local, enabled)` triples: a received
+            negotiation then yields only an `OptionChanged` among those, and no
+            `Negotiation` (the codec answers negotiation itself).
 
     Memory: one codec per connection, so no `__dict__`, and the
     reply queue and the subnegotiation buffer exist only while they hold bytes.
@@ -322,7 +324,7 @@ class TelnetCodec:
         "error",
     )
 
-    reports_negotiation: ClassVar[bool] = True
+    reports: ClassVar[frozenset[tuple[int, bool, bool]] | None] = None
 
     def __init__(
         self,
@@ -415,22 +417,29 @@ class TelnetCodec:
         """
         table = self._q
         wanted = self._local_ok if verb is _DO or verb is _DONT else self._remote_ok
-        key = (id(table), verb, option, option in wanted)
+        key = (id(table), verb, option, option in wanted, type(self))
         known = _OUTCOMES.get(key)
         if known is None or known[0] is not table:
             queued = self._out
             self._out = None
             events = self._negotiate_slow(verb, option)
             reply = b"" if self._out is None else bytes(self._out)
-            changes = tuple(event for event in events if type(event) is OptionChanged)
+            reports = self.reports
+            if reports is not None:
+                events = tuple(
+                    event
+                    for event in events
+                    if type(event) is OptionChanged
+                    and (event.option, event.local, event.enabled) in reports
+                )
             if len(_OUTCOMES) >= 4 * _SHARED_TABLES_MAX:
                 _OUTCOMES.clear()
-            known = _OUTCOMES[key] = (table, self._q, reply, events, changes)
+            known = _OUTCOMES[key] = (table, self._q, reply, events)
             self._out, self._q = queued, table
         self._q = known[1]
         if known[2]:
             self._queue(known[2])
-        return known[3] if self.reports_negotiation else known[4]
+        return known[3]
 
     def _negotiate_slow(self, verb: Verb, option: int) -> tuple[Event, ...]:
         local = verb in (_DO, _DONT)
