@@ -53,17 +53,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from vspc.common import vmware as vm
 from vspc.common.endpoint import LocalProtocolError, Notice, TelnetEndpoint
 from vspc.common.telnet import (
+    IAC,
+    SB,
+    SE,
     Data,
     Opt,
     OptionChanged,
     Subnegotiation,
     TelnetCodec,
     TelnetProtocolError,
-    subnegotiation,
+    escape,
 )
 
 __all__ = [
@@ -205,6 +209,22 @@ _OFFERS_REMOTE = (Opt.BINARY, Opt.SGA, Opt.VMWARE_EXT)
 _LOCAL_OK = frozenset(_OFFERS_LOCAL)
 _REMOTE_OK = frozenset(_OFFERS_REMOTE)
 _EXT = int(Opt.VMWARE_EXT)
+# Built once, not per command sent (the framing `subnegotiation()` does, in parts).
+_SB_EXT, _SE = bytes((IAC, SB, _EXT)), bytes((IAC, SE))
+_GET_UUID, _GET_NAME = vm.payload_of(vm.GetVmVcUuid()), vm.payload_of(vm.GetVmName())
+_GOAHEAD = bytes((vm.Code.VMOTION_GOAHEAD,))
+_NOTNOW = bytes((vm.Code.VMOTION_NOTNOW,))
+_PEER_OK_CODE = bytes((vm.Code.VMOTION_PEER_OK,))
+
+
+class _ProxyCodec(TelnetCodec):
+    """The session's codec: it answers negotiation itself and yields only the event
+    `receive_data` acts on, the VM's agreement to perform option 232 (WILL 232,
+    docs/protocol.md §3.1), so none is made for the others (one generator step fewer
+    per option the VM negotiates)."""
+
+    __slots__ = ()
+    reports = frozenset({(_EXT, False, True)})
 
 
 class ProxySession(TelnetEndpoint):
@@ -225,7 +245,7 @@ class ProxySession(TelnetEndpoint):
         accept_proxy: Callable[[vm.DoProxy], bool] = accept_server_direction,
         sb_limit: int = 64 * 1024,
     ) -> None:
-        super().__init__(TelnetCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
+        super().__init__(_ProxyCodec(local_ok=_LOCAL_OK, remote_ok=_REMOTE_OK, sb_limit=sb_limit))
         self._accept_proxy = accept_proxy
         self._opening = _OPENED
         self._disabled: set[int] | None = None  # our codes the VM said it does not know
@@ -247,9 +267,12 @@ class ProxySession(TelnetEndpoint):
         self._sync()
 
     def _send(self, event: vm.VmwareEvent) -> None:
-        payload = vm.payload_of(event)  # once: encode() would build it again
+        self._send_payload(vm.payload_of(event))  # once: encode() would build it again
+
+    def _send_payload(self, payload: bytes) -> None:
+        """Queue `IAC SB 232 payload IAC SE` unless the VM said it lacks the code."""
         if self._disabled is None or payload[0] not in self._disabled:
-            self._queue(subnegotiation(Opt.VMWARE_EXT, payload))
+            self._queue(_SB_EXT + escape(payload) + _SE)
 
     def goahead(self, sequence: bytes, secret: bytes) -> None:
         """Answer a pending BEGIN with GOAHEAD(sequence || secret).
@@ -258,7 +281,7 @@ class ProxySession(TelnetEndpoint):
             LocalProtocolError: no BEGIN with that sequence is pending here.
         """
         self._take_begin(sequence)
-        self._send(vm.VMotionGoahead(sequence + secret))
+        self._send_payload(_GOAHEAD + sequence + secret)  # vm.VMotionGoahead's payload
 
     def notnow(self, sequence: bytes) -> None:
         """Refuse a pending BEGIN with NOTNOW(sequence).
@@ -267,7 +290,7 @@ class ProxySession(TelnetEndpoint):
             LocalProtocolError: no BEGIN with that sequence is pending here.
         """
         self._take_begin(sequence)
-        self._send(vm.VMotionNotNow(sequence))
+        self._send_payload(_NOTNOW + sequence)  # vm.VMotionNotNow's payload
 
     def peer_ok(self, sequence: bytes) -> None:
         """Accept this connection's PEER with PEER-OK(sequence).
@@ -280,7 +303,7 @@ class ProxySession(TelnetEndpoint):
         if owed is None:
             raise LocalProtocolError("PEER-OK without a PEER for that sequence")
         self._settle(owed)
-        self._send(vm.VMotionPeerOk(sequence))
+        self._send_payload(_PEER_OK_CODE + sequence)  # vm.VMotionPeerOk's payload
 
     def _take_begin(self, sequence: bytes) -> None:
         owed = (_BEGIN_ANSWER, sequence)
@@ -310,27 +333,66 @@ class ProxySession(TelnetEndpoint):
                 before the fault are dropped with it.
         """
         events: list[SessionEvent] = []
+        event: Any  # dispatched on its exact type below (no cast: that is a call)
         for event in self._telnet.iter_events(data):
-            # Guards on _EXT rather than `Opt.VMWARE_EXT` value patterns: an Enum member
-            # lookup per case and event is a descriptor call on CPython 3.11.
-            match event:
-                case Data(payload):
-                    events.append(VmData(payload))
-                case Subnegotiation(option, payload) if option == _EXT:
-                    self._on_command(vm.decode(payload), events)
-                case OptionChanged(option, False, True) if option == _EXT:
-                    self._advance(_WILL_EXT, b"")
-                case _:
-                    pass  # other negotiation was answered by the codec
+            # Exact-type tests rather than a `match` on class patterns (an isinstance
+            # and attribute reads per case and event), and guards on _EXT rather than
+            # `Opt.VMWARE_EXT` (an Enum member lookup is a descriptor call on CPython
+            # 3.11).  None of these event classes has subclasses.
+            kind = type(event)
+            if kind is Data:
+                events.append(VmData(event.payload))
+            elif kind is Subnegotiation:
+                if event.option == _EXT:
+                    self._on_command(vm.decode(event.payload), events)
+            elif (
+                kind is OptionChanged and event.option == _EXT and not event.local and event.enabled
+            ):
+                self._advance(_WILL_EXT, b"")
+            # Anything else: negotiation the codec answered, or a command.
         self._sync()
         return events
 
     def _on_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:  # the commands of every connection and vMotion
+            handler(self, event, events)
+        else:
+            self._on_rare_command(event, events)
+
+    def _on_ks1(self, event: vm.KnownSuboptions1, events: list[SessionEvent]) -> None:
+        self._advance(_KS1, event.codes)
+
+    def _on_uuid(self, event: vm.VmVcUuid, events: list[SessionEvent]) -> None:
+        try:
+            self.uuid = vm.canonical_uuid(event.text)
+        except ValueError as exc:
+            events.append(Notice(str(exc)))
+        else:
+            events.append(VmIdentified(self.uuid))
+
+    def _on_name(self, event: vm.VmName, events: list[SessionEvent]) -> None:
+        self.name = event.name
+        events.append(VmNamed(event.name))
+
+    def _on_begin(self, event: vm.VMotionBegin, events: list[SessionEvent]) -> None:
+        self._owe((_BEGIN_ANSWER, event.sequence))
+        events.append(event)
+
+    def _on_peer(self, event: vm.VMotionPeer, events: list[SessionEvent]) -> None:
+        # The sequence is a prefix of the cookie; only the hub knows how long.
+        self._owe((_PEER_OK, event.cookie))
+        events.append(event)
+
+    def _on_end(
+        self, event: vm.VMotionComplete | vm.VMotionAbort, events: list[SessionEvent]
+    ) -> None:
+        events.append(event)
+
+    def _on_rare_command(self, event: vm.VmwareEvent | None, events: list[SessionEvent]) -> None:
         match event:
             case None:
                 pass  # `IAC SB 232 IAC SE`: no code to report (docs/protocol.md §1 rule 6)
-            case vm.KnownSuboptions1(codes):
-                self._advance(_KS1, codes)
             case vm.UnknownSuboptionRcvd1(code):
                 if self._disabled is None:
                     self._disabled = set()
@@ -338,25 +400,6 @@ class ProxySession(TelnetEndpoint):
                 events.append(Notice(f"VM does not know our code {code:#04x}"))
             case vm.DoProxy() as request:
                 self._on_do_proxy(request, events)
-            case vm.VmVcUuid(text):
-                try:
-                    self.uuid = vm.canonical_uuid(text)
-                except ValueError as exc:
-                    events.append(Notice(str(exc)))
-                else:
-                    events.append(VmIdentified(self.uuid))
-            case vm.VmName(name):
-                self.name = name
-                events.append(VmNamed(name))
-            case vm.VMotionBegin(sequence):
-                self._owe((_BEGIN_ANSWER, sequence))
-                events.append(event)
-            case vm.VMotionPeer(cookie):
-                # The sequence is a prefix of the cookie; only the hub knows how long.
-                self._owe((_PEER_OK, cookie))
-                events.append(event)
-            case vm.VMotionComplete() | vm.VMotionAbort():
-                events.append(event)
             case vm.Unsupported(code, _) if code in vm.PROXY_KNOWN_CODES:
                 # A listed code with a malformed body (e.g. a 2-byte RCVD-1).
                 events.append(Notice(f"malformed option-232 command {code:#04x}"))
@@ -378,10 +421,10 @@ class ProxySession(TelnetEndpoint):
         if send_ks2:
             self._queue(_KS2)
         if send_gets:
-            if vm.Code.GET_VM_VC_UUID in codes:
-                self._send(vm.GetVmVcUuid())
-            if vm.Code.GET_VM_NAME in codes:
-                self._send(vm.GetVmName())
+            if _GET_UUID[0] in codes:
+                self._send_payload(_GET_UUID)
+            if _GET_NAME[0] in codes:
+                self._send_payload(_GET_NAME)
 
     def _on_do_proxy(self, request: vm.DoProxy, events: list[SessionEvent]) -> None:
         if self.proxy is not None:
@@ -392,3 +435,16 @@ class ProxySession(TelnetEndpoint):
         _, label = vm.parse_service_uri(request.service_uri)
         self.proxy = ProxyRequested(request.direction, request.service_uri, label, accepted)
         events.append(self.proxy)
+
+
+# Exact command class -> handler, for the commands every connection and vMotion
+# brings (docs/protocol.md §3, §4); the rest go through `_on_rare_command`.
+_HANDLERS: dict[type, Callable[[ProxySession, Any, list[SessionEvent]], None]] = {
+    vm.KnownSuboptions1: ProxySession._on_ks1,
+    vm.VmVcUuid: ProxySession._on_uuid,
+    vm.VmName: ProxySession._on_name,
+    vm.VMotionBegin: ProxySession._on_begin,
+    vm.VMotionPeer: ProxySession._on_peer,
+    vm.VMotionComplete: ProxySession._on_end,
+    vm.VMotionAbort: ProxySession._on_end,
+}

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from typing import ClassVar
 
 __all__ = [
     "IAC",
@@ -254,6 +255,17 @@ _EMPTY_TABLE: dict[int, _Q] = {}  # never written: every change makes a new tabl
 _TRANSITIONS: dict[tuple[int, int, _Q], tuple[dict[int, _Q], dict[int, _Q]]] = {}
 
 
+# (id(table), verb, option, accepted) -> (table, new table, reply, events): one
+# received negotiation's whole outcome (`TelnetCodec._negotiate`).  Bounded like the
+# index.
+# The codec's class is in the key: what it reports is a class's choice
+# (`TelnetCodec.reports`).
+_OUTCOMES: dict[
+    tuple[int, Verb, int, bool, type],
+    tuple[dict[int, _Q], dict[int, _Q], bytes, tuple[Event, ...]],
+] = {}
+
+
 # (local offers, remote requests) -> (table, bytes) of a fresh codec that made them.
 _OPENINGS: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[dict[int, _Q], bytes]] = {}
 
@@ -296,6 +308,10 @@ class TelnetCodec:
 
     Attributes:
         error: the `TelnetProtocolError` that ended input, or None (see `failed`).
+        reports: a class attribute; a subclass may set it to the option changes
+            its caller acts on, as `(option, local, enabled)` triples: a received
+            negotiation then yields only an `OptionChanged` among those, and no
+            `Negotiation` (the codec answers negotiation itself).
 
     Memory: one codec per connection, so no `__dict__`, and the
     reply queue and the subnegotiation buffer exist only while they hold bytes.
@@ -313,6 +329,8 @@ class TelnetCodec:
         "_sb",
         "error",
     )
+
+    reports: ClassVar[frozenset[tuple[int, bool, bool]] | None] = None
 
     def __init__(
         self,
@@ -394,8 +412,42 @@ class TelnetCodec:
         for option in remote:
             self.request_remote(option)
 
-    def _negotiate(self, verb: Verb, option: int) -> list[Event]:
-        """Apply RFC 1143 §7 to one received verb; queue replies; report changes."""
+    def _negotiate(self, verb: Verb, option: int) -> tuple[Event, ...]:
+        """Apply RFC 1143 §7 to one received verb; queue replies; report changes.
+
+        The outcome depends only on (table, verb, option, whether we accept the
+        option), and every connection walks the same few, so after the first time
+        each is a dict lookup: the new (shared) table, the reply and the events
+        (frozen, so one instance serves every connection).  The `is` check makes a
+        stale `id` harmless, as in `_with_state`.
+        """
+        table = self._q
+        wanted = self._local_ok if verb is _DO or verb is _DONT else self._remote_ok
+        key = (id(table), verb, option, option in wanted, type(self))
+        known = _OUTCOMES.get(key)
+        if known is None or known[0] is not table:
+            queued = self._out
+            self._out = None
+            events = self._negotiate_slow(verb, option)
+            reply = b"" if self._out is None else bytes(self._out)
+            reports = self.reports
+            if reports is not None:
+                events = tuple(
+                    event
+                    for event in events
+                    if type(event) is OptionChanged
+                    and (event.option, event.local, event.enabled) in reports
+                )
+            if len(_OUTCOMES) >= 4 * _SHARED_TABLES_MAX:
+                _OUTCOMES.clear()
+            known = _OUTCOMES[key] = (table, self._q, reply, events)
+            self._out, self._q = queued, table
+        self._q = known[1]
+        if known[2]:
+            self._queue(known[2])
+        return known[3]
+
+    def _negotiate_slow(self, verb: Verb, option: int) -> tuple[Event, ...]:
         local = verb in (_DO, _DONT)
         key = option if local else _HIM_KEYS[option]
         wanted = self._local_ok if local else self._remote_ok
@@ -426,7 +478,7 @@ class TelnetCodec:
             elif state in (_WANTNO, _WANTYES):
                 self._q = _with_state(self._q, key, _NO)
             # NO: already off, no reply.
-        return events
+        return tuple(events)
 
     # -- output ----------------------------------------------------------------------
 
@@ -459,6 +511,10 @@ class TelnetCodec:
                 started inside another subnegotiation; or an earlier call raised one
                 (the codec is failed and refuses all input, this chunk included).
         """
+        if self._state is _DATA and IAC not in data:
+            # The common case (typed input, console output): one run of data, no
+            # generator to step through.  The same event `iter_events` yields.
+            return [Data(bytes(data))] if data else []
         return list(self.iter_events(data))
 
     def iter_events(self, data: bytes) -> Iterator[Event]:
@@ -514,7 +570,9 @@ class TelnetCodec:
                         yield Command(code)
                     self._state = _DATA
             elif state is _VERB:
-                yield from self._negotiate(self._verb, data[pos])
+                events = self._negotiate(self._verb, data[pos])
+                if events:
+                    yield from events
                 pos += 1
                 self._state = _DATA
             elif state is _SB_OPTION:

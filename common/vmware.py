@@ -346,9 +346,28 @@ def decode(payload: bytes) -> VmwareEvent | None:
     """
     if not payload:
         return None
-    code, body = payload[0], payload[1:]
+    code = payload[0]
+    if code in _REPEATED:
+        known = _DECODED.get(payload)
+        if known is not None:
+            return known
+    body = payload[1:]
     decoder = _DECODERS.get(code)
-    return Unsupported(code, body) if decoder is None else decoder(code, body)
+    event = Unsupported(code, body) if decoder is None else decoder(code, body)
+    if code in _REPEATED:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.clear()
+        _DECODED[bytes(payload)] = event
+    return event
+
+
+# Commands a VM repeats byte for byte on every connection it opens (the opening of
+# docs/protocol.md §3, so on every vMotion's destination): decoded once, then shared
+# (events are frozen).  The vMotion commands carry fresh sequences and are not kept.
+# Bounded: at the limit the cache starts over.
+_REPEATED = frozenset((Code.KNOWN_SUBOPTIONS_1, Code.DO_PROXY, Code.VM_VC_UUID, Code.VM_NAME))
+_DECODED: dict[bytes, VmwareEvent] = {}
+_DECODED_MAX = 1024
 
 
 # Exact event class -> (code, body), for the classes whose body is a plain field:

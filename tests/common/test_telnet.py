@@ -582,3 +582,24 @@ def test_offer_matches_one_by_one_and_is_cached() -> None:
     used.offer_local(Opt.BINARY)
     used.offer(local, remote)
     assert used.data_to_send() == expected
+
+
+class _QuietCodec(TelnetCodec):
+    __slots__ = ()
+    reports = frozenset({(int(Opt.SGA), False, True)})
+
+
+def test_a_codec_class_may_report_only_the_option_changes_it_lists() -> None:
+    # Same replies and option states as the plain codec; events only for SGA enabled
+    # on the peer's side, never a Negotiation.  Repeated: the second pass is served by
+    # the outcome cache, which keeps the classes apart.
+    chunk = bytes([255, 251, 3, 255, 251, 0, 255, 253, 1, 255, 251, 24])  # WILL SGA, ...
+    for _ in range(2):
+        plain = TelnetCodec(remote_ok={Opt.SGA, Opt.BINARY}, local_ok={Opt.ECHO})
+        quiet = _QuietCodec(remote_ok={Opt.SGA, Opt.BINARY}, local_ok={Opt.ECHO})
+        events = plain.receive_data(chunk)
+        assert Negotiation(Verb.WILL, Opt.SGA) in events
+        assert OptionChanged(Opt.BINARY, False, True) in events
+        assert quiet.receive_data(chunk) == [OptionChanged(Opt.SGA, False, True)]
+        assert quiet.data_to_send() == plain.data_to_send()
+        assert quiet._q is plain._q

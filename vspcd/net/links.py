@@ -70,9 +70,27 @@ class PreIdentification:
     max_bytes: int = PREIDENT_BYTES
 
 
+# Recently formatted peer addresses: a VM connection's peer is asked for at each
+# vMotion step it takes part in (BEGIN, PEER, COMPLETE; events and log lines), but a
+# string kept per connection would cost every idle console memory.  Shared and
+# bounded instead: at the limit it starts over.
+_PEER_TEXT: dict[object, str] = {}
+_PEER_TEXT_MAX = 4096
+
+
 def peer_name(transport: asyncio.BaseTransport) -> str:
     """`host:port` (IPv6 bracketed) for log lines, or "?"."""
-    return address_text(transport.get_extra_info("peername"), "?")
+    address = transport.get_extra_info("peername")
+    try:
+        text = _PEER_TEXT.get(address)
+    except TypeError:  # not hashable (no transport gives one; be safe)
+        return address_text(address, "?")
+    if text is None:
+        text = address_text(address, "?")
+        if len(_PEER_TEXT) >= _PEER_TEXT_MAX:
+            _PEER_TEXT.clear()
+        _PEER_TEXT[address] = text
+    return text
 
 
 class VmLink(asyncio.Protocol):

@@ -315,6 +315,8 @@ class AdminServer:
     def _on_hub_event(self, event: HubEvent) -> None:
         # Must not raise: the hub drops an observer that does (and with it every
         # subscriber).  One broken link is closed; the others still get the event.
+        if not self._links:
+            return  # no admin connection: nothing to tell (the common case, O(1))
         expired = isinstance(event, ConsoleExpired)
         if not expired and not any(link.subscribed for link in self._links):
             return  # nobody listens (an expiry may still end someone's tail)
