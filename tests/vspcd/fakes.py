@@ -196,10 +196,11 @@ class FakePorts:
     def of(cls, ports: Iterable[int]) -> FakePorts:
         return cls(pool=list(ports))
 
-    def bind(self, key: ConsoleKey) -> int | None:
+    def bind(self, key: ConsoleKey, previous: int | None = None) -> int | None:
         if not self.pool:
             return None
-        port = self.pool.pop(0)
+        port = previous if previous in self.pool else self.pool[0]
+        self.pool.remove(port)
         self.bound[port] = key
         return port
 

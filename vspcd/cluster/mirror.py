@@ -88,7 +88,8 @@ class Mirror:
                 uuid=key.uuid,
                 label=key.label,
                 name=console.name,
-                port=console.port,
+                # A port `telnet = false` closed stays the console's (vspcd/hub/telnetport.py).
+                port=console.port if console.port is not None else console.closed_port,
                 owner=self.node_id,
                 state=state,
                 last_seen=0.0,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from vspc.common import vmware as vm
 from vspc.common.display import safe
+from vspc.vspcd.hub import telnetport
 from vspc.vspcd.hub.console import Announcement, Console, Role, VmConn
 from vspc.vspcd.hub.events import VmConnected, VmRenamed
 from vspc.vspcd.hub.info import console_info
@@ -68,6 +69,7 @@ def named(st: HubState, conn: VmConn, name: str) -> None:
     if pending is None:
         if console.name != name:
             console.name = name
+            telnetport.sync(st, console)  # a name an [[access]] rule may name
             st.emit(VmRenamed(console.key, console.display_name, name))
         return
     console.name = name
@@ -101,6 +103,9 @@ def _announce(st: HubState, console: Console, conn: VmConn, pending: Announcemen
     if pending.timer is not None:
         pending.timer.cancel()
         pending.timer = None
+    # The name is known (or was waited for): bind or close the telnet port as the
+    # access rules say, before anyone hears of the connection.
+    telnetport.sync(st, console, new=pending.first)
     if pending.notify:
         st.tell(console, f"VM {safe(console.display_name)} connected")
     log.info(

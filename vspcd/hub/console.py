@@ -350,6 +350,10 @@ class Console:
     hold_limit: int  # ceiling of `hold`
     created: float  # hub clock
     port: int | None = None
+    # Access rules keep the telnet port closed (`telnet = false`), and the port it had
+    # then, reopened if they stop (vspcd/hub/telnetport.py).
+    telnet_off: bool = False
+    closed_port: int | None = None
     vm: VmConn | None = None
     service_uri: str | None = None
     migration: Migration | None = None

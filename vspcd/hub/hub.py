@@ -55,7 +55,7 @@ from vspc.common.session import (
     VmIdentified,
     VmNamed,
 )
-from vspc.vspcd.hub import announce, binding, clients, info, migration
+from vspc.vspcd.hub import announce, binding, clients, info, migration, telnetport
 from vspc.vspcd.hub.audit import Actor, AuditAction, AuditObserver
 from vspc.vspcd.hub.console import (
     Cancellable,
@@ -77,6 +77,7 @@ from vspc.vspcd.hub.events import (
     VmDisconnected,
 )
 from vspc.vspcd.hub.quota import ConsoleQuota
+from vspc.vspcd.hub.selectors import ConsoleRef
 from vspc.vspcd.hub.state import (
     HubError,
     HubSettings,
@@ -106,6 +107,7 @@ class Hub:
         call_later: Callable[[float, Callable[[], None]], Cancellable],
         ports: PortAllocator | None = None,
         secret_factory: Callable[[], bytes] = lambda: secrets.token_bytes(8),
+        telnet_allowed: Callable[[ConsoleRef], bool] | None = None,
     ) -> None:
         self._st = HubState(
             settings,
@@ -113,6 +115,7 @@ class Hub:
             call_later=call_later,
             ports=ports,
             secret_factory=secret_factory,
+            telnet_allowed=telnet_allowed,
         )
 
     @property
@@ -124,6 +127,18 @@ class Hub:
     @settings.setter
     def settings(self, settings: HubSettings) -> None:
         self._st.settings = settings
+
+    def set_telnet_rule(self, allowed: Callable[[ConsoleRef], bool] | None) -> None:
+        """Which consoles may have a telnet port (`telnet = false` rules; None: all),
+        applied to every console now (SIGHUP): ports the rules now deny are closed,
+        their telnet clients disconnected; ports they stopped denying are reopened
+        (vspcd/hub/telnetport.py).  A console still waiting to be announced is judged
+        when it is."""
+        st = self._st
+        st.telnet_allowed = allowed
+        for console in list(st.consoles.values()):
+            if console.vm is None or console.vm.announcing is None:
+                telnetport.sync(st, console)
 
     @property
     def quota(self) -> ConsoleQuota:
@@ -484,7 +499,8 @@ class Hub:
             key: the console's key.
             name: its last known VM name.
             port: a telnet port the caller has already bound for it (released through
-                the PortAllocator on expiry), or None.
+                the PortAllocator on expiry, or at once if `telnet = false` rules
+                deny the console one), or None.
             service_uri: its last serviceURI, for `show`.
 
         Returns:
@@ -500,8 +516,9 @@ class Hub:
         if port is not None:
             console.port = port
             st.by_port[port] = console
+        telnetport.sync(st, console)  # a port the rules deny it is released at once
         st.maybe_expire(console)
-        st.emit(ConsoleRestored(key, console.display_name, port))
+        st.emit(ConsoleRestored(key, console.display_name, console.port))
         return console
 
     def drop(self, console: Console, reason: str) -> None:

@@ -42,6 +42,7 @@ from vspc.vspcd.hub.console import (
 from vspc.vspcd.hub.events import ConsoleExpired, HubEvent, Observer
 from vspc.vspcd.hub.quota import ConsoleQuota
 from vspc.vspcd.hub.ratelog import BurstLog, NoticeGate, Throttles
+from vspc.vspcd.hub.selectors import ConsoleRef
 
 # Every hub module logs under the one name the hub has always used, so that log
 # configurations and filters naming it keep working after the split.
@@ -66,9 +67,12 @@ InputListener = Callable[[Console, Client, bytes], None]  # typed bytes, accepte
 
 
 class PortAllocator(Protocol):
-    """Binds and releases per-VM telnet listeners (vspcd/net/listeners.py PortBinder)."""
+    """Binds and releases per-VM telnet listeners (vspcd/net/listeners.py PortBinder).
 
-    def bind(self, key: ConsoleKey) -> int | None: ...
+    `bind`'s `previous` is the port the console had before access rules closed it
+    (vspcd/hub/telnetport.py): reopened on it if possible."""
+
+    def bind(self, key: ConsoleKey, previous: int | None = None) -> int | None: ...
     def release(self, port: int) -> None: ...
 
 
@@ -129,11 +133,14 @@ class HubState:
         call_later: Callable[[float, Callable[[], None]], Cancellable],
         ports: PortAllocator | None,
         secret_factory: Callable[[], bytes],
+        telnet_allowed: Callable[[ConsoleRef], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.call_later = call_later
         self.ports = ports
+        # Which consoles may have a telnet port (`telnet = false`; vspcd/hub/telnetport.py).
+        self.telnet_allowed = telnet_allowed
         self.secret = secret_factory
         self.consoles: dict[ConsoleKey, Console] = {}
         self.by_port: dict[int, Console] = {}
@@ -242,22 +249,10 @@ class HubState:
         return console
 
     def create(self, key: ConsoleKey, conn: VmConn) -> Console:
-        """A console for a VM connection's first binding, with a telnet port if one binds."""
+        """A console for a VM connection's first binding.  Its telnet port is bound
+        when it is announced, once its name is known (vspcd/hub/telnetport.py)."""
         name = conn.name or vm.display_uuid(key.uuid)
-        console = self.new_console(key, name, host_of(conn.channel.peer))
-        if self.ports is not None:
-            console.port = self.ports.bind(key)
-            # Out of telnet ports (or fds): forgotten consoles give theirs back,
-            # oldest first, before a live VM goes without (docs/security.md).
-            while console.port is None and (oldest := self.quota.oldest_idle()) is not None:
-                if not self.make_room(oldest, f"{tag(console)} (no free telnet port)"):
-                    break
-                console.port = self.ports.bind(key)
-            if console.port is None:
-                log.warning("%s: no telnet port (none free, or telnet = false)", tag(console))
-            else:
-                self.by_port[console.port] = console
-        return console
+        return self.new_console(key, name, host_of(conn.channel.peer))
 
     # ------------------------------------------------------------------ data path
 

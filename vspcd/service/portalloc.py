@@ -1,9 +1,11 @@
 """The hub's telnet port allocators: which listener a console's telnet port is.
 
-`_VmPorts` binds one listener per console from the `-r` range (sticky by key, and
-none for a console an `[[access]]` rule gives `telnet = false`, docs/security.md);
+`_VmPorts` binds one listener per console from the `-r` range (sticky by key);
 `_ClusterPorts` is cluster mode's, where the registry hands ports out and
 vspcd/cluster/node.py binds them before the console exists (docs/cluster.md).
+Which consoles get none (`telnet = false` in an `[[access]]` rule, docs/security.md)
+is the hub's decision (vspcd/hub/telnetport.py), made on the owner node in cluster
+mode; a port it closed is reopened through `bind(key, previous)`.
 Both are `PortAllocator`s (vspcd/hub/state.py) built by `Daemon.start`
 (vspcd/service/server.py).
 """
@@ -25,21 +27,17 @@ __all__ = ["_ClusterPorts", "_VmPorts"]
 class _VmPorts:
     """The hub's PortAllocator: one telnet listener per console, sticky by key."""
 
-    def __init__(
-        self,
-        binder: PortBinder,
-        factory: Callable[[], asyncio.Protocol],
-        allowed: Callable[[ConsoleKey], bool] = lambda key: True,
-    ) -> None:
+    def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
         self._binder = binder
         self._factory = factory
-        self._allowed = allowed  # `telnet = false` rules (docs/security.md)
 
-    def bind(self, key: ConsoleKey) -> int | None:
-        if not self._allowed(key):
-            log.info("%s: no telnet port (telnet = false in an [[access]] rule)", key)
-            return None
-        bound = self._binder.bind(self._factory)
+    def bind(self, key: ConsoleKey, previous: int | None = None) -> int | None:
+        """The lowest free port, or `previous` (the console's, before access rules
+        closed it) if it is still free."""
+        if previous is None:
+            bound = self._binder.bind(self._factory)
+        else:
+            bound = self._binder.bind_port(previous, self._factory)
         if bound is None:
             return None
         port, _handle = bound
@@ -53,16 +51,23 @@ class _VmPorts:
 class _ClusterPorts:
     """Cluster mode's PortAllocator: a console's telnet port comes from the registry
     and is bound before the console exists (vspcd/cluster/node.py `claim`, through
-    `bind_exact`/`bind_any`), so the hub never picks one itself; it still releases
-    them on expiry."""
+    `bind_exact`/`bind_any`), so the hub never picks one itself; it releases them on
+    expiry, and closes and reopens them as `telnet = false` rules say.  The registry
+    keeps a closed port reserved for its console, so only that port is reopened."""
 
     def __init__(self, binder: PortBinder, factory: Callable[[], asyncio.Protocol]) -> None:
         self._binder = binder
         self._factory = factory
 
-    def bind(self, key: ConsoleKey) -> int | None:
-        log.warning("%s: console created outside the registry; it has no telnet port", key)
-        return None
+    def bind(self, key: ConsoleKey, previous: int | None = None) -> int | None:
+        """Reopen `previous`, the registry's port for `key` that access rules closed."""
+        if previous is None:
+            log.warning("%s: console created outside the registry; it has no telnet port", key)
+            return None
+        if not self.bind_exact(previous):
+            log.warning("%s: its telnet port %d is busy on this host", key, previous)
+            return None
+        return previous
 
     def bind_exact(self, port: int) -> bool:
         """Bind exactly `port` (the one the registry advertises for a console), or

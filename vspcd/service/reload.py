@@ -82,9 +82,12 @@ def _console_logs(daemon: Daemon, new: Config) -> None:
 
 
 def _access_policy(daemon: Daemon, new: Config) -> None:
-    """The admin server reads `daemon.config`; recordings re-ask which consoles."""
+    """The admin server reads `daemon.config`; recordings re-ask which consoles; the
+    hub opens and closes telnet ports as `telnet = false` now says."""
     if daemon.recordings is not None:
         daemon.recordings.reconsider()
+    if daemon.hub is not None:
+        daemon.hub.set_telnet_rule(new.access_policy.telnet_allowed)
 
 
 _APPLY: dict[str, Apply] = {

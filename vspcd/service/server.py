@@ -31,7 +31,6 @@ from typing import Any, cast
 from vspc.vspcd.ext.hooks import HookRunner
 from vspc.vspcd.ext.plugins import PluginHost
 from vspc.vspcd.faces.admin import server as admin
-from vspc.vspcd.faces.admin.policy import ConsoleRef
 from vspc.vspcd.faces.http import routes as httproutes
 from vspc.vspcd.faces.http.server import HttpServer, Router
 from vspc.vspcd.faces.metrics import Metrics, Sources
@@ -177,13 +176,7 @@ class Daemon:
                     *overlap,
                 )
             self._binder = PortBinder(config.vm_iface, config.port_range_start, loop)
-            ports = _VmPorts(
-                self._binder,
-                self._client_link,
-                lambda key: self.config.access_policy.telnet_allowed(
-                    ConsoleRef("", "", key.uuid, key.label)
-                ),
-            )
+            ports = _VmPorts(self._binder, self._client_link)
             if config.cluster:
                 # Ports are handed out cluster-wide by the registry (docs/cluster.md).
                 ports = self._cluster_ports = _ClusterPorts(self._binder, self._client_link)
@@ -195,6 +188,8 @@ class Daemon:
             clock=loop.time,
             call_later=loop.call_later,
             ports=ports,
+            # `telnet = false` in [[access]] rules (docs/security.md); reload.py resets it.
+            telnet_allowed=config.access_policy.telnet_allowed,
             **extra,
         )
         if config.audit_log is not None:

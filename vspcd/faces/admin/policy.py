@@ -204,7 +204,8 @@ class AccessPolicy:
         return any(rule.record_input and rule.names(console) for rule in self.rules)
 
     def telnet_allowed(self, console: ConsoleRef) -> bool:
-        """False when a rule naming `console` says `telnet = false`."""
+        """False when a rule naming `console` says `telnet = false` (the hub asks
+        again whenever the console's name or the rules change, vspcd/hub/telnetport.py)."""
         return not any(not rule.telnet and rule.names(console) for rule in self.rules)
 
     def level(self, identity: Identity, console: ConsoleRef | None, **context: Any) -> Level:
@@ -338,13 +339,6 @@ def _rule(
             kind = "group" if name.startswith("@") else "user"
             errors.append(f"{where}.users: no {kind} {name.lstrip('@')!r}")
     level = _level(f"{where}.level", item.get("level", Level.NONE.value), errors)
-    if not switches[0] and any(p.kind == "name" for p in patterns):
-        # The port is bound when the console appears, before ESXi sends VM-NAME: only
-        # `uuid:` and `label:` are known then.
-        errors.append(
-            f"{where}.telnet: false needs consoles given as uuid: or label: (a name "
-            "arrives after the telnet port is bound); or use --no-vm-ports"
-        )
     if len(errors) > before or level is None:
         return None
     text = f"consoles {', '.join(item['consoles'])}; users {', '.join(users) or '-'}"
