@@ -26,7 +26,7 @@ from tests.vspcd.cluster.cluster_kit import Cluster, Node, needs_redis, until
 from tests.vspcd.harness import UUID_A, FakeEsxi, Operator
 from tests.vspctui.dashboard.test_tui_app import HeadlessScreen
 from tests.vspctui.dashboard.test_tui_app import until as tui_until
-from vspc.common import esxi
+from vspc.common import esxi, vmware
 from vspc.common.admin import ConsoleInfo
 from vspc.common.peerlink import NONCE, PeerLinkCodec, RemoteProtocolError, Side
 from vspc.vspctui.client import AdminAddress
@@ -927,3 +927,37 @@ def test_a_busy_cluster_link_port_is_named_in_the_start_error(tmp_path: Path) ->
         assert f"cannot start: {expected} (the cluster link port)" in other.text()
 
     run(tmp_path, body, "a")
+
+
+def test_telnet_false_is_decided_by_the_owner_node(tmp_path: Path) -> None:
+    """`telnet = false` with a name glob (vspcd/hub/telnetport.py): the owner node
+    never listens on the registry's port for a console the rules deny, every node
+    lists it without one, and a rename out of the rule opens exactly that port."""
+    rules = tmp_path / "vspcd.toml"
+    rules.write_text('[[access]]\nconsoles = ["db*"]\ntelnet = false\n')
+
+    async def body(cluster: Cluster) -> None:
+        a, b = cluster["a"], cluster["b"]
+        src = await FakeEsxi.connect(a.proxy_port, name="db01")
+        row = await connected(b, UUID_A, "a")
+        assert row["port"] is None and (await a.row(UUID_A) or {})["port"] is None
+        reserved = cluster.range_start  # the registry's first port, kept for the console
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", reserved)
+        src.session.name = "web01"
+        src.session._send(vmware.VmName("web01"))
+        src._flush()
+
+        async def opened() -> bool:
+            row = await b.row(UUID_A)
+            return row is not None and row["port"] == reserved
+
+        await until(opened, "the renamed console gets the registry's port")
+        op = await Operator.connect(reserved)
+        await attached(a, UUID_A)
+        src.send(b"served")
+        await op.output.expect(b"served")
+        await op.close()
+        await src.close()
+
+    run(tmp_path, body, "a", "b", extra=("--config", str(rules)))
