@@ -7,8 +7,11 @@ instead: the `VmConnected` event (the admin `vm_connected` event, the connect ho
 `VSPC_VM_NAME`, `--log-events`, plugins), the daemon's INFO line and the clients'
 `[vspcd: VM NAME connected]` notice.  So they carry the VM's name; without a name in
 time they carry what the console is called then (its UUID for a new console, its
-remembered name for a known one).  Nothing else waits: the VM's output reaches
-clients, taps and console logs meanwhile, and typed input reaches the VM.
+remembered name for a known one).  The console's telnet port is settled just before
+(vspcd/hub/telnetport.py: a new console's is bound only now, once `telnet = false`
+rules can judge its name), so all of them carry the port.  Nothing else waits: the
+VM's output reaches clients, taps and console logs meanwhile, and typed input reaches
+the VM.
 
 A known console (restored from the persist file, or reconnecting) waits too: the VM
 may have been renamed.  VM-NAME during the wait names the console without a

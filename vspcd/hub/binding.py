@@ -7,7 +7,9 @@ same host (TV-27, F11).  VM output before that is held in the connection's bound
 `early` buffer and released on binding.  A binding that would make a new console
 first passes the console caps (vspcd/hub/quota.py; docs/security.md, "Resource
 bounds"): a forgotten console makes room, or the connection is refused.
-waits briefly for VM-NAME instead (vspcd/hub/announce.py).
+Binding is immediate, so output flows at once; announcing the connection, and
+binding a new console's telnet port (which `telnet = false` rules may deny by name),
+waits briefly for VM-NAME instead (vspcd/hub/announce.py, vspcd/hub/telnetport.py).
 
 Takeover (docs/security.md, "Console takeover"): a VM connection from another
 address than the console's current one is refused mid-vMotion and otherwise waits

@@ -17,6 +17,8 @@ output fan-out and expiry) and dispatches to the policy modules:
   (TV-27, F11), and the takeover probe (docs/security.md, "Console takeover");
 - vspcd/hub/announce.py: announcing a bound connection (`VmConnected`) under the
   VM's name, waiting briefly for VM-NAME;
+- vspcd/hub/telnetport.py: opening and closing a console's telnet port as the
+  `telnet = false` access rules say, once its name is known (`set_telnet_rule`);
 - vspcd/hub/migration.py: the vMotion entry points driven by the table of
   vspcd/hub/vmotion.py (docs/protocol.md §4.5);
 - vspcd/hub/clients.py: attaching, lock modes, typed input and its hold;
