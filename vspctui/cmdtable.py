@@ -50,6 +50,7 @@ __all__ = [
     "exit_code_for",
     "parse_command_line",
     "protocol_arg",
+    "report_usage",
     "run_command",
 ]
 
@@ -493,17 +494,23 @@ def client_version() -> str:
         return "unknown"
 
 
+def report_usage(ctx: Context, exc: UsageError) -> int:
+    """Report a usage error: help (status 0) on `ctx`'s output, anything else on
+    `ctx.err`.  Returns the exit status."""
+    if exc.status == 0:
+        ctx.print(str(exc).rstrip())
+        return ExitCode.OK
+    ctx.err.write(f"{exc}\n")
+    return exc.status
+
+
 async def run_command(ctx: Context, command: Command, ns: argparse.Namespace) -> int:
     """Run one command; daemon refusals and client failures become exit codes,
     reported on `ctx.err`."""
     try:
         return int(await command.handler(ctx, ns))
     except UsageError as exc:
-        if exc.status == 0:
-            ctx.print(str(exc).rstrip())
-            return ExitCode.OK
-        ctx.err.write(f"{exc}\n")
-        return exc.status
+        return report_usage(ctx, exc)
     except AdminError as exc:
         # The daemon's message may quote what a VM chose (a name): render it inert.
         ctx.err.write(f"vspc: {command.name}: {safe(exc.message)} [{safe(exc.code.value)}]\n")

@@ -32,6 +32,7 @@ from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     UsageError,
+    report_usage,
     run_command,
 )
 
@@ -72,10 +73,7 @@ class Shell:
         try:
             parsed = self.table.parse_line(line)
         except UsageError as exc:
-            if exc.status == 0:
-                self.ctx.print(str(exc).rstrip())
-            else:
-                self.ctx.err.write(f"{exc}\n")
+            report_usage(self.ctx, exc)
             self.status = ExitCode.USAGE
             return
         if parsed is None:
