@@ -50,7 +50,6 @@ __all__ = [
     "exit_code_for",
     "parse_command_line",
     "protocol_arg",
-    "report_usage",
     "run_command",
 ]
 
@@ -118,6 +117,15 @@ class UsageError(Exception):
     def __init__(self, message: str, status: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.status = status
+
+    def report(self, ctx: Context) -> int:
+        """Show it: help (status 0) on `ctx`'s output, anything else on `ctx.err`.
+        Returns the exit status."""
+        if self.status == 0:
+            ctx.print(str(self).rstrip())
+            return ExitCode.OK
+        ctx.err.write(f"{self}\n")
+        return self.status
 
 
 def parse_command_line(
@@ -494,23 +502,13 @@ def client_version() -> str:
         return "unknown"
 
 
-def report_usage(ctx: Context, exc: UsageError) -> int:
-    """Report a usage error: help (status 0) on `ctx`'s output, anything else on
-    `ctx.err`.  Returns the exit status."""
-    if exc.status == 0:
-        ctx.print(str(exc).rstrip())
-        return ExitCode.OK
-    ctx.err.write(f"{exc}\n")
-    return exc.status
-
-
 async def run_command(ctx: Context, command: Command, ns: argparse.Namespace) -> int:
     """Run one command; daemon refusals and client failures become exit codes,
     reported on `ctx.err`."""
     try:
         return int(await command.handler(ctx, ns))
     except UsageError as exc:
-        return report_usage(ctx, exc)
+        return exc.report(ctx)
     except AdminError as exc:
         # The daemon's message may quote what a VM chose (a name): render it inert.
         ctx.err.write(f"vspc: {command.name}: {safe(exc.message)} [{safe(exc.code.value)}]\n")

@@ -30,7 +30,6 @@ from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     UsageError,
-    report_usage,
     run_command,
 )
 
@@ -106,5 +105,5 @@ async def run_forced(
     try:
         command, namespace = parse_forced(line, table)
     except UsageError as exc:
-        return report_usage(ctx, exc)
+        return exc.report(ctx)
     return await run_command(ctx, command, namespace)

@@ -32,7 +32,6 @@ from vspc.vspctui.cmdtable import (
     Context,
     ExitCode,
     UsageError,
-    report_usage,
     run_command,
 )
 
@@ -73,7 +72,7 @@ class Shell:
         try:
             parsed = self.table.parse_line(line)
         except UsageError as exc:
-            report_usage(self.ctx, exc)
+            exc.report(self.ctx)
             self.status = ExitCode.USAGE
             return
         if parsed is None:
