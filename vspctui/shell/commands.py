@@ -303,10 +303,8 @@ async def events_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("stats", help="the daemon's counters: consoles, clients, bytes, vMotions",
                    args=[_JSON])  # fmt: skip
 async def stats_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    reply = await _reply(ctx, ns, "stats")
-    if reply is None:
-        return ExitCode.OK
-    ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
+    if (reply := await _reply(ctx, ns, "stats")) is not None:
+        ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
     return ExitCode.OK
 
 
