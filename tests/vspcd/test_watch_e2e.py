@@ -68,7 +68,7 @@ def test_a_panic_reaches_every_observer_and_grep_reads_rotated_gzipped_logs(
         async with running(tmp_path, *flags) as (daemon, events):
             db = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "vm01")
             web = await FakeEsxi.connect(daemon.proxy_port, UUID_B, "other01")
-            await events.wait("vm_renamed", count=2)
+            await events.wait("vm_connected", count=2)
             op = await Operator.connect(console_port(daemon, UUID_A))
             await events.wait("client_attached")
             for i in range(0, len(boot), 1000):
@@ -170,7 +170,7 @@ def test_alert_rules_reload_and_config_errors(tmp_path: Path) -> None:
     async def main() -> None:
         async with running(tmp_path) as (daemon, events):
             esx = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "vm01")
-            await events.wait("vm_renamed")
+            await events.wait("vm_connected")
             new = dataclasses.replace(daemon.config, alert_rules=(rule,), no_builtin_alerts=True)
             outcome = apply_reload(daemon, new)
             assert {key for key, _, _ in outcome.applied} == {"alert_rules", "no_builtin_alerts"}
