@@ -209,6 +209,7 @@ class App:
             Command.CLEAR: dialogs.ask_clear,
             Command.BREAK: dialogs.ask_break,
             Command.FILTER: dialogs.ask_filter,
+            Command.ALERTS: dialogs.show_alerts,
             Command.HELP: dialogs.show_help,
             Command.QUIT: lambda: self.finish(ExitCode.OK),
             Command.CONFIRM: dialogs.confirm,
