@@ -42,15 +42,8 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import Any
 
+from vspc.common import session
 from vspc.common import vmware as vm
-from vspc.common.session import (
-    Notice,
-    ProxyRequested,
-    SessionEvent,
-    VmData,
-    VmIdentified,
-    VmNamed,
-)
 
 __all__ = [
     "HANDSHAKE_FRAME",
@@ -150,7 +143,7 @@ class VmOpen:
 @dataclass(frozen=True, slots=True)
 class VmEvent:
     channel: int
-    event: SessionEvent
+    event: session.SessionEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +265,16 @@ class _E(IntEnum):
     NOTICE = 9
 
 
-def _encode_event(event: SessionEvent) -> bytes:
+def _encode_event(event: session.SessionEvent) -> bytes:
     match event:
-        case VmData(payload):
+        case session.VmData(payload):
             return bytes([_E.DATA]) + payload
-        case ProxyRequested(direction, uri, label, accepted):
+        case session.ProxyRequested(direction, uri, label, accepted):
             body = {"direction": direction, "uri": uri, "label": label, "accepted": accepted}
             return bytes([_E.PROXY]) + json.dumps(body).encode()
-        case VmIdentified(uuid):
+        case session.VmIdentified(uuid):
             return bytes([_E.IDENTIFIED]) + uuid.encode()
-        case VmNamed(name):
+        case session.VmNamed(name):
             return bytes([_E.NAMED]) + name.encode("utf-8", "surrogatepass")
         case vm.VMotionBegin(sequence):
             return bytes([_E.BEGIN]) + sequence
@@ -291,7 +284,7 @@ def _encode_event(event: SessionEvent) -> bytes:
             return bytes([_E.COMPLETE]) + sequence
         case vm.VMotionAbort(extra):
             return bytes([_E.ABORT]) + extra
-        case Notice(message):
+        case session.Notice(message):
             return bytes([_E.NOTICE]) + message.encode("utf-8", "surrogatepass")
     raise LocalProtocolError(f"not a session event: {event!r}")
 
@@ -303,13 +296,13 @@ def _text(body: bytes) -> str:
         raise RemoteProtocolError(f"bad text: {exc}") from None
 
 
-def _decode_event(body: bytes) -> SessionEvent:
+def _decode_event(body: bytes) -> session.SessionEvent:
     if not body:
         raise RemoteProtocolError("empty VM event")
     kind, rest = body[0], body[1:]
     match kind:
         case _E.DATA:
-            return VmData(rest)
+            return session.VmData(rest)
         case _E.PROXY:
             obj = _json(rest)
             direction, uri = obj.get("direction"), obj.get("uri")
@@ -321,11 +314,11 @@ def _decode_event(body: bytes) -> SessionEvent:
                 or not isinstance(accepted, bool)
             ):
                 raise RemoteProtocolError("bad proxy request")
-            return ProxyRequested(direction, uri, label, accepted)
+            return session.ProxyRequested(direction, uri, label, accepted)
         case _E.IDENTIFIED:
-            return VmIdentified(_text(rest))
+            return session.VmIdentified(_text(rest))
         case _E.NAMED:
-            return VmNamed(_text(rest))
+            return session.VmNamed(_text(rest))
         case _E.BEGIN:
             return vm.VMotionBegin(rest)
         case _E.PEER:
@@ -335,7 +328,7 @@ def _decode_event(body: bytes) -> SessionEvent:
         case _E.ABORT:
             return vm.VMotionAbort(rest)
         case _E.NOTICE:
-            return Notice(_text(rest))
+            return session.Notice(_text(rest))
     raise RemoteProtocolError(f"unknown VM event kind {kind}")
 
 

@@ -118,6 +118,15 @@ class UsageError(Exception):
         super().__init__(message)
         self.status = status
 
+    def report(self, ctx: Context) -> int:
+        """Show it: help (status 0) on `ctx`'s output, anything else on `ctx.err`.
+        Returns the exit status."""
+        if self.status == 0:
+            ctx.print(str(self).rstrip())
+            return ExitCode.OK
+        ctx.err.write(f"{self}\n")
+        return self.status
+
 
 def parse_command_line(
     prog: str, parser: argparse.ArgumentParser, args: Sequence[str]
@@ -499,11 +508,7 @@ async def run_command(ctx: Context, command: Command, ns: argparse.Namespace) ->
     try:
         return int(await command.handler(ctx, ns))
     except UsageError as exc:
-        if exc.status == 0:
-            ctx.print(str(exc).rstrip())
-            return ExitCode.OK
-        ctx.err.write(f"{exc}\n")
-        return exc.status
+        return exc.report(ctx)
     except AdminError as exc:
         # The daemon's message may quote what a VM chose (a name): render it inert.
         ctx.err.write(f"vspc: {command.name}: {safe(exc.message)} [{safe(exc.code.value)}]\n")

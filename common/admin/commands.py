@@ -17,20 +17,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from vspc.common.admin import validate
 from vspc.common.admin.enums import Access, Level, LockMode
 from vspc.common.admin.errors import AdminError, ErrorCode, RequestId
 from vspc.common.admin.messages import id_of
-from vspc.common.admin.validate import (
-    MAX_STR,
-    bad_field,
-    optional_bool,
-    optional_enum,
-    optional_int,
-    optional_str,
-    require_enum,
-    require_int,
-    require_str,
-)
 
 __all__ = [
     "COMMANDS",
@@ -90,7 +80,7 @@ class FieldSpec:
     default: Any = None
     minimum: int | None = None
     maximum: int | None = None
-    max_length: int = MAX_STR
+    max_length: int = validate.MAX_STR
     choices: type[StrEnum] | None = None  # for ENUM
     metavar: str | None = None  # the value's name in usage lines; None: `placeholder`
     short: str | None = None  # a one-letter option for command-line clients, e.g. "-n"
@@ -162,23 +152,27 @@ class FieldSpec:
         """
         match self.kind:
             case FieldKind.STR if self.required:
-                return require_str(request, self.name, max_length=self.max_length)
+                return validate.require_str(request, self.name, max_length=self.max_length)
             case FieldKind.STR:
-                return optional_str(request, self.name, self.default, max_length=self.max_length)
+                return validate.optional_str(
+                    request, self.name, self.default, max_length=self.max_length
+                )
             case FieldKind.INT if self.required:
-                return require_int(request, self.name, minimum=self.minimum, maximum=self.maximum)
+                return validate.require_int(
+                    request, self.name, minimum=self.minimum, maximum=self.maximum
+                )
             case FieldKind.INT:
-                return optional_int(
+                return validate.optional_int(
                     request, self.name, self.default, minimum=self.minimum, maximum=self.maximum
                 )
             case FieldKind.BOOL:
-                return optional_bool(request, self.name, bool(self.default))
+                return validate.optional_bool(request, self.name, bool(self.default))
             case FieldKind.ENUM if self.required:
                 assert self.choices is not None, "ENUM fields name their StrEnum"
-                return require_enum(request, self.name, self.choices)
+                return validate.require_enum(request, self.name, self.choices)
             case FieldKind.ENUM:
                 assert self.choices is not None, "ENUM fields name their StrEnum"
-                return optional_enum(request, self.name, self.choices, self.default)
+                return validate.optional_enum(request, self.name, self.choices, self.default)
         raise AssertionError(f"unhandled field kind {self.kind}")  # pragma: no cover
 
 
@@ -211,7 +205,9 @@ class Request:
 def _check_attach(request: Mapping[str, Any], fields: dict[str, Any]) -> None:
     # A read-only client holding a lock would stop everyone from typing: refuse it.
     if fields["readonly"] and fields["lock"] in (LockMode.EXCLUSIVE, LockMode.WRITE):
-        raise bad_field(request, f"a read-only attach cannot take the {fields['lock']} lock")
+        raise validate.bad_field(
+            request, f"a read-only attach cannot take the {fields['lock']} lock"
+        )
 
 
 _VM = FieldSpec("vm", FieldKind.STR, "console: name, NAME_LABEL, key, UUID or telnet port", True)
@@ -427,13 +423,13 @@ def validate_request(request: Mapping[str, Any]) -> Request:
     known = {"cmd", "id", *(f.name for f in spec.fields)}
     unknown = sorted(name for name in request if name not in known)
     if unknown:
-        raise bad_field(request, f"unknown field(s) for {spec.name}: {', '.join(unknown)}")
+        raise validate.bad_field(request, f"unknown field(s) for {spec.name}: {', '.join(unknown)}")
     fields = {f.name: f.read(request) for f in spec.fields}
     if spec.exactly_one:
         given = [name for name in spec.exactly_one if fields.get(name) is not None]
         if len(given) != 1:
             names = " or ".join(repr(name) for name in spec.exactly_one)
-            raise bad_field(request, f"{spec.name} needs exactly one of {names}")
+            raise validate.bad_field(request, f"{spec.name} needs exactly one of {names}")
     if spec.check is not None:
         spec.check(request, fields)
     return Request(spec.name, rid, fields)

@@ -13,18 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from vspc.common.admin import validate
 from vspc.common.admin.enums import Access, ClientKind, Level, LockMode, VMotionPhase
 from vspc.common.admin.messages import decode_bytes, encode_bytes, is_event
-from vspc.common.admin.validate import (
-    bad_field,
-    optional_bool,
-    optional_enum,
-    optional_int,
-    optional_str,
-    require_enum,
-    require_int,
-    require_str,
-)
 
 __all__ = [
     "AttachGrant",
@@ -39,11 +30,11 @@ __all__ = [
 
 
 def _str(obj: Mapping[str, Any], name: str) -> str:
-    return require_str(obj, name, max_length=1 << 20, empty=True)
+    return validate.require_str(obj, name, max_length=1 << 20, empty=True)
 
 
 def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
-    return optional_str(obj, name, max_length=1 << 20)
+    return validate.optional_str(obj, name, max_length=1 << 20)
 
 
 def _float(obj: Mapping[str, Any], name: str, default: float | None = None) -> float | None:
@@ -51,17 +42,15 @@ def _float(obj: Mapping[str, Any], name: str, default: float | None = None) -> f
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_field(obj, f"field {name!r} must be a number")
+        raise validate.bad_field(obj, f"field {name!r} must be a number")
     return float(value)
 
 
 def _object(obj: Mapping[str, Any], name: str) -> dict[str, Any] | None:
     value = obj.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise bad_field(obj, f"field {name!r} must be an object")
-    return value
+    if value is None or isinstance(value, dict):
+        return value
+    raise validate.bad_field(obj, f"field {name!r} must be an object")
 
 
 def _drop_none(obj: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -96,16 +85,16 @@ class ClientInfo:
     def from_json(cls, obj: Mapping[str, Any]) -> ClientInfo:
         """Raises AdminError(BAD_FIELD) on a malformed object; unknown keys are ignored."""
         return cls(
-            id=require_int(obj, "id"),
-            kind=require_enum(obj, "kind", ClientKind),
+            id=validate.require_int(obj, "id"),
+            kind=validate.require_enum(obj, "kind", ClientKind),
             peer=_str(obj, "peer"),
-            mode=require_enum(obj, "mode", LockMode),
-            readonly=optional_bool(obj, "readonly"),
+            mode=validate.require_enum(obj, "mode", LockMode),
+            readonly=validate.optional_bool(obj, "readonly"),
             since=_float(obj, "since", 0.0) or 0.0,
-            uid=optional_int(obj, "uid"),
+            uid=validate.optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
-            bytes_in=optional_int(obj, "bytes_in"),
-            bytes_out=optional_int(obj, "bytes_out"),
+            bytes_in=validate.optional_int(obj, "bytes_in"),
+            bytes_out=validate.optional_int(obj, "bytes_out"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -160,24 +149,24 @@ class ConsoleInfo:
         """Raises AdminError(BAD_FIELD) on a malformed object; unknown keys are ignored."""
         attached = obj.get("attached", [])
         if not isinstance(attached, list) or not all(isinstance(c, dict) for c in attached):
-            raise bad_field(obj, "field 'attached' must be a list of objects")
+            raise validate.bad_field(obj, "field 'attached' must be a list of objects")
         holder = _object(obj, "lock_holder")
         counters = _object(obj, "counters")
         if counters is not None and not all(
             isinstance(v, int) and not isinstance(v, bool) for v in counters.values()
         ):
-            raise bad_field(obj, "field 'counters' must map names to integers")
-        lock = optional_enum(obj, "lock", LockMode)
+            raise validate.bad_field(obj, "field 'counters' must map names to integers")
+        lock = validate.optional_enum(obj, "lock", LockMode)
         return cls(
             key=_str(obj, "key"),
             name=_str(obj, "name"),
             uuid=_str(obj, "uuid"),
-            vm_name=optional_str(obj, "vm_name", "", max_length=1 << 20) or "",
-            label=optional_str(obj, "label", "", max_length=1 << 20) or "",
-            port=optional_int(obj, "port"),
-            connected=optional_bool(obj, "connected"),
-            clients=optional_int(obj, "clients", 0, minimum=0) or 0,
-            vmotion=optional_enum(obj, "vmotion", VMotionPhase, VMotionPhase.NORMAL)
+            vm_name=validate.optional_str(obj, "vm_name", "", max_length=1 << 20) or "",
+            label=validate.optional_str(obj, "label", "", max_length=1 << 20) or "",
+            port=validate.optional_int(obj, "port"),
+            connected=validate.optional_bool(obj, "connected"),
+            clients=validate.optional_int(obj, "clients", 0, minimum=0) or 0,
+            vmotion=validate.optional_enum(obj, "vmotion", VMotionPhase, VMotionPhase.NORMAL)
             or VMotionPhase.NORMAL,
             expires_in=_float(obj, "expires_in"),
             lock=lock,
@@ -237,20 +226,20 @@ class Hello:
     def from_json(cls, obj: Mapping[str, Any]) -> Hello:
         caps = obj.get("capabilities", [])
         if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise bad_field(obj, "field 'capabilities' must be a list of strings")
+            raise validate.bad_field(obj, "field 'capabilities' must be a list of strings")
         groups = obj.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
-            raise bad_field(obj, "field 'groups' must be a list of strings")
+            raise validate.bad_field(obj, "field 'groups' must be a list of strings")
         return cls(
-            protocol=require_int(obj, "protocol"),
+            protocol=validate.require_int(obj, "protocol"),
             version=_str(obj, "version"),
             capabilities=tuple(caps),
-            access=require_enum(obj, "access", Access),
-            uid=optional_int(obj, "uid"),
+            access=validate.require_enum(obj, "access", Access),
+            uid=validate.optional_int(obj, "uid"),
             user=_opt_str(obj, "user"),
-            gid=optional_int(obj, "gid"),
+            gid=validate.optional_int(obj, "gid"),
             groups=tuple(groups),
-            level=optional_enum(obj, "level", Level, None),
+            level=validate.optional_enum(obj, "level", Level, None),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -282,9 +271,9 @@ class AttachGrant:
         return cls(
             key=_str(obj, "key"),
             name=_str(obj, "name"),
-            client=require_int(obj, "client"),
-            mode=require_enum(obj, "mode", LockMode),
-            readonly=optional_bool(obj, "readonly"),
+            client=validate.require_int(obj, "client"),
+            mode=validate.require_enum(obj, "mode", LockMode),
+            readonly=validate.optional_bool(obj, "readonly"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -331,7 +320,7 @@ class Event:
     def from_json(cls, obj: Mapping[str, Any]) -> Event:
         """Raises AdminError(BAD_FIELD) if "event", "key" or "name" have the wrong type."""
         if not is_event(obj):
-            raise bad_field(obj, "an event has a string 'event' and no 'ok'")
+            raise validate.bad_field(obj, "an event has a string 'event' and no 'ok'")
         rest = {k: v for k, v in obj.items() if k not in ("event", "key", "name")}
         return cls(_str(obj, "event"), _opt_str(obj, "key"), _opt_str(obj, "name"), rest)
 
@@ -371,7 +360,7 @@ def _counts(obj: Mapping[str, Any], name: str) -> dict[str, int]:
     value = _object(obj, name) or {}
     for key, count in value.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise bad_field(obj, f"field {name!r}: {key!r} must be a non-negative integer")
+            raise validate.bad_field(obj, f"field {name!r}: {key!r} must be a non-negative integer")
     return dict(value)
 
 
@@ -391,7 +380,7 @@ class LatencyHistogram:
     def from_json(cls, obj: Mapping[str, Any]) -> LatencyHistogram:
         raw = obj.get("buckets", [])
         if not isinstance(raw, list):
-            raise bad_field(obj, "field 'buckets' must be a list")
+            raise validate.bad_field(obj, "field 'buckets' must be a list")
         buckets: list[tuple[float, int]] = []
         for pair in raw:
             if (
@@ -402,9 +391,13 @@ class LatencyHistogram:
                 or isinstance(pair[1], bool)
                 or not isinstance(pair[1], int)
             ):
-                raise bad_field(obj, "field 'buckets' must hold [upper bound, count] pairs")
+                raise validate.bad_field(
+                    obj, "field 'buckets' must hold [upper bound, count] pairs"
+                )
             buckets.append((float(pair[0]), pair[1]))
-        return cls(tuple(buckets), _float(obj, "sum", 0.0) or 0.0, require_int(obj, "count"))
+        return cls(
+            tuple(buckets), _float(obj, "sum", 0.0) or 0.0, validate.require_int(obj, "count")
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -453,41 +446,21 @@ class Stats:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Stats:
+        """Each field read by its declared type: `int` a non-negative counter, `float`
+        seconds (0.0 if absent), `dict[str, int]` counts by label."""
         latency = _object(obj, "goahead_latency")
         if latency is None:
-            raise bad_field(obj, "field 'goahead_latency' is required")
-
-        def count(name: str) -> int:
-            return require_int(obj, name, minimum=0)
-
-        return cls(
-            uptime=_float(obj, "uptime", 0.0) or 0.0,
-            consoles=_counts(obj, "consoles"),
-            clients=_counts(obj, "clients"),
-            bytes_vm_to_clients=count("bytes_vm_to_clients"),
-            bytes_clients_to_vm=count("bytes_clients_to_vm"),
-            vmotions_completed=count("vmotions_completed"),
-            vmotions_abandoned=count("vmotions_abandoned"),
-            vmotions_aborted=_counts(obj, "vmotions_aborted"),
-            vmotions_notnow=_counts(obj, "vmotions_notnow"),
-            goahead_latency=LatencyHistogram.from_json(latency),
-            client_bytes_dropped=count("client_bytes_dropped"),
-            input_bytes_dropped=_counts(obj, "input_bytes_dropped"),
-            held_input_bytes=count("held_input_bytes"),
-            fds_in_use=count("fds_in_use"),
-            fd_limit=count("fd_limit"),
-            admin_refused=count("admin_refused"),
-            tls_handshakes=_counts(obj, "tls_handshakes"),
-            listener_backoffs=count("listener_backoffs"),
-            connections_refused=_counts(obj, "connections_refused"),
-            unidentified_dropped=count("unidentified_dropped"),
-            takeovers_refused=count("takeovers_refused"),
-            vms_replaced=count("vms_replaced"),
-            vm_connections=count("vm_connections"),
-            vm_disconnections=count("vm_disconnections"),
-            loop_lag=_float(obj, "loop_lag", 0.0) or 0.0,
-            console_alerts=_counts(obj, "console_alerts"),
-        )
+            raise validate.bad_field(obj, "field 'goahead_latency' is required")
+        values: dict[str, Any] = {"goahead_latency": LatencyHistogram.from_json(latency)}
+        for name, spec in cls.__dataclass_fields__.items():
+            match spec.type:  # a string: this module has `from __future__ import annotations`
+                case "int":
+                    values[name] = validate.require_int(obj, name, minimum=0)
+                case "float":
+                    values[name] = _float(obj, name, 0.0) or 0.0
+                case "dict[str, int]":
+                    values[name] = _counts(obj, name)
+        return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {}

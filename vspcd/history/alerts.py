@@ -23,10 +23,14 @@ complete lines are matched as one block, through a pre-filter built once per rul
 set: every rule's required literal text (`anchors`, found by the stdlib's own regex
 parser) is grouped under its rarest byte, and a block is searched for a literal only
 if it contains that byte (one `memchr`), and with a rule's regular expression only
-if it contains one of the rule's literals.  Output that matches nothing thus costs
-a few `memchr` scans per chunk, not a regex scan per rule: Python's `re` has no
-multi-pattern search, and an alternation of many rules runs at a few MB/s.  A rule
-without required literal text (or an ignore-case one) is searched in every block.
+if it contains one of the rule's literals.  A literal made only of bytes all text
+has (lower case, blanks) is searched for directly (one substring search per block,
+no byte check first); an ignore-case rule's literals, lower-cased, are searched in
+the block lower-cased once.  Output that matches nothing thus costs a few `memchr`
+scans per chunk plus one substring search per lower-case literal, not a regex scan
+per rule: Python's `re` has no multi-pattern search, and an alternation of many
+rules runs at a few MB/s.  Only a rule without required literal text is searched
+with its expression in every block.
 
 One alert per console and rule per hold-off (default 300 s); it carries the line
 and up to `context_lines` non-blank lines before it.
@@ -43,10 +47,15 @@ from typing import Any
 from vspc.vspcd.hub.events import Severity
 from vspc.vspcd.hub.selectors import ConsoleRef, Selector, parse_selector
 
-# The stdlib's own regex parser (`re._parser`, `re._constants`; untyped), so the
-# literals a rule requires are what `re` itself understands the rule to require.
-_parser: Any = importlib.import_module("re._parser")
-_const: Any = importlib.import_module("re._constants")
+# The stdlib's own regex parser (`re._parser`, `re._constants`; private and untyped),
+# so the literals a rule requires are what `re` itself understands the rule to
+# require.  A Python without them gets `_plain_anchors`: correct, but rules with
+# groups or alternatives then run their expression on every block.
+try:
+    _parser: Any = importlib.import_module("re._parser")
+    _const: Any = importlib.import_module("re._constants")
+except ImportError:  # pragma: no cover - every supported Python has them
+    _parser = _const = None
 
 __all__ = [
     "BUILTIN_RULES",
@@ -57,6 +66,8 @@ __all__ = [
     "AlertMatcher",
     "AlertRule",
     "Hit",
+    "anchors",
+    "folded_anchors",
     "parse_alerts",
     "rule_set",
     "rules_in_force",
@@ -290,21 +301,90 @@ def _score(literal: bytes) -> tuple[int, int]:
 
 def anchors(regex: str) -> tuple[bytes, ...] | None:
     """Literals one of which every match of `regex` contains, or None if none could be
-    found (an ignore-case rule, or one without required literal text).
+    found (an ignore-case rule: `folded_anchors`; or one without required literal text).
 
     Uses the stdlib's own regex parser, so the literals are exactly what `re`
     understands the expression to require.
     """
+    return _anchors(regex, fold=False)
+
+
+def folded_anchors(regex: str) -> tuple[bytes, ...] | None:
+    """For an ignore-case rule (`(?i)`): its literals in lower case, one of which the
+    lower-cased text of every match contains; None if there are none, or if one is
+    not ASCII (`bytes.lower` folds ASCII only)."""
+    found = _anchors(regex, fold=True)
+    if found is None or not all(literal.isascii() for literal in found):
+        return None
+    return tuple(dict.fromkeys(literal.lower() for literal in found))
+
+
+def _anchors(regex: str, *, fold: bool) -> tuple[bytes, ...] | None:
+    if _parser is None:
+        return None if fold else _plain_anchors(regex)
     try:
         parsed = _parser.parse(regex)
+        if bool(parsed.state.flags & re.IGNORECASE) != fold:
+            return None
+        return _sequence_anchors(list(parsed), fold)
     except re.error:
         return None
-    if parsed.state.flags & re.IGNORECASE:
+    except (AttributeError, TypeError, ValueError, IndexError):  # a changed private API
+        return None if fold else _plain_anchors(regex)
+
+
+_META = frozenset(".^$*+?{}[]()|")
+_CLASSES = frozenset("dDwWsSbBAZ0123456789")  # escapes that are not one literal character
+
+
+def _plain_anchors(regex: str) -> tuple[bytes, ...] | None:
+    """The literal runs of a simple expression read from its text (no parser): used
+    only when `re._parser` is unusable.  Unsure (groups, alternatives, inline flags,
+    character classes): None, so the rule is searched in every block."""
+    if any(c in regex for c in "()|"):
         return None
-    return _sequence_anchors(list(parsed))
+    runs: list[str] = []
+    run: list[str] = []
+    position = 0
+    while position < len(regex):
+        char = regex[position]
+        position += 1
+        if char == "\\":
+            if position >= len(regex) or regex[position] in _CLASSES or regex[position].isalpha():
+                char = ""  # a class or an escape like \n: ends the run
+            else:
+                char = regex[position]
+            position += 1
+        elif char == "[":  # a character class: ends the run; skip to its "]"
+            position += regex[position : position + 1] == "^"
+            position += regex[position : position + 1] == "]"
+            while position < len(regex) and regex[position] != "]":
+                position += 2 if regex[position] == "\\" else 1
+            position += 1
+            char = ""
+        elif char in _META:
+            if char in "*?{" and run:
+                run.pop()  # the character before is optional (or repeated)
+            if char == "{":
+                position = regex.find("}", position) + 1 or len(regex)
+            elif char == "+":
+                pass  # the character before is still required once
+            char = ""
+        if char:
+            run.append(char)
+            continue
+        if run:
+            runs.append("".join(run))
+            run = []
+    if run:
+        runs.append("".join(run))
+    if not runs:
+        return None
+    best = max(runs, key=lambda text: _score(text.encode("utf-8")))
+    return (best.encode("utf-8"),)
 
 
-def _sequence_anchors(items: list[tuple[Any, Any]]) -> tuple[bytes, ...] | None:
+def _sequence_anchors(items: list[tuple[Any, Any]], fold: bool) -> tuple[bytes, ...] | None:
     options: list[tuple[bytes, ...]] = []
     run: list[str] = []
 
@@ -319,14 +399,14 @@ def _sequence_anchors(items: list[tuple[Any, Any]]) -> tuple[bytes, ...] | None:
             continue
         flush()
         found: tuple[bytes, ...] | None = None
-        if op is _const.SUBPATTERN and not av[1] & _const.SRE_FLAG_IGNORECASE:
-            found = _sequence_anchors(list(av[3]))
+        if op is _const.SUBPATTERN and (fold or not av[1] & _const.SRE_FLAG_IGNORECASE):
+            found = _sequence_anchors(list(av[3]), fold)
         elif op is _const.BRANCH:
-            branches = [_sequence_anchors(list(branch)) for branch in av[1]]
+            branches = [_sequence_anchors(list(branch), fold) for branch in av[1]]
             if all(branches):
                 found = tuple(a for branch in branches if branch for a in branch)
         elif op in (_const.MAX_REPEAT, _const.MIN_REPEAT) and av[0] >= 1:
-            found = _sequence_anchors(list(av[2]))
+            found = _sequence_anchors(list(av[2]), fold)
         if found:
             options.append(found)
     flush()
@@ -341,19 +421,29 @@ class _RuleSet:
     each literal's rarest byte."""
 
     rules: tuple[tuple[AlertRule, re.Pattern[str]], ...]
-    # (rarest byte, ((literal, rule indices), ...)), rarest bytes first
+    # (rarest byte, ((literal, rule indices), ...)), rarest bytes first; literals
+    # made only of bytes every text has (lower case, blanks) under b"".
     groups: tuple[tuple[bytes, tuple[tuple[bytes, tuple[int, ...]], ...]], ...]
+    # Ignore-case rules' lower-case literals, looked for in the lower-cased block.
+    folded: tuple[tuple[bytes, tuple[int, ...]], ...]
     always: tuple[int, ...]  # rules without literals: searched in every block
 
     def live(self, block: bytes) -> set[int]:
         """The rules that may match in `block`: one whose literal it contains, and the
-        ones without literals.  Absent rare bytes are one `memchr` each."""
+        ones without literals.  Absent rare bytes are one `memchr` each; common-byte
+        literals one substring search each; ignore-case literals one `lower()` of
+        the block and a search each."""
         found = set(self.always)
         for byte, literals in self.groups:
-            if byte in block:
+            if not byte or byte in block:
                 for literal, indices in literals:
                     if literal in block:
                         found.update(indices)
+        if self.folded:
+            lowered = block.lower()
+            for literal, indices in self.folded:
+                if literal in lowered:
+                    found.update(indices)
         return found
 
 
@@ -361,20 +451,34 @@ def rule_set(rules: Sequence[AlertRule]) -> _RuleSet:
     """Compile `rules` (all valid) and group their literals (the pre-filter)."""
     compiled = tuple((rule, re.compile(rule.regex, re.MULTILINE)) for rule in rules)
     by_literal: dict[bytes, list[int]] = {}
+    by_folded: dict[bytes, list[int]] = {}
     always: list[int] = []
     for index, rule in enumerate(rules):
         found = anchors(rule.regex)
-        if not found:
+        if found:
+            for literal in found:
+                by_literal.setdefault(literal, []).append(index)
+            continue
+        folded = folded_anchors(rule.regex)
+        if not folded:
             always.append(index)
             continue
-        for literal in found:
-            by_literal.setdefault(literal, []).append(index)
+        for literal in folded:
+            by_folded.setdefault(literal, []).append(index)
     groups: dict[bytes, list[tuple[bytes, tuple[int, ...]]]] = {}
     for literal, indices in by_literal.items():
         rarest = max(literal, key=_rarity)
-        groups.setdefault(bytes((rarest,)), []).append((literal, tuple(indices)))
-    ordered = sorted(groups.items(), key=lambda item: -_rarity(item[0][0]))
-    return _RuleSet(compiled, tuple((b, tuple(lits)) for b, lits in ordered), tuple(always))
+        # A lower-case letter or blank is in every chunk of text: checking for it
+        # first is a wasted scan.
+        key = b"" if _rarity(rarest) < 30 else bytes((rarest,))
+        groups.setdefault(key, []).append((literal, tuple(indices)))
+    ordered = sorted(groups.items(), key=lambda item: -_rarity(item[0][0]) if item[0] else 0)
+    return _RuleSet(
+        compiled,
+        tuple((b, tuple(lits)) for b, lits in ordered),
+        tuple((literal, tuple(indices)) for literal, indices in by_folded.items()),
+        tuple(always),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vspc.vspcd.history.consolelog import _open_append as open_append
+from vspc.vspcd.history.fileio import failing, recovered, write_fully
 from vspc.vspcd.history.lineformat import rotated_files
 from vspc.vspcd.hub.audit import AuditRecord
 from vspc.vspcd.hub.console import Cancellable
@@ -140,22 +141,17 @@ class AuditLog:
 
     def _write(self, length: int) -> bool:
         assert self._fd is not None
-        view = memoryview(self._buffer)[:length]
-        written = 0
-        try:
-            while written < length:
-                written += os.write(self._fd, view[written:])
-        except OSError as exc:
-            view.release()
-            self._error(f"write failed: {exc.strerror or exc}")
+        with memoryview(self._buffer)[:length] as view:
+            written, error = write_fully(self._fd, view)
+        if error is not None:
+            self._error(f"write failed: {error.strerror or error}")
             self._lose(self._buffer.count(b"\n"))
             return False
-        view.release()
         self._size += written
         del self._buffer[:length]
-        if self._failed:
-            self._failed = False
-            log.info("audit log %s: writing again", self.settings.path)
+        self._failed = recovered(
+            self._failed, log, "audit log %s: writing again", self.settings.path
+        )
         return True
 
     def _rotate(self) -> None:
@@ -200,11 +196,13 @@ class AuditLog:
             self._fd = None
 
     def _error(self, what: str) -> None:
-        if not self._failed:
-            self._failed = True
-            log.error(
-                "audit log %s: %s; records are dropped until this clears", self.settings.path, what
-            )
+        self._failed = failing(
+            self._failed,
+            log,
+            "audit log %s: %s; records are dropped until this clears",
+            self.settings.path,
+            what,
+        )
 
     def _lose(self, count: int) -> None:
         self.lost += count

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vspc.common import vmware as vm
+from vspc.vspcd.history.fileio import failing, recovered, write_fully
 from vspc.vspcd.history.lineformat import (
     STAMP_WIDTH,
     format_stamp,
@@ -421,23 +422,16 @@ class ConsoleLogs:
     def _write_piece(self, entry: _LogFile, length: int) -> bool:
         """Write the first `length` buffered bytes; False (logged) if that failed."""
         assert entry.fd is not None
-        view = memoryview(entry.buffer)[:length]
-        written = 0
-        try:
-            while written < length:
-                written += os.write(entry.fd, view[written:])
-        except OSError as exc:
-            self._error(entry, f"write failed: {exc.strerror or exc}")
-            self._lost(entry, len(entry.buffer) - written)
-            return False
-        finally:
+        with memoryview(entry.buffer)[:length] as view:
+            written, error = write_fully(entry.fd, view)
             if written:
                 entry.file_line_start = view[written - 1] == 0x0A
-            view.release()
-            entry.size += written
-        if entry.failed:
-            log.info("console log %s: writing again", entry.path)
-            entry.failed = False
+        entry.size += written
+        if error is not None:
+            self._error(entry, f"write failed: {error.strerror or error}")
+            self._lost(entry, len(entry.buffer) - written)
+            return False
+        entry.failed = recovered(entry.failed, log, "console log %s: writing again", entry.path)
         del entry.buffer[:length]
         return True
 
@@ -517,19 +511,19 @@ class ConsoleLogs:
             else:
                 os.unlink(path)
         except OSError as exc:
-            if not entry.rotate_failed:
-                entry.rotate_failed = True
-                log.error(
-                    "console log %s: cannot rotate (%s); it grows past the size until this clears",
-                    path,
-                    exc.strerror or exc,
-                )
+            entry.rotate_failed = failing(
+                entry.rotate_failed,
+                log,
+                "console log %s: cannot rotate (%s); it grows past the size until this clears",
+                path,
+                exc.strerror or exc,
+            )
             self._open(entry)
             return False
         else:
-            if entry.rotate_failed:
-                entry.rotate_failed = False
-                log.info("console log %s: rotating again", path)
+            entry.rotate_failed = recovered(
+                entry.rotate_failed, log, "console log %s: rotating again", path
+            )
             log.info("console log %s rotated%s", path, f" to {target.name}" if keep else "")
             while len(entry.rotated) > keep:
                 old = entry.rotated.pop(0)
@@ -554,10 +548,14 @@ class ConsoleLogs:
             entry.fd = None
 
     def _error(self, entry: _LogFile, what: str) -> None:
-        if not entry.failed:
-            entry.failed = True
-            path = entry.path if entry.path is not None else entry.console.display_name
-            log.error("console log %s: %s; its output is dropped until this clears", path, what)
+        path = entry.path if entry.path is not None else entry.console.display_name
+        entry.failed = failing(
+            entry.failed,
+            log,
+            "console log %s: %s; its output is dropped until this clears",
+            path,
+            what,
+        )
 
     def _lost(self, entry: _LogFile, count: int) -> None:
         log.debug("console log %s: %d bytes dropped", entry.path, count)

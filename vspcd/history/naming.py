@@ -39,6 +39,8 @@ import re
 import unicodedata
 from pathlib import Path
 
+from vspc.vspcd.history.fileio import failing
+
 log = logging.getLogger(__name__)
 
 __all__ = ["OWNERS_FILE", "LogNaming", "OwnerIndex", "log_file_name", "stem", "wanted_name"]
@@ -197,12 +199,12 @@ class OwnerIndex:
             finally:
                 os.close(fd)
         except OSError as exc:
-            if not self._failed:
-                self._failed = True
-                log.error(
-                    "console log owners %s: cannot record a claim (%s); claims hold until restart",
-                    self._path,
-                    exc.strerror or exc,
-                )
+            self._failed = failing(
+                self._failed,
+                log,
+                "console log owners %s: cannot record a claim (%s); claims hold until restart",
+                self._path,
+                exc.strerror or exc,
+            )
             return
         self._failed = False

@@ -24,25 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from vspc.common.admin import EventName
-from vspc.vspcd.hub.events import (
-    ClientAttached,
-    ClientDetached,
-    ConsoleAlert,
-    ConsoleCleared,
-    ConsoleExpired,
-    HubEvent,
-    LockChanged,
-    TakeoverRefused,
-    VmConnected,
-    VmDisconnected,
-    VMotionAborted,
-    VMotionBegun,
-    VMotionCompleted,
-    VMotionPeered,
-    VMotionRefused,
-    VmRenamed,
-    VmReplaced,
-)
+from vspc.vspcd.hub import events
 
 __all__ = ["EventFields", "HookOnly", "event_fields"]
 
@@ -69,34 +51,40 @@ class EventFields:
         return self.name if isinstance(self.name, EventName) else None
 
 
-def event_fields(event: HubEvent) -> EventFields | None:
+def event_fields(event: events.HubEvent) -> EventFields | None:
     """The name and fields of `event`; None for an internal event (nothing outside
     the daemon hears of it)."""
     match event:
-        case VmConnected(peer=peer, info=info, first=first):
+        case events.VmConnected(peer=peer, info=info, first=first):
             return _admin(event, {"first": first}, peer=peer, console=info)
-        case VmDisconnected(peer=peer) | VMotionBegun(peer=peer) | VMotionPeered(peer=peer):
+        case (
+            events.VmDisconnected(peer=peer)
+            | events.VMotionBegun(peer=peer)
+            | events.VMotionPeered(peer=peer)
+        ):
             return _admin(event, peer=peer)
-        case VMotionCompleted(peer=peer, source=source):
+        case events.VMotionCompleted(peer=peer, source=source):
             return _admin(event, {"source_peer": source}, peer=peer)
-        case VmRenamed(vm_name=vm_name):
+        case events.VmRenamed(vm_name=vm_name):
             return _admin(event, vm_name=vm_name)
-        case ConsoleExpired(port=port):
+        case events.ConsoleExpired(port=port):
             return _admin(event, port=port)
-        case VMotionAborted(reason=reason):
+        case events.VMotionAborted(reason=reason):
             return _admin(event, reason=reason.value)
-        case VMotionRefused() as refused:
+        case events.VMotionRefused() as refused:
             return _admin(event, reason=refused.text)
-        case ClientAttached(client=client):
+        case events.ClientAttached(client=client):
             return _admin(event, client=client)
-        case ClientDetached(client=client, reason=reason):
+        case events.ClientDetached(client=client, reason=reason):
             fields: dict[str, Any] = {"client": client.id}
             if reason is not None:
                 fields["reason"] = reason
             return _admin(event, {"client": client, "reason": reason or ""}, **fields)
-        case LockChanged(lock=lock, holder=holder):
+        case events.LockChanged(lock=lock, holder=holder):
             return _admin(event, lock=None if lock is None else lock.value, holder=holder)
-        case ConsoleAlert(alert=alert, severity=severity, line=line, context=context, time=when):
+        case events.ConsoleAlert(
+            alert=alert, severity=severity, line=line, context=context, time=when
+        ):
             # The hook environment carries the rule and line (VSPC_ALERT, VSPC_ALERT_LINE);
             # its VSPC_TIME is the hook's own, so the admin event's `time` stays out.
             hook = {"alert_line": line, "alert_severity": severity.value, "time": None}
@@ -109,18 +97,20 @@ def event_fields(event: HubEvent) -> EventFields | None:
                 context=list(context),
                 time=round(when, 3),
             )
-        case VmReplaced(old_peer=old, new_peer=new, probed=probed):
+        case events.VmReplaced(old_peer=old, new_peer=new, probed=probed):
             return EventFields(
                 HookOnly.VM_REPLACED, {"peer": new, "old_peer": old, "probed": probed}
             )
-        case TakeoverRefused(peer=peer, active_peer=active):
+        case events.TakeoverRefused(peer=peer, active_peer=active):
             return EventFields(HookOnly.TAKEOVER_REFUSED, {"peer": peer, "active_peer": active})
-        case ConsoleCleared(clients=clients, reason=reason):
+        case events.ConsoleCleared(clients=clients, reason=reason):
             return EventFields(HookOnly.CONSOLE_CLEARED, {"clients": clients, "reason": reason})
     return None
 
 
-def _admin(event: HubEvent, details: dict[str, Any] | None = None, **fields: Any) -> EventFields:
+def _admin(
+    event: events.HubEvent, details: dict[str, Any] | None = None, **fields: Any
+) -> EventFields:
     name = event.admin_name
     assert name is not None, type(event).__name__  # every event matched above has one
     return EventFields(name, fields, details or {})

@@ -58,7 +58,7 @@ from vspc.common.session import (
     VmNamed,
 )
 from vspc.vspcd.hub import announce, binding, clients, info, migration, telnetport
-from vspc.vspcd.hub.audit import Actor, AuditAction, AuditObserver
+from vspc.vspcd.hub.audit import AuditObserver
 from vspc.vspcd.hub.console import (
     Cancellable,
     Client,
@@ -119,6 +119,9 @@ class Hub:
             secret_factory=secret_factory,
             telnet_allowed=telnet_allowed,
         )
+        # Record an action a face judged (clear, kick, break, a denial, a reload): the
+        # state's own method, so one signature (vspcd/hub/state.py `HubState.audit`).
+        self.audit = self._st.audit
 
     @property
     def settings(self) -> HubSettings:
@@ -464,23 +467,6 @@ class Hub:
         auditors = self._st.auditors
         auditors.append(observer)
         return lambda: auditors.remove(observer) if observer in auditors else None
-
-    def audit(
-        self,
-        action: AuditAction,
-        actor: Actor,
-        console: Console | None = None,
-        *,
-        denied: str | None = None,
-        name: str = "",
-        client: int | None = None,
-        note: str = "",
-        mode: str = "",
-    ) -> None:
-        """Record an action a face judged (clear, kick, break, a denial, a reload)."""
-        self._st.audit(
-            action, actor, console, denied=denied, name=name, client=client, note=note, mode=mode
-        )
 
     @property
     def auditing(self) -> bool:

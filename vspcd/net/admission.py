@@ -25,6 +25,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from vspc.common import convert
+
 __all__ = [
     "IDLE_GRACE",
     "MUTE_GRACE",
@@ -60,18 +62,7 @@ def parse_allow_list(text: str) -> AllowList:
             message names the entry.  Host bits set ("10.0.0.1/8") are an error too:
             it is more likely a typo than a wish to allow the whole network.
     """
-    networks: list[Network] = []
-    for raw in text.split(","):
-        entry = raw.strip()
-        if not entry:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=True))
-        except ValueError as exc:
-            raise ValueError(f"{entry!r} is not a network in CIDR notation ({exc})") from None
-    if not networks:
-        raise ValueError("empty allow list (give at least one CIDR, e.g. 10.0.0.0/24)")
-    return AllowList(tuple(networks))
+    return AllowList(convert.cidr_list(text))  # ConversionError is a ValueError
 
 
 @dataclass(frozen=True, slots=True)

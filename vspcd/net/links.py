@@ -187,6 +187,10 @@ class VmLink(asyncio.Protocol):
     def _done_identifying(self) -> None:
         self._identified = True
         self._unidentified_bytes = 0
+        self._end_preident()
+
+    def _end_preident(self) -> None:
+        """Stop the identification timer and give the admission slot back."""
         if self._ident_timer is not None:
             self._ident_timer.cancel()
             self._ident_timer = None
@@ -253,12 +257,7 @@ class VmLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        if self._ident_timer is not None:
-            self._ident_timer.cancel()
-            self._ident_timer = None
-        if self._slot is not None:
-            self._slot.release()
-            self._slot = None
+        self._end_preident()
         if exc is not None:
             if not self._identified and self._preident is not None:
                 # Resets by the thousand are a flood, not news: aggregated.

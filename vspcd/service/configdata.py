@@ -151,6 +151,8 @@ class Config:
     hook_queue: int = hooks.HOOK_QUEUE
     # Console alerts (vspcd/history/alerts.py): the built-ins, and [[alert]] tables.
     no_builtin_alerts: bool = False
+    alert_webhook: str | None = None  # vspcd/ext/webhook.py
+    alert_webhook_ca: Path | None = None
     # Process.
     event_loop: str = "auto"  # vspcd/service/eventloop.py
     log_stdout: bool = False

@@ -26,6 +26,7 @@ from vspc.common import convert
 from vspc.common.paths import SYSTEM_CONFIG
 from vspc.vspcd.ext.hookenv import HOOK_EVENTS
 from vspc.vspcd.ext.hooks import HOOK_CONCURRENCY, HOOK_QUEUE, HOOK_TIMEOUT
+from vspc.vspcd.ext.webhook import WEBHOOK_ATTEMPTS, WEBHOOK_QUEUE, WEBHOOK_TIMEOUT, parse_url
 from vspc.vspcd.history.naming import LogNaming
 from vspc.vspcd.net.admission import AllowList
 from vspc.vspcd.net.links import IDENT_TIMEOUT, PREIDENT_BYTES
@@ -113,6 +114,18 @@ def _node_id(text: str) -> str:
 
 
 _node_id.__name__ = "node id"
+
+
+def _webhook_url(text: str) -> str:
+    """`--alert-webhook`: checked here, parsed again by the service's settings."""
+    try:
+        parse_url(text)
+    except ValueError as exc:
+        raise convert.ConversionError(str(exc)) from None
+    return text
+
+
+_webhook_url.__name__ = "URL"
 
 
 def _metrics(text: str) -> tuple[str, int] | str:
@@ -534,6 +547,19 @@ FLAGS: tuple[Flag, ...] = (
          "tables of the configuration file still apply",
          doc="turn off the built-in console alert rules (§6, console alerts); "
          "`[[alert]]` tables still apply", doc_default="on"),
+    Flag("alert_webhook", ("--alert-webhook",), Group.HOOKS, convert=_webhook_url,
+         metavar="URL", live="the next delivery attempt uses it; queued alerts are kept",
+         help="POST each console alert as JSON (the console_alert admin event) to this "
+         f"http:// or https:// URL; {WEBHOOK_ATTEMPTS} tries with back-off, "
+         f"{WEBHOOK_TIMEOUT:g} s each, at most {WEBHOOK_QUEUE} alerts queued",
+         doc="POST each console alert as JSON to this `http://` or `https://` URL (§6, "
+         "console alerts)", doc_default="off"),
+    Flag("alert_webhook_ca", ("--alert-webhook-ca",), Group.HOOKS, convert=Path,
+         metavar="FILE", live="the next delivery attempt uses it",
+         help="PEM CA certificates that verify an https:// --alert-webhook (default: "
+         "the system's)",
+         doc="PEM CA certificates verifying an `https://` `--alert-webhook`",
+         doc_default="system CAs"),
     Flag("hook_command", ("--hook-command",), Group.HOOKS, convert=convert.shell_command,
          metavar="CMD", live="events after the reload use it; queued ones keep theirs",
          help="run CMD (split like a shell would, but no shell: write sh -c '...' for one) "

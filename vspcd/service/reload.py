@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from vspc.vspcd.service.configdata import FILE_ONLY, Config
 from vspc.vspcd.service.flags import FLAGS
-from vspc.vspcd.service.settings import hook_settings
+from vspc.vspcd.service.settings import hook_settings, webhook_settings
 
 if TYPE_CHECKING:
     from vspc.vspcd.service.server import Daemon
@@ -59,6 +59,12 @@ def _hooks(daemon: Daemon, new: Config) -> None:
     """Every hook option (vspcd/ext/hooks.py); new events use them, queued ones keep theirs."""
     if daemon.hooks is not None:
         daemon.hooks.reconfigure(hook_settings(new))
+
+
+def _webhook(daemon: Daemon, new: Config) -> None:
+    """The alert webhook (vspcd/ext/webhook.py): the next attempt uses it."""
+    if daemon.webhook is not None:
+        daemon.webhook.reconfigure(webhook_settings(new))
 
 
 def _proxy_allow(daemon: Daemon, new: Config) -> None:
@@ -129,6 +135,8 @@ _APPLY: dict[str, Apply] = {
     # Console alerts: the built-ins switch and the [[alert]] tables.
     "no_builtin_alerts": _alerts,
     "alert_rules": _alerts,
+    "alert_webhook": _webhook,
+    "alert_webhook_ca": _webhook,
     # Hooks (vspcd/ext/hooks.py): the command, its events and bounds.
     **dict.fromkeys(
         ("hook_command", "hook_events", "hook_timeout", "hook_concurrency", "hook_queue"),

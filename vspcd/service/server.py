@@ -30,6 +30,7 @@ from typing import Any, cast
 
 from vspc.vspcd.ext.hooks import HookRunner
 from vspc.vspcd.ext.plugins import PluginHost
+from vspc.vspcd.ext.webhook import WebhookSender
 from vspc.vspcd.faces.admin import server as admin
 from vspc.vspcd.faces.http import routes as httproutes
 from vspc.vspcd.faces.http.server import HttpServer, Router
@@ -68,6 +69,7 @@ from vspc.vspcd.service.settings import (
     log_place,
     log_settings,
     recordings,
+    webhook_settings,
 )
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class Daemon:
         self.gzip: GzipQueue | None = None
         self.http: HttpServer | None = None
         self.hooks: HookRunner | None = None
+        self.webhook: WebhookSender | None = None
         self.watch: ConsoleWatch | None = None
         self.alert_book: AlertBook | None = None
         self.plugin: PluginHost | None = None
@@ -233,6 +236,10 @@ class Daemon:
         # the admin `alerts` command reads (docs/operations.md "Console alerts").
         self.alert_book = AlertBook(None if self.persister is None else self.persister.db)
         hub.subscribe(self.alert_book.observe)
+        # --alert-webhook: always subscribed (it ignores alerts while off), so a reload
+        # can turn it on.
+        self.webhook = WebhookSender(webhook_settings(config))
+        hub.subscribe(self.webhook.observe)
         self.watch = ConsoleWatch(hub, alert_rules(config))
         self.watch.start()
         # Metrics are one more observer, always subscribed: the
@@ -554,6 +561,8 @@ class Daemon:
             self.metrics.loop.stop()
         if self.hooks is not None:
             await self.hooks.close(grace=min(grace, 2.0))
+        if self.webhook is not None:
+            await self.webhook.close()
         if self.plugin is not None:
             self.plugin.close()
         if self.logs is not None:

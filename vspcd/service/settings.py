@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vspc.vspcd.ext.hooks import HookSettings
+from vspc.vspcd.ext.webhook import WebhookSettings, parse_url
 from vspc.vspcd.faces.admin import server as admin
 from vspc.vspcd.faces.admin.access import console_ref
 from vspc.vspcd.history.alerts import AlertRule, rules_in_force
@@ -33,6 +34,7 @@ __all__ = [
     "log_place",
     "log_settings",
     "recordings",
+    "webhook_settings",
 ]
 
 # HubSettings fields spelled differently in Config (the flag keeps vSPC.py-era naming).
@@ -109,6 +111,12 @@ def hook_settings(config: Config) -> HookSettings:
         concurrency=config.hook_concurrency,
         queue=config.hook_queue,
     )
+
+
+def webhook_settings(config: Config) -> WebhookSettings:
+    """The alert webhook's share (the URL was checked when the configuration was read)."""
+    url = None if not config.alert_webhook else parse_url(config.alert_webhook)
+    return WebhookSettings(url=url, ca_file=config.alert_webhook_ca)
 
 
 def admin_settings(config: Config) -> admin.AdminSettings:

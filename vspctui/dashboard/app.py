@@ -148,9 +148,7 @@ class App:
         attach: runs an attach session on the terminal (default: `run_attach`).
         stdin_fd, stdout_fd: the terminal the attach session uses.
         model: the model to fill (tests inject one with a fixed clock).
-        backoff: first and longest wait (s) between attempts to reconnect to vspcd.
-        activity_poll: how often (s) to `list` again for the `last_output` of
-            consoles nobody tails, when the daemon sends it.
+        backoff, activity_poll: handed to the `Feed` (see there).
     """
 
     def __init__(
@@ -211,6 +209,7 @@ class App:
             Command.CLEAR: dialogs.ask_clear,
             Command.BREAK: dialogs.ask_break,
             Command.FILTER: dialogs.ask_filter,
+            Command.ALERTS: dialogs.show_alerts,
             Command.HELP: dialogs.show_help,
             Command.QUIT: lambda: self.finish(ExitCode.OK),
             Command.CONFIRM: dialogs.confirm,

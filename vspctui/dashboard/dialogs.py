@@ -3,9 +3,9 @@
 Boundary: `Dialogs` puts one overlay (vspctui/dashboard/overlays.py) over the
 dashboard's frame, hands the keyboard to its key context (vspctui/dashboard/keys.py:
 Enter confirms, Esc cancels) and, on confirm, runs what the dialog was for: the help,
-the filter, picking an attach lock mode, and the admin requests `clear`, `kick` and
-`break`
-(docs/admin-protocol.md), each with the reason the operator typed.  It reaches the
+the filter, picking an attach lock mode, the alert list (admin `alerts`), and the
+admin requests `clear`, `kick` and `break` (docs/admin-protocol.md), each with the
+reason the operator typed.  It reaches the
 rest of the dashboard only through `Host`, which the controller
 (vspctui/dashboard/app.py) implements.  Keys and wording: docs/vspc-tui.md.
 """
@@ -13,6 +13,7 @@ rest of the dashboard only through `Host`, which the controller
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from datetime import datetime
 from typing import Any, Protocol
 
 import urwid
@@ -22,9 +23,23 @@ from vspc.vspctui.client import AdminClient, ClientError
 from vspc.vspctui.dashboard.keys import KeyContext
 from vspc.vspctui.dashboard.layout import Layout
 from vspc.vspctui.dashboard.model import Model
-from vspc.vspctui.dashboard.overlays import ClientPicker, HelpView, LockPicker, PromptDialog
+from vspc.vspctui.dashboard.overlays import (
+    AlertsView,
+    ClientPicker,
+    HelpView,
+    LockPicker,
+    PromptDialog,
+)
 
-__all__ = ["Dialogs", "Host"]
+__all__ = ["ALERT_LIST", "Dialogs", "Host"]
+
+ALERT_LIST = 100  # alerts the A list asks for
+
+
+def _stamp(when: object) -> str:
+    if not isinstance(when, int | float):
+        return "-"
+    return datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class Host(Protocol):
@@ -104,6 +119,28 @@ class Dialogs:
 
     def show_help(self) -> None:
         self._open(HelpView(), KeyContext.HELP, height=("relative", 80))
+
+    def show_alerts(self) -> None:
+        """A: the newest alerts of every console the operator may watch; seeing them
+        acknowledges the `!` marks."""
+        admin = self._connected()
+        if admin is not None:
+            self._host.spawn(self._alerts(admin))
+
+    async def _alerts(self, admin: AdminClient) -> None:
+        host = self._host
+        try:
+            reply = await admin.request("alerts", limit=ALERT_LIST)
+        except (AdminError, ClientError) as exc:
+            host.say(f"alerts: {exc}", error=True)
+            return
+        rows = reply.get("alerts")
+        rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+        if self.dialog is not None:
+            return  # another dialog opened meanwhile: it keeps the keyboard
+        self._open(AlertsView(rows, _stamp), KeyContext.HELP, height=("relative", 80))
+        host.model.acknowledge_alerts()
+        host.refresh()
 
     def ask_filter(self) -> None:
         previous = self._host.model.filter

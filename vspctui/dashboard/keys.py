@@ -50,6 +50,7 @@ class Command(StrEnum):
     CLEAR = "clear"
     BREAK = "break"
     FILTER = "filter"
+    ALERTS = "alerts"
     HELP = "help"
     QUIT = "quit"
     CONFIRM = "confirm"
@@ -62,7 +63,7 @@ class KeyContext(StrEnum):
 
     DASHBOARD = "dashboard"  # the console list, tail and event panes
     DIALOG = "dialog"  # a prompt (filter, clear/kick reason), the lock or client picker
-    HELP = "help"  # the help screen
+    HELP = "help"  # the help screen, the alert list
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,20 +98,21 @@ KEYS: tuple[Binding, ...] = (
     Binding("c", Command.CLEAR, _D, "clear: disconnect every client of the console"),
     Binding("B", Command.BREAK, _D, "serial break to the VM (asks first)"),
     Binding("/", Command.FILTER, _D, "filter consoles by name"),
+    Binding("A", Command.ALERTS, _D, "list recent console alerts; clears the ! marks"),
     Binding("?", Command.HELP, _D, "this help"),
     Binding("q", Command.QUIT, _D, "quit"),
     Binding("enter", Command.CONFIRM, _G, "confirm"),
     Binding("esc", Command.CANCEL, _G, "cancel"),
     Binding("ctrl u", Command.CLEAR_TEXT, _G, "clear the text typed"),
-    Binding("esc", Command.CANCEL, _H, "close the help"),
-    Binding("q", Command.CANCEL, _H, "close the help"),
-    Binding("?", Command.CANCEL, _H, "close the help"),
+    Binding("esc", Command.CANCEL, _H, "close the help or the alert list"),
+    Binding("q", Command.CANCEL, _H, "close the help or the alert list"),
+    Binding("?", Command.CANCEL, _H, "close the help or the alert list"),
 )
 
 _TITLES = {
     KeyContext.DASHBOARD: "Dashboard",
     KeyContext.DIALOG: "Prompts and pickers (lock mode, client to kick)",
-    KeyContext.HELP: "This screen (up/down scroll)",
+    KeyContext.HELP: "This screen and the alert list (up/down scroll)",
 }
 
 # The footer's short names, in order; commands absent here are in the help only.  The

@@ -186,4 +186,5 @@ class Layout:
             info, title = shown[1], f"detail: {safe(console.name)}"
         else:
             info, title = console, f"detail: {safe(console.name)} (asking vspcd)"
-        self.detail.show(title, detail_lines(info, model.now(), model.idle(console.key)))
+        seen = [(a.time, a.alert, a.severity, a.line) for a in model.alert_log.get(console.key, ())]
+        self.detail.show(title, detail_lines(info, model.now(), model.idle(console.key), seen))

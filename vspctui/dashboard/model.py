@@ -54,6 +54,8 @@ from vspc.common.display import safe
 from vspc.vspctui.formatting import who
 
 __all__ = [
+    "ALERTS_PER_CONSOLE",
+    "AlertSeen",
     "LOG_LIMIT",
     "TAIL_LIMIT",
     "LogEntry",
@@ -72,6 +74,19 @@ class LogEntry:
 
     when: float
     text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSeen:
+    """One `console_alert` event the dashboard saw (the detail pane lists them)."""
+
+    time: float  # Unix time the daemon stamped
+    alert: str
+    severity: str
+    line: str
+
+
+ALERTS_PER_CONSOLE = 5  # alerts the detail pane lists per console
 
 
 class SortOrder(StrEnum):
@@ -175,8 +190,11 @@ class Model:
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
         self.activity: dict[str, float] = {}
         # Consoles that raised a console alert (`console_alert`) while we watched:
-        # key -> the latest alert's rule name; the list marks them with `!`.
+        # key -> the latest alert's rule name; the list marks them with `!` until
+        # the operator acknowledges them (`acknowledge_alerts`, the A key).
         self.alerts: dict[str, str] = {}
+        # key -> the newest alerts seen, for the detail pane (kept when acknowledged).
+        self.alert_log: dict[str, deque[AlertSeen]] = {}
         self.pinned: set[str] = set()
         self.connected = True
         self._filter = ""
@@ -304,6 +322,10 @@ class Model:
             self._order_stale = True
         self._activity_moved = False
 
+    def acknowledge_alerts(self) -> None:
+        """The operator saw the alert list: the `!` marks go (the detail keeps them)."""
+        self.alerts.clear()
+
     def note(self, text: str) -> None:
         """Add a line of our own (not an event) to the log; it may quote the daemon
         (an error's message), so it is made inert here."""
@@ -340,8 +362,17 @@ class Model:
             return
         if event.event == EventName.CONSOLE_ALERT:
             self.alerts[key] = str(event.fields.get("alert", "?"))
+            when = event.fields.get("time")
+            seen = AlertSeen(
+                float(when) if isinstance(when, int | float) else self._clock(),
+                str(event.fields.get("alert", "?")),
+                str(event.fields.get("severity", "?")),
+                str(event.fields.get("line", "")),
+            )
+            self.alert_log.setdefault(key, deque(maxlen=ALERTS_PER_CONSOLE)).append(seen)
         if event.event == EventName.VM_EXPIRED:
             self.alerts.pop(key, None)
+            self.alert_log.pop(key, None)
             self.consoles.pop(key, None)
             self.tails.pop(key, None)
             self.activity.pop(key, None)

@@ -9,7 +9,7 @@ or a VM go through `vspc.common.display.safe` (docs/vspc-tui.md, "What it shows"
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import urwid
@@ -23,7 +23,7 @@ from vspc.vspctui.formatting import who
 if TYPE_CHECKING:  # urwid 2.6+ names it; only annotations use it
     from urwid.widget import AbstractFlowWidget
 
-__all__ = ["LOCK_HELP", "ClientPicker", "HelpView", "LockPicker", "PromptDialog"]
+__all__ = ["LOCK_HELP", "AlertsView", "ClientPicker", "HelpView", "LockPicker", "PromptDialog"]
 
 LOCK_HELP = {
     LockMode.EXCLUSIVE: "only you may be attached",
@@ -52,6 +52,36 @@ class HelpView(Wrap):
             rows.append(urwid.Divider())
         self._walker[:] = rows
         self._walker.set_focus(0)
+
+
+class AlertsView(Wrap):
+    """The recent console alerts (admin `alerts`), oldest first, the newest focused;
+    scrolls with up/down.  Lines come from VMs: rendered safe."""
+
+    def __init__(self, rows: Sequence[dict[str, object]], when: Callable[[object], str]) -> None:
+        self._walker: urwid.SimpleFocusListWalker[AbstractFlowWidget] = urwid.SimpleFocusListWalker(
+            []
+        )
+        title = f"console alerts: the newest {len(rows)}" if rows else "console alerts"
+        super().__init__(urwid.LineBox(urwid.ListBox(self._walker), title=title))
+        self.show(rows, when)
+
+    def show(self, rows: Sequence[dict[str, object]], when: Callable[[object], str]) -> None:
+        lines: list[AbstractFlowWidget] = []
+        for row in rows:
+            head = (
+                f"{when(row.get('time'))}  {safe(row.get('name'))}  {safe(row.get('alert'))} "
+                f"({safe(row.get('severity'))})"
+            )
+            lines.append(urwid.AttrMap(urwid.Text(head), "columns"))
+            context = row.get("context")
+            if isinstance(context, list):
+                lines.extend(urwid.Text(f"    {safe(line)}") for line in context)
+            lines.append(urwid.Text(f"  > {safe(row.get('line'))}"))
+        if not lines:
+            lines.append(urwid.Text("no alerts"))
+        self._walker[:] = lines
+        self._walker.set_focus(len(lines) - 1)
 
 
 class PromptDialog(Wrap):

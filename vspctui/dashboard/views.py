@@ -542,7 +542,12 @@ def _client_line(client: ClientInfo, now: float) -> str:
     return line
 
 
-def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[str]:
+def detail_lines(
+    console: ConsoleInfo,
+    now: float,
+    idle: float | None,
+    alerts: Sequence[tuple[float, str, str, str]] = (),
+) -> list[str]:
     """The detail pane's text: what `show` says about one console (docs/vspc-tui.md, "Detail").
 
     Args:
@@ -550,6 +555,8 @@ def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[s
             older daemon does not send (counters, per-client bytes) are not shown.
         now: Unix time ("since" and "last active" are shown as ages).
         idle: seconds since the console was last active, as far as anyone knows.
+        alerts: the console's alerts seen this session, oldest first, as (Unix time,
+            rule, severity, line).
     """
     lines = [
         f"name     {safe(console.name)}   key {safe(console.key)}",
@@ -575,6 +582,13 @@ def detail_lines(console: ConsoleInfo, now: float, idle: float | None) -> list[s
         lines.append(f"lock     {console.lock.value}{by}")
     lines.append(f"clients  {len(console.attached)}")
     lines.extend(_client_line(client, now) for client in console.attached)
+    if alerts:
+        lines.append(f"alerts   {len(alerts)} seen (A lists every console's)")
+        lines.extend(
+            f"  {duration(max(0.0, now - when), coarse=True)} ago  {safe(rule)} "
+            f"({safe(severity)}): {safe(line)}"
+            for when, rule, severity, line in alerts
+        )
     return lines
 
 

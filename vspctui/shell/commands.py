@@ -61,6 +61,18 @@ def _print_json(ctx: Context, reply: dict[str, Any]) -> None:
     ctx.out.flush()
 
 
+async def _reply(
+    ctx: Context, ns: argparse.Namespace, command: str, **fields: Any
+) -> dict[str, Any] | None:
+    """The daemon's reply to `command`, or None once `--json` printed it."""
+    client = await ctx.client()
+    reply = await client.request(command, **fields)
+    if ns.json:
+        _print_json(ctx, reply)
+        return None
+    return reply
+
+
 # ===================================================================== the commands
 
 commands = CommandTable()
@@ -109,10 +121,8 @@ async def list_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("show", help="one console in detail: clients, lock, counters",
                    args=[_VM_ARG, _JSON])  # fmt: skip
 async def show_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    client = await ctx.client()
-    reply = await client.request("show", vm=ns.vm)
-    if ns.json:
-        _print_json(ctx, reply)
+    reply = await _reply(ctx, ns, "show", vm=ns.vm)
+    if reply is None:
         return ExitCode.OK
     console = reply.get("console")
     ctx.print(format_console(parse_reply(ConsoleInfo.from_json, console)))
@@ -221,10 +231,8 @@ WHO_HEADERS = ("CONSOLE", *CLIENT_HEADERS)
     ],
 )
 async def who_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    client = await ctx.client()
-    reply = await client.request("who", **({"vm": ns.vm} if ns.vm else {}))
-    if ns.json:
-        _print_json(ctx, reply)
+    reply = await _reply(ctx, ns, "who", **({"vm": ns.vm} if ns.vm else {}))
+    if reply is None:
         return ExitCode.OK
     rows = reply.get("clients")
     entries = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
@@ -295,12 +303,8 @@ async def events_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("stats", help="the daemon's counters: consoles, clients, bytes, vMotions",
                    args=[_JSON])  # fmt: skip
 async def stats_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    client = await ctx.client()
-    reply = await client.request("stats")
-    if ns.json:
-        _print_json(ctx, reply)
-        return ExitCode.OK
-    ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
+    if (reply := await _reply(ctx, ns, "stats")) is not None:
+        ctx.print(format_stats(parse_reply(Stats.from_json, reply)))
     return ExitCode.OK
 
 
@@ -318,10 +322,8 @@ async def version_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("whoami", help="who vspcd thinks you are: user, uid, groups, default level",
                    args=[_JSON])  # fmt: skip
 async def whoami_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    client = await ctx.client()
-    reply = await client.request("whoami")
-    if ns.json:
-        _print_json(ctx, reply)
+    reply = await _reply(ctx, ns, "whoami")
+    if reply is None:
         return ExitCode.OK
     user, uid = reply.get("user"), reply.get("uid")
     who = safe(user) if user else ("-" if uid is None else f"uid {safe(uid)} (no passwd entry)")
@@ -337,10 +339,8 @@ async def whoami_cmd(ctx: Context, ns: argparse.Namespace) -> int:
 @commands.register("access", help="your level on a console, and the rule that gave it",
                    args=[protocol_arg("access", "vm"), _JSON])  # fmt: skip
 async def access_cmd(ctx: Context, ns: argparse.Namespace) -> int:
-    client = await ctx.client()
-    reply = await client.request("access", vm=ns.vm)
-    if ns.json:
-        _print_json(ctx, reply)
+    reply = await _reply(ctx, ns, "access", vm=ns.vm)
+    if reply is None:
         return ExitCode.OK
     name = safe(reply.get("name", ns.vm))
     ctx.print(f"{name}: {safe(reply.get('level'))} ({safe(reply.get('reason'))})")

@@ -24,7 +24,14 @@ import os
 import shlex
 from collections.abc import Mapping
 
-from vspc.vspctui.cmdtable import Command, CommandTable, Context, ExitCode, UsageError, run_command
+from vspc.vspctui.cmdtable import (
+    Command,
+    CommandTable,
+    Context,
+    ExitCode,
+    UsageError,
+    run_command,
+)
 
 __all__ = ["ALLOWED", "MAX_LINE", "parse_forced", "run_forced"]
 
@@ -98,9 +105,5 @@ async def run_forced(
     try:
         command, namespace = parse_forced(line, table)
     except UsageError as exc:
-        if exc.status == 0:
-            ctx.print(str(exc).rstrip())
-            return ExitCode.OK
-        ctx.err.write(f"{exc}\n")
-        return exc.status
+        return exc.report(ctx)
     return await run_command(ctx, command, namespace)

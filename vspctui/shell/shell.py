@@ -72,10 +72,7 @@ class Shell:
         try:
             parsed = self.table.parse_line(line)
         except UsageError as exc:
-            if exc.status == 0:
-                self.ctx.print(str(exc).rstrip())
-            else:
-                self.ctx.err.write(f"{exc}\n")
+            exc.report(self.ctx)
             self.status = ExitCode.USAGE
             return
         if parsed is None:

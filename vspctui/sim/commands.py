@@ -96,7 +96,7 @@ COMMANDS: dict[str, Command] = {
 async def run_command(fleet: Fleet, line: str, out: TextIO) -> bool:
     """Run one command line; False once the session should end."""
     try:
-        words = shlex.split(line)
+        words = shlex.split(line, comments=True)  # `# …` annotates a line, as in a script
     except ValueError as exc:
         out.write(f"{exc}\n")
         return True

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vspc.vspcd.history import alerts as alerts_module
 from vspc.vspcd.history.alerts import (
     BUILTIN_RULES,
     LINE_LIMIT,
@@ -15,7 +16,9 @@ from vspc.vspcd.history.alerts import (
     AlertRule,
     Hit,
     anchors,
+    folded_anchors,
     parse_alerts,
+    rule_set,
     rules_in_force,
 )
 from vspc.vspcd.hub.events import Severity
@@ -225,3 +228,46 @@ def test_config_errors_name_each_key() -> None:
         "alert[3].consoles: 'uuid:nope'",
     ):
         assert wanted in errors, wanted
+
+
+def test_ignore_case_rules_are_prefiltered_by_their_folded_literals() -> None:
+    assert folded_anchors(r"(?i)disk FAILURE on \w+") == (b"disk failure on ",)
+    assert folded_anchors(r"(?i)\d+") is None  # no literal text
+    assert folded_anchors(r"(?i)Fehler: Ü") is None  # bytes.lower folds ASCII only
+    rules = rule_set([AlertRule("ci", r"(?i)disk FAILURE", Severity.INFO)])
+    assert rules.always == () and rules.live(b"all quiet\n") == set()
+    assert rules.live(b"DISK Failure on sda\n") == {0}
+
+
+def test_lower_case_literals_are_searched_without_a_byte_check_first() -> None:
+    rules = rule_set([AlertRule("segv", r"segfault at [0-9a-f]+", Severity.INFO)])
+    assert rules.groups == ((b"", ((b"segfault at ", (0,)),)),)
+    assert rules.live(b"a.out[12]: segfault at 0 ip\n") == {0}
+    assert rules.live(b"nothing to see\n") == set()
+
+
+@pytest.mark.parametrize(
+    ("regex", "expected"),
+    [
+        (r"Kernel panic - not syncing", (b"Kernel panic - not syncing",)),
+        (r"segfault at [0-9a-f]+", (b"segfault at ",)),
+        (r"mce: \[Hardware Error\]", (b"mce: [Hardware Error]",)),
+        (r"ata\d+: hard resetting link", (b": hard resetting link",)),
+        (r"abc{2,3}de", (b"ab",)),
+        (r"x[]a]yz", (b"yz",)),
+        (r"a|b", None),  # unsure: searched in every block
+        (r"(?i)x", None),
+    ],
+)
+def test_plain_anchors_without_the_private_parser(
+    regex: str, expected: tuple[bytes, ...] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(alerts_module, "_parser", None)
+    assert anchors(regex) == expected
+    # And matching stays correct: the rule still alerts.
+    if expected is not None:
+        rule = AlertRule("r", regex, Severity.INFO)
+        m = matcher((rule,))
+        line = {"abc{2,3}de": b"abccde", "x[]a]yz": b"x]yz"}.get(regex, b"")
+        if line:
+            assert [h.rule.name for h in feed(m, line + b"\n")] == ["r"]

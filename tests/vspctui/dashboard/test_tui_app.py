@@ -392,3 +392,38 @@ def test_real_terminal_in_tmux(short_dir: Path) -> None:
         if vm is not None:
             vm.close()
         daemon.close()
+
+
+def test_alert_list_acknowledges_the_marks_and_the_detail_lists_alerts(short_dir: Path) -> None:
+    panic = b"[    2.861301] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n"
+
+    async def run() -> None:
+        async with running(short_dir) as (daemon, events):
+            assert daemon.proxy_port is not None
+            vm = await FakeEsxi.connect(daemon.proxy_port, UUID_A, "db01")
+            await identified(events, UUID_A)
+            app = App(AdminAddress(path=str(short_dir / "admin.sock")), screen=screen)
+            task = asyncio.create_task(app.run())
+            await until(app, lambda: bool(screen.row("db01")), "db01")
+            vm.send(b"booting\r\n" + panic)
+            await until(app, lambda: any(" !db01 " in r for r in screen.rows), "the ! mark")
+
+            # A: the alert list (admin `alerts`), which acknowledges the marks.
+            app.press("A")
+            await until(app, lambda: "console alerts" in screen.text, "the alert list")
+            assert "db01  kernel_panic (critical)" in screen.text
+            assert "    booting" in screen.text
+            assert "  > [    2.861301] Kernel panic - not syncing" in screen.text
+            assert not any(" !db01 " in r for r in screen.rows)
+            app.press("q")  # closes the list, not the dashboard
+            assert "console alerts" not in screen.text and not task.done()
+
+            # d: the detail pane lists the console's alerts seen this session.
+            app.press("d")
+            await until(app, lambda: "alerts   1 seen" in screen.text, "alerts in the detail")
+            assert "kernel_panic (critical): [    2.861301] Kernel panic" in screen.text
+            app.press("q")
+            await asyncio.wait_for(task, TIMEOUT)
+
+    screen = HeadlessScreen(size=(120, 40))
+    asyncio.run(run())

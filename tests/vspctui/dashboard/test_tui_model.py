@@ -290,3 +290,21 @@ def test_a_console_alert_marks_the_console_and_is_logged() -> None:
     assert console_row(DB01).startswith("  db01 ")
     m.apply(event("vm_expired", port=50000))
     assert m.alerts == {}
+
+
+def test_alerts_are_kept_for_the_detail_and_acknowledged() -> None:
+    from vspc.vspctui.dashboard.model import ALERTS_PER_CONSOLE
+    from vspc.vspctui.dashboard.views import detail_lines
+
+    m = model()
+    for n in range(ALERTS_PER_CONSOLE + 2):
+        m.apply(event("console_alert", alert=f"r{n}", severity="warning", line=f"L{n}", time=n))
+    seen = m.alert_log[KEY]
+    assert [a.alert for a in seen] == [f"r{n}" for n in range(2, ALERTS_PER_CONSOLE + 2)]
+    m.acknowledge_alerts()
+    assert m.alerts == {} and len(m.alert_log[KEY]) == ALERTS_PER_CONSOLE  # the marks go
+    lines = detail_lines(DB01, 100.0, None, [(40.0, "oom_kill", "warning", "Out of \x1b[1m")])
+    assert lines[-2].startswith("alerts   1 seen")
+    assert lines[-1] == "  1m ago  oom_kill (warning): Out of \\x1b[1m"
+    m.apply(event("vm_expired", port=50000))
+    assert KEY not in m.alert_log

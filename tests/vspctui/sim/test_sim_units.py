@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vspc.vspctui.sim.cli import parse_ports
+from vspc.vspctui.sim.commands import run_command
 from vspc.vspctui.sim.guest import MarkerSource, Shell, ShellState
 from vspc.vspctui.sim.identity import Identity, IdentityError, generate, read_file
 from vspc.vspctui.sim.markers import MarkerChecker, marker, span_bytes
@@ -167,3 +170,12 @@ def test_port_lists() -> None:
     for bad in ("7002-7000", "0", "x", "70000"):
         with pytest.raises(ValueError):
             parse_ports(bad)
+
+
+def test_command_lines_may_carry_comments() -> None:
+    # docs/vspc-sim.md shows prompt commands annotated with `# ...`: pasted as they
+    # are, a comment is neither a command nor an argument.
+    out = io.StringIO()
+    assert asyncio.run(run_command(None, "# the VMs, then a vMotion", out))  # type: ignore[arg-type]
+    assert asyncio.run(run_command(None, "help   # what there is", out))  # type: ignore[arg-type]
+    assert "unknown command" not in out.getvalue() and "vmotion" in out.getvalue()
