@@ -43,8 +43,10 @@ __all__ = [
     "ClientError",
     "ConnectError",
     "ProtocolError",
+    "attach_request",
     "consoles_of",
     "open_attach",
+    "open_connection",
     "parse_reply",
 ]
 
@@ -89,7 +91,14 @@ class AdminAddress:
         return self.path if self.path is not None else f"{self.host}:{self.port}"
 
 
-async def _open(address: AdminAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def open_connection(
+    address: AdminAddress,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to vspcd's admin channel, reading replies up to `REPLY_LIMIT`.
+
+    Raises:
+        ConnectError: the daemon cannot be reached.
+    """
     try:
         if address.path is not None:
             return await asyncio.open_unix_connection(address.path, limit=REPLY_LIMIT)
@@ -149,7 +158,7 @@ class AdminClient:
         """
         if isinstance(address, str):
             address = AdminAddress(path=address)
-        reader, writer = await _open(address)
+        reader, writer = await open_connection(address)
         client = cls(reader, writer, address)
         client._read_task = asyncio.create_task(client._read_loop(), name="vspc-admin-reader")
         return client
@@ -333,6 +342,29 @@ class AttachSession:
             await self.writer.wait_closed()
 
 
+def attach_request(
+    request_id: int,
+    vm: str,
+    *,
+    lock: LockMode | None = None,
+    readonly: bool = False,
+    replay: int = 0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """The `attach` request (docs/admin-protocol.md "The attach channel"), naming only
+    the options that differ from the daemon's defaults."""
+    request: dict[str, Any] = {"cmd": "attach", "id": request_id, "vm": vm}
+    if lock is not None:
+        request["lock"] = lock.value
+    if readonly:
+        request["readonly"] = True
+    if replay:
+        request["replay"] = replay
+    if quiet:
+        request["quiet"] = True
+    return request
+
+
 async def open_attach(
     address: AdminAddress | str,
     vm: str,
@@ -355,16 +387,8 @@ async def open_attach(
     """
     if isinstance(address, str):
         address = AdminAddress(path=address)
-    reader, writer = await _open(address)
-    request: dict[str, Any] = {"cmd": "attach", "id": 1, "vm": vm}
-    if lock is not None:
-        request["lock"] = lock.value
-    if readonly:
-        request["readonly"] = True
-    if replay:
-        request["replay"] = replay
-    if quiet:
-        request["quiet"] = True
+    reader, writer = await open_connection(address)
+    request = attach_request(1, vm, lock=lock, readonly=readonly, replay=replay, quiet=quiet)
     try:
         try:
             writer.write(encode_message(request))

@@ -211,6 +211,7 @@ def _check_attach(request: Mapping[str, Any], fields: dict[str, Any]) -> None:
 
 
 _VM = FieldSpec("vm", FieldKind.STR, "console: name, NAME_LABEL, key, UUID or telnet port", True)
+_VM_FILTER = FieldSpec("vm", FieldKind.STR, "only this console (as for show)")
 _REASON = FieldSpec(
     "reason",
     FieldKind.STR,
@@ -345,7 +346,7 @@ COMMANDS: Mapping[str, CommandSpec] = {
         CommandSpec(
             "who",
             "who is on which console: how, in which mode, since when",
-            (FieldSpec("vm", FieldKind.STR, "only this console (as for show)"),),
+            (_VM_FILTER,),
         ),
         CommandSpec(
             "break",
@@ -357,7 +358,7 @@ COMMANDS: Mapping[str, CommandSpec] = {
             "alerts",
             "recent console alerts (kernel panics, Oopses, ...), oldest first",
             (
-                FieldSpec("vm", FieldKind.STR, "only this console (as for show)"),
+                _VM_FILTER,
                 FieldSpec(
                     "limit",
                     FieldKind.INT,

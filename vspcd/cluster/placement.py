@@ -52,10 +52,10 @@ COOKIE_WAIT = 5.0
 
 
 class Mode(Enum):
-    DECIDING = "deciding"
-    LOCAL = "local"
-    RELAY = "relay"
-    GONE = "gone"
+    DECIDING = "deciding"  # output held until the VM says who it is
+    LOCAL = "local"  # this node owns the console: straight to the hub
+    RELAY = "relay"  # another node owns it: over the peer link
+    GONE = "gone"  # the VM connection closed
 
 
 @dataclass(eq=False, slots=True)

@@ -38,9 +38,11 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 class Kind(StrEnum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
+    """A family's `# TYPE`."""
+
+    COUNTER = "counter"  # only goes up (`Family.counter` names it `*_total`)
+    GAUGE = "gauge"  # goes up and down
+    HISTOGRAM = "histogram"  # cumulative `_bucket` samples, `_sum` and `_count`
 
 
 @dataclass(frozen=True, slots=True)

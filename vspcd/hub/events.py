@@ -88,9 +88,9 @@ class DropReason(StrEnum):
 class Severity(StrEnum):
     """How bad a console alert is (docs/operations.md "Console alerts")."""
 
-    INFO = "info"
-    WARNING = "warning"
-    CRITICAL = "critical"
+    INFO = "info"  # worth a look
+    WARNING = "warning"  # the guest may recover by itself
+    CRITICAL = "critical"  # the guest is down or needs hands (the built-in rules' default)
 
 
 @dataclass(frozen=True, slots=True)

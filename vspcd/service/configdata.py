@@ -69,9 +69,9 @@ class ConfigError(Exception):
 class LogTarget(Enum):
     """Where `__main__` sends log records."""
 
-    STDERR = "stderr"
-    STDOUT = "stdout"
-    SYSLOG = "syslog"
+    STDERR = "stderr"  # the default
+    STDOUT = "stdout"  # --stdout
+    SYSLOG = "syslog"  # --daemon
 
 
 @dataclass(frozen=True, slots=True)

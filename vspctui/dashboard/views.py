@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import urwid
 
@@ -261,6 +261,14 @@ class _Rows(urwid.ListWalker):  # type: ignore[type-arg]
         self._modified()
 
 
+class _RowMarks(TypedDict, total=False):
+    """What `ConsoleList.show` passes on to `show_keys` as it is."""
+
+    idle: Callable[[str], float | None] | None  # idle(key): seconds since last active
+    stale: bool  # vspcd is unreachable
+    alerted: Collection[str]  # keys of consoles that raised a console alert
+
+
 class ConsoleList(Wrap):
     """One row per console.  Emits "attach" with the focused `ConsoleInfo` on Enter,
     and "focus" with the newly focused one (or None) when the focus moves.
@@ -303,24 +311,13 @@ class ConsoleList(Wrap):
         consoles: Sequence[ConsoleInfo],
         following: Collection[str] = (),
         empty: str = "",
-        *,
-        idle: Callable[[str], float | None] | None = None,
-        stale: bool = False,
-        alerted: Collection[str] = (),
+        **marks: Unpack[_RowMarks],
     ) -> None:
         """Show `consoles` in order, keeping the focus on the same console if it is
-        still there; `following` are the keys to mark (pinned), `idle(key)` the
-        seconds since a console was last active, `stale` that vspcd is unreachable,
-        `alerted` the keys of consoles that raised a console alert."""
-        self.show_keys(
-            [c.key for c in consoles],
-            {c.key: c for c in consoles},
-            following,
-            empty,
-            idle=idle,
-            stale=stale,
-            alerted=alerted,
-        )
+        still there; `following` are the keys to mark (pinned); `marks` as
+        `_RowMarks` says."""
+        keys = [c.key for c in consoles]
+        self.show_keys(keys, {c.key: c for c in consoles}, following, empty, **marks)
 
     def show_keys(
         self,

@@ -53,10 +53,12 @@ _sequences = itertools.count(1)
 
 
 class Kind(Enum):
-    SUCCESS = "success"
-    NOTNOW = "notnow"
-    ABORT = "abort"
-    ABANDON = "abandon"
+    """A vMotion the source host drives (the module docstring has each one's steps)."""
+
+    SUCCESS = "success"  # §4.2
+    NOTNOW = "notnow"  # §4.3 F1
+    ABORT = "abort"  # §4.3 F3
+    ABANDON = "abandon"  # §4.3 F8, F11
 
 
 @dataclass(frozen=True, slots=True)

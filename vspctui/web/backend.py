@@ -35,12 +35,12 @@ from vspc.common.admin import (
     raise_for_reply,
 )
 from vspc.vspctui.client import (
-    REPLY_LIMIT,
     AdminAddress,
     AdminClient,
     AttachSession,
-    ConnectError,
     ProtocolError,
+    attach_request,
+    open_connection,
     parse_reply,
 )
 
@@ -56,15 +56,6 @@ __all__ = [
 CLIENT_NAME = "vspc-web"
 REPLAY = 64 * 1024  # scrollback replayed to a new viewer
 CHUNK = 64 * 1024
-
-
-async def _open(address: AdminAddress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    try:
-        if address.path is not None:
-            return await asyncio.open_unix_connection(address.path, limit=REPLY_LIMIT)
-        return await asyncio.open_connection(address.host, address.port, limit=REPLY_LIMIT)
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to vspcd at {address}: {exc.strerror or exc}") from exc
 
 
 async def _request(
@@ -118,17 +109,11 @@ async def open_attach_as(
     Raises:
         ConnectError, ProtocolError, AdminError (the daemon's refusal).
     """
-    reader, writer = await _open(address)
+    reader, writer = await open_connection(address)
     try:
         if user is not None:
             await _request(reader, writer, {"cmd": "hello", "id": 1, "as_user": user})
-        request: dict[str, Any] = {"cmd": "attach", "id": 2, "vm": vm}
-        if lock is not None:
-            request["lock"] = lock.value
-        if readonly:
-            request["readonly"] = True
-        if replay:
-            request["replay"] = replay
+        request = attach_request(2, vm, lock=lock, readonly=readonly, replay=replay)
         grant = parse_reply(AttachGrant.from_json, await _request(reader, writer, request))
     except OSError as exc:
         writer.close()
