@@ -147,6 +147,20 @@ class WebApp:
                 session.state["admin"] = current
             return current
 
+    async def sweep(self) -> None:
+        """End expired sessions (closing their sockets) while nobody asks for them.
+
+        A session with an open WebSocket counts as active (someone is watching), so
+        only `lifetime` ends it; one without ends `idle` seconds after its last request.
+        """
+        period = max(0.05, min(30.0, self.settings.idle / 4, self.settings.lifetime / 4))
+        while True:
+            await asyncio.sleep(period)
+            for session in self.sessions.all():
+                if session.state.get("sockets"):
+                    self.sessions.get(session.id)  # touch, unless its lifetime is over
+            self.sessions.sweep()
+
     async def close(self) -> None:
         for session in self.sessions.all():
             self.sessions.end(session)
@@ -636,8 +650,17 @@ def make_app(settings: WebSettings) -> web.Application:
     application.router.add_get("/ws/console/{name}", console_socket)
     application.router.add_get("/static/{path:.+}", static)
 
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def on_startup(app: web.Application) -> None:
+        sweeper.append(asyncio.get_running_loop().create_task(state.sweep()))
+
     async def on_cleanup(app: web.Application) -> None:
+        for task in sweeper:
+            task.cancel()
         await state.close()
+
+    application.on_startup.append(on_startup)
 
     application.on_cleanup.append(on_cleanup)
     return application
