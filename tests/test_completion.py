@@ -129,7 +129,7 @@ def test_attach_completes_console_names_from_the_daemon(daemon: Path) -> None:
     # --socket on the command line is the daemon asked.
     assert _complete(f"vspc --socket {daemon} show w", daemon, socket_option=True) == ["web01"]
     # `vspc VM` attaches: a first word completes to commands and consoles.
-    assert _complete("vspc w", daemon) == ["whoami", "web01"]  # a command and a console
+    assert _complete("vspc w", daemon) == ["who", "whoami", "web01"]  # commands and a console
 
 
 @needs_bash

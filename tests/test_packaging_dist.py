@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"vspcd", "vspc", "vspc-tui", "vspc-sim", "vspc-web"}
 SHIPPED = {
     "vspcd.service",
+    "vspc-web.service",
     "vspcd.sysusers",
     "vspcd.tmpfiles",
     "vspcd.logrotate",
