@@ -174,7 +174,8 @@ async def _viewers(base: str, count: int, total: int, control: Connection) -> No
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
             csrf = await login(session, base)
             url = f"{base}/ws/console/{NAME}?csrf={csrf}"
-            async with session.ws_connect(url, origin=base, max_msg_size=0) as ws:
+            # compress=15: offer permessage-deflate, as browsers do.
+            async with session.ws_connect(url, origin=base, max_msg_size=0, compress=15) as ws:
                 first = await ws.receive_json()
                 assert first.get("type") == "grant", first
                 ready.set()
@@ -389,7 +390,10 @@ async def _pump_list(ws: Any, watcher: ListWatcher) -> None:
 async def scenario_list(consoles: int, concurrency: int) -> dict[str, Any]:
     import aiohttp
 
-    with running_daemon(vm_ports=False) as daemon:
+    # Every fake VM comes from 127.0.0.1: lift the per-address cap, and the automatic
+    # console limit (a third of the open-file limit) above the burst (docs/security.md).
+    extra = ["--consoles-per-host", "0", "--console-limit", str(consoles + 100)]
+    with running_daemon(vm_ports=False, extra_args=extra) as daemon:
         web = Web(daemon.admin_path.parent, daemon.admin_path)
         web.start()
         base = f"http://{HOST}:{web.port}"

@@ -429,7 +429,9 @@ async def action(request: web.Request) -> web.StreamResponse:
 # -- WebSockets -------------------------------------------------------------------------
 
 
-async def _open_ws(request: web.Request) -> tuple[Session, web.WebSocketResponse]:
+async def _open_ws(
+    request: web.Request, *, compress: bool = True
+) -> tuple[Session, web.WebSocketResponse]:
     app = request.app[APP]
     session = app.current(request)
     if session is None:
@@ -439,7 +441,9 @@ async def _open_ws(request: web.Request) -> tuple[Session, web.WebSocketResponse
     if not origin_ok(request):
         log.warning("vspc-web: WebSocket from foreign origin %r", request.headers.get("Origin"))
         raise web.HTTPForbidden(text="foreign origin")
-    ws = web.WebSocketResponse(max_msg_size=app.settings.max_message, heartbeat=30.0)
+    ws = web.WebSocketResponse(
+        max_msg_size=app.settings.max_message, heartbeat=30.0, compress=compress
+    )
     await ws.prepare(request)
     session.state.setdefault("sockets", set()).add(ws)
     return session, ws
@@ -594,7 +598,9 @@ class _ConsoleSocket:
 
 async def console_socket(request: web.Request) -> web.StreamResponse:
     app = request.app[APP]
-    session, ws = await _open_ws(request)
+    # No permessage-deflate on console output: browsers offer it, and it would cost
+    # one zlib stream per viewer for bytes that are shared by all of them.
+    session, ws = await _open_ws(request, compress=False)
     sock = _ConsoleSocket(app, session, ws, request.match_info["name"])
     sender: asyncio.Task[None] | None = None
     try:
