@@ -1,7 +1,7 @@
-"""Generate the bash and zsh completions of vspc, vspcd, vspc-tui and vspc-sim.
+"""Generate the bash and zsh completions of vspc, vspcd, vspc-tui, vspc-sim and vspc-web.
 
 Usage: ``python3 packaging/completion.py OUTDIR`` writes OUTDIR/bash/{vspc,vspcd,vspc-tui,
-vspc-sim} and OUTDIR/zsh/_vspc.  The generated files are kept in packaging/completion/
+vspc-sim,vspc-web} and OUTDIR/zsh/_vspc.  The generated files are kept in packaging/completion/
 (so an sdist or a checkout has them without running anything); tests/test_completion.py
 fails when they differ from what this script makes now, and runs the bash one against a
 real daemon.
@@ -197,7 +197,7 @@ def zsh_all() -> str:
             others.append(f"    ({prog}) compadd -- {_words(_options(parser_for(prog)))} ;;")
     return (
         HEADER
-        + f"""#compdef vspc vspcd vspc-tui vspc-sim
+        + f"""#compdef {" ".join(PARSERS)}
 # zsh completion: vspc's commands, options and console names (asked of vspcd, bounded
 # by `timeout 2`, silent on error); the other tools' options.
 

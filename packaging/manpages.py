@@ -1,4 +1,5 @@
-"""Generate the man pages vspcd(8), vspc(1), vspc-tui(1), vspc-sim(1) and vspcd.toml(5).
+"""Generate the man pages vspcd(8), vspc(1), vspc-tui(1), vspc-sim(1), vspc-web(1) and
+vspcd.toml(5).
 
 Usage: ``python3 packaging/manpages.py [--tree] OUTDIR`` (--tree: into OUTDIR/manN/, as
 under /usr/share/man; with vspc importable: an installed
@@ -31,6 +32,7 @@ PARSERS: dict[str, tuple[str, str]] = {
     "vspc": ("vspc.vspctui.shell.cli", "build_parser"),
     "vspc-tui": ("vspc.vspctui.dashboard.app", "build_parser"),
     "vspc-sim": ("vspc.vspctui.sim.cli", "build_parser"),
+    "vspc-web": ("vspc.vspctui.web.cli", "build_parser"),
 }
 COMMAND_TABLE = ("vspc.vspctui.shell.commands", "commands")
 KEY_SECTIONS = ("vspc.vspctui.dashboard.keys", "help_sections")
@@ -241,6 +243,25 @@ def vspc_sim_page() -> Page:
     return Page("vspc-sim", 1, "simulated ESXi VMs for testing a serial port concentrator", body)
 
 
+def vspc_web_page() -> Page:
+    parser = parser_for("vspc-web")
+    body = synopsis(parser) + [".SH DESCRIPTION"] + _paragraphs(parser.description)
+    body += _paragraphs(
+        "A web server that shows the consoles of vspcd(8) in a browser, over the admin "
+        "socket only. On a loopback address it prints a URL with a secret token; "
+        "anywhere else it needs --cert and --key and a login method (--auth passwords, "
+        "pam or proxy-header), and acts for each logged-in user through vspcd's "
+        "delegates setting, with that user's access levels. Options may also be set in "
+        "/etc/vspc/vspc-web.toml (keys are the long options, dashes as underscores)."
+    )
+    body += options_section(parser)
+    body += [".SH FILES", ".TP", f"\\fB{text('/etc/vspc/vspc-web.toml')}\\fR"]
+    body += [_one_line("the options, as TOML"), ".TP", f"\\fB{text('vspc-web.service')}\\fR"]
+    body += [_one_line("the systemd unit (it runs as the user vspc-web)")]
+    body += _see_also("vspcd(8)", "vspc(1)", "vspcd.toml(5)")
+    return Page("vspc-web", 1, "vspcd's consoles in a browser", body)
+
+
 def file_keys(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """vspcd's configuration keys and the option each stands for, as vspcd reads them."""
     # The flag table gives each key its flag; the parser (built from the same table)
@@ -289,6 +310,7 @@ PAGES: tuple[Callable[[], Page], ...] = (
     vspc_page,
     vspc_tui_page,
     vspc_sim_page,
+    vspc_web_page,
     vspcd_toml_page,
 )
 

@@ -18,7 +18,13 @@ sys.path.insert(0, str(REPO / "packaging"))
 
 import manpages  # noqa: E402
 
-PAGES = {"vspcd": "vspcd.8", "vspc": "vspc.1", "vspc-tui": "vspc-tui.1", "vspc-sim": "vspc-sim.1"}
+PAGES = {
+    "vspcd": "vspcd.8",
+    "vspc": "vspc.1",
+    "vspc-tui": "vspc-tui.1",
+    "vspc-sim": "vspc-sim.1",
+    "vspc-web": "vspc-web.1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +86,8 @@ def test_the_command_line_writes_a_man_tree(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    for name in ("man1/vspc.1", "man1/vspc-tui.1", "man1/vspc-sim.1", "man5/vspcd.toml.5",
+    for name in ("man1/vspc.1", "man1/vspc-tui.1", "man1/vspc-sim.1", "man1/vspc-web.1",
+                 "man5/vspcd.toml.5",
                  "man8/vspcd.8"):  # fmt: skip
         assert (tmp_path / name).is_file(), name
 

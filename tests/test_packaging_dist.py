@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"vspcd", "vspc", "vspc-tui", "vspc-sim", "vspc-web"}
 SHIPPED = {
     "vspcd.service",
+    "vspc-web.service",
     "vspcd.sysusers",
     "vspcd.tmpfiles",
     "vspcd.logrotate",
@@ -186,6 +187,14 @@ def test_rpm_builds_from_the_sdist(dists: tuple[Path, Path], tmp_path: Path) -> 
     )
     if script.returncode == 0 and script.stdout:
         assert script.stdout.startswith("#!/usr/bin/python3\n"), script.stdout[:80]
+    # vspc-web is a subpackage: its program, unit and man page, needing aiohttp.
+    (web,) = (top / "RPMS" / "noarch").glob(f"vspc-web-{__version__}-*.noarch.rpm")
+    listing = subprocess.run(["rpm", "-qlp", str(web)], capture_output=True, text=True, check=True)
+    web_files = set(listing.stdout.split())
+    assert {"/usr/bin/vspc-web", "/usr/lib/systemd/system/vspc-web.service"} <= web_files
+    assert "/usr/bin/vspc-web" not in files
+    requires = subprocess.run(["rpm", "-qRp", str(web)], capture_output=True, text=True)
+    assert "python3-aiohttp" in requires.stdout
 
 
 def _documented_rpmbuild() -> list[str]:

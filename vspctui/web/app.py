@@ -147,6 +147,20 @@ class WebApp:
                 session.state["admin"] = current
             return current
 
+    async def sweep(self) -> None:
+        """End expired sessions (closing their sockets) while nobody asks for them.
+
+        A session with an open WebSocket counts as active (someone is watching), so
+        only `lifetime` ends it; one without ends `idle` seconds after its last request.
+        """
+        period = max(0.05, min(30.0, self.settings.idle / 4, self.settings.lifetime / 4))
+        while True:
+            await asyncio.sleep(period)
+            for session in self.sessions.all():
+                if session.state.get("sockets"):
+                    self.sessions.get(session.id)  # touch, unless its lifetime is over
+            self.sessions.sweep()
+
     async def close(self) -> None:
         for session in self.sessions.all():
             self.sessions.end(session)
@@ -415,7 +429,9 @@ async def action(request: web.Request) -> web.StreamResponse:
 # -- WebSockets -------------------------------------------------------------------------
 
 
-async def _open_ws(request: web.Request) -> tuple[Session, web.WebSocketResponse]:
+async def _open_ws(
+    request: web.Request, *, compress: bool = True
+) -> tuple[Session, web.WebSocketResponse]:
     app = request.app[APP]
     session = app.current(request)
     if session is None:
@@ -425,7 +441,9 @@ async def _open_ws(request: web.Request) -> tuple[Session, web.WebSocketResponse
     if not origin_ok(request):
         log.warning("vspc-web: WebSocket from foreign origin %r", request.headers.get("Origin"))
         raise web.HTTPForbidden(text="foreign origin")
-    ws = web.WebSocketResponse(max_msg_size=app.settings.max_message, heartbeat=30.0)
+    ws = web.WebSocketResponse(
+        max_msg_size=app.settings.max_message, heartbeat=30.0, compress=compress
+    )
     await ws.prepare(request)
     session.state.setdefault("sockets", set()).add(ws)
     return session, ws
@@ -580,7 +598,9 @@ class _ConsoleSocket:
 
 async def console_socket(request: web.Request) -> web.StreamResponse:
     app = request.app[APP]
-    session, ws = await _open_ws(request)
+    # No permessage-deflate on console output: browsers offer it, and it would cost
+    # one zlib stream per viewer for bytes that are shared by all of them.
+    session, ws = await _open_ws(request, compress=False)
     sock = _ConsoleSocket(app, session, ws, request.match_info["name"])
     sender: asyncio.Task[None] | None = None
     try:
@@ -636,8 +656,17 @@ def make_app(settings: WebSettings) -> web.Application:
     application.router.add_get("/ws/console/{name}", console_socket)
     application.router.add_get("/static/{path:.+}", static)
 
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def on_startup(app: web.Application) -> None:
+        sweeper.append(asyncio.get_running_loop().create_task(state.sweep()))
+
     async def on_cleanup(app: web.Application) -> None:
+        for task in sweeper:
+            task.cancel()
         await state.close()
+
+    application.on_startup.append(on_startup)
 
     application.on_cleanup.append(on_cleanup)
     return application

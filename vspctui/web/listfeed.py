@@ -59,7 +59,9 @@ class ListFeed:
         self._task = asyncio.get_running_loop().create_task(self._read(), name="vspc-web-list")
 
     def snapshot(self) -> str:
-        return json.dumps({"rows": list(self.rows.values()), "gone": [], "full": True})
+        return json.dumps(
+            {"rows": list(self.rows.values()), "gone": [], "full": True}, separators=(",", ":")
+        )
 
     def add(self) -> asyncio.Queue[str | None]:
         sink: asyncio.Queue[str | None] = asyncio.Queue(QUEUE)
@@ -136,7 +138,7 @@ class ListFeed:
         if not self._dirty and not self._gone:
             return
         rows = [self.rows[key] for key in self._dirty if key in self.rows]
-        message = json.dumps({"rows": rows, "gone": sorted(self._gone)})
+        message = json.dumps({"rows": rows, "gone": sorted(self._gone)}, separators=(",", ":"))
         self._dirty.clear()
         self._gone.clear()
         for sink in tuple(self.sinks):

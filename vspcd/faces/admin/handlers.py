@@ -109,8 +109,12 @@ def _delegate(link: AdminLink, name: str) -> Identity:
 def _hello(link: AdminLink, request: Request) -> Reply:
     client, as_user = request.fields["client"], request.fields["as_user"]
     if as_user is not None:
-        delegate = link.identity
-        link.identity = _delegate(link, as_user)
+        delegate, acting = link.identity, _delegate(link, as_user)
+        assert acting.uid is not None  # from NSS
+        refusal = link.server.delegated(link, acting.uid)  # that user's own allowance
+        if refusal is not None:
+            raise AdminError(ErrorCode.BUSY, refusal)
+        link.identity = acting
         log.info("admin %s: acts for %s", delegate, link.identity)
     if client:
         log.info("admin %s: client %s", link.identity, safe(client))

@@ -37,6 +37,11 @@ class Limits:
     # `connections - reserved`, so those two can always get in.
     per_peer: int = 16
     reserved: int = 8
+    # A delegate (a uid named by `delegates`, e.g. vspc-web) holds connections for many
+    # people: they count apart from `connections`, up to `delegate_connections` per
+    # delegate, and once `hello` names the user (`as_user`) against that user's own
+    # `per_peer` (docs/security.md, docs/vspc-web.md).
+    delegate_connections: int = 512
     # At the shared limit, an idle connection (not subscribed or tailing) open this
     # long may be dropped for a newcomer from a peer holding fewer (docs/security.md).
     evict_after: float = 5.0

@@ -27,7 +27,7 @@ from vspc.vspcd.faces.admin import limits as limits_module
 from vspc.vspcd.faces.admin.access import Gate
 from vspc.vspcd.faces.admin.limits import Limits
 from vspc.vspcd.faces.admin.link import AdminLink
-from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy
+from vspc.vspcd.faces.admin.policy import DEFAULT_POLICY, AccessPolicy, Source
 from vspc.vspcd.history.grep import LogPlace
 from vspc.vspcd.history.watch import AlertBook
 from vspc.vspcd.hub.audit import AuditRecord
@@ -98,6 +98,8 @@ class AdminServer:
         self._links: set[AdminLink] = set()
         # Open links per peer (uid or host), oldest first, with when each was admitted.
         self._per_peer: dict[object, dict[AdminLink, float]] = {}
+        # Links from delegates (`delegates`): their own pool, not the shared one.
+        self._delegated: dict[AdminLink, object] = {}  # link -> its delegate's peer key
         self._socket: AdminSocket | None = None
         self._tcp: Listener | None = None
         loop = asyncio.get_running_loop()
@@ -238,19 +240,62 @@ class AdminServer:
         limits = self.limits
         if self._stopping:
             return "vspcd is shutting down"
-        total = len(self._links)
+        if self._is_delegate(link):
+            return self._admit_delegate(link)
+        total = len(self._links) - len(self._delegated)
         if total >= limits.connections and not self._evict_for(link.peer_key):
             return f"too many admin connections ({total} open)"
         if not link.privileged:
             mine = len(self._per_peer.get(link.peer_key, ()))
             if mine >= limits.per_peer:
                 return f"too many admin connections from this peer ({mine} open)"
-            total = len(self._links)
+            total = len(self._links) - len(self._delegated)
             if total >= limits.connections - limits.reserved and not self._evict_for(link.peer_key):
                 return f"too many admin connections ({total} open, the rest reserved)"
         self._links.add(link)
         self._per_peer.setdefault(link.peer_key, {})[link] = self.hub.now()
         return None
+
+    def _is_delegate(self, link: AdminLink) -> bool:
+        me = link.identity
+        return (
+            not link.privileged
+            and me.source is Source.UNIX
+            and me.uid is not None
+            and me.uid in self.gate.policy.delegates
+        )
+
+    def _admit_delegate(self, link: AdminLink) -> str | None:
+        """A delegate's connection: its own pool of `delegate_connections`, apart from
+        the shared one, so many browser users neither crowd out operators nor are
+        crowded out by them."""
+        held = sum(1 for key in self._delegated.values() if key == link.peer_key)
+        if held >= self.limits.delegate_connections:
+            return f"too many admin connections from this delegate ({held} open)"
+        self._links.add(link)
+        self._delegated[link] = link.peer_key
+        self._per_peer.setdefault(link.peer_key, {})[link] = self.hub.now()
+        return None
+
+    def delegated(self, link: AdminLink, uid: int) -> str | None:
+        """`link`'s delegate now acts for the user `uid` (`hello` with `as_user`):
+        count it against that user's `per_peer`, not the delegate's; or say why not."""
+        if link not in self._delegated:
+            return None  # privileged, or admitted before `delegates` named its peer
+        key = ("as_user", uid)
+        mine = len(self._per_peer.get(key, ()))
+        if mine >= self.limits.per_peer:
+            return f"too many admin connections for this user ({mine} open)"
+        self._unkey(link)
+        link.peer_key = key
+        self._per_peer.setdefault(key, {})[link] = self.hub.now()
+        return None
+
+    def _unkey(self, link: AdminLink) -> None:
+        held = self._per_peer[link.peer_key]
+        del held[link]
+        if not held:
+            del self._per_peer[link.peer_key]
 
     def _evict_for(self, key: object) -> bool:
         """Drop the oldest idle link of the heaviest other peer; False if none is."""
@@ -264,6 +309,8 @@ class AdminServer:
                 if since > cutoff:
                     break  # the rest were admitted later still
                 if victim.privileged or victim.subscribed or victim.tails:
+                    continue
+                if victim in self._delegated:  # another pool
                     continue
                 self.evictions.log(
                     "admin %s: idle connection dropped for a newcomer (%d open from it)",
@@ -279,10 +326,8 @@ class AdminServer:
         if link not in self._links:
             return
         self._links.discard(link)
-        held = self._per_peer[link.peer_key]
-        del held[link]
-        if not held:
-            del self._per_peer[link.peer_key]
+        self._delegated.pop(link, None)
+        self._unkey(link)
 
     # -- rows and events ------------------------------------------------------------------
 
