@@ -2,8 +2,9 @@
 (docs/vspc-web.md).
 
 Routes: `/` (the console list; `?token=` logs in on loopback), `/login`, `/logout`,
-`/console/<name>`, `/api/console/<name>` (its `show`), `/api/console/<name>/<action>`
-(clear, kick, break), `/ws/list`, `/ws/console/<name>`, `/static/<file>`.
+`/console/<name>`, `/api/console/<name>` (its `show` and newest alerts),
+`/api/console/<name>/<action>` (clear, kick, break), `/ws/list`, `/ws/console/<name>`,
+`/static/<file>`.
 
 Every state change needs the session's CSRF token (the `X-CSRF-Token` header, the
 `csrf` form field, or the WebSocket URL's `csrf`), WebSockets also an `Origin` equal
@@ -48,6 +49,7 @@ LOGIN_COOKIE = "vspc_web_login"
 STATIC = Path(__file__).resolve().parent / "static"
 _TYPES = {".js": "text/javascript", ".css": "text/css", "": "text/plain"}
 ACTIONS = ("clear", "kick", "break")
+ALERTS_SHOWN = 20  # a console page's newest alerts
 MODES = {
     "free_for_all": LockMode.FREE_FOR_ALL,
     "write": LockMode.WRITE,
@@ -390,7 +392,37 @@ async def show(request: web.Request) -> web.StreamResponse:
         "attached": _client_json(info),
     }
     caps = [c for c in hello.get("capabilities", []) if isinstance(c, str)]
-    return _json({"ok": True, "console": console, "capabilities": caps})
+    alerts = await _alerts_of(client, info.key) if "alerts" in caps else []
+    return _json({"ok": True, "console": console, "capabilities": caps, "alerts": alerts})
+
+
+async def _alerts_of(client: AdminClient, key: str) -> list[dict[str, Any]]:
+    """The console's newest alerts, newest first (docs/operations.md "Console alerts").
+
+    The line and its context come from the VM: the page sets them as text only.
+    """
+    try:
+        reply = await client.request("alerts", vm=key, limit=ALERTS_SHOWN)
+    except AdminError:
+        return []
+    rows = reply.get("alerts")
+    shown = []
+    for row in reversed(rows if isinstance(rows, list) else []):
+        if not isinstance(row, dict):
+            continue
+        context = row.get("context")
+        shown.append(
+            {
+                "rule": row.get("alert"),
+                "severity": row.get("severity"),
+                "time": row.get("time"),
+                "line": row.get("line"),
+                "context": [c for c in context if isinstance(c, str)]
+                if isinstance(context, list)
+                else [],
+            }
+        )
+    return shown
 
 
 async def action(request: web.Request) -> web.StreamResponse:
@@ -455,8 +487,8 @@ async def list_socket(request: web.Request) -> web.StreamResponse:
     try:
         feed: ListFeed | None = session.state.get("list")
         if feed is None or feed.ended:
-            client, _ = await app.admin(session)
-            feed = ListFeed(client)
+            client, hello = await app.admin(session)
+            feed = ListFeed(client, alerts="alerts" in hello.get("capabilities", ()))
             await feed.start()
             session.state["list"] = feed
         sink = feed.add()

@@ -3,7 +3,9 @@
 
 Boundary: takes a subscribed `AdminClient` (the session's own, so the list shows
 exactly the consoles that user may watch) and keeps compact rows: key, name, VM
-connected, clients, lock, last activity.  Changes are coalesced and pushed to every
+connected, clients, lock, last activity, and the newest console alert (rule,
+severity, time; seeded from the admin `alerts` command, then kept from `console_alert`
+events: docs/operations.md "Console alerts").  Changes are coalesced and pushed to every
 list socket of the session at most every `FLUSH` seconds as one message
 `{"rows": [...changed...], "gone": [keys]}`, so 10,000 consoles and event bursts
 cost one small message per interval, not one per event.  A socket whose queue of
@@ -16,12 +18,13 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from vspc.common.admin import ConsoleInfo, Event
+from vspc.common.admin import MAX_ALERTS, AdminError, ConsoleInfo, Event, EventName
 from vspc.vspctui.client import AdminClient, ClientError
 
-__all__ = ["FLUSH", "ListFeed", "row_of"]
+__all__ = ["FLUSH", "ListFeed", "alert_of", "row_of"]
 
 FLUSH = 0.2  # seconds between pushes of coalesced changes
 QUEUE = 32  # unsent messages per list socket before it is dropped
@@ -36,15 +39,30 @@ def row_of(info: ConsoleInfo) -> dict[str, Any]:
         "clients": info.clients,
         "lock": info.lock.value if info.lock is not None else None,
         "last": info.last_output,
+        "alert": None,
     }
+
+
+def alert_of(fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A row's alert badge from a `console_alert` event or an `alerts` row (None if it
+    is malformed): the rule, its severity and when.  The matching line stays out of
+    the list's messages; the console page shows it."""
+    rule, severity, when = fields.get("alert"), fields.get("severity"), fields.get("time")
+    if not isinstance(rule, str) or not isinstance(severity, str):
+        return None
+    if not isinstance(when, int | float) or isinstance(when, bool):
+        when = None
+    return {"rule": rule, "severity": severity, "time": when}
 
 
 class ListFeed:
     """One session's live console list."""
 
-    def __init__(self, client: AdminClient) -> None:
+    def __init__(self, client: AdminClient, *, alerts: bool = True) -> None:
         self.client = client
+        self.with_alerts = alerts  # the daemon has the `alerts` command (hello's capabilities)
         self.rows: dict[str, dict[str, Any]] = {}
+        self.alerts: dict[str, dict[str, Any]] = {}  # key -> the newest alert's badge
         self.sinks: set[asyncio.Queue[str | None]] = set()
         self._dirty: set[str] = set()
         self._gone: set[str] = set()
@@ -56,7 +74,35 @@ class ListFeed:
     async def start(self) -> None:
         snapshot = await self.client.subscribe()
         self.rows = {info.key: row_of(info) for info in snapshot}
+        if self.with_alerts:
+            # After `subscribe`: an alert raised in between is in the reply and among
+            # the events, and `_note_alert` keeps whichever is newer.
+            await self._seed_alerts()
         self._task = asyncio.get_running_loop().create_task(self._read(), name="vspc-web-list")
+
+    async def _seed_alerts(self) -> None:
+        try:
+            reply = await self.client.request("alerts", limit=MAX_ALERTS)
+        except AdminError:  # refused (e.g. by an access rule): the list goes on without
+            return
+        rows = reply.get("alerts")
+        for row in rows if isinstance(rows, list) else ():
+            if isinstance(row, dict) and isinstance(row.get("key"), str):
+                self._note_alert(row["key"], row)
+
+    def _note_alert(self, key: str, fields: Mapping[str, Any]) -> bool:
+        """Keep `fields` as `key`'s alert unless a newer one is known; whether it was."""
+        badge = alert_of(fields)
+        if badge is None:
+            return False
+        known = self.alerts.get(key)
+        if known is not None and (known["time"] or 0) > (badge["time"] or 0):
+            return False
+        self.alerts[key] = badge
+        row = self.rows.get(key)
+        if row is not None:
+            row["alert"] = badge
+        return True
 
     def snapshot(self) -> str:
         return json.dumps(
@@ -99,14 +145,20 @@ class ListFeed:
             if console is not None:
                 self.rows[key] = row_of(console)
                 self.rows[key]["last"] = time.time()
+                self.rows[key]["alert"] = self.alerts.get(key)
                 self._gone.discard(key)
                 self._changed(key)
             return
         if kind == "vm_expired":
+            self.alerts.pop(key, None)
             if self.rows.pop(key, None) is not None:
                 self._dirty.discard(key)
                 self._gone.add(key)
                 self._schedule()
+            return
+        if kind == EventName.CONSOLE_ALERT:
+            if self._note_alert(key, event.fields) and key in self.rows:
+                self._changed(key)
             return
         row = self.rows.get(key)
         if row is None:

@@ -37,9 +37,10 @@ def list_page(who: str, csrf: str) -> str:
         f'<body data-csrf="{escape(csrf)}">{_header(who, csrf)}<main>'
         "<h1>Consoles</h1>"
         '<p><label>Filter <input id="filter" type="search" autocomplete="off" '
-        'placeholder="name, lock, connected"></label> <span id="count" role="status"></span></p>'
+        'placeholder="name, lock, connected, alert"></label> '
+        '<span id="count" role="status"></span></p>'
         '<table id="consoles"><thead><tr><th>console</th><th>VM</th><th>clients</th>'
-        "<th>lock</th><th>last activity</th></tr></thead><tbody></tbody></table>"
+        "<th>lock</th><th>last activity</th><th>alert</th></tr></thead><tbody></tbody></table>"
         '<p id="status" role="status"></p></main></body>'
     )
     return _page("vspc-web: consoles", body, scripts=("list.js",))
@@ -54,6 +55,8 @@ def console_page(name: str, who: str, csrf: str) -> str:
         '<p id="state" role="status">connecting…</p>'
         '<p id="actions"></p>'
         '<div id="terminal"></div>'
+        '<section id="alert-section" class="hidden"><h2>Alerts</h2>'
+        '<ol id="alerts" class="alerts"></ol></section>'
         '<h2>Attached</h2><ul id="clients"></ul></main></body>'
     )
     return _page(

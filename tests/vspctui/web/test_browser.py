@@ -23,6 +23,8 @@ from tests.vspctui.realdaemon import RealDaemon  # noqa: E402
 from tests.vspctui.web.test_app import TOKEN, settings  # noqa: E402
 from vspc.vspctui.web.app import make_app  # noqa: E402
 
+EVIL = '<img src=x onerror="window.alerted=1">'
+PANIC = b"Kernel panic - not syncing: " + EVIL.encode() + b"\r\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (.ci/run installs Debian's)"
@@ -126,11 +128,24 @@ def test_browser_token_list_console_typing(real: RealDaemon) -> None:
                     )
                     assert await page.eval("location.href") == f"{base}/"
                     assert await page.eval("document.cookie") == ""  # HttpOnly
+                    # A kernel panic: the list's badge appears live.
+                    await asyncio.to_thread(real.vm_prints, PANIC)
+                    badge = await page.until(
+                        "document.querySelector('#consoles tbody .badge.critical')?.textContent"
+                    )
+                    assert badge == "kernel_panic (critical)"
                     # The console: the replayed scrollback, as text in the DOM.
                     await page.call("Page.navigate", url=f"{base}/console/db01")
                     await page.until(
                         "document.querySelector('.xterm-rows')?.innerText.includes('login:')"
                     )
+                    # Its alert, with the line the VM printed as text: no element from it.
+                    line = await page.until(
+                        "document.querySelector('#alerts li strong')?.textContent"
+                    )
+                    assert line.endswith(EVIL)
+                    assert await page.eval("document.querySelector('#alerts img, #alerts "
+                                           "script') === null && !window.alerted")  # fmt: skip
                     await asyncio.to_thread(real.vm_prints, b"from-the-vm\r\n")
                     await page.until(
                         "document.querySelector('.xterm-rows').innerText.includes('from-the-vm')"

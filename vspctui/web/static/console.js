@@ -28,6 +28,9 @@
   const state = document.getElementById("state");
   const actions = document.getElementById("actions");
   const clients = document.getElementById("clients");
+  const alertSection = document.getElementById("alert-section");
+  const alertList = document.getElementById("alerts");
+  const SEVERITIES = new Set(["info", "warning", "critical"]);
   const term = new Terminal({ screenReaderMode: true, scrollback: 10000, convertEol: false });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
@@ -97,6 +100,38 @@
     clients.replaceChildren(frag);
   }
 
+  // The console's newest alerts (docs/operations.md "Console alerts"), newest first.
+  // The line and its context are what the VM printed: text nodes only.
+  function drawAlerts(list) {
+    const frag = document.createDocumentFragment();
+    for (const a of list) {
+      const li = document.createElement("li");
+      const stamp = document.createElement("time");
+      if (typeof a.time === "number") {
+        const date = new Date(a.time * 1000);
+        stamp.dateTime = date.toISOString();
+        stamp.textContent = date.toLocaleString();
+      }
+      const badge = document.createElement("span");
+      badge.className = "badge" + (SEVERITIES.has(a.severity) ? ` ${a.severity}` : "");
+      badge.textContent = `${a.rule} (${a.severity})`;
+      const text = document.createElement("pre");
+      for (const line of a.context || []) {
+        const span = document.createElement("span");
+        span.className = "context";
+        span.textContent = line + "\n";
+        text.appendChild(span);
+      }
+      const hit = document.createElement("strong");
+      hit.textContent = a.line || "";
+      text.appendChild(hit);
+      li.append(stamp, " ", badge, text);
+      frag.appendChild(li);
+    }
+    alertList.replaceChildren(frag);
+    alertSection.classList.toggle("hidden", list.length === 0);
+  }
+
   async function refresh() {
     const reply = await fetch(`/api/console/${path}`, { credentials: "same-origin" });
     if (!reply.ok) return;
@@ -105,6 +140,7 @@
     info.level = data.console.level;
     info.capabilities = data.capabilities;
     drawClients(data.console.attached || []);
+    drawAlerts(data.alerts || []);
     drawActions();
   }
 

@@ -1,5 +1,6 @@
 // vspc-web console list: a snapshot, then coalesced changes over a WebSocket
-// (docs/vspc-web.md "The console list").  Names are set with textContent only.
+// (docs/vspc-web.md "The console list").  Names and alert rules are set with
+// textContent only.
 "use strict";
 (function () {
   const csrf = document.body.dataset.csrf;
@@ -14,6 +15,19 @@
     return t ? new Date(t * 1000).toLocaleString() : "";
   }
 
+  const SEVERITIES = new Set(["info", "warning", "critical"]);
+
+  // The newest alert's badge: the rule's name, coloured by its severity (a class only
+  // from the known set: both strings come from the daemon's configuration).
+  function badge(alert) {
+    const span = document.createElement("span");
+    if (!alert) return span;
+    span.className = "badge" + (SEVERITIES.has(alert.severity) ? ` ${alert.severity}` : "");
+    span.textContent = `${alert.rule} (${alert.severity})`;
+    span.title = alert.time ? `${alert.severity} alert at ${when(alert.time)}` : alert.severity;
+    return span;
+  }
+
   function render() {
     timer = null;
     const words = filter.value.toLowerCase().split(/\s+/).filter(Boolean);
@@ -21,7 +35,8 @@
     const frag = document.createDocumentFragment();
     let shown = 0;
     for (const row of sorted) {
-      const text = `${row.name} ${row.connected ? "connected" : "disconnected"} ${row.lock || ""}`.toLowerCase();
+      const alert = row.alert ? `alert ${row.alert.rule} ${row.alert.severity}` : "";
+      const text = `${row.name} ${row.connected ? "connected" : "disconnected"} ${row.lock || ""} ${alert}`.toLowerCase();
       if (!words.every((w) => text.includes(w))) continue;
       shown += 1;
       if (shown > 2000) continue; // the count says how many more match
@@ -31,7 +46,7 @@
       link.href = "/console/" + encodeURIComponent(row.name);
       link.textContent = row.name;
       const cells = [link, row.connected ? "connected" : "disconnected", String(row.clients),
-        row.lock || "", when(row.last)];
+        row.lock || "", when(row.last), badge(row.alert)];
       for (const value of cells) {
         const td = document.createElement("td");
         if (typeof value === "string") td.textContent = value; else td.appendChild(value);
