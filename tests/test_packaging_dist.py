@@ -30,6 +30,7 @@ SHIPPED = {
     "vspcd.service",
     "vspc-web.service",
     "vspcd.sysusers",
+    "vspc-web.sysusers",
     "vspcd.tmpfiles",
     "vspcd.logrotate",
     "vspcd.toml",
@@ -191,7 +192,11 @@ def test_rpm_builds_from_the_sdist(dists: tuple[Path, Path], tmp_path: Path) -> 
     (web,) = (top / "RPMS" / "noarch").glob(f"vspc-web-{__version__}-*.noarch.rpm")
     listing = subprocess.run(["rpm", "-qlp", str(web)], capture_output=True, text=True, check=True)
     web_files = set(listing.stdout.split())
-    assert {"/usr/bin/vspc-web", "/usr/lib/systemd/system/vspc-web.service"} <= web_files
+    assert {
+        "/usr/bin/vspc-web",
+        "/usr/lib/systemd/system/vspc-web.service",
+        "/usr/lib/sysusers.d/vspc-web.conf",
+    } <= web_files
     assert "/usr/bin/vspc-web" not in files
     requires = subprocess.run(["rpm", "-qRp", str(web)], capture_output=True, text=True)
     assert "python3-aiohttp" in requires.stdout
