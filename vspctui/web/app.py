@@ -32,7 +32,14 @@ from vspc.common.admin import AdminError, ConsoleInfo, ErrorCode, LockMode
 from vspc.vspctui.client import AdminAddress, AdminClient, AttachSession, ClientError
 from vspc.vspctui.web import pages
 from vspc.vspctui.web.auth import LoginLimiter, PasswordAuth, ProxyHeaderAuth, TokenAuth
-from vspc.vspctui.web.backend import Feed, Feeds, Viewer, connect_as, open_attach_as
+from vspc.vspctui.web.backend import (
+    Feed,
+    Feeds,
+    Viewer,
+    connect_as,
+    open_attach_as,
+    recent_alerts,
+)
 from vspc.vspctui.web.listfeed import ListFeed
 from vspc.vspctui.web.sessions import COOKIE, Session, SessionStore
 
@@ -392,37 +399,8 @@ async def show(request: web.Request) -> web.StreamResponse:
         "attached": _client_json(info),
     }
     caps = [c for c in hello.get("capabilities", []) if isinstance(c, str)]
-    alerts = await _alerts_of(client, info.key) if "alerts" in caps else []
+    alerts = await recent_alerts(client, info.key, ALERTS_SHOWN) if "alerts" in caps else []
     return _json({"ok": True, "console": console, "capabilities": caps, "alerts": alerts})
-
-
-async def _alerts_of(client: AdminClient, key: str) -> list[dict[str, Any]]:
-    """The console's newest alerts, newest first (docs/operations.md "Console alerts").
-
-    The line and its context come from the VM: the page sets them as text only.
-    """
-    try:
-        reply = await client.request("alerts", vm=key, limit=ALERTS_SHOWN)
-    except AdminError:
-        return []
-    rows = reply.get("alerts")
-    shown = []
-    for row in reversed(rows if isinstance(rows, list) else []):
-        if not isinstance(row, dict):
-            continue
-        context = row.get("context")
-        shown.append(
-            {
-                "rule": row.get("alert"),
-                "severity": row.get("severity"),
-                "time": row.get("time"),
-                "line": row.get("line"),
-                "context": [c for c in context if isinstance(c, str)]
-                if isinstance(context, list)
-                else [],
-            }
-        )
-    return shown
 
 
 async def action(request: web.Request) -> web.StreamResponse:

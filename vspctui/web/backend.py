@@ -51,6 +51,7 @@ __all__ = [
     "Viewer",
     "connect_as",
     "open_attach_as",
+    "recent_alerts",
 ]
 
 CLIENT_NAME = "vspc-web"
@@ -122,6 +123,36 @@ async def open_attach_as(
         writer.close()
         raise
     return AttachSession(grant, reader, writer)
+
+
+async def recent_alerts(client: AdminClient, key: str, limit: int) -> list[dict[str, Any]]:
+    """The console's newest alerts, newest first, as the console page shows them
+    (docs/operations.md "Console alerts"); none when vspcd refuses.
+
+    The line and its context come from the VM: the page sets them as text only.
+    """
+    try:
+        reply = await client.request("alerts", vm=key, limit=limit)
+    except AdminError:
+        return []
+    rows = reply.get("alerts")
+    shown = []
+    for row in reversed(rows if isinstance(rows, list) else []):
+        if not isinstance(row, dict):
+            continue
+        context = row.get("context")
+        shown.append(
+            {
+                "rule": row.get("alert"),
+                "severity": row.get("severity"),
+                "time": row.get("time"),
+                "line": row.get("line"),
+                "context": [c for c in context if isinstance(c, str)]
+                if isinstance(context, list)
+                else [],
+            }
+        )
+    return shown
 
 
 class Viewer:
