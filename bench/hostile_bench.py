@@ -1,4 +1,4 @@
-"""Hostile-peer benchmark: memory and latency under pre-identification floods (issue #7).
+"""Hostile-peer benchmark: memory and latency under pre-identification floods.
 
 Starts `python -m vspc.vspcd` (with --ssl and a throwaway certificate, defaults
 otherwise) via bench/daemon_bench.py's `Daemon`, then:
