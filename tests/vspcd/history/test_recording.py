@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,9 @@ def test_without_record_dir_nothing_is_recorded(tmp_path: Path) -> None:
 
 
 def test_asciinema_cat_reads_the_recording(tmp_path: Path) -> None:
-    asciinema = shutil.which("asciinema")
+    # The test extra installs it beside this interpreter (the venv may not be on PATH).
+    beside = Path(sys.executable).with_name("asciinema")
+    asciinema = str(beside) if beside.exists() else shutil.which("asciinema")
     if asciinema is None:
         pytest.skip("asciinema is not installed (pip install asciinema)")
     first = cast_files(record(tmp_path))[0]
