@@ -631,6 +631,16 @@ class AlertMatcher:
         want = self._context
         if want <= 0:
             return
+        # Only the last 2 * `want` LF-ended lines can be kept: start at the LF before
+        # them, so that a large chunk is not copied (a head piece before that LF would
+        # be dropped below anyway).
+        start = len(data)
+        for _ in range(2 * want):
+            start = data.rfind(b"\n", 0, start)
+            if start < 0:
+                break
+        if start > 0:
+            data, pending = data[start:], b""
         pieces = data.rsplit(b"\n", 2 * want)
         tail = pieces.pop()  # after the last LF: lines a CR ended, then the unfinished one
         pieces += tail.split(b"\r")[:-1]
