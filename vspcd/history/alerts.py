@@ -33,7 +33,10 @@ rules runs at a few MB/s.  Only a rule without required literal text is searched
 with its expression in every block.
 
 One alert per console and rule per hold-off (default 300 s); it carries the line
-and up to `context_lines` non-blank lines before it.
+and up to `context_lines` non-blank lines before it.  Those lines are kept from the
+end of each chunk, so a chunk that matches nothing is never copied: a copy of a
+large read (the event loop reads up to 256 KiB at a time) cost more than the
+pre-filter's scans (docs/benchmarks.md, "Console watch, third round").
 """
 
 from __future__ import annotations
