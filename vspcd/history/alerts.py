@@ -647,16 +647,16 @@ class AlertMatcher:
         want = self._context
         if want <= 0:
             return
-        # Only the last 2 * `want` LF-ended lines can be kept: start at the LF before
-        # them, so that a large chunk is not copied (a head piece before that LF would
-        # be dropped below anyway).
+        # Only the last 2 * `want` LF-ended lines and the line before them can be
+        # kept: start after the LF before that line, so that a large chunk is not
+        # copied (what lies before that LF, `pending` too, would be dropped below).
         start = len(data)
-        for _ in range(2 * want):
+        for _ in range(2 * want + 1):
             start = data.rfind(b"\n", 0, start)
             if start < 0:
                 break
-        if start > 0:
-            data, pending = data[start:], b""
+        if start >= 0:
+            data, pending = data[start + 1 :], b""
         pieces = data.rsplit(b"\n", 2 * want)
         tail = pieces.pop()  # after the last LF: lines a CR ended, then the unfinished one
         pieces += tail.split(b"\r")[:-1]

@@ -347,3 +347,15 @@ def test_the_prefilter_never_misses_a_line_the_plain_search_matches(
     chunks = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
     got = {(h.rule.name, h.line) for h in feed(matcher(rules), *chunks)}
     assert got == per_line_hits(text, rules)
+
+
+SEGV = AlertRule("segv", r"segfault at [0-9a-f]+", Severity.INFO)
+
+
+@pytest.mark.parametrize("context_lines", [1, 2, 5])
+def test_context_before_blank_lines_at_a_chunk_end(context_lines: int) -> None:
+    # The chunk's last lines are kept without copying the chunk: the line before its
+    # last 2 * context_lines lines must still count (here the only non-blank one).
+    text = b"aa\nxx\n\n" + b"\n" * (2 * context_lines - 2) + b"segf"
+    (hit,) = feed(matcher((SEGV,), context_lines=context_lines), text, b"ault at 1f\n")
+    assert hit.context[-1] == "xx"
