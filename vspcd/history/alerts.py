@@ -542,6 +542,10 @@ class AlertMatcher:
         """New rules (a reload); unfinished lines, recent lines and hold-offs are kept."""
         self.rules = tuple(rules)
         self._sets = {}
+        if self.rules and not any(rule.consoles for rule in self.rules):
+            # Every console gets every rule: compile them now, not at the first
+            # output of the first console (a few ms on the output path).
+            self._sets[tuple(range(len(self.rules)))] = rule_set(self.rules)
         for stream in self._streams.values():
             stream.ruleset = None  # chosen again at the console's next chunk
 
