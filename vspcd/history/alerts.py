@@ -33,7 +33,10 @@ rules runs at a few MB/s.  Only a rule without required literal text is searched
 with its expression in every block.
 
 One alert per console and rule per hold-off (default 300 s); it carries the line
-and up to `context_lines` non-blank lines before it.
+and up to `context_lines` non-blank lines before it.  Those lines are kept from the
+end of each chunk, so a chunk that matches nothing is never copied: a copy of a
+large read (the event loop reads up to 256 KiB at a time) cost more than the
+pre-filter's scans (docs/benchmarks.md, "Console watch, third round").
 """
 
 from __future__ import annotations
@@ -427,6 +430,7 @@ class _RuleSet:
     # Ignore-case rules' lower-case literals, looked for in the lower-cased block.
     folded: tuple[tuple[bytes, tuple[int, ...]], ...]
     always: tuple[int, ...]  # rules without literals: searched in every block
+    longest: int  # bytes of the longest literal
 
     def live(self, block: bytes) -> set[int]:
         """The rules that may match in `block`: one whose literal it contains, and the
@@ -447,6 +451,14 @@ class _RuleSet:
         return found
 
 
+def _shortest(found: tuple[bytes, ...] | None) -> tuple[bytes, ...] | None:
+    """`found` without a literal that contains another of them: where it is, the
+    other is too ("Internal error: Oops" and "Oops"), so it adds only a search."""
+    if not found:
+        return found
+    return tuple(a for a in found if not any(b != a and b in a for b in found))
+
+
 def rule_set(rules: Sequence[AlertRule]) -> _RuleSet:
     """Compile `rules` (all valid) and group their literals (the pre-filter)."""
     compiled = tuple((rule, re.compile(rule.regex, re.MULTILINE)) for rule in rules)
@@ -454,12 +466,12 @@ def rule_set(rules: Sequence[AlertRule]) -> _RuleSet:
     by_folded: dict[bytes, list[int]] = {}
     always: list[int] = []
     for index, rule in enumerate(rules):
-        found = anchors(rule.regex)
+        found = _shortest(anchors(rule.regex))
         if found:
             for literal in found:
                 by_literal.setdefault(literal, []).append(index)
             continue
-        folded = folded_anchors(rule.regex)
+        folded = _shortest(folded_anchors(rule.regex))
         if not folded:
             always.append(index)
             continue
@@ -478,6 +490,7 @@ def rule_set(rules: Sequence[AlertRule]) -> _RuleSet:
         tuple((b, tuple(lits)) for b, lits in ordered),
         tuple((literal, tuple(indices)) for literal, indices in by_folded.items()),
         tuple(always),
+        max(map(len, [*by_literal, *by_folded]), default=0),
     )
 
 
@@ -529,6 +542,10 @@ class AlertMatcher:
         """New rules (a reload); unfinished lines, recent lines and hold-offs are kept."""
         self.rules = tuple(rules)
         self._sets = {}
+        if self.rules and not any(rule.consoles for rule in self.rules):
+            # Every console gets every rule: compile them now, not at the first
+            # output of the first console (a few ms on the output path).
+            self._sets[tuple(range(len(self.rules)))] = rule_set(self.rules)
         for stream in self._streams.values():
             stream.ruleset = None  # chosen again at the console's next chunk
 
@@ -575,12 +592,15 @@ class AlertMatcher:
         if not ruleset.rules:
             return []
         # The pre-filter looks at the chunk as it is (no copy: usually nothing is
-        # live), and at the line the chunk completes, for a literal split across
-        # the two; what lies after `end` is looked at again when its line is complete.
+        # live), and at the unfinished line the chunk continues with as much of the
+        # chunk as a literal split across the two can reach (the rest of the chunk
+        # was just looked at); what lies after `end` is looked at again when its line
+        # is complete.
         live = ruleset.live(data)
         if pending:
             first = data.find(b"\n")
-            live |= ruleset.live(pending + data[: first if first >= 0 else end])
+            reach = min(first if first >= 0 else end, ruleset.longest)
+            live |= ruleset.live(pending + data[:reach])
         if b"\x1b" in data or b"\x1b" in pending:
             live |= ruleset.live(strip_escapes(pending + data[:end]))
         if not live:
@@ -631,6 +651,16 @@ class AlertMatcher:
         want = self._context
         if want <= 0:
             return
+        # Only the last 2 * `want` LF-ended lines and the line before them can be
+        # kept: start after the LF before that line, so that a large chunk is not
+        # copied (what lies before that LF, `pending` too, would be dropped below).
+        start = len(data)
+        for _ in range(2 * want + 1):
+            start = data.rfind(b"\n", 0, start)
+            if start < 0:
+                break
+        if start >= 0:
+            data, pending = data[start + 1 :], b""
         pieces = data.rsplit(b"\n", 2 * want)
         tail = pieces.pop()  # after the last LF: lines a CR ended, then the unfinished one
         pieces += tail.split(b"\r")[:-1]

@@ -5,9 +5,10 @@ listener (`Hub.add_output_listener`, like the console logs) and observer; it han
 each chunk to the sans-IO `AlertMatcher` (vspcd/history/alerts.py) and reports what
 it finds through `Hub.report_alert`, which every observer then sees as a typed
 `ConsoleAlert` event: admin subscribers, `--log-events`, hooks, metrics, the webhook
-and `AlertBook`.  It never blocks a console: matching is a regex scan of the chunk's
-complete lines, and everything that does I/O (hooks, webhook, the persist file) is
-an observer that queues or writes one row.
+and `AlertBook`.  It never blocks a console: matching is a literal pre-filter over
+the chunk and a regex scan only of the lines it lets through, and everything that
+does I/O (hooks, webhook, the persist file) is an observer that queues or writes
+one row.
 
 `AlertBook` keeps the newest alerts for the admin `alerts` command, in memory and,
 with `--persist-file`, in the store's `alert` table (vspcd/history/store.py), so

@@ -3,6 +3,8 @@ at every byte boundary; near misses; hold-off; escapes; long lines; configuratio
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -271,3 +273,89 @@ def test_plain_anchors_without_the_private_parser(
         line = {"abc{2,3}de": b"abccde", "x[]a]yz": b"x]yz"}.get(regex, b"")
         if line:
             assert [h.rule.name for h in feed(m, line + b"\n")] == ["r"]
+
+
+# The pre-filter against the plain per-line search: built-ins and custom rules of every
+# kind (lower-case literals, capitals, ignore-case, no literal at all), text made of
+# pieces of their literals, cut into chunks anywhere.
+PREFILTER_RULES = BUILTIN_RULES + tuple(
+    AlertRule(f"c{number}", regex, Severity.INFO, hold_off=0.0)
+    for number, regex in enumerate(
+        (
+            r"segfault at [0-9a-f]+",
+            r"watchdog timeout",
+            r"Call Trace:",
+            r"sd \d+:\d+:\d+:\d+: \[sd\w+\] tag#",
+            r"ata\d+: hard resetting link",
+            r"(?i)disk failure",
+            r"\d{5}",
+        )
+    )
+)
+PREFILTER_PIECES = [
+    "segfault at ",
+    "segfa",
+    "ult at ",
+    "1f",
+    "watchdog",
+    " timeout",
+    "watchdog timeout",
+    "Call Trace:",
+    "Call ",
+    "Trace:",
+    "sd 0:0:0:0: [sda] tag#",
+    "ata3: hard resetting link",
+    "ata3: hard ",
+    "DiSk FaIlUrE",
+    "Kernel panic - not syncing",
+    "Kernel ",
+    "panic - not syncing",
+    "[    2.000000] ",
+    "Oops: 0002 [#1] SMP",
+    "BUG: ",
+    "soft lockup - CPU#3",
+    "Out of memory: Killed process 42",
+    "the quick brown fox ",
+    "12345",
+    "0",
+    " ",
+    "\r\n",
+    "\n",
+    "\r",
+    "\x1b[1m",
+]
+
+
+def per_line_hits(text: bytes, rules: tuple[AlertRule, ...]) -> set[tuple[str, str]]:
+    """What matching each complete line on its own finds (no pre-filter)."""
+    lines = alerts_module._lines(alerts_module.strip_escapes(text).decode()).split("\n")[:-1]
+    compiled = [(rule.name, re.compile(rule.regex)) for rule in rules]
+    return {(name, line) for line in lines for name, regex in compiled if regex.search(line)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(PREFILTER_PIECES), max_size=40),
+    st.lists(st.integers(min_value=1, max_value=1000), max_size=8),
+)
+def test_the_prefilter_never_misses_a_line_the_plain_search_matches(
+    pieces: list[str], cuts: list[int]
+) -> None:
+    rules = tuple(AlertRule(r.name, r.regex, r.severity, hold_off=0.0) for r in PREFILTER_RULES)
+    text = "".join(pieces).encode()
+    points = sorted({c for c in cuts if c < len(text)})
+    chunks = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    got = {(h.rule.name, h.line) for h in feed(matcher(rules), *chunks)}
+    assert got == per_line_hits(text, rules)
+
+
+SEGV = AlertRule("segv", r"segfault at [0-9a-f]+", Severity.INFO)
+
+
+@pytest.mark.parametrize("context_lines", [1, 2, 5])
+def test_context_before_blank_lines_at_a_chunk_end(context_lines: int) -> None:
+    # The chunk's last lines are kept without copying the chunk: the line before its
+    # last 2 * context_lines lines must still count (here the only non-blank one).
+    text = b"aa\nxx\n\n" + b"\n" * (2 * context_lines - 2) + b"segf"
+    (hit,) = feed(matcher((SEGV,), context_lines=context_lines), text, b"ault at 1f\n")
+    assert hit.context[-1] == "xx"
