@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("VSPCD_ALLOW_ROOT", "1")
 
@@ -36,3 +41,21 @@ else:
 
 # `user_runtime`: vspc and vspcd that other users can run (tests/userruntime.py).
 from tests.userruntime import user_runtime  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate and key for localhost and 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available to make a throwaway certificate")
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+        + ["-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

@@ -26,7 +26,6 @@ from tests.vspcd.harness import (
     identified,
     running,
 )
-from tests.vspcd.net.test_listeners import cert_pair
 from tests.vspcd.net.test_tls_fairness import client_hello_bytes
 from vspc.common.session import ProxySession
 from vspc.common.telnet import Opt, TelnetCodec
@@ -285,9 +284,6 @@ def test_a_flood_ending_triggers_a_trim(tmp_path: Path) -> None:
             assert reported[-1] >= 4
 
     asyncio.run(main())
-
-
-__all__ = ["cert_pair"]  # a fixture shared with test_listeners
 
 
 def _alive(kind: type) -> int:

@@ -8,9 +8,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -292,23 +290,6 @@ def test_a_server_that_never_answers_does_not_slow_the_console(tmp_path: Path) -
                 await until(lambda: sender.failed >= 1)
 
     asyncio.run(main())
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a throwaway certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_https_verifies_against_the_given_ca(tmp_path: Path, cert_pair: tuple[Path, Path]) -> None:

@@ -25,13 +25,10 @@ from tests.vspcd.harness import (
     make_config,
     running,
 )
-from tests.vspcd.net.test_listeners import cert_pair
 from vspc.common import esxi
 from vspc.common.admin import Stats
 from vspc.vspcd.service.config import ConfigError, parse_args
 from vspc.vspcd.service.server import Daemon
-
-__all__ = ["cert_pair"]  # a fixture shared with test_listeners
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

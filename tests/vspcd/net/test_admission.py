@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests.vspcd.harness import FakeEsxi, identified, running
-from tests.vspcd.net.test_listeners import cert_pair, server_tls
+from tests.vspcd.net.test_listeners import server_tls
 from vspc.vspcd.net.admission import Slot, Slots
 from vspc.vspcd.net.listeners import Listener, bind_tcp
 
-__all__ = ["cert_pair", "server_tls"]
+__all__ = ["server_tls"]
 
 WAIT = 5.0
 HOSTILE = "127.0.0.2"

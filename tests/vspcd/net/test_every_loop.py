@@ -22,9 +22,6 @@ import pytest
 
 from tests.daemonproc import free_port, start_vspcd
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, Operator
-from tests.vspcd.net.test_listeners import cert_pair
-
-__all__ = ["cert_pair"]  # a fixture shared with test_listeners
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 TIMEOUT = 10.0

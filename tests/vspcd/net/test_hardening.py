@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.vspcd.harness import UUID_A, UUID_B, FakeEsxi, identified, running
-from tests.vspcd.net.test_listeners import cert_pair, recorder_factory, server_tls
+from tests.vspcd.net.test_listeners import recorder_factory, server_tls
 from tests.vspcd.net.test_tls_fairness import client_hello_bytes
 from vspc.vspcd.faces.admin import limits as admin_limits
 from vspc.vspcd.hub.ratelog import throttled
@@ -38,7 +38,7 @@ from vspc.vspcd.net.listeners import PortBinder, ephemeral_overlap, start_proxy_
 from vspc.vspcd.service import reload
 from vspc.vspcd.service.config import parse_args
 
-__all__ = ["cert_pair", "server_tls"]  # fixtures shared with test_listeners
+__all__ = ["server_tls"]  # a fixture shared with test_listeners
 
 WAIT = 5.0
 OTHER_HOST = "127.0.0.2"

@@ -14,11 +14,9 @@ import grp
 import logging
 import os
 import random
-import shutil
 import socket
 import ssl
 import stat
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -72,23 +70,6 @@ class Recorder(asyncio.Protocol):
 def recorder_factory() -> tuple[asyncio.Queue[Recorder], Callable[[], Recorder]]:
     seen: asyncio.Queue[Recorder] = asyncio.Queue()
     return seen, lambda: Recorder(seen)
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a throwaway certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-subj", "/CN=localhost"]
-        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 @pytest.fixture

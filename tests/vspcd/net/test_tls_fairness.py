@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.vspcd.net.test_listeners import _loops, cert_pair, recorder_factory, server_tls
+from tests.vspcd.net.test_listeners import _loops, recorder_factory, server_tls
 from vspc.vspcd.net.admission import Slots
 from vspc.vspcd.net.listeners import start_proxy_listener
 from vspc.vspcd.net.tls import MAX_HELLO, hello_size
 
-__all__ = ["cert_pair", "server_tls"]  # fixtures shared with test_listeners
+__all__ = ["server_tls"]  # a fixture shared with test_listeners
 
 HOSTILE = "127.0.0.2"
 GOOD = "127.0.0.3"

@@ -8,8 +8,6 @@ No sockets; certificates for the --ssl checks come from the `openssl` CLI.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -59,22 +57,6 @@ def error_line(capsys: pytest.CaptureFixture[str], *argv: str, **kw: Any) -> str
     if any(word in malformed for word in argv) or argv[-1:] == ("--backend-args",):
         return usage_error(capsys, *argv, **kw)
     return config_error(capsys, *argv, **kw)
-
-
-@pytest.fixture(scope="module")
-def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not available to make a throwaway certificate")
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
-        + ["-nodes", "-days", "1", "-subj", "/CN=localhost"]
-        + ["-keyout", str(key), "-out", str(cert)],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_defaults_match_vspc_py() -> None:
