@@ -119,7 +119,12 @@ def test_browser_token_list_console_typing(real: RealDaemon) -> None:
                     await page.call("Log.enable")
                     # A wrong token sees nothing.
                     await page.call("Page.navigate", url=f"{base}/?token=wrong")
-                    text = await page.until("document.body && document.body.innerText")
+                    # Read the text once the whole 403 page has been parsed: mid-parse
+                    # the body holds only its heading.
+                    text = await page.until(
+                        "document.readyState === 'complete' && location.pathname === '/'"
+                        " && document.body.innerText"
+                    )
                     assert "wrong token" in text and "db01" not in text
                     # The right one: a cookie, the token gone from the URL, the list.
                     await page.call("Page.navigate", url=f"{base}/?token={TOKEN}")
