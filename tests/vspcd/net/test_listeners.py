@@ -109,6 +109,14 @@ async def close_all(seen: asyncio.Queue[Recorder], *recorders: Recorder) -> None
     await asyncio.sleep(0)  # let connection_lost callbacks run before the loop closes
 
 
+async def assert_still_serving(port: int, seen: asyncio.Queue[Recorder], payload: bytes) -> None:
+    """A fresh connection after a failure still gets through to the factory."""
+    _, writer = await roundtrip(port, payload)
+    link = await asyncio.wait_for(seen.get(), WAIT)
+    await close_writer(writer)
+    await close_all(seen, link)
+
+
 # -- proxy listener ------------------------------------------------------------------
 
 
@@ -262,10 +270,7 @@ def test_failed_tls_handshake_is_logged_and_listener_continues(
             with contextlib.suppress(ConnectionResetError):
                 assert await asyncio.wait_for(reader.read(), WAIT) == b""  # server hung up
             await close_writer(writer)
-            _, writer = await roundtrip(listener.port, b"ok")
-            link = await asyncio.wait_for(seen.get(), WAIT)
-            await close_writer(writer)
-            await close_all(seen, link)
+            await assert_still_serving(listener.port, seen, b"ok")
         finally:
             listener.close()
             await listener.wait_closed()
@@ -288,10 +293,7 @@ def test_a_handshake_cut_short_is_logged_with_a_reason(
             writer.write(b"\x16\x03\x01")  # the start of a TLS record, then goodbye
             await writer.drain()
             await close_writer(writer)
-            _, writer = await roundtrip(listener.port, b"ok")  # still serving
-            link = await asyncio.wait_for(seen.get(), WAIT)
-            await close_writer(writer)
-            await close_all(seen, link)
+            await assert_still_serving(listener.port, seen, b"ok")  # still serving
         finally:
             listener.close()
             await listener.wait_closed()
@@ -834,10 +836,7 @@ def test_a_crashing_protocol_factory_costs_one_connection(
             assert await asyncio.wait_for(reader.read(), WAIT) == b""
             assert len(slots) == 0
             await close_writer(writer)
-            _, writer = await roundtrip(listener.port, b"still accepting")
-            link = await asyncio.wait_for(seen.get(), WAIT)
-            await close_writer(writer)
-            await close_all(seen, link)
+            await assert_still_serving(listener.port, seen, b"still accepting")
         finally:
             listener.close()
             await listener.wait_closed()
